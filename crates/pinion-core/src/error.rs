@@ -1,0 +1,100 @@
+//! Typed errors, split by who is at fault.
+//!
+//! * [`PeerError`]: the remote end broke the protocol. The driver closes that
+//!   one pipe, counts the fault in the socket's statistics and carries on.
+//! * [`CallerError`]: the application asked for something the socket cannot
+//!   do in its present state or configuration.
+//! * [`OpError`]: how one application operation (a send or a receive) ended
+//!   when it did not succeed.
+//!
+//! None of these carry strings to match on; every rule has its own variant.
+
+use thiserror::Error;
+
+/// A protocol violation by the remote peer. The pipe it arrived on is closed;
+/// nothing else is disturbed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// The 8-byte SP header did not start with `00 53 50 00`.
+    #[error("bad SP header magic")]
+    BadMagic,
+    /// The SP header's reserved bytes (6 and 7) were not zero.
+    #[error("non-zero reserved bytes in SP header")]
+    BadReserved,
+    /// The peer speaks a protocol that cannot talk to this socket.
+    #[error("peer protocol 0x{0:04x} is not compatible with this socket")]
+    WrongProtocol(u16),
+    /// The peer announced a message longer than the receive limit.
+    #[error("message of {len} bytes exceeds the receive limit of {max} bytes")]
+    TooLarge {
+        /// Announced length.
+        len: u64,
+        /// The socket's receive limit.
+        max: u64,
+    },
+    /// An IPC message carried a type byte other than `0x01`.
+    #[error("unknown IPC message type 0x{0:02x}")]
+    BadIpcType(u8),
+    /// The peer did not send its SP header in time.
+    #[error("SP handshake timed out")]
+    HandshakeTimeout,
+    /// A request or survey had no backtrace word with the top bit set.
+    #[error("message has no end-of-backtrace word")]
+    NoBacktraceEnd,
+    /// A reply shorter than the 4-byte request id.
+    #[error("message too short for its protocol header")]
+    ShortHeader,
+    /// A PAIR v1 hop count above 255.
+    #[error("pair1 hop count {0} is over 255")]
+    BadHopCount(u32),
+    /// The socket already has its one peer (pair).
+    #[error("socket already has a peer")]
+    AlreadyPaired,
+}
+
+/// The application asked for something the socket cannot do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
+pub enum CallerError {
+    /// This pattern does not send (pull) or does not receive (push).
+    #[error("operation not supported by this protocol")]
+    NotSupported,
+    /// Out of order: a REQ receive with no request outstanding, or a REP send
+    /// with no request to answer.
+    #[error("operation not valid in the current state")]
+    BadState,
+    /// The context id does not name an open context.
+    #[error("no such context")]
+    NoSuchContext,
+    /// This pattern has no contexts.
+    #[error("contexts are not supported by this protocol")]
+    NoContexts,
+    /// The message header is longer than a header can be.
+    #[error("message header too long")]
+    HeaderTooLong,
+    /// An option value out of its range.
+    #[error("invalid option value")]
+    InvalidOption,
+}
+
+/// How an application operation ended when it did not succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// The deadline passed first.
+    #[error("timed out")]
+    TimedOut,
+    /// A newer operation replaced this one (a new REQ request cancels the old).
+    #[error("canceled")]
+    Canceled,
+    /// The socket or context was closed.
+    #[error("closed")]
+    Closed,
+    /// A request's pipe went away and resending is disabled.
+    #[error("connection reset")]
+    ConnectionReset,
+    /// The caller made a mistake.
+    #[error(transparent)]
+    Caller(#[from] CallerError),
+}
