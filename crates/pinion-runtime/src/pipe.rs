@@ -1,0 +1,304 @@
+//! One task per pipe (connection), on one core for its whole life.
+//!
+//! A pipe task:
+//! 1. sends the 8-byte SP header and reads the peer's, within the handshake
+//!    timeout; a bad header or an incompatible protocol closes the connection
+//!    and is counted in the socket's [`Stats`](crate::Stats);
+//! 2. announces itself to its socket with [`PipeEvent::Up`], carrying the
+//!    sender of its write queue;
+//! 3. then runs two loops until either ends:
+//!    * the **reader** reads as much as the kernel has, decodes every complete
+//!      frame (refusing an over-size length before allocating) and hands the
+//!      socket one batch per read;
+//!    * the **writer** takes every queued message at once, frames them into
+//!      one buffer, writes it with one call and returns the credits;
+//! 4. reports [`PipeEvent::Down`].
+//!
+//! Events go to the socket through one channel per socket, so a pipe's `Up`,
+//! messages and `Down` arrive in order. That channel is bounded: when the
+//! socket stops taking input (its receive queue is full) readers stop reading
+//! and TCP flow control pushes back on the peer.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pinion_core::protocol::{PipeId, ProtocolKind};
+use pinion_core::wire::{decode_header, encode_frame, encode_header, FrameDecoder, Framing, HEADER_LEN};
+use pinion_core::{Message, Options, PeerError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::stats::Stats;
+use crate::transport::{inproc::InprocEnd, Conn};
+
+/// Commands from the socket to a pipe's writer.
+#[derive(Debug)]
+pub enum PipeCmd {
+    /// Frame and send this message.
+    Send(Message),
+}
+
+/// What a pipe tells its socket, in order.
+#[derive(Debug)]
+pub enum PipeEvent {
+    /// Handshake done.
+    Up {
+        /// The pipe.
+        pipe: PipeId,
+        /// Protocol id the peer announced.
+        peer: u16,
+        /// The pipe's write queue; dropping it closes the pipe.
+        out: mpsc::UnboundedSender<PipeCmd>,
+        /// Messages the write queue may hold.
+        credits: u32,
+    },
+    /// Messages read in one go.
+    Messages(PipeId, Vec<Message>),
+    /// The pipe is gone.
+    Down(PipeId),
+}
+
+/// Control messages to a socket that are not ordered with pipe input.
+#[derive(Debug)]
+pub enum Credit {
+    /// `pipe` wrote `n` messages.
+    Returned(PipeId, u32),
+}
+
+/// What a pipe needs from its socket.
+#[derive(Debug, Clone)]
+pub struct PipeLink {
+    /// The socket's pattern.
+    pub kind: ProtocolKind,
+    /// Socket options.
+    pub opts: Arc<Options>,
+    /// Ordered pipe events.
+    pub events: mpsc::Sender<PipeEvent>,
+    /// Credits returned by writers.
+    pub credits: mpsc::UnboundedSender<Credit>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Cancelled when the socket closes.
+    pub closed: CancellationToken,
+}
+
+/// Smallest read buffer space offered to the kernel.
+const READ_CHUNK: usize = 64 * 1024;
+/// Write buffers larger than this are released after use.
+const WRITE_BUF_KEEP: usize = 1 << 20;
+
+/// Runs a pipe to its end. `handshake` learns how the handshake went (dialers
+/// use it to report the first connection's outcome).
+pub async fn run(conn: Conn, pipe: PipeId, link: PipeLink, handshake: Option<oneshot::Sender<Result<(), Error>>>) {
+    match conn {
+        Conn::Tcp(mut s) => {
+            let (r, w) = s.split();
+            run_stream(r, w, Framing::Tcp, pipe, &link, handshake).await
+        }
+        Conn::Ipc(mut s) => {
+            let (r, w) = s.split();
+            run_stream(r, w, Framing::Ipc, pipe, &link, handshake).await
+        }
+        Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
+    }
+}
+
+fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) {
+    if let Some(h) = handshake {
+        let _ = h.send(r);
+    }
+}
+
+async fn handshake<R, W>(r: &mut R, w: &mut W, link: &PipeLink) -> Result<u16, Result<PeerError, io::Error>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let exchange = async {
+        w.write_all(&encode_header(link.kind.id())).await?;
+        let mut h = [0u8; HEADER_LEN];
+        r.read_exact(&mut h).await?;
+        Ok::<_, io::Error>(h)
+    };
+    let h = match tokio::time::timeout(link.opts.handshake_timeout, exchange).await {
+        Err(_) => return Err(Ok(PeerError::HandshakeTimeout)),
+        Ok(Err(e)) => return Err(Err(e)),
+        Ok(Ok(h)) => h,
+    };
+    let peer = decode_header(&h).map_err(Ok)?;
+    if peer != link.kind.peer_id() {
+        return Err(Ok(PeerError::WrongProtocol(peer)));
+    }
+    Ok(peer)
+}
+
+async fn run_stream<R, W>(
+    mut r: R,
+    mut w: W,
+    framing: Framing,
+    pipe: PipeId,
+    link: &PipeLink,
+    hs: Option<oneshot::Sender<Result<(), Error>>>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let peer = match handshake(&mut r, &mut w, link).await {
+        Ok(p) => p,
+        Err(Ok(pe)) => {
+            link.stats.count_peer_error(&pe);
+            tracing::debug!(pipe = pipe.0, error = %pe, "handshake refused");
+            report(hs, Err(Error::Peer(pe)));
+            return;
+        }
+        Err(Err(e)) => {
+            link.stats.io_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            report(hs, Err(Error::io("handshake", "peer", e)));
+            return;
+        }
+    };
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let credits = link.opts.pipe_buffer;
+    if link
+        .events
+        .send(PipeEvent::Up { pipe, peer, out: out_tx, credits })
+        .await
+        .is_err()
+    {
+        report(hs, Err(Error::Closed));
+        return;
+    }
+    report(hs, Ok(()));
+
+    let decoder = FrameDecoder::new(framing, link.opts.recv_max_size);
+    let reader = async {
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            // Make room: at least a chunk, or the whole of the next frame
+            // (its length was checked against the limit by peek_len).
+            let want = match decoder.peek_len(&buf) {
+                Ok(Some(len)) => (len as usize + framing.prefix_len()).saturating_sub(buf.len()),
+                Ok(None) => 0,
+                Err(e) => return Err(Ok(e)),
+            };
+            buf.reserve(want.max(READ_CHUNK));
+            match r.read_buf(&mut buf).await {
+                Ok(0) => return Err(Err(io::Error::from(io::ErrorKind::UnexpectedEof))),
+                Ok(_) => {}
+                Err(e) => return Err(Err(e)),
+            }
+            let mut batch = Vec::new();
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(payload)) => batch.push(Message::from_body(payload)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Deliver what came before the bad frame, then close.
+                        if !batch.is_empty() {
+                            let _ = link.events.send(PipeEvent::Messages(pipe, batch)).await;
+                        }
+                        return Err(Ok(e));
+                    }
+                }
+            }
+            if !batch.is_empty() && link.events.send(PipeEvent::Messages(pipe, batch)).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    let writer = async {
+        let mut cmds = Vec::with_capacity(64);
+        let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            if out_rx.recv_many(&mut cmds, 1024).await == 0 {
+                return Ok::<(), io::Error>(()); // socket dropped us: close
+            }
+            let n = cmds.len() as u32;
+            for PipeCmd::Send(m) in cmds.drain(..) {
+                encode_frame(framing, &m, &mut wbuf);
+            }
+            w.write_all(&wbuf).await?;
+            wbuf.clear();
+            if wbuf.capacity() > WRITE_BUF_KEEP {
+                wbuf = BytesMut::with_capacity(READ_CHUNK);
+            }
+            let _ = link.credits.send(Credit::Returned(pipe, n));
+        }
+    };
+    let outcome = tokio::select! {
+        r = reader => r,
+        w = writer => w.map_err(Err),
+        _ = link.closed.cancelled() => Ok(()),
+    };
+    match outcome {
+        Err(Ok(pe)) => {
+            tracing::debug!(pipe = pipe.0, error = %pe, "closing pipe: peer error");
+            link.stats.count_peer_error(&pe);
+        }
+        Err(Err(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
+            tracing::debug!(pipe = pipe.0, error = %e, "closing pipe: I/O error");
+            link.stats.io_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        _ => {}
+    }
+    let _ = w.shutdown().await;
+    let _ = link.events.send(PipeEvent::Down(pipe)).await;
+}
+
+async fn run_inproc(end: InprocEnd, pipe: PipeId, link: &PipeLink, hs: Option<oneshot::Sender<Result<(), Error>>>) {
+    let InprocEnd { peer_proto, tx, mut rx } = end;
+    if peer_proto != link.kind.peer_id() {
+        let pe = PeerError::WrongProtocol(peer_proto);
+        link.stats.count_peer_error(&pe);
+        report(hs, Err(Error::Peer(pe)));
+        return;
+    }
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let credits = link.opts.pipe_buffer;
+    if link
+        .events
+        .send(PipeEvent::Up { pipe, peer: peer_proto, out: out_tx, credits })
+        .await
+        .is_err()
+    {
+        report(hs, Err(Error::Closed));
+        return;
+    }
+    report(hs, Ok(()));
+    let reader = async {
+        let mut batch = Vec::new();
+        loop {
+            if rx.recv_many(&mut batch, 1024).await == 0 {
+                return;
+            }
+            if link.events.send(PipeEvent::Messages(pipe, std::mem::take(&mut batch))).await.is_err() {
+                return;
+            }
+        }
+    };
+    let writer = async {
+        let mut cmds = Vec::with_capacity(64);
+        loop {
+            if out_rx.recv_many(&mut cmds, 1024).await == 0 {
+                return;
+            }
+            let n = cmds.len() as u32;
+            for PipeCmd::Send(m) in cmds.drain(..) {
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+            let _ = link.credits.send(Credit::Returned(pipe, n));
+        }
+    };
+    tokio::select! {
+        _ = reader => {},
+        _ = writer => {},
+        _ = link.closed.cancelled() => {},
+    }
+    let _ = link.events.send(PipeEvent::Down(pipe)).await;
+}
+

@@ -1,0 +1,705 @@
+//! The socket driver: one task per socket, on the socket's home core.
+//!
+//! The task owns the sans-IO pattern (`Box<dyn Protocol>`) and feeds it:
+//! * pipe events (handshakes, message batches, disconnects) from the pipe
+//!   tasks on any core, in order per pipe;
+//! * credits from pipe writers;
+//! * queued sends from the application's send buffer (only while the pattern
+//!   can take them: that is where push waits for a ready peer);
+//! * operations (REQ sends and receives) with their completion channels;
+//! * timers, by sleeping until the pattern's `poll_timeout`.
+//!
+//! Outputs go to pipe write queues, to the receive queue the application
+//! reads, or complete operations. The receive queue is bounded; when it is
+//! full the task parks the overflow and stops taking pipe input, so memory
+//! stays bounded and TCP pushes back on the senders.
+//!
+//! The application side is [`SocketHandle`]: sends and receives that do not
+//! need the pattern's state go straight through lock-free queues (no round
+//! trip through the core); the others are operations.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pinion_core::backoff::Backoff;
+use pinion_core::protocol::{self, CtxId, Op, OpId, Output, PipeId, Protocol, ProtocolKind};
+use pinion_core::rng::Rng;
+use pinion_core::{CallerError, Message, OpError, Options};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::cores::{CoreId, Runtime};
+use crate::error::Error;
+use crate::pipe::{self, Credit, PipeCmd, PipeEvent, PipeLink};
+use crate::stats::{Stats, StatsSnapshot};
+use crate::transport::{self, Conn, Listener};
+use crate::url::Url;
+
+type Done = oneshot::Sender<Result<Option<Message>, OpError>>;
+
+/// Commands from the application.
+enum Ctl {
+    Op {
+        op: OpId,
+        ctx: CtxId,
+        what: Op,
+        deadline: Option<Instant>,
+        done: Done,
+    },
+    Cancel(OpId),
+    OpenCtx(oneshot::Sender<Result<CtxId, CallerError>>),
+    CloseCtx(CtxId),
+}
+
+/// Room in the receive queue: the driver parks on it when the queue is full;
+/// receivers ring it after taking a message.
+#[derive(Debug, Default)]
+struct Space {
+    waiting: AtomicBool,
+    notify: Notify,
+}
+
+impl Space {
+    fn taken(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.waiting.load(Ordering::Relaxed) && self.waiting.swap(false, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+struct Shared {
+    kind: ProtocolKind,
+    opts: Arc<Options>,
+    rt: Runtime,
+    home: CoreId,
+    ctl: mpsc::UnboundedSender<Ctl>,
+    send_q: mpsc::Sender<(CtxId, Message)>,
+    recv_q: async_channel::Receiver<Message>,
+    space: Arc<Space>,
+    stats: Arc<Stats>,
+    next_op: AtomicU64,
+    next_pipe: Arc<AtomicU32>,
+    closed: CancellationToken,
+    link: PipeLink,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.closed.cancel();
+    }
+}
+
+/// The application's handle on a socket. Cloning shares the socket; the
+/// socket closes when the last handle is dropped or [`SocketHandle::close`]
+/// is called.
+#[derive(Clone)]
+pub struct SocketHandle {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for SocketHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketHandle")
+            .field("kind", &self.inner.kind)
+            .field("home", &self.inner.home)
+            .finish()
+    }
+}
+
+/// A dialer or listener; dropping it does not stop it, [`Endpoint::close`] does.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    url: Url,
+    stop: CancellationToken,
+}
+
+impl Endpoint {
+    /// The URL (for a listener: as bound, with the real port).
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The bound TCP port, if any.
+    pub fn port(&self) -> Option<u16> {
+        match &self.url {
+            Url::Tcp { port, .. } => Some(*port),
+            _ => None,
+        }
+    }
+
+    /// Stops dialing or accepting. Pipes already up stay up.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl SocketHandle {
+    /// Opens a socket of `kind` on `rt`, homed on the next core in rotation.
+    pub fn open(rt: &Runtime, kind: ProtocolKind, mut opts: Options) -> Result<Self, Error> {
+        opts.validate()?;
+        if opts.seed == Options::default().seed {
+            opts.seed = crate::sys::seed();
+        }
+        let opts = Arc::new(opts);
+        let home = rt.next_core();
+        let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+        let (send_tx, send_rx) = mpsc::channel(opts.send_buffer.max(1));
+        let (deliver_tx, deliver_rx) = async_channel::bounded(opts.recv_buffer.max(1));
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        let (cr_tx, cr_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let closed = CancellationToken::new();
+        let space = Arc::new(Space::default());
+        let mut rng = Rng::new(opts.seed ^ 0x9e37_79b9);
+        let link = PipeLink {
+            kind,
+            opts: opts.clone(),
+            events: ev_tx,
+            credits: cr_tx,
+            stats: stats.clone(),
+            closed: closed.clone(),
+        };
+        let driver = Driver {
+            proto: protocol::new(kind, &opts),
+            kind,
+            pipes: HashMap::new(),
+            ops: HashMap::new(),
+            deliver_tx,
+            overflow: VecDeque::new(),
+            space: space.clone(),
+            stats: stats.clone(),
+        };
+        rt.spawn_on(home, driver.run(ctl_rx, ev_rx, cr_rx, send_rx, closed.clone()));
+        Ok(SocketHandle {
+            inner: Arc::new(Shared {
+                kind,
+                opts,
+                rt: rt.clone(),
+                home,
+                ctl: ctl_tx,
+                send_q: send_tx,
+                recv_q: deliver_rx,
+                space,
+                stats,
+                next_op: AtomicU64::new(1),
+                next_pipe: Arc::new(AtomicU32::new((rng.next_u32() & 0x3fff_ffff) | 1)),
+                closed,
+                link,
+            }),
+        })
+    }
+
+    /// The socket's pattern.
+    pub fn kind(&self) -> ProtocolKind {
+        self.inner.kind
+    }
+
+    /// The socket's options.
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// The runtime the socket lives on.
+    pub fn runtime(&self) -> &Runtime {
+        &self.inner.rt
+    }
+
+    /// The core running the socket's driver.
+    pub fn home_core(&self) -> CoreId {
+        self.inner.home
+    }
+
+    /// The socket's counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Closes the socket: pipes, dialers and listeners stop; pending and
+    /// future operations fail with [`Error::Closed`].
+    pub fn close(&self) {
+        self.inner.closed.cancel();
+    }
+
+    /// Whether the socket is closed.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.is_cancelled()
+    }
+
+    /// A sleep registered with the home core's timer (usable from any thread
+    /// or runtime).
+    fn sleep(&self, d: Duration) -> tokio::time::Sleep {
+        let _g = self.inner.rt.handle(self.inner.home).enter();
+        tokio::time::sleep(d)
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        timeout: Option<Duration>,
+        fut: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match timeout {
+            None => fut.await,
+            Some(d) => {
+                let sleep = self.sleep(d);
+                tokio::select! {
+                    r = fut => r,
+                    _ = sleep => Err(Error::TimedOut),
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` on context `ctx`. For queued patterns this returns once the
+    /// message is in the socket's send buffer, waiting while it is full (push
+    /// with no ready peer); for REQ it starts the request.
+    pub async fn send(&self, ctx: CtxId, msg: Message, timeout: Option<Duration>) -> Result<(), Error> {
+        let kind = self.inner.kind;
+        if !kind.can_send() {
+            return Err(CallerError::NotSupported.into());
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        if kind.uses_ops() {
+            return self.op(ctx, Op::Send(msg), timeout).await.map(|_| ());
+        }
+        let q = &self.inner.send_q;
+        match q.try_send((ctx, msg)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                let closed = self.inner.closed.clone();
+                self.with_timeout(timeout, async move {
+                    tokio::select! {
+                        r = q.send(item) => r.map_err(|_| Error::Closed),
+                        _ = closed.cancelled() => Err(Error::Closed),
+                    }
+                })
+                .await
+            }
+        }
+    }
+
+    /// Receives the next message on context `ctx`.
+    pub async fn recv(&self, ctx: CtxId, timeout: Option<Duration>) -> Result<Message, Error> {
+        let kind = self.inner.kind;
+        if !kind.can_recv() {
+            return Err(CallerError::NotSupported.into());
+        }
+        if kind.uses_ops() {
+            return match self.op(ctx, Op::Recv, timeout).await? {
+                Some(m) => Ok(m),
+                None => Err(Error::Bug("receive completed without a message")),
+            };
+        }
+        let q = &self.inner.recv_q;
+        let r = match q.try_recv() {
+            Ok(m) => Ok(m),
+            Err(async_channel::TryRecvError::Closed) => Err(Error::Closed),
+            Err(async_channel::TryRecvError::Empty) => {
+                self.with_timeout(timeout, async { q.recv().await.map_err(|_| Error::Closed) })
+                    .await
+            }
+        };
+        if r.is_ok() {
+            self.inner.space.taken();
+        }
+        r
+    }
+
+    /// Runs one operation through the pattern (REQ sends and receives).
+    pub async fn op(&self, ctx: CtxId, what: Op, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
+        let op = OpId(self.inner.next_op.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        let deadline = timeout.map(|d| Instant::now() + d);
+        self.inner
+            .ctl
+            .send(Ctl::Op { op, ctx, what, deadline, done: tx })
+            .map_err(|_| Error::Closed)?;
+        struct CancelOnDrop<'a> {
+            ctl: &'a mpsc::UnboundedSender<Ctl>,
+            op: OpId,
+            armed: bool,
+        }
+        impl Drop for CancelOnDrop<'_> {
+            fn drop(&mut self) {
+                if self.armed {
+                    let _ = self.ctl.send(Ctl::Cancel(self.op));
+                }
+            }
+        }
+        let mut guard = CancelOnDrop { ctl: &self.inner.ctl, op, armed: true };
+        let r = rx.await;
+        guard.armed = false;
+        match r {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Opens a context in the pattern (REQ).
+    pub async fn open_ctx(&self) -> Result<CtxId, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.ctl.send(Ctl::OpenCtx(tx)).map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?.map_err(Error::from)
+    }
+
+    /// Closes a context in the pattern.
+    pub fn close_ctx(&self, ctx: CtxId) {
+        let _ = self.inner.ctl.send(Ctl::CloseCtx(ctx));
+    }
+
+    fn new_pipe_id(next: &AtomicU32) -> PipeId {
+        // 1..=0x7fff_ffff, wrapping, never 0.
+        loop {
+            let id = next.fetch_add(1, Ordering::Relaxed) & 0x7fff_ffff;
+            if id != 0 {
+                return PipeId(id);
+            }
+        }
+    }
+
+    /// Binds `url` and accepts connections until closed. Each accepted
+    /// connection is handed to the core with the fewest pipes.
+    pub async fn listen(&self, url: &str) -> Result<Endpoint, Error> {
+        let url = Url::parse(url)?;
+        let sh = &self.inner;
+        let stop = sh.closed.child_token();
+        let (tx, rx) = oneshot::channel();
+        let link = sh.link.clone();
+        let rt = sh.rt.clone();
+        let next_pipe = sh.next_pipe.clone();
+        let stop2 = stop.clone();
+        let url2 = url.clone();
+        sh.rt.spawn_on(sh.home, async move {
+            let (mut listener, bound) = match Listener::bind(&url2, link.kind.id()).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let _ = tx.send(Ok(bound));
+            loop {
+                let conn = tokio::select! {
+                    c = listener.accept(link.opts.tcp_nodelay) => c,
+                    _ = stop2.cancelled() => return,
+                };
+                match conn {
+                    Ok(portable) => {
+                        let core = rt.least_loaded();
+                        let guard = rt.load_guard(core);
+                        let link = link.clone();
+                        let pipe = Self::new_pipe_id(&next_pipe);
+                        rt.spawn_on(core, async move {
+                            let _guard = guard;
+                            match Conn::adopt(portable) {
+                                Ok(conn) => pipe::run(conn, pipe, link, None).await,
+                                Err(e) => tracing::warn!(error = %e, "cannot register accepted connection"),
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+        let bound = rx.await.map_err(|_| Error::Closed)??;
+        Ok(Endpoint { url: bound, stop })
+    }
+
+    /// Connects to `url` and keeps reconnecting, with exponential backoff and
+    /// jitter, whenever the connection is lost. With `block` the first attempt
+    /// is awaited and its failure returned (and the dialer stops); without,
+    /// failures are retried in the background from the start.
+    pub async fn dial(&self, url: &str, block: bool) -> Result<Endpoint, Error> {
+        let url = Url::parse(url)?;
+        let sh = &self.inner;
+        let stop = sh.closed.child_token();
+        let (first_tx, first_rx) = oneshot::channel::<Result<(), Error>>();
+        let mut first = block.then_some(first_tx);
+        let link = sh.link.clone();
+        let rt = sh.rt.clone();
+        let next_pipe = sh.next_pipe.clone();
+        let stop2 = stop.clone();
+        let url2 = url.clone();
+        let mut rng = Rng::new(sh.opts.seed ^ crate::sys::seed());
+        sh.rt.spawn_on(sh.home, async move {
+            let opts = link.opts.clone();
+            let mut backoff = Backoff::new(opts.reconnect_min, opts.reconnect_max);
+            loop {
+                let core = rt.least_loaded();
+                let guard = rt.load_guard(core);
+                let (hs_tx, hs_rx) = oneshot::channel();
+                let link2 = link.clone();
+                let url3 = url2.clone();
+                let pipe = Self::new_pipe_id(&next_pipe);
+                let depth = opts.pipe_buffer as usize;
+                let task = rt.spawn_on(core, async move {
+                    let _guard = guard;
+                    match transport::connect(&url3, link2.kind.id(), depth, link2.opts.tcp_nodelay).await {
+                        Ok(conn) => pipe::run(conn, pipe, link2, Some(hs_tx)).await,
+                        Err(e) => {
+                            let _ = hs_tx.send(Err(e));
+                        }
+                    }
+                });
+                let outcome = tokio::select! {
+                    r = hs_rx => r.unwrap_or(Err(Error::Closed)),
+                    _ = stop2.cancelled() => return,
+                };
+                match outcome {
+                    Ok(()) => {
+                        if let Some(f) = first.take() {
+                            let _ = f.send(Ok(()));
+                        }
+                        backoff.reset();
+                        // Wait for the pipe to end, then redial.
+                        tokio::select! {
+                            _ = task => {},
+                            _ = stop2.cancelled() => return,
+                        }
+                    }
+                    Err(e) => {
+                        link.stats.dial_failures.fetch_add(1, Ordering::Relaxed);
+                        if let Some(f) = first.take() {
+                            let _ = f.send(Err(e));
+                            return;
+                        }
+                        tracing::debug!(url = %url2, error = %e, "dial failed; will retry");
+                    }
+                }
+                let delay = backoff.next_delay(&mut rng);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {},
+                    _ = stop2.cancelled() => return,
+                }
+            }
+        });
+        if block {
+            first_rx.await.map_err(|_| Error::Closed)??;
+        }
+        Ok(Endpoint { url, stop })
+    }
+}
+
+/// The socket task's state.
+struct Driver {
+    proto: Box<dyn Protocol>,
+    kind: ProtocolKind,
+    pipes: HashMap<PipeId, mpsc::UnboundedSender<PipeCmd>>,
+    ops: HashMap<OpId, Done>,
+    deliver_tx: async_channel::Sender<Message>,
+    overflow: VecDeque<Message>,
+    space: Arc<Space>,
+    stats: Arc<Stats>,
+}
+
+/// Inputs of one kind taken before the task looks at the others again.
+const BATCH: usize = 256;
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut ctl: mpsc::UnboundedReceiver<Ctl>,
+        mut events: mpsc::Receiver<PipeEvent>,
+        mut credits: mpsc::UnboundedReceiver<Credit>,
+        mut sends: mpsc::Receiver<(CtxId, Message)>,
+        closed: CancellationToken,
+    ) {
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        let space = self.space.clone();
+        let deliver_tx = self.deliver_tx.clone();
+        loop {
+            self.drain();
+            let timeout = self.proto.poll_timeout();
+            let can_send = !self.kind.uses_ops() && self.proto.can_send();
+            let input_open = self.overflow.is_empty();
+            let parked = !self.overflow.is_empty();
+            tokio::select! {
+                biased;
+                _ = closed.cancelled() => break,
+                Some(c) = credits.recv() => {
+                    self.credit(c);
+                    for _ in 0..BATCH {
+                        match credits.try_recv() { Ok(c) => self.credit(c), Err(_) => break }
+                    }
+                }
+                Some(c) = ctl.recv() => {
+                    self.ctl(c);
+                    for _ in 0..BATCH {
+                        match ctl.try_recv() { Ok(c) => self.ctl(c), Err(_) => break }
+                    }
+                }
+                _ = wait_space(&space, &deliver_tx), if parked => self.flush_overflow(),
+                Some(ev) = events.recv(), if input_open => {
+                    self.event(ev);
+                    for _ in 0..BATCH {
+                        if !self.overflow.is_empty() { break; }
+                        match events.try_recv() { Ok(ev) => self.event(ev), Err(_) => break }
+                    }
+                }
+                Some((ctx, msg)) = sends.recv(), if can_send => {
+                    self.send(ctx, msg);
+                    for _ in 0..BATCH {
+                        self.drain();
+                        if !self.proto.can_send() { break; }
+                        match sends.try_recv() { Ok((ctx, msg)) => self.send(ctx, msg), Err(_) => break }
+                    }
+                }
+                _ = tokio::time::sleep_until(timeout.map(Into::into).unwrap_or(far)), if timeout.is_some() => {
+                    self.proto.handle_timeout(Instant::now());
+                }
+            }
+        }
+        // Closing: fail pending operations; dropping pipe queues closes pipes.
+        for (_, done) in self.ops.drain() {
+            let _ = done.send(Err(OpError::Closed));
+        }
+        self.pipes.clear();
+        self.deliver_tx.close();
+    }
+
+    fn credit(&mut self, c: Credit) {
+        let Credit::Returned(pipe, n) = c;
+        self.proto.handle_credit(pipe, n, Instant::now());
+    }
+
+    fn ctl(&mut self, c: Ctl) {
+        let now = Instant::now();
+        match c {
+            Ctl::Op { op, ctx, what, deadline, done } => match self.proto.start_op(op, ctx, what, deadline, now) {
+                Ok(()) => {
+                    self.ops.insert(op, done);
+                }
+                Err(e) => {
+                    let _ = done.send(Err(e));
+                }
+            },
+            Ctl::Cancel(op) => {
+                if self.ops.remove(&op).is_some() {
+                    self.proto.cancel_op(op, now);
+                }
+            }
+            Ctl::OpenCtx(reply) => {
+                let _ = reply.send(self.proto.open_ctx());
+            }
+            Ctl::CloseCtx(ctx) => self.proto.close_ctx(ctx, now),
+        }
+    }
+
+    fn event(&mut self, ev: PipeEvent) {
+        let now = Instant::now();
+        match ev {
+            PipeEvent::Up { pipe, peer, out, credits } => match self.proto.add_pipe(pipe, peer, credits, now) {
+                Ok(()) => {
+                    self.stats.pipes_added.fetch_add(1, Ordering::Relaxed);
+                    self.pipes.insert(pipe, out);
+                }
+                Err(e) => {
+                    tracing::debug!(pipe = pipe.0, error = %e, "pipe refused by pattern");
+                    self.stats.count_peer_error(&e);
+                    drop(out); // closes the pipe
+                }
+            },
+            PipeEvent::Messages(pipe, batch) => {
+                self.stats.msgs_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for m in batch {
+                    self.proto.handle_message(pipe, m, now);
+                }
+            }
+            PipeEvent::Down(pipe) => {
+                if self.pipes.remove(&pipe).is_some() {
+                    self.stats.pipes_removed.fetch_add(1, Ordering::Relaxed);
+                    self.proto.remove_pipe(pipe, now);
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, ctx: CtxId, msg: Message) {
+        if let Err(e) = self.proto.handle_send(ctx, msg, Instant::now()) {
+            tracing::debug!(error = %e, "queued send refused by pattern");
+        }
+    }
+
+    /// Carries out everything the pattern asked for.
+    fn drain(&mut self) {
+        while let Some(out) = self.proto.poll_output() {
+            match out {
+                Output::Transmit { pipe, msg } => {
+                    if let Some(q) = self.pipes.get(&pipe) {
+                        self.stats.msgs_sent.fetch_add(1, Ordering::Relaxed);
+                        let _ = q.send(PipeCmd::Send(msg));
+                    }
+                }
+                Output::Deliver { ctx: _, msg } => self.deliver(msg),
+                Output::Completed { op, result } => {
+                    if let Some(done) = self.ops.remove(&op) {
+                        let _ = done.send(result);
+                    }
+                }
+                Output::ClosePipe { pipe, error } => {
+                    tracing::debug!(pipe = pipe.0, %error, "pattern closed pipe");
+                    self.stats.count_peer_error(&error);
+                    if self.pipes.remove(&pipe).is_some() {
+                        self.stats.pipes_removed.fetch_add(1, Ordering::Relaxed);
+                        self.proto.remove_pipe(pipe, Instant::now());
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, msg: Message) {
+        if !self.overflow.is_empty() {
+            self.overflow.push_back(msg);
+            return;
+        }
+        match self.deliver_tx.try_send(msg) {
+            Ok(()) => {}
+            Err(async_channel::TrySendError::Full(m)) => self.overflow.push_back(m),
+            Err(async_channel::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn flush_overflow(&mut self) {
+        while let Some(m) = self.overflow.pop_front() {
+            match self.deliver_tx.try_send(m) {
+                Ok(()) => {}
+                Err(async_channel::TrySendError::Full(m)) => {
+                    self.overflow.push_front(m);
+                    return;
+                }
+                Err(async_channel::TrySendError::Closed(_)) => {
+                    self.overflow.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+}
+
+/// Resolves once the receive queue has room (or after a short fallback
+/// interval, so a missed wake-up can only delay, never stall).
+async fn wait_space(space: &Space, tx: &async_channel::Sender<Message>) {
+    let notified = space.notify.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    space.waiting.store(true, Ordering::SeqCst);
+    std::sync::atomic::fence(Ordering::SeqCst);
+    if !tx.is_full() {
+        return;
+    }
+    tokio::select! {
+        _ = notified => {},
+        _ = tokio::time::sleep(Duration::from_millis(10)) => {},
+    }
+}

@@ -1,0 +1,71 @@
+//! Per-socket counters, readable from any thread.
+//!
+//! Pipe faults are counted by the pipe tasks (on whichever core they run);
+//! message counts by the socket task. Relaxed atomics: they are statistics,
+//! not synchronisation.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use pinion_core::PeerError;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters of one socket.
+        #[derive(Debug, Default)]
+        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+
+        /// A copy of [`Stats`] at one moment.
+        #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+        pub struct StatsSnapshot { $($(#[$doc])* pub $name: u64,)* }
+
+        impl Stats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Pipes that completed the handshake and were accepted.
+    pipes_added,
+    /// Pipes that went away after being accepted.
+    pipes_removed,
+    /// Headers with bad magic, version or reserved bytes.
+    rejected_header,
+    /// Peers speaking an incompatible protocol.
+    rejected_protocol,
+    /// Peers refused because the pattern has its one peer already.
+    rejected_busy,
+    /// Peers that did not send their header within the handshake timeout.
+    handshake_timeouts,
+    /// Pipes closed for announcing a message over the receive limit.
+    too_large,
+    /// Pipes closed for malformed messages (bad backtrace, short header,
+    /// bad IPC type, bad hop count).
+    malformed,
+    /// Pipes closed by an I/O error (reset, broken pipe).
+    io_errors,
+    /// Dial attempts that failed.
+    dial_failures,
+    /// Messages handed to pipes.
+    msgs_sent,
+    /// Messages received from pipes.
+    msgs_received,
+}
+
+impl Stats {
+    /// Counts a pipe closed for `e`.
+    pub fn count_peer_error(&self, e: &PeerError) {
+        let c = match e {
+            PeerError::BadMagic | PeerError::BadReserved => &self.rejected_header,
+            PeerError::WrongProtocol(_) => &self.rejected_protocol,
+            PeerError::AlreadyPaired => &self.rejected_busy,
+            PeerError::HandshakeTimeout => &self.handshake_timeouts,
+            PeerError::TooLarge { .. } => &self.too_large,
+            _ => &self.malformed,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+}

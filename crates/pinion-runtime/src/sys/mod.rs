@@ -1,0 +1,89 @@
+//! Platform code: CPU affinity and seeds. Every `unsafe` in pinion lives here,
+//! each with a `// SAFETY:` note.
+
+use std::io;
+
+/// The CPUs this process may run on (its affinity mask, which honours
+/// `taskset` and container cpusets), in ascending order. Falls back to
+/// `0..available_parallelism` where the mask cannot be read.
+pub fn allowed_cpus() -> Vec<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: `cpu_set_t` is a plain bit array; all-zero is a valid value.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: we pass the size of the set we own and a valid pointer to it;
+        // pid 0 means the calling thread.
+        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        if rc == 0 {
+            let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+                // SAFETY: `cpu` is below CPU_SETSIZE, the capacity of `set`.
+                .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+                .collect();
+            if !cpus.is_empty() {
+                return cpus;
+            }
+        }
+    }
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    (0..n).collect()
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        // SAFETY: all-zero is a valid empty `cpu_set_t`.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `cpu` < CPU_SETSIZE was checked above.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+        // SAFETY: valid pointer and size of a set we own; pid 0 = this thread.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = cpu;
+        Ok(())
+    }
+}
+
+/// A seed that differs per process start and per call (request ids must
+/// start at a different random value each run, per the REQ/REP RFC).
+pub fn seed() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn affinity_mask_is_read() {
+        let cpus = super::allowed_cpus();
+        assert!(!cpus.is_empty());
+        super::pin_current_thread(cpus[0]).unwrap();
+        assert_eq!(super::allowed_cpus(), vec![cpus[0]]);
+    }
+
+    #[test]
+    fn seeds_differ() {
+        assert_ne!(super::seed(), super::seed());
+    }
+}

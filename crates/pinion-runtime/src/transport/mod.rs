@@ -1,0 +1,117 @@
+//! Transports: how pipes come to exist.
+//!
+//! Each transport gives a [`Listener`] (bind, then accept connections) and a
+//! [`connect`] function. A connection is handed around as a [`Portable`]
+//! value (a standard-library socket, or an in-process channel pair), so the
+//! listener can accept on one core and the pipe can run on another: the pipe
+//! task registers it with its own core's event loop ([`Conn::adopt`]).
+//!
+//! | scheme | module | framing |
+//! |---|---|---|
+//! | `tcp://` | [`tcp`] | SP header, then `u64 length + payload` |
+//! | `ipc://` | [`ipc`] | SP header, then `0x01 + u64 length + payload` |
+//! | `inproc://` | [`inproc`] | messages moved through channels, no bytes |
+
+use std::io;
+
+use pinion_core::wire::Framing;
+
+use crate::error::Error;
+use crate::url::Url;
+
+pub mod inproc;
+pub mod ipc;
+pub mod tcp;
+
+/// A connection that can move between cores.
+#[derive(Debug)]
+pub enum Portable {
+    /// A connected TCP socket (non-blocking).
+    Tcp(std::net::TcpStream),
+    /// A connected UNIX-domain socket (non-blocking).
+    Ipc(std::os::unix::net::UnixStream),
+    /// One end of an in-process pipe.
+    Inproc(inproc::InprocEnd),
+}
+
+/// A connection registered with the current core's event loop.
+#[derive(Debug)]
+pub enum Conn {
+    /// TCP.
+    Tcp(tokio::net::TcpStream),
+    /// IPC.
+    Ipc(tokio::net::UnixStream),
+    /// inproc.
+    Inproc(inproc::InprocEnd),
+}
+
+impl Conn {
+    /// Registers a portable connection with the calling core. Must run inside
+    /// a core's event loop.
+    pub fn adopt(p: Portable) -> io::Result<Conn> {
+        Ok(match p {
+            Portable::Tcp(s) => Conn::Tcp(tokio::net::TcpStream::from_std(s)?),
+            Portable::Ipc(s) => Conn::Ipc(tokio::net::UnixStream::from_std(s)?),
+            Portable::Inproc(e) => Conn::Inproc(e),
+        })
+    }
+
+    /// The stream framing, for byte-stream transports.
+    pub fn framing(&self) -> Option<Framing> {
+        match self {
+            Conn::Tcp(_) => Some(Framing::Tcp),
+            Conn::Ipc(_) => Some(Framing::Ipc),
+            Conn::Inproc(_) => None,
+        }
+    }
+}
+
+/// Connects to `url` from the calling core. `proto` is the local protocol id
+/// (inproc exchanges it at connect time); `depth` bounds an inproc pipe's
+/// queue.
+pub async fn connect(url: &Url, proto: u16, depth: usize, nodelay: bool) -> Result<Conn, Error> {
+    match url {
+        Url::Tcp { .. } => tcp::connect(url, nodelay).await.map(Conn::Tcp),
+        Url::Ipc(path) => ipc::connect(path).await.map(Conn::Ipc),
+        Url::Inproc(name) => inproc::connect(name, proto, depth).map(Conn::Inproc),
+    }
+}
+
+/// A bound endpoint accepting connections.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(tokio::net::TcpListener),
+    /// IPC; removes its socket file when dropped.
+    Ipc(ipc::IpcListener),
+    /// inproc; unregisters its name when dropped.
+    Inproc(inproc::InprocListener),
+}
+
+impl Listener {
+    /// Binds `url` on the calling core and returns the listener and the URL
+    /// actually bound (with the port filled in for `tcp://host:0`).
+    pub async fn bind(url: &Url, proto: u16) -> Result<(Listener, Url), Error> {
+        match url {
+            Url::Tcp { .. } => {
+                let (l, bound) = tcp::bind(url).await?;
+                Ok((Listener::Tcp(l), bound))
+            }
+            Url::Ipc(path) => Ok((Listener::Ipc(ipc::bind(path).await?), url.clone())),
+            Url::Inproc(name) => Ok((Listener::Inproc(inproc::bind(name, proto)?), url.clone())),
+        }
+    }
+
+    /// Waits for the next connection.
+    pub async fn accept(&mut self, nodelay: bool) -> io::Result<Portable> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(nodelay)?;
+                Ok(Portable::Tcp(s.into_std()?))
+            }
+            Listener::Ipc(l) => l.accept().await.map(Portable::Ipc),
+            Listener::Inproc(l) => l.accept().await.map(Portable::Inproc),
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! pinion: Scalability Protocols sockets, wire-compatible with NNG and
+//! nanomsg, on a thread-per-core runtime.
+//!
+//! A [`Socket`] speaks one pattern ([`Protocol`]): request/reply, push/pull
+//! or pair (v0 and v1). It listens and dials on `tcp://`, `ipc://` and
+//! `inproc://` endpoints, any number of each, and talks to NNG, nanomsg,
+//! mangos or pynng peers on the other end.
+//!
+//! The API is async and works inside any async runtime (tokio, async-std,
+//! smol, or none): the I/O happens on pinion's own pinned core threads, and
+//! the futures only wait on channels. [`blocking`] wraps the same sockets for
+//! plain threads.
+//!
+//! # Example: request/reply
+//!
+//! ```
+//! # fn main() -> Result<(), pinion::Error> {
+//! use pinion::{blocking::Socket, Protocol};
+//!
+//! let rep = Socket::new(Protocol::Rep0)?;
+//! let url = rep.listen("tcp://127.0.0.1:0")?.url().to_string();
+//!
+//! let req = Socket::new(Protocol::Req0)?;
+//! req.dial(&url)?;
+//!
+//! req.send("ping")?;
+//! let request = rep.recv()?;
+//! assert_eq!(&request[..], b"ping");
+//! rep.send("pong")?;
+//! assert_eq!(&req.recv()?[..], b"pong");
+//! # Ok(()) }
+//! ```
+//!
+//! # Example: async push/pull inside tokio
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), pinion::Error> {
+//! use pinion::{Protocol, Socket};
+//!
+//! let pull = Socket::new(Protocol::Pull0)?;
+//! pull.listen("inproc://jobs").await?;
+//! let push = Socket::new(Protocol::Push0)?;
+//! push.dial("inproc://jobs").await?;
+//! for i in 0..3u8 {
+//!     push.send(vec![i]).await?;
+//! }
+//! for i in 0..3u8 {
+//!     assert_eq!(pull.recv().await?[..], [i]);
+//! }
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod blocking;
+mod socket;
+
+pub use bytes::Bytes;
+pub use pinion_core::protocol::ProtocolKind as Protocol;
+pub use pinion_core::{CallerError, Header, Message, OpError, Options, PeerError};
+pub use pinion_runtime::socket::Endpoint;
+pub use pinion_runtime::stats::StatsSnapshot;
+pub use pinion_runtime::{Error, Fault, Runtime, RuntimeBuilder, Url};
+pub use socket::{Context, Socket};
+
+/// Result with pinion's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,213 @@
+//! The async socket and context types.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pinion_core::protocol::CtxId;
+use pinion_core::{CallerError, Header, Message, Options};
+use pinion_runtime::socket::{Endpoint, SocketHandle};
+use pinion_runtime::stats::StatsSnapshot;
+use pinion_runtime::{Error, Runtime};
+
+use crate::Protocol;
+
+/// An SP socket. Cheap to clone; clones share the socket, which closes when
+/// the last clone is dropped (or on [`Socket::close`]).
+///
+/// Sends and receives follow the pattern:
+/// * push: `send` round-robins over peers that can take a message and waits
+///   while none can (backpressure); pull: `recv` takes from every peer;
+/// * pair0/pair1: one peer; a second is refused;
+/// * req: `send` starts a request (cancelling the previous one), `recv`
+///   returns its reply; requests are resent after `req_resend` and when the
+///   connection carrying them drops. Use [`Socket::context`] for many
+///   concurrent requests;
+/// * rep: `recv` returns a request, the next `send` answers it.
+#[derive(Debug, Clone)]
+pub struct Socket {
+    h: SocketHandle,
+    /// REP: the backtrace of the request being answered on the socket's own
+    /// context. Only REP touches it.
+    rep: std::sync::Arc<Mutex<Option<Header>>>,
+}
+
+impl Socket {
+    /// Opens a socket with default options on the global runtime.
+    pub fn new(proto: Protocol) -> crate::Result<Socket> {
+        Self::with_options(proto, Options::default())
+    }
+
+    /// Opens a socket with `opts` on the global runtime.
+    pub fn with_options(proto: Protocol, opts: Options) -> crate::Result<Socket> {
+        Self::on(Runtime::global(), proto, opts)
+    }
+
+    /// Opens a socket on a given runtime.
+    pub fn on(rt: &Runtime, proto: Protocol, opts: Options) -> crate::Result<Socket> {
+        Ok(Socket {
+            h: SocketHandle::open(rt, proto, opts)?,
+            rep: Default::default(),
+        })
+    }
+
+    /// The socket's pattern.
+    pub fn protocol(&self) -> Protocol {
+        self.h.kind()
+    }
+
+    /// The options the socket was opened with.
+    pub fn options(&self) -> &Options {
+        self.h.options()
+    }
+
+    /// Counters: pipes, refusals by reason, messages.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.h.stats()
+    }
+
+    /// The runtime the socket runs on.
+    pub fn runtime(&self) -> &Runtime {
+        self.h.runtime()
+    }
+
+    /// The core running this socket's state machine.
+    pub fn home_core(&self) -> usize {
+        self.h.home_core()
+    }
+
+    /// Closes the socket now.
+    pub fn close(&self) {
+        self.h.close()
+    }
+
+    /// Listens on `url` (`tcp://127.0.0.1:0` picks a free port: read it back
+    /// from the returned [`Endpoint`]).
+    pub async fn listen(&self, url: &str) -> crate::Result<Endpoint> {
+        self.h.listen(url).await
+    }
+
+    /// Dials `url`: waits for the first connection (returning its error, e.g.
+    /// connection refused), then reconnects in the background whenever it is
+    /// lost.
+    pub async fn dial(&self, url: &str) -> crate::Result<Endpoint> {
+        self.h.dial(url, true).await
+    }
+
+    /// Dials `url` without waiting: failures are retried in the background
+    /// with backoff, from the first attempt on.
+    pub async fn dial_background(&self, url: &str) -> crate::Result<Endpoint> {
+        self.h.dial(url, false).await
+    }
+
+    /// Sends a body, waiting at most the socket's send timeout.
+    pub async fn send(&self, body: impl Into<Bytes>) -> crate::Result<()> {
+        self.send_msg(Message::from_body(body)).await
+    }
+
+    /// Sends a message with an explicit timeout (`None`: wait forever).
+    pub async fn send_timeout(&self, body: impl Into<Bytes>, timeout: Option<Duration>) -> crate::Result<()> {
+        self.send_inner(Message::from_body(body), timeout).await
+    }
+
+    /// Sends a message (its header is ignored for cooked patterns).
+    pub async fn send_msg(&self, msg: Message) -> crate::Result<()> {
+        self.send_inner(msg, self.h.options().send_timeout).await
+    }
+
+    async fn send_inner(&self, mut msg: Message, timeout: Option<Duration>) -> crate::Result<()> {
+        msg.header.clear();
+        if self.h.kind() == Protocol::Rep0 {
+            let header = self
+                .rep
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .ok_or(Error::Caller(CallerError::BadState))?;
+            msg.header = header;
+        }
+        self.h.send(CtxId::SOCKET, msg, timeout).await
+    }
+
+    /// Receives a body, waiting at most the socket's receive timeout.
+    pub async fn recv(&self) -> crate::Result<Bytes> {
+        Ok(self.recv_msg().await?.body)
+    }
+
+    /// Receives with an explicit timeout (`None`: wait forever).
+    pub async fn recv_timeout(&self, timeout: Option<Duration>) -> crate::Result<Bytes> {
+        Ok(self.recv_inner(timeout).await?.body)
+    }
+
+    /// Receives a message (cooked: the header is empty).
+    pub async fn recv_msg(&self) -> crate::Result<Message> {
+        self.recv_inner(self.h.options().recv_timeout).await
+    }
+
+    async fn recv_inner(&self, timeout: Option<Duration>) -> crate::Result<Message> {
+        let mut m = self.h.recv(CtxId::SOCKET, timeout).await?;
+        if self.h.kind() == Protocol::Rep0 {
+            *self.rep.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.header);
+            m.header.clear();
+        }
+        Ok(m)
+    }
+
+    /// Opens a context: an independent request (REQ) or reply (REP) state on
+    /// this socket, so many exchanges can run at once.
+    pub async fn context(&self) -> crate::Result<Context> {
+        let ctx = match self.h.kind() {
+            Protocol::Req0 => self.h.open_ctx().await?,
+            Protocol::Rep0 => CtxId::SOCKET,
+            _ => return Err(CallerError::NoContexts.into()),
+        };
+        Ok(Context {
+            h: self.h.clone(),
+            ctx,
+            rep: None,
+        })
+    }
+}
+
+/// An independent exchange on a REQ or REP socket. Each context has at most
+/// one request outstanding (REQ) or one request being answered (REP), with its
+/// own request id and timers. Closed when dropped.
+#[derive(Debug)]
+pub struct Context {
+    h: SocketHandle,
+    ctx: CtxId,
+    rep: Option<Header>,
+}
+
+impl Context {
+    /// Sends a request (REQ) or the reply to the last request received (REP).
+    pub async fn send(&mut self, body: impl Into<Bytes>) -> crate::Result<()> {
+        let mut msg = Message::from_body(body);
+        if self.h.kind() == Protocol::Rep0 {
+            msg.header = self.rep.take().ok_or(Error::Caller(CallerError::BadState))?;
+        }
+        self.h.send(self.ctx, msg, self.h.options().send_timeout).await
+    }
+
+    /// Receives the reply (REQ) or the next request (REP).
+    pub async fn recv(&mut self) -> crate::Result<Bytes> {
+        self.recv_timeout(self.h.options().recv_timeout).await
+    }
+
+    /// Receives with an explicit timeout.
+    pub async fn recv_timeout(&mut self, timeout: Option<Duration>) -> crate::Result<Bytes> {
+        let m = self.h.recv(self.ctx, timeout).await?;
+        if self.h.kind() == Protocol::Rep0 {
+            self.rep = Some(m.header);
+        }
+        Ok(m.body)
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        if self.ctx != CtxId::SOCKET {
+            self.h.close_ctx(self.ctx);
+        }
+    }
+}
