@@ -18,3 +18,28 @@ fn push_pull_over_every_transport() {
         }
     }
 }
+
+#[test]
+fn req_rep_and_pair_over_tcp() {
+    let rep = Socket::new(Protocol::Rep0).unwrap();
+    let url = rep.listen("tcp://127.0.0.1:0").unwrap().url().to_string();
+    let req = Socket::new(Protocol::Req0).unwrap();
+    req.dial(&url).unwrap();
+    for i in 0..100u32 {
+        req.send(i.to_be_bytes().to_vec()).unwrap();
+        let q = rep.recv().unwrap();
+        assert_eq!(q[..], i.to_be_bytes());
+        rep.send(format!("r{i}")).unwrap();
+        assert_eq!(req.recv().unwrap(), format!("r{i}").as_bytes());
+    }
+    for proto in [Protocol::Pair0, Protocol::Pair1] {
+        let a = Socket::new(proto).unwrap();
+        let url = a.listen("tcp://127.0.0.1:0").unwrap().url().to_string();
+        let b = Socket::new(proto).unwrap();
+        b.dial(&url).unwrap();
+        b.send("x").unwrap();
+        assert_eq!(&a.recv().unwrap()[..], b"x");
+        a.send("y").unwrap();
+        assert_eq!(&b.recv().unwrap()[..], b"y");
+    }
+}
