@@ -17,6 +17,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use common::{median, with_watchdog, LatProto, LatSample, ThrSample};
+use pinion_impl::PinionApi;
 use tokio_impl::TokioRt;
 
 #[derive(Parser, Debug)]
@@ -93,7 +94,10 @@ enum Cmd {
 enum ImplArg {
     Nng,
     Tokio,
+    /// pinion's blocking API from two plain threads.
     Pinion,
+    /// pinion's async API, both sides as tasks on pinion's cores.
+    PinionAsync,
     All,
 }
 
@@ -101,7 +105,7 @@ enum ImplArg {
 enum Impl {
     Nng,
     Tokio(TokioRt),
-    Pinion,
+    Pinion(PinionApi),
 }
 
 impl Impl {
@@ -110,7 +114,8 @@ impl Impl {
             Impl::Nng => "NNG",
             Impl::Tokio(TokioRt::Split) => "tokio-split",
             Impl::Tokio(TokioRt::Shared) => "tokio-shared",
-            Impl::Pinion => "pinion",
+            Impl::Pinion(PinionApi::Blocking) => "pinion",
+            Impl::Pinion(PinionApi::Async) => "pinion-async",
         }
     }
     fn is_tokio(self) -> bool {
@@ -123,19 +128,29 @@ impl ImplArg {
         match self {
             ImplArg::Nng => vec![Impl::Nng],
             ImplArg::Tokio => vec![Impl::Tokio(rt)],
-            ImplArg::Pinion => vec![Impl::Pinion],
-            ImplArg::All => vec![Impl::Nng, Impl::Tokio(rt), Impl::Pinion],
+            ImplArg::Pinion => vec![Impl::Pinion(PinionApi::Blocking)],
+            ImplArg::PinionAsync => vec![Impl::Pinion(PinionApi::Async)],
+            ImplArg::All => vec![
+                Impl::Nng,
+                Impl::Tokio(rt),
+                Impl::Pinion(PinionApi::Blocking),
+                Impl::Pinion(PinionApi::Async),
+            ],
         }
     }
 }
 
-/// What `all` measures: NNG, the tokio floor in both placements, pinion.
-const ALL_IMPLS: [Impl; 4] = [
+/// What `all` measures: NNG, the tokio floor in both placements, pinion
+/// through both of its APIs.
+const ALL_IMPLS: [Impl; 5] = [
     Impl::Nng,
     Impl::Tokio(TokioRt::Split),
     Impl::Tokio(TokioRt::Shared),
-    Impl::Pinion,
+    Impl::Pinion(PinionApi::Blocking),
+    Impl::Pinion(PinionApi::Async),
 ];
+
+const PINION_APIS: [PinionApi; 2] = [PinionApi::Blocking, PinionApi::Async];
 
 // ---------------------------------------------------------------------------
 // Dispatch: one function per figure, same shape for every implementation.
@@ -146,7 +161,7 @@ fn run_thr(imp: Impl, size: usize, count: u64) -> Result<ThrSample> {
         move || match imp {
             Impl::Nng => nng_impl::throughput(size, count),
             Impl::Tokio(rt) => tokio_impl::throughput(rt, size, count),
-            Impl::Pinion => pinion_impl::throughput(size, count),
+            Impl::Pinion(api) => pinion_impl::throughput(api, size, count),
         },
     )
 }
@@ -161,14 +176,14 @@ fn run_lat(imp: Impl, proto: LatProto, size: usize, roundtrips: u64) -> Result<L
         move || match imp {
             Impl::Nng => nng_impl::latency(proto, size, roundtrips),
             Impl::Tokio(rt) => tokio_impl::latency(rt, size, roundtrips),
-            Impl::Pinion => pinion_impl::latency(proto, size, roundtrips),
+            Impl::Pinion(api) => pinion_impl::latency(api, proto, size, roundtrips),
         },
     )
 }
 
 fn available(imp: Impl) -> Result<()> {
     match imp {
-        Impl::Pinion => pinion_impl::available(),
+        Impl::Pinion(_) => pinion_impl::available(),
         Impl::Nng | Impl::Tokio(_) => Ok(()),
     }
 }
@@ -275,7 +290,7 @@ impl LatSummary {
 
 fn print_thr(s: &ThrSample, imp: Impl) {
     println!(
-        "{:<7} thr  size {:>6} B  count {:>9}  {:>8.3} s  {:>12.0} msg/s  {:>10.1} Mbit/s (NNG: /2^20)  {:>7.3} Gbit/s",
+        "{:<12} thr  size {:>6} B  count {:>9}  {:>8.3} s  {:>12.0} msg/s  {:>10.1} Mbit/s (NNG: /2^20)  {:>7.3} Gbit/s",
         imp.name(),
         s.size,
         s.count,
@@ -288,7 +303,7 @@ fn print_thr(s: &ThrSample, imp: Impl) {
 
 fn print_lat(s: &LatSample, imp: Impl, proto: LatProto, size: usize) {
     println!(
-        "{:<7} lat  {:<7} size {:>6} B  roundtrips {:>8}  one-way mean {:>8.2} us  p50 {:>8.2} us  p99 {:>8.2} us",
+        "{:<12} lat  {:<7} size {:>6} B  roundtrips {:>8}  one-way mean {:>8.2} us  p50 {:>8.2} us  p99 {:>8.2} us",
         imp.name(),
         if imp.is_tokio() { "(tcp)" } else { proto.label() },
         size,
@@ -344,7 +359,7 @@ fn main() -> Result<()> {
             if repeat > 1 {
                 for s in &summaries {
                     println!(
-                        "{:<7} median of {}: {:.0} msg/s, {:.3} Gbit/s",
+                        "{:<12} median of {}: {:.0} msg/s, {:.3} Gbit/s",
                         s.imp.name(),
                         s.runs.len(),
                         s.msgs(),
@@ -383,7 +398,7 @@ fn main() -> Result<()> {
             if repeat > 1 {
                 for s in &summaries {
                     println!(
-                        "{:<7} median of {}: one-way mean {:.2} us, p50 {:.2} us, p99 {:.2} us",
+                        "{:<12} median of {}: one-way mean {:.2} us, p50 {:.2} us, p99 {:.2} us",
                         s.imp.name(),
                         s.runs.len(),
                         s.mean(),
@@ -427,6 +442,7 @@ const LAT_SIZE: usize = 64;
 
 fn run_all(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<String> {
     let started = std::time::Instant::now();
+    let load_before = loadavg();
     let impls = skip_unavailable(ALL_IMPLS.to_vec());
 
     // Throughput: calibrate every (size, impl), then interleave the R runs so
@@ -490,7 +506,7 @@ fn run_all(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<String> {
             let sample = run_lat(s.imp, proto, LAT_SIZE, s.roundtrips)?;
             eprint!("[lat run {}/{repeat}] ", r + 1);
             eprintln!(
-                "{:<7} {:<7} one-way mean {:>8.2} us  p50 {:>8.2} us  p99 {:>8.2} us",
+                "{:<12} {:<7} one-way mean {:>8.2} us  p50 {:>8.2} us  p99 {:>8.2} us",
                 s.imp.name(),
                 s.proto.map_or("(tcp)", |p| p.label()),
                 sample.mean_oneway_us(),
@@ -501,12 +517,19 @@ fn run_all(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<String> {
         }
     }
 
-    Ok(report(&impls, repeat, &thr, &lat, started.elapsed()))
+    Ok(report(
+        &impls,
+        repeat,
+        &load_before,
+        &thr,
+        &lat,
+        started.elapsed(),
+    ))
 }
 
 fn print_thr_stderr(s: &ThrSample, imp: Impl) {
     eprintln!(
-        "{:<7} {:>6} B  {:>12.0} msg/s  {:>7.3} Gbit/s  ({:.2} s)",
+        "{:<12} {:>6} B  {:>12.0} msg/s  {:>7.3} Gbit/s  ({:.2} s)",
         imp.name(),
         s.size,
         s.msgs_per_sec(),
@@ -533,6 +556,7 @@ fn ratio(num: Option<f64>, den: Option<f64>) -> String {
 fn report(
     impls: &[Impl],
     repeat: usize,
+    load_before: &str,
     thr: &[ThrSummary],
     lat: &[LatSummary],
     took: std::time::Duration,
@@ -560,7 +584,7 @@ fn report(
             .map(|s| s.mean())
             .reduce(f64::min)
     };
-    let pinion_missing = !impls.contains(&Impl::Pinion);
+    let pinion_missing = !impls.iter().any(|i| matches!(i, Impl::Pinion(_)));
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "**yes**",
         Some(false) => "**no**",
@@ -573,7 +597,10 @@ fn report(
     let _ = writeln!(
         o,
         "Medians of R = {repeat} runs per figure; tcp://127.0.0.1; both ends of every measurement are two threads/tasks of this one process; \
-         tokio floor = the better of `tokio-split` and `tokio-shared` for each figure; total wall time {:.0} s.\n",
+         tokio floor = the better of `tokio-split` and `tokio-shared` for each figure; \
+         `pinion` = blocking API from two threads, `pinion-async` = async API as tasks on pinion's cores; \
+         load average before/after: {load_before} / {}; total wall time {:.0} s.\n",
+        loadavg(),
         took.as_secs_f64()
     );
     if pinion_missing {
@@ -587,47 +614,47 @@ fn report(
     let _ = writeln!(o, "### Ratios\n");
     let _ = writeln!(
         o,
-        "| figure | pinion / NNG | pinion / tokio floor | tokio floor / NNG | target | met |"
+        "| figure | pinion variant | pinion / NNG | pinion / tokio floor | target | met | tokio floor / NNG |"
     );
-    let _ = writeln!(o, "|---|---:|---:|---:|---|---|");
+    let _ = writeln!(o, "|---|---|---:|---:|---|---|---:|");
     for &size in &THR_SIZES {
-        let (p, n, t) = (
-            thr_of(Impl::Pinion, size),
-            thr_of(Impl::Nng, size),
-            thr_tokio(size),
-        );
-        let (target, met) = if size <= 1024 {
-            ("pinion ≥ 10× NNG", p.zip(n).map(|(p, n)| p >= 10.0 * n))
-        } else {
-            ("—", None)
-        };
-        let _ = writeln!(
-            o,
-            "| push/pull throughput {} (msg/s; higher is better) | {} | {} | {} | {target} | {} |",
-            size_label(size),
-            ratio(p, n),
-            ratio(p, t),
-            ratio(t, n),
-            verdict(met)
-        );
+        for api in PINION_APIS {
+            let imp = Impl::Pinion(api);
+            let (p, n, t) = (thr_of(imp, size), thr_of(Impl::Nng, size), thr_tokio(size));
+            let (target, met) = if size <= 1024 {
+                ("≥ 10× NNG", p.zip(n).map(|(p, n)| p >= 10.0 * n))
+            } else {
+                ("—", None)
+            };
+            let _ = writeln!(
+                o,
+                "| push/pull throughput {} (msg/s; higher is better) | {} | {} | {} | {target} | {} | {} |",
+                size_label(size),
+                imp.name(),
+                ratio(p, n),
+                ratio(p, t),
+                verdict(met),
+                ratio(t, n)
+            );
+        }
     }
     for &proto in &[LatProto::Reqrep, LatProto::Pair1] {
-        let (p, n, t) = (
-            lat_of(Impl::Pinion, proto),
-            lat_of(Impl::Nng, proto),
-            lat_tokio(),
-        );
-        let met = p.zip(t).map(|(p, t)| p <= 1.2 * t);
-        let _ = writeln!(
-            o,
-            "| {} one-way latency {} (mean; lower is better) | {} | {} | {} | pinion ≤ 1.2× tokio | {} |",
-            proto.label(),
-            size_label(LAT_SIZE),
-            ratio(p, n),
-            ratio(p, t),
-            ratio(t, n),
-            verdict(met)
-        );
+        for api in PINION_APIS {
+            let imp = Impl::Pinion(api);
+            let (p, n, t) = (lat_of(imp, proto), lat_of(Impl::Nng, proto), lat_tokio());
+            let met = p.zip(t).map(|(p, t)| p <= 1.2 * t);
+            let _ = writeln!(
+                o,
+                "| {} one-way latency {} (mean; lower is better) | {} | {} | {} | ≤ 1.2× tokio | {} | {} |",
+                proto.label(),
+                size_label(LAT_SIZE),
+                imp.name(),
+                ratio(p, n),
+                ratio(p, t),
+                verdict(met),
+                ratio(t, n)
+            );
+        }
     }
 
     let _ = writeln!(o, "\n### Throughput (push/pull)\n");
@@ -719,6 +746,13 @@ fn machine_line() -> String {
         "Machine: {cpus} CPUs, {model}, Linux {kernel}; libnng {} (runtime); date {date}.",
         nng_version()
     )
+}
+
+/// 1-, 5- and 15-minute load averages (a hint of how noisy the machine was).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 /// The version string of the libnng actually loaded (`nng_version()`).
