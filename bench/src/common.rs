@@ -93,9 +93,9 @@ pub fn payload(size: usize) -> Vec<u8> {
 /// How long one measurement may take before the whole process gives up.
 pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs `f` on its own thread and waits at most [`RUN_TIMEOUT`]; a hung benchmark
-/// (a lost message, a deadlocked implementation) ends the process with exit code 3
-/// instead of hanging the whole `all` run.
+/// Runs `f` on its own thread and waits at most [`RUN_TIMEOUT`]. A hung
+/// benchmark (a lost message, a deadlocked implementation) becomes an error;
+/// its thread is left behind, blocked, and dies with the process.
 pub fn with_watchdog<T: Send + 'static>(
     what: String,
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
@@ -109,11 +109,7 @@ pub fn with_watchdog<T: Send + 'static>(
     match rx.recv_timeout(RUN_TIMEOUT) {
         Ok(r) => r,
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            eprintln!(
-                "pinion-bench: {what} did not finish within {:?}; giving up",
-                RUN_TIMEOUT
-            );
-            std::process::exit(3);
+            anyhow::bail!("{what} did not finish within {RUN_TIMEOUT:?} (hung?)")
         }
         Err(mpsc::RecvTimeoutError::Disconnected) => {
             anyhow::bail!("{what}: benchmark thread panicked")

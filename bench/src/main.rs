@@ -440,89 +440,135 @@ fn only_requested(imp: ImplArg, rt: TokioRt) -> Result<Vec<Impl>> {
 const THR_SIZES: [usize; 3] = [64, 1024, 64 * 1024];
 const LAT_SIZE: usize = 64;
 
+/// Failures seen during `all`: an implementation that fails (or hangs past the
+/// watchdog) once is not run again, and the report says why.
+#[derive(Default)]
+struct Failures(Vec<(Impl, String)>);
+
+impl Failures {
+    fn has(&self, imp: Impl) -> bool {
+        self.0.iter().any(|(i, _)| *i == imp)
+    }
+    fn add(&mut self, imp: Impl, what: &str, e: anyhow::Error) {
+        eprintln!(
+            "{} failed ({what}): {e:#}; not running it again",
+            imp.name()
+        );
+        self.0.push((imp, format!("{what}: {e:#}")));
+    }
+}
+
 fn run_all(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<String> {
     let started = std::time::Instant::now();
     let load_before = loadavg();
     let impls = skip_unavailable(ALL_IMPLS.to_vec());
+    let mut failed = Failures::default();
 
     // Throughput: calibrate every (size, impl), then interleave the R runs so
     // that slow drifts of the shared machine hit every implementation alike.
     let mut thr: Vec<ThrSummary> = Vec::new();
     for &size in &THR_SIZES {
         for &imp in &impls {
-            let count = calibrate_thr(imp, size, thr_secs)?;
-            eprintln!("calibrated {} thr {size} B: count {count}", imp.name());
-            thr.push(ThrSummary {
-                imp,
-                size,
-                count,
-                runs: Vec::new(),
-            });
+            if failed.has(imp) {
+                continue;
+            }
+            match calibrate_thr(imp, size, thr_secs) {
+                Ok(count) => {
+                    eprintln!("calibrated {} thr {size} B: count {count}", imp.name());
+                    thr.push(ThrSummary {
+                        imp,
+                        size,
+                        count,
+                        runs: Vec::new(),
+                    });
+                }
+                Err(e) => failed.add(imp, &format!("throughput {size} B calibration"), e),
+            }
         }
     }
     for r in 0..repeat {
         for s in thr.iter_mut() {
-            let sample = run_thr(s.imp, s.size, s.count)?;
-            eprint!("[thr run {}/{repeat}] ", r + 1);
-            print_thr_stderr(&sample, s.imp);
-            s.runs.push(sample);
+            if failed.has(s.imp) {
+                continue;
+            }
+            match run_thr(s.imp, s.size, s.count) {
+                Ok(sample) => {
+                    eprint!("[thr run {}/{repeat}] ", r + 1);
+                    print_thr_stderr(&sample, s.imp);
+                    s.runs.push(sample);
+                }
+                Err(e) => failed.add(s.imp, &format!("throughput {} B", s.size), e),
+            }
         }
     }
 
     // Latency: NNG and pinion per protocol; tokio once per placement (no SP protocol).
     let mut lat: Vec<LatSummary> = Vec::new();
+    let mut wanted: Vec<(Impl, Option<LatProto>)> = Vec::new();
     for &proto in &[LatProto::Reqrep, LatProto::Pair1] {
-        for &imp in &impls {
-            if imp.is_tokio() {
-                continue;
-            }
-            let rts = calibrate_lat(imp, proto, LAT_SIZE, lat_secs)?;
-            eprintln!(
-                "calibrated {} lat {}: {rts} roundtrips",
-                imp.name(),
-                proto.label()
-            );
-            lat.push(LatSummary {
-                imp,
-                proto: Some(proto),
-                roundtrips: rts,
-                runs: Vec::new(),
-            });
+        for &imp in impls.iter().filter(|i| !i.is_tokio()) {
+            wanted.push((imp, Some(proto)));
         }
     }
     for &imp in impls.iter().filter(|i| i.is_tokio()) {
-        let rts = calibrate_lat(imp, LatProto::Pair1, LAT_SIZE, lat_secs)?;
-        eprintln!("calibrated {} lat: {rts} roundtrips", imp.name());
-        lat.push(LatSummary {
-            imp,
-            proto: None,
-            roundtrips: rts,
-            runs: Vec::new(),
-        });
+        wanted.push((imp, None));
+    }
+    for (imp, proto) in wanted {
+        if failed.has(imp) {
+            continue;
+        }
+        let p = proto.unwrap_or(LatProto::Pair1);
+        match calibrate_lat(imp, p, LAT_SIZE, lat_secs) {
+            Ok(rts) => {
+                eprintln!(
+                    "calibrated {} lat {}: {rts} roundtrips",
+                    imp.name(),
+                    proto.map_or("(tcp)", |p| p.label())
+                );
+                lat.push(LatSummary {
+                    imp,
+                    proto,
+                    roundtrips: rts,
+                    runs: Vec::new(),
+                });
+            }
+            Err(e) => failed.add(imp, &format!("latency {} calibration", p.label()), e),
+        }
     }
     for r in 0..repeat {
         for s in lat.iter_mut() {
+            if failed.has(s.imp) {
+                continue;
+            }
             let proto = s.proto.unwrap_or(LatProto::Pair1);
-            let sample = run_lat(s.imp, proto, LAT_SIZE, s.roundtrips)?;
-            eprint!("[lat run {}/{repeat}] ", r + 1);
-            eprintln!(
-                "{:<12} {:<7} one-way mean {:>8.2} us  p50 {:>8.2} us  p99 {:>8.2} us",
-                s.imp.name(),
-                s.proto.map_or("(tcp)", |p| p.label()),
-                sample.mean_oneway_us(),
-                sample.oneway_quantile_us(0.5),
-                sample.oneway_quantile_us(0.99)
-            );
-            s.runs.push(sample);
+            match run_lat(s.imp, proto, LAT_SIZE, s.roundtrips) {
+                Ok(sample) => {
+                    eprint!("[lat run {}/{repeat}] ", r + 1);
+                    eprintln!(
+                        "{:<12} {:<7} one-way mean {:>8.2} us  p50 {:>8.2} us  p99 {:>8.2} us",
+                        s.imp.name(),
+                        s.proto.map_or("(tcp)", |p| p.label()),
+                        sample.mean_oneway_us(),
+                        sample.oneway_quantile_us(0.5),
+                        sample.oneway_quantile_us(0.99)
+                    );
+                    s.runs.push(sample);
+                }
+                Err(e) => failed.add(s.imp, &format!("latency {}", proto.label()), e),
+            }
         }
     }
 
+    // Keep only figures with at least one run.
+    thr.retain(|s| !s.runs.is_empty());
+    lat.retain(|s| !s.runs.is_empty());
     Ok(report(
         &impls,
         repeat,
         &load_before,
         &thr,
         &lat,
+        &failed,
         started.elapsed(),
     ))
 }
@@ -559,6 +605,7 @@ fn report(
     load_before: &str,
     thr: &[ThrSummary],
     lat: &[LatSummary],
+    failed: &Failures,
     took: std::time::Duration,
 ) -> String {
     let thr_of = |imp: Impl, size: usize| {
@@ -608,6 +655,13 @@ fn report(
             o,
             "pinion: not measured ({}).\n",
             pinion_impl::NOT_AVAILABLE
+        );
+    }
+    for (imp, why) in &failed.0 {
+        let _ = writeln!(
+            o,
+            "**{} failed** and was not run again: {why}. Its figures below are from the runs before the failure.\n",
+            imp.name()
         );
     }
 
@@ -660,20 +714,21 @@ fn report(
     let _ = writeln!(o, "\n### Throughput (push/pull)\n");
     let _ = writeln!(
         o,
-        "| size | impl | msg/s | Gbit/s | Mbit/s (NNG formula) | msgs per run | min–max msg/s |"
+        "| size | impl | msg/s | Gbit/s | Mbit/s (NNG formula) | msgs per run | runs | min–max msg/s |"
     );
-    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|");
     for s in thr {
         let (lo, hi) = s.range();
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {:.3} | {:.1} | {} | {}–{} |",
+            "| {} | {} | {} | {:.3} | {:.1} | {} | {} | {}–{} |",
             size_label(s.size),
             s.imp.name(),
             group(s.msgs()),
             s.gbit(),
             s.mbit_nng(),
             group(s.count as f64),
+            s.runs.len(),
             group(lo),
             group(hi)
         );
@@ -686,20 +741,21 @@ fn report(
     );
     let _ = writeln!(
         o,
-        "| protocol | impl | mean µs | p50 µs | p99 µs | round trips per run | min–max mean µs |"
+        "| protocol | impl | mean µs | p50 µs | p99 µs | round trips per run | runs | min–max mean µs |"
     );
-    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|");
     for s in lat {
         let (lo, hi) = s.range();
         let _ = writeln!(
             o,
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.2}–{:.2} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2}–{:.2} |",
             s.proto.map_or("plain TCP (floor)", |p| p.label()),
             s.imp.name(),
             s.mean(),
             s.q(0.5),
             s.q(0.99),
             group(s.roundtrips as f64),
+            s.runs.len(),
             lo,
             hi
         );
