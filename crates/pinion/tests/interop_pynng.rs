@@ -57,7 +57,7 @@ fn reply(body: &[u8]) -> Vec<u8> {
 /// Push/pull bodies: `i` as a big-endian u32, then `i % 17` bytes `p`.
 fn seq_payload(i: u32) -> Vec<u8> {
     let mut v = i.to_be_bytes().to_vec();
-    v.extend(std::iter::repeat(b'p').take((i % 17) as usize));
+    v.extend(std::iter::repeat_n(b'p', (i % 17) as usize));
     v
 }
 
@@ -537,9 +537,16 @@ impl Peer {
                     self.fail(format!("no {ev:?} line within {timeout:?}"))
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let st = self.child.wait();
-                    thread::sleep(Duration::from_millis(50));
-                    self.fail(format!("exited ({st:?}) before printing {ev:?}"));
+                    // stdout closed: the peer is exiting (bounded wait).
+                    let mut st = None;
+                    for _ in 0..100 {
+                        st = self.child.try_wait().ok().flatten();
+                        if st.is_some() {
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    self.fail(format!("closed its output ({st:?}) before printing {ev:?}"));
                 }
             }
         }
@@ -1240,6 +1247,17 @@ per_transport!(wrong_protocol_pinion_dials_pub);
 /// Which counter a hostile peer must bump.
 type Counter = fn(&StatsSnapshot) -> u64;
 
+/// Every fault counter together.
+fn faults(s: &StatsSnapshot) -> u64 {
+    s.rejected_header
+        + s.rejected_protocol
+        + s.rejected_busy
+        + s.handshake_timeouts
+        + s.too_large
+        + s.malformed
+        + s.io_errors
+}
+
 /// Runs one hostile raw peer against `url`, then checks that pinion closed
 /// its connection, that `counter` went up, and that the healthy client made
 /// progress afterwards (`progress` counts its messages).
@@ -1251,17 +1269,28 @@ fn run_hostile(
     counter: Counter,
     progress: &AtomicU64,
 ) -> J {
-    let before = counter(&sock.stats());
+    let before = sock.stats();
     let mut cfg =
         obj! {"scenario" => "raw_hostile", "kind" => kind, "role" => "dial", "url" => url};
     for (k, v) in extra {
         cfg.set(k, v.clone());
     }
     let res = Peer::spawn(cfg).finish();
-    wait_until(
-        Duration::from_secs(5),
-        &format!("{kind}: stats counter to go up (now {:?})", sock.stats()),
-        || counter(&sock.stats()) > before,
+    // Exactly this fault is counted, once, and no other.
+    let until = Instant::now() + Duration::from_secs(5);
+    while counter(&sock.stats()) == counter(&before) {
+        assert!(
+            Instant::now() < until,
+            "{kind}: the expected stats counter did not go up: before {before:?}, after {:?}",
+            sock.stats()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    let after = sock.stats();
+    assert_eq!(
+        faults(&after) - faults(&before),
+        1,
+        "{kind}: exactly one fault must be counted: before {before:?}, after {after:?}"
     );
     let p = progress.load(Ordering::SeqCst);
     wait_until(
