@@ -44,6 +44,9 @@ pub struct Options {
     pub req_resend: Option<Duration>,
     /// How long a new pipe may take to send its SP header. Default 10 s.
     pub handshake_timeout: Duration,
+    /// How long a closed socket keeps writing messages that `send` had
+    /// already accepted. Default 1 s.
+    pub linger: Duration,
     /// Set TCP_NODELAY on TCP pipes. Default true.
     pub tcp_nodelay: bool,
     /// Seed for request ids and jitter. The runtime fills it from the OS.
@@ -64,6 +67,7 @@ impl Default for Options {
             max_ttl: 8,
             req_resend: Some(Duration::from_secs(60)),
             handshake_timeout: Duration::from_secs(10),
+            linger: Duration::from_secs(1),
             tcp_nodelay: true,
             seed: 0x5eed_5eed_5eed_5eed,
         }

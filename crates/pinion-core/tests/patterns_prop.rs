@@ -44,7 +44,10 @@ fn steps() -> impl Strategy<Value = Vec<Step>> {
 }
 
 fn resend() -> impl Strategy<Value = Option<Duration>> {
-    prop_oneof![Just(None), (1u64..3000).prop_map(|ms| Some(Duration::from_millis(ms)))]
+    prop_oneof![
+        Just(None),
+        (1u64..3000).prop_map(|ms| Some(Duration::from_millis(ms)))
+    ]
 }
 
 fn link_step() -> impl Strategy<Value = LinkStep> {
@@ -118,15 +121,24 @@ fn harness_sees_traffic() {
             peer: None,
             credits: 2,
         },
-        Step::StartSend { ctx: 0, deadline: None },
-        Step::StartRecv { ctx: 0, deadline: None },
+        Step::StartSend {
+            ctx: 0,
+            deadline: None,
+        },
+        Step::StartRecv {
+            ctx: 0,
+            deadline: None,
+        },
         Step::Echo {
             pipe: 0,
             shape: 0,
             tail: vec![],
         },
         Step::OpenCtx,
-        Step::StartSend { ctx: 1, deadline: None },
+        Step::StartSend {
+            ctx: 1,
+            deadline: None,
+        },
         Step::StartRecv {
             ctx: 1,
             deadline: Some(10),
@@ -183,7 +195,10 @@ fn back_to_back_answers_many_contexts() {
     for c in 0..50u8 {
         steps.push(LinkStep::OpenCtx);
         steps.push(LinkStep::Send { ctx: c });
-        steps.push(LinkStep::Recv { ctx: c, deadline: None });
+        steps.push(LinkStep::Recv {
+            ctx: c,
+            deadline: None,
+        });
     }
     steps.push(LinkStep::Disconnect { which: 1 });
     let l = Link::run(Duration::from_millis(100), 3, &steps);

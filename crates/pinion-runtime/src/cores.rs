@@ -18,6 +18,7 @@
 //! assert_eq!(answer, 42);
 //! ```
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,7 +53,10 @@ impl RuntimeBuilder {
     /// switches pinning off) on top of the defaults.
     pub fn from_env() -> Self {
         let mut b = RuntimeBuilder::default();
-        if let Some(n) = std::env::var("PINION_THREADS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(n) = std::env::var("PINION_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             b.threads = Some(n);
         }
         if let Ok(v) = std::env::var("PINION_PIN") {
@@ -82,6 +86,8 @@ impl RuntimeBuilder {
 
     /// Starts the threads.
     pub fn build(self) -> io::Result<Runtime> {
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+        let rt_id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let cpus = sys::allowed_cpus();
         let n = self.threads.unwrap_or(cpus.len()).max(1);
         let mut cores = Vec::with_capacity(n);
@@ -92,12 +98,16 @@ impl RuntimeBuilder {
             let thread = thread::Builder::new()
                 .name(format!("{}-{i}", self.name))
                 .spawn(move || {
+                    CURRENT.set(Some((rt_id, i)));
                     if let Some(cpu) = cpu {
                         if let Err(e) = sys::pin_current_thread(cpu) {
                             tracing::warn!(cpu, error = %e, "could not pin core thread");
                         }
                     }
-                    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
                         Ok(rt) => rt,
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -122,7 +132,11 @@ impl RuntimeBuilder {
             });
         }
         Ok(Runtime {
-            inner: Arc::new(Inner { cores, next: AtomicUsize::new(0) }),
+            inner: Arc::new(Inner {
+                id: rt_id,
+                cores,
+                next: AtomicUsize::new(0),
+            }),
         })
     }
 }
@@ -136,7 +150,13 @@ struct Core {
     _thread: thread::JoinHandle<()>,
 }
 
+thread_local! {
+    /// On a core thread: (runtime id, core index).
+    static CURRENT: Cell<Option<(usize, CoreId)>> = const { Cell::new(None) };
+}
+
 struct Inner {
+    id: usize,
     cores: Vec<Core>,
     next: AtomicUsize,
 }
@@ -151,7 +171,10 @@ impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
             .field("cores", &self.inner.cores.len())
-            .field("cpus", &self.inner.cores.iter().map(|c| c.cpu).collect::<Vec<_>>())
+            .field(
+                "cpus",
+                &self.inner.cores.iter().map(|c| c.cpu).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -188,7 +211,11 @@ impl Runtime {
 
     /// Live pipes per core.
     pub fn loads(&self) -> Vec<usize> {
-        self.inner.cores.iter().map(|c| c.load.load(Ordering::Relaxed)).collect()
+        self.inner
+            .cores
+            .iter()
+            .map(|c| c.load.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The tokio handle of a core (for timers and spawning).
@@ -219,9 +246,34 @@ impl Runtime {
         rx.recv().expect("pinion core task dropped")
     }
 
-    /// The next core in rotation (for placing sockets).
+    /// The core the calling thread is, if it is one of this runtime's.
+    pub fn current_core(&self) -> Option<CoreId> {
+        match CURRENT.get() {
+            Some((id, core)) if id == self.inner.id => Some(core),
+            _ => None,
+        }
+    }
+
+    /// Where a new socket goes: the calling core when called from one (an
+    /// application task running on a core keeps its sockets local), else the
+    /// next core in rotation.
     pub fn next_core(&self) -> CoreId {
-        self.inner.next.fetch_add(1, Ordering::Relaxed) % self.cores()
+        self.current_core()
+            .unwrap_or_else(|| self.inner.next.fetch_add(1, Ordering::Relaxed) % self.cores())
+    }
+
+    /// Where a new pipe of a socket homed on `home` goes: `home` while it
+    /// carries at most one pipe more than the least-loaded core (so a socket
+    /// with few pipes keeps them local and its messages never cross cores),
+    /// otherwise the least-loaded core (so many pipes spread evenly).
+    pub fn place_pipe(&self, home: CoreId) -> CoreId {
+        let loads = self.loads();
+        let min = loads.iter().copied().min().unwrap_or(0);
+        if loads.get(home).is_some_and(|&l| l <= min + 1) {
+            home
+        } else {
+            self.least_loaded()
+        }
     }
 
     /// The core with the fewest live pipes (for placing a new pipe).
@@ -244,7 +296,10 @@ impl Runtime {
     /// Counts a pipe on `core` until the guard drops.
     pub fn load_guard(&self, core: CoreId) -> LoadGuard {
         self.inner.cores[core].load.fetch_add(1, Ordering::Relaxed);
-        LoadGuard { rt: self.clone(), core }
+        LoadGuard {
+            rt: self.clone(),
+            core,
+        }
     }
 }
 
@@ -256,7 +311,9 @@ pub struct LoadGuard {
 
 impl Drop for LoadGuard {
     fn drop(&mut self) {
-        self.rt.inner.cores[self.core].load.fetch_sub(1, Ordering::Relaxed);
+        self.rt.inner.cores[self.core]
+            .load
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -281,5 +338,26 @@ mod tests {
         assert_eq!(rt.loads(), vec![1, 1]);
         drop((g1, g2));
         assert_eq!(rt.loads(), vec![0, 0]);
+    }
+
+    #[test]
+    fn pipes_stay_home_until_imbalanced() {
+        let rt = Runtime::builder().threads(2).pin(false).build().unwrap();
+        let mut guards = Vec::new();
+        for _ in 0..100 {
+            guards.push(rt.load_guard(rt.place_pipe(0)));
+        }
+        let loads = rt.loads();
+        assert!(loads[0].abs_diff(loads[1]) <= 2, "{loads:?}");
+        drop(guards);
+        assert_eq!(rt.place_pipe(1), 1);
+    }
+
+    #[test]
+    fn sockets_made_on_a_core_stay_there() {
+        let rt = Runtime::builder().threads(2).pin(false).build().unwrap();
+        let rt2 = rt.clone();
+        assert_eq!(rt.block_on(1, async move { rt2.next_core() }), 1);
+        assert_eq!(rt.current_core(), None);
     }
 }

@@ -24,7 +24,9 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use pinion_core::protocol::{PipeId, ProtocolKind};
-use pinion_core::wire::{decode_header, encode_frame, encode_header, FrameDecoder, Framing, HEADER_LEN};
+use pinion_core::wire::{
+    decode_header, encode_frame, encode_header, FrameDecoder, Framing, HEADER_LEN,
+};
 use pinion_core::{Message, Options, PeerError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
@@ -66,6 +68,23 @@ pub enum PipeEvent {
 pub enum Credit {
     /// `pipe` wrote `n` messages.
     Returned(PipeId, u32),
+    /// The pipe task ended abnormally (a panic) before reporting `Down`.
+    Lost(PipeId),
+}
+
+/// Reports [`Credit::Lost`] if a pipe task unwinds before its `Down`.
+struct LostGuard<'a> {
+    link: &'a PipeLink,
+    pipe: PipeId,
+    armed: bool,
+}
+
+impl Drop for LostGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.link.credits.send(Credit::Lost(self.pipe));
+        }
+    }
 }
 
 /// What a pipe needs from its socket.
@@ -87,12 +106,24 @@ pub struct PipeLink {
 
 /// Smallest read buffer space offered to the kernel.
 const READ_CHUNK: usize = 64 * 1024;
+/// Most a read buffer grows by before the bytes to fill it have arrived.
+const MAX_GROWTH: usize = 4 << 20;
 /// Write buffers larger than this are released after use.
 const WRITE_BUF_KEEP: usize = 1 << 20;
 
 /// Runs a pipe to its end. `handshake` learns how the handshake went (dialers
 /// use it to report the first connection's outcome).
-pub async fn run(conn: Conn, pipe: PipeId, link: PipeLink, handshake: Option<oneshot::Sender<Result<(), Error>>>) {
+pub async fn run(
+    conn: Conn,
+    pipe: PipeId,
+    link: PipeLink,
+    handshake: Option<oneshot::Sender<Result<(), Error>>>,
+) {
+    let mut guard = LostGuard {
+        link: &link,
+        pipe,
+        armed: true,
+    };
     match conn {
         Conn::Tcp(mut s) => {
             let (r, w) = s.split();
@@ -104,6 +135,7 @@ pub async fn run(conn: Conn, pipe: PipeId, link: PipeLink, handshake: Option<one
         }
         Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
     }
+    guard.armed = false;
 }
 
 fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) {
@@ -112,7 +144,11 @@ fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), E
     }
 }
 
-async fn handshake<R, W>(r: &mut R, w: &mut W, link: &PipeLink) -> Result<u16, Result<PeerError, io::Error>>
+async fn handshake<R, W>(
+    r: &mut R,
+    w: &mut W,
+    link: &PipeLink,
+) -> Result<u16, Result<PeerError, io::Error>>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -155,7 +191,9 @@ async fn run_stream<R, W>(
             return;
         }
         Err(Err(e)) => {
-            link.stats.io_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            link.stats
+                .io_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             report(hs, Err(Error::io("handshake", "peer", e)));
             return;
         }
@@ -164,7 +202,12 @@ async fn run_stream<R, W>(
     let credits = link.opts.pipe_buffer;
     if link
         .events
-        .send(PipeEvent::Up { pipe, peer, out: out_tx, credits })
+        .send(PipeEvent::Up {
+            pipe,
+            peer,
+            out: out_tx,
+            credits,
+        })
         .await
         .is_err()
     {
@@ -179,8 +222,14 @@ async fn run_stream<R, W>(
         loop {
             // Make room: at least a chunk, or the whole of the next frame
             // (its length was checked against the limit by peek_len).
+            // Growth is capped per read, so a peer can only make pinion hold
+            // what it actually sent (matters with an unlimited receive size).
             let want = match decoder.peek_len(&buf) {
-                Ok(Some(len)) => (len as usize + framing.prefix_len()).saturating_sub(buf.len()),
+                Ok(Some(len)) => usize::try_from(len)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(framing.prefix_len())
+                    .saturating_sub(buf.len())
+                    .min(MAX_GROWTH),
                 Ok(None) => 0,
                 Err(e) => return Err(Ok(e)),
             };
@@ -204,7 +253,13 @@ async fn run_stream<R, W>(
                     }
                 }
             }
-            if !batch.is_empty() && link.events.send(PipeEvent::Messages(pipe, batch)).await.is_err() {
+            if !batch.is_empty()
+                && link
+                    .events
+                    .send(PipeEvent::Messages(pipe, batch))
+                    .await
+                    .is_err()
+            {
                 return Ok(());
             }
         }
@@ -240,7 +295,9 @@ async fn run_stream<R, W>(
         }
         Err(Err(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
             tracing::debug!(pipe = pipe.0, error = %e, "closing pipe: I/O error");
-            link.stats.io_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            link.stats
+                .io_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         _ => {}
     }
@@ -248,8 +305,17 @@ async fn run_stream<R, W>(
     let _ = link.events.send(PipeEvent::Down(pipe)).await;
 }
 
-async fn run_inproc(end: InprocEnd, pipe: PipeId, link: &PipeLink, hs: Option<oneshot::Sender<Result<(), Error>>>) {
-    let InprocEnd { peer_proto, tx, mut rx } = end;
+async fn run_inproc(
+    end: InprocEnd,
+    pipe: PipeId,
+    link: &PipeLink,
+    hs: Option<oneshot::Sender<Result<(), Error>>>,
+) {
+    let InprocEnd {
+        peer_proto,
+        tx,
+        mut rx,
+    } = end;
     if peer_proto != link.kind.peer_id() {
         let pe = PeerError::WrongProtocol(peer_proto);
         link.stats.count_peer_error(&pe);
@@ -260,7 +326,12 @@ async fn run_inproc(end: InprocEnd, pipe: PipeId, link: &PipeLink, hs: Option<on
     let credits = link.opts.pipe_buffer;
     if link
         .events
-        .send(PipeEvent::Up { pipe, peer: peer_proto, out: out_tx, credits })
+        .send(PipeEvent::Up {
+            pipe,
+            peer: peer_proto,
+            out: out_tx,
+            credits,
+        })
         .await
         .is_err()
     {
@@ -274,7 +345,12 @@ async fn run_inproc(end: InprocEnd, pipe: PipeId, link: &PipeLink, hs: Option<on
             if rx.recv_many(&mut batch, 1024).await == 0 {
                 return;
             }
-            if link.events.send(PipeEvent::Messages(pipe, std::mem::take(&mut batch))).await.is_err() {
+            if link
+                .events
+                .send(PipeEvent::Messages(pipe, std::mem::take(&mut batch)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -301,4 +377,3 @@ async fn run_inproc(end: InprocEnd, pipe: PipeId, link: &PipeLink, hs: Option<on
     }
     let _ = link.events.send(PipeEvent::Down(pipe)).await;
 }
-

@@ -82,13 +82,16 @@ struct Shared {
     stats: Arc<Stats>,
     next_op: AtomicU64,
     next_pipe: Arc<AtomicU32>,
-    closed: CancellationToken,
+    /// Cancelled when the application closes the socket (or drops the last
+    /// handle). Endpoints stop at once; the driver then lingers to flush
+    /// queued sends, and stops the pipes with `link.closed`.
+    close_req: CancellationToken,
     link: PipeLink,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.closed.cancel();
+        self.close_req.cancel();
     }
 }
 
@@ -152,6 +155,7 @@ impl SocketHandle {
         let (cr_tx, cr_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let closed = CancellationToken::new();
+        let close_req = CancellationToken::new();
         let space = Arc::new(Space::default());
         let mut rng = Rng::new(opts.seed ^ 0x9e37_79b9);
         let link = PipeLink {
@@ -165,6 +169,7 @@ impl SocketHandle {
         let driver = Driver {
             proto: protocol::new(kind, &opts),
             kind,
+            linger: opts.linger,
             pipes: HashMap::new(),
             ops: HashMap::new(),
             deliver_tx,
@@ -172,7 +177,10 @@ impl SocketHandle {
             space: space.clone(),
             stats: stats.clone(),
         };
-        rt.spawn_on(home, driver.run(ctl_rx, ev_rx, cr_rx, send_rx, closed.clone()));
+        rt.spawn_on(
+            home,
+            driver.run(ctl_rx, ev_rx, cr_rx, send_rx, close_req.clone(), closed),
+        );
         Ok(SocketHandle {
             inner: Arc::new(Shared {
                 kind,
@@ -186,7 +194,7 @@ impl SocketHandle {
                 stats,
                 next_op: AtomicU64::new(1),
                 next_pipe: Arc::new(AtomicU32::new((rng.next_u32() & 0x3fff_ffff) | 1)),
-                closed,
+                close_req,
                 link,
             }),
         })
@@ -217,15 +225,18 @@ impl SocketHandle {
         self.inner.stats.snapshot()
     }
 
-    /// Closes the socket: pipes, dialers and listeners stop; pending and
-    /// future operations fail with [`Error::Closed`].
+    /// Closes the socket: dialers and listeners stop at once; pending and
+    /// future operations fail with [`Error::Closed`]; messages already
+    /// accepted by `send` are still written out for up to
+    /// [`Options::linger`], then the pipes close. Dropping the last handle
+    /// does the same.
     pub fn close(&self) {
-        self.inner.closed.cancel();
+        self.inner.close_req.cancel();
     }
 
-    /// Whether the socket is closed.
+    /// Whether the socket is closed (or closing).
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
+        self.inner.close_req.is_cancelled()
     }
 
     /// A sleep registered with the home core's timer (usable from any thread
@@ -255,7 +266,12 @@ impl SocketHandle {
     /// Sends `msg` on context `ctx`. For queued patterns this returns once the
     /// message is in the socket's send buffer, waiting while it is full (push
     /// with no ready peer); for REQ it starts the request.
-    pub async fn send(&self, ctx: CtxId, msg: Message, timeout: Option<Duration>) -> Result<(), Error> {
+    pub async fn send(
+        &self,
+        ctx: CtxId,
+        msg: Message,
+        timeout: Option<Duration>,
+    ) -> Result<(), Error> {
         let kind = self.inner.kind;
         if !kind.can_send() {
             return Err(CallerError::NotSupported.into());
@@ -271,7 +287,7 @@ impl SocketHandle {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
             Err(mpsc::error::TrySendError::Full(item)) => {
-                let closed = self.inner.closed.clone();
+                let closed = self.inner.close_req.clone();
                 self.with_timeout(timeout, async move {
                     tokio::select! {
                         r = q.send(item) => r.map_err(|_| Error::Closed),
@@ -295,6 +311,9 @@ impl SocketHandle {
                 None => Err(Error::Bug("receive completed without a message")),
             };
         }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         let q = &self.inner.recv_q;
         let r = match q.try_recv() {
             Ok(m) => Ok(m),
@@ -311,13 +330,27 @@ impl SocketHandle {
     }
 
     /// Runs one operation through the pattern (REQ sends and receives).
-    pub async fn op(&self, ctx: CtxId, what: Op, timeout: Option<Duration>) -> Result<Option<Message>, Error> {
+    pub async fn op(
+        &self,
+        ctx: CtxId,
+        what: Op,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Message>, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         let op = OpId(self.inner.next_op.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         let deadline = timeout.map(|d| Instant::now() + d);
         self.inner
             .ctl
-            .send(Ctl::Op { op, ctx, what, deadline, done: tx })
+            .send(Ctl::Op {
+                op,
+                ctx,
+                what,
+                deadline,
+                done: tx,
+            })
             .map_err(|_| Error::Closed)?;
         struct CancelOnDrop<'a> {
             ctl: &'a mpsc::UnboundedSender<Ctl>,
@@ -331,7 +364,11 @@ impl SocketHandle {
                 }
             }
         }
-        let mut guard = CancelOnDrop { ctl: &self.inner.ctl, op, armed: true };
+        let mut guard = CancelOnDrop {
+            ctl: &self.inner.ctl,
+            op,
+            armed: true,
+        };
         let r = rx.await;
         guard.armed = false;
         match r {
@@ -343,7 +380,10 @@ impl SocketHandle {
     /// Opens a context in the pattern (REQ).
     pub async fn open_ctx(&self) -> Result<CtxId, Error> {
         let (tx, rx) = oneshot::channel();
-        self.inner.ctl.send(Ctl::OpenCtx(tx)).map_err(|_| Error::Closed)?;
+        self.inner
+            .ctl
+            .send(Ctl::OpenCtx(tx))
+            .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?.map_err(Error::from)
     }
 
@@ -367,13 +407,14 @@ impl SocketHandle {
     pub async fn listen(&self, url: &str) -> Result<Endpoint, Error> {
         let url = Url::parse(url)?;
         let sh = &self.inner;
-        let stop = sh.closed.child_token();
+        let stop = sh.close_req.child_token();
         let (tx, rx) = oneshot::channel();
         let link = sh.link.clone();
         let rt = sh.rt.clone();
         let next_pipe = sh.next_pipe.clone();
         let stop2 = stop.clone();
         let url2 = url.clone();
+        let home = sh.home;
         sh.rt.spawn_on(sh.home, async move {
             let (mut listener, bound) = match Listener::bind(&url2, link.kind.id()).await {
                 Ok(x) => x,
@@ -390,7 +431,7 @@ impl SocketHandle {
                 };
                 match conn {
                     Ok(portable) => {
-                        let core = rt.least_loaded();
+                        let core = rt.place_pipe(home);
                         let guard = rt.load_guard(core);
                         let link = link.clone();
                         let pipe = Self::new_pipe_id(&next_pipe);
@@ -421,7 +462,7 @@ impl SocketHandle {
     pub async fn dial(&self, url: &str, block: bool) -> Result<Endpoint, Error> {
         let url = Url::parse(url)?;
         let sh = &self.inner;
-        let stop = sh.closed.child_token();
+        let stop = sh.close_req.child_token();
         let (first_tx, first_rx) = oneshot::channel::<Result<(), Error>>();
         let mut first = block.then_some(first_tx);
         let link = sh.link.clone();
@@ -429,12 +470,13 @@ impl SocketHandle {
         let next_pipe = sh.next_pipe.clone();
         let stop2 = stop.clone();
         let url2 = url.clone();
+        let home = sh.home;
         let mut rng = Rng::new(sh.opts.seed ^ crate::sys::seed());
         sh.rt.spawn_on(sh.home, async move {
             let opts = link.opts.clone();
             let mut backoff = Backoff::new(opts.reconnect_min, opts.reconnect_max);
             loop {
-                let core = rt.least_loaded();
+                let core = rt.place_pipe(home);
                 let guard = rt.load_guard(core);
                 let (hs_tx, hs_rx) = oneshot::channel();
                 let link2 = link.clone();
@@ -443,7 +485,9 @@ impl SocketHandle {
                 let depth = opts.pipe_buffer as usize;
                 let task = rt.spawn_on(core, async move {
                     let _guard = guard;
-                    match transport::connect(&url3, link2.kind.id(), depth, link2.opts.tcp_nodelay).await {
+                    match transport::connect(&url3, link2.kind.id(), depth, link2.opts.tcp_nodelay)
+                        .await
+                    {
                         Ok(conn) => pipe::run(conn, pipe, link2, Some(hs_tx)).await,
                         Err(e) => {
                             let _ = hs_tx.send(Err(e));
@@ -493,12 +537,20 @@ impl SocketHandle {
 struct Driver {
     proto: Box<dyn Protocol>,
     kind: ProtocolKind,
-    pipes: HashMap<PipeId, mpsc::UnboundedSender<PipeCmd>>,
+    linger: Duration,
+    pipes: HashMap<PipeId, PipeEntry>,
     ops: HashMap<OpId, Done>,
     deliver_tx: async_channel::Sender<Message>,
     overflow: VecDeque<Message>,
     space: Arc<Space>,
     stats: Arc<Stats>,
+}
+
+/// A live pipe as the driver sees it.
+struct PipeEntry {
+    out: mpsc::UnboundedSender<PipeCmd>,
+    /// Messages handed to the pipe and not yet written.
+    unwritten: u32,
 }
 
 /// Inputs of one kind taken before the task looks at the others again.
@@ -511,20 +563,37 @@ impl Driver {
         mut events: mpsc::Receiver<PipeEvent>,
         mut credits: mpsc::UnboundedReceiver<Credit>,
         mut sends: mpsc::Receiver<(CtxId, Message)>,
+        close_req: CancellationToken,
         closed: CancellationToken,
     ) {
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        // Set once the application closed the socket: the end of lingering.
+        let mut linger_until: Option<Instant> = None;
         let space = self.space.clone();
         let deliver_tx = self.deliver_tx.clone();
         loop {
             self.drain();
-            let timeout = self.proto.poll_timeout();
+            if let Some(until) = linger_until {
+                let flushed = sends.is_empty() && self.pipes.values().all(|p| p.unwritten == 0);
+                if flushed || Instant::now() >= until {
+                    break;
+                }
+            }
+            let timeout = match (self.proto.poll_timeout(), linger_until) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let can_send = !self.kind.uses_ops() && self.proto.can_send();
             let input_open = self.overflow.is_empty();
             let parked = !self.overflow.is_empty();
             tokio::select! {
                 biased;
-                _ = closed.cancelled() => break,
+                _ = close_req.cancelled(), if linger_until.is_none() => {
+                    linger_until = Some(Instant::now() + self.linger);
+                    for (_, done) in self.ops.drain() {
+                        let _ = done.send(Err(OpError::Closed));
+                    }
+                }
                 Some(c) = credits.recv() => {
                     self.credit(c);
                     for _ in 0..BATCH {
@@ -558,23 +627,45 @@ impl Driver {
                 }
             }
         }
-        // Closing: fail pending operations; dropping pipe queues closes pipes.
+        // Closing: fail pending operations, stop the pipes.
         for (_, done) in self.ops.drain() {
             let _ = done.send(Err(OpError::Closed));
         }
+        closed.cancel();
         self.pipes.clear();
         self.deliver_tx.close();
     }
 
     fn credit(&mut self, c: Credit) {
-        let Credit::Returned(pipe, n) = c;
-        self.proto.handle_credit(pipe, n, Instant::now());
+        match c {
+            Credit::Returned(pipe, n) => {
+                if let Some(p) = self.pipes.get_mut(&pipe) {
+                    p.unwritten = p.unwritten.saturating_sub(n);
+                }
+                self.proto.handle_credit(pipe, n, Instant::now());
+            }
+            // The pipe task ended without reporting `Down` (it panicked).
+            Credit::Lost(pipe) => self.pipe_gone(pipe),
+        }
+    }
+
+    fn pipe_gone(&mut self, pipe: PipeId) {
+        if self.pipes.remove(&pipe).is_some() {
+            self.stats.pipes_removed.fetch_add(1, Ordering::Relaxed);
+            self.proto.remove_pipe(pipe, Instant::now());
+        }
     }
 
     fn ctl(&mut self, c: Ctl) {
         let now = Instant::now();
         match c {
-            Ctl::Op { op, ctx, what, deadline, done } => match self.proto.start_op(op, ctx, what, deadline, now) {
+            Ctl::Op {
+                op,
+                ctx,
+                what,
+                deadline,
+                done,
+            } => match self.proto.start_op(op, ctx, what, deadline, now) {
                 Ok(()) => {
                     self.ops.insert(op, done);
                 }
@@ -597,10 +688,15 @@ impl Driver {
     fn event(&mut self, ev: PipeEvent) {
         let now = Instant::now();
         match ev {
-            PipeEvent::Up { pipe, peer, out, credits } => match self.proto.add_pipe(pipe, peer, credits, now) {
+            PipeEvent::Up {
+                pipe,
+                peer,
+                out,
+                credits,
+            } => match self.proto.add_pipe(pipe, peer, credits, now) {
                 Ok(()) => {
                     self.stats.pipes_added.fetch_add(1, Ordering::Relaxed);
-                    self.pipes.insert(pipe, out);
+                    self.pipes.insert(pipe, PipeEntry { out, unwritten: 0 });
                 }
                 Err(e) => {
                     tracing::debug!(pipe = pipe.0, error = %e, "pipe refused by pattern");
@@ -609,17 +705,14 @@ impl Driver {
                 }
             },
             PipeEvent::Messages(pipe, batch) => {
-                self.stats.msgs_received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .msgs_received
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
                 for m in batch {
                     self.proto.handle_message(pipe, m, now);
                 }
             }
-            PipeEvent::Down(pipe) => {
-                if self.pipes.remove(&pipe).is_some() {
-                    self.stats.pipes_removed.fetch_add(1, Ordering::Relaxed);
-                    self.proto.remove_pipe(pipe, now);
-                }
-            }
+            PipeEvent::Down(pipe) => self.pipe_gone(pipe),
         }
     }
 
@@ -634,9 +727,10 @@ impl Driver {
         while let Some(out) = self.proto.poll_output() {
             match out {
                 Output::Transmit { pipe, msg } => {
-                    if let Some(q) = self.pipes.get(&pipe) {
+                    if let Some(p) = self.pipes.get_mut(&pipe) {
                         self.stats.msgs_sent.fetch_add(1, Ordering::Relaxed);
-                        let _ = q.send(PipeCmd::Send(msg));
+                        p.unwritten += 1;
+                        let _ = p.out.send(PipeCmd::Send(msg));
                     }
                 }
                 Output::Deliver { ctx: _, msg } => self.deliver(msg),
@@ -648,10 +742,7 @@ impl Driver {
                 Output::ClosePipe { pipe, error } => {
                     tracing::debug!(pipe = pipe.0, %error, "pattern closed pipe");
                     self.stats.count_peer_error(&error);
-                    if self.pipes.remove(&pipe).is_some() {
-                        self.stats.pipes_removed.fetch_add(1, Ordering::Relaxed);
-                        self.proto.remove_pipe(pipe, Instant::now());
-                    }
+                    self.pipe_gone(pipe);
                 }
             }
         }
@@ -684,7 +775,6 @@ impl Driver {
             }
         }
     }
-
 }
 
 /// Resolves once the receive queue has room (or after a short fallback

@@ -24,13 +24,23 @@ pub enum Url {
 impl Url {
     /// Parses a URL.
     pub fn parse(s: &str) -> Result<Url, Error> {
-        let bad = |reason| Error::InvalidUrl { url: s.to_string(), reason };
-        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad(UrlError::MissingScheme))?;
+        let bad = |reason| Error::InvalidUrl {
+            url: s.to_string(),
+            reason,
+        };
+        let (scheme, rest) = s
+            .split_once("://")
+            .ok_or_else(|| bad(UrlError::MissingScheme))?;
         match scheme {
             "tcp" | "tcp4" | "tcp6" => {
-                let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad(UrlError::BadHostPort))?;
+                let (host, port) = rest
+                    .rsplit_once(':')
+                    .ok_or_else(|| bad(UrlError::BadHostPort))?;
                 let port: u16 = port.parse().map_err(|_| bad(UrlError::BadHostPort))?;
-                let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                let host = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string();
                 if host.contains('/') {
                     return Err(bad(UrlError::BadHostPort));
                 }
@@ -88,13 +98,32 @@ mod tests {
     fn parses() {
         assert_eq!(
             Url::parse("tcp://127.0.0.1:0").unwrap(),
-            Url::Tcp { host: "127.0.0.1".into(), port: 0 }
+            Url::Tcp {
+                host: "127.0.0.1".into(),
+                port: 0
+            }
         );
-        assert_eq!(Url::parse("tcp://[::1]:5555").unwrap().to_string(), "tcp://[::1]:5555");
-        assert_eq!(Url::parse("ipc:///tmp/a.sock").unwrap(), Url::Ipc("/tmp/a.sock".into()));
+        assert_eq!(
+            Url::parse("tcp://[::1]:5555").unwrap().to_string(),
+            "tcp://[::1]:5555"
+        );
+        assert_eq!(
+            Url::parse("ipc:///tmp/a.sock").unwrap(),
+            Url::Ipc("/tmp/a.sock".into())
+        );
         assert_eq!(Url::parse("inproc://x").unwrap(), Url::Inproc("x".into()));
-        for bad in ["127.0.0.1:5", "tcp://127.0.0.1", "tcp://h:99999", "ftp://x", "ipc://", "inproc://"] {
-            assert!(matches!(Url::parse(bad), Err(Error::InvalidUrl { .. })), "{bad}");
+        for bad in [
+            "127.0.0.1:5",
+            "tcp://127.0.0.1",
+            "tcp://h:99999",
+            "ftp://x",
+            "ipc://",
+            "inproc://",
+        ] {
+            assert!(
+                matches!(Url::parse(bad), Err(Error::InvalidUrl { .. })),
+                "{bad}"
+            );
         }
     }
 }

@@ -73,7 +73,11 @@ impl Socket {
     }
 
     /// Sends with an explicit timeout.
-    pub fn send_timeout(&self, body: impl Into<Bytes>, timeout: Option<Duration>) -> crate::Result<()> {
+    pub fn send_timeout(
+        &self,
+        body: impl Into<Bytes>,
+        timeout: Option<Duration>,
+    ) -> crate::Result<()> {
         block_on(self.0.send_timeout(body, timeout))
     }
 

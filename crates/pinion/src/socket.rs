@@ -106,7 +106,11 @@ impl Socket {
     }
 
     /// Sends a message with an explicit timeout (`None`: wait forever).
-    pub async fn send_timeout(&self, body: impl Into<Bytes>, timeout: Option<Duration>) -> crate::Result<()> {
+    pub async fn send_timeout(
+        &self,
+        body: impl Into<Bytes>,
+        timeout: Option<Duration>,
+    ) -> crate::Result<()> {
         self.send_inner(Message::from_body(body), timeout).await
     }
 
@@ -184,9 +188,14 @@ impl Context {
     pub async fn send(&mut self, body: impl Into<Bytes>) -> crate::Result<()> {
         let mut msg = Message::from_body(body);
         if self.h.kind() == Protocol::Rep0 {
-            msg.header = self.rep.take().ok_or(Error::Caller(CallerError::BadState))?;
+            msg.header = self
+                .rep
+                .take()
+                .ok_or(Error::Caller(CallerError::BadState))?;
         }
-        self.h.send(self.ctx, msg, self.h.options().send_timeout).await
+        self.h
+            .send(self.ctx, msg, self.h.options().send_timeout)
+            .await
     }
 
     /// Receives the reply (REQ) or the next request (REP).

@@ -49,3 +49,25 @@ fn req_rep_and_pair_over_tcp() {
         assert_eq!(&b.recv().unwrap()[..], b"y");
     }
 }
+
+#[test]
+fn queued_sends_survive_close() {
+    // Messages accepted by send() are written out even when the socket is
+    // dropped right after (the socket lingers).
+    for url in ["tcp://127.0.0.1:0", "inproc://smoke-linger"] {
+        let pull = Socket::new(Protocol::Pull0).unwrap();
+        let ep = pull.listen(url).unwrap();
+        let push = Socket::new(Protocol::Push0).unwrap();
+        push.dial(&ep.url().to_string()).unwrap();
+        for i in 0..100u32 {
+            push.send(i.to_be_bytes().to_vec()).unwrap();
+        }
+        drop(push);
+        for i in 0..100u32 {
+            let m = pull
+                .recv_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            assert_eq!(m[..], i.to_be_bytes(), "{url}");
+        }
+    }
+}

@@ -221,7 +221,13 @@ pub trait Protocol: Send + fmt::Debug {
     /// and `credits` the messages its write queue holds. An `Err` refuses the
     /// pipe (wrong protocol, or a pair that already has its peer); the driver
     /// closes it and the protocol forgets it.
-    fn add_pipe(&mut self, pipe: PipeId, peer: u16, credits: u32, now: Instant) -> Result<(), PeerError>;
+    fn add_pipe(
+        &mut self,
+        pipe: PipeId,
+        peer: u16,
+        credits: u32,
+        now: Instant,
+    ) -> Result<(), PeerError>;
 
     /// A pipe is gone. Unknown pipes are ignored.
     fn remove_pipe(&mut self, pipe: PipeId, now: Instant);

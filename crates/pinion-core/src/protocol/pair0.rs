@@ -52,7 +52,13 @@ impl Protocol for Pair0 {
         ProtocolKind::Pair0
     }
 
-    fn add_pipe(&mut self, pipe: PipeId, peer: u16, credits: u32, _now: Instant) -> Result<(), PeerError> {
+    fn add_pipe(
+        &mut self,
+        pipe: PipeId,
+        peer: u16,
+        credits: u32,
+        _now: Instant,
+    ) -> Result<(), PeerError> {
         check_peer(ProtocolKind::Pair0, peer)?;
         if self.peer.is_some() {
             return Err(PeerError::AlreadyPaired);
@@ -121,7 +127,10 @@ mod tests {
         let now = Instant::now();
         let mut p = Pair0::new(&Options::default());
         p.add_pipe(PipeId(1), 0x10, 1, now).unwrap();
-        assert_eq!(p.add_pipe(PipeId(2), 0x10, 1, now), Err(PeerError::AlreadyPaired));
+        assert_eq!(
+            p.add_pipe(PipeId(2), 0x10, 1, now),
+            Err(PeerError::AlreadyPaired)
+        );
         assert_eq!(p.peer(), Some(PipeId(1)));
         // Removing the refused pipe does not disturb the peer.
         p.remove_pipe(PipeId(2), now);
@@ -136,7 +145,10 @@ mod tests {
     fn refuses_wrong_peer() {
         let now = Instant::now();
         let mut p = Pair0::new(&Options::default());
-        assert_eq!(p.add_pipe(PipeId(1), 0x11, 1, now), Err(PeerError::WrongProtocol(0x11)));
+        assert_eq!(
+            p.add_pipe(PipeId(1), 0x11, 1, now),
+            Err(PeerError::WrongProtocol(0x11))
+        );
         assert_eq!(p.peer(), None);
         // A refused pipe does not count as the peer.
         p.add_pipe(PipeId(2), 0x10, 1, now).unwrap();
@@ -149,7 +161,8 @@ mod tests {
         assert!(!p.can_send());
         p.add_pipe(PipeId(7), 0x10, 1, now).unwrap();
         assert!(p.can_send());
-        p.handle_send(CtxId::SOCKET, Message::from_body("hi"), now).unwrap();
+        p.handle_send(CtxId::SOCKET, Message::from_body("hi"), now)
+            .unwrap();
         assert!(!p.can_send(), "out of credit");
         match &drain(&mut p)[..] {
             [Output::Transmit { pipe, msg }] => {
@@ -196,7 +209,13 @@ mod tests {
         let mut p = Pair0::new(&Options::default());
         assert!(p.open_ctx().is_err());
         assert!(p
-            .start_op(super::super::OpId(1), CtxId::SOCKET, super::super::Op::Recv, None, now)
+            .start_op(
+                super::super::OpId(1),
+                CtxId::SOCKET,
+                super::super::Op::Recv,
+                None,
+                now
+            )
             .is_err());
         assert_eq!(p.poll_timeout(), None);
     }

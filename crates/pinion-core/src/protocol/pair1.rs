@@ -83,7 +83,13 @@ impl Protocol for Pair1 {
         ProtocolKind::Pair1
     }
 
-    fn add_pipe(&mut self, pipe: PipeId, peer: u16, credits: u32, _now: Instant) -> Result<(), PeerError> {
+    fn add_pipe(
+        &mut self,
+        pipe: PipeId,
+        peer: u16,
+        credits: u32,
+        _now: Instant,
+    ) -> Result<(), PeerError> {
         check_peer(ProtocolKind::Pair1, peer)?;
         if self.peer.is_some() {
             return Err(PeerError::AlreadyPaired);
@@ -177,8 +183,14 @@ mod tests {
     #[test]
     fn one_peer_only_and_peer_check() {
         let (mut p, now) = paired();
-        assert_eq!(p.add_pipe(PipeId(2), 0x11, 1, now), Err(PeerError::AlreadyPaired));
-        assert_eq!(p.add_pipe(PipeId(3), 0x10, 1, now), Err(PeerError::WrongProtocol(0x10)));
+        assert_eq!(
+            p.add_pipe(PipeId(2), 0x11, 1, now),
+            Err(PeerError::AlreadyPaired)
+        );
+        assert_eq!(
+            p.add_pipe(PipeId(3), 0x10, 1, now),
+            Err(PeerError::WrongProtocol(0x10))
+        );
         p.remove_pipe(PipeId(1), now);
         p.add_pipe(PipeId(2), 0x11, 1, now).unwrap();
         assert_eq!(p.peer(), Some(PipeId(2)));
@@ -187,7 +199,8 @@ mod tests {
     #[test]
     fn send_writes_hop_count_one() {
         let (mut p, now) = paired();
-        p.handle_send(CtxId::SOCKET, Message::from_body("hi"), now).unwrap();
+        p.handle_send(CtxId::SOCKET, Message::from_body("hi"), now)
+            .unwrap();
         match &drain(&mut p)[..] {
             [Output::Transmit { pipe, msg }] => {
                 assert_eq!(*pipe, PipeId(1));
@@ -197,7 +210,8 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        p.handle_send(CtxId::SOCKET, Message::from_body("x"), now).unwrap();
+        p.handle_send(CtxId::SOCKET, Message::from_body("x"), now)
+            .unwrap();
         let _ = drain(&mut p);
         assert!(!p.can_send(), "two credits spent");
         p.handle_credit(PipeId(1), 1, now);

@@ -32,7 +32,13 @@ impl Protocol for Pull0 {
         ProtocolKind::Pull0
     }
 
-    fn add_pipe(&mut self, pipe: PipeId, peer: u16, _credits: u32, _now: Instant) -> Result<(), PeerError> {
+    fn add_pipe(
+        &mut self,
+        pipe: PipeId,
+        peer: u16,
+        _credits: u32,
+        _now: Instant,
+    ) -> Result<(), PeerError> {
         check_peer(ProtocolKind::Pull0, peer)?;
         self.pipes.insert(pipe);
         Ok(())
@@ -46,7 +52,10 @@ impl Protocol for Pull0 {
 
     fn handle_message(&mut self, pipe: PipeId, msg: Message, _now: Instant) {
         if self.pipes.contains(&pipe) {
-            self.out.push_back(Output::Deliver { ctx: CtxId::SOCKET, msg });
+            self.out.push_back(Output::Deliver {
+                ctx: CtxId::SOCKET,
+                msg,
+            });
         }
     }
 
@@ -82,6 +91,8 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(p.poll_output().is_none());
-        assert!(p.handle_send(CtxId::SOCKET, Message::default(), now).is_err());
+        assert!(p
+            .handle_send(CtxId::SOCKET, Message::default(), now)
+            .is_err());
     }
 }

@@ -35,7 +35,13 @@ impl Protocol for Push0 {
         ProtocolKind::Push0
     }
 
-    fn add_pipe(&mut self, pipe: PipeId, peer: u16, credits: u32, _now: Instant) -> Result<(), PeerError> {
+    fn add_pipe(
+        &mut self,
+        pipe: PipeId,
+        peer: u16,
+        credits: u32,
+        _now: Instant,
+    ) -> Result<(), PeerError> {
         check_peer(ProtocolKind::Push0, peer)?;
         self.credits.insert(pipe, credits);
         if credits > 0 {
@@ -108,12 +114,14 @@ mod tests {
         p.add_pipe(PipeId(2), 0x51, 1, now).unwrap();
         for m in ["m0", "m1"] {
             assert!(p.can_send());
-            p.handle_send(CtxId::SOCKET, Message::from_body(m), now).unwrap();
+            p.handle_send(CtxId::SOCKET, Message::from_body(m), now)
+                .unwrap();
         }
         assert!(!p.can_send(), "both pipes are out of credit");
         assert_eq!(tx(&mut p), vec![(1, b"m0".to_vec()), (2, b"m1".to_vec())]);
         p.handle_credit(PipeId(2), 1, now);
-        p.handle_send(CtxId::SOCKET, Message::from_body("m2"), now).unwrap();
+        p.handle_send(CtxId::SOCKET, Message::from_body("m2"), now)
+            .unwrap();
         assert_eq!(tx(&mut p), vec![(2, b"m2".to_vec())]);
         p.remove_pipe(PipeId(2), now);
         p.handle_credit(PipeId(2), 5, now);

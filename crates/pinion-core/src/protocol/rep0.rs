@@ -102,7 +102,13 @@ impl Protocol for Rep0 {
         ProtocolKind::Rep0
     }
 
-    fn add_pipe(&mut self, pipe: PipeId, peer: u16, credits: u32, _now: Instant) -> Result<(), PeerError> {
+    fn add_pipe(
+        &mut self,
+        pipe: PipeId,
+        peer: u16,
+        credits: u32,
+        _now: Instant,
+    ) -> Result<(), PeerError> {
         check_peer(ProtocolKind::Rep0, peer)?;
         self.pipes.insert(pipe, credits);
         Ok(())
@@ -215,7 +221,11 @@ mod tests {
     fn one_hop_backtrace() {
         let (mut r, now) = rep();
         // As captured from pynng: f1b176c2 "ping".
-        r.handle_message(PipeId(5), Message::from_body(words(&[0xf1b1_76c2], b"ping")), now);
+        r.handle_message(
+            PipeId(5),
+            Message::from_body(words(&[0xf1b1_76c2], b"ping")),
+            now,
+        );
         let m = delivered(&mut r);
         assert_eq!(m.header.as_slice(), &words(&[5, 0xf1b1_76c2], b"")[..]);
         assert_eq!(&m.body[..], b"ping");
@@ -227,21 +237,31 @@ mod tests {
         let payload = words(&[0x11, 0x22, 0x8000_0007], b"body");
         r.handle_message(PipeId(6), Message::from_body(payload.clone()), now);
         let m = delivered(&mut r);
-        assert_eq!(m.header.as_slice(), &words(&[6, 0x11, 0x22, 0x8000_0007], b"")[..]);
+        assert_eq!(
+            m.header.as_slice(),
+            &words(&[6, 0x11, 0x22, 0x8000_0007], b"")[..]
+        );
         assert_eq!(&m.body[..], b"body");
         // The same payload arriving over inproc with an odd split.
         let mut m = Message::from_body(payload);
         assert!(m.split_header_at(6));
         r.handle_message(PipeId(6), m, now);
         let m = delivered(&mut r);
-        assert_eq!(m.header.as_slice(), &words(&[6, 0x11, 0x22, 0x8000_0007], b"")[..]);
+        assert_eq!(
+            m.header.as_slice(),
+            &words(&[6, 0x11, 0x22, 0x8000_0007], b"")[..]
+        );
         assert_eq!(&m.body[..], b"body");
     }
 
     #[test]
     fn empty_body_after_backtrace() {
         let (mut r, now) = rep();
-        r.handle_message(PipeId(5), Message::from_body(words(&[0x8000_0001], b"")), now);
+        r.handle_message(
+            PipeId(5),
+            Message::from_body(words(&[0x8000_0001], b"")),
+            now,
+        );
         let m = delivered(&mut r);
         assert_eq!(m.header.len(), 8);
         assert!(m.body.is_empty());
@@ -304,7 +324,11 @@ mod tests {
         assert!(drain(&mut r).is_empty());
         assert_eq!(r.ttl_drops(), 2);
         // The pipe is still there.
-        r.handle_message(PipeId(5), Message::from_body(words(&[0x8000_0002], b"")), now);
+        r.handle_message(
+            PipeId(5),
+            Message::from_body(words(&[0x8000_0002], b"")),
+            now,
+        );
         let _ = delivered(&mut r);
     }
 
@@ -319,7 +343,11 @@ mod tests {
         r.add_pipe(PipeId(0x7fff_ffff), 0x30, 1, now).unwrap();
         let mut ws: Vec<u32> = (1..15).collect();
         ws.push(0x8000_0000);
-        r.handle_message(PipeId(0x7fff_ffff), Message::from_body(words(&ws, b"b")), now);
+        r.handle_message(
+            PipeId(0x7fff_ffff),
+            Message::from_body(words(&ws, b"b")),
+            now,
+        );
         let m = delivered(&mut r);
         assert_eq!(m.header.len(), MAX_HEADER);
         assert_eq!(m.header.first_word(), Some(0x7fff_ffff));
@@ -328,7 +356,11 @@ mod tests {
     #[test]
     fn routes_reply_to_its_pipe() {
         let (mut r, now) = rep();
-        r.handle_message(PipeId(6), Message::from_body(words(&[0x44, 0x8000_0009], b"q")), now);
+        r.handle_message(
+            PipeId(6),
+            Message::from_body(words(&[0x44, 0x8000_0009], b"q")),
+            now,
+        );
         let req = delivered(&mut r);
         let reply = Message {
             header: req.header,

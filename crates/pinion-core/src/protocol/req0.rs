@@ -82,7 +82,10 @@ enum ReqState {
     /// Waiting for a pipe with credit; `seq` is its place in the queue.
     Queued { seq: u64 },
     /// Transmitted on `pipe`; resent at `resend_at`.
-    Sent { pipe: PipeId, resend_at: Option<Instant> },
+    Sent {
+        pipe: PipeId,
+        resend_at: Option<Instant>,
+    },
     /// The reply came; the next receive takes it.
     Replied(Message),
     /// The request failed; the next receive gets the error.
@@ -325,7 +328,10 @@ impl Req0 {
         let id = self.alloc_id();
         let mut header = Header::new();
         header.push_word(id).expect("4 bytes fit");
-        let wire = Message { header, body: msg.body };
+        let wire = Message {
+            header,
+            body: msg.body,
+        };
         self.ids.insert(id, ctx);
         self.ctxs.get_mut(&ctx).expect("checked").req = Some(Request {
             id,
@@ -337,7 +343,13 @@ impl Req0 {
         self.pump(now);
     }
 
-    fn start_recv(&mut self, op: OpId, ctx: CtxId, deadline: Option<Instant>, now: Instant) -> Result<(), OpError> {
+    fn start_recv(
+        &mut self,
+        op: OpId,
+        ctx: CtxId,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Result<(), OpError> {
         let c = self.ctxs.get_mut(&ctx).expect("checked");
         if c.recv.is_some() {
             return Err(CallerError::BadState.into());
@@ -398,7 +410,13 @@ impl Protocol for Req0 {
         ProtocolKind::Req0
     }
 
-    fn add_pipe(&mut self, pipe: PipeId, peer: u16, credits: u32, now: Instant) -> Result<(), PeerError> {
+    fn add_pipe(
+        &mut self,
+        pipe: PipeId,
+        peer: u16,
+        credits: u32,
+        now: Instant,
+    ) -> Result<(), PeerError> {
         check_peer(ProtocolKind::Req0, peer)?;
         // A pipe id the driver reuses without removing it first: start over.
         self.drop_pipe(pipe);
@@ -600,7 +618,10 @@ mod tests {
     fn refuses_wrong_peer_and_queued_sends() {
         let now = Instant::now();
         let mut r = Req0::new(&opts(None));
-        assert_eq!(r.add_pipe(PipeId(1), 0x30, 1, now), Err(PeerError::WrongProtocol(0x30)));
+        assert_eq!(
+            r.add_pipe(PipeId(1), 0x30, 1, now),
+            Err(PeerError::WrongProtocol(0x30))
+        );
         assert!(!r.can_send());
         assert_eq!(
             r.handle_send(CtxId::SOCKET, Message::default(), now),
@@ -647,15 +668,25 @@ mod tests {
         let c2 = r.open_ctx().unwrap();
         send(&mut r, 1, CtxId::SOCKET, "a", now);
         send(&mut r, 2, c1, "b", now);
-        let ids: Vec<u32> = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect())
-            .into_iter()
-            .map(|t| t.1)
-            .collect();
+        let ids: Vec<u32> = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        )
+        .into_iter()
+        .map(|t| t.1)
+        .collect();
         assert_eq!(ids, vec![0xffff_fffe, 0xffff_ffff]);
         // Next candidate is 0x8000_0000; pretend it is in use.
         r.ids.insert(0x8000_0000, CtxId::SOCKET);
         send(&mut r, 3, c2, "c", now);
-        let tx = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect());
+        let tx = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        );
         assert_eq!(tx[0].1, 0x8000_0001);
     }
 
@@ -668,7 +699,9 @@ mod tests {
         send(&mut r, 2, c, "b", now);
         let out = drain(&mut r);
         assert_eq!(out.len(), 2, "sends complete at once: {out:?}");
-        assert!(out.iter().all(|o| matches!(completed(o), Some((_, Ok(None))))));
+        assert!(out
+            .iter()
+            .all(|o| matches!(completed(o), Some((_, Ok(None))))));
         assert_eq!(r.queued(), 2);
         r.add_pipe(PipeId(1), REP, 1, now).unwrap();
         r.add_pipe(PipeId(2), REP, 1, now).unwrap();
@@ -692,8 +725,14 @@ mod tests {
         let mut r = Req0::new(&opts(None));
         r.add_pipe(PipeId(1), REP, 4, now).unwrap();
         send(&mut r, 1, CtxId::SOCKET, "ping", now);
-        let tx = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect());
-        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, now).unwrap();
+        let tx = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        );
+        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, now)
+            .unwrap();
         assert!(drain(&mut r).is_empty());
         r.handle_message(PipeId(1), reply(tx[0].1, b"pong"), now);
         match &drain(&mut r)[..] {
@@ -720,14 +759,20 @@ mod tests {
         let mut r = Req0::new(&opts(Some(Duration::from_secs(1))));
         r.add_pipe(PipeId(1), REP, 4, now).unwrap();
         send(&mut r, 1, CtxId::SOCKET, "ping", now);
-        let tx = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect());
+        let tx = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        );
         // Inproc split: the id already in the header.
         let mut m = reply(tx[0].1, b"pong");
         assert!(m.split_header_at(4));
         r.handle_message(PipeId(1), m, now);
         assert!(drain(&mut r).is_empty());
         assert_eq!(r.poll_timeout(), None, "no resend once answered");
-        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, now).unwrap();
+        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, now)
+            .unwrap();
         match &drain(&mut r)[..] {
             [Output::Completed {
                 op: OpId(2),
@@ -760,7 +805,8 @@ mod tests {
         assert!(drain(&mut r).is_empty());
         // A second receive while one is pending is refused too.
         send(&mut r, 3, CtxId::SOCKET, "x", now);
-        r.start_op(OpId(4), CtxId::SOCKET, Op::Recv, None, now).unwrap();
+        r.start_op(OpId(4), CtxId::SOCKET, Op::Recv, None, now)
+            .unwrap();
         assert_eq!(
             r.start_op(OpId(5), CtxId::SOCKET, Op::Recv, None, now),
             Err(OpError::Caller(CallerError::BadState))
@@ -773,8 +819,15 @@ mod tests {
         let mut r = Req0::new(&opts(None));
         r.add_pipe(PipeId(1), REP, 4, now).unwrap();
         send(&mut r, 1, CtxId::SOCKET, "old", now);
-        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, now).unwrap();
-        let old = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect())[0].1;
+        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, now)
+            .unwrap();
+        let old = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        )[0]
+        .1;
         send(&mut r, 3, CtxId::SOCKET, "new", now);
         let out = drain(&mut r);
         let done: Vec<_> = out.iter().filter_map(completed).collect();
@@ -782,9 +835,13 @@ mod tests {
         assert!(matches!(done[1], (3, Ok(None))));
         let new = sent(out.into_iter().filter(|o| completed(o).is_none()).collect())[0].1;
         assert_ne!(old, new);
-        r.start_op(OpId(4), CtxId::SOCKET, Op::Recv, None, now).unwrap();
+        r.start_op(OpId(4), CtxId::SOCKET, Op::Recv, None, now)
+            .unwrap();
         r.handle_message(PipeId(1), reply(old, b"late"), now);
-        assert!(drain(&mut r).is_empty(), "late reply to the old id is dropped");
+        assert!(
+            drain(&mut r).is_empty(),
+            "late reply to the old id is dropped"
+        );
         r.handle_message(PipeId(1), reply(new, b"fresh"), now);
         assert!(matches!(
             &drain(&mut r)[..],
@@ -798,7 +855,13 @@ mod tests {
         let mut r = Req0::new(&opts(None));
         r.add_pipe(PipeId(1), REP, 4, base).unwrap();
         send(&mut r, 1, CtxId::SOCKET, "q", base);
-        let id = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect())[0].1;
+        let id = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        )[0]
+        .1;
         let deadline = base + Duration::from_millis(500);
         r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, Some(deadline), base)
             .unwrap();
@@ -864,7 +927,13 @@ mod tests {
         let mut r = Req0::new(&opts(Some(Duration::from_secs(1))));
         r.add_pipe(PipeId(1), REP, 4, now).unwrap();
         send(&mut r, 1, CtxId::SOCKET, "q", now);
-        let id = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect())[0].1;
+        let id = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        )[0]
+        .1;
         r.start_op(
             OpId(2),
             CtxId::SOCKET,
@@ -892,7 +961,12 @@ mod tests {
         r.add_pipe(PipeId(1), REP, 4, base).unwrap();
         r.add_pipe(PipeId(2), REP, 4, base).unwrap();
         send(&mut r, 1, CtxId::SOCKET, "q", base);
-        let first = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect());
+        let first = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        );
         assert_eq!(first.len(), 1);
         assert_eq!(r.poll_timeout(), Some(base + d));
         r.handle_timeout(base + d - Duration::from_millis(1));
@@ -903,9 +977,14 @@ mod tests {
         assert_eq!(again[0].1, first[0].1, "same id");
         assert_eq!(again[0].2, b"q");
         assert_eq!(again[0].0, 2, "round robin moves on");
-        assert_eq!(r.poll_timeout(), Some(base + 2 * d), "measured from the resend");
+        assert_eq!(
+            r.poll_timeout(),
+            Some(base + 2 * d),
+            "measured from the resend"
+        );
         // A reply from the first pipe still counts.
-        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, base + d).unwrap();
+        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, base + d)
+            .unwrap();
         r.handle_message(PipeId(1), reply(first[0].1, b"ok"), base + d);
         assert!(matches!(
             &drain(&mut r)[..],
@@ -941,8 +1020,14 @@ mod tests {
         let mut r = Req0::new(&opts(Some(d)));
         r.add_pipe(PipeId(1), REP, 4, base).unwrap();
         send(&mut r, 1, CtxId::SOCKET, "q", base);
-        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, base).unwrap();
-        let first = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect());
+        r.start_op(OpId(2), CtxId::SOCKET, Op::Recv, None, base)
+            .unwrap();
+        let first = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        );
         let t = base + Duration::from_secs(5);
         r.remove_pipe(PipeId(1), t);
         assert!(drain(&mut r).is_empty(), "no pipe yet");
@@ -984,8 +1069,14 @@ mod tests {
         let c = r.open_ctx().unwrap();
         send(&mut r, 1, CtxId::SOCKET, "a", now);
         send(&mut r, 2, c, "b", now);
-        r.start_op(OpId(3), CtxId::SOCKET, Op::Recv, None, now).unwrap();
-        let tx = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect());
+        r.start_op(OpId(3), CtxId::SOCKET, Op::Recv, None, now)
+            .unwrap();
+        let tx = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        );
         assert_eq!((tx[0].0, tx[1].0), (1, 2));
         assert_eq!(r.poll_timeout(), None, "no resend timer");
         r.remove_pipe(PipeId(1), now);
@@ -1050,9 +1141,21 @@ mod tests {
         r.add_pipe(PipeId(1), REP, 4, now).unwrap();
         let c = r.open_ctx().unwrap();
         send(&mut r, 1, c, "a", now);
-        r.start_op(OpId(2), c, Op::Recv, Some(now + Duration::from_secs(1)), now)
-            .unwrap();
-        let id = sent(drain(&mut r).into_iter().filter(|o| completed(o).is_none()).collect())[0].1;
+        r.start_op(
+            OpId(2),
+            c,
+            Op::Recv,
+            Some(now + Duration::from_secs(1)),
+            now,
+        )
+        .unwrap();
+        let id = sent(
+            drain(&mut r)
+                .into_iter()
+                .filter(|o| completed(o).is_none())
+                .collect(),
+        )[0]
+        .1;
         r.close_ctx(c, now);
         assert!(matches!(
             &drain(&mut r)[..],
@@ -1070,7 +1173,8 @@ mod tests {
         );
         // The socket's context survives being closed.
         send(&mut r, 4, CtxId::SOCKET, "b", now);
-        r.start_op(OpId(5), CtxId::SOCKET, Op::Recv, None, now).unwrap();
+        r.start_op(OpId(5), CtxId::SOCKET, Op::Recv, None, now)
+            .unwrap();
         let _ = drain(&mut r);
         r.close_ctx(CtxId::SOCKET, now);
         assert!(matches!(
@@ -1094,8 +1198,14 @@ mod tests {
         let ctxs: Vec<CtxId> = (0..N).map(|_| r.open_ctx().unwrap()).collect();
         for (i, c) in ctxs.iter().enumerate() {
             let body = format!("req-{i}");
-            r.start_op(OpId(2 * i as u64), *c, Op::Send(Message::from_body(body)), None, base)
-                .unwrap();
+            r.start_op(
+                OpId(2 * i as u64),
+                *c,
+                Op::Send(Message::from_body(body)),
+                None,
+                base,
+            )
+            .unwrap();
             let deadline = base + Duration::from_secs(10 + i as u64 % 7);
             r.start_op(OpId(2 * i as u64 + 1), *c, Op::Recv, Some(deadline), base)
                 .unwrap();
@@ -1104,7 +1214,9 @@ mod tests {
         for o in drain(&mut r) {
             match o {
                 Output::Transmit { pipe, msg } => requests.push((pipe, msg)),
-                Output::Completed { result: Ok(None), .. } => {}
+                Output::Completed {
+                    result: Ok(None), ..
+                } => {}
                 o => panic!("{o:?}"),
             }
         }
@@ -1160,7 +1272,10 @@ mod tests {
             })
             .collect();
         assert_eq!(fired.len(), 500);
-        assert!(fired.windows(2).all(|w| w[0] > w[1]), "earliest deadline first");
+        assert!(
+            fired.windows(2).all(|w| w[0] > w[1]),
+            "earliest deadline first"
+        );
         assert_eq!(r.poll_timeout(), Some(base + Duration::from_millis(501)));
         assert_eq!(r.queued(), 500, "the rest still wait for a pipe");
     }

@@ -31,6 +31,11 @@ impl Framing {
     }
 }
 
+/// The largest length a stream frame may announce, even with no receive
+/// limit: NNG 2.0 reserves the top 4 bits of the 64-bit size and refuses
+/// anything above this, and no memory could hold it anyway.
+pub const MAX_STREAM_MSG: u64 = 0x0fff_ffff_ffff_ffff;
+
 /// The IPC in-band message type.
 pub const IPC_MSG_TYPE: u8 = 0x01;
 
@@ -80,8 +85,13 @@ impl FrameDecoder {
             }
         };
         let len = u64::from_be_bytes(buf[len_at..len_at + 8].try_into().expect("8 bytes"));
-        if self.max != 0 && len > self.max {
-            return Err(PeerError::TooLarge { len, max: self.max });
+        let max = if self.max == 0 {
+            MAX_STREAM_MSG
+        } else {
+            self.max.min(MAX_STREAM_MSG)
+        };
+        if len > max {
+            return Err(PeerError::TooLarge { len, max });
         }
         Ok(Some(len))
     }
@@ -132,7 +142,10 @@ mod tests {
         let mut b = BytesMut::from(&u64::MAX.to_be_bytes()[..]);
         assert_eq!(
             d.decode(&mut b),
-            Err(PeerError::TooLarge { len: u64::MAX, max: 1 << 20 })
+            Err(PeerError::TooLarge {
+                len: u64::MAX,
+                max: 1 << 20
+            })
         );
     }
 

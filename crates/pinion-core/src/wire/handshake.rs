@@ -45,8 +45,14 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         assert_eq!(decode_header(b"\0SQ\0\0\x30\0\0"), Err(PeerError::BadMagic));
-        assert_eq!(decode_header(b"\0SP\x01\0\x30\0\0"), Err(PeerError::BadMagic));
-        assert_eq!(decode_header(b"\0SP\0\0\x30\0\x01"), Err(PeerError::BadReserved));
+        assert_eq!(
+            decode_header(b"\0SP\x01\0\x30\0\0"),
+            Err(PeerError::BadMagic)
+        );
+        assert_eq!(
+            decode_header(b"\0SP\0\0\x30\0\x01"),
+            Err(PeerError::BadReserved)
+        );
         assert_eq!(decode_header(b"GET / HT"), Err(PeerError::BadMagic));
     }
 }

@@ -38,7 +38,11 @@ use pinion_core::{CallerError, Header, Message, OpError, Options, PeerError};
 pub enum Step {
     /// `add_pipe` (skipped while that pipe is live); `peer` `None` is the
     /// compatible protocol.
-    AddPipe { pipe: u8, peer: Option<u16>, credits: u8 },
+    AddPipe {
+        pipe: u8,
+        peer: Option<u16>,
+        credits: u8,
+    },
     /// `remove_pipe`, live or not.
     RemovePipe { pipe: u8 },
     /// The pipe's write queue drains up to `n` messages (`handle_credit`);
@@ -192,7 +196,11 @@ impl Harness {
     pub fn step(&mut self, step: &Step) {
         let now = self.now;
         match step {
-            Step::AddPipe { pipe, peer, credits } => {
+            Step::AddPipe {
+                pipe,
+                peer,
+                credits,
+            } => {
                 let pipe = pipe_id(*pipe);
                 if self.pipes.contains_key(&pipe) {
                     return; // a driver never adds a live pipe twice
@@ -217,7 +225,10 @@ impl Harness {
                         assert_ne!(peer, self.kind.peer_id());
                     }
                     Err(PeerError::AlreadyPaired) => {
-                        assert!(paired && !self.pipes.is_empty(), "AlreadyPaired without a peer");
+                        assert!(
+                            paired && !self.pipes.is_empty(),
+                            "AlreadyPaired without a peer"
+                        );
                     }
                     Err(e) => panic!("add_pipe: unexpected {e:?}"),
                 }
@@ -269,9 +280,13 @@ impl Harness {
                 self.next_tag += 1;
                 let body = format!("req:{}", self.next_tag).into_bytes();
                 let deadline = self.deadline(*deadline);
-                let res = self
-                    .proto
-                    .start_op(op, ctx, Op::Send(Message::from_body(body.clone())), deadline, now);
+                let res = self.proto.start_op(
+                    op,
+                    ctx,
+                    Op::Send(Message::from_body(body.clone())),
+                    deadline,
+                    now,
+                );
                 self.started(op, ctx, OpKind::Send, deadline, res);
                 if self.pending.contains_key(&op) {
                     self.last_body.insert(ctx, body);
@@ -339,12 +354,26 @@ impl Harness {
         );
     }
 
-    fn started(&mut self, op: OpId, ctx: CtxId, kind: OpKind, deadline: Option<Instant>, res: Result<(), OpError>) {
+    fn started(
+        &mut self,
+        op: OpId,
+        ctx: CtxId,
+        kind: OpKind,
+        deadline: Option<Instant>,
+        res: Result<(), OpError>,
+    ) {
         match res {
             Ok(()) => {
                 assert!(self.kind.uses_ops(), "{:?} started an op", self.kind);
                 assert!(self.ctxs.contains(&ctx), "op started on unknown context");
-                self.pending.insert(op, PendingOp { ctx, kind, deadline });
+                self.pending.insert(
+                    op,
+                    PendingOp {
+                        ctx,
+                        kind,
+                        deadline,
+                    },
+                );
             }
             Err(e) => {
                 self.finished.insert(op);
@@ -395,7 +424,8 @@ impl Harness {
             ProtocolKind::Push0 => (tail.to_vec(), false),
         };
         let before = self.deliveries;
-        self.proto.handle_message(pipe, Message::from_body(msg), now);
+        self.proto
+            .handle_message(pipe, Message::from_body(msg), now);
         self.drain();
         assert_eq!(
             self.deliveries - before,
@@ -414,10 +444,13 @@ impl Harness {
                 let header = if route & 0x80 == 0 && !self.backtraces.is_empty() {
                     self.backtraces[usize::from(route) % self.backtraces.len()]
                 } else {
-                    Header::from_slice(&data[..data.len().min(usize::from(route & 0x7f) % 12)]).expect("short")
+                    Header::from_slice(&data[..data.len().min(usize::from(route & 0x7f) % 12)])
+                        .expect("short")
                 };
                 let target = header.first_word().map(PipeId);
-                let routable = target.and_then(|p| self.pipes.get(&p)).is_some_and(|m| m.credits > 0);
+                let routable = target
+                    .and_then(|p| self.pipes.get(&p))
+                    .is_some_and(|m| m.credits > 0);
                 let before = self.transmits;
                 let res = self.proto.handle_send(
                     ctx,
@@ -437,7 +470,9 @@ impl Harness {
             }
             ProtocolKind::Req0 | ProtocolKind::Pull0 => {
                 assert!(!self.proto.can_send());
-                let res = self.proto.handle_send(ctx, Message::from_body(data.to_vec()), now);
+                let res = self
+                    .proto
+                    .handle_send(ctx, Message::from_body(data.to_vec()), now);
                 assert_eq!(res, Err(OpError::Caller(CallerError::NotSupported)));
                 self.drain();
             }
@@ -450,7 +485,11 @@ impl Harness {
                     .handle_send(ctx, Message::from_body(data.to_vec()), now)
                     .expect("queued send");
                 self.drain();
-                assert_eq!(self.transmits - before, 1, "a queued send is transmitted at once");
+                assert_eq!(
+                    self.transmits - before,
+                    1,
+                    "a queued send is transmitted at once"
+                );
             }
         }
     }
@@ -502,13 +541,18 @@ impl Harness {
                         let h = msg.header;
                         assert!(h.len() >= 8 && h.len() % 4 == 0, "REP header {h:?}");
                         let words = h.len() / 4 - 1;
-                        assert!(words <= usize::from(self.opts.max_ttl), "over TTL delivered");
+                        assert!(
+                            words <= usize::from(self.opts.max_ttl),
+                            "over TTL delivered"
+                        );
                         let p = PipeId(h.first_word().expect("pipe word"));
                         assert!(self.pipes.contains_key(&p), "REP header names a dead pipe");
                         let mut hh = h;
                         hh.pop_word_front();
                         for i in 0..words {
-                            let w = u32::from_be_bytes(hh.as_slice()[i * 4..i * 4 + 4].try_into().unwrap());
+                            let w = u32::from_be_bytes(
+                                hh.as_slice()[i * 4..i * 4 + 4].try_into().unwrap(),
+                            );
                             assert_eq!(w & 0x8000_0000 != 0, i + 1 == words, "backtrace end bit");
                         }
                         if self.backtraces.len() == RECENT {
@@ -529,11 +573,14 @@ impl Harness {
                 });
                 self.finished.insert(op);
                 match (p.kind, result) {
-                    (OpKind::Send, r) => assert_eq!(r.map(|m| m.is_none()), Ok(true), "send result"),
+                    (OpKind::Send, r) => {
+                        assert_eq!(r.map(|m| m.is_none()), Ok(true), "send result")
+                    }
                     (OpKind::Recv, Ok(Some(m))) => {
                         assert!(m.header.is_empty(), "reply with a header");
                         if m.body.starts_with(b"rep:") {
-                            let want = tag_body(b"rep:", self.last_body.get(&p.ctx).expect("ctx sent"));
+                            let want =
+                                tag_body(b"rep:", self.last_body.get(&p.ctx).expect("ctx sent"));
                             assert_eq!(&m.body[..], &want[..], "reply to another request");
                         }
                     }
@@ -542,15 +589,23 @@ impl Harness {
                         let d = p.deadline.expect("timed out without a deadline");
                         assert!(d <= now, "timed out early");
                     }
-                    (OpKind::Recv, Err(OpError::Canceled | OpError::Closed | OpError::ConnectionReset)) => {}
+                    (
+                        OpKind::Recv,
+                        Err(OpError::Canceled | OpError::Closed | OpError::ConnectionReset),
+                    ) => {}
                     (OpKind::Recv, Err(e)) => panic!("receive ended with {e:?}"),
                 }
             }
             Output::ClosePipe { pipe, error } => {
                 self.closes += 1;
-                assert!(self.pipes.remove(&pipe).is_some(), "close of unknown pipe {pipe:?}");
+                assert!(
+                    self.pipes.remove(&pipe).is_some(),
+                    "close of unknown pipe {pipe:?}"
+                );
                 let ok = match self.kind {
-                    ProtocolKind::Pair1 => matches!(error, PeerError::ShortHeader | PeerError::BadHopCount(_)),
+                    ProtocolKind::Pair1 => {
+                        matches!(error, PeerError::ShortHeader | PeerError::BadHopCount(_))
+                    }
                     ProtocolKind::Req0 => error == PeerError::ShortHeader,
                     ProtocolKind::Rep0 => error == PeerError::NoBacktraceEnd,
                     _ => false,
@@ -569,7 +624,12 @@ impl Harness {
             ProtocolKind::Rep0 => true,
             ProtocolKind::Req0 | ProtocolKind::Pull0 => false,
         };
-        assert_eq!(self.proto.can_send(), want, "can_send with pipes {:?}", self.pipes);
+        assert_eq!(
+            self.proto.can_send(),
+            want,
+            "can_send with pipes {:?}",
+            self.pipes
+        );
         if matches!(self.kind, ProtocolKind::Pair0 | ProtocolKind::Pair1) {
             assert!(self.pipes.len() <= 1);
         }
@@ -585,7 +645,10 @@ impl Harness {
         }
         for (op, p) in &self.pending {
             if let Some(d) = p.deadline {
-                assert!(d > self.now, "{op:?} is past its deadline and still pending");
+                assert!(
+                    d > self.now,
+                    "{op:?} is past its deadline and still pending"
+                );
             }
         }
     }
@@ -607,7 +670,11 @@ impl Harness {
         for ctx in self.ctxs.clone() {
             self.close_ctx(ctx);
         }
-        assert!(self.pending.is_empty(), "ops left pending: {:?}", self.pending);
+        assert!(
+            self.pending.is_empty(),
+            "ops left pending: {:?}",
+            self.pending
+        );
         self.check_state();
     }
 }
@@ -735,7 +802,10 @@ impl Link {
         if self.conns.is_empty() {
             return None;
         }
-        self.conns.keys().nth(usize::from(which) % self.conns.len()).copied()
+        self.conns
+            .keys()
+            .nth(usize::from(which) % self.conns.len())
+            .copied()
     }
 
     fn connect(&mut self, req_credits: u32, rep_credits: u32) {
@@ -775,7 +845,10 @@ impl Link {
                 rep_credits,
             } => {
                 if self.conns.len() < 4 {
-                    self.connect(1 + u32::from(req_credits % 4), 1 + u32::from(rep_credits % 4));
+                    self.connect(
+                        1 + u32::from(req_credits % 4),
+                        1 + u32::from(rep_credits % 4),
+                    );
                 }
             }
             LinkStep::Disconnect { which } => {
@@ -790,7 +863,13 @@ impl Link {
                 self.next_tag += 1;
                 let body = format!("req:{}:{}", ctx.0, self.next_tag).into_bytes();
                 self.req
-                    .start_op(op, ctx, Op::Send(Message::from_body(body.clone())), None, now)
+                    .start_op(
+                        op,
+                        ctx,
+                        Op::Send(Message::from_body(body.clone())),
+                        None,
+                        now,
+                    )
                     .expect("send starts");
                 self.pending.insert(op, (ctx, false, None));
                 self.last_body.insert(ctx, body);
@@ -903,21 +982,33 @@ impl Link {
                 any = true;
                 match o {
                     Output::Transmit { pipe, msg } => {
-                        let c = self.conns.get_mut(&pipe).expect("REQ transmits to a live pipe");
+                        let c = self
+                            .conns
+                            .get_mut(&pipe)
+                            .expect("REQ transmits to a live pipe");
                         assert!(c.req_credits > 0, "REQ transmits without credit");
                         c.req_credits -= 1;
                         c.to_rep.push_back(msg);
                     }
                     Output::Completed { op, result } => {
-                        let (ctx, recv, deadline) = self.pending.remove(&op).expect("completion of a pending op");
+                        let (ctx, recv, deadline) = self
+                            .pending
+                            .remove(&op)
+                            .expect("completion of a pending op");
                         match (recv, result) {
                             (false, r) => assert!(matches!(r, Ok(None))),
                             (true, Ok(Some(m))) => {
                                 let want = tag_body(b"rep:", &self.last_body[&ctx]);
-                                assert_eq!(&m.body[..], &want[..], "reply matched to the wrong request");
+                                assert_eq!(
+                                    &m.body[..],
+                                    &want[..],
+                                    "reply matched to the wrong request"
+                                );
                                 self.answered += 1;
                             }
-                            (true, Err(OpError::TimedOut)) => assert!(deadline.is_some_and(|d| d <= self.now)),
+                            (true, Err(OpError::TimedOut)) => {
+                                assert!(deadline.is_some_and(|d| d <= self.now))
+                            }
                             (true, Err(OpError::Canceled | OpError::Closed)) => {}
                             (true, r) => panic!("receive ended with {r:?}"),
                         }
@@ -929,7 +1020,10 @@ impl Link {
                 any = true;
                 match o {
                     Output::Transmit { pipe, msg } => {
-                        let c = self.conns.get_mut(&pipe).expect("REP transmits to a live pipe");
+                        let c = self
+                            .conns
+                            .get_mut(&pipe)
+                            .expect("REP transmits to a live pipe");
                         assert!(c.rep_credits > 0, "REP transmits without credit");
                         c.rep_credits -= 1;
                         assert_eq!(msg.header.len(), 4, "reply carries the request id only");

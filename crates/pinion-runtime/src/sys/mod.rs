@@ -13,7 +13,8 @@ pub fn allowed_cpus() -> Vec<usize> {
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
         // SAFETY: we pass the size of the set we own and a valid pointer to it;
         // pid 0 means the calling thread.
-        let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+        let rc =
+            unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
         if rc == 0 {
             let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
                 // SAFETY: `cpu` is below CPU_SETSIZE, the capacity of `set`.
@@ -24,7 +25,9 @@ pub fn allowed_cpus() -> Vec<usize> {
             }
         }
     }
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     (0..n).collect()
 }
 
@@ -40,7 +43,8 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
         // SAFETY: `cpu` < CPU_SETSIZE was checked above.
         unsafe { libc::CPU_SET(cpu, &mut set) };
         // SAFETY: valid pointer and size of a set we own; pid 0 = this thread.
-        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+        let rc =
+            unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
         if rc != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -61,7 +61,11 @@ impl Drop for InprocListener {
 pub fn bind(name: &str, proto: u16) -> Result<InprocListener, Error> {
     let mut r = registry().lock().unwrap_or_else(|e| e.into_inner());
     if r.get(name).is_some_and(|(_, tx)| !tx.is_closed()) {
-        return Err(Error::io("bind", format!("inproc://{name}"), io::Error::from(io::ErrorKind::AddrInUse)));
+        return Err(Error::io(
+            "bind",
+            format!("inproc://{name}"),
+            io::Error::from(io::ErrorKind::AddrInUse),
+        ));
     }
     let (tx, rx) = mpsc::unbounded_channel();
     r.insert(name.to_string(), (proto, tx));
@@ -73,7 +77,13 @@ pub fn bind(name: &str, proto: u16) -> Result<InprocListener, Error> {
 
 /// Connects to `name`; `depth` bounds each direction's queue.
 pub fn connect(name: &str, proto: u16, depth: usize) -> Result<InprocEnd, Error> {
-    let refused = || Error::io("connect", format!("inproc://{name}"), io::Error::from(io::ErrorKind::ConnectionRefused));
+    let refused = || {
+        Error::io(
+            "connect",
+            format!("inproc://{name}"),
+            io::Error::from(io::ErrorKind::ConnectionRefused),
+        )
+    };
     let r = registry().lock().unwrap_or_else(|e| e.into_inner());
     let (listener_proto, accept) = r.get(name).ok_or_else(refused)?;
     let (a_tx, a_rx) = mpsc::channel(depth.max(1));

@@ -47,10 +47,20 @@ pub async fn bind(path: &Path) -> Result<IpcListener, Error> {
     let url = || format!("ipc://{}", path.display());
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(Error::io("bind", url(), io::Error::from(io::ErrorKind::AlreadyExists)));
+            return Err(Error::io(
+                "bind",
+                url(),
+                io::Error::from(io::ErrorKind::AlreadyExists),
+            ));
         }
         match UnixStream::connect(path).await {
-            Ok(_) => return Err(Error::io("bind", url(), io::Error::from(io::ErrorKind::AddrInUse))),
+            Ok(_) => {
+                return Err(Error::io(
+                    "bind",
+                    url(),
+                    io::Error::from(io::ErrorKind::AddrInUse),
+                ))
+            }
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
                 tracing::info!(path = %path.display(), "removing stale IPC socket file");
                 std::fs::remove_file(path).map_err(|e| Error::io("bind", url(), e))?;
