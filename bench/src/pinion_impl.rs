@@ -162,11 +162,10 @@ mod imp {
     }
 
     fn thr_async(size: usize, count: u64) -> Result<ThrSample> {
-        let pull = Socket::new(Protocol::Pull0).context("pinion socket")?;
-        let push = Socket::new(Protocol::Push0).context("pinion socket")?;
         let (done_tx, done_rx) = tokio_oneshot();
         let (url_tx, url_rx) = tokio_oneshot::<String>();
         let receiver = async move {
+            let pull = Socket::new(Protocol::Pull0).context("pinion socket")?;
             let ep = pull.listen(LISTEN).await.context("pinion listen")?;
             let _ = url_tx.send(ep.url().to_string());
             let sync = pull.recv().await.context("pinion recv sync")?;
@@ -185,6 +184,7 @@ mod imp {
             })
         };
         let sender = async move {
+            let push = Socket::new(Protocol::Push0).context("pinion socket")?;
             let url = url_rx.await.context("pinion listener failed")?;
             push.dial(&url)
                 .await
@@ -263,12 +263,13 @@ mod imp {
 
     fn lat_async(proto: LatProto, size: usize, roundtrips: u64) -> Result<LatSample> {
         let (srv_proto, cli_proto) = protos(proto);
-        let server = Socket::new(srv_proto).context("pinion socket")?;
-        let client = Socket::new(cli_proto).context("pinion socket")?;
+        // Sockets are opened inside the tasks, so each is homed on the core
+        // its task runs on (and its pipe joins it there).
         let warmup = warmup_roundtrips(roundtrips);
         let (url_tx, url_rx) = tokio_oneshot::<String>();
         let (done_tx, done_rx) = tokio_oneshot();
         let echo = async move {
+            let server = Socket::new(srv_proto).context("pinion socket")?;
             let ep = server.listen(LISTEN).await.context("pinion listen")?;
             let _ = url_tx.send(ep.url().to_string());
             for _ in 0..warmup + roundtrips {
@@ -279,6 +280,7 @@ mod imp {
             Ok(())
         };
         let measure = async move {
+            let client = Socket::new(cli_proto).context("pinion socket")?;
             let url = url_rx.await.context("pinion listener failed")?;
             client
                 .dial(&url)
