@@ -5,6 +5,8 @@
 //! Both ends of every measurement run inside this one process (two threads or
 //! two tasks). See `docs/BENCHMARKS.md` for the method and the figures.
 
+#[cfg(feature = "pinion")]
+mod accept;
 mod common;
 mod nng_impl;
 mod pinion_impl;
@@ -71,6 +73,18 @@ enum Cmd {
         secs: f64,
         /// Runs per implementation; the median is reported.
         #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+    /// Accepted-connection placement: hand-off (default) vs SO_REUSEPORT.
+    Accept {
+        /// Client connections.
+        #[arg(long, default_value_t = 256)]
+        conns: usize,
+        /// 64-byte messages each client sends after connecting.
+        #[arg(long, default_value_t = 2000)]
+        msgs: usize,
+        /// Runs per mode; medians are reported.
+        #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
     /// Every figure for every implementation, R runs each, medians, as a markdown table.
@@ -327,9 +341,51 @@ fn skip_unavailable(impls: Vec<Impl>) -> Vec<Impl> {
         .collect()
 }
 
+#[cfg(feature = "pinion")]
+fn accept_cmd(conns: usize, msgs: usize, repeat: usize) -> Result<()> {
+    println!("| mode | conns | connect (ms, median) | pipes per core (each run) | max-min (worst) | msg/s (median) |");
+    println!("|---|---|---|---|---|---|");
+    for reuseport in [false, true] {
+        let mut samples = Vec::new();
+        for _ in 0..repeat {
+            samples.push(accept::run(reuseport, conns, msgs)?);
+        }
+        let mut c: Vec<f64> = samples.iter().map(|s| s.connect_secs * 1e3).collect();
+        let mut t: Vec<f64> = samples.iter().map(|s| s.msgs_per_sec).collect();
+        c.sort_by(f64::total_cmp);
+        t.sort_by(f64::total_cmp);
+        let spread: Vec<String> = samples.iter().map(|s| format!("{:?}", s.loads)).collect();
+        let worst = samples
+            .iter()
+            .map(|s| s.loads.iter().max().unwrap_or(&0) - s.loads.iter().min().unwrap_or(&0))
+            .max()
+            .unwrap_or(0);
+        println!(
+            "| {} | {conns} | {:.1} | {} | {worst} | {:.0} |",
+            if reuseport {
+                "SO_REUSEPORT"
+            } else {
+                "hand-off"
+            },
+            c[c.len() / 2],
+            spread.join(" "),
+            t[t.len() / 2]
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        #[cfg(feature = "pinion")]
+        Cmd::Accept {
+            conns,
+            msgs,
+            repeat,
+        } => accept_cmd(conns, msgs, repeat)?,
+        #[cfg(not(feature = "pinion"))]
+        Cmd::Accept { .. } => anyhow::bail!("the accept benchmark needs the `pinion` feature"),
         Cmd::Thr {
             imp,
             size,

@@ -49,6 +49,11 @@ pub struct Options {
     pub linger: Duration,
     /// Set TCP_NODELAY on TCP pipes. Default true.
     pub tcp_nodelay: bool,
+    /// `tcp://` listeners: bind one `SO_REUSEPORT` socket per core and let
+    /// the kernel spread connections, instead of accepting on the socket's
+    /// home core and handing each connection to the least-loaded core.
+    /// Default false (see docs/BENCHMARKS.md for the measurement).
+    pub tcp_reuseport: bool,
     /// Seed for request ids and jitter. The runtime fills it from the OS.
     pub seed: u64,
 }
@@ -69,6 +74,7 @@ impl Default for Options {
             handshake_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(1),
             tcp_nodelay: true,
+            tcp_reuseport: false,
             seed: 0x5eed_5eed_5eed_5eed,
         }
     }

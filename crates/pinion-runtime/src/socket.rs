@@ -402,52 +402,56 @@ impl SocketHandle {
         }
     }
 
-    /// Binds `url` and accepts connections until closed. Each accepted
-    /// connection is handed to the core with the fewest pipes.
+    /// Binds `url` and accepts connections until closed.
+    ///
+    /// By default the listener accepts on the socket's home core and hands
+    /// each connection to a core chosen by [`Runtime::place_pipe`]. With
+    /// [`Options::tcp_reuseport`] a `tcp://` listener instead binds one
+    /// `SO_REUSEPORT` socket per core and each core accepts (and keeps) the
+    /// connections the kernel gives it.
     pub async fn listen(&self, url: &str) -> Result<Endpoint, Error> {
         let url = Url::parse(url)?;
         let sh = &self.inner;
         let stop = sh.close_req.child_token();
         let (tx, rx) = oneshot::channel();
-        let link = sh.link.clone();
-        let rt = sh.rt.clone();
-        let next_pipe = sh.next_pipe.clone();
-        let stop2 = stop.clone();
+        let acceptor = Acceptor {
+            link: sh.link.clone(),
+            rt: sh.rt.clone(),
+            next_pipe: sh.next_pipe.clone(),
+            stop: stop.clone(),
+        };
         let url2 = url.clone();
         let home = sh.home;
+        let reuseport = sh.opts.tcp_reuseport && matches!(url, Url::Tcp { .. });
         sh.rt.spawn_on(sh.home, async move {
-            let (mut listener, bound) = match Listener::bind(&url2, link.kind.id()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            let _ = tx.send(Ok(bound));
-            loop {
-                let conn = tokio::select! {
-                    c = listener.accept(link.opts.tcp_nodelay) => c,
-                    _ = stop2.cancelled() => return,
-                };
-                match conn {
-                    Ok(portable) => {
-                        let core = rt.place_pipe(home);
-                        let guard = rt.load_guard(core);
-                        let link = link.clone();
-                        let pipe = Self::new_pipe_id(&next_pipe);
-                        rt.spawn_on(core, async move {
-                            let _guard = guard;
-                            match Conn::adopt(portable) {
-                                Ok(conn) => pipe::run(conn, pipe, link, None).await,
-                                Err(e) => tracing::warn!(error = %e, "cannot register accepted connection"),
-                            }
-                        });
+            if reuseport {
+                let cores = acceptor.rt.cores();
+                match transport::tcp::bind_reuseport(&url2, cores).await {
+                    Ok((listeners, bound)) => {
+                        let _ = tx.send(Ok(bound));
+                        for (core, l) in listeners.into_iter().enumerate() {
+                            let acceptor = acceptor.clone();
+                            acceptor.rt.clone().spawn_on(core, async move {
+                                match tokio::net::TcpListener::from_std(l) {
+                                    Ok(l) => acceptor.run(Listener::Tcp(l), Placement::Local(core)).await,
+                                    Err(e) => tracing::warn!(error = %e, core, "cannot register reuseport listener"),
+                                }
+                            });
+                        }
                     }
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let _ = tx.send(Err(e));
                     }
+                }
+                return;
+            }
+            match Listener::bind(&url2, acceptor.link.kind.id()).await {
+                Ok((listener, bound)) => {
+                    let _ = tx.send(Ok(bound));
+                    acceptor.run(listener, Placement::Handoff(home)).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
                 }
             }
         });
@@ -530,6 +534,65 @@ impl SocketHandle {
             first_rx.await.map_err(|_| Error::Closed)??;
         }
         Ok(Endpoint { url, stop })
+    }
+}
+
+/// Where an accepted connection's pipe runs.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    /// Hand off to [`Runtime::place_pipe`] for a socket homed here.
+    Handoff(CoreId),
+    /// Stay on the accepting core (SO_REUSEPORT listeners).
+    Local(CoreId),
+}
+
+/// An accept loop's context.
+#[derive(Clone)]
+struct Acceptor {
+    link: PipeLink,
+    rt: Runtime,
+    next_pipe: Arc<AtomicU32>,
+    stop: CancellationToken,
+}
+
+impl Acceptor {
+    async fn run(self, mut listener: Listener, placement: Placement) {
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept(self.link.opts.tcp_nodelay) => c,
+                _ = self.stop.cancelled() => return,
+            };
+            match conn {
+                Ok(portable) => {
+                    let core = match placement {
+                        Placement::Handoff(home) => self.rt.place_pipe(home),
+                        Placement::Local(core) => core,
+                    };
+                    let guard = self.rt.load_guard(core);
+                    let link = self.link.clone();
+                    let pipe = SocketHandle::new_pipe_id(&self.next_pipe);
+                    let run = async move {
+                        let _guard = guard;
+                        match Conn::adopt(portable) {
+                            Ok(conn) => pipe::run(conn, pipe, link, None).await,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot register accepted connection")
+                            }
+                        }
+                    };
+                    if matches!(placement, Placement::Local(_)) {
+                        tokio::spawn(run);
+                    } else {
+                        self.rt.spawn_on(core, run);
+                    }
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 }
 

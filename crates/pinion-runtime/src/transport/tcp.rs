@@ -46,11 +46,33 @@ pub async fn connect(url: &Url, nodelay: bool) -> Result<TcpStream, Error> {
     ))
 }
 
+/// Listen backlog asked for (the kernel caps it at `net.core.somaxconn`).
+/// A small backlog makes a burst of connections overflow the SYN queue, and
+/// the kernel then answers with SYN cookies or drops, costing the clients a
+/// one-second retransmit.
+const BACKLOG: i32 = 4096;
+
+fn listener_socket(
+    addr: std::net::SocketAddr,
+    reuseport: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if reuseport {
+        s.set_reuse_port(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
 /// Binds, returning the URL with the port actually bound.
 pub async fn bind(url: &Url) -> Result<(TcpListener, Url), Error> {
     let addr = resolve(url).await?[0];
-    let l = TcpListener::bind(addr)
-        .await
+    let l = listener_socket(addr, false)
+        .and_then(TcpListener::from_std)
         .map_err(|e| Error::io("bind", url, e))?;
     let local = l.local_addr().map_err(|e| Error::io("bind", url, e))?;
     let Url::Tcp { host, .. } = url else {
@@ -61,6 +83,32 @@ pub async fn bind(url: &Url) -> Result<(TcpListener, Url), Error> {
         Url::Tcp {
             host: host.clone(),
             port: local.port(),
+        },
+    ))
+}
+
+/// Binds `n` listening sockets to the same address with `SO_REUSEPORT` (the
+/// kernel then spreads incoming connections over them by 4-tuple hash).
+/// Port 0 is resolved by the first bind and reused for the others.
+pub async fn bind_reuseport(
+    url: &Url,
+    n: usize,
+) -> Result<(Vec<std::net::TcpListener>, Url), Error> {
+    let mut addr = resolve(url).await?[0];
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let l = listener_socket(addr, true).map_err(|e| Error::io("bind", url, e))?;
+        addr = l.local_addr().map_err(|e| Error::io("bind", url, e))?;
+        out.push(l);
+    }
+    let Url::Tcp { host, .. } = url else {
+        unreachable!("resolved a tcp URL")
+    };
+    Ok((
+        out,
+        Url::Tcp {
+            host: host.clone(),
+            port: addr.port(),
         },
     ))
 }
