@@ -636,6 +636,11 @@ impl Driver {
         let deliver_tx = self.deliver_tx.clone();
         loop {
             self.drain();
+            let c = self.proto.counters();
+            self.stats.ttl_drops.store(c.ttl_drops, Ordering::Relaxed);
+            self.stats
+                .unroutable_drops
+                .store(c.unroutable_drops, Ordering::Relaxed);
             if let Some(until) = linger_until {
                 let flushed = sends.is_empty() && self.pipes.values().all(|p| p.unwritten == 0);
                 if flushed || Instant::now() >= until {

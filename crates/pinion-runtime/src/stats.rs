@@ -49,6 +49,10 @@ counters! {
     io_errors,
     /// Dial attempts that failed.
     dial_failures,
+    /// Messages dropped for exceeding the max TTL (pipe kept).
+    ttl_drops,
+    /// Replies dropped because their pipe was gone or full.
+    unroutable_drops,
     /// Messages handed to pipes.
     msgs_sent,
     /// Messages received from pipes.

@@ -1,6 +1,8 @@
 //! The async socket and context types.
 
-use std::sync::Mutex;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,8 +30,9 @@ use crate::Protocol;
 pub struct Socket {
     h: SocketHandle,
     /// REP: the backtrace of the request being answered on the socket's own
-    /// context. Only REP touches it.
-    rep: std::sync::Arc<Mutex<Option<Header>>>,
+    /// context (lock-free slot: the last request received wins, as in NNG).
+    /// Only REP touches it.
+    rep: Arc<ArcSwapOption<Header>>,
 }
 
 impl Socket {
@@ -124,11 +127,9 @@ impl Socket {
         if self.h.kind() == Protocol::Rep0 {
             let header = self
                 .rep
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
+                .swap(None)
                 .ok_or(Error::Caller(CallerError::BadState))?;
-            msg.header = header;
+            msg.header = *header;
         }
         self.h.send(CtxId::SOCKET, msg, timeout).await
     }
@@ -151,7 +152,7 @@ impl Socket {
     async fn recv_inner(&self, timeout: Option<Duration>) -> crate::Result<Message> {
         let mut m = self.h.recv(CtxId::SOCKET, timeout).await?;
         if self.h.kind() == Protocol::Rep0 {
-            *self.rep.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.header);
+            self.rep.store(Some(Arc::new(m.header)));
             m.header.clear();
         }
         Ok(m)

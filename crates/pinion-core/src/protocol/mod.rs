@@ -118,6 +118,15 @@ pub enum Output {
     },
 }
 
+/// Messages a pattern dropped without closing a pipe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Messages over the max-TTL (REP backtraces, PAIR v1 hop counts).
+    pub ttl_drops: u64,
+    /// Replies whose pipe was gone or full (REP).
+    pub unroutable_drops: u64,
+}
+
 /// The patterns pinion implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProtocolKind {
@@ -292,6 +301,11 @@ pub trait Protocol: Send + fmt::Debug {
 
     /// The next thing the driver must do.
     fn poll_output(&mut self) -> Option<Output>;
+
+    /// Messages the pattern dropped on purpose, by reason.
+    fn counters(&self) -> Counters {
+        Counters::default()
+    }
 }
 
 /// A new state machine for `kind`. `opts` must have passed

@@ -157,6 +157,14 @@ impl Protocol for Pair1 {
     fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
+
+    fn counters(&self) -> super::Counters {
+        use super::Counters;
+        Counters {
+            ttl_drops: self.ttl_drops(),
+            ..Counters::default()
+        }
+    }
 }
 
 #[cfg(test)]

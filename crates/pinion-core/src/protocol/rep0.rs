@@ -173,6 +173,14 @@ impl Protocol for Rep0 {
     fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
+
+    fn counters(&self) -> super::Counters {
+        use super::Counters;
+        Counters {
+            ttl_drops: self.ttl_drops(),
+            unroutable_drops: self.unroutable_drops(),
+        }
+    }
 }
 
 #[cfg(test)]
