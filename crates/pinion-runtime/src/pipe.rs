@@ -22,10 +22,10 @@
 use std::io;
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use pinion_core::protocol::{PipeId, ProtocolKind};
 use pinion_core::wire::{
-    decode_header, encode_frame, encode_header, FrameDecoder, Framing, HEADER_LEN,
+    decode_header, encode_frame, encode_header, encode_prefix, FrameDecoder, Framing, HEADER_LEN,
 };
 use pinion_core::{Message, Options, PeerError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -106,6 +106,9 @@ pub struct PipeLink {
 
 /// Smallest read buffer space offered to the kernel.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bodies at least this long are written with a vectored write from their
+/// own buffer instead of being copied into the write buffer.
+const VECTORED_MIN: usize = 16 * 1024;
 /// Most a read buffer grows by before the bytes to fill it have arrived.
 const MAX_GROWTH: usize = 4 << 20;
 /// Write buffers larger than this are released after use.
@@ -136,6 +139,34 @@ pub async fn run(
         Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
     }
     guard.armed = false;
+}
+
+/// Writes every chunk, in order, with vectored writes; empties `chunks`.
+async fn write_chunks<W: AsyncWrite + Unpin>(w: &mut W, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let slices: Vec<io::IoSlice<'_>> = chunks[first..]
+            .iter()
+            .take(64)
+            .map(|c| io::IoSlice::new(c))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let c = &mut chunks[first];
+            if n >= c.len() {
+                n -= c.len();
+                first += 1;
+            } else {
+                c.advance(n);
+                n = 0;
+            }
+        }
+    }
+    chunks.clear();
+    Ok(())
 }
 
 fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) {
@@ -267,16 +298,31 @@ async fn run_stream<R, W>(
     let writer = async {
         let mut cmds = Vec::with_capacity(64);
         let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut chunks: Vec<Bytes> = Vec::new();
         loop {
             if out_rx.recv_many(&mut cmds, 1024).await == 0 {
                 return Ok::<(), io::Error>(()); // socket dropped us: close
             }
             let n = cmds.len() as u32;
             for PipeCmd::Send(m) in cmds.drain(..) {
-                encode_frame(framing, &m, &mut wbuf);
+                if m.body.len() >= VECTORED_MIN {
+                    // Large body: write it from its own buffer, no copy.
+                    encode_prefix(framing, &m, &mut wbuf);
+                    chunks.push(wbuf.split().freeze());
+                    chunks.push(m.body);
+                } else {
+                    encode_frame(framing, &m, &mut wbuf);
+                }
             }
-            w.write_all(&wbuf).await?;
-            wbuf.clear();
+            if chunks.is_empty() {
+                w.write_all(&wbuf).await?;
+                wbuf.clear();
+            } else {
+                if !wbuf.is_empty() {
+                    chunks.push(wbuf.split().freeze());
+                }
+                write_chunks(&mut w, &mut chunks).await?;
+            }
             if wbuf.capacity() > WRITE_BUF_KEEP {
                 wbuf = BytesMut::with_capacity(READ_CHUNK);
             }

@@ -630,6 +630,13 @@ impl Driver {
         closed: CancellationToken,
     ) {
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        // One timer, re-armed only when the pattern's next deadline moves
+        // *earlier* than the armed one: a later deadline (every new REQ
+        // request pushes its resend time out) just lets the timer fire early
+        // once, which is harmless. Re-arming touches the timer wheel, so this
+        // keeps it off the per-message path.
+        let mut timer = Box::pin(tokio::time::sleep_until(far));
+        let mut armed = far;
         // Set once the application closed the socket: the end of lingering.
         let mut linger_until: Option<Instant> = None;
         let space = self.space.clone();
@@ -651,6 +658,13 @@ impl Driver {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            if let Some(t) = timeout {
+                let t = tokio::time::Instant::from_std(t);
+                if t < armed {
+                    timer.as_mut().reset(t);
+                    armed = t;
+                }
+            }
             let can_send = !self.kind.uses_ops() && self.proto.can_send();
             let input_open = self.overflow.is_empty();
             let parked = !self.overflow.is_empty();
@@ -690,7 +704,9 @@ impl Driver {
                         match sends.try_recv() { Ok((ctx, msg)) => self.send(ctx, msg), Err(_) => break }
                     }
                 }
-                _ = tokio::time::sleep_until(timeout.map(Into::into).unwrap_or(far)), if timeout.is_some() => {
+                _ = &mut timer, if timeout.is_some() => {
+                    armed = far;
+                    timer.as_mut().reset(far);
                     self.proto.handle_timeout(Instant::now());
                 }
             }

@@ -41,14 +41,20 @@ pub const IPC_MSG_TYPE: u8 = 0x01;
 
 /// Appends `msg` to `out` framed for `framing`.
 pub fn encode_frame(framing: Framing, msg: &Message, out: &mut BytesMut) {
-    let len = msg.wire_len();
-    out.reserve(framing.prefix_len() + len);
+    out.reserve(framing.prefix_len() + msg.wire_len());
+    encode_prefix(framing, msg, out);
+    out.put_slice(&msg.body);
+}
+
+/// Appends everything of `msg`'s frame but the body (type byte, length,
+/// protocol header), for writers that send large bodies from their own
+/// buffer with a vectored write instead of copying them.
+pub fn encode_prefix(framing: Framing, msg: &Message, out: &mut BytesMut) {
     if framing == Framing::Ipc {
         out.put_u8(IPC_MSG_TYPE);
     }
-    out.put_u64(len as u64);
+    out.put_u64(msg.wire_len() as u64);
     out.put_slice(msg.header.as_slice());
-    out.put_slice(&msg.body);
 }
 
 /// Incremental decoder for one connection.

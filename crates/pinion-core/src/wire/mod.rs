@@ -12,5 +12,5 @@
 pub mod frame;
 pub mod handshake;
 
-pub use frame::{encode_frame, FrameDecoder, Framing};
+pub use frame::{encode_frame, encode_prefix, FrameDecoder, Framing};
 pub use handshake::{decode_header, encode_header, HEADER_LEN};
