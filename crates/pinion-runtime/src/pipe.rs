@@ -357,11 +357,7 @@ async fn run_inproc(
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
 ) {
-    let InprocEnd {
-        peer_proto,
-        tx,
-        mut rx,
-    } = end;
+    let InprocEnd { peer_proto, tx, rx } = end;
     if peer_proto != link.kind.peer_id() {
         let pe = PeerError::WrongProtocol(peer_proto);
         link.stats.count_peer_error(&pe);
@@ -386,14 +382,20 @@ async fn run_inproc(
     }
     report(hs, Ok(()));
     let reader = async {
-        let mut batch = Vec::new();
         loop {
-            if rx.recv_many(&mut batch, 1024).await == 0 {
+            let Ok(first) = rx.recv().await else {
                 return;
+            };
+            let mut batch = vec![first];
+            while batch.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
             }
             if link
                 .events
-                .send(PipeEvent::Messages(pipe, std::mem::take(&mut batch)))
+                .send(PipeEvent::Messages(pipe, batch))
                 .await
                 .is_err()
             {

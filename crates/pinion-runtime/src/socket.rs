@@ -76,7 +76,7 @@ struct Shared {
     rt: Runtime,
     home: CoreId,
     ctl: mpsc::UnboundedSender<Ctl>,
-    send_q: mpsc::Sender<(CtxId, Message)>,
+    send_q: async_channel::Sender<(CtxId, Message)>,
     recv_q: async_channel::Receiver<Message>,
     space: Arc<Space>,
     stats: Arc<Stats>,
@@ -149,7 +149,7 @@ impl SocketHandle {
         let opts = Arc::new(opts);
         let home = rt.next_core();
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
-        let (send_tx, send_rx) = mpsc::channel(opts.send_buffer.max(1));
+        let (send_tx, send_rx) = async_channel::bounded(opts.send_buffer.max(1));
         let (deliver_tx, deliver_rx) = async_channel::bounded(opts.recv_buffer.max(1));
         let (ev_tx, ev_rx) = mpsc::channel(64);
         let (cr_tx, cr_rx) = mpsc::unbounded_channel();
@@ -285,8 +285,8 @@ impl SocketHandle {
         let q = &self.inner.send_q;
         match q.try_send((ctx, msg)) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Closed),
-            Err(mpsc::error::TrySendError::Full(item)) => {
+            Err(async_channel::TrySendError::Closed(_)) => Err(Error::Closed),
+            Err(async_channel::TrySendError::Full(item)) => {
                 let closed = self.inner.close_req.clone();
                 self.with_timeout(timeout, async move {
                     tokio::select! {
@@ -625,7 +625,7 @@ impl Driver {
         mut ctl: mpsc::UnboundedReceiver<Ctl>,
         mut events: mpsc::Receiver<PipeEvent>,
         mut credits: mpsc::UnboundedReceiver<Credit>,
-        mut sends: mpsc::Receiver<(CtxId, Message)>,
+        sends: async_channel::Receiver<(CtxId, Message)>,
         close_req: CancellationToken,
         closed: CancellationToken,
     ) {
@@ -696,7 +696,7 @@ impl Driver {
                         match events.try_recv() { Ok(ev) => self.event(ev), Err(_) => break }
                     }
                 }
-                Some((ctx, msg)) = sends.recv(), if can_send => {
+                Ok((ctx, msg)) = sends.recv(), if can_send => {
                     self.send(ctx, msg);
                     for _ in 0..BATCH {
                         self.drain();

@@ -21,9 +21,9 @@ pub struct InprocEnd {
     /// Protocol id announced by the other end.
     pub peer_proto: u16,
     /// Messages to the other end.
-    pub tx: mpsc::Sender<Message>,
+    pub tx: async_channel::Sender<Message>,
     /// Messages from the other end.
-    pub rx: mpsc::Receiver<Message>,
+    pub rx: async_channel::Receiver<Message>,
 }
 
 type Registry = Mutex<HashMap<String, (u16, mpsc::UnboundedSender<InprocEnd>)>>;
@@ -86,8 +86,8 @@ pub fn connect(name: &str, proto: u16, depth: usize) -> Result<InprocEnd, Error>
     };
     let r = registry().lock().unwrap_or_else(|e| e.into_inner());
     let (listener_proto, accept) = r.get(name).ok_or_else(refused)?;
-    let (a_tx, a_rx) = mpsc::channel(depth.max(1));
-    let (b_tx, b_rx) = mpsc::channel(depth.max(1));
+    let (a_tx, a_rx) = async_channel::bounded(depth.max(1));
+    let (b_tx, b_rx) = async_channel::bounded(depth.max(1));
     accept
         .send(InprocEnd {
             peer_proto: proto,
