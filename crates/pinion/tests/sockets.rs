@@ -467,15 +467,20 @@ fn operations_after_close_fail_with_closed() {
 fn listen_and_dial_after_close_fail_with_closed() {
     let s = sock(Protocol::Pull0);
     s.close();
-    let r = s.listen("tcp://127.0.0.1:0");
-    assert!(matches!(r, Err(Error::Closed)), "listen after close: {r:?}");
-    let r = s.dial_background("tcp://127.0.0.1:9");
+    let results = [
+        ("listen tcp", s.listen("tcp://127.0.0.1:0")),
+        ("listen inproc", s.listen("inproc://sockets-closed-listen")),
+        ("dial_background", s.dial_background("tcp://127.0.0.1:9")),
+        ("dial", s.dial("inproc://sockets-closed-listen")),
+    ];
+    let wrong: Vec<_> = results
+        .iter()
+        .filter(|(_, r)| !matches!(r, Err(Error::Closed)))
+        .collect();
     assert!(
-        matches!(r, Err(Error::Closed)),
-        "dial_background after close: {r:?}"
+        wrong.is_empty(),
+        "expected Err(Closed) after close: {wrong:#?}"
     );
-    let r = s.dial("inproc://sockets-closed-dial");
-    assert!(matches!(r, Err(Error::Closed)), "dial after close: {r:?}");
 }
 
 #[test]
@@ -713,7 +718,11 @@ fn ipc_never_removes_a_regular_file() {
 // 4. Contexts
 // ---------------------------------------------------------------------------
 
-async fn many_contexts(url: &str, n: usize) {
+/// `n` REQ contexts on one socket, each with one request outstanding at the
+/// same time, against four REP contexts that echo with a transform. With
+/// `resend` the REQ resends unanswered requests (so a REP may see, and
+/// answer, a request more than once).
+async fn many_contexts(url: &str, n: usize, resend: Option<Duration>) {
     let rep = asock(Protocol::Rep0);
     let url = rep.listen(url).await.unwrap().url().to_string();
     let mut servers = Vec::new();
@@ -737,7 +746,14 @@ async fn many_contexts(url: &str, n: usize) {
         }));
     }
 
-    let req = asock(Protocol::Req0);
+    let req = pinion::Socket::with_options(
+        Protocol::Req0,
+        Options {
+            req_resend: resend,
+            ..opts()
+        },
+    )
+    .unwrap();
     req.dial(&url).await.unwrap();
     // Every context is open (and its request sent) before any reply is read.
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n));
@@ -749,15 +765,27 @@ async fn many_contexts(url: &str, n: usize) {
             let mut ctx = req.context().await?;
             ctx.send(format!("q{i}")).await?;
             barrier.wait().await;
-            let a = ctx.recv_timeout(Some(Duration::from_secs(60))).await?;
+            // Far below the default 60 s resend: a lost reply shows.
+            let a = ctx.recv_timeout(Some(Duration::from_secs(20))).await?;
             assert_eq!(a, format!("re:q{i}"), "context {i}");
             Ok::<_, Error>(())
         }));
     }
+    let mut failed = Vec::new();
     for (i, c) in clients.into_iter().enumerate() {
         if let Err(e) = c.await.unwrap() {
-            panic!("client {i} over {url}: {e:?}");
+            failed.push((i, e));
         }
+    }
+    assert!(
+        failed.is_empty(),
+        "{url}: {} of {n} requests got no reply (first: {:?}); REP stats {:?}",
+        failed.len(),
+        failed.first(),
+        rep.stats()
+    );
+    if resend.is_none() {
+        assert_eq!(rep.stats().unroutable_drops, 0, "{url}");
     }
     rep.close();
     let mut served = 0;
@@ -767,23 +795,56 @@ async fn many_contexts(url: &str, n: usize) {
             .expect("REP context did not see the close")
             .unwrap();
     }
-    assert_eq!(served, n, "{url}: every request answered exactly once");
+    if resend.is_none() {
+        assert_eq!(served, n, "{url}: every request answered exactly once");
+    } else {
+        assert!(served >= n, "{url}: {served} answers for {n} requests");
+    }
 }
 
+// pinion bug: a cooked REP drops replies (counted in
+// `stats().unroutable_drops`) whenever its pipe's write queue (`pipe_buffer`
+// credits) is momentarily full, although the REQ peer is healthy and reading.
+// Those requests then wait for the REQ resend (60 s by default). NNG's cooked
+// REP makes the context's send wait for the pipe instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "pinion bug: REP drops replies to a healthy REQ when the pipe write queue is momentarily full"]
 async fn two_thousand_req_contexts_tcp() {
     within(
         Duration::from_secs(90),
-        many_contexts("tcp://127.0.0.1:0", 2000),
+        many_contexts("tcp://127.0.0.1:0", 2000, None),
     )
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "pinion bug: REP drops replies to a healthy REQ when the pipe write queue is momentarily full"]
 async fn two_thousand_req_contexts_inproc() {
     within(
         Duration::from_secs(90),
-        many_contexts("inproc://sockets-ctx-scale", 2000),
+        many_contexts("inproc://sockets-ctx-scale", 2000, None),
+    )
+    .await
+}
+
+/// The same load with a short resend time: whatever REP drops is asked for
+/// again, and every context still gets the answer to its own request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_req_contexts_with_resend_tcp() {
+    let resend = Some(Duration::from_millis(500));
+    within(
+        Duration::from_secs(90),
+        many_contexts("tcp://127.0.0.1:0", 2000, resend),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_req_contexts_with_resend_inproc() {
+    let resend = Some(Duration::from_millis(500));
+    within(
+        Duration::from_secs(90),
+        many_contexts("inproc://sockets-ctx-scale-resend", 2000, resend),
     )
     .await
 }
