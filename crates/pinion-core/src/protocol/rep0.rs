@@ -29,11 +29,15 @@
 //!
 //! [`Protocol::handle_send`] takes a message whose header starts with a pipe
 //! id word: the word is popped and the rest (header and body) goes to that
-//! pipe. Replies that cannot be routed, because the pipe is gone or its write
-//! queue is full, are dropped and counted ([`Rep0::unroutable_drops`]); REP
-//! never blocks on a reply (RFC sp-request-reply-01). So
-//! [`Protocol::can_send`] is always true. A header shorter than one word is
-//! the caller's mistake ([`CallerError::BadState`]).
+//! pipe. REP never blocks the socket on one peer (RFC sp-request-reply-01),
+//! so [`Protocol::can_send`] is always true; but a reply is not dropped just
+//! because its pipe's write queue is momentarily full (NNG queues the
+//! context's send on the busy pipe too): it waits in that pipe's backlog,
+//! which drains as credits return. Replies are dropped and counted
+//! ([`Rep0::unroutable_drops`]) only when their pipe is gone, or when the
+//! backlog already holds [`MAX_BACKLOG`] replies (a peer that sends requests
+//! and never reads the answers cannot make REP hold more). A header shorter
+//! than one word is the caller's mistake ([`CallerError::BadState`]).
 //!
 //! Contexts are not kept here: the cooked facade keeps each context's
 //! backtrace and uses this core as its raw transport.
@@ -46,11 +50,21 @@ use crate::error::{CallerError, OpError, PeerError};
 use crate::message::{Message, MAX_HEADER};
 use crate::options::{Options, MAX_TTL_LIMIT};
 
-/// REP state: pipes and their credits, the TTL and drop counters.
+/// Replies one pipe may hold waiting for credit before more are dropped.
+pub const MAX_BACKLOG: usize = 4096;
+
+/// One pipe: its credits and the replies waiting for them.
+#[derive(Debug, Default)]
+struct PipeState {
+    credits: u32,
+    backlog: VecDeque<Message>,
+}
+
+/// REP state: pipes with their credits and backlogs, the TTL and drop
+/// counters.
 #[derive(Debug)]
 pub struct Rep0 {
-    /// Credits per known pipe.
-    pipes: HashMap<PipeId, u32>,
+    pipes: HashMap<PipeId, PipeState>,
     max_ttl: usize,
     ttl_drops: u64,
     unroutable_drops: u64,
@@ -110,17 +124,32 @@ impl Protocol for Rep0 {
         _now: Instant,
     ) -> Result<(), PeerError> {
         check_peer(ProtocolKind::Rep0, peer)?;
-        self.pipes.insert(pipe, credits);
+        self.pipes.insert(
+            pipe,
+            PipeState {
+                credits,
+                backlog: VecDeque::new(),
+            },
+        );
         Ok(())
     }
 
     fn remove_pipe(&mut self, pipe: PipeId, _now: Instant) {
-        self.pipes.remove(&pipe);
+        if let Some(p) = self.pipes.remove(&pipe) {
+            self.unroutable_drops += p.backlog.len() as u64;
+        }
     }
 
     fn handle_credit(&mut self, pipe: PipeId, credits: u32, _now: Instant) {
-        if let Some(c) = self.pipes.get_mut(&pipe) {
-            *c = c.saturating_add(credits);
+        if let Some(p) = self.pipes.get_mut(&pipe) {
+            p.credits = p.credits.saturating_add(credits);
+            while p.credits > 0 {
+                let Some(msg) = p.backlog.pop_front() else {
+                    break;
+                };
+                p.credits -= 1;
+                self.out.push_back(Output::Transmit { pipe, msg });
+            }
         }
     }
 
@@ -135,7 +164,9 @@ impl Protocol for Rep0 {
                 return;
             }
             Err(error) => {
-                self.pipes.remove(&pipe);
+                if let Some(p) = self.pipes.remove(&pipe) {
+                    self.unroutable_drops += p.backlog.len() as u64;
+                }
                 self.out.push_back(Output::ClosePipe { pipe, error });
                 return;
             }
@@ -161,10 +192,11 @@ impl Protocol for Rep0 {
         };
         let pipe = PipeId(word);
         match self.pipes.get_mut(&pipe) {
-            Some(c) if *c > 0 => {
-                *c -= 1;
+            Some(p) if p.credits > 0 && p.backlog.is_empty() => {
+                p.credits -= 1;
                 self.out.push_back(Output::Transmit { pipe, msg });
             }
+            Some(p) if p.backlog.len() < MAX_BACKLOG => p.backlog.push_back(msg),
             _ => self.unroutable_drops += 1,
         }
         Ok(())
@@ -383,20 +415,45 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
-        // Pipe 6 had one credit: the next reply is dropped, not queued.
+        // Pipe 6 had one credit: the next replies wait for credit, in order.
         assert!(r.can_send());
-        r.handle_send(CtxId::SOCKET, reply.clone(), now).unwrap();
+        let second = Message {
+            body: "second".into(),
+            ..reply.clone()
+        };
+        let third = Message {
+            body: "third".into(),
+            ..reply.clone()
+        };
+        r.handle_send(CtxId::SOCKET, second, now).unwrap();
+        r.handle_send(CtxId::SOCKET, third, now).unwrap();
         assert!(drain(&mut r).is_empty());
-        assert_eq!(r.unroutable_drops(), 1);
+        assert_eq!(r.unroutable_drops(), 0);
         r.handle_credit(PipeId(6), 1, now);
-        r.handle_send(CtxId::SOCKET, reply.clone(), now).unwrap();
-        assert_eq!(drain(&mut r).len(), 1);
-        // Gone pipe: dropped.
-        r.handle_credit(PipeId(6), 1, now);
+        match &drain(&mut r)[..] {
+            [Output::Transmit { msg, .. }] => assert_eq!(&msg.body[..], b"second"),
+            o => panic!("{o:?}"),
+        }
+        r.handle_credit(PipeId(6), 5, now);
+        match &drain(&mut r)[..] {
+            [Output::Transmit { msg, .. }] => assert_eq!(&msg.body[..], b"third"),
+            o => panic!("{o:?}"),
+        }
+        // The backlog is bounded: past MAX_BACKLOG waiting replies, drop.
+        r.handle_credit(PipeId(6), 0, now);
+        let mut r2 = rep().0;
+        r2.add_pipe(PipeId(6), 0x30, 0, now).unwrap();
+        for _ in 0..MAX_BACKLOG + 3 {
+            r2.handle_send(CtxId::SOCKET, reply.clone(), now).unwrap();
+        }
+        assert_eq!(r2.unroutable_drops(), 3);
+        // Gone pipe: its backlog and later replies are dropped.
+        r2.remove_pipe(PipeId(6), now);
+        assert_eq!(r2.unroutable_drops(), 3 + MAX_BACKLOG as u64);
         r.remove_pipe(PipeId(6), now);
         r.handle_send(CtxId::SOCKET, reply, now).unwrap();
         assert!(drain(&mut r).is_empty());
-        assert_eq!(r.unroutable_drops(), 2);
+        assert_eq!(r.unroutable_drops(), 1);
     }
 
     #[test]
