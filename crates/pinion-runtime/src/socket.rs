@@ -411,6 +411,9 @@ impl SocketHandle {
     /// connections the kernel gives it.
     pub async fn listen(&self, url: &str) -> Result<Endpoint, Error> {
         let url = Url::parse(url)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         let sh = &self.inner;
         let stop = sh.close_req.child_token();
         let (tx, rx) = oneshot::channel();
@@ -465,6 +468,9 @@ impl SocketHandle {
     /// failures are retried in the background from the start.
     pub async fn dial(&self, url: &str, block: bool) -> Result<Endpoint, Error> {
         let url = Url::parse(url)?;
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         let sh = &self.inner;
         let stop = sh.close_req.child_token();
         let (first_tx, first_rx) = oneshot::channel::<Result<(), Error>>();
