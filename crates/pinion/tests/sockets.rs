@@ -463,7 +463,6 @@ fn operations_after_close_fail_with_closed() {
 }
 
 #[test]
-#[ignore = "pinion bug: listen/dial_background on a closed socket return Ok instead of Error::Closed"]
 fn listen_and_dial_after_close_fail_with_closed() {
     let s = sock(Protocol::Pull0);
     s.close();
@@ -808,7 +807,6 @@ async fn many_contexts(url: &str, n: usize, resend: Option<Duration>) {
 // Those requests then wait for the REQ resend (60 s by default). NNG's cooked
 // REP makes the context's send wait for the pipe instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "pinion bug: REP drops replies to a healthy REQ when the pipe write queue is momentarily full"]
 async fn two_thousand_req_contexts_tcp() {
     within(
         Duration::from_secs(90),
@@ -818,7 +816,6 @@ async fn two_thousand_req_contexts_tcp() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "pinion bug: REP drops replies to a healthy REQ when the pipe write queue is momentarily full"]
 async fn two_thousand_req_contexts_inproc() {
     within(
         Duration::from_secs(90),
