@@ -90,7 +90,8 @@ mod imp {
         rt.spawn_on(0, async move {
             let _ = ta.send(a.await);
         });
-        rt.spawn_on(1 % rt.cores(), async move {
+        let core_b = if std::env::var_os("PINION_BENCH_ONE_CORE").is_some() { 0 } else { 1 % rt.cores() };
+        rt.spawn_on(core_b, async move {
             let _ = tb.send(b.await);
         });
         let a = ra.recv().context("pinion task A dropped")?;

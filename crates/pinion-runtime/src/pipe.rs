@@ -95,7 +95,7 @@ pub struct PipeLink {
     /// Socket options.
     pub opts: Arc<Options>,
     /// Ordered pipe events.
-    pub events: mpsc::Sender<PipeEvent>,
+    pub events: async_channel::Sender<PipeEvent>,
     /// Credits returned by writers.
     pub credits: mpsc::UnboundedSender<Credit>,
     /// Counters.

@@ -51,6 +51,8 @@ enum Ctl {
     Cancel(OpId),
     OpenCtx(oneshot::Sender<Result<CtxId, CallerError>>),
     CloseCtx(CtxId),
+    /// The application closed the socket: fail operations, linger, stop.
+    Close,
 }
 
 /// Room in the receive queue: the driver parks on it when the queue is full;
@@ -86,12 +88,24 @@ struct Shared {
     /// handle). Endpoints stop at once; the driver then lingers to flush
     /// queued sends, and stops the pipes with `link.closed`.
     close_req: CancellationToken,
+    /// Set with `close_req`; read on every operation (an atomic load, where
+    /// the token's `is_cancelled` takes a mutex).
+    closing: AtomicBool,
     link: PipeLink,
+}
+
+impl Shared {
+    fn close(&self) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.close_req.cancel();
+            let _ = self.ctl.send(Ctl::Close);
+        }
+    }
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.close_req.cancel();
+        self.close();
     }
 }
 
@@ -151,7 +165,7 @@ impl SocketHandle {
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (send_tx, send_rx) = async_channel::bounded(opts.send_buffer.max(1));
         let (deliver_tx, deliver_rx) = async_channel::bounded(opts.recv_buffer.max(1));
-        let (ev_tx, ev_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = async_channel::bounded(64);
         let (cr_tx, cr_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(Stats::default());
         let closed = CancellationToken::new();
@@ -170,6 +184,7 @@ impl SocketHandle {
             proto: protocol::new(kind, &opts),
             kind,
             linger: opts.linger,
+            linger_until: None,
             pipes: HashMap::new(),
             ops: HashMap::new(),
             deliver_tx,
@@ -179,7 +194,7 @@ impl SocketHandle {
         };
         rt.spawn_on(
             home,
-            driver.run(ctl_rx, ev_rx, cr_rx, send_rx, close_req.clone(), closed),
+            driver.run(ctl_rx, ev_rx, cr_rx, send_rx, closed),
         );
         Ok(SocketHandle {
             inner: Arc::new(Shared {
@@ -195,6 +210,7 @@ impl SocketHandle {
                 next_op: AtomicU64::new(1),
                 next_pipe: Arc::new(AtomicU32::new((rng.next_u32() & 0x3fff_ffff) | 1)),
                 close_req,
+                closing: AtomicBool::new(false),
                 link,
             }),
         })
@@ -231,12 +247,12 @@ impl SocketHandle {
     /// [`Options::linger`], then the pipes close. Dropping the last handle
     /// does the same.
     pub fn close(&self) {
-        self.inner.close_req.cancel();
+        self.inner.close();
     }
 
     /// Whether the socket is closed (or closing).
     pub fn is_closed(&self) -> bool {
-        self.inner.close_req.is_cancelled()
+        self.inner.closing.load(Ordering::Acquire)
     }
 
     /// A sleep registered with the home core's timer (usable from any thread
@@ -607,6 +623,8 @@ struct Driver {
     proto: Box<dyn Protocol>,
     kind: ProtocolKind,
     linger: Duration,
+    /// Set once the application closed the socket: the end of lingering.
+    linger_until: Option<Instant>,
     pipes: HashMap<PipeId, PipeEntry>,
     ops: HashMap<OpId, Done>,
     deliver_tx: async_channel::Sender<Message>,
@@ -629,10 +647,9 @@ impl Driver {
     async fn run(
         mut self,
         mut ctl: mpsc::UnboundedReceiver<Ctl>,
-        mut events: mpsc::Receiver<PipeEvent>,
+        events: async_channel::Receiver<PipeEvent>,
         mut credits: mpsc::UnboundedReceiver<Credit>,
         sends: async_channel::Receiver<(CtxId, Message)>,
-        close_req: CancellationToken,
         closed: CancellationToken,
     ) {
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
@@ -643,10 +660,9 @@ impl Driver {
         // keeps it off the per-message path.
         let mut timer = Box::pin(tokio::time::sleep_until(far));
         let mut armed = far;
-        // Set once the application closed the socket: the end of lingering.
-        let mut linger_until: Option<Instant> = None;
         let space = self.space.clone();
         let deliver_tx = self.deliver_tx.clone();
+        let mut passes = 0u32;
         loop {
             self.drain();
             let c = self.proto.counters();
@@ -654,13 +670,13 @@ impl Driver {
             self.stats
                 .unroutable_drops
                 .store(c.unroutable_drops, Ordering::Relaxed);
-            if let Some(until) = linger_until {
+            if let Some(until) = self.linger_until {
                 let flushed = sends.is_empty() && self.pipes.values().all(|p| p.unwritten == 0);
                 if flushed || Instant::now() >= until {
                     break;
                 }
             }
-            let timeout = match (self.proto.poll_timeout(), linger_until) {
+            let timeout = match (self.proto.poll_timeout(), self.linger_until) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -674,14 +690,74 @@ impl Driver {
             let can_send = !self.kind.uses_ops() && self.proto.can_send();
             let input_open = self.overflow.is_empty();
             let parked = !self.overflow.is_empty();
-            tokio::select! {
-                biased;
-                _ = close_req.cancelled(), if linger_until.is_none() => {
-                    linger_until = Some(Instant::now() + self.linger);
-                    for (_, done) in self.ops.drain() {
-                        let _ = done.send(Err(OpError::Closed));
+            // First a pass that only takes what is already there: under load
+            // the task keeps going without registering wakers (the futures
+            // below register with each channel, which is the parking path).
+            let mut progressed = false;
+            for _ in 0..BATCH {
+                match credits.try_recv() {
+                    Ok(c) => {
+                        self.credit(c);
+                        progressed = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..BATCH {
+                match ctl.try_recv() {
+                    Ok(c) => {
+                        self.ctl(c);
+                        progressed = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if parked && !self.deliver_tx.is_full() {
+                self.flush_overflow();
+                progressed = true;
+            }
+            for _ in 0..BATCH {
+                if !self.overflow.is_empty() {
+                    break;
+                }
+                match events.try_recv() {
+                    Ok(ev) => {
+                        self.event(ev);
+                        progressed = true;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.kind.uses_ops() {
+                for _ in 0..BATCH {
+                    self.drain();
+                    if !self.proto.can_send() {
+                        break;
+                    }
+                    match sends.try_recv() {
+                        Ok((ctx, msg)) => {
+                            self.send(ctx, msg);
+                            progressed = true;
+                        }
+                        Err(_) => break,
                     }
                 }
+            }
+            if timeout.is_some_and(|t| t <= Instant::now()) {
+                self.proto.handle_timeout(Instant::now());
+                progressed = true;
+            }
+            if progressed {
+                // Every so often let the core's other tasks (pipes, the
+                // application) run, even while input keeps coming.
+                passes += 1;
+                if passes % 32 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            tokio::select! {
+                biased;
                 Some(c) = credits.recv() => {
                     self.credit(c);
                     for _ in 0..BATCH {
@@ -695,7 +771,7 @@ impl Driver {
                     }
                 }
                 _ = wait_space(&space, &deliver_tx), if parked => self.flush_overflow(),
-                Some(ev) = events.recv(), if input_open => {
+                Ok(ev) = events.recv(), if input_open => {
                     self.event(ev);
                     for _ in 0..BATCH {
                         if !self.overflow.is_empty() { break; }
@@ -772,6 +848,14 @@ impl Driver {
                 let _ = reply.send(self.proto.open_ctx());
             }
             Ctl::CloseCtx(ctx) => self.proto.close_ctx(ctx, now),
+            Ctl::Close => {
+                if self.linger_until.is_none() {
+                    self.linger_until = Some(now + self.linger);
+                    for (_, done) in self.ops.drain() {
+                        let _ = done.send(Err(OpError::Closed));
+                    }
+                }
+            }
         }
     }
 
