@@ -112,6 +112,8 @@ enum ImplArg {
     Pinion,
     /// pinion's async API, both sides as tasks on pinion's cores.
     PinionAsync,
+    /// pinion's async API, both sides as tasks on one pinion core.
+    Pinion1core,
     All,
 }
 
@@ -130,6 +132,7 @@ impl Impl {
             Impl::Tokio(TokioRt::Shared) => "tokio-shared",
             Impl::Pinion(PinionApi::Blocking) => "pinion",
             Impl::Pinion(PinionApi::Async) => "pinion-async",
+            Impl::Pinion(PinionApi::OneCore) => "pinion-1core",
         }
     }
     fn is_tokio(self) -> bool {
@@ -144,11 +147,13 @@ impl ImplArg {
             ImplArg::Tokio => vec![Impl::Tokio(rt)],
             ImplArg::Pinion => vec![Impl::Pinion(PinionApi::Blocking)],
             ImplArg::PinionAsync => vec![Impl::Pinion(PinionApi::Async)],
+            ImplArg::Pinion1core => vec![Impl::Pinion(PinionApi::OneCore)],
             ImplArg::All => vec![
                 Impl::Nng,
                 Impl::Tokio(rt),
                 Impl::Pinion(PinionApi::Blocking),
                 Impl::Pinion(PinionApi::Async),
+                Impl::Pinion(PinionApi::OneCore),
             ],
         }
     }
@@ -156,15 +161,26 @@ impl ImplArg {
 
 /// What `all` measures: NNG, the tokio floor in both placements, pinion
 /// through both of its APIs.
-const ALL_IMPLS: [Impl; 5] = [
+const ALL_IMPLS: [Impl; 6] = [
     Impl::Nng,
     Impl::Tokio(TokioRt::Split),
     Impl::Tokio(TokioRt::Shared),
     Impl::Pinion(PinionApi::Blocking),
     Impl::Pinion(PinionApi::Async),
+    Impl::Pinion(PinionApi::OneCore),
 ];
 
-const PINION_APIS: [PinionApi; 2] = [PinionApi::Blocking, PinionApi::Async];
+const PINION_APIS: [PinionApi; 3] = [PinionApi::Blocking, PinionApi::Async, PinionApi::OneCore];
+
+/// The tokio placement with the same thread layout as a pinion variant: two
+/// threads that must wake each other (`split`), or one event loop serving
+/// both ends (`shared`, when its scheduler keeps both tasks on one worker).
+fn matching_tokio(api: PinionApi) -> Impl {
+    match api {
+        PinionApi::Blocking | PinionApi::Async => Impl::Tokio(TokioRt::Split),
+        PinionApi::OneCore => Impl::Tokio(TokioRt::Shared),
+    }
+}
 
 // ---------------------------------------------------------------------------
 // Dispatch: one function per figure, same shape for every implementation.
@@ -701,7 +717,7 @@ fn report(
         o,
         "Medians of R = {repeat} runs per figure; tcp://127.0.0.1; both ends of every measurement are two threads/tasks of this one process; \
          tokio floor = the better of `tokio-split` and `tokio-shared` for each figure; \
-         `pinion` = blocking API from two threads, `pinion-async` = async API as tasks on pinion's cores; \
+         `pinion` = blocking API from two threads, `pinion-async` = async API as tasks on pinion's cores 0 and 1, `pinion-1core` = the same with both tasks on core 0; \
          load average before/after: {load_before} / {}; total wall time {:.0} s.\n",
         loadavg(),
         took.as_secs_f64()
@@ -724,9 +740,9 @@ fn report(
     let _ = writeln!(o, "### Ratios\n");
     let _ = writeln!(
         o,
-        "| figure | pinion variant | pinion / NNG | pinion / tokio floor | target | met | tokio floor / NNG |"
+        "| figure | pinion variant | pinion / NNG | pinion / tokio floor | target | met | pinion / same-layout tokio | tokio floor / NNG |"
     );
-    let _ = writeln!(o, "|---|---|---:|---:|---|---|---:|");
+    let _ = writeln!(o, "|---|---|---:|---:|---|---|---:|---:|");
     for &size in &THR_SIZES {
         for api in PINION_APIS {
             let imp = Impl::Pinion(api);
@@ -738,12 +754,13 @@ fn report(
             };
             let _ = writeln!(
                 o,
-                "| push/pull throughput {} (msg/s; higher is better) | {} | {} | {} | {target} | {} | {} |",
+                "| push/pull throughput {} (msg/s; higher is better) | {} | {} | {} | {target} | {} | {} | {} |",
                 size_label(size),
                 imp.name(),
                 ratio(p, n),
                 ratio(p, t),
                 verdict(met),
+                ratio(p, thr_of(matching_tokio(api), size)),
                 ratio(t, n)
             );
         }
@@ -753,15 +770,20 @@ fn report(
             let imp = Impl::Pinion(api);
             let (p, n, t) = (lat_of(imp, proto), lat_of(Impl::Nng, proto), lat_tokio());
             let met = p.zip(t).map(|(p, t)| p <= 1.2 * t);
+            let tokio_same = lat
+                .iter()
+                .find(|s| s.imp == matching_tokio(api))
+                .map(|s| s.mean());
             let _ = writeln!(
                 o,
-                "| {} one-way latency {} (mean; lower is better) | {} | {} | {} | ≤ 1.2× tokio | {} | {} |",
+                "| {} one-way latency {} (mean; lower is better) | {} | {} | {} | ≤ 1.2× tokio | {} | {} | {} |",
                 proto.label(),
                 size_label(LAT_SIZE),
                 imp.name(),
                 ratio(p, n),
                 ratio(p, t),
                 verdict(met),
+                ratio(p, tokio_same),
                 ratio(t, n)
             );
         }

@@ -77,7 +77,7 @@ mod imp {
 
     /// Runs `a` on core 0 and `b` on core 1 (modulo the core count) of the
     /// global runtime and waits for both.
-    fn on_cores<A, B, FA, FB>(a: FA, b: FB) -> Result<(A, B)>
+    fn on_cores<A, B, FA, FB>(a: FA, b: FB, one_core: bool) -> Result<(A, B)>
     where
         A: Send + 'static,
         B: Send + 'static,
@@ -90,7 +90,7 @@ mod imp {
         rt.spawn_on(0, async move {
             let _ = ta.send(a.await);
         });
-        let core_b = if std::env::var_os("PINION_BENCH_ONE_CORE").is_some() { 0 } else { 1 % rt.cores() };
+        let core_b = if one_core { 0 } else { 1 % rt.cores() };
         rt.spawn_on(core_b, async move {
             let _ = tb.send(b.await);
         });
@@ -102,7 +102,8 @@ mod imp {
     pub fn throughput(api: PinionApi, size: usize, count: u64) -> Result<ThrSample> {
         match api {
             PinionApi::Blocking => thr_blocking(size, count),
-            PinionApi::Async => thr_async(size, count),
+            PinionApi::Async => thr_async(size, count, false),
+            PinionApi::OneCore => thr_async(size, count, true),
         }
     }
 
@@ -114,7 +115,8 @@ mod imp {
     ) -> Result<LatSample> {
         match api {
             PinionApi::Blocking => lat_blocking(proto, size, roundtrips),
-            PinionApi::Async => lat_async(proto, size, roundtrips),
+            PinionApi::Async => lat_async(proto, size, roundtrips, false),
+            PinionApi::OneCore => lat_async(proto, size, roundtrips, true),
         }
     }
 
@@ -162,7 +164,7 @@ mod imp {
         Ok(sample)
     }
 
-    fn thr_async(size: usize, count: u64) -> Result<ThrSample> {
+    fn thr_async(size: usize, count: u64, one_core: bool) -> Result<ThrSample> {
         let (done_tx, done_rx) = tokio_oneshot();
         let (url_tx, url_rx) = tokio_oneshot::<String>();
         let receiver = async move {
@@ -198,7 +200,7 @@ mod imp {
             let _ = done_rx.await;
             Ok(())
         };
-        let (sample, ()) = on_cores(receiver, sender)?;
+        let (sample, ()) = on_cores(receiver, sender, one_core)?;
         Ok(sample)
     }
 
@@ -262,7 +264,12 @@ mod imp {
         Ok(sample)
     }
 
-    fn lat_async(proto: LatProto, size: usize, roundtrips: u64) -> Result<LatSample> {
+    fn lat_async(
+        proto: LatProto,
+        size: usize,
+        roundtrips: u64,
+        one_core: bool,
+    ) -> Result<LatSample> {
         let (srv_proto, cli_proto) = protos(proto);
         // Sockets are opened inside the tasks, so each is homed on the core
         // its task runs on (and its pipe joins it there).
@@ -314,7 +321,7 @@ mod imp {
                 rtt_ns: hist,
             })
         };
-        let (sample, ()) = on_cores(measure, echo)?;
+        let (sample, ()) = on_cores(measure, echo, one_core)?;
         Ok(sample)
     }
 
@@ -336,6 +343,8 @@ pub const NOT_AVAILABLE: &str = "pinion facade not available yet";
 pub enum PinionApi {
     /// `pinion::blocking` from two plain threads (like the NNG measurement).
     Blocking,
-    /// The async API, both sides as tasks on pinion's own cores.
+    /// The async API, both sides as tasks on pinion's own cores 0 and 1.
     Async,
+    /// The async API, both sides as tasks on pinion's core 0.
+    OneCore,
 }
