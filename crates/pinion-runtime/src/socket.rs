@@ -192,10 +192,7 @@ impl SocketHandle {
             space: space.clone(),
             stats: stats.clone(),
         };
-        rt.spawn_on(
-            home,
-            driver.run(ctl_rx, ev_rx, cr_rx, send_rx, closed),
-        );
+        rt.spawn_on(home, driver.run(ctl_rx, ev_rx, cr_rx, send_rx, closed));
         Ok(SocketHandle {
             inner: Arc::new(Shared {
                 kind,
@@ -395,6 +392,9 @@ impl SocketHandle {
 
     /// Opens a context in the pattern (REQ).
     pub async fn open_ctx(&self) -> Result<CtxId, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
         let (tx, rx) = oneshot::channel();
         self.inner
             .ctl
@@ -825,6 +825,9 @@ impl Driver {
     fn ctl(&mut self, c: Ctl) {
         let now = Instant::now();
         match c {
+            Ctl::Op { done, .. } if self.linger_until.is_some() => {
+                let _ = done.send(Err(OpError::Closed));
+            }
             Ctl::Op {
                 op,
                 ctx,
@@ -845,7 +848,9 @@ impl Driver {
                 }
             }
             Ctl::OpenCtx(reply) => {
-                let _ = reply.send(self.proto.open_ctx());
+                if self.linger_until.is_none() {
+                    let _ = reply.send(self.proto.open_ctx());
+                } // else: dropping `reply` reports Closed
             }
             Ctl::CloseCtx(ctx) => self.proto.close_ctx(ctx, now),
             Ctl::Close => {
