@@ -19,6 +19,7 @@ pub mod error;
 pub mod pipe;
 pub mod socket;
 pub mod stats;
+pub mod stream;
 pub mod sys;
 pub mod transport;
 pub mod url;

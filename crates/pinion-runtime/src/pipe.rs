@@ -22,18 +22,18 @@
 use std::io;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use pinion_core::protocol::{PipeId, ProtocolKind};
 use pinion_core::wire::{
     decode_header, encode_frame, encode_header, encode_prefix, FrameDecoder, Framing, HEADER_LEN,
 };
 use pinion_core::{Message, Options, PeerError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
 use crate::stats::Stats;
+use crate::stream::StreamIo;
 use crate::transport::{inproc::InprocEnd, Conn};
 
 /// Commands from the socket to a pipe's writer.
@@ -41,6 +41,23 @@ use crate::transport::{inproc::InprocEnd, Conn};
 pub enum PipeCmd {
     /// Frame and send this message.
     Send(Message),
+    /// Send these bytes as they are: the unwritten rest of `msgs` messages
+    /// the socket driver framed and began to write itself.
+    Raw {
+        /// Framed bytes.
+        bytes: Bytes,
+        /// Messages they complete (credits to return once written).
+        msgs: u32,
+    },
+}
+
+/// What the socket driver needs to write to a pipe itself.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    /// The pipe's stream.
+    pub io: Arc<StreamIo>,
+    /// Its framing.
+    pub framing: Framing,
 }
 
 /// What a pipe tells its socket, in order.
@@ -56,6 +73,8 @@ pub enum PipeEvent {
         out: mpsc::UnboundedSender<PipeCmd>,
         /// Messages the write queue may hold.
         credits: u32,
+        /// The stream, for write-through (byte-stream transports only).
+        direct: Option<Direct>,
     },
     /// Messages read in one go.
     Messages(PipeId, Vec<Message>),
@@ -128,45 +147,11 @@ pub async fn run(
         armed: true,
     };
     match conn {
-        Conn::Tcp(mut s) => {
-            let (r, w) = s.split();
-            run_stream(r, w, Framing::Tcp, pipe, &link, handshake).await
-        }
-        Conn::Ipc(mut s) => {
-            let (r, w) = s.split();
-            run_stream(r, w, Framing::Ipc, pipe, &link, handshake).await
-        }
+        Conn::Tcp(s) => run_stream(StreamIo::Tcp(s), Framing::Tcp, pipe, &link, handshake).await,
+        Conn::Ipc(s) => run_stream(StreamIo::Ipc(s), Framing::Ipc, pipe, &link, handshake).await,
         Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
     }
     guard.armed = false;
-}
-
-/// Writes every chunk, in order, with vectored writes; empties `chunks`.
-async fn write_chunks<W: AsyncWrite + Unpin>(w: &mut W, chunks: &mut Vec<Bytes>) -> io::Result<()> {
-    let mut first = 0;
-    while first < chunks.len() {
-        let slices: Vec<io::IoSlice<'_>> = chunks[first..]
-            .iter()
-            .take(64)
-            .map(|c| io::IoSlice::new(c))
-            .collect();
-        let mut n = w.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let c = &mut chunks[first];
-            if n >= c.len() {
-                n -= c.len();
-                first += 1;
-            } else {
-                c.advance(n);
-                n = 0;
-            }
-        }
-    }
-    chunks.clear();
-    Ok(())
 }
 
 fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) {
@@ -175,19 +160,11 @@ fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), E
     }
 }
 
-async fn handshake<R, W>(
-    r: &mut R,
-    w: &mut W,
-    link: &PipeLink,
-) -> Result<u16, Result<PeerError, io::Error>>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+async fn handshake(io: &StreamIo, link: &PipeLink) -> Result<u16, Result<PeerError, io::Error>> {
     let exchange = async {
-        w.write_all(&encode_header(link.kind.id())).await?;
+        io.write_all(&encode_header(link.kind.id())).await?;
         let mut h = [0u8; HEADER_LEN];
-        r.read_exact(&mut h).await?;
+        io.read_exact(&mut h).await?;
         Ok::<_, io::Error>(h)
     };
     let h = match tokio::time::timeout(link.opts.handshake_timeout, exchange).await {
@@ -202,18 +179,15 @@ where
     Ok(peer)
 }
 
-async fn run_stream<R, W>(
-    mut r: R,
-    mut w: W,
+async fn run_stream(
+    io: StreamIo,
     framing: Framing,
     pipe: PipeId,
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
-) where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let peer = match handshake(&mut r, &mut w, link).await {
+) {
+    let io = Arc::new(io);
+    let peer = match handshake(&io, link).await {
         Ok(p) => p,
         Err(Ok(pe)) => {
             link.stats.count_peer_error(&pe);
@@ -238,6 +212,10 @@ async fn run_stream<R, W>(
             peer,
             out: out_tx,
             credits,
+            direct: Some(Direct {
+                io: io.clone(),
+                framing,
+            }),
         })
         .await
         .is_err()
@@ -265,9 +243,15 @@ async fn run_stream<R, W>(
                 Err(e) => return Err(Ok(e)),
             };
             buf.reserve(want.max(READ_CHUNK));
-            match r.read_buf(&mut buf).await {
+            match io.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Err(io::Error::from(io::ErrorKind::UnexpectedEof))),
                 Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = io.readable().await {
+                        return Err(Err(e));
+                    }
+                    continue;
+                }
                 Err(e) => return Err(Err(e)),
             }
             let mut batch = Vec::new();
@@ -303,25 +287,37 @@ async fn run_stream<R, W>(
             if out_rx.recv_many(&mut cmds, 1024).await == 0 {
                 return Ok::<(), io::Error>(()); // socket dropped us: close
             }
-            let n = cmds.len() as u32;
-            for PipeCmd::Send(m) in cmds.drain(..) {
-                if m.body.len() >= VECTORED_MIN {
-                    // Large body: write it from its own buffer, no copy.
-                    encode_prefix(framing, &m, &mut wbuf);
-                    chunks.push(wbuf.split().freeze());
-                    chunks.push(m.body);
-                } else {
-                    encode_frame(framing, &m, &mut wbuf);
+            let mut n = 0u32;
+            for cmd in cmds.drain(..) {
+                match cmd {
+                    PipeCmd::Send(m) => {
+                        n += 1;
+                        if m.body.len() >= VECTORED_MIN {
+                            // Large body: write it from its own buffer, no copy.
+                            encode_prefix(framing, &m, &mut wbuf);
+                            chunks.push(wbuf.split().freeze());
+                            chunks.push(m.body);
+                        } else {
+                            encode_frame(framing, &m, &mut wbuf);
+                        }
+                    }
+                    PipeCmd::Raw { bytes, msgs } => {
+                        n += msgs;
+                        if !wbuf.is_empty() {
+                            chunks.push(wbuf.split().freeze());
+                        }
+                        chunks.push(bytes);
+                    }
                 }
             }
             if chunks.is_empty() {
-                w.write_all(&wbuf).await?;
+                io.write_all(&wbuf).await?;
                 wbuf.clear();
             } else {
                 if !wbuf.is_empty() {
                     chunks.push(wbuf.split().freeze());
                 }
-                write_chunks(&mut w, &mut chunks).await?;
+                io.write_chunks(&mut chunks).await?;
             }
             if wbuf.capacity() > WRITE_BUF_KEEP {
                 wbuf = BytesMut::with_capacity(READ_CHUNK);
@@ -347,7 +343,7 @@ async fn run_stream<R, W>(
         }
         _ => {}
     }
-    let _ = w.shutdown().await;
+    io.shutdown_write();
     let _ = link.events.send(PipeEvent::Down(pipe)).await;
 }
 
@@ -373,6 +369,7 @@ async fn run_inproc(
             peer: peer_proto,
             out: out_tx,
             credits,
+            direct: None,
         })
         .await
         .is_err()
@@ -410,7 +407,11 @@ async fn run_inproc(
                 return;
             }
             let n = cmds.len() as u32;
-            for PipeCmd::Send(m) in cmds.drain(..) {
+            for cmd in cmds.drain(..) {
+                let PipeCmd::Send(m) = cmd else {
+                    // Raw bytes are only ever sent to byte-stream pipes.
+                    return;
+                };
                 if tx.send(m).await.is_err() {
                     return;
                 }

@@ -23,16 +23,18 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use pinion_core::backoff::Backoff;
 use pinion_core::protocol::{self, CtxId, Op, OpId, Output, PipeId, Protocol, ProtocolKind};
 use pinion_core::rng::Rng;
+use pinion_core::wire::encode_frame;
 use pinion_core::{CallerError, Message, OpError, Options};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::cores::{CoreId, Runtime};
 use crate::error::Error;
-use crate::pipe::{self, Credit, PipeCmd, PipeEvent, PipeLink};
+use crate::pipe::{self, Credit, Direct, PipeCmd, PipeEvent, PipeLink};
 use crate::stats::{Stats, StatsSnapshot};
 use crate::transport::{self, Conn, Listener};
 use crate::url::Url;
@@ -636,9 +638,19 @@ struct Driver {
 /// A live pipe as the driver sees it.
 struct PipeEntry {
     out: mpsc::UnboundedSender<PipeCmd>,
-    /// Messages handed to the pipe and not yet written.
+    /// Messages handed to the pipe's writer and not yet written.
     unwritten: u32,
+    /// The stream, when the driver may write to it itself.
+    direct: Option<Direct>,
+    /// Frames staged in this pass for a write-through.
+    staged: BytesMut,
+    /// Messages in `staged`.
+    staged_msgs: u32,
 }
+
+/// Bodies at least this long go through the pipe's writer (vectored, no
+/// copy) rather than being framed into the driver's write-through buffer.
+const DIRECT_MAX_BODY: usize = 16 * 1024;
 
 /// Inputs of one kind taken before the task looks at the others again.
 const BATCH: usize = 256;
@@ -664,7 +676,7 @@ impl Driver {
         let deliver_tx = self.deliver_tx.clone();
         let mut passes = 0u32;
         loop {
-            self.drain();
+            self.flush();
             let c = self.proto.counters();
             self.stats.ttl_drops.store(c.ttl_drops, Ordering::Relaxed);
             self.stats
@@ -732,7 +744,11 @@ impl Driver {
                 for _ in 0..BATCH {
                     self.drain();
                     if !self.proto.can_send() {
-                        break;
+                        // Staged frames hold credits: write them, then go on.
+                        self.flush();
+                        if !self.proto.can_send() {
+                            break;
+                        }
                     }
                     match sends.try_recv() {
                         Ok((ctx, msg)) => {
@@ -751,7 +767,7 @@ impl Driver {
                 // Every so often let the core's other tasks (pipes, the
                 // application) run, even while input keeps coming.
                 passes += 1;
-                if passes % 32 == 0 {
+                if passes & 31 == 0 {
                     tokio::task::yield_now().await;
                 }
                 continue;
@@ -782,7 +798,10 @@ impl Driver {
                     self.send(ctx, msg);
                     for _ in 0..BATCH {
                         self.drain();
-                        if !self.proto.can_send() { break; }
+                        if !self.proto.can_send() {
+                            self.flush();
+                            if !self.proto.can_send() { break; }
+                        }
                         match sends.try_recv() { Ok((ctx, msg)) => self.send(ctx, msg), Err(_) => break }
                     }
                 }
@@ -872,10 +891,20 @@ impl Driver {
                 peer,
                 out,
                 credits,
+                direct,
             } => match self.proto.add_pipe(pipe, peer, credits, now) {
                 Ok(()) => {
                     self.stats.pipes_added.fetch_add(1, Ordering::Relaxed);
-                    self.pipes.insert(pipe, PipeEntry { out, unwritten: 0 });
+                    self.pipes.insert(
+                        pipe,
+                        PipeEntry {
+                            out,
+                            unwritten: 0,
+                            direct,
+                            staged: BytesMut::new(),
+                            staged_msgs: 0,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::debug!(pipe = pipe.0, error = %e, "pipe refused by pattern");
@@ -902,16 +931,96 @@ impl Driver {
     }
 
     /// Carries out everything the pattern asked for.
+    /// Carries out the pattern's outputs; transmissions to idle pipes are
+    /// only staged (see [`Driver::flush`]).
     fn drain(&mut self) {
+        self.drain_outputs();
+    }
+
+    /// Drains the outputs and writes what was staged, until writing gives
+    /// the pattern no new credit to act on. Called once per loop pass, so
+    /// everything a pass produced for a pipe goes out in one write.
+    fn flush(&mut self) {
+        loop {
+            self.drain_outputs();
+            if !self.flush_direct() {
+                break;
+            }
+        }
+    }
+
+    /// Routes a transmission: framed into the pipe's write-through buffer
+    /// when its writer is idle (nothing unwritten) and the body is small,
+    /// else queued to the writer, behind anything already staged.
+    fn transmit(&mut self, pipe: PipeId, msg: Message) {
+        let Some(p) = self.pipes.get_mut(&pipe) else {
+            return;
+        };
+        self.stats.msgs_sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = &p.direct {
+            if p.unwritten == 0 && msg.body.len() < DIRECT_MAX_BODY {
+                encode_frame(d.framing, &msg, &mut p.staged);
+                p.staged_msgs += 1;
+                return;
+            }
+        }
+        if p.staged_msgs > 0 {
+            let bytes = p.staged.split().freeze();
+            let _ = p.out.send(PipeCmd::Raw {
+                bytes,
+                msgs: p.staged_msgs,
+            });
+            p.unwritten += p.staged_msgs;
+            p.staged_msgs = 0;
+        }
+        p.unwritten += 1;
+        let _ = p.out.send(PipeCmd::Send(msg));
+    }
+
+    /// Writes every pipe's staged frames with one non-blocking write each.
+    /// What the kernel does not take goes to the pipe's writer, which waits
+    /// for the socket to drain. Returns true if it gave credits back to the
+    /// pattern (which may then have more to send).
+    fn flush_direct(&mut self) -> bool {
+        let mut done: Vec<(PipeId, u32)> = Vec::new();
+        for (&pipe, p) in self.pipes.iter_mut() {
+            if p.staged_msgs == 0 {
+                continue;
+            }
+            let Some(d) = &p.direct else { continue };
+            let mut written = 0;
+            while written < p.staged.len() {
+                match d.io.try_write(&p.staged[written..]) {
+                    Ok(0) => break,
+                    Ok(n) => written += n,
+                    // WouldBlock, or an error the writer will meet and report.
+                    Err(_) => break,
+                }
+            }
+            if written == p.staged.len() {
+                p.staged.clear();
+                done.push((pipe, p.staged_msgs));
+            } else {
+                let rest = p.staged.split().freeze().slice(written..);
+                let _ = p.out.send(PipeCmd::Raw {
+                    bytes: rest,
+                    msgs: p.staged_msgs,
+                });
+                p.unwritten += p.staged_msgs;
+            }
+            p.staged_msgs = 0;
+        }
+        let now = Instant::now();
+        for (pipe, n) in &done {
+            self.proto.handle_credit(*pipe, *n, now);
+        }
+        !done.is_empty()
+    }
+
+    fn drain_outputs(&mut self) {
         while let Some(out) = self.proto.poll_output() {
             match out {
-                Output::Transmit { pipe, msg } => {
-                    if let Some(p) = self.pipes.get_mut(&pipe) {
-                        self.stats.msgs_sent.fetch_add(1, Ordering::Relaxed);
-                        p.unwritten += 1;
-                        let _ = p.out.send(PipeCmd::Send(msg));
-                    }
-                }
+                Output::Transmit { pipe, msg } => self.transmit(pipe, msg),
                 Output::Deliver { ctx: _, msg } => self.deliver(msg),
                 Output::Completed { op, result } => {
                     if let Some(done) = self.ops.remove(&op) {

@@ -1,0 +1,142 @@
+//! [`StreamIo`]: the byte stream of a TCP or IPC pipe, usable through `&self`.
+//!
+//! The pipe task reads and writes it; the socket driver may also write to it
+//! directly ("write-through") when the pipe's write queue is empty, which
+//! saves waking the pipe's writer task for every message. Both go through
+//! readiness (`readable`/`writable`) and non-blocking `try_*` calls, which
+//! tokio allows on a shared reference, so no lock is needed: the driver only
+//! writes while the writer task has nothing queued, so their writes never
+//! interleave.
+
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::{TcpStream, UnixStream};
+
+/// A connected TCP or UNIX stream.
+#[derive(Debug)]
+pub enum StreamIo {
+    /// TCP.
+    Tcp(TcpStream),
+    /// IPC.
+    Ipc(UnixStream),
+}
+
+impl StreamIo {
+    /// Waits until the stream may be readable.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            StreamIo::Tcp(s) => s.readable().await,
+            StreamIo::Ipc(s) => s.readable().await,
+        }
+    }
+
+    /// Reads what is there into `buf`'s spare capacity.
+    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        match self {
+            StreamIo::Tcp(s) => s.try_read_buf(buf),
+            StreamIo::Ipc(s) => s.try_read_buf(buf),
+        }
+    }
+
+    /// Waits until the stream may be writable.
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            StreamIo::Tcp(s) => s.writable().await,
+            StreamIo::Ipc(s) => s.writable().await,
+        }
+    }
+
+    /// Writes as much of `b` as the kernel takes now.
+    pub fn try_write(&self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            StreamIo::Tcp(s) => s.try_write(b),
+            StreamIo::Ipc(s) => s.try_write(b),
+        }
+    }
+
+    /// Vectored [`StreamIo::try_write`].
+    pub fn try_write_vectored(&self, b: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            StreamIo::Tcp(s) => s.try_write_vectored(b),
+            StreamIo::Ipc(s) => s.try_write_vectored(b),
+        }
+    }
+
+    /// Reads until `buf` is full.
+    pub async fn read_exact(&self, buf: &mut [u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < buf.len() {
+            self.readable().await?;
+            let r = match self {
+                StreamIo::Tcp(s) => s.try_read(&mut buf[at..]),
+                StreamIo::Ipc(s) => s.try_read(&mut buf[at..]),
+            };
+            match r {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => at += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `b`.
+    pub async fn write_all(&self, mut b: &[u8]) -> io::Result<()> {
+        while !b.is_empty() {
+            match self.try_write(b) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => b = &b[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every chunk, in order, with vectored writes; empties `chunks`.
+    pub async fn write_chunks(&self, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+        let mut first = 0;
+        while first < chunks.len() {
+            let r = {
+                let slices: Vec<IoSlice<'_>> = chunks[first..]
+                    .iter()
+                    .take(64)
+                    .map(|c| IoSlice::new(c))
+                    .collect();
+                self.try_write_vectored(&slices)
+            };
+            let mut n = match r {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable().await?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            while n > 0 {
+                let c = &mut chunks[first];
+                if n >= c.len() {
+                    n -= c.len();
+                    first += 1;
+                } else {
+                    c.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        chunks.clear();
+        Ok(())
+    }
+
+    /// Shuts the write side down (FIN after what is queued in the kernel).
+    pub fn shutdown_write(&self) {
+        let r = match self {
+            StreamIo::Tcp(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write),
+            StreamIo::Ipc(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write),
+        };
+        let _ = r;
+    }
+}
