@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""The NNG side of pinion's interop tests (crates/pinion/tests/interop_pynng.rs).
+"""The NNG side of pinion's interop tests (crates/pinion/tests/interop_pynng.rs
+and interop_pynng_more.rs).
 
 Usage:  peer.py '<json config>'
 
@@ -8,6 +9,9 @@ The config is one JSON object. Common keys:
   role       "listen" or "dial"
   url        tcp://host:port (port 0 when listening: the bound port is printed)
              or ipc:///path
+  urls       (scenarios with several sockets or several pinion sockets)
+             listen: socket k listens on urls[k], one "listening" line each,
+             in order; dial: every socket dials every url
   deadline   seconds before the watchdog kills this process (default 20)
 plus per-scenario keys (count, pattern, contexts, rounds, kind, ...).
 
@@ -16,6 +20,9 @@ Output on stdout, one JSON object per line:
   {"event": <other>, ...}                progress events some scenarios print
   {"event": "result", "ok": true|false, ...}   exactly once, at the end
 
+Some scenarios take commands from the test: one per line on stdin (e.g.
+"send 1"). Closing stdin ends the peer as before.
+
 After printing the result the peer waits until its stdin is closed (or a
 short grace period passes) so that what it sent is not cut off by its exit,
 then exits 0 if ok, 1 on a mismatch, an error or a timeout, 3 when the
@@ -23,15 +30,18 @@ watchdog fired. Every blocking call has a timeout; nothing waits forever.
 
 Two kinds of peers:
   * pynng sockets (NNG 1.11 via pynng 0.9.0): reqrep, ctx, push, pull,
-    pull_collect, pair, serve, healthy, pynng_wrong_proto;
+    pull_collect, pair, serve, healthy, pynng_wrong_proto, sub, pub,
+    respond, survey, bus_leaves, bus_hub;
   * hand-written SP peers on raw TCP / AF_UNIX sockets that build every byte
     themselves, to check what pinion puts on the wire and how it reacts to
-    hostile input: raw_rep, raw_req, raw_pair1, raw_hostile.
+    hostile input: raw_rep, raw_req, raw_pair1, raw_hostile, raw_respondent,
+    raw_surveyor.
 """
 
 import asyncio
 import json
 import os
+import queue
 import socket
 import struct
 import sys
@@ -83,16 +93,38 @@ def start_watchdog(seconds):
     t.start()
 
 
+CMDS = queue.Queue()
+
+
 def start_stdin_watch():
+    """Collects command lines from stdin; sets STDIN_CLOSED at EOF."""
+
     def watch():
         try:
-            while sys.stdin.buffer.read(4096):
-                pass
+            for line in sys.stdin.buffer:
+                line = line.strip()
+                if line:
+                    CMDS.put(line.decode(errors="replace"))
         except Exception:
             pass
         STDIN_CLOSED.set()
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def next_cmd(timeout=15):
+    """The next command line from the test; None once stdin is closed and
+    every command has been taken."""
+    until = time.monotonic() + timeout
+    while True:
+        try:
+            return CMDS.get(timeout=0.05)
+        except queue.Empty:
+            pass
+        if STDIN_CLOSED.is_set() and CMDS.empty():
+            return None
+        if time.monotonic() > until:
+            raise Mismatch(f"no command from the test within {timeout} s")
 
 
 # ---------------------------------------------------------------------------
@@ -128,6 +160,30 @@ def seq_index(body):
     (i,) = struct.unpack(">I", body[:4])
     expect(body == seq_payload(i), f"push/pull body #{i} corrupted: {short(body)}")
     return i
+
+
+PS_COUNT = 40
+PS_TOPICS = [b"a/", b"b/", b"u/", b"a", b"ab/", b"x", b"u"]
+
+
+def ps_message(phase, i):
+    """Pub/sub bodies of one phase: #0 empty (only the empty topic matches
+    it), #1 exactly "a/", #2 "a/" + 65534 bytes, then a topic from
+    PS_TOPICS (including near misses of the subscribed ones: "a", "ab/",
+    "u") followed by "#<phase>-<i>"."""
+    if i == 0:
+        return b""
+    if i == 1:
+        return b"a/"
+    if i == 2:
+        return b"a/" + bytes(((phase * 31 + j * 7) & 0xFF) for j in range(65534))
+    return PS_TOPICS[i % len(PS_TOPICS)] + f"#{phase}-{i}".encode()
+
+
+def ps_expected(phase, topics):
+    """The bodies of `phase` a subscriber to `topics` (bytes) must get, in
+    order."""
+    return [m for m in (ps_message(phase, i) for i in range(PS_COUNT)) if any(m.startswith(t) for t in topics)]
 
 
 # ---------------------------------------------------------------------------
@@ -170,6 +226,48 @@ def attach(sock, cfg):
     else:
         sock.dial(url, block=True)
     return url
+
+
+def cfg_urls(cfg):
+    return cfg.get("urls") or [cfg["url"]]
+
+
+def attach_all(socks, cfg):
+    """Several sockets and/or several urls. listen: socket k listens on
+    urls[k] (one "listening" line each, in order); dial: every socket dials
+    every url."""
+    urls = cfg_urls(cfg)
+    if cfg["role"] == "listen":
+        expect(len(urls) == len(socks), f"{len(socks)} listening sockets need as many urls, got {urls}")
+        for s, u in zip(socks, urls):
+            attach(s, {"role": "listen", "url": u})
+    else:
+        for s in socks:
+            for u in urls:
+                s.dial(u, block=True)
+
+
+def wait_pipes(socks, n, timeout=10):
+    """Waits until every socket has at least n pipes (pynng tracks them with
+    its pipe callbacks, after NNG started the pipe)."""
+    until = time.monotonic() + timeout
+    for k, s in enumerate(socks):
+        while len(s.pipes) < n:
+            if time.monotonic() > until:
+                raise Mismatch(f"socket {k}: {len(s.pipes)} pipes after {timeout} s, want {n}")
+            time.sleep(0.01)
+
+
+def expect_silence(pynng, socks, what, first_ms=300, rest_ms=50):
+    """Nothing more may arrive on any of `socks`: the first waits first_ms,
+    the others rest_ms (the time has passed for them too)."""
+    for k, s in enumerate(socks):
+        s.recv_timeout = first_ms if k == 0 else rest_ms
+        try:
+            m = rx(s)
+        except pynng.Timeout:
+            continue
+        raise Mismatch(f"{what} #{k}: unexpected message {short(m)}")
 
 
 # ---------------------------------------------------------------------------
@@ -367,10 +465,11 @@ def sc_healthy(cfg):
 
 
 def sc_pynng_wrong_proto(cfg):
-    """A pynng Pub0 (protocol 0x20): dial a pinion REP listener (pinion must
-    refuse it) or listen for a pinion REQ to dial (its dial must fail)."""
+    """A pynng Pub0 (protocol 0x20; pattern=pull: a Pull0, 0x51): dial a
+    pinion listener of a pattern that must refuse it, or listen for a pinion
+    socket to dial (its dial must fail)."""
     pynng = pynng_mod()
-    s = keep(pynng.Pub0())
+    s = keep(pynng.Pull0() if cfg.get("pattern") == "pull" else pynng.Pub0())
     if cfg["role"] == "listen":
         attach(s, cfg)
         STDIN_CLOSED.wait(cfg.get("hold_s", 10))
@@ -382,11 +481,213 @@ def sc_pynng_wrong_proto(cfg):
     return {}
 
 
+def sc_sub(cfg):
+    """pynng Sub0 sockets facing a pinion PUB. subs: one topic list per
+    socket; unsub: [socket index, topic] dropped between the phases.
+    Prints "ready" once every socket has a pipe; then expects phase 1
+    (ps_expected per socket, bytes exact, in order), unsubscribes, prints
+    "phase1_done", expects phase 2, and finally that nothing else arrives on
+    any socket (none for a socket without subscriptions)."""
+    pynng = pynng_mod()
+    subs = [[t.encode() for t in ts] for ts in cfg["subs"]]
+    socks = [keep(pynng.Sub0(recv_timeout=TIMEOUT_MS, recv_buffer_size=1024)) for _ in subs]
+    for s, topics in zip(socks, subs):
+        for t in topics:
+            s.subscribe(t)
+    attach_all(socks, cfg)
+    wait_pipes(socks, 1)
+    emit({"event": "ready"})
+    got = [0] * len(socks)
+    for phase in (1, 2):
+        for k, (s, topics) in enumerate(zip(socks, subs)):
+            for j, want in enumerate(ps_expected(phase, topics)):
+                try:
+                    m = rx(s)
+                except pynng.Timeout:
+                    raise Mismatch(f"sub #{k} {topics} phase {phase}: message #{j} ({short(want)}) never arrived")
+                expect(m == want, f"sub #{k} {topics} phase {phase} message #{j}: got {short(m)}, want {short(want)}")
+                got[k] += 1
+        if phase == 1:
+            if cfg.get("unsub"):
+                k, t = cfg["unsub"]
+                socks[k].unsubscribe(t.encode())
+                subs[k].remove(t.encode())
+            emit({"event": "phase1_done"})
+    expect_silence(pynng, socks, "sub")
+    return {"got": got}
+
+
+def sc_pub(cfg):
+    """A pynng Pub0 facing pinion SUB sockets. Prints "ready" once it has
+    `pipes` pipes, then on each command "send <phase>" publishes that
+    phase's PS_COUNT messages (1 ms apart) and prints "sent"; ends when
+    stdin closes."""
+    pynng = pynng_mod()
+    s = keep(pynng.Pub0(send_timeout=TIMEOUT_MS, send_buffer_size=1024))
+    attach_all([s], cfg)
+    wait_pipes([s], cfg.get("pipes", 1))
+    emit({"event": "ready"})
+    sent = 0
+    while True:
+        c = next_cmd()
+        if c is None:
+            break
+        verb, _, arg = c.partition(" ")
+        expect(verb == "send", f"unknown command {c!r}")
+        phase = int(arg)
+        for i in range(PS_COUNT):
+            s.send(ps_message(phase, i))
+            sent += 1
+            time.sleep(0.001)
+        emit({"event": "sent", "phase": phase})
+    return {"sent": sent}
+
+
+def sc_respond(cfg):
+    """pynng Respondent0 sockets, one per name in `names`, facing a pinion
+    SURVEYOR; each answers every survey with "<name>:<survey>" after
+    delays_ms[k] ms and prints "answered". Runs until stdin closes."""
+    pynng = pynng_mod()
+    names = cfg["names"]
+    delays = cfg.get("delays_ms", [0] * len(names))
+    socks = [keep(pynng.Respondent0(recv_timeout=100, send_timeout=TIMEOUT_MS)) for _ in names]
+    attach_all(socks, cfg)
+    wait_pipes(socks, 1)
+    emit({"event": "ready"})
+    counts = [0] * len(names)
+    errors = []
+
+    def serve(k):
+        s = socks[k]
+        try:
+            while not STDIN_CLOSED.is_set():
+                try:
+                    m = rx(s)
+                except pynng.Timeout:
+                    continue
+                if delays[k]:
+                    time.sleep(delays[k] / 1000)
+                s.send(names[k].encode() + b":" + m)
+                counts[k] += 1
+                emit({"event": "answered", "name": names[k], "survey": m.decode(errors="replace")})
+        except Exception as e:  # noqa: BLE001 -- reported in the result
+            errors.append(f"respondent {names[k]}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=serve, args=(k,), daemon=True) for k in range(len(names))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    expect(not errors, "; ".join(errors))
+    return {"answered": dict(zip(names, counts))}
+
+
+def sc_survey(cfg):
+    """A pynng Surveyor0 (survey_ms) facing a pinion RESPONDENT: `count`
+    surveys payload(i), each answered with exactly reply(payload(i)); the
+    last one waits for the whole survey time: nothing else may come."""
+    pynng = pynng_mod()
+    count = cfg.get("count", 20)
+    s = keep(pynng.Surveyor0(survey_time=cfg.get("survey_ms", 500), recv_timeout=TIMEOUT_MS, send_timeout=TIMEOUT_MS))
+    attach_all([s], cfg)
+    wait_pipes([s], 1)
+    for i in range(count):
+        s.send(payload(i))
+        try:
+            r = rx(s)
+        except pynng.Timeout:
+            raise Mismatch(f"survey #{i}: no response within the survey time")
+        expect(r == reply(payload(i)), f"survey #{i}: response {short(r)}, want {short(reply(payload(i)))}")
+    try:
+        m = rx(s)
+        raise Mismatch(f"a second response to the last survey: {short(m)}")
+    except pynng.Timeout:
+        pass
+    return {"surveys": count}
+
+
+def sc_bus_leaves(cfg):
+    """pynng Bus0 sockets p0, p1, ... connected only to one pinion BUS in the
+    middle. Prints "ready" when each has a pipe; expects `count` messages
+    "from-pinion-<i>" on every socket, in order; then socket k sends "from-p<k>-<i>"
+    (1 ms apart) and prints "sent"; after the command "check" nothing more
+    may arrive: not its own messages back, not the other leaf's (one hop)."""
+    pynng = pynng_mod()
+    n = cfg.get("leaves", 2)
+    count = cfg.get("count", 20)
+    socks = [keep(pynng.Bus0(recv_timeout=TIMEOUT_MS, send_timeout=TIMEOUT_MS, recv_buffer_size=1024, send_buffer_size=1024)) for _ in range(n)]
+    attach_all(socks, cfg)
+    wait_pipes(socks, 1)
+    emit({"event": "ready"})
+    for k, s in enumerate(socks):
+        for i in range(count):
+            want = f"from-pinion-{i}".encode()
+            try:
+                m = rx(s)
+            except pynng.Timeout:
+                raise Mismatch(f"leaf p{k}: {want!r} never arrived")
+            expect(m == want, f"leaf p{k}: got {short(m)}, want {want!r}")
+    for i in range(count):
+        for k, s in enumerate(socks):
+            s.send(f"from-p{k}-{i}".encode())
+        time.sleep(0.001)
+    emit({"event": "sent"})
+    c = next_cmd()
+    expect(c == "check", f"want the command 'check', got {c!r}")
+    expect_silence(pynng, socks, "leaf")
+    return {"received": count * n}
+
+
+def sc_bus_hub(cfg):
+    """One pynng Bus0 in the middle of `leaves` pinion BUS sockets. Prints
+    "ready" once it has `leaves` pipes, sends `count` messages "from-hub-<i>"
+    (1 ms apart), then expects "from-<leaf>-<i>" for each leaf name in
+    `names`, each exactly once and in order per leaf; prints "got_all"; then
+    nothing more may arrive."""
+    pynng = pynng_mod()
+    names = cfg["names"]
+    count = cfg.get("count", 20)
+    s = keep(pynng.Bus0(recv_timeout=TIMEOUT_MS, send_timeout=TIMEOUT_MS, recv_buffer_size=1024, send_buffer_size=1024))
+    attach_all([s], cfg)
+    wait_pipes([s], len(names))
+    emit({"event": "ready"})
+    for i in range(count):
+        s.send(f"from-hub-{i}".encode())
+        time.sleep(0.001)
+    nxt = {n: 0 for n in names}
+    for _ in range(count * len(names)):
+        try:
+            m = rx(s)
+        except pynng.Timeout:
+            raise Mismatch(f"hub: missing messages, got so far {nxt}")
+        text = m.decode(errors="replace")
+        expect(text.startswith("from-"), f"hub: unexpected {short(m)}")
+        leaf, _, idx = text[len("from-"):].rpartition("-")
+        expect(leaf in nxt, f"hub: message from unknown sender {text!r} (its own echoed back?)")
+        expect(idx == str(nxt[leaf]), f"hub: from {leaf}: got #{idx}, want #{nxt[leaf]} (lost, duplicated or reordered)")
+        nxt[leaf] += 1
+    emit({"event": "got_all"})
+    expect_silence(pynng, [s], "hub")
+    return {"received": nxt}
+
+
 # ---------------------------------------------------------------------------
 # Hand-written SP over raw sockets
 # ---------------------------------------------------------------------------
 
-PROTO = {"pair0": 0x10, "pair1": 0x11, "pub": 0x20, "sub": 0x21, "req": 0x30, "rep": 0x31, "push": 0x50, "pull": 0x51}
+PROTO = {
+    "pair0": 0x10,
+    "pair1": 0x11,
+    "pub": 0x20,
+    "sub": 0x21,
+    "req": 0x30,
+    "rep": 0x31,
+    "push": 0x50,
+    "pull": 0x51,
+    "surveyor": 0x62,
+    "respondent": 0x63,
+    "bus": 0x70,
+}
 MAGIC = b"\x00SP\x00"
 
 
@@ -691,6 +992,64 @@ def sc_raw_hostile(cfg):
     return out
 
 
+def sc_raw_respondent(cfg):
+    """A hand-written RESPONDENT facing a pinion SURVEYOR: checks pinion's
+    SP header; each survey must be exactly [survey id with the top bit set]
+    + "survey-<i>", ids never reused. Answers with a stale id (the previous
+    survey's) and an unknown one first, which pinion must drop, then with
+    the id echoed + reply(body)."""
+    count = cfg.get("count", 6)
+    c = raw_connect(cfg)
+    c.send_header(PROTO["respondent"])
+    c.recv_header(PROTO["surveyor"])
+    ids = []
+    for i in range(count):
+        f = c.recv_msg()
+        expect(len(f) >= 4, f"survey #{i} shorter than a survey id: {short(f)}")
+        (sid,) = struct.unpack(">I", f[:4])
+        expect(sid & 0x80000000, f"survey #{i}: id word {sid:08x} lacks the top bit")
+        body = f[4:]
+        want = f"survey-{i}".encode()
+        expect(body == want, f"survey #{i}: body {short(body)}, want {want!r} (one header word, then the body)")
+        expect(sid not in ids, f"survey id {sid:08x} reused")
+        if ids:
+            c.send_msg(struct.pack(">I", ids[-1]) + b"stale")
+        c.send_msg(struct.pack(">I", 0x80000000 | ((sid + 0x1234567) & 0x7FFFFFFF)) + b"unknown")
+        ids.append(sid)
+        c.send_msg(f[:4] + reply(body))
+    c.close()
+    return {"ids": [f"{x:08x}" for x in ids]}
+
+
+def sc_raw_surveyor(cfg):
+    """A hand-written SURVEYOR facing a pinion RESPONDENT: the response must
+    carry back the whole backtrace (survey id word with the top bit, plus hop
+    words as devices would add) byte for byte. With ttl_check a 9-word
+    backtrace (over max_ttl 8) must be dropped with the pipe kept and an
+    8-word one answered."""
+    count = cfg.get("count", 30)
+    c = raw_connect(cfg)
+    c.send_header(PROTO["surveyor"])
+    c.recv_header(PROTO["respondent"])
+    for i in range(count):
+        bt = backtrace(i)
+        c.send_msg(bt + payload(i))
+        r = c.recv_msg()
+        want = bt + reply(payload(i))
+        expect(r == want, f"response #{i}: got {short(r)}, want {short(want)}")
+    out = {"surveys": count}
+    if cfg.get("ttl_check"):
+        nine = b"".join(struct.pack(">I", w) for w in [1, 2, 3, 4, 5, 6, 7, 8, 0x80000909])
+        eight = b"".join(struct.pack(">I", w) for w in [1, 2, 3, 4, 5, 6, 7, 0x80000808])
+        c.send_msg(nine + b"ttl-drop")
+        c.send_msg(eight + b"ttl-ok")
+        r = c.recv_msg()
+        expect(r == eight + reply(b"ttl-ok"), f"after a 9-word survey, got {short(r)}, want the 8-word response")
+        out["ttl"] = "ok"
+    c.close()
+    return out
+
+
 # ---------------------------------------------------------------------------
 
 SCENARIOS = {
@@ -707,6 +1066,14 @@ SCENARIOS = {
     "raw_req": sc_raw_req,
     "raw_pair1": sc_raw_pair1,
     "raw_hostile": sc_raw_hostile,
+    "sub": sc_sub,
+    "pub": sc_pub,
+    "respond": sc_respond,
+    "survey": sc_survey,
+    "bus_leaves": sc_bus_leaves,
+    "bus_hub": sc_bus_hub,
+    "raw_respondent": sc_raw_respondent,
+    "raw_surveyor": sc_raw_surveyor,
 }
 
 
