@@ -76,6 +76,9 @@ pub enum CallerError {
     /// An option value out of its range.
     #[error("invalid option value")]
     InvalidOption,
+    /// Unsubscribing from a topic the context is not subscribed to.
+    #[error("no such subscription")]
+    NoSuchSubscription,
 }
 
 /// How an application operation ended when it did not succeed.

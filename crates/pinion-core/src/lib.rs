@@ -6,7 +6,8 @@
 //! * [`wire`]: the SP connection header and the stream framings of the TCP and
 //!   IPC mappings, as pure encoders and incremental decoders;
 //! * [`protocol`]: one state machine per messaging pattern (req0, rep0, push0,
-//!   pull0, pair0, pair1), all behind the [`protocol::Protocol`] trait;
+//!   pull0, pair0, pair1, pub0, sub0, surveyor0, respondent0, bus0), all
+//!   behind the [`protocol::Protocol`] trait;
 //! * [`Message`], the unit the patterns exchange, and the typed errors.
 //!
 //! Nothing here opens a socket, spawns a thread or reads the clock: time is an

@@ -42,6 +42,9 @@ pub struct Options {
     /// REQ: resend an unanswered request after this long. `None` disables.
     /// Default 60 s.
     pub req_resend: Option<Duration>,
+    /// SURVEYOR: how long a survey collects responses. Default 1 s (NNG's
+    /// and nanomsg's default; the RFC's 60 s is not what peers use).
+    pub survey_time: Duration,
     /// How long a new pipe may take to send its SP header. Default 10 s.
     pub handshake_timeout: Duration,
     /// How long a closed socket keeps writing messages that `send` had
@@ -71,6 +74,7 @@ impl Default for Options {
             reconnect_max: Duration::from_secs(5),
             max_ttl: 8,
             req_resend: Some(Duration::from_secs(60)),
+            survey_time: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(10),
             linger: Duration::from_secs(1),
             tcp_nodelay: true,

@@ -51,11 +51,20 @@ enum Ctl {
         done: Done,
     },
     Cancel(OpId),
-    OpenCtx(oneshot::Sender<Result<CtxId, CallerError>>),
+    OpenCtx(oneshot::Sender<Result<(CtxId, Option<CtxQueue>), CallerError>>),
+    Subscribe {
+        ctx: CtxId,
+        topic: bytes::Bytes,
+        add: bool,
+        reply: oneshot::Sender<Result<(), CallerError>>,
+    },
     CloseCtx(CtxId),
     /// The application closed the socket: fail operations, linger, stop.
     Close,
 }
+
+/// The receive queue of a context that has its own (SUB contexts).
+pub type CtxQueue = async_channel::Receiver<Message>;
 
 /// Room in the receive queue: the driver parks on it when the queue is full;
 /// receivers ring it after taking a message.
@@ -190,6 +199,8 @@ impl SocketHandle {
             pipes: HashMap::new(),
             ops: HashMap::new(),
             deliver_tx,
+            ctx_queues: HashMap::new(),
+            recv_buffer: opts.recv_buffer.max(1),
             overflow: VecDeque::new(),
             space: space.clone(),
             stats: stats.clone(),
@@ -392,8 +403,9 @@ impl SocketHandle {
         }
     }
 
-    /// Opens a context in the pattern (REQ).
-    pub async fn open_ctx(&self) -> Result<CtxId, Error> {
+    /// Opens a context in the pattern (REQ, SURVEYOR, SUB). A SUB context
+    /// comes with its own receive queue.
+    pub async fn open_ctx(&self) -> Result<(CtxId, Option<CtxQueue>), Error> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
@@ -403,6 +415,43 @@ impl SocketHandle {
             .send(Ctl::OpenCtx(tx))
             .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?.map_err(Error::from)
+    }
+
+    /// Adds (`add`) or removes a SUB subscription on `ctx`.
+    pub async fn subscribe(&self, ctx: CtxId, topic: bytes::Bytes, add: bool) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .ctl
+            .send(Ctl::Subscribe {
+                ctx,
+                topic,
+                add,
+                reply: tx,
+            })
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?.map_err(Error::from)
+    }
+
+    /// Receives from a context's own queue (SUB contexts).
+    pub async fn recv_ctx_queue(
+        &self,
+        q: &CtxQueue,
+        timeout: Option<Duration>,
+    ) -> Result<Message, Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        match q.try_recv() {
+            Ok(m) => Ok(m),
+            Err(async_channel::TryRecvError::Closed) => Err(Error::Closed),
+            Err(async_channel::TryRecvError::Empty) => {
+                self.with_timeout(timeout, async { q.recv().await.map_err(|_| Error::Closed) })
+                    .await
+            }
+        }
     }
 
     /// Closes a context in the pattern.
@@ -630,6 +679,10 @@ struct Driver {
     pipes: HashMap<PipeId, PipeEntry>,
     ops: HashMap<OpId, Done>,
     deliver_tx: async_channel::Sender<Message>,
+    /// Receive queues of contexts other than the socket's (SUB).
+    ctx_queues: HashMap<CtxId, async_channel::Sender<Message>>,
+    /// Depth of a new context queue.
+    recv_buffer: usize,
     overflow: VecDeque<Message>,
     space: Arc<Space>,
     stats: Arc<Stats>,
@@ -682,6 +735,9 @@ impl Driver {
             self.stats
                 .unroutable_drops
                 .store(c.unroutable_drops, Ordering::Relaxed);
+            self.stats
+                .queue_drops
+                .store(c.queue_drops, Ordering::Relaxed);
             if let Some(until) = self.linger_until {
                 let flushed = sends.is_empty() && self.pipes.values().all(|p| p.unwritten == 0);
                 if flushed || Instant::now() >= until {
@@ -868,10 +924,36 @@ impl Driver {
             }
             Ctl::OpenCtx(reply) => {
                 if self.linger_until.is_none() {
-                    let _ = reply.send(self.proto.open_ctx());
+                    let r = self.proto.open_ctx().map(|ctx| {
+                        // Contexts that receive by delivery get their own
+                        // queue; operation-based ones (REQ, SURVEYOR) do not.
+                        let q = (!self.kind.uses_ops() && self.kind.can_recv()).then(|| {
+                            let (tx, rx) = async_channel::bounded(self.recv_buffer);
+                            self.ctx_queues.insert(ctx, tx);
+                            rx
+                        });
+                        (ctx, q)
+                    });
+                    let _ = reply.send(r);
                 } // else: dropping `reply` reports Closed
             }
-            Ctl::CloseCtx(ctx) => self.proto.close_ctx(ctx, now),
+            Ctl::Subscribe {
+                ctx,
+                topic,
+                add,
+                reply,
+            } => {
+                let r = if add {
+                    self.proto.subscribe(ctx, &topic)
+                } else {
+                    self.proto.unsubscribe(ctx, &topic)
+                };
+                let _ = reply.send(r);
+            }
+            Ctl::CloseCtx(ctx) => {
+                self.ctx_queues.remove(&ctx);
+                self.proto.close_ctx(ctx, now)
+            }
             Ctl::Close => {
                 if self.linger_until.is_none() {
                     self.linger_until = Some(now + self.linger);
@@ -1021,7 +1103,14 @@ impl Driver {
         while let Some(out) = self.proto.poll_output() {
             match out {
                 Output::Transmit { pipe, msg } => self.transmit(pipe, msg),
-                Output::Deliver { ctx: _, msg } => self.deliver(msg),
+                Output::Deliver { ctx, msg } => {
+                    if ctx == CtxId::SOCKET {
+                        self.deliver(msg)
+                    } else if let Some(q) = self.ctx_queues.get(&ctx) {
+                        // Only SUB delivers to other contexts: newest wins.
+                        let _ = q.force_send(msg);
+                    }
+                }
                 Output::Completed { op, result } => {
                     if let Some(done) = self.ops.remove(&op) {
                         let _ = done.send(result);
@@ -1037,6 +1126,11 @@ impl Driver {
     }
 
     fn deliver(&mut self, msg: Message) {
+        if self.kind.drops_oldest() {
+            // SUB prefers new messages: a full queue loses its oldest.
+            let _ = self.deliver_tx.force_send(msg);
+            return;
+        }
         if !self.overflow.is_empty() {
             self.overflow.push_back(msg);
             return;

@@ -53,6 +53,8 @@ counters! {
     ttl_drops,
     /// Replies dropped because their pipe was gone or full.
     unroutable_drops,
+    /// Messages a slow peer did not get (PUB queue overflow, BUS no room).
+    queue_drops,
     /// Messages handed to pipes.
     msgs_sent,
     /// Messages received from pipes.

@@ -101,7 +101,17 @@ impl Socket {
         block_on(self.0.recv_msg())
     }
 
-    /// Opens a context (REQ, REP).
+    /// SUB: subscribe to a topic prefix (empty: everything).
+    pub fn subscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        block_on(self.0.subscribe(topic))
+    }
+
+    /// SUB: drop a subscription.
+    pub fn unsubscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        block_on(self.0.unsubscribe(topic))
+    }
+
+    /// Opens a context (REQ, REP, SURVEYOR, RESPONDENT, SUB).
     pub fn context(&self) -> crate::Result<Context> {
         block_on(self.0.context()).map(Context)
     }
@@ -135,5 +145,15 @@ impl Context {
     /// Receives with an explicit timeout.
     pub fn recv_timeout(&mut self, timeout: Option<Duration>) -> crate::Result<Bytes> {
         block_on(self.0.recv_timeout(timeout))
+    }
+
+    /// SUB: subscribe this context.
+    pub fn subscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        block_on(self.0.subscribe(topic))
+    }
+
+    /// SUB: drop one of this context's subscriptions.
+    pub fn unsubscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        block_on(self.0.unsubscribe(topic))
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use pinion_core::protocol::CtxId;
 use pinion_core::{CallerError, Header, Message, Options};
-use pinion_runtime::socket::{Endpoint, SocketHandle};
+use pinion_runtime::socket::{CtxQueue, Endpoint, SocketHandle};
 use pinion_runtime::stats::StatsSnapshot;
 use pinion_runtime::{Error, Runtime};
 
@@ -124,7 +124,10 @@ impl Socket {
 
     async fn send_inner(&self, mut msg: Message, timeout: Option<Duration>) -> crate::Result<()> {
         msg.header.clear();
-        if self.h.kind() == Protocol::Rep0 {
+        if self.h.is_closed() {
+            return Err(Error::Closed);
+        }
+        if answers(self.h.kind()) {
             let header = self
                 .rep
                 .swap(None)
@@ -151,36 +154,60 @@ impl Socket {
 
     async fn recv_inner(&self, timeout: Option<Duration>) -> crate::Result<Message> {
         let mut m = self.h.recv(CtxId::SOCKET, timeout).await?;
-        if self.h.kind() == Protocol::Rep0 {
+        if answers(self.h.kind()) {
             self.rep.store(Some(Arc::new(m.header)));
-            m.header.clear();
         }
+        m.header.clear();
         Ok(m)
     }
 
-    /// Opens a context: an independent request (REQ) or reply (REP) state on
-    /// this socket, so many exchanges can run at once.
+    /// SUB: receive messages whose body starts with `topic` (the empty
+    /// topic: everything). A new SUB socket receives nothing until it
+    /// subscribes.
+    pub async fn subscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        self.h.subscribe(CtxId::SOCKET, topic.into(), true).await
+    }
+
+    /// SUB: drop a subscription; [`CallerError::NoSuchSubscription`] if
+    /// there is none for `topic`.
+    pub async fn unsubscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        self.h.subscribe(CtxId::SOCKET, topic.into(), false).await
+    }
+
+    /// Opens a context: an independent request (REQ), reply (REP), survey
+    /// (SURVEYOR), response (RESPONDENT) or subscription set with its own
+    /// receive queue (SUB) on this socket, so many exchanges run at once.
     pub async fn context(&self) -> crate::Result<Context> {
-        let ctx = match self.h.kind() {
-            Protocol::Req0 => self.h.open_ctx().await?,
-            Protocol::Rep0 => CtxId::SOCKET,
+        let (ctx, queue) = match self.h.kind() {
+            Protocol::Req0 | Protocol::Surveyor0 | Protocol::Sub0 => self.h.open_ctx().await?,
+            Protocol::Rep0 | Protocol::Respondent0 => (CtxId::SOCKET, None),
             _ => return Err(CallerError::NoContexts.into()),
         };
         Ok(Context {
             h: self.h.clone(),
             ctx,
+            queue,
             rep: None,
         })
     }
 }
 
-/// An independent exchange on a REQ or REP socket. Each context has at most
-/// one request outstanding (REQ) or one request being answered (REP), with its
-/// own request id and timers. Closed when dropped.
+/// Patterns whose receive hands back a header the next send must carry
+/// (the pipe id and backtrace of the request or survey being answered).
+fn answers(kind: Protocol) -> bool {
+    matches!(kind, Protocol::Rep0 | Protocol::Respondent0)
+}
+
+/// An independent exchange on a REQ, REP, SURVEYOR, RESPONDENT or SUB
+/// socket. Each context has at most one request or survey outstanding (REQ,
+/// SURVEYOR) or one being answered (REP, RESPONDENT), with its own ids and
+/// timers; a SUB context has its own subscriptions and receive queue.
+/// Closed when dropped.
 #[derive(Debug)]
 pub struct Context {
     h: SocketHandle,
     ctx: CtxId,
+    queue: Option<CtxQueue>,
     rep: Option<Header>,
 }
 
@@ -188,7 +215,10 @@ impl Context {
     /// Sends a request (REQ) or the reply to the last request received (REP).
     pub async fn send(&mut self, body: impl Into<Bytes>) -> crate::Result<()> {
         let mut msg = Message::from_body(body);
-        if self.h.kind() == Protocol::Rep0 {
+        if self.h.is_closed() {
+            return Err(Error::Closed);
+        }
+        if answers(self.h.kind()) {
             msg.header = self
                 .rep
                 .take()
@@ -206,11 +236,24 @@ impl Context {
 
     /// Receives with an explicit timeout.
     pub async fn recv_timeout(&mut self, timeout: Option<Duration>) -> crate::Result<Bytes> {
-        let m = self.h.recv(self.ctx, timeout).await?;
-        if self.h.kind() == Protocol::Rep0 {
+        let m = match &self.queue {
+            Some(q) => self.h.recv_ctx_queue(q, timeout).await?,
+            None => self.h.recv(self.ctx, timeout).await?,
+        };
+        if answers(self.h.kind()) {
             self.rep = Some(m.header);
         }
         Ok(m.body)
+    }
+
+    /// SUB: subscribe this context to `topic`.
+    pub async fn subscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        self.h.subscribe(self.ctx, topic.into(), true).await
+    }
+
+    /// SUB: drop one of this context's subscriptions.
+    pub async fn unsubscribe(&self, topic: impl Into<Bytes>) -> crate::Result<()> {
+        self.h.subscribe(self.ctx, topic.into(), false).await
     }
 }
 

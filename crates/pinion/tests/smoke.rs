@@ -71,3 +71,56 @@ fn queued_sends_survive_close() {
         }
     }
 }
+
+#[test]
+fn pub_sub_bus_survey_over_tcp() {
+    use std::time::Duration;
+    let t = Some(Duration::from_secs(5));
+    // pub/sub with prefix subscriptions and a context.
+    let publ = Socket::new(Protocol::Pub0).unwrap();
+    let url = publ.listen("tcp://127.0.0.1:0").unwrap().url().to_string();
+    let sub = Socket::new(Protocol::Sub0).unwrap();
+    sub.subscribe("a/").unwrap();
+    sub.dial(&url).unwrap();
+    let mut ctx = sub.context().unwrap();
+    ctx.subscribe("b/").unwrap();
+    // Warm up until the subscription path is live (pub/sub is best effort).
+    loop {
+        publ.send("a/warm").unwrap();
+        if sub.recv_timeout(Some(Duration::from_millis(100))).is_ok() {
+            break;
+        }
+    }
+    while sub.recv_timeout(Some(Duration::from_millis(50))).is_ok() {}
+    for m in ["a/1", "b/1", "c/1", "a/2"] {
+        publ.send(m).unwrap();
+    }
+    assert_eq!(&sub.recv_timeout(t).unwrap()[..], b"a/1");
+    assert_eq!(&sub.recv_timeout(t).unwrap()[..], b"a/2");
+    assert_eq!(&ctx.recv_timeout(t).unwrap()[..], b"b/1");
+    assert!(sub.recv_timeout(Some(Duration::from_millis(100))).is_err());
+    assert!(matches!(
+        sub.unsubscribe("zzz"),
+        Err(pinion::Error::Caller(
+            pinion::CallerError::NoSuchSubscription
+        ))
+    ));
+
+    // bus: one hop to every peer, no echo.
+    let a = Socket::new(Protocol::Bus0).unwrap();
+    let url = a.listen("tcp://127.0.0.1:0").unwrap().url().to_string();
+    let b = Socket::new(Protocol::Bus0).unwrap();
+    let c = Socket::new(Protocol::Bus0).unwrap();
+    b.dial(&url).unwrap();
+    c.dial(&url).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    a.send("hi").unwrap();
+    assert_eq!(&b.recv_timeout(t).unwrap()[..], b"hi");
+    assert_eq!(&c.recv_timeout(t).unwrap()[..], b"hi");
+    b.send("from b").unwrap();
+    assert_eq!(&a.recv_timeout(t).unwrap()[..], b"from b");
+    assert!(
+        c.recv_timeout(Some(Duration::from_millis(100))).is_err(),
+        "one hop only"
+    );
+}

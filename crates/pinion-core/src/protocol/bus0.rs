@@ -145,6 +145,13 @@ impl Protocol for Bus0 {
     fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
+
+    fn counters(&self) -> super::Counters {
+        super::Counters {
+            queue_drops: self.drops(),
+            ..super::Counters::default()
+        }
+    }
 }
 
 #[cfg(test)]

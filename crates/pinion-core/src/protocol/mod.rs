@@ -40,6 +40,11 @@
 //! | [`pair1`] | PAIR v1 | 0x11 | queued, with hop count | delivered, TTL checked |
 //! | [`req0`] | REQ | 0x30 | operations, per context | operations, per context |
 //! | [`rep0`] | REP | 0x31 | queued, routed by the header | delivered with pipe id + backtrace in the header |
+//! | [`pub0`] | PUB | 0x20 | queued, to every pipe; never blocks (16-message drop-oldest queue per pipe) | — |
+//! | [`sub0`] | SUB | 0x21 | — | delivered to every context with a matching subscription (trie) |
+//! | [`surveyor0`] | SURVEYOR | 0x62 | operations: a survey to every pipe | operations: responses until the deadline |
+//! | [`respondent0`] | RESPONDENT | 0x63 | queued, routed by the header | delivered with pipe id + backtrace in the header |
+//! | [`bus0`] | BUS | 0x70 | queued, to every pipe (but the one in the header) | delivered with the pipe id in the header |
 
 use std::fmt;
 use std::time::Instant;
@@ -48,12 +53,17 @@ use crate::error::{CallerError, OpError, PeerError};
 use crate::message::Message;
 use crate::options::Options;
 
+pub mod bus0;
 pub mod pair0;
 pub mod pair1;
+pub mod pub0;
 pub mod pull0;
 pub mod push0;
 pub mod rep0;
 pub mod req0;
+pub mod respondent0;
+pub mod sub0;
+pub mod surveyor0;
 
 /// A pipe (one connection to a peer) within a socket. The driver picks the
 /// values: non-zero, top bit clear (`1..=0x7fff_ffff`), like NNG's pipe ids,
@@ -123,8 +133,11 @@ pub enum Output {
 pub struct Counters {
     /// Messages over the max-TTL (REP backtraces, PAIR v1 hop counts).
     pub ttl_drops: u64,
-    /// Replies whose pipe was gone or full (REP).
+    /// Replies whose pipe was gone or full (REP, RESPONDENT).
     pub unroutable_drops: u64,
+    /// Messages a peer without room did not get (PUB: pushed out of a full
+    /// per-pipe queue; BUS: sent while the pipe had no credit).
+    pub queue_drops: u64,
 }
 
 /// The patterns pinion implements.
@@ -142,17 +155,32 @@ pub enum ProtocolKind {
     Push0,
     /// PULL v0.
     Pull0,
+    /// PUB v0.
+    Pub0,
+    /// SUB v0.
+    Sub0,
+    /// SURVEYOR v0.
+    Surveyor0,
+    /// RESPONDENT v0.
+    Respondent0,
+    /// BUS v0.
+    Bus0,
 }
 
 impl ProtocolKind {
     /// Every kind.
-    pub const ALL: [ProtocolKind; 6] = [
+    pub const ALL: [ProtocolKind; 11] = [
         ProtocolKind::Pair0,
         ProtocolKind::Pair1,
         ProtocolKind::Req0,
         ProtocolKind::Rep0,
         ProtocolKind::Push0,
         ProtocolKind::Pull0,
+        ProtocolKind::Pub0,
+        ProtocolKind::Sub0,
+        ProtocolKind::Surveyor0,
+        ProtocolKind::Respondent0,
+        ProtocolKind::Bus0,
     ];
 
     /// The 16-bit id sent in the SP header (`protocol << 4 | role`).
@@ -164,6 +192,11 @@ impl ProtocolKind {
             ProtocolKind::Rep0 => 0x31,
             ProtocolKind::Push0 => 0x50,
             ProtocolKind::Pull0 => 0x51,
+            ProtocolKind::Pub0 => 0x20,
+            ProtocolKind::Sub0 => 0x21,
+            ProtocolKind::Surveyor0 => 0x62,
+            ProtocolKind::Respondent0 => 0x63,
+            ProtocolKind::Bus0 => 0x70,
         }
     }
 
@@ -176,6 +209,11 @@ impl ProtocolKind {
             ProtocolKind::Rep0 => 0x30,
             ProtocolKind::Push0 => 0x51,
             ProtocolKind::Pull0 => 0x50,
+            ProtocolKind::Pub0 => 0x21,
+            ProtocolKind::Sub0 => 0x20,
+            ProtocolKind::Surveyor0 => 0x63,
+            ProtocolKind::Respondent0 => 0x62,
+            ProtocolKind::Bus0 => 0x70,
         }
     }
 
@@ -188,29 +226,58 @@ impl ProtocolKind {
             ProtocolKind::Rep0 => "rep",
             ProtocolKind::Push0 => "push",
             ProtocolKind::Pull0 => "pull",
+            ProtocolKind::Pub0 => "pub",
+            ProtocolKind::Sub0 => "sub",
+            ProtocolKind::Surveyor0 => "surveyor",
+            ProtocolKind::Respondent0 => "respondent",
+            ProtocolKind::Bus0 => "bus",
         }
     }
 
     /// Whether the application may send.
     pub const fn can_send(self) -> bool {
-        !matches!(self, ProtocolKind::Pull0)
+        !matches!(self, ProtocolKind::Pull0 | ProtocolKind::Sub0)
     }
 
     /// Whether the application may receive.
     pub const fn can_recv(self) -> bool {
-        !matches!(self, ProtocolKind::Push0)
+        !matches!(self, ProtocolKind::Push0 | ProtocolKind::Pub0)
     }
 
     /// True when sends and receives are [`Op`]s with per-context state
-    /// (REQ); false when sends go through [`Protocol::handle_send`] and
-    /// receives arrive as [`Output::Deliver`].
+    /// (REQ, SURVEYOR); false when sends go through
+    /// [`Protocol::handle_send`] and receives arrive as [`Output::Deliver`].
     pub const fn uses_ops(self) -> bool {
-        matches!(self, ProtocolKind::Req0)
+        matches!(self, ProtocolKind::Req0 | ProtocolKind::Surveyor0)
     }
 
     /// Whether the pattern has contexts.
     pub const fn has_contexts(self) -> bool {
-        matches!(self, ProtocolKind::Req0 | ProtocolKind::Rep0)
+        matches!(
+            self,
+            ProtocolKind::Req0
+                | ProtocolKind::Rep0
+                | ProtocolKind::Sub0
+                | ProtocolKind::Surveyor0
+                | ProtocolKind::Respondent0
+        )
+    }
+
+    /// True when a full receive queue drops its *oldest* message to take a
+    /// new one (SUB prefers new messages, as NNG's `NNG_OPT_SUB_PREFNEW`),
+    /// instead of stopping input (backpressure).
+    pub const fn drops_oldest(self) -> bool {
+        matches!(self, ProtocolKind::Sub0)
+    }
+
+    /// True when the delivered header starts with the pipe id and the
+    /// application's reply must carry it back (REP, RESPONDENT), or, for BUS,
+    /// names the pipe a message came from.
+    pub const fn header_routed(self) -> bool {
+        matches!(
+            self,
+            ProtocolKind::Rep0 | ProtocolKind::Respondent0 | ProtocolKind::Bus0
+        )
     }
 }
 
@@ -284,6 +351,21 @@ pub trait Protocol: Send + fmt::Debug {
         Err(CallerError::NoContexts)
     }
 
+    /// Adds a subscription (SUB): messages whose body starts with `topic`
+    /// are delivered to `ctx`. The empty topic matches everything.
+    /// Subscribing twice to the same topic is not an error.
+    fn subscribe(&mut self, ctx: CtxId, topic: &[u8]) -> Result<(), CallerError> {
+        let _ = (ctx, topic);
+        Err(CallerError::NotSupported)
+    }
+
+    /// Removes a subscription (SUB); [`CallerError::NoSuchSubscription`]
+    /// when `ctx` has no such topic.
+    fn unsubscribe(&mut self, ctx: CtxId, topic: &[u8]) -> Result<(), CallerError> {
+        let _ = (ctx, topic);
+        Err(CallerError::NotSupported)
+    }
+
     /// Closes a context; its pending operations complete with `Closed`.
     fn close_ctx(&mut self, ctx: CtxId, now: Instant) {
         let _ = (ctx, now);
@@ -318,6 +400,11 @@ pub fn new(kind: ProtocolKind, opts: &Options) -> Box<dyn Protocol> {
         ProtocolKind::Pair1 => Box::new(pair1::Pair1::new(opts)),
         ProtocolKind::Req0 => Box::new(req0::Req0::new(opts)),
         ProtocolKind::Rep0 => Box::new(rep0::Rep0::new(opts)),
+        ProtocolKind::Pub0 => Box::new(pub0::Pub0::new(opts)),
+        ProtocolKind::Sub0 => Box::new(sub0::Sub0::new(opts)),
+        ProtocolKind::Surveyor0 => Box::new(surveyor0::Surveyor0::new(opts)),
+        ProtocolKind::Respondent0 => Box::new(respondent0::Respondent0::new(opts)),
+        ProtocolKind::Bus0 => Box::new(bus0::Bus0::new(opts)),
     }
 }
 

@@ -143,6 +143,13 @@ impl Protocol for Pub0 {
     fn poll_output(&mut self) -> Option<Output> {
         self.out.pop_front()
     }
+
+    fn counters(&self) -> super::Counters {
+        super::Counters {
+            queue_drops: self.queue_drops(),
+            ..super::Counters::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -211,6 +211,7 @@ impl Protocol for Rep0 {
         Counters {
             ttl_drops: self.ttl_drops(),
             unroutable_drops: self.unroutable_drops(),
+            ..Default::default()
         }
     }
 }
