@@ -76,6 +76,15 @@ pub enum CallerError {
     /// An option value out of its range.
     #[error("invalid option value")]
     InvalidOption,
+    /// A raw message's header is not valid for the protocol (a raw PAIR v1
+    /// message without a hop count below 255, a raw REP reply without a
+    /// pipe id word).
+    #[error("invalid protocol header for a raw message")]
+    BadHeader,
+    /// A device needs two raw sockets of complementary protocols (or one
+    /// raw PAIR or BUS socket to reflect on).
+    #[error("sockets cannot be joined by a device")]
+    BadDevice,
     /// Unsubscribing from a topic the context is not subscribed to.
     #[error("no such subscription")]
     NoSuchSubscription,

@@ -57,6 +57,12 @@ pub struct Options {
     /// home core and handing each connection to the least-loaded core.
     /// Default false (see docs/BENCHMARKS.md for the measurement).
     pub tcp_reuseport: bool,
+    /// Raw mode (NNG's `NNG_OPT_RAW`): the socket hands protocol headers to
+    /// the application and takes them from it, and keeps no per-request
+    /// state — for devices and proxies. Raw REQ and SURVEYOR have no ids,
+    /// timers or contexts; raw SUB does no filtering; raw REP, RESPONDENT
+    /// and BUS expose the pipe-id header; raw PAIR v1 exposes the hop count.
+    pub raw: bool,
     /// Seed for request ids and jitter. The runtime fills it from the OS.
     pub seed: u64,
 }
@@ -79,6 +85,7 @@ impl Default for Options {
             linger: Duration::from_secs(1),
             tcp_nodelay: true,
             tcp_reuseport: false,
+            raw: false,
             seed: 0x5eed_5eed_5eed_5eed,
         }
     }

@@ -194,6 +194,7 @@ impl SocketHandle {
         let driver = Driver {
             proto: protocol::new(kind, &opts),
             kind,
+            uses_ops: kind.uses_ops_when(opts.raw),
             linger: opts.linger,
             linger_until: None,
             pipes: HashMap::new(),
@@ -305,7 +306,7 @@ impl SocketHandle {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        if kind.uses_ops() {
+        if kind.uses_ops_when(self.inner.opts.raw) {
             return self.op(ctx, Op::Send(msg), timeout).await.map(|_| ());
         }
         let q = &self.inner.send_q;
@@ -331,7 +332,7 @@ impl SocketHandle {
         if !kind.can_recv() {
             return Err(CallerError::NotSupported.into());
         }
-        if kind.uses_ops() {
+        if kind.uses_ops_when(self.inner.opts.raw) {
             return match self.op(ctx, Op::Recv, timeout).await? {
                 Some(m) => Ok(m),
                 None => Err(Error::Bug("receive completed without a message")),
@@ -673,6 +674,8 @@ impl Acceptor {
 struct Driver {
     proto: Box<dyn Protocol>,
     kind: ProtocolKind,
+    /// Sends and receives are pattern operations (cooked REQ, SURVEYOR).
+    uses_ops: bool,
     linger: Duration,
     /// Set once the application closed the socket: the end of lingering.
     linger_until: Option<Instant>,
@@ -755,7 +758,7 @@ impl Driver {
                     armed = t;
                 }
             }
-            let can_send = !self.kind.uses_ops() && self.proto.can_send();
+            let can_send = !self.uses_ops && self.proto.can_send();
             let input_open = self.overflow.is_empty();
             let parked = !self.overflow.is_empty();
             // First a pass that only takes what is already there: under load
@@ -796,7 +799,7 @@ impl Driver {
                     Err(_) => break,
                 }
             }
-            if !self.kind.uses_ops() {
+            if !self.uses_ops {
                 for _ in 0..BATCH {
                     self.drain();
                     if !self.proto.can_send() {
@@ -927,7 +930,7 @@ impl Driver {
                     let r = self.proto.open_ctx().map(|ctx| {
                         // Contexts that receive by delivery get their own
                         // queue; operation-based ones (REQ, SURVEYOR) do not.
-                        let q = (!self.kind.uses_ops() && self.kind.can_recv()).then(|| {
+                        let q = (!self.uses_ops && self.kind.can_recv()).then(|| {
                             let (tx, rx) = async_channel::bounded(self.recv_buffer);
                             self.ctx_queues.insert(ctx, tx);
                             rx

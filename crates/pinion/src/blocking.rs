@@ -157,3 +157,9 @@ impl Context {
         block_on(self.0.unsubscribe(topic))
     }
 }
+
+/// Blocking [`crate::device`]: forwards between two raw sockets (or reflects
+/// on one) until one is closed; returns why it stopped.
+pub fn device(a: &Socket, b: Option<&Socket>) -> crate::Error {
+    block_on(crate::device(&a.0, b.map(|b| &b.0)))
+}

@@ -54,9 +54,11 @@
 #![forbid(unsafe_code)]
 
 pub mod blocking;
+mod device;
 mod socket;
 
 pub use bytes::Bytes;
+pub use device::device;
 pub use pinion_core::protocol::ProtocolKind as Protocol;
 pub use pinion_core::{CallerError, Header, Message, OpError, Options, PeerError};
 pub use pinion_runtime::socket::Endpoint;

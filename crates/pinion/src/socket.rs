@@ -59,6 +59,12 @@ impl Socket {
         self.h.kind()
     }
 
+    /// Whether the socket is raw ([`Options::raw`]): headers pass between
+    /// the application and the wire, no per-request state.
+    pub fn is_raw(&self) -> bool {
+        self.h.options().raw
+    }
+
     /// The options the socket was opened with.
     pub fn options(&self) -> &Options {
         self.h.options()
@@ -123,10 +129,14 @@ impl Socket {
     }
 
     async fn send_inner(&self, mut msg: Message, timeout: Option<Duration>) -> crate::Result<()> {
-        msg.header.clear();
         if self.h.is_closed() {
             return Err(Error::Closed);
         }
+        if self.is_raw() {
+            check_raw_header(self.h.kind(), &msg.header)?;
+            return self.h.send(CtxId::SOCKET, msg, timeout).await;
+        }
+        msg.header.clear();
         if answers(self.h.kind()) {
             let header = self
                 .rep
@@ -147,13 +157,23 @@ impl Socket {
         Ok(self.recv_inner(timeout).await?.body)
     }
 
-    /// Receives a message (cooked: the header is empty).
+    /// Receives a message (cooked: the header is empty; raw: the protocol
+    /// header as received).
     pub async fn recv_msg(&self) -> crate::Result<Message> {
         self.recv_inner(self.h.options().recv_timeout).await
     }
 
+    /// [`Socket::recv_msg`] with a 5 s timeout at most (tests and tools).
+    #[doc(hidden)]
+    pub async fn recv_timeout_msg(&self) -> crate::Result<Message> {
+        self.recv_inner(Some(Duration::from_secs(5))).await
+    }
+
     async fn recv_inner(&self, timeout: Option<Duration>) -> crate::Result<Message> {
         let mut m = self.h.recv(CtxId::SOCKET, timeout).await?;
+        if self.is_raw() {
+            return Ok(m);
+        }
         if answers(self.h.kind()) {
             self.rep.store(Some(Arc::new(m.header)));
         }
@@ -178,6 +198,9 @@ impl Socket {
     /// (SURVEYOR), response (RESPONDENT) or subscription set with its own
     /// receive queue (SUB) on this socket, so many exchanges run at once.
     pub async fn context(&self) -> crate::Result<Context> {
+        if self.is_raw() {
+            return Err(CallerError::NoContexts.into());
+        }
         let (ctx, queue) = match self.h.kind() {
             Protocol::Req0 | Protocol::Surveyor0 | Protocol::Sub0 => self.h.open_ctx().await?,
             Protocol::Rep0 | Protocol::Respondent0 => (CtxId::SOCKET, None),
@@ -189,6 +212,23 @@ impl Socket {
             queue,
             rep: None,
         })
+    }
+}
+
+/// Refuses raw messages whose header the pattern could not send (checked
+/// here because a queued send's refusal would otherwise be silent).
+fn check_raw_header(kind: Protocol, header: &Header) -> crate::Result<()> {
+    let ok = match kind {
+        // The hop count, below 255.
+        Protocol::Pair1 => header.first_word().is_some_and(|h| h < 0xff),
+        // The pipe id word naming where the reply goes.
+        Protocol::Rep0 | Protocol::Respondent0 => header.len() >= 4,
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CallerError::BadHeader.into())
     }
 }
 

@@ -64,6 +64,7 @@ pub mod req0;
 pub mod respondent0;
 pub mod sub0;
 pub mod surveyor0;
+pub mod xreq0;
 
 /// A pipe (one connection to a peer) within a socket. The driver picks the
 /// values: non-zero, top bit clear (`1..=0x7fff_ffff`), like NNG's pipe ids,
@@ -247,8 +248,14 @@ impl ProtocolKind {
     /// True when sends and receives are [`Op`]s with per-context state
     /// (REQ, SURVEYOR); false when sends go through
     /// [`Protocol::handle_send`] and receives arrive as [`Output::Deliver`].
+    /// Raw sockets never use operations (see [`ProtocolKind::uses_ops_when`]).
     pub const fn uses_ops(self) -> bool {
         matches!(self, ProtocolKind::Req0 | ProtocolKind::Surveyor0)
+    }
+
+    /// [`ProtocolKind::uses_ops`] for a socket that is `raw` or not.
+    pub const fn uses_ops_when(self, raw: bool) -> bool {
+        !raw && self.uses_ops()
     }
 
     /// Whether the pattern has contexts.
@@ -393,6 +400,9 @@ pub trait Protocol: Send + fmt::Debug {
 /// A new state machine for `kind`. `opts` must have passed
 /// [`Options::validate`].
 pub fn new(kind: ProtocolKind, opts: &Options) -> Box<dyn Protocol> {
+    if opts.raw && matches!(kind, ProtocolKind::Req0 | ProtocolKind::Surveyor0) {
+        return Box::new(xreq0::XReq0::new(kind, opts));
+    }
     match kind {
         ProtocolKind::Push0 => Box::new(push0::Push0::new(opts)),
         ProtocolKind::Pull0 => Box::new(pull0::Pull0::new(opts)),

@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{check_peer, CtxId, Output, PipeId, Protocol, ProtocolKind};
-use crate::error::{OpError, PeerError};
+use crate::error::{CallerError, OpError, PeerError};
 use crate::message::{Header, Message};
 use crate::options::Options;
 
@@ -44,6 +44,8 @@ struct Peer {
 #[derive(Debug)]
 pub struct Pair1 {
     peer: Option<Peer>,
+    /// Raw mode: the hop count is the application's header.
+    raw: bool,
     max_ttl: u32,
     ttl_drops: u64,
     out: VecDeque<Output>,
@@ -54,6 +56,7 @@ impl Pair1 {
     pub fn new(opts: &Options) -> Self {
         Pair1 {
             peer: None,
+            raw: opts.raw,
             max_ttl: u32::from(opts.max_ttl),
             ttl_drops: 0,
             out: VecDeque::new(),
@@ -126,7 +129,9 @@ impl Protocol for Pair1 {
         }
         let split = msg.split_header_at(4);
         debug_assert!(split, "4 bytes are there");
-        msg.header.clear();
+        if !self.raw {
+            msg.header.clear();
+        }
         self.out.push_back(Output::Deliver {
             ctx: CtxId::SOCKET,
             msg,
@@ -140,11 +145,20 @@ impl Protocol for Pair1 {
     fn handle_send(&mut self, _ctx: CtxId, mut msg: Message, _now: Instant) -> Result<(), OpError> {
         match self.peer.as_mut() {
             Some(p) if p.credits > 0 => {
-                p.credits -= 1;
                 // Cooked send: the header is exactly the hop count of the
-                // first hop.
+                // first hop. Raw: the application's hop count, plus this hop
+                // (NNG refuses a raw header that is missing or at 0xff).
+                let hops = if self.raw {
+                    match msg.header.first_word() {
+                        Some(h) if h < MAX_HOP_COUNT => h + 1,
+                        _ => return Err(CallerError::BadHeader.into()),
+                    }
+                } else {
+                    1
+                };
+                p.credits -= 1;
                 let mut header = Header::new();
-                header.push_word(1).expect("4 bytes fit");
+                header.push_word(hops).expect("4 bytes fit");
                 msg.header = header;
                 self.out.push_back(Output::Transmit { pipe: p.pipe, msg });
             }
@@ -202,6 +216,44 @@ mod tests {
         p.remove_pipe(PipeId(1), now);
         p.add_pipe(PipeId(2), 0x11, 1, now).unwrap();
         assert_eq!(p.peer(), Some(PipeId(2)));
+    }
+
+    #[test]
+    fn raw_mode_exposes_and_increments_the_hop_count() {
+        let now = Instant::now();
+        let opts = Options {
+            raw: true,
+            ..Options::default()
+        };
+        let mut p = Pair1::new(&opts);
+        p.add_pipe(PipeId(1), 0x11, 4, now).unwrap();
+        p.handle_message(PipeId(1), wire(3, b"x"), now);
+        match &drain(&mut p)[..] {
+            [Output::Deliver { msg, .. }] => {
+                assert_eq!(msg.header.as_slice(), &[0, 0, 0, 3]);
+                assert_eq!(&msg.body[..], b"x");
+            }
+            o => panic!("{o:?}"),
+        }
+        let fwd = Message {
+            header: Header::from_slice(&[0, 0, 0, 3]).unwrap(),
+            body: "x".into(),
+        };
+        p.handle_send(CtxId::SOCKET, fwd, now).unwrap();
+        match &drain(&mut p)[..] {
+            [Output::Transmit { msg, .. }] => assert_eq!(msg.header.as_slice(), &[0, 0, 0, 4]),
+            o => panic!("{o:?}"),
+        }
+        for bad in [Header::new(), Header::from_slice(&[0, 0, 0, 0xff]).unwrap()] {
+            let m = Message {
+                header: bad,
+                body: "x".into(),
+            };
+            assert_eq!(
+                p.handle_send(CtxId::SOCKET, m, now),
+                Err(OpError::Caller(CallerError::BadHeader))
+            );
+        }
     }
 
     #[test]

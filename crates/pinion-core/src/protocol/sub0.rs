@@ -199,6 +199,8 @@ impl Trie {
 /// SUB state: pipes, contexts with their topics, and the shared trie.
 #[derive(Debug)]
 pub struct Sub0 {
+    /// Raw mode: no filtering, everything goes to the socket's context.
+    raw: bool,
     pipes: HashSet<PipeId>,
     /// Open contexts and the topics each is subscribed to.
     ctxs: BTreeMap<CtxId, HashSet<Box<[u8]>>>,
@@ -213,10 +215,11 @@ pub struct Sub0 {
 
 impl Sub0 {
     /// A sub socket with no pipes and no subscriptions.
-    pub fn new(_opts: &Options) -> Self {
+    pub fn new(opts: &Options) -> Self {
         let mut ctxs = BTreeMap::new();
         ctxs.insert(CtxId::SOCKET, HashSet::new());
         Sub0 {
+            raw: opts.raw,
             pipes: HashSet::new(),
             ctxs,
             subscribed: 0,
@@ -289,6 +292,13 @@ impl Protocol for Sub0 {
         if !self.pipes.contains(&pipe) {
             return;
         }
+        if self.raw {
+            self.out.push_back(Output::Deliver {
+                ctx: CtxId::SOCKET,
+                msg,
+            });
+            return;
+        }
         self.match_msg(&msg);
         if self.scratch.is_empty() {
             return;
@@ -322,6 +332,9 @@ impl Protocol for Sub0 {
     }
 
     fn open_ctx(&mut self) -> Result<CtxId, CallerError> {
+        if self.raw {
+            return Err(CallerError::NoContexts);
+        }
         loop {
             self.next_ctx = self.next_ctx.wrapping_add(1);
             let id = CtxId(self.next_ctx);
@@ -333,6 +346,10 @@ impl Protocol for Sub0 {
     }
 
     fn subscribe(&mut self, ctx: CtxId, topic: &[u8]) -> Result<(), CallerError> {
+        if self.raw {
+            // A raw SUB does not filter (NNG: ENOTSUP).
+            return Err(CallerError::NotSupported);
+        }
         let topics = self.ctxs.get_mut(&ctx).ok_or(CallerError::NoSuchContext)?;
         if topics.contains(topic) {
             return Ok(());
@@ -725,5 +742,28 @@ mod tests {
             hits += usize::from(want);
         }
         assert!(hits > 100 && hits < 1_900, "hits and misses ({hits})");
+    }
+
+    #[test]
+    fn raw_sub_delivers_everything_and_takes_no_subscriptions() {
+        let now = Instant::now();
+        let mut s = Sub0::new(&Options {
+            raw: true,
+            ..Options::default()
+        });
+        s.add_pipe(PipeId(1), 0x20, 1, now).unwrap();
+        assert_eq!(
+            s.subscribe(CtxId::SOCKET, b"a"),
+            Err(CallerError::NotSupported)
+        );
+        assert_eq!(s.open_ctx(), Err(CallerError::NoContexts));
+        s.handle_message(PipeId(1), Message::from_body("zzz"), now);
+        assert!(matches!(
+            s.poll_output(),
+            Some(Output::Deliver {
+                ctx: CtxId::SOCKET,
+                ..
+            })
+        ));
     }
 }
