@@ -11,6 +11,7 @@ mod common;
 mod nng_impl;
 mod pinion_impl;
 mod tokio_impl;
+mod trie;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -73,6 +74,16 @@ enum Cmd {
         secs: f64,
         /// Runs per implementation; the median is reported.
         #[arg(long, default_value_t = 1)]
+        repeat: usize,
+    },
+    /// SUB matching cost with 10, 1,000 and 10,000 subscriptions: the sub0
+    /// trie against a linear scan (NNG 1.x's approach), same topics.
+    Trie {
+        /// Messages matched per measurement.
+        #[arg(long, default_value_t = 200_000)]
+        msgs: usize,
+        /// Runs per size; the median is reported.
+        #[arg(long, default_value_t = 5)]
         repeat: usize,
     },
     /// Accepted-connection placement: hand-off (default) vs SO_REUSEPORT.
@@ -402,6 +413,23 @@ fn main() -> Result<()> {
         } => accept_cmd(conns, msgs, repeat)?,
         #[cfg(not(feature = "pinion"))]
         Cmd::Accept { .. } => anyhow::bail!("the accept benchmark needs the `pinion` feature"),
+        Cmd::Trie { msgs, repeat } => {
+            println!("| subscriptions | sub0 trie (ns/msg, median) | linear scan (ns/msg, median) | linear / trie |");
+            println!("|---:|---:|---:|---:|");
+            for subs in [10usize, 1_000, 10_000] {
+                let mut tr = Vec::new();
+                let mut li = Vec::new();
+                for _ in 0..repeat {
+                    let s = trie::run(subs, msgs);
+                    tr.push(s.trie_ns_per_msg);
+                    li.push(s.linear_ns_per_msg);
+                }
+                tr.sort_by(f64::total_cmp);
+                li.sort_by(f64::total_cmp);
+                let (t, l) = (tr[tr.len() / 2], li[li.len() / 2]);
+                println!("| {subs} | {t:.0} | {l:.0} | {:.1}× |", l / t);
+            }
+        }
         Cmd::Thr {
             imp,
             size,
