@@ -58,7 +58,7 @@ fn open(
             .listen(url)
             .map_err(|e| failure::endpoint(Action::Listen, url, &e))?;
         if verbose {
-            eprintln!("pinion: listening on {}", ep.url());
+            crate::say(&format!("listening on {}", ep.url()));
         }
         at.push(ep.url().to_string());
     }
@@ -67,7 +67,7 @@ fn open(
             .dial(url)
             .map_err(|e| failure::endpoint(Action::Dial, url, &e))?;
         if verbose {
-            eprintln!("pinion: connected to {}", ep.url());
+            crate::say(&format!("connected to {}", ep.url()));
         }
         at.push(ep.url().to_string());
     }

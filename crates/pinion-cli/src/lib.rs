@@ -457,6 +457,13 @@ pub enum Command {
     Pair1(PeerArgs),
 }
 
+/// Prints `pinion: {line}` on stderr in one write, so a reader never sees
+/// half a line.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("pinion: {line}\n").as_bytes());
+}
+
 /// Parses seconds (`2`, `0.25`) into a duration.
 pub fn parse_secs(s: &str) -> Result<Duration, String> {
     let v: f64 = s
@@ -488,7 +495,7 @@ pub fn main() -> i32 {
         Ok(()) => exit::OK,
         Err(f) => {
             if !f.message.is_empty() {
-                eprintln!("pinion: {}", f.message);
+                say(&f.message);
             }
             f.code
         }

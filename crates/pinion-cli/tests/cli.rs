@@ -148,7 +148,11 @@ impl Proc {
         let deadline = Instant::now() + WAIT;
         loop {
             let (_, err) = self.snapshot();
-            if let Some(line) = err.lines().find(|l| l.starts_with("pinion: listening on ")) {
+            // Only whole lines: the reader may have caught half of one.
+            let line = err
+                .split_inclusive('\n')
+                .find(|l| l.ends_with('\n') && l.starts_with("pinion: listening on "));
+            if let Some(line) = line {
                 return line["pinion: listening on ".len()..].trim().to_string();
             }
             if Instant::now() >= deadline {
