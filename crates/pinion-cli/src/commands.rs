@@ -234,8 +234,10 @@ fn receive_loop(
     while count.is_none_or(|n| got < n) {
         let msg = match s.sock.recv_timeout(timeout) {
             Ok(m) => m,
+            // Quiet for --recv-timeout after at least one message, with no
+            // --count to reach: done.
             Err(Error::TimedOut) if got > 0 && count.is_none() => break,
-            Err(Error::TimedOut) if timeout.is_some() => {
+            Err(e) if matches!(e, Error::TimedOut) && timeout.is_some() => {
                 let d = timeout.unwrap_or_default();
                 return Err(recv_timed_out(what, &s.at, got, count, d));
             }

@@ -85,7 +85,12 @@ pub enum Action {
 
 /// A failed `--dial URL` or `--listen URL`.
 pub fn endpoint(action: Action, url: &str, e: &Error) -> Failure {
-    let code = code_for(e);
+    let code = match (action, e.io_kind()) {
+        // Dialing an ipc:// path with no socket file: nothing listens there,
+        // as with a refused connection.
+        (Action::Dial, Some(ErrorKind::NotFound)) => exit::CONNECTION_REFUSED,
+        _ => code_for(e),
+    };
     let verb = match action {
         Action::Dial => "dial",
         Action::Listen => "listen on",
@@ -172,5 +177,19 @@ mod tests {
         assert_eq!(f.code, exit::ADDRESS_IN_USE);
         assert!(f.message.contains("tcp://127.0.0.1:5555"), "{f}");
         assert!(!f.message.contains('\n'));
+    }
+
+    #[test]
+    fn dialing_a_missing_ipc_file_is_refused() {
+        let e = Error::Io {
+            op: "connect",
+            addr: "/tmp/x.sock".into(),
+            source: std::io::Error::from(ErrorKind::NotFound),
+        };
+        assert_eq!(
+            endpoint(Action::Dial, "ipc:///tmp/x.sock", &e).code,
+            exit::CONNECTION_REFUSED
+        );
+        assert_eq!(endpoint(Action::Listen, "ipc:///x/y", &e).code, exit::IO);
     }
 }

@@ -31,7 +31,7 @@
 //! | 0 | success |
 //! | 1 | usage error: unknown, missing or contradictory flags, unreadable `--file` |
 //! | 2 | a URL is invalid (`pinion::Error::InvalidUrl`) |
-//! | 3 | a dial was refused: nothing listens there (`io_kind() == ConnectionRefused`) |
+//! | 3 | a dial was refused: nothing listens there (`io_kind() == ConnectionRefused`; for `ipc://`, also `NotFound`: no socket file) |
 //! | 4 | a listen failed: the address is in use (`io_kind() == AddrInUse`) |
 //! | 5 | timed out (`Error::TimedOut`): `--recv-timeout` expired before any message (or before `--count` messages) arrived, a `req` got no reply, a `surveyor` got no response, or `--send-timeout` expired |
 //! | 6 | another I/O error (permission denied, connection reset, ...) |
@@ -66,7 +66,8 @@ pub mod exit {
     pub const USAGE: i32 = 1;
     /// A URL is invalid.
     pub const BAD_URL: i32 = 2;
-    /// A dial was refused (nothing listening).
+    /// A dial was refused (nothing listening; for `ipc://` also a missing
+    /// socket file).
     pub const CONNECTION_REFUSED: i32 = 3;
     /// A listen failed because the address is in use.
     pub const ADDRESS_IN_USE: i32 = 4;
@@ -86,7 +87,8 @@ macro_rules! exit_codes_help {
   0  success
   1  usage error (bad, missing or contradictory flags; unreadable --file)
   2  invalid URL
-  3  connection refused (nothing listens at a --dial URL)
+  3  connection refused (nothing listens at a --dial URL; for ipc://, no
+     socket file)
   4  address in use (a --listen URL is taken)
   5  timed out (--recv-timeout expired before any message, or before --count
      messages, arrived; req got no reply; surveyor got no response;

@@ -939,6 +939,11 @@ fn exit_connection_refused() {
         "says what to do: {}",
         out.stderr
     );
+    // ipc: no socket file is the same situation.
+    let sock = temp_path(".sock");
+    let url = format!("ipc://{}", sock.path());
+    let out = run(PINION, &["pull", "--dial", &url]);
+    assert_failure(&out, REFUSED, &url);
 }
 
 #[test]
