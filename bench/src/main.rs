@@ -8,6 +8,7 @@
 #[cfg(feature = "pinion")]
 mod accept;
 mod common;
+mod fanout;
 mod nng_impl;
 mod pinion_impl;
 mod tokio_impl;
@@ -113,6 +114,9 @@ enum Cmd {
         #[arg(long)]
         markdown: Option<PathBuf>,
     },
+    /// pub/sub fan-out to 1, 10 and 100 subscribers and survey rounds to 100
+    /// respondents, pinion (async API) vs NNG, R interleaved runs, medians.
+    Fanout(fanout::FanoutArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -515,6 +519,15 @@ fn main() -> Result<()> {
             markdown,
         } => {
             let report = run_all(repeat.max(1), thr_secs, lat_secs)?;
+            print!("{report}");
+            if let Some(path) = markdown {
+                std::fs::write(&path, &report)?;
+                eprintln!("report written to {}", path.display());
+            }
+        }
+        Cmd::Fanout(args) => {
+            let markdown = args.markdown.clone();
+            let report = fanout::run(args)?;
             print!("{report}");
             if let Some(path) = markdown {
                 std::fs::write(&path, &report)?;
