@@ -161,6 +161,76 @@ impl Protocol for XReq0 {
     }
 }
 
+/// Test and fuzz support, not API.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+// Random operation sequences: never a transmission to an unknown pipe
+// or one without credit; deliveries always carry exactly one word of
+// header; no panic.
+pub fn check_sequence(kind: ProtocolKind, ops: &[(u8, u8, Vec<u8>)]) {
+    use std::collections::HashMap;
+    let now = Instant::now();
+    let mut r = XReq0::new(
+        kind,
+        &Options {
+            raw: true,
+            ..Options::default()
+        },
+    );
+    let peer = kind.peer_id();
+    let mut model: HashMap<u32, u32> = HashMap::new();
+    for (op, arg, data) in ops {
+        let pipe = PipeId(u32::from(*arg % 4) + 1);
+        match op % 5 {
+            0 => {
+                let credits = u32::from(arg / 4 % 3);
+                if !model.contains_key(&pipe.0) && r.add_pipe(pipe, peer, credits, now).is_ok() {
+                    model.insert(pipe.0, credits);
+                }
+            }
+            1 => {
+                r.remove_pipe(pipe, now);
+                model.remove(&pipe.0);
+            }
+            2 => {
+                r.handle_credit(pipe, 1, now);
+                if let Some(c) = model.get_mut(&pipe.0) {
+                    *c += 1;
+                }
+            }
+            3 => r.handle_message(pipe, Message::from_body(data.clone()), now),
+            _ => {
+                if r.can_send() {
+                    let header =
+                        crate::message::Header::from_slice(&data[..data.len().min(8)]).unwrap();
+                    let _ = r.handle_send(
+                        CtxId::SOCKET,
+                        Message {
+                            header,
+                            body: "b".into(),
+                        },
+                        now,
+                    );
+                }
+            }
+        }
+        while let Some(o) = r.poll_output() {
+            match o {
+                Output::Transmit { pipe, .. } => {
+                    let c = model.get_mut(&pipe.0).expect("transmit to a known pipe");
+                    assert!(*c > 0, "transmit without credit");
+                    *c -= 1;
+                }
+                Output::Deliver { msg, .. } => assert_eq!(msg.header.len(), 4),
+                Output::ClosePipe { pipe, .. } => {
+                    model.remove(&pipe.0);
+                }
+                Output::Completed { .. } => panic!("raw sockets have no operations"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,5 +304,19 @@ mod tests {
         let out = drain(&mut s);
         assert_eq!(out.len(), 1, "pipe 2 has no credit");
         assert_eq!(s.counters().queue_drops, 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn raw_req_and_surveyor_sequences(
+            ops in proptest::collection::vec(
+                (proptest::prelude::any::<u8>(), proptest::prelude::any::<u8>(),
+                 proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12)),
+                0..200),
+            surveyor in proptest::prelude::any::<bool>(),
+        ) {
+            let kind = if surveyor { ProtocolKind::Surveyor0 } else { ProtocolKind::Req0 };
+            super::check_sequence(kind, &ops);
+        }
     }
 }
