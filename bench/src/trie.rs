@@ -45,7 +45,11 @@ pub fn run(subs: usize, msgs: usize) -> TrieSample {
     let start = Instant::now();
     let mut delivered = 0usize;
     for i in 0..msgs {
-        sub.handle_message(PipeId(1), Message::from_body(bodies[i % bodies.len()].clone()), now);
+        sub.handle_message(
+            PipeId(1),
+            Message::from_body(bodies[i % bodies.len()].clone()),
+            now,
+        );
         while let Some(o) = sub.poll_output() {
             if matches!(o, Output::Deliver { .. }) {
                 delivered += 1;
