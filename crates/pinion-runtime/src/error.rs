@@ -5,7 +5,7 @@ use std::io;
 use pinion_core::{CallerError, OpError, PeerError};
 use thiserror::Error;
 
-/// Who caused an [`Error`].
+/// Who caused an [`Error`](enum@Error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
     /// The application: bad URL, wrong state, unsupported operation.

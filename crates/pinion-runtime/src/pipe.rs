@@ -3,7 +3,7 @@
 //! A pipe task:
 //! 1. sends the 8-byte SP header and reads the peer's, within the handshake
 //!    timeout; a bad header or an incompatible protocol closes the connection
-//!    and is counted in the socket's [`Stats`](crate::Stats);
+//!    and is counted in the socket's [`Stats`];
 //! 2. announces itself to its socket with [`PipeEvent::Up`], carrying the
 //!    sender of its write queue;
 //! 3. then runs two loops until either ends:

@@ -60,24 +60,45 @@ struct PipeState {
     backlog: VecDeque<Message>,
 }
 
-/// REP state: pipes with their credits and backlogs, the TTL and drop
-/// counters.
+/// Which answering pattern a [`RawAnswerer`] is: REP or RESPONDENT. The two
+/// share every rule (backtrace parsing, TTL, routing by the pipe id word,
+/// the per-pipe backlog); only their ids differ.
+pub trait AnswerKind: Send + std::fmt::Debug + 'static {
+    /// The pattern.
+    const KIND: ProtocolKind;
+}
+
+/// REP (see the module docs).
 #[derive(Debug)]
-pub struct Rep0 {
+pub struct Rep;
+
+impl AnswerKind for Rep {
+    const KIND: ProtocolKind = ProtocolKind::Rep0;
+}
+
+/// The REP state machine.
+pub type Rep0 = RawAnswerer<Rep>;
+
+/// A raw answering core (REP, RESPONDENT): pipes with their credits and
+/// backlogs, the TTL and drop counters.
+#[derive(Debug)]
+pub struct RawAnswerer<K: AnswerKind> {
     pipes: HashMap<PipeId, PipeState>,
     max_ttl: usize,
     ttl_drops: u64,
     unroutable_drops: u64,
     out: VecDeque<Output>,
+    kind: std::marker::PhantomData<K>,
 }
 
-impl Rep0 {
-    /// A rep socket with no pipes.
+impl<K: AnswerKind> RawAnswerer<K> {
+    /// A socket with no pipes.
     pub fn new(opts: &Options) -> Self {
         // The pipe id word and a full backtrace must fit in a header.
         let ttl = opts.max_ttl.min(MAX_TTL_LIMIT) as usize;
         debug_assert!((ttl + 1) * 4 <= MAX_HEADER);
-        Rep0 {
+        RawAnswerer {
+            kind: std::marker::PhantomData,
             pipes: HashMap::new(),
             max_ttl: ttl,
             ttl_drops: 0,
@@ -96,6 +117,13 @@ impl Rep0 {
         self.unroutable_drops
     }
 
+    /// Forgets `pipe`; the replies in its backlog are lost (and counted).
+    fn drop_pipe(&mut self, pipe: PipeId) {
+        if let Some(p) = self.pipes.remove(&pipe) {
+            self.unroutable_drops += p.backlog.len() as u64;
+        }
+    }
+
     /// Number of words in the backtrace at the front of `msg` (request id
     /// included), `Ok(None)` when it is longer than the TTL.
     fn backtrace_len(&self, msg: &Message) -> Result<Option<usize>, PeerError> {
@@ -111,9 +139,9 @@ impl Rep0 {
     }
 }
 
-impl Protocol for Rep0 {
+impl<K: AnswerKind> Protocol for RawAnswerer<K> {
     fn kind(&self) -> ProtocolKind {
-        ProtocolKind::Rep0
+        K::KIND
     }
 
     fn add_pipe(
@@ -123,7 +151,9 @@ impl Protocol for Rep0 {
         credits: u32,
         _now: Instant,
     ) -> Result<(), PeerError> {
-        check_peer(ProtocolKind::Rep0, peer)?;
+        check_peer(K::KIND, peer)?;
+        // A pipe id reused without a remove first starts over.
+        self.drop_pipe(pipe);
         self.pipes.insert(
             pipe,
             PipeState {
@@ -135,9 +165,7 @@ impl Protocol for Rep0 {
     }
 
     fn remove_pipe(&mut self, pipe: PipeId, _now: Instant) {
-        if let Some(p) = self.pipes.remove(&pipe) {
-            self.unroutable_drops += p.backlog.len() as u64;
-        }
+        self.drop_pipe(pipe);
     }
 
     fn handle_credit(&mut self, pipe: PipeId, credits: u32, _now: Instant) {
@@ -164,9 +192,7 @@ impl Protocol for Rep0 {
                 return;
             }
             Err(error) => {
-                if let Some(p) = self.pipes.remove(&pipe) {
-                    self.unroutable_drops += p.backlog.len() as u64;
-                }
+                self.drop_pipe(pipe);
                 self.out.push_back(Output::ClosePipe { pipe, error });
                 return;
             }

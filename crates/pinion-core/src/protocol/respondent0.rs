@@ -19,10 +19,10 @@
 //! As NNG's `respond.c`/`xrespond.c` (the same loop as REP's): words move
 //! from the front of the payload into the header until one has the top bit
 //! set (that word included). Every word is one hop; before reading a word
-//! beyond [`Options::max_ttl`] the survey is dropped and counted
+//! beyond [`Options::max_ttl`](crate::Options::max_ttl) the survey is dropped and counted
 //! ([`Respondent0::ttl_drops`]) and the pipe kept, because long backtraces
 //! legitimately come through devices. A payload that runs out first is
-//! garbage: the pipe is closed ([`PeerError::NoBacktraceEnd`]).
+//! garbage: the pipe is closed ([`PeerError::NoBacktraceEnd`](crate::PeerError::NoBacktraceEnd)).
 //!
 //! A survey is delivered to the socket's context with the header
 //! `| pipe id | backtrace |`: the receiving pipe's id (top bit clear) in
@@ -31,206 +31,45 @@
 //!
 //! # Send
 //!
-//! [`Protocol::handle_send`] takes a message whose header starts with a pipe
+//! [`Protocol::handle_send`](super::Protocol::handle_send) takes a message whose header starts with a pipe
 //! id word: the word is popped and the rest (header and body) goes to that
 //! pipe. A respondent never blocks the socket on one surveyor, so
-//! [`Protocol::can_send`] is always true; a response whose pipe's write
+//! [`Protocol::can_send`](super::Protocol::can_send) is always true; a response whose pipe's write
 //! queue is momentarily full waits in that pipe's backlog, which drains as
 //! credits return, in order. Responses are dropped and counted
 //! ([`Respondent0::unroutable_drops`]) only when their pipe is gone, or when
 //! the backlog already holds [`MAX_BACKLOG`] responses. A header shorter than
-//! one word is the caller's mistake ([`CallerError::BadState`]).
+//! one word is the caller's mistake ([`CallerError::BadState`](crate::CallerError::BadState)).
 //!
 //! Contexts are not kept here: the cooked facade keeps each context's
 //! backtrace and uses this core as its raw transport.
 
-use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use super::rep0::{AnswerKind, RawAnswerer};
+use super::ProtocolKind;
 
-use super::{check_peer, CtxId, Output, PipeId, Protocol, ProtocolKind};
-use crate::error::{CallerError, OpError, PeerError};
-use crate::message::{Message, MAX_HEADER};
-use crate::options::{Options, MAX_TTL_LIMIT};
+pub use super::rep0::MAX_BACKLOG;
 
-/// Responses one pipe may hold waiting for credit before more are dropped
-/// (the same bound as REP's reply backlog).
-pub const MAX_BACKLOG: usize = 4096;
-
-/// The bit that marks the last word of a backtrace (the survey id).
-const END_BIT: u32 = 0x8000_0000;
-
-/// One pipe: its credits and the responses waiting for them.
-#[derive(Debug, Default)]
-struct PipeState {
-    credits: u32,
-    backlog: VecDeque<Message>,
-}
-
-/// RESPONDENT state: pipes with their credits and backlogs, the TTL and drop
-/// counters.
+/// RESPONDENT (see the module docs).
 #[derive(Debug)]
-pub struct Respondent0 {
-    pipes: HashMap<PipeId, PipeState>,
-    max_ttl: usize,
-    ttl_drops: u64,
-    unroutable_drops: u64,
-    out: VecDeque<Output>,
+pub struct Respondent;
+
+impl AnswerKind for Respondent {
+    const KIND: ProtocolKind = ProtocolKind::Respondent0;
 }
 
-impl Respondent0 {
-    /// A respondent socket with no pipes.
-    pub fn new(opts: &Options) -> Self {
-        // The pipe id word and a full backtrace must fit in a header.
-        let ttl = opts.max_ttl.min(MAX_TTL_LIMIT) as usize;
-        debug_assert!((ttl + 1) * 4 <= MAX_HEADER);
-        Respondent0 {
-            pipes: HashMap::new(),
-            max_ttl: ttl,
-            ttl_drops: 0,
-            unroutable_drops: 0,
-            out: VecDeque::new(),
-        }
-    }
-
-    /// Surveys dropped because their backtrace was longer than the max TTL.
-    pub fn ttl_drops(&self) -> u64 {
-        self.ttl_drops
-    }
-
-    /// Responses dropped because their pipe was gone or its backlog full.
-    pub fn unroutable_drops(&self) -> u64 {
-        self.unroutable_drops
-    }
-
-    /// Number of words in the backtrace at the front of `msg` (survey id
-    /// included), `Ok(None)` when it is longer than the TTL.
-    fn backtrace_len(&self, msg: &Message) -> Result<Option<usize>, PeerError> {
-        // As NNG: the TTL is checked before each word is read, so a
-        // backtrace over the TTL is dropped even if it would also run out.
-        for hop in 0..self.max_ttl {
-            let w = msg.word_at(hop * 4).ok_or(PeerError::NoBacktraceEnd)?;
-            if w & END_BIT != 0 {
-                return Ok(Some(hop + 1));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Forgets `pipe`; the responses in its backlog are lost.
-    fn drop_pipe(&mut self, pipe: PipeId) {
-        if let Some(p) = self.pipes.remove(&pipe) {
-            self.unroutable_drops += p.backlog.len() as u64;
-        }
-    }
-}
-
-impl Protocol for Respondent0 {
-    fn kind(&self) -> ProtocolKind {
-        ProtocolKind::Respondent0
-    }
-
-    fn add_pipe(
-        &mut self,
-        pipe: PipeId,
-        peer: u16,
-        credits: u32,
-        _now: Instant,
-    ) -> Result<(), PeerError> {
-        check_peer(ProtocolKind::Respondent0, peer)?;
-        // A pipe id reused without a remove first starts over.
-        self.drop_pipe(pipe);
-        self.pipes.insert(
-            pipe,
-            PipeState {
-                credits,
-                backlog: VecDeque::new(),
-            },
-        );
-        Ok(())
-    }
-
-    fn remove_pipe(&mut self, pipe: PipeId, _now: Instant) {
-        self.drop_pipe(pipe);
-    }
-
-    fn handle_credit(&mut self, pipe: PipeId, credits: u32, _now: Instant) {
-        if let Some(p) = self.pipes.get_mut(&pipe) {
-            p.credits = p.credits.saturating_add(credits);
-            while p.credits > 0 {
-                let Some(msg) = p.backlog.pop_front() else {
-                    break;
-                };
-                p.credits -= 1;
-                self.out.push_back(Output::Transmit { pipe, msg });
-            }
-        }
-    }
-
-    fn handle_message(&mut self, pipe: PipeId, mut msg: Message, _now: Instant) {
-        if !self.pipes.contains_key(&pipe) {
-            return;
-        }
-        let hops = match self.backtrace_len(&msg) {
-            Ok(Some(hops)) => hops,
-            Ok(None) => {
-                self.ttl_drops += 1;
-                return;
-            }
-            Err(error) => {
-                self.drop_pipe(pipe);
-                self.out.push_back(Output::ClosePipe { pipe, error });
-                return;
-            }
-        };
-        // Both fit: hops <= 15 words, plus the pipe id makes 64 bytes.
-        if !msg.split_header_at(hops * 4) || msg.header.push_word_front(pipe.0).is_err() {
-            self.ttl_drops += 1;
-            return;
-        }
-        self.out.push_back(Output::Deliver {
-            ctx: CtxId::SOCKET,
-            msg,
-        });
-    }
-
-    fn can_send(&self) -> bool {
-        true
-    }
-
-    fn handle_send(&mut self, _ctx: CtxId, mut msg: Message, _now: Instant) -> Result<(), OpError> {
-        let Some(word) = msg.header.pop_word_front() else {
-            return Err(CallerError::BadState.into());
-        };
-        let pipe = PipeId(word);
-        match self.pipes.get_mut(&pipe) {
-            Some(p) if p.credits > 0 && p.backlog.is_empty() => {
-                p.credits -= 1;
-                self.out.push_back(Output::Transmit { pipe, msg });
-            }
-            Some(p) if p.backlog.len() < MAX_BACKLOG => p.backlog.push_back(msg),
-            _ => self.unroutable_drops += 1,
-        }
-        Ok(())
-    }
-
-    fn poll_output(&mut self) -> Option<Output> {
-        self.out.pop_front()
-    }
-
-    fn counters(&self) -> super::Counters {
-        super::Counters {
-            ttl_drops: self.ttl_drops(),
-            unroutable_drops: self.unroutable_drops(),
-            ..Default::default()
-        }
-    }
-}
+/// The RESPONDENT state machine: the REP core with RESPONDENT's ids (the
+/// wire rules are the same; see [`super::rep0`]).
+pub type Respondent0 = RawAnswerer<Respondent>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Header;
+    use crate::error::{CallerError, OpError, PeerError};
+    use crate::message::{Header, Message, MAX_HEADER};
+    use crate::options::Options;
     use crate::protocol::Counters;
+    use crate::protocol::{CtxId, Output, PipeId, Protocol};
+    use std::time::Instant;
 
     const SURVEYOR: u16 = 0x62;
 
