@@ -54,6 +54,7 @@ use crate::message::Message;
 use crate::options::Options;
 
 pub mod bus0;
+mod ids;
 pub mod pair0;
 pub mod pair1;
 pub mod pub0;

@@ -66,8 +66,7 @@ use crate::message::{Header, Message};
 use crate::options::Options;
 use crate::rng::Rng;
 
-/// The bit that marks the last word of a backtrace (the request id).
-const END_BIT: u32 = 0x8000_0000;
+use super::ids::END_BIT;
 
 /// One pipe: its credits and the contexts whose request it carried last.
 #[derive(Debug, Default)]
@@ -185,13 +184,8 @@ impl Req0 {
     }
 
     fn alloc_id(&mut self) -> u32 {
-        loop {
-            let id = END_BIT | self.next_id;
-            self.next_id = self.next_id.wrapping_add(1) & !END_BIT;
-            if !self.ids.contains_key(&id) {
-                return id;
-            }
-        }
+        let ids = &self.ids;
+        super::ids::alloc(&mut self.next_id, |id| ids.contains_key(&id))
     }
 
     fn complete(&mut self, op: OpId, result: Result<Option<Message>, OpError>) {

@@ -86,8 +86,7 @@ use crate::message::{Header, Message};
 use crate::options::Options;
 use crate::rng::Rng;
 
-/// The bit that marks the last word of a backtrace (the survey id).
-const END_BIT: u32 = 0x8000_0000;
+use super::ids::END_BIT;
 
 /// A running survey.
 #[derive(Debug)]
@@ -208,13 +207,8 @@ impl Surveyor0 {
     }
 
     fn alloc_id(&mut self) -> u32 {
-        loop {
-            let id = END_BIT | self.next_id;
-            self.next_id = self.next_id.wrapping_add(1) & !END_BIT;
-            if !self.ids.contains_key(&id) {
-                return id;
-            }
-        }
+        let ids = &self.ids;
+        super::ids::alloc(&mut self.next_id, |id| ids.contains_key(&id))
     }
 
     fn complete(&mut self, op: OpId, result: Result<Option<Message>, OpError>) {
