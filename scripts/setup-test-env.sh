@@ -4,7 +4,10 @@
 #   sudo scripts/setup-test-env.sh        (or as root)
 #
 # * Debian packages: libnng-dev nng-utils nanomsg-utils cmake pkg-config
-#   python3-venv (apt is skipped when all are already installed);
+#   python3-venv, protobuf-compiler (protoc, for the Python publisher test),
+#   redis-server redis-tools nats-server (benchmark peers; started by the
+#   benchmarks themselves on loopback, never as services) -- apt is skipped
+#   when all are already installed;
 # * a Python venv at $REPO/.venv with pynng==0.9.0 (bundles NNG 1.11) and
 #   protobuf, used by crates/pinion/tests/interop_pynng.rs.
 #
@@ -15,7 +18,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 PYNNG_VERSION="0.9.0"
-APT_PACKAGES=(libnng-dev nng-utils nanomsg-utils cmake pkg-config python3-venv)
+APT_PACKAGES=(libnng-dev nng-utils nanomsg-utils cmake pkg-config python3-venv
+              protobuf-compiler redis-server redis-tools nats-server)
 
 say() { printf 'setup-test-env: %s\n' "$*"; }
 die() { printf 'setup-test-env: ERROR: %s\n' "$*" >&2; exit 1; }
