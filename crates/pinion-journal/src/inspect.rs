@@ -1,0 +1,227 @@
+//! Offline tools: [`verify`], [`stat`] (read-only) and [`repair`].
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+
+use crate::error::JournalError;
+use crate::format::HeaderInfo;
+use crate::journal::{cut_tail, file_len_of, Truncation};
+use crate::scan::{self, Tail};
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The file header.
+    pub header: HeaderInfo,
+    /// Number of valid records (= the next offset).
+    pub records: u64,
+    /// Bytes of header and valid records.
+    pub valid_bytes: u64,
+    /// File size (valid bytes, torn tail, pre-zeroed region).
+    pub file_bytes: u64,
+    /// Timestamp of the first record.
+    pub first_timestamp_us: Option<u64>,
+    /// Timestamp of the last record.
+    pub last_timestamp_us: Option<u64>,
+    /// A torn tail that [`Journal::open`](crate::Journal::open) would cut
+    /// (reported here, not fixed).
+    pub torn_tail: Option<Truncation>,
+}
+
+/// Offset and timestamp of one record, for [`Stat`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSummary {
+    /// The record's offset.
+    pub offset: u64,
+    /// The record's timestamp.
+    pub timestamp_us: u64,
+}
+
+/// What [`stat`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Format version from the header.
+    pub version: u16,
+    /// Header flags.
+    pub flags: u16,
+    /// Creation time from the header, microseconds since the Unix epoch.
+    pub created_unix_us: u64,
+    /// Number of valid records.
+    pub records: u64,
+    /// File size in bytes.
+    pub file_bytes: u64,
+    /// Bytes of header and valid records.
+    pub valid_bytes: u64,
+    /// Zero bytes at the end of the file (the pre-zeroed region).
+    pub preallocated_bytes: u64,
+    /// The first record.
+    pub first: Option<RecordSummary>,
+    /// The last record.
+    pub last: Option<RecordSummary>,
+    /// Number of distinct client ids among the records.
+    pub distinct_clients: u64,
+    /// A torn tail that `Journal::open` would cut.
+    pub torn_tail: Option<Truncation>,
+}
+
+/// Scans a whole journal read-only and reports what it holds. Never
+/// modifies the file.
+///
+/// # Errors
+///
+/// [`JournalError::Corrupt`] for mid-file corruption (a damaged record
+/// followed by a valid one): `byte_pos` is the damaged record and `offset`
+/// the number of valid records before it. Also the header errors and I/O.
+pub fn verify(path: &Path) -> Result<VerifyReport, JournalError> {
+    let i = inspect(path, false)?;
+    Ok(VerifyReport {
+        header: i.header,
+        records: i.records,
+        valid_bytes: i.valid_bytes,
+        file_bytes: i.file_bytes,
+        first_timestamp_us: i.first.map(|r| r.timestamp_us),
+        last_timestamp_us: i.last.map(|r| r.timestamp_us),
+        torn_tail: i.torn_tail,
+    })
+}
+
+/// Header information and statistics of a journal (one read-only scan).
+///
+/// # Errors
+///
+/// As [`verify`].
+pub fn stat(path: &Path) -> Result<Stat, JournalError> {
+    let i = inspect(path, true)?;
+    Ok(Stat {
+        version: i.header.version,
+        flags: i.header.flags,
+        created_unix_us: i.header.created_unix_us,
+        records: i.records,
+        file_bytes: i.file_bytes,
+        valid_bytes: i.valid_bytes,
+        preallocated_bytes: i.zero_tail,
+        first: i.first,
+        last: i.last,
+        distinct_clients: i.clients,
+        torn_tail: i.torn_tail,
+    })
+}
+
+/// Cuts a journal at its first damaged record, **dropping every record
+/// after it**, zeroing or truncating, then fdatasyncs. For an operator after
+/// [`verify`] or [`Journal::open`](crate::Journal::open) reported
+/// [`JournalError::Corrupt`] (e.g. pages of an unsynced commit reached the
+/// disk out of order before a power loss, or the media failed). Returns
+/// what was cut, or `None` if the journal was intact.
+///
+/// # Errors
+///
+/// [`JournalError::Locked`] while a `Journal` has the file open, header and
+/// I/O errors.
+pub fn repair(path: &Path) -> Result<Option<Truncation>, JournalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(JournalError::io("open"))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(JournalError::Io {
+                op: "lock",
+                source: e,
+            })
+        }
+    }
+    let file_len = file_len_of(&file)?;
+    let header = scan::read_header(&file, file_len)?;
+    let s = scan::scan(&file, file_len, header.header_len, 0, |_, _| {})
+        .map_err(JournalError::io("read"))?;
+    let (at, offset, reason) = match s.tail {
+        Tail::Clean => return Ok(None),
+        Tail::Torn {
+            at, offset, reason, ..
+        }
+        | Tail::Corrupt { at, offset, reason } => (at, offset, reason),
+    };
+    let nonzero_end = scan::nonzero_end(&file, at, file_len).map_err(JournalError::io("read"))?;
+    let cut = cut_tail(&file, at, nonzero_end, file_len)?;
+    file.sync_data().map_err(JournalError::io("fdatasync"))?;
+    let mut t = Truncation::from_tail(at, offset, cut.bytes_cut, reason);
+    if matches!(s.tail, Tail::Corrupt { .. }) {
+        t.reason = format!(
+            "corruption at byte {at} (record offset {offset}): {reason}; cut {} bytes including valid records after it",
+            cut.bytes_cut
+        );
+    }
+    Ok(Some(t))
+}
+
+struct Inspection {
+    header: HeaderInfo,
+    records: u64,
+    valid_bytes: u64,
+    file_bytes: u64,
+    zero_tail: u64,
+    first: Option<RecordSummary>,
+    last: Option<RecordSummary>,
+    clients: u64,
+    torn_tail: Option<Truncation>,
+}
+
+fn inspect(path: &Path, count_clients: bool) -> Result<Inspection, JournalError> {
+    let file = File::open(path).map_err(JournalError::io("open"))?;
+    let file_len = file_len_of(&file)?;
+    let header = scan::read_header(&file, file_len)?;
+    let mut first = None;
+    let mut last = None;
+    let mut clients = HashSet::new();
+    let s = scan::scan(&file, file_len, header.header_len, 0, |_, v| {
+        let r = RecordSummary {
+            offset: v.offset,
+            timestamp_us: v.timestamp_us,
+        };
+        first.get_or_insert(r);
+        last = Some(r);
+        if count_clients {
+            clients.insert(v.client_id);
+        }
+    })
+    .map_err(JournalError::io("read"))?;
+    if let Some(e) = s.tail.corrupt_error() {
+        return Err(e);
+    }
+    let (zero_tail, torn_tail) = match s.tail {
+        Tail::Torn {
+            at,
+            offset,
+            nonzero_end,
+            reason,
+        } => {
+            // What `Journal::open` would do: zero if zeros follow, else truncate.
+            let cut = if nonzero_end < file_len {
+                nonzero_end - at
+            } else {
+                file_len - at
+            };
+            (
+                file_len - nonzero_end,
+                Some(Truncation::from_tail(at, offset, cut, reason)),
+            )
+        }
+        _ => (file_len - s.valid_end, None),
+    };
+    Ok(Inspection {
+        header,
+        records: s.next_offset,
+        valid_bytes: s.valid_end,
+        file_bytes: file_len,
+        zero_tail,
+        first,
+        last,
+        clients: clients.len() as u64,
+        torn_tail,
+    })
+}
