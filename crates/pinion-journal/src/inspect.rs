@@ -140,7 +140,10 @@ pub fn repair(path: &Path) -> Result<Option<Truncation>, JournalError> {
     let s = scan::scan(&file, file_len, header.header_len, 0, |_, _| {})
         .map_err(JournalError::io("read"))?;
     let (at, offset, reason) = match s.tail {
-        Tail::Clean => return Ok(None),
+        Tail::Clean => {
+            let _ = file.unlock();
+            return Ok(None);
+        }
         Tail::Torn {
             at, offset, reason, ..
         }
@@ -156,6 +159,7 @@ pub fn repair(path: &Path) -> Result<Option<Truncation>, JournalError> {
             cut.bytes_cut
         );
     }
+    let _ = file.unlock();
     Ok(Some(t))
 }
 

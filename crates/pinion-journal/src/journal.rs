@@ -424,6 +424,12 @@ impl Journal {
         let pos = self.committed_bytes;
         if let Err(e) = self.file.write_all_at(&self.pending, pos) {
             self.abort_pending();
+            // Make the restored state durable too, so that complete records
+            // of the failed batch which writeback may already have flushed
+            // cannot reappear after a crash.
+            if !self.poisoned && self.fdatasync().is_err() {
+                self.poisoned = true;
+            }
             return Err(JournalError::Io {
                 op: "write",
                 source: e,
@@ -479,8 +485,9 @@ impl Journal {
             .write(true)
             .open(&self.path)
             .map_err(JournalError::io("open"))?;
-        // Dropping the old description releases its lock before taking it
-        // on the new one.
+        // Release the lock of the old description before taking it on the
+        // new one.
+        let _ = self.file.unlock();
         self.file = file;
         lock(&self.file)?;
         let actual_len = file_len_of(&self.file)?;
@@ -670,6 +677,16 @@ impl Journal {
         if restored.is_err() {
             self.poisoned = true;
         }
+    }
+}
+
+impl Drop for Journal {
+    /// Releases the writer lock explicitly: a child process forked by
+    /// another thread may briefly hold a copy of the descriptor (until its
+    /// exec closes it), which would otherwise keep the lock alive and make
+    /// an immediate reopen fail with [`JournalError::Locked`].
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
     }
 }
 
