@@ -37,6 +37,8 @@
 //! | 6 | another I/O error (permission denied, connection reset, ...) |
 //! | 7 | the peer broke the protocol or speaks an incompatible one (`Error::Peer`) |
 //! | 8 | any other failure (an internal error) |
+//! | 9 | `pinion publish`: the hub NACKed at least one message |
+//! | 10 | `pinion log verify`: the log is corrupt or has a torn tail |
 //!
 //! Errors are printed on stderr as one line starting with `pinion: `, naming
 //! the URL and what to do. `--help` and `--version` exit with 0.
@@ -50,6 +52,7 @@ use pinion::{blocking::Socket, Protocol};
 mod commands;
 pub mod failure;
 pub mod format;
+pub mod hub;
 
 pub use failure::Failure;
 pub use format::Format;
@@ -79,6 +82,10 @@ pub mod exit {
     pub const PEER: i32 = 7;
     /// Any other failure.
     pub const FAILED: i32 = 8;
+    /// `pinion publish`: the hub NACKed at least one message.
+    pub const NACKED: i32 = 9;
+    /// `pinion log verify`: the log is corrupt (or has a torn tail).
+    pub const CORRUPT: i32 = 10;
 }
 
 macro_rules! exit_codes_help {
@@ -95,7 +102,9 @@ macro_rules! exit_codes_help {
      --send-timeout expired)
   6  other I/O error
   7  the peer broke the protocol or is not a compatible pattern
-  8  other failure"
+  8  other failure
+  9  publish: at least one message was NACKed
+  10 log verify: the log is corrupt or has a torn tail"
     };
 }
 
@@ -385,6 +394,24 @@ pub enum Command {
         #[arg(long, default_value = "tcp://127.0.0.1:0")]
         url: String,
     },
+    /// The hub: logs every published message durably to one file and
+    /// answers ACK or NACK (Ctrl-C or SIGTERM stops it gracefully).
+    #[command(after_help = "Examples:
+  pinion serve
+  pinion serve --data-dir /var/lib/pinion --listen tcp://0.0.0.0:7450 --fsync interval:5
+  PINION_FSYNC=never pinion serve --config pinion.toml")]
+    Serve(hub::ServeArgs),
+    /// Publish messages to a hub; prints one ack or nack line per message.
+    #[command(after_help = "Examples:
+  pinion publish --topic orders --data hello --count 10
+  seq 1 100 | pinion publish --url ipc://./pinion-data/hub.ipc --topic numbers")]
+    Publish(hub::PublishArgs),
+    /// Inspect a hub log file: cat, verify, stat.
+    #[command(subcommand)]
+    Log(hub::LogCommand),
+    /// Benchmarks (publish: the hub against Redis, NATS and the disk).
+    #[command(subcommand)]
+    Bench(hub::BenchCommand),
     /// REQ: send --data as a request, print the reply (repeat with --count,
     /// --interval).
     #[command(after_help = subcommand_help!(
@@ -509,6 +536,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Demo { count, url } => demo(count, &url)
             .map_err(|e| Failure::new(failure::code_for(&e), format!("demo failed: {e}"))),
+        Command::Serve(a) => hub::serve(a),
+        Command::Publish(a) => hub::publish(a),
+        Command::Log(c) => hub::log(c),
+        Command::Bench(c) => hub::bench(c),
         Command::Req(a) => commands::ask(Protocol::Req0, a, None),
         Command::Surveyor(a) => commands::ask(Protocol::Surveyor0, a.ask, Some(a.survey_time)),
         Command::Rep(a) => commands::answer(Protocol::Rep0, a),

@@ -356,6 +356,25 @@ impl SocketHandle {
         r
     }
 
+    /// Takes the next message on the socket's own context if one is queued,
+    /// without waiting (`Ok(None)`: nothing queued). For patterns whose
+    /// receives are operations (cooked REQ and SURVEYOR) this is
+    /// `NotSupported`: use [`SocketHandle::recv`].
+    pub fn try_recv(&self) -> Result<Option<Message>, Error> {
+        let kind = self.inner.kind;
+        if !kind.can_recv() || kind.uses_ops_when(self.inner.opts.raw) {
+            return Err(CallerError::NotSupported.into());
+        }
+        match self.inner.recv_q.try_recv() {
+            Ok(m) => {
+                self.inner.space.taken();
+                Ok(Some(m))
+            }
+            Err(async_channel::TryRecvError::Empty) if !self.is_closed() => Ok(None),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
     /// Runs one operation through the pattern (REQ sends and receives).
     pub async fn op(
         &self,
@@ -520,6 +539,61 @@ impl SocketHandle {
                 Ok((listener, bound)) => {
                     let _ = tx.send(Ok(bound));
                     acceptor.run(listener, Placement::Handoff(home)).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        let bound = rx.await.map_err(|_| Error::Closed)??;
+        Ok(Endpoint { url: bound, stop })
+    }
+
+    /// Binds `url` (`tcp://` only) as one of several sockets sharing the port
+    /// with `SO_REUSEPORT`: a single listener on this socket's home core,
+    /// whose connections stay on that core. Several sockets, each homed on
+    /// its own core and each calling this with the same URL, make a
+    /// shared-nothing server: the kernel spreads connections over them by
+    /// 4-tuple hash, and each core's socket, pipes and application task
+    /// never leave it.
+    ///
+    /// A port already bound without `SO_REUSEPORT` (another program) gives
+    /// `AddrInUse`. Binding port 0 picks a free port: pass the returned
+    /// URL's port to the other sockets.
+    pub async fn listen_shared(&self, url: &str) -> Result<Endpoint, Error> {
+        let url = Url::parse(url)?;
+        if !matches!(url, Url::Tcp { .. }) {
+            return Err(Error::InvalidUrl {
+                url: url.to_string(),
+                reason: crate::error::UrlError::UnsupportedScheme,
+            });
+        }
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let sh = &self.inner;
+        let stop = sh.close_req.child_token();
+        let acceptor = Acceptor {
+            link: sh.link.clone(),
+            rt: sh.rt.clone(),
+            next_pipe: sh.next_pipe.clone(),
+            stop: stop.clone(),
+        };
+        let home = sh.home;
+        let (tx, rx) = oneshot::channel();
+        let url2 = url.clone();
+        sh.rt.spawn_on(home, async move {
+            match transport::tcp::bind_reuseport(&url2, 1).await {
+                Ok((mut listeners, bound)) => {
+                    match tokio::net::TcpListener::from_std(listeners.remove(0)) {
+                        Ok(l) => {
+                            let _ = tx.send(Ok(bound));
+                            acceptor.run(Listener::Tcp(l), Placement::Local(home)).await;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(Error::io("listen", &url2, e)));
+                        }
+                    }
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e));

@@ -55,6 +55,7 @@
 
 pub mod blocking;
 mod device;
+pub mod publisher;
 mod socket;
 
 pub use bytes::Bytes;

@@ -96,6 +96,14 @@ impl Socket {
         self.h.listen(url).await
     }
 
+    /// Listens on a `tcp://` URL as one of several sockets sharing the port
+    /// with `SO_REUSEPORT`, each on its own core (see
+    /// [`SocketHandle::listen_shared`](pinion_runtime::socket::SocketHandle::listen_shared)).
+    /// Open the socket from the core it should live on ([`Runtime::spawn_on`]).
+    pub async fn listen_shared(&self, url: &str) -> crate::Result<Endpoint> {
+        self.h.listen_shared(url).await
+    }
+
     /// Dials `url`: waits for the first connection (returning its error, e.g.
     /// connection refused), then reconnects in the background whenever it is
     /// lost.
@@ -163,13 +171,25 @@ impl Socket {
         self.recv_inner(self.h.options().recv_timeout).await
     }
 
+    /// Raw sockets and the queued patterns (PULL, SUB, PAIR, BUS, raw REP,
+    /// ...): takes the next message if one is already queued, without waiting
+    /// (`Ok(None)` when none is). Lets a server drain everything that has
+    /// arrived into one batch after an awaited [`Socket::recv_msg`]. Cooked
+    /// REQ, REP, SURVEYOR and RESPONDENT give `NotSupported`.
+    pub fn try_recv_msg(&self) -> crate::Result<Option<Message>> {
+        if !self.is_raw() && answers(self.h.kind()) {
+            return Err(CallerError::NotSupported.into());
+        }
+        self.h.try_recv()
+    }
+
     /// [`Socket::recv_msg`] with a 5 s timeout at most (tests and tools).
     #[doc(hidden)]
     pub async fn recv_timeout_msg(&self) -> crate::Result<Message> {
         self.recv_inner(Some(Duration::from_secs(5))).await
     }
 
-    async fn recv_inner(&self, timeout: Option<Duration>) -> crate::Result<Message> {
+    pub(crate) async fn recv_inner(&self, timeout: Option<Duration>) -> crate::Result<Message> {
         let mut m = self.h.recv(CtxId::SOCKET, timeout).await?;
         if self.is_raw() {
             return Ok(m);

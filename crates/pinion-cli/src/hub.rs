@@ -1,0 +1,581 @@
+//! `pinion serve`, `pinion publish` and `pinion log`: the hub and its tools.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand, ValueEnum};
+use pinion::publisher::{Outcome, Publisher, PublisherOptions};
+use pinion_hub::{FsyncPolicy, Hub, HubConfig};
+
+use crate::{exit, say, Failure};
+
+/// `pinion serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML config file (keys as in `pinion_hub::config`); flags and
+    /// PINION_* environment variables override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory: the log file (pinion.log) and sessions.sqlite
+    /// [default: ./pinion-data; env PINION_DATA_DIR].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Publisher endpoint (repeatable) [default: tcp://127.0.0.1:7450 and
+    /// ipc://DATA_DIR/hub.ipc; env PINION_LISTEN, comma-separated].
+    #[arg(long, value_name = "URL")]
+    pub listen: Vec<String>,
+    /// When to fdatasync: always (ACK = durable), interval:MS, never
+    /// [default: always; env PINION_FSYNC].
+    #[arg(long, value_name = "POLICY", value_parser = parse_fsync)]
+    pub fsync: Option<FsyncPolicy>,
+    /// Largest payload accepted, bytes [default: 256; env PINION_MAX_PAYLOAD].
+    #[arg(long, value_name = "BYTES")]
+    pub max_payload: Option<usize>,
+    /// Cores to run on (0: every CPU allowed).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Seconds between stats lines in the log (0: none).
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub stats_every: u64,
+}
+
+/// Structured log output.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
+    s.parse()
+        .map_err(|e: pinion_hub::config::ConfigError| e.to_string())
+}
+
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("PINION_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
+
+/// Builds the configuration: defaults, file, environment, flags.
+pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
+    let mut cfg = HubConfig::default();
+    if let Some(path) = &a.config {
+        cfg.apply_file(path)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+    }
+    cfg.apply_env(|k| std::env::var(k).ok())
+        .map_err(|e| Failure::usage(e.to_string()))?;
+    if let Some(d) = &a.data_dir {
+        cfg.data_dir = d.clone();
+    }
+    if !a.listen.is_empty() {
+        cfg.listen = a.listen.clone();
+    }
+    if let Some(f) = a.fsync {
+        cfg.fsync = f;
+    }
+    if let Some(m) = a.max_payload {
+        cfg.max_payload = m;
+    }
+    if let Some(t) = a.threads {
+        cfg.threads = t;
+    }
+    cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Runs the hub until SIGINT or SIGTERM, then shuts it down gracefully.
+pub fn serve(a: ServeArgs) -> Result<(), Failure> {
+    init_logs(a.log_format);
+    let cfg = config(&a)?;
+    // Block the signals before any thread starts; wait for them below.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| Failure::new(exit::IO, format!("cannot install signal handlers: {e}")))?;
+    let hub = Hub::start(cfg.clone()).map_err(|e| {
+        use pinion_hub::HubError;
+        let code = match &e {
+            HubError::Config(_) => exit::USAGE,
+            HubError::Listen { source, .. } => crate::failure::code_for(source),
+            HubError::Locked(_) => exit::ADDRESS_IN_USE,
+            _ => exit::IO,
+        };
+        Failure::new(code, format!("cannot start the hub: {e}"))
+    })?;
+    let r = hub.start_report().clone();
+    tracing::info!(
+        data_dir = %cfg.data_dir.display(),
+        records = r.records,
+        clients = r.clients,
+        replayed = r.replayed,
+        rebuilt_sessions = r.rebuilt,
+        fsync = %cfg.fsync,
+        max_payload = cfg.max_payload,
+        "log opened"
+    );
+    if let Some(t) = &r.truncated {
+        tracing::warn!("{t}");
+    }
+    for url in hub.endpoints() {
+        tracing::info!(%url, "listening");
+    }
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let stats_every = a.stats_every;
+    let stats_thread = (stats_every > 0).then(|| {
+        let stats = hub.stats_handle();
+        std::thread::spawn(move || {
+            let mut prev = stats();
+            let mut t = Instant::now();
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stop_rx.recv_timeout(Duration::from_secs(stats_every))
+            {
+                let s = stats();
+                let secs = t.elapsed().as_secs_f64();
+                t = Instant::now();
+                tracing::info!(
+                    logged_per_s = ((s.logged - prev.logged) as f64 / secs).round(),
+                    requests = s.requests,
+                    logged = s.logged,
+                    duplicates = s.duplicates,
+                    nacks = s.nacks,
+                    commits = s.commits,
+                    head = s.head,
+                    ack_p50_us_le = s.p50_us,
+                    ack_p99_us_le = s.p99_us,
+                    "stats"
+                );
+                prev = s;
+            }
+        })
+    });
+    let sig = signals.forever().next();
+    tracing::info!(signal = ?sig, "shutting down: no new connections, draining, final sync and checkpoint");
+    let _ = stop_tx.send(());
+    let final_stats = hub.stats();
+    hub.shutdown();
+    if let Some(t) = stats_thread {
+        let _ = t.join();
+    }
+    tracing::info!(
+        logged = final_stats.logged,
+        head = final_stats.head,
+        "stopped"
+    );
+    Ok(())
+}
+
+/// `pinion publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// The hub's publisher endpoint.
+    #[arg(long, default_value = pinion_hub::config::DEFAULT_TCP, value_name = "URL")]
+    pub url: String,
+    /// Topic of every message.
+    #[arg(long, short = 't', default_value = "")]
+    pub topic: String,
+    /// Publish TEXT (--count times). Without --data, each line of standard
+    /// input is one message.
+    #[arg(long, short = 'D', value_name = "TEXT")]
+    pub data: Option<String>,
+    /// How many times to publish --data.
+    #[arg(long, short = 'C', default_value_t = 1, value_name = "N")]
+    pub count: u64,
+    /// Client id, 32 hex digits [default: random]. Reuse it with --first-seq
+    /// to retry messages idempotently.
+    #[arg(long, value_name = "HEX", value_parser = parse_client_id)]
+    pub client_id: Option<[u8; 16]>,
+    /// Seq of the first message.
+    #[arg(long, default_value_t = 1, value_name = "SEQ")]
+    pub first_seq: u64,
+    /// Messages in flight at most.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub window: usize,
+    /// Print only the summary, not one line per message.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+fn parse_client_id(s: &str) -> Result<[u8; 16], String> {
+    let s = s.replace('-', "");
+    if s.len() != 32 {
+        return Err("expected 32 hex digits (a UUID)".into());
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16)
+            .map_err(|_| "not hexadecimal".to_string())?;
+    }
+    Ok(out)
+}
+
+/// Formats a client id as a UUID.
+pub fn uuid(id: &[u8; 16]) -> String {
+    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+/// Publishes messages, printing one line per answer and a summary. Exit
+/// code 9 when any message was NACKed.
+pub fn publish(a: PublishArgs) -> Result<(), Failure> {
+    let mut opts = PublisherOptions {
+        first_seq: a.first_seq,
+        window: a.window.max(1),
+        ..PublisherOptions::default()
+    };
+    if let Some(id) = a.client_id {
+        opts.client_id = id;
+    }
+    futures_executor::block_on(async move {
+        let mut p = Publisher::connect(&a.url, opts)
+            .await
+            .map_err(|e| crate::failure::endpoint(crate::failure::Action::Dial, &a.url, &e))?;
+        if !a.quiet {
+            say(&format!("client id {}", uuid(&p.client_id())));
+        }
+        let out = std::io::stdout();
+        let (mut acks, mut dups, mut nacks) = (0u64, 0u64, 0u64);
+        let started = Instant::now();
+        let mut report = |o: Outcome| -> Result<(), Failure> {
+            let line = match &o {
+                Outcome::Ack {
+                    seq,
+                    offset,
+                    duplicate,
+                } => {
+                    acks += 1;
+                    if *duplicate {
+                        dups += 1;
+                    }
+                    format!(
+                        "ack seq={seq} offset={offset}{}",
+                        if *duplicate { " duplicate" } else { "" }
+                    )
+                }
+                Outcome::Nack { seq, code, reason } => {
+                    nacks += 1;
+                    format!(
+                        "nack seq={seq} code={} reason={reason:?}",
+                        code.as_str_name()
+                    )
+                }
+            };
+            if !a.quiet {
+                writeln!(out.lock(), "{line}").map_err(|_| Failure::quiet())?;
+            }
+            Ok(())
+        };
+        let op = |e: pinion::Error| crate::failure::op(&e, "publish", None);
+        match &a.data {
+            Some(d) => {
+                for _ in 0..a.count {
+                    p.send(&a.topic, d.clone().into_bytes()).await.map_err(op)?;
+                    // Print answers as they come, not all at the end.
+                    while p.in_flight() >= a.window {
+                        report(p.recv().await.map_err(op)?)?;
+                    }
+                }
+            }
+            None => {
+                for line in std::io::stdin().lock().lines() {
+                    let line =
+                        line.map_err(|e| Failure::new(exit::IO, format!("reading stdin: {e}")))?;
+                    p.send(&a.topic, line.into_bytes()).await.map_err(op)?;
+                }
+            }
+        }
+        for o in p.flush().await.map_err(op)? {
+            report(o)?;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        say(&format!(
+            "{} acked ({dups} duplicates), {nacks} nacked in {secs:.3} s",
+            acks
+        ));
+        if nacks > 0 {
+            return Err(Failure::new(exit::NACKED, String::new()));
+        }
+        Ok(())
+    })
+}
+
+/// Which log file to read.
+#[derive(Debug, Clone, Args)]
+pub struct LogFile {
+    /// The log file [default: DATA_DIR/pinion.log].
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The hub's data directory (used when FILE is not given).
+    #[arg(long, value_name = "DIR", default_value = pinion_hub::config::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
+impl LogFile {
+    fn path(&self) -> PathBuf {
+        self.file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join(pinion_hub::LOG_FILE))
+    }
+}
+
+/// How `pinion log cat` prints records.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CatFormat {
+    /// `offset time client seq topic payload` (payload escaped).
+    Text,
+    /// One JSON object per record (payload as an escaped string and in hex).
+    Json,
+    /// Only the payloads, raw, one per line.
+    Payload,
+}
+
+/// `pinion log …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum LogCommand {
+    /// Print records, from an offset, optionally following new ones.
+    Cat {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        file: LogFile,
+        /// First offset to print.
+        #[arg(long, default_value_t = 0, value_name = "OFFSET")]
+        from: u64,
+        /// Print at most N records.
+        #[arg(long, short = 'n', value_name = "N")]
+        count: Option<u64>,
+        /// Keep printing records as the hub appends them (Ctrl-C stops).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: CatFormat,
+    },
+    /// Check every record's CRC and framing; exit 10 if the log is corrupt
+    /// or has a torn tail (never modifies the file).
+    Verify {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        file: LogFile,
+    },
+    /// Header, size, record count, first and last records, clients.
+    Stat {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        file: LogFile,
+    },
+}
+
+fn jfail(path: &std::path::Path, e: pinion_journal::JournalError) -> Failure {
+    let code = match e.fault() {
+        pinion_journal::Fault::Data => exit::CORRUPT,
+        pinion_journal::Fault::Caller => exit::USAGE,
+        _ => exit::IO,
+    };
+    Failure::new(code, format!("{}: {e}", path.display()))
+}
+
+fn escape(b: &[u8]) -> String {
+    b.escape_ascii().to_string()
+}
+
+fn json_str(b: &[u8]) -> String {
+    let mut s = String::from("\"");
+    for ch in String::from_utf8_lossy(b).chars() {
+        match ch {
+            '"' => s.push_str("\\\""),
+            '\\' => s.push_str("\\\\"),
+            c if (c as u32) < 0x20 => s.push_str(&format!("\\u{:04x}", c as u32)),
+            c => s.push(c),
+        }
+    }
+    s.push('"');
+    s
+}
+
+fn time_str(us: u64) -> String {
+    // UTC, RFC 3339 with microseconds, without a date library.
+    let secs = (us / 1_000_000) as i64;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil-from-days (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        us % 1_000_000
+    )
+}
+
+/// Runs `pinion log …`.
+pub fn log(c: LogCommand) -> Result<(), Failure> {
+    match c {
+        LogCommand::Cat {
+            file,
+            from,
+            count,
+            follow,
+            format,
+        } => {
+            let path = file.path();
+            let mut r = pinion_journal::Reader::open(&path).map_err(|e| jfail(&path, e))?;
+            r.seek(from).map_err(|e| jfail(&path, e))?;
+            let out = std::io::stdout();
+            let mut out = std::io::BufWriter::new(out.lock());
+            let mut printed = 0u64;
+            while count.is_none_or(|n| printed < n) {
+                let rec = match r.next() {
+                    Some(rec) => rec.map_err(|e| jfail(&path, e))?,
+                    None if follow => {
+                        out.flush().map_err(|_| Failure::quiet())?;
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    }
+                    None => break,
+                };
+                let line = match format {
+                    CatFormat::Text => format!(
+                        "{} {} {} {} {} {}\n",
+                        rec.offset,
+                        time_str(rec.timestamp_us),
+                        uuid(&rec.client_id),
+                        rec.seq,
+                        escape(&rec.topic),
+                        escape(&rec.payload)
+                    ),
+                    CatFormat::Json => format!(
+                        "{{\"offset\":{},\"timestamp_us\":{},\"time\":\"{}\",\"client_id\":\"{}\",\"seq\":{},\"topic\":{},\"payload\":{},\"payload_hex\":\"{}\"}}\n",
+                        rec.offset,
+                        rec.timestamp_us,
+                        time_str(rec.timestamp_us),
+                        uuid(&rec.client_id),
+                        rec.seq,
+                        json_str(&rec.topic),
+                        json_str(&rec.payload),
+                        rec.payload.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    ),
+                    CatFormat::Payload => {
+                        let mut l = String::from_utf8_lossy(&rec.payload).into_owned();
+                        l.push('\n');
+                        l
+                    }
+                };
+                out.write_all(line.as_bytes())
+                    .map_err(|_| Failure::quiet())?;
+                printed += 1;
+            }
+            out.flush().map_err(|_| Failure::quiet())?;
+            Ok(())
+        }
+        LogCommand::Verify { file } => {
+            let path = file.path();
+            let v = pinion_journal::verify(&path).map_err(|e| jfail(&path, e))?;
+            println!(
+                "{}: format v{}, {} records, {} valid bytes of {}, every CRC ok",
+                path.display(),
+                v.header.version,
+                v.records,
+                v.valid_bytes,
+                v.file_bytes
+            );
+            match v.torn_tail {
+                None => Ok(()),
+                Some(t) => Err(Failure::new(
+                    exit::CORRUPT,
+                    format!(
+                        "{}: torn tail of {} bytes at byte {} ({}); the hub cuts it when it next opens the log",
+                        path.display(),
+                        t.bytes_cut,
+                        t.at_byte,
+                        t.reason
+                    ),
+                )),
+            }
+        }
+        LogCommand::Stat { file } => {
+            let path = file.path();
+            let s = pinion_journal::stat(&path).map_err(|e| jfail(&path, e))?;
+            let rec = |r: Option<pinion_journal::RecordSummary>| {
+                r.map(|r| format!("offset {} at {}", r.offset, time_str(r.timestamp_us)))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!("file:          {}", path.display());
+            println!(
+                "format:        v{} (flags {:#06x}), created {}",
+                s.version,
+                s.flags,
+                time_str(s.created_unix_us)
+            );
+            println!("records:       {}", s.records);
+            println!("clients:       {}", s.distinct_clients);
+            println!("first:         {}", rec(s.first));
+            println!("last:          {}", rec(s.last));
+            println!(
+                "bytes:         {} valid, {} pre-zeroed, {} file",
+                s.valid_bytes, s.preallocated_bytes, s.file_bytes
+            );
+            if let Some(t) = s.torn_tail {
+                println!(
+                    "torn tail:     {} bytes at byte {} ({})",
+                    t.bytes_cut, t.at_byte, t.reason
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `pinion bench …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Publish load: acked msg/s and ack latency of this hub side by side
+    /// with Redis (XADD, appendfsync always), NATS JetStream and the disk's
+    /// own group-commit ceiling.
+    Publish(pinion_loadgen::PublishArgs),
+}
+
+/// Runs `pinion bench …`.
+pub fn bench(c: BenchCommand) -> Result<(), Failure> {
+    match c {
+        BenchCommand::Publish(a) => {
+            let exe = std::env::current_exe().map_err(|e| {
+                Failure::new(exit::IO, format!("cannot find the pinion executable: {e}"))
+            })?;
+            pinion_loadgen::run_publish(&a, &exe)
+                .map(|_| ())
+                .map_err(|e| Failure::new(exit::FAILED, format!("bench publish: {e}")))
+        }
+    }
+}

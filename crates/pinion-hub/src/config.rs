@@ -1,0 +1,313 @@
+//! Hub configuration: embedded defaults, then a TOML file, then `PINION_*`
+//! environment variables, then command-line flags (each overriding the one
+//! before).
+//!
+//! ```toml
+//! # pinion.toml: every key optional
+//! data_dir = "./pinion-data"          # log file + sessions.sqlite
+//! listen = ["tcp://127.0.0.1:7450", "ipc://./pinion-data/hub.ipc"]
+//! fsync = "always"                    # "always" | "interval:<ms>" | "never"
+//! max_payload = 256                   # bytes; larger payloads get TOO_LARGE
+//! max_inflight_bytes = 67108864       # all connections together
+//! max_inflight_bytes_per_conn = 1048576
+//! dedup_window = 1024                 # seqs remembered per client
+//! checkpoint_interval_ms = 1000       # sessions → SQLite
+//! threads = 0                         # cores to use; 0 = all allowed
+//! ```
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default publisher endpoint.
+pub const DEFAULT_TCP: &str = "tcp://127.0.0.1:7450";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./pinion-data";
+
+/// When the hub calls fdatasync, and so what an ACK promises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// fdatasync after every group of writes, before any ACK of that group
+    /// leaves: an ACKed message survives a crash or power loss (as far as
+    /// the disk honours flushes). The default.
+    Always,
+    /// ACK after write(2), fdatasync at most this often: an ACKed message
+    /// survives a hub crash (it is in the OS page cache) but the last
+    /// interval can be lost on power loss or kernel crash.
+    Interval(Duration),
+    /// ACK after write(2), fdatasync only at checkpoints and shutdown: the
+    /// OS decides when data reaches the disk.
+    Never,
+}
+
+impl FromStr for FsyncPolicy {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = || ConfigError::Invalid {
+            key: "fsync",
+            value: s.to_string(),
+            expected: "always, never or interval:<milliseconds>",
+        };
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            _ => {
+                let ms = s.strip_prefix("interval:").ok_or_else(bad)?;
+                let ms: u64 = ms.trim_end_matches("ms").parse().map_err(|_| bad())?;
+                if ms == 0 {
+                    return Err(bad());
+                }
+                Ok(FsyncPolicy::Interval(Duration::from_millis(ms)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FsyncPolicy::Always => f.write_str("always"),
+            FsyncPolicy::Never => f.write_str("never"),
+            FsyncPolicy::Interval(d) => write!(f, "interval:{}", d.as_millis()),
+        }
+    }
+}
+
+/// A configuration problem (the caller's fault).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value that does not parse.
+    #[error("invalid {key} {value:?}: expected {expected}")]
+    Invalid {
+        /// The setting.
+        key: &'static str,
+        /// What was given.
+        value: String,
+        /// What would have been accepted.
+        expected: &'static str,
+    },
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+/// Everything the hub needs to start.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Holds `pinion.log`, `sessions.sqlite` and the lock file.
+    pub data_dir: PathBuf,
+    /// Publisher endpoints (REP). Empty: `tcp://127.0.0.1:7450` and
+    /// `ipc://<data_dir>/hub.ipc`.
+    pub listen: Vec<String>,
+    /// See [`FsyncPolicy`].
+    pub fsync: FsyncPolicy,
+    /// Largest payload accepted; larger gets NACK TOO_LARGE.
+    pub max_payload: usize,
+    /// Bytes of requests being processed, all connections together. At the
+    /// cap the hub stops reading requests until acks go out.
+    pub max_inflight_bytes: usize,
+    /// The same, per connection.
+    pub max_inflight_bytes_per_conn: usize,
+    /// Seqs remembered per client for the duplicate check.
+    pub dedup_window: usize,
+    /// How often sessions are checkpointed to SQLite.
+    pub checkpoint_interval: Duration,
+    /// Window entries older than this many records behind the log head are
+    /// dropped at checkpoints (bounds restart replay).
+    pub dedup_horizon: u64,
+    /// Cores (event loops) to use; 0: every CPU the process may run on.
+    pub threads: usize,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: Vec::new(),
+            fsync: FsyncPolicy::Always,
+            max_payload: 256,
+            max_inflight_bytes: 64 << 20,
+            max_inflight_bytes_per_conn: 1 << 20,
+            dedup_window: 1024,
+            checkpoint_interval: Duration::from_secs(1),
+            dedup_horizon: 10_000_000,
+            threads: 0,
+        }
+    }
+}
+
+/// The TOML file's schema (every key optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<Vec<String>>,
+    fsync: Option<String>,
+    max_payload: Option<usize>,
+    max_inflight_bytes: Option<usize>,
+    max_inflight_bytes_per_conn: Option<usize>,
+    dedup_window: Option<usize>,
+    checkpoint_interval_ms: Option<u64>,
+    dedup_horizon: Option<u64>,
+    threads: Option<usize>,
+}
+
+impl HubConfig {
+    /// The endpoints to listen on (defaults filled in).
+    pub fn endpoints(&self) -> Vec<String> {
+        if !self.listen.is_empty() {
+            return self.listen.clone();
+        }
+        vec![
+            DEFAULT_TCP.to_string(),
+            format!("ipc://{}", self.data_dir.join("hub.ipc").display()),
+        ]
+    }
+
+    /// Applies a TOML config file.
+    pub fn apply_file(&mut self, path: &std::path::Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        self.apply_toml(&text)
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })
+    }
+
+    /// Applies TOML text (errors as the parser's message).
+    pub fn apply_toml(&mut self, text: &str) -> Result<(), String> {
+        let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(v) = f.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = f.listen {
+            self.listen = v;
+        }
+        if let Some(v) = f.fsync {
+            self.fsync = v.parse().map_err(|e: ConfigError| e.to_string())?;
+        }
+        if let Some(v) = f.max_payload {
+            self.max_payload = v;
+        }
+        if let Some(v) = f.max_inflight_bytes {
+            self.max_inflight_bytes = v;
+        }
+        if let Some(v) = f.max_inflight_bytes_per_conn {
+            self.max_inflight_bytes_per_conn = v;
+        }
+        if let Some(v) = f.dedup_window {
+            self.dedup_window = v;
+        }
+        if let Some(v) = f.checkpoint_interval_ms {
+            self.checkpoint_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = f.dedup_horizon {
+            self.dedup_horizon = v;
+        }
+        if let Some(v) = f.threads {
+            self.threads = v;
+        }
+        Ok(())
+    }
+
+    /// Applies `PINION_DATA_DIR`, `PINION_LISTEN` (comma-separated),
+    /// `PINION_FSYNC` and `PINION_MAX_PAYLOAD` from `get` (normally
+    /// `std::env::var`).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        if let Some(v) = get("PINION_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("PINION_LISTEN") {
+            self.listen = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("PINION_FSYNC") {
+            self.fsync = v.parse()?;
+        }
+        if let Some(v) = get("PINION_MAX_PAYLOAD") {
+            self.max_payload = v.parse().map_err(|_| ConfigError::Invalid {
+                key: "PINION_MAX_PAYLOAD",
+                value: v.clone(),
+                expected: "a number of bytes",
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Checks the values together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let inv = |key, value: String, expected| {
+            Err(ConfigError::Invalid {
+                key,
+                value,
+                expected,
+            })
+        };
+        if self.max_payload > (16 << 20) {
+            return inv(
+                "max_payload",
+                self.max_payload.to_string(),
+                "at most 16 MiB",
+            );
+        }
+        if self.max_inflight_bytes_per_conn == 0
+            || self.max_inflight_bytes < self.max_inflight_bytes_per_conn
+        {
+            return inv(
+                "max_inflight_bytes",
+                self.max_inflight_bytes.to_string(),
+                "> 0 and at least max_inflight_bytes_per_conn",
+            );
+        }
+        if self.dedup_window == 0 {
+            return inv("dedup_window", "0".into(), "at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_override_in_order() {
+        let mut c = HubConfig::default();
+        assert_eq!(c.endpoints()[0], DEFAULT_TCP);
+        assert!(c.endpoints()[1].starts_with("ipc://"));
+        c.apply_toml("fsync = \"interval:5\"\nmax_payload = 512\nlisten = [\"tcp://127.0.0.1:1\"]")
+            .unwrap();
+        assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(5)));
+        assert_eq!(c.endpoints(), vec!["tcp://127.0.0.1:1".to_string()]);
+        c.apply_env(|k| (k == "PINION_FSYNC").then(|| "never".to_string()))
+            .unwrap();
+        assert_eq!(c.fsync, FsyncPolicy::Never);
+        assert_eq!(c.max_payload, 512);
+        assert!(c.apply_toml("bogus = 1").unwrap_err().contains("bogus"));
+        assert!("interval:x".parse::<FsyncPolicy>().is_err());
+        assert!("sometimes".parse::<FsyncPolicy>().is_err());
+        c.validate().unwrap();
+    }
+}

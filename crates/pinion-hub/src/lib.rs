@@ -1,0 +1,467 @@
+//! pinion's hub, `pinion serve`: many clients publish messages; each is
+//! checked, appended **durably to one log file**, and answered **ACK only
+//! once it is durable, or NACK with a reason**. `(client id, seq)` makes
+//! retries idempotent.
+//!
+//! # Protocol
+//!
+//! Standard SP REQ/REP: the hub listens as REP (default
+//! `tcp://127.0.0.1:7450` and `ipc://<data dir>/hub.ipc`), so any NNG REQ
+//! socket can publish. The request body is a protobuf `Publish`, the reply a
+//! `Reply` (ACK with the record's offset and a duplicate flag, or NACK with
+//! a code and a reason); the schema is `proto/pinion/v1/hub.proto`, the
+//! Rust types [`pinion_proto`]. A NACK never closes the connection; a
+//! malformed SP frame, or a request over the frame limit
+//! (`max_payload + 64 KiB`), does.
+//!
+//! # The data path
+//!
+//! ```text
+//!  core 0: REP socket ─► intake ──┐ batches          ┌─► answers ─► intake ─► REP
+//!  core 1: REP socket ─► intake ──┼─────► writer ────┤
+//!   ...   (SO_REUSEPORT: the      │  thread: dedup,  └─► (per core)
+//!          kernel spreads         │  append, 1 write
+//!          connections)           │  + 1 fdatasync
+//!                                 └────► checkpoint thread ─► SQLite
+//! ```
+//!
+//! Each core has its own raw REP socket listening on the shared TCP port,
+//! so a connection, its pipe, its socket and the task checking its requests
+//! all live on one core. Requests are checked there ([`envelope`]) and
+//! handed in batches to the one writer thread, which owns the log
+//! ([`pinion_journal`]) and the sessions ([`sessions`]): it takes
+//! everything queued as one group, decides fresh / duplicate / stale per
+//! request, appends the fresh ones, does one write and one fdatasync, and
+//! sends the answers back to each core. See [`writer`] for failure
+//! handling and [`config::FsyncPolicy`] for what an ACK promises.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut cfg = pinion_hub::HubConfig::default();
+//! cfg.data_dir = "/tmp/pinion-example".into();
+//! let hub = pinion_hub::Hub::start(cfg)?;
+//! println!("listening on {:?}", hub.endpoints());
+//! hub.shutdown(); // stop accepting, drain, final sync and checkpoint
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod envelope;
+mod intake;
+pub mod sessions;
+mod stats;
+pub mod store;
+pub mod writer;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use pinion::{Endpoint, Options, Protocol, Runtime, Socket};
+use pinion_journal::{Journal, JournalOptions};
+
+pub use config::{FsyncPolicy, HubConfig};
+pub use stats::{HubStats, LatencyBuckets, StatsSnapshot};
+
+/// Name of the log file in the data directory.
+pub const LOG_FILE: &str = "pinion.log";
+/// Name of the session store in the data directory.
+pub const SESSIONS_FILE: &str = "sessions.sqlite";
+/// Frame limit beyond `max_payload` (envelope, topic, slack).
+pub const FRAME_SLACK: usize = 64 << 10;
+
+/// Why the hub could not start (or stopped).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// Bad configuration: the caller's fault.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory is in use by another hub.
+    #[error("data directory {0} is locked by another running hub")]
+    Locked(PathBuf),
+    /// The log could not be opened (I/O, or corruption it will not skip).
+    #[error("log {path}: {source}")]
+    Journal {
+        /// The log file.
+        path: PathBuf,
+        /// The journal's error (see its `fault()`).
+        source: pinion_journal::JournalError,
+    },
+    /// The session store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A socket could not be opened or an endpoint bound.
+    #[error("endpoint {url}: {source}")]
+    Listen {
+        /// The endpoint.
+        url: String,
+        /// pinion's socket error.
+        source: pinion::Error,
+    },
+    /// Other I/O on the data directory.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State shared by the cores and the writer (atomics only).
+pub(crate) struct Shared {
+    pub inflight: AtomicUsize,
+    pub shutting_down: AtomicBool,
+    pub head: AtomicU64,
+    pub stats: HubStats,
+    pub latency: LatencyBuckets,
+}
+
+/// What opening the data directory found.
+#[derive(Debug, Clone)]
+pub struct StartReport {
+    /// Records in the log.
+    pub records: u64,
+    /// A torn tail that was cut, if any (for the logs).
+    pub truncated: Option<String>,
+    /// Clients known after replay.
+    pub clients: usize,
+    /// Records replayed from the log after the checkpoint.
+    pub replayed: u64,
+    /// The checkpoint was unusable (beyond the log's end) and the sessions
+    /// were rebuilt from the whole log.
+    pub rebuilt: bool,
+}
+
+/// A running hub.
+pub struct Hub {
+    rt: Runtime,
+    sockets: Vec<Socket>,
+    endpoints: Vec<Endpoint>,
+    to_writer: mpsc::Sender<writer::ToWriter>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    store: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+    report: StartReport,
+    _lock: File,
+}
+
+impl Hub {
+    /// Opens the data directory (log, sessions, replay), binds the
+    /// endpoints and starts serving.
+    pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
+        cfg.validate()?;
+        let dir = cfg.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
+            op: "create data directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| HubError::Io {
+                op: "open",
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(HubError::Locked(dir)),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(HubError::Io {
+                    op: "lock",
+                    path: lock_path,
+                    source,
+                })
+            }
+        }
+
+        // The log, then the sessions: checkpoint + replay of the tail.
+        let log_path = dir.join(LOG_FILE);
+        let jerr = |source| HubError::Journal {
+            path: log_path.clone(),
+            source,
+        };
+        let (journal, opened) =
+            Journal::open(&log_path, JournalOptions::default()).map_err(jerr)?;
+        let truncated = opened.truncated.as_ref().map(|t| {
+            format!(
+                "cut a torn tail of {} bytes at byte {} ({})",
+                t.bytes_cut, t.at_byte, t.reason
+            )
+        });
+        if let Some(t) = &truncated {
+            tracing::warn!(log = %log_path.display(), "{t}");
+        }
+        let mut store = store::Store::open(&dir.join(SESSIONS_FILE))?;
+        let mut ck = store.checkpoint()?;
+        let mut rebuilt = false;
+        let end = journal.next_offset();
+        if ck.log_offset > end || ck.replay_from > ck.log_offset {
+            tracing::warn!(
+                checkpoint = ck.log_offset,
+                log_end = end,
+                "session checkpoint is beyond the log's end; rebuilding sessions from the whole log"
+            );
+            store.reset()?;
+            ck = store::Checkpoint::default();
+            rebuilt = true;
+        }
+        let mut sessions = sessions::Sessions::new(cfg.dedup_window);
+        sessions.load(store.sessions()?);
+        let mut replayed = 0;
+        let mut reader = journal.reader().map_err(jerr)?;
+        reader.seek(ck.replay_from).map_err(jerr)?;
+        while let Some(rec) = reader.next() {
+            let rec = rec.map_err(jerr)?;
+            sessions.replay(
+                &rec.client_id,
+                rec.seq,
+                rec.offset,
+                rec.timestamp_us,
+                ck.log_offset,
+            );
+            if rec.offset >= ck.log_offset {
+                replayed += 1;
+            }
+        }
+        drop(reader);
+        let report = StartReport {
+            records: end,
+            truncated,
+            clients: sessions.len(),
+            replayed,
+            rebuilt,
+        };
+
+        // Cores and their sockets.
+        let mut rb = Runtime::builder().name("pinion-hub");
+        if cfg.threads > 0 {
+            rb = rb.threads(cfg.threads);
+        }
+        let rt = rb.build().map_err(|source| HubError::Io {
+            op: "start runtime",
+            path: dir.clone(),
+            source,
+        })?;
+        let shared = Arc::new(Shared {
+            inflight: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            head: AtomicU64::new(end),
+            stats: HubStats::default(),
+            latency: LatencyBuckets::default(),
+        });
+        let opts = Options {
+            raw: true,
+            recv_max_size: (cfg.max_payload + FRAME_SLACK) as u64,
+            send_buffer: 4096,
+            recv_buffer: 1024,
+            ..Options::default()
+        };
+        let n = rt.cores();
+        let mut sockets = Vec::with_capacity(n);
+        for core in 0..n {
+            let rt2 = rt.clone();
+            let o = opts.clone();
+            let s = rt
+                .block_on(core, async move { Socket::on(&rt2, Protocol::Rep0, o) })
+                .map_err(|source| HubError::Listen {
+                    url: "socket".into(),
+                    source,
+                })?;
+            sockets.push(s);
+        }
+        let mut endpoints = Vec::new();
+        for url in cfg.endpoints() {
+            let lerr = |source| HubError::Listen {
+                url: url.clone(),
+                source,
+            };
+            if url.starts_with("tcp://") && n > 1 {
+                // Refuse a port someone else holds, then share it between
+                // the cores with SO_REUSEPORT.
+                check_port_free(&url).map_err(|source| HubError::Listen {
+                    url: url.clone(),
+                    source,
+                })?;
+                let first = block(&rt, sockets[0].listen_shared(&url)).map_err(lerr)?;
+                let bound = first.url().to_string();
+                endpoints.push(first);
+                for s in &sockets[1..] {
+                    endpoints.push(block(&rt, s.listen_shared(&bound)).map_err(lerr)?);
+                }
+            } else {
+                endpoints.push(block(&rt, sockets[0].listen(&url)).map_err(lerr)?);
+            }
+        }
+
+        // The writer, the checkpoint thread, the intakes.
+        let (to_writer, writer_rx) = mpsc::channel();
+        let (store_tx, store_rx) = mpsc::channel();
+        let mut answer_txs = Vec::with_capacity(n);
+        let mut answer_rxs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            answer_txs.push(tx);
+            answer_rxs.push(rx);
+        }
+        let w = writer::Writer {
+            journal,
+            sessions,
+            fsync: cfg.fsync,
+            checkpoint_every: cfg.checkpoint_interval,
+            horizon: cfg.dedup_horizon,
+            rx: writer_rx,
+            cores: answer_txs,
+            store_tx,
+            shared: shared.clone(),
+        };
+        let spawn_err = |source| HubError::Io {
+            op: "spawn thread",
+            path: dir.clone(),
+            source,
+        };
+        let store_thread = std::thread::Builder::new()
+            .name("pinion-hub-ckpt".into())
+            .spawn(move || writer::run_store(store, store_rx))
+            .map_err(spawn_err)?;
+        let writer_thread = std::thread::Builder::new()
+            .name("pinion-hub-writer".into())
+            .spawn(move || w.run())
+            .map_err(spawn_err)?;
+        for (core, answers) in answer_rxs.into_iter().enumerate() {
+            let intake = intake::Intake {
+                core,
+                sock: sockets[core].clone(),
+                to_writer: to_writer.clone(),
+                answers,
+                shared: shared.clone(),
+                max_payload: cfg.max_payload,
+                max_total: cfg.max_inflight_bytes,
+                max_per_conn: cfg.max_inflight_bytes_per_conn,
+            };
+            rt.spawn_on(core, intake.run());
+        }
+        Ok(Hub {
+            rt,
+            sockets,
+            endpoints,
+            to_writer,
+            writer: Some(writer_thread),
+            store: Some(store_thread),
+            shared,
+            report,
+            _lock: lock,
+        })
+    }
+
+    /// The bound endpoints (a `:0` port resolved), one per URL (the first
+    /// of each shared TCP port).
+    pub fn endpoints(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.endpoints.iter().map(|e| e.url().to_string()).collect();
+        v.dedup();
+        v
+    }
+
+    /// What opening the data directory found.
+    pub fn start_report(&self) -> &StartReport {
+        &self.report
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot(
+            &self.shared.latency,
+            self.shared.head.load(Ordering::Acquire),
+        )
+    }
+
+    /// A function reading the counters, for a thread that outlives borrows.
+    pub fn stats_handle(&self) -> impl Fn() -> StatsSnapshot + Send + 'static {
+        let shared = self.shared.clone();
+        move || {
+            shared
+                .stats
+                .snapshot(&shared.latency, shared.head.load(Ordering::Acquire))
+        }
+    }
+
+    /// Graceful stop: stop accepting connections, NACK new requests with
+    /// SHUTTING_DOWN, wait (up to 10 s) for the requests in flight to be
+    /// answered, make the final sync and checkpoint, flush the replies and
+    /// close.
+    pub fn shutdown(mut self) {
+        self.shared.shutting_down.store(true, Ordering::Release);
+        for e in &self.endpoints {
+            e.close();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // Twice: a core may have been between reading the flag and counting
+        // its request.
+        for _ in 0..2 {
+            while self.shared.inflight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (done_tx, done_rx) = mpsc::channel();
+        if self
+            .to_writer
+            .send(writer::ToWriter::Shutdown(done_tx))
+            .is_ok()
+        {
+            let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+        // Let the last answers reach the sockets, then close (lingering).
+        std::thread::sleep(Duration::from_millis(20));
+        for s in &self.sockets {
+            s.close();
+        }
+        drop(std::mem::replace(&mut self.to_writer, mpsc::channel().0));
+        if let Some(t) = self.store.take() {
+            let _ = t.join();
+        }
+        let _ = &self.rt;
+    }
+}
+
+/// Waits for a facade future from this (non-core) thread: the futures only
+/// wait on channels fed by the runtime's cores, so any executor will do.
+fn block<F: std::future::Future>(_rt: &Runtime, f: F) -> F::Output {
+    futures_executor::block_on(f)
+}
+
+fn check_port_free(url: &str) -> Result<(), pinion::Error> {
+    let addr = url.trim_start_matches("tcp://");
+    if addr.ends_with(":0") {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind(addr) {
+        Ok(l) => {
+            drop(l);
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(pinion::Error::Io {
+            op: "bind",
+            addr: url.to_string(),
+            source: e,
+        }),
+        Err(_) => Ok(()), // let the real bind report it
+    }
+}

@@ -1,0 +1,309 @@
+//! The writer thread: the only owner of the log file and of the sessions.
+//!
+//! Cores hand it batches of checked requests over a channel. It takes
+//! everything queued, decides fresh / duplicate / stale for each, appends
+//! the fresh ones to the journal, makes **one** write and (with
+//! `fsync = always`) **one** fdatasync for the whole group, and only then
+//! hands the answers back to the cores, one batch per core. While it syncs,
+//! the next group gathers in the channel, so the group grows with the load
+//! (no timer).
+//!
+//! A failed write or sync NACKs the whole group with UNAVAILABLE; nothing of
+//! it counts as logged (the journal rolls the file back, or is poisoned and
+//! recovered before the next group). The sessions are checkpointed to SQLite
+//! on a second thread, at offsets already durable in the log.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pinion::Header;
+use pinion_journal::{Journal, NewRecord};
+use pinion_proto::{Code, Reply};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::config::FsyncPolicy;
+use crate::envelope::Checked;
+use crate::sessions::{ClientId, SessionRow, Sessions, Verdict};
+use crate::store::{Checkpoint, Store};
+use crate::Shared;
+
+/// One request on its way to the writer.
+pub(crate) struct Item {
+    pub core: usize,
+    pub header: Header,
+    pub pipe: u32,
+    pub cost: usize,
+    pub req: Checked,
+    pub received: Instant,
+}
+
+/// One answer on its way back to a core.
+pub(crate) struct Answer {
+    pub header: Header,
+    pub pipe: u32,
+    pub cost: usize,
+    pub reply: Reply,
+    pub received: Instant,
+}
+
+pub(crate) enum ToWriter {
+    Batch(Vec<Item>),
+    /// Final sync and checkpoint, then stop; reports when done.
+    Shutdown(mpsc::Sender<()>),
+}
+
+pub(crate) struct Writer {
+    pub journal: Journal,
+    pub sessions: Sessions,
+    pub fsync: FsyncPolicy,
+    pub checkpoint_every: Duration,
+    pub horizon: u64,
+    pub rx: mpsc::Receiver<ToWriter>,
+    pub cores: Vec<UnboundedSender<Vec<Answer>>>,
+    pub store_tx: mpsc::Sender<(Vec<SessionRow>, Checkpoint)>,
+    pub shared: Arc<Shared>,
+}
+
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let mut last_ckpt = Instant::now();
+        let mut last_sync = Instant::now();
+        let mut durable = self.journal.committed_offset();
+        let mut outbox: Vec<Vec<Answer>> = (0..self.cores.len()).map(|_| Vec::new()).collect();
+        let mut group: Vec<Item> = Vec::new();
+        let mut stop: Option<mpsc::Sender<()>> = None;
+        loop {
+            // Wait for work, or for the next timed duty.
+            let mut next = last_ckpt + self.checkpoint_every;
+            if let FsyncPolicy::Interval(d) = self.fsync {
+                if durable < self.journal.committed_offset() {
+                    next = next.min(last_sync + d);
+                }
+            }
+            let timeout = next.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(timeout) {
+                Ok(ToWriter::Batch(b)) => group.extend(b),
+                Ok(ToWriter::Shutdown(done)) => stop = Some(done),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            // Take everything else already queued: that is the group.
+            while stop.is_none() {
+                match self.rx.try_recv() {
+                    Ok(ToWriter::Batch(b)) => group.extend(b),
+                    Ok(ToWriter::Shutdown(done)) => stop = Some(done),
+                    Err(_) => break,
+                }
+            }
+            if !group.is_empty() {
+                self.commit_group(&mut group, &mut outbox, &mut durable, &mut last_sync);
+                for (core, answers) in outbox.iter_mut().enumerate() {
+                    if !answers.is_empty() {
+                        let _ = self.cores[core].send(std::mem::take(answers));
+                    }
+                }
+            }
+            if let FsyncPolicy::Interval(d) = self.fsync {
+                if durable < self.journal.committed_offset() && last_sync.elapsed() >= d {
+                    self.sync(&mut durable, &mut last_sync);
+                }
+            }
+            if stop.is_some() || last_ckpt.elapsed() >= self.checkpoint_every {
+                self.checkpoint(&mut durable, &mut last_sync);
+                last_ckpt = Instant::now();
+            }
+            if let Some(done) = stop.take() {
+                let _ = done.send(());
+                return;
+            }
+        }
+        // Every sender is gone: final sync and checkpoint anyway.
+        self.checkpoint(&mut durable, &mut last_sync);
+    }
+
+    fn sync(&mut self, durable: &mut u64, last_sync: &mut Instant) {
+        match self.journal.commit(true) {
+            Ok(()) => *durable = self.journal.committed_offset(),
+            Err(e) => tracing::error!(error = %e, "log sync failed"),
+        }
+        *last_sync = Instant::now();
+    }
+
+    fn checkpoint(&mut self, durable: &mut u64, last_sync: &mut Instant) {
+        // Only durable offsets may be checkpointed.
+        if *durable < self.journal.committed_offset() {
+            self.sync(durable, last_sync);
+            if *durable < self.journal.committed_offset() {
+                return;
+            }
+        }
+        let head = *durable;
+        self.sessions
+            .evict_before(head.saturating_sub(self.horizon));
+        let rows = self.sessions.take_dirty();
+        let ck = Checkpoint {
+            log_offset: head,
+            replay_from: self.sessions.replay_from(head),
+        };
+        let _ = self.store_tx.send((rows, ck));
+    }
+
+    fn commit_group(
+        &mut self,
+        group: &mut Vec<Item>,
+        outbox: &mut [Vec<Answer>],
+        durable: &mut u64,
+        last_sync: &mut Instant,
+    ) {
+        let shared = &self.shared;
+        if self.journal.is_poisoned() {
+            if let Err(e) = self.journal.recover() {
+                tracing::warn!(error = %e, "log still unavailable");
+            } else {
+                tracing::info!("log recovered");
+                *durable = self.journal.committed_offset();
+            }
+        }
+        let ts = now_us();
+        // Fresh records of this group, to find duplicates within it and to
+        // apply to the sessions once durable.
+        let mut fresh: HashMap<(ClientId, u64), u64> = HashMap::new();
+        let mut logged: Vec<(ClientId, u64, u64)> = Vec::new();
+        // Per item: Ok((offset, duplicate)) or the NACK; `true` in the third
+        // slot when the answer depends on this group's commit.
+        let mut verdicts: Vec<(Result<(u64, bool), Reply>, bool)> = Vec::with_capacity(group.len());
+        let unavailable = self.journal.is_poisoned();
+        for it in group.iter() {
+            let r = &it.req;
+            let key = (r.client_id, r.seq);
+            if let Some(&off) = fresh.get(&key) {
+                verdicts.push((Ok((off, true)), true));
+                continue;
+            }
+            let v = match self.sessions.check(&r.client_id, r.seq) {
+                Verdict::Duplicate { offset } => (Ok((offset, true)), false),
+                Verdict::Stale { floor } => (
+                    Err(Reply::nack(
+                        Some(r.seq),
+                        Code::Stale,
+                        format!("seq {} is below this client's duplicate window (floor {floor}); not logged", r.seq),
+                    )),
+                    false,
+                ),
+                Verdict::Fresh if unavailable => (
+                    Err(Reply::nack(Some(r.seq), Code::Unavailable, "the log is unavailable".to_string())),
+                    false,
+                ),
+                Verdict::Fresh => {
+                    let rec = NewRecord {
+                        timestamp_us: ts,
+                        client_id: r.client_id,
+                        seq: r.seq,
+                        topic: &r.topic,
+                        payload: &r.payload,
+                    };
+                    match self.journal.append(&rec) {
+                        Ok(off) => {
+                            fresh.insert(key, off);
+                            logged.push((r.client_id, r.seq, off));
+                            (Ok((off, false)), true)
+                        }
+                        Err(e) => (
+                            Err(Reply::nack(Some(r.seq), Code::Unavailable, format!("cannot append: {e}"))),
+                            false,
+                        ),
+                    }
+                }
+            };
+            verdicts.push(v);
+        }
+        let mut failure: Option<String> = None;
+        if !logged.is_empty() {
+            let sync = self.fsync == FsyncPolicy::Always;
+            match self.journal.commit(sync) {
+                Ok(()) => {
+                    if sync {
+                        *durable = self.journal.committed_offset();
+                        *last_sync = Instant::now();
+                    }
+                    for (c, s, off) in &logged {
+                        self.sessions.record(c, *s, *off, ts, true);
+                    }
+                    shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .stats
+                        .logged
+                        .fetch_add(logged.len() as u64, Ordering::Relaxed);
+                    shared
+                        .head
+                        .store(self.journal.committed_offset(), Ordering::Release);
+                }
+                Err(e) => {
+                    if e.is_out_of_space() {
+                        tracing::warn!(error = %e, records = logged.len(), "log full: NACKing the group UNAVAILABLE");
+                    } else {
+                        tracing::error!(error = %e, records = logged.len(), "log write failed: NACKing the group UNAVAILABLE");
+                    }
+                    failure = Some(format!("the log could not be written: {e}"));
+                }
+            }
+        }
+        for (it, (v, depends)) in group.drain(..).zip(verdicts) {
+            let reply = match (v, &failure) {
+                (Ok(_), Some(why)) if depends => {
+                    Reply::nack(Some(it.req.seq), Code::Unavailable, why.clone())
+                }
+                (Ok((off, dup)), _) => {
+                    if dup {
+                        shared.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Reply::ack(it.req.seq, off, dup)
+                }
+                (Err(nack), _) => nack,
+            };
+            if matches!(reply.result, Some(pinion_proto::reply::Result::Nack(_))) {
+                shared.stats.nacks.fetch_add(1, Ordering::Relaxed);
+            }
+            outbox[it.core].push(Answer {
+                header: it.header,
+                pipe: it.pipe,
+                cost: it.cost,
+                reply,
+                received: it.received,
+            });
+        }
+    }
+}
+
+/// The checkpoint thread: writes what the writer hands it to SQLite,
+/// keeping rows whose write failed for the next attempt.
+pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<(Vec<SessionRow>, Checkpoint)>) {
+    let mut pending: HashMap<ClientId, SessionRow> = HashMap::new();
+    while let Ok((rows, mut ck)) = rx.recv() {
+        for r in rows {
+            pending.insert(r.client_id, r);
+        }
+        // Coalesce checkpoints that queued up meanwhile.
+        while let Ok((rows, next)) = rx.try_recv() {
+            for r in rows {
+                pending.insert(r.client_id, r);
+            }
+            ck = next;
+        }
+        let rows: Vec<SessionRow> = pending.values().cloned().collect();
+        match store.write_checkpoint(&rows, ck, now_us()) {
+            Ok(()) => pending.clear(),
+            Err(e) => tracing::error!(error = %e, "session checkpoint failed; will retry"),
+        }
+    }
+}
