@@ -409,6 +409,7 @@ fn measure<W: Workload>(
         avg_batch: None,
         stored: None,
         server_pid: server.map(|s| s.pid()),
+        data_dir: server.map(|s| s.dir().to_path_buf()),
         server_cpu_pct: edges.pct(&edges.server_cpu),
         loadgen_cpu_pct: edges.pct(&edges.self_cpu),
     };
@@ -595,6 +596,7 @@ fn run_target(
                 disk::Mode::Overwrite => Some(counters.records.load(Ordering::Relaxed)),
             };
             check_stored(&mut r, stored);
+            r.data_dir = Some(dir.path().to_path_buf());
             let file_kind = match mode {
                 disk::Mode::Append => "O_APPEND file (grows)".to_string(),
                 disk::Mode::Overwrite => format!(

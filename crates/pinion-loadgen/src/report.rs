@@ -69,6 +69,9 @@ pub struct RunResult {
     pub stored: Option<u64>,
     /// PID of the server the bench started (gone when `run_publish` returns).
     pub server_pid: Option<u32>,
+    /// The temp dir the server (or the disk probe) wrote to (removed when
+    /// `run_publish` returns).
+    pub data_dir: Option<std::path::PathBuf>,
     /// Server CPU during the window, % of one core.
     pub server_cpu_pct: Option<f64>,
     /// Load generator CPU during the window (all its threads), % of one core.

@@ -225,6 +225,13 @@ impl ServerGuard {
         self.pid
     }
 
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .expect("dir lives as long as the guard")
+            .path()
+    }
+
     /// The last `max` bytes of the server's log.
     pub(crate) fn log_tail(&self, max: u64) -> String {
         let Ok(mut f) = File::open(&self.log_path) else {
