@@ -263,12 +263,12 @@ pub(crate) fn table(reports: &[TargetReport], header: &str) -> String {
             .iter()
             .filter(|r| r.target != Target::Pinion)
             .map(|r| {
-                let what = if r.target == Target::Disk || r.target == Target::DiskZeroed {
-                    format!("{} ceiling", r.row)
+                let what = if r.row == "disk" || r.row == "disk-zeroed" {
+                    format!("{} (ceiling)", r.row)
                 } else {
                     r.row.clone()
                 };
-                format!("pinion / {what} = {}", ratio(r.pinion_ratio))
+                format!("pinion ÷ {what} = {}", ratio(r.pinion_ratio))
             })
             .collect();
         let _ = writeln!(

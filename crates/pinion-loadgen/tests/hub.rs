@@ -1,0 +1,62 @@
+//! A short real run against the hub (`pinion serve`, started by the bench
+//! from the `pinion` binary of this workspace, built here if missing).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use pinion_loadgen::{locate_pinion_exe, pid_exists, run_publish, PublishArgs, Target};
+
+/// `target/<profile>/pinion`: found next to this test binary, else built
+/// with the cargo that runs this test.
+fn pinion_exe() -> PathBuf {
+    if let Some(p) = locate_pinion_exe() {
+        return p;
+    }
+    let release = std::env::current_exe()
+        .unwrap()
+        .components()
+        .any(|c| c.as_os_str() == "release");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "-p", "pinion-cli", "--bin", "pinion"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo build -p pinion-cli");
+    assert!(status.success(), "cargo build -p pinion-cli failed");
+    locate_pinion_exe().expect("pinion binary after building it")
+}
+
+#[test]
+fn pinion_short_run() {
+    let exe = pinion_exe();
+    let args = PublishArgs::parse_from([
+        "publish",
+        "--target",
+        "pinion",
+        "--clients",
+        "8",
+        "--pipeline",
+        "2",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.2",
+        "--no-progress",
+    ])
+    .unwrap();
+    let reports = run_publish(&args, &exe).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r.target, Target::Pinion);
+    assert!(r.durable_ack);
+    let run = &r.runs[0];
+    assert!(run.acked > 0, "{run:?}");
+    assert_eq!(run.errors, 0, "{:?}", run.error_kinds);
+    let stored = run.stored.expect("offsets in the ACKs");
+    assert!(stored >= run.total_acked);
+    let pid = run.server_pid.expect("hub started");
+    assert!(!pid_exists(pid), "hub pid {pid} still exists");
+    let dir = run.data_dir.as_ref().expect("data dir");
+    assert!(!dir.exists(), "{} not removed", dir.display());
+}
