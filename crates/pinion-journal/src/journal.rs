@@ -427,8 +427,11 @@ impl Journal {
             // Make the restored state durable too, so that complete records
             // of the failed batch which writeback may already have flushed
             // cannot reappear after a crash.
-            if !self.poisoned && self.fdatasync().is_err() {
-                self.poisoned = true;
+            if !self.poisoned {
+                match self.fdatasync() {
+                    Ok(()) => self.mark_synced(),
+                    Err(_) => self.poisoned = true,
+                }
             }
             return Err(JournalError::Io {
                 op: "write",

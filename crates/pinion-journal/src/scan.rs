@@ -33,6 +33,16 @@ impl<'f> ChunkReader<'f> {
         }
     }
 
+    /// How many bytes from `pos` are already buffered.
+    fn buffered_from(&self, pos: u64) -> usize {
+        let end = self.start + self.buf.len() as u64;
+        if pos >= self.start && pos < end {
+            (end - pos) as usize
+        } else {
+            0
+        }
+    }
+
     /// Bytes `[pos, pos + len)`; the caller guarantees they are inside the
     /// file (`pos + len <= file_len`), so the buffer never exceeds
     /// `max(SCAN_CHUNK, len)` nor the file size.
@@ -176,8 +186,19 @@ fn classify_tail(
     let mut nonzero_end = at;
     let mut q = at;
     while q < file_len {
-        let n = (SCAN_CHUNK as u64).min(file_len - q) as usize;
+        // Continue in the buffered chunk if there is one (after a rejected
+        // candidate), else read the next one.
+        let n = match r.buffered_from(q) {
+            b if b >= RECORD_ALIGN as usize => b,
+            _ => SCAN_CHUNK,
+        };
+        let n = (n as u64).min(file_len - q) as usize;
         let chunk = r.get(q, n)?;
+        if chunk.iter().all(|&b| b == 0) {
+            // The common case: the pre-zeroed region.
+            q += n as u64;
+            continue;
+        }
         let mut candidate = None;
         let mut i = 0usize;
         while i < n {

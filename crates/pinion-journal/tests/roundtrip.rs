@@ -370,3 +370,11 @@ fn creation_replaces_a_leftover_temp_file() {
     let len = std::fs::metadata(&path).unwrap().len();
     assert!(len >= 32 + (64 << 10), "pre-zeroed at creation: {len}");
 }
+
+#[test]
+fn journal_and_reader_can_move_to_other_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Journal>();
+    send_sync::<Reader>();
+    send_sync::<JournalError>();
+}

@@ -7,7 +7,7 @@ mod support;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use pinion_journal::{verify, Journal, JournalOptions};
+use pinion_journal::{verify, Journal, JournalOptions, NewRecord};
 use support::{append_range, build, check, layout, opts, read_all, TempDir};
 
 const RECORDS: u64 = 12;
@@ -166,4 +166,38 @@ fn torn_tail_after_a_commit_of_many_records() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..cut as usize]).unwrap();
     expect_cut(&path, opts(0), l[6].0, 6);
+}
+
+#[test]
+fn torn_record_whose_payload_holds_a_valid_record_is_still_torn() {
+    // The payload of the torn record is itself an encoded record with the
+    // offset a following record would have. It lies inside the torn
+    // record's slot, so it is not evidence of a later commit.
+    let dir = TempDir::new("torn-embedded");
+    let src = dir.join("src");
+    build(&src, opts(0), RECORDS + 1, RECORDS + 1);
+    let (epos, eslot) = layout(&src)[RECORDS as usize];
+    let embedded = std::fs::read(&src).unwrap()[epos as usize..(epos + eslot) as usize].to_vec();
+
+    let path = dir.join("j");
+    let (mut j, _) = Journal::open(&path, opts(0)).unwrap();
+    append_range(&mut j, 0, RECORDS);
+    let mut payload = embedded.clone();
+    payload.extend_from_slice(b"trailing bytes");
+    // An 8-byte topic keeps the embedded record 8-byte aligned in the file.
+    let rec = NewRecord {
+        timestamp_us: 0,
+        client_id: [9; 16],
+        seq: 0,
+        topic: b"8bytes!!",
+        payload: &payload,
+    };
+    assert_eq!(j.append(&rec).unwrap(), RECORDS);
+    j.commit(true).unwrap();
+    drop(j);
+    let (last_pos, _) = *layout(&path).last().unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = last_pos + 64 + embedded.len() as u64 + 3;
+    std::fs::write(&path, &bytes[..cut as usize]).unwrap();
+    expect_cut(&path, opts(0), last_pos, RECORDS);
 }
