@@ -358,6 +358,7 @@ struct Edges {
     at: [Option<Instant>; 2],
     server_cpu: [Option<Duration>; 2],
     self_cpu: [Option<Duration>; 2],
+    machine_cpu: [Option<Duration>; 2],
     syncs: [u64; 2],
     records: [u64; 2],
 }
@@ -389,6 +390,7 @@ fn measure<W: Workload>(
         edges.at[i] = Some(Instant::now());
         edges.server_cpu[i] = server.and_then(|s| s.cpu_time());
         edges.self_cpu[i] = server::self_cpu_time();
+        edges.machine_cpu[i] = server::machine_busy_time();
         if let Some(c) = counters {
             edges.syncs[i] = c.syncs.load(Ordering::Relaxed);
             edges.records[i] = c.records.load(Ordering::Relaxed);
@@ -412,6 +414,7 @@ fn measure<W: Workload>(
         data_dir: server.map(|s| s.dir().to_path_buf()),
         server_cpu_pct: edges.pct(&edges.server_cpu),
         loadgen_cpu_pct: edges.pct(&edges.self_cpu),
+        machine_cpu_pct: edges.pct(&edges.machine_cpu),
     };
     Ok((collected, result, edges))
 }
@@ -792,13 +795,32 @@ fn machine_description() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "?".into());
     let tmp = std::env::temp_dir();
-    format!(
-        "machine: {cpus} CPUs ({model}), Linux {kernel}, {}; temp dirs in {} ({}); {} load-generator threads",
+    let others = other_cpu_sample(Duration::from_millis(500));
+    let mut s = format!(
+        "machine: {cpus} CPUs ({model}), Linux {kernel}, {}; temp dirs in {} ({}); {} load-generator threads; \
+         before starting, other processes kept {} of the CPUs busy",
         utc_now(),
         tmp.display(),
         fs_of(&tmp),
-        driver::WORKERS
-    )
+        driver::WORKERS,
+        others.map(|c| format!("{c:.0}%")).unwrap_or_else(|| "?".into())
+    );
+    if others.is_some_and(|c| c > 10.0) {
+        s.push_str(
+            "\nwarning: the machine is not idle: other processes compete for the CPUs \
+             (and maybe the disk); figures will be noisy",
+        );
+    }
+    s
+}
+
+/// CPU (% of one core) used by everything but this process over `d`.
+fn other_cpu_sample(d: Duration) -> Option<f64> {
+    let (m0, s0) = (server::machine_busy_time()?, server::self_cpu_time()?);
+    std::thread::sleep(d);
+    let (m1, s1) = (server::machine_busy_time()?, server::self_cpu_time()?);
+    let other = (m1.checked_sub(m0)?).saturating_sub(s1.checked_sub(s0)?);
+    Some(100.0 * other.as_secs_f64() / d.as_secs_f64())
 }
 
 /// Finds a built `pinion` binary: `$CARGO_TARGET_DIR/{release,debug}/pinion`,

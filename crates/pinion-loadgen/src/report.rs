@@ -76,6 +76,10 @@ pub struct RunResult {
     pub server_cpu_pct: Option<f64>,
     /// Load generator CPU during the window (all its threads), % of one core.
     pub loadgen_cpu_pct: Option<f64>,
+    /// Whole machine busy during the window, % of one core (all CPUs: the
+    /// rest beyond server + load generator is kernel softirq work, e.g.
+    /// loopback TCP, and any other process).
+    pub machine_cpu_pct: Option<f64>,
 }
 
 /// One row of the comparison: a target (the disk probe gives two rows), all
@@ -230,11 +234,22 @@ pub(crate) fn run_line(row: &str, run: usize, runs: usize, r: &RunResult, secs: 
         us(l.max)
     );
     let mut cpu = Vec::new();
+    // CPU per acked message: where the 2 cores go.
+    let per_msg = |pct: f64| {
+        if r.msgs_per_sec > 0.0 {
+            format!(" = {:.1} us/msg", pct / 100.0 * 1e6 / r.msgs_per_sec)
+        } else {
+            String::new()
+        }
+    };
     if let Some(c) = r.server_cpu_pct {
-        cpu.push(format!("server CPU {c:.0}%"));
+        cpu.push(format!("server CPU {c:.0}%{}", per_msg(c)));
     }
     if let Some(c) = r.loadgen_cpu_pct {
-        cpu.push(format!("load generator CPU {c:.0}%"));
+        cpu.push(format!("load generator CPU {c:.0}%{}", per_msg(c)));
+    }
+    if let Some(c) = r.machine_cpu_pct {
+        cpu.push(format!("machine busy {c:.0}%"));
     }
     if let Some(n) = r.stored {
         cpu.push(format!(

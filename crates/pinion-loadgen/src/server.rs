@@ -356,6 +356,29 @@ pub(crate) fn cpu_time_of(stat_path: &str) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// Busy CPU time of the whole machine (all CPUs: everything but idle and
+/// iowait), from /proc/stat.
+pub(crate) fn machine_busy_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(Duration::from_nanos(busy * 1_000_000_000 / hz))
+}
+
 /// CPU time of this process (all threads).
 pub(crate) fn self_cpu_time() -> Option<Duration> {
     cpu_time_of("/proc/self/stat")
