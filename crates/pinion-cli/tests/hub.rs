@@ -382,8 +382,8 @@ fn kill_9_at_random_moments_never_loses_or_duplicates_an_acked_message() {
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
     let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<HashMap<([u8; 16], u64), (u64, bool)>>> =
-        Arc::new(Mutex::new(HashMap::new()));
+    type Acked = HashMap<([u8; 16], u64), (u64, bool)>;
+    let acked: Arc<Mutex<Acked>> = Arc::new(Mutex::new(HashMap::new()));
     let mut hub = HubProc::start(&data, port);
 
     // Concurrent publishers that live across every crash: their requests

@@ -30,6 +30,9 @@ use crate::sessions::{ClientId, SessionRow, Sessions, Verdict};
 use crate::store::{Checkpoint, Store};
 use crate::Shared;
 
+/// An item's fate before the commit: `(offset, duplicate)` or the NACK.
+type Verdict2 = Result<(u64, bool), Reply>;
+
 /// One request on its way to the writer.
 pub(crate) struct Item {
     pub core: usize,
@@ -181,7 +184,7 @@ impl Writer {
         let mut logged: Vec<(ClientId, u64, u64)> = Vec::new();
         // Per item: Ok((offset, duplicate)) or the NACK; `true` in the third
         // slot when the answer depends on this group's commit.
-        let mut verdicts: Vec<(Result<(u64, bool), Reply>, bool)> = Vec::with_capacity(group.len());
+        let mut verdicts: Vec<(Verdict2, bool)> = Vec::with_capacity(group.len());
         let unavailable = self.journal.is_poisoned();
         for it in group.iter() {
             let r = &it.req;

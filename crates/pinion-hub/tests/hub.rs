@@ -15,9 +15,9 @@ fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
-fn config(dir: &PathBuf) -> HubConfig {
+fn config(dir: &std::path::Path) -> HubConfig {
     HubConfig {
-        data_dir: dir.clone(),
+        data_dir: dir.to_path_buf(),
         listen: vec![
             "tcp://127.0.0.1:0".into(),
             format!("ipc://{}", dir.join("hub.ipc").display()),
