@@ -13,6 +13,7 @@
 //! dedup_window = 1024                 # seqs remembered per client
 //! checkpoint_interval_ms = 1000       # sessions → SQLite
 //! threads = 0                         # cores to use; 0 = all allowed
+//! preallocate = 67108864              # log bytes kept pre-zeroed; 0 = off
 //! ```
 
 use std::path::PathBuf;
@@ -132,6 +133,10 @@ pub struct HubConfig {
     pub dedup_horizon: u64,
     /// Cores (event loops) to use; 0: every CPU the process may run on.
     pub threads: usize,
+    /// Bytes of log kept pre-zeroed ahead of the write position (0: plain
+    /// appends). Overwriting zeroed blocks makes fdatasync cheaper than
+    /// growing the file (see `pinion_journal::JournalOptions`).
+    pub preallocate: u64,
 }
 
 impl Default for HubConfig {
@@ -147,6 +152,7 @@ impl Default for HubConfig {
             checkpoint_interval: Duration::from_secs(1),
             dedup_horizon: 10_000_000,
             threads: 0,
+            preallocate: 64 << 20,
         }
     }
 }
@@ -165,6 +171,7 @@ struct FileConfig {
     checkpoint_interval_ms: Option<u64>,
     dedup_horizon: Option<u64>,
     threads: Option<usize>,
+    preallocate: Option<u64>,
 }
 
 impl HubConfig {
@@ -224,6 +231,9 @@ impl HubConfig {
         }
         if let Some(v) = f.threads {
             self.threads = v;
+        }
+        if let Some(v) = f.preallocate {
+            self.preallocate = v;
         }
         Ok(())
     }

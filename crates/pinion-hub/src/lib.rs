@@ -195,8 +195,14 @@ impl Hub {
             path: log_path.clone(),
             source,
         };
-        let (journal, opened) =
-            Journal::open(&log_path, JournalOptions::default()).map_err(jerr)?;
+        let (journal, opened) = Journal::open(
+            &log_path,
+            JournalOptions {
+                preallocate: cfg.preallocate,
+                ..JournalOptions::default()
+            },
+        )
+        .map_err(jerr)?;
         let truncated = opened.truncated.as_ref().map(|t| {
             format!(
                 "cut a torn tail of {} bytes at byte {} ({})",

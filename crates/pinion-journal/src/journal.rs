@@ -26,6 +26,12 @@ pub struct JournalOptions {
     /// Largest record `append` accepts: record header (56 bytes) + topic +
     /// payload. Default 1 MiB; at most [`MAX_RECORD_LEN`](crate::MAX_RECORD_LEN).
     pub max_record_bytes: u32,
+    /// How much a commit extends the pre-zeroed region by when less than
+    /// half of `preallocate` is left. The zeros are flushed by that
+    /// commit's fdatasync, so this bounds the extra latency one commit
+    /// pays (about `extend_step` / disk bandwidth); smaller steps spread the
+    /// same work over more commits. Default 1 MiB.
+    pub extend_step: u64,
 }
 
 impl Default for JournalOptions {
@@ -34,6 +40,7 @@ impl Default for JournalOptions {
             preallocate: 64 << 20,
             index_interval: 1024,
             max_record_bytes: 1 << 20,
+            extend_step: 1 << 20,
         }
     }
 }
@@ -136,11 +143,10 @@ impl Shared {
     }
 }
 
-/// The most a single commit writes in zeros to extend the pre-zeroed region
-/// (bounds the latency that commit pays; [`Journal::extend_preallocation`]
-/// tops up the whole region when the writer is idle).
-const EXTEND_STEP: u64 = 4 << 20;
-/// Extensions are rounded up to this.
+/// Extensions of the pre-zeroed region are rounded up to this (the step
+/// per commit is [`JournalOptions::extend_step`];
+/// [`Journal::extend_preallocation`] tops up the whole region when the
+/// writer is idle).
 const EXTEND_ALIGN: u64 = 64 << 10;
 /// After the filesystem refused to extend the pre-zeroed region, this many
 /// commits use plain appends before the next attempt.
@@ -626,7 +632,7 @@ impl Journal {
         if self.file_len >= end && self.file_len - end >= prealloc / 2 {
             return;
         }
-        let target = (self.file_len + EXTEND_STEP)
+        let target = (self.file_len + self.opts.extend_step.max(EXTEND_ALIGN))
             .min(end + prealloc)
             .max(end)
             .next_multiple_of(EXTEND_ALIGN);
