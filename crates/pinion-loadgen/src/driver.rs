@@ -484,8 +484,7 @@ pub(crate) async fn connect(idx: usize, addr: SocketAddr) -> std::io::Result<Tcp
     let fut = async {
         let stream = match addr {
             SocketAddr::V4(v4) if v4.ip().is_loopback() => {
-                let n = idx / CLIENTS_PER_SOURCE_ADDR;
-                let src = Ipv4Addr::new(127, 0, (n / 254) as u8, (n % 254 + 1) as u8);
+                let src = source_addr(idx);
                 let sock = TcpSocket::new_v4()?;
                 set_bind_address_no_port(&sock);
                 sock.bind(SocketAddr::V4(SocketAddrV4::new(src, 0)))?;
@@ -503,6 +502,13 @@ pub(crate) async fn connect(idx: usize, addr: SocketAddr) -> std::io::Result<Tcp
             format!("connect to {addr} timed out"),
         )),
     }
+}
+
+/// The loopback source address of client `idx`: `127.0.0.1` for the first
+/// 10,000 clients, `127.0.0.2` for the next, ... then `127.0.1.1`, ...
+pub(crate) fn source_addr(idx: usize) -> Ipv4Addr {
+    let n = idx / CLIENTS_PER_SOURCE_ADDR;
+    Ipv4Addr::new(127, 0, (n / 254) as u8, (n % 254 + 1) as u8)
 }
 
 fn set_bind_address_no_port(sock: &TcpSocket) {
@@ -716,4 +722,38 @@ pub(crate) fn block_on<F: Future>(f: F) -> Result<F::Output, LoadgenError> {
 /// `12,345` / `1.23 M`: counts for progress lines.
 pub(crate) fn fmt_count(x: f64) -> String {
     crate::report::thousands(x.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses() {
+        assert_eq!(source_addr(0), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_addr(9_999), Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_addr(10_000), Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_addr(253 * 10_000), Ipv4Addr::new(127, 0, 0, 254));
+        assert_eq!(source_addr(254 * 10_000), Ipv4Addr::new(127, 0, 1, 1));
+    }
+
+    /// Client 10,000 really connects from 127.0.0.2 (bind before connect).
+    #[test]
+    fn connects_from_the_chosen_source_address() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a, b) = rt.block_on(async {
+            let a = connect(3, addr).await.unwrap();
+            let b = connect(10_000, addr).await.unwrap();
+            (a.local_addr().unwrap(), b.local_addr().unwrap())
+        });
+        assert_eq!(a.ip(), std::net::IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(b.ip(), std::net::IpAddr::from([127, 0, 0, 2]));
+        let (_, peer) = l.accept().unwrap();
+        assert_eq!(peer, a);
+    }
 }

@@ -10,10 +10,21 @@
 //! | `disk-zeroed` (opt-in) | the same into a pre-zeroed file (overwrite, no i_size journal commit) | fdatasync'ed |
 //!
 //! Every client is its own TCP connection (like `redis-benchmark -c`) and
-//! the client design is the same for every target (see [`driver`](crate)
-//! docs in the source): two load-generator threads with a current-thread
-//! tokio runtime each, one task per client, `--pipeline` requests in flight
-//! per client, per-thread HDR histograms, no allocation per request.
+//! the client design is the same for every target (see `src/driver.rs`):
+//! two load-generator threads with a current-thread tokio runtime each, one
+//! task per client, `--pipeline` requests in flight per client, one `write`
+//! per batch of requests and one `read` per batch of replies, per-thread HDR
+//! histograms, no allocation per request. The three protocol codecs are
+//! hand-rolled and tiny (SP + protobuf, RESP, the NATS text protocol with
+//! JetStream PubAcks), so no client library adds its own tasks, channels or
+//! buffering to one target and not to the others.
+//!
+//! Besides throughput and latency each run reports the CPU the server and
+//! the load generator used per message (the 2 cores are shared), flags runs
+//! in which other processes used the CPUs, and checks that the server holds
+//! at least as many messages as it acknowledged (Redis `XLEN`, JetStream
+//! stream state, pinion's highest ACKed offset, the probe's file size). For
+//! the hub it also reads the group-commit batch size from its stats log.
 //! Servers are started on free loopback ports with fresh temp dirs, stopped
 //! by PID afterwards (SIGTERM, SIGKILL after 5 s), also on errors and
 //! Ctrl-C, and their dirs removed.
@@ -43,7 +54,7 @@ mod server;
 mod targets;
 
 pub use error::LoadgenError;
-pub use report::{Latency, RunResult, TargetReport};
+pub use report::{Latency, RunResult, TargetReport, CONTENDED_PCT};
 pub use server::pid_exists;
 
 use driver::{run_clients, Collected, Mark, Plan, Workload};
@@ -361,6 +372,8 @@ struct Edges {
     machine_cpu: [Option<Duration>; 2],
     syncs: [u64; 2],
     records: [u64; 2],
+    /// The hub's (logged, commits) from its stats log (pinion only).
+    hub: [Option<(u64, u64)>; 2],
 }
 
 impl Edges {
@@ -395,6 +408,9 @@ fn measure<W: Workload>(
             edges.syncs[i] = c.syncs.load(Ordering::Relaxed);
             edges.records[i] = c.records.load(Ordering::Relaxed);
         }
+        if target == Target::Pinion {
+            edges.hub[i] = server.and_then(|s| pinion::hub_counters(&s.log_tail(16 * 1024)));
+        }
     };
     let collected = run_clients(target.name(), workload, plan, bar, &mut mark)?;
     bar.finish_and_clear();
@@ -415,7 +431,26 @@ fn measure<W: Workload>(
         server_cpu_pct: edges.pct(&edges.server_cpu),
         loadgen_cpu_pct: edges.pct(&edges.self_cpu),
         machine_cpu_pct: edges.pct(&edges.machine_cpu),
+        other_cpu_pct: None,
     };
+    let mut result = result;
+    // Group commit of the hub, from its own counters: records per commit.
+    // (No stats line yet at the window's start: count from the hub's start.)
+    if let (Some((l0, c0)), Some((l1, c1))) = (edges.hub[0].or(Some((0, 0))), edges.hub[1]) {
+        if c1 > c0 && l1 > l0 {
+            let batch = (l1 - l0) as f64 / (c1 - c0) as f64;
+            result.avg_batch = Some(batch);
+            result.syncs_per_sec = Some(result.msgs_per_sec / batch);
+        }
+    }
+    // Without a server of ours (--hub-url) its CPU would count as "other".
+    if let (Some(m), true) = (
+        result.machine_cpu_pct,
+        server.is_some() || counters.is_some(),
+    ) {
+        result.other_cpu_pct =
+            Some(m - result.server_cpu_pct.unwrap_or(0.0) - result.loadgen_cpu_pct.unwrap_or(0.0));
+    }
     Ok((collected, result, edges))
 }
 
@@ -623,6 +658,11 @@ fn run_target(
             server::settle()?;
             let single_secs = plan.duration.as_secs_f64().min(3.0);
             let single_warm = plan.warmup.as_secs_f64().min(0.5);
+            let cpu0 = (
+                Instant::now(),
+                server::machine_busy_time(),
+                server::self_cpu_time(),
+            );
             let s = disk::single_writer(
                 dir.path(),
                 mode,
@@ -630,6 +670,12 @@ fn run_target(
                 Duration::from_secs_f64(single_warm),
                 Duration::from_secs_f64(single_secs),
             )?;
+            let pct = |a: Option<Duration>, b: Option<Duration>| -> Option<f64> {
+                let wall = cpu0.0.elapsed().as_secs_f64();
+                Some(100.0 * b?.checked_sub(a?)?.as_secs_f64() / wall)
+            };
+            let machine = pct(cpu0.1, server::machine_busy_time());
+            let me = pct(cpu0.2, server::self_cpu_time());
             drop(dir);
             let sps = s.syncs as f64 / s.secs;
             let r1 = RunResult {
@@ -639,6 +685,10 @@ fn run_target(
                 latency_us: Latency::from_hist(&s.hist),
                 syncs_per_sec: Some(sps),
                 avg_batch: Some(1.0),
+                loadgen_cpu_pct: me,
+                machine_cpu_pct: machine,
+                other_cpu_pct: machine.zip(me).map(|(m, me)| m - me),
+                data_dir: r.data_dir.clone(),
                 ..RunResult::default()
             };
             let mut single = spec(

@@ -80,6 +80,22 @@ pub struct RunResult {
     /// rest beyond server + load generator is kernel softirq work, e.g.
     /// loopback TCP, and any other process).
     pub machine_cpu_pct: Option<f64>,
+    /// CPU used during the window by everything else (machine busy minus
+    /// server and load generator), % of one core. Above
+    /// [`CONTENDED_PCT`] the run is flagged: another process competed for
+    /// the 2 cores and the figures are not representative.
+    pub other_cpu_pct: Option<f64>,
+}
+
+/// `other_cpu_pct` above this flags a run as contended.
+pub const CONTENDED_PCT: f64 = 15.0;
+
+impl RunResult {
+    /// Whether another process used more than [`CONTENDED_PCT`] of a core
+    /// during the window.
+    pub fn contended(&self) -> bool {
+        self.other_cpu_pct.is_some_and(|o| o > CONTENDED_PCT)
+    }
 }
 
 /// One row of the comparison: a target (the disk probe gives two rows), all
@@ -251,6 +267,9 @@ pub(crate) fn run_line(row: &str, run: usize, runs: usize, r: &RunResult, secs: 
     if let Some(c) = r.machine_cpu_pct {
         cpu.push(format!("machine busy {c:.0}%"));
     }
+    if let Some(c) = r.other_cpu_pct {
+        cpu.push(format!("other processes {:.0}%", c.max(0.0)));
+    }
     if let Some(n) = r.stored {
         cpu.push(format!(
             "stored {} (>= {} acked)",
@@ -260,6 +279,14 @@ pub(crate) fn run_line(row: &str, run: usize, runs: usize, r: &RunResult, secs: 
     }
     if !cpu.is_empty() {
         let _ = write!(s, "\n{:<9}   {}", "", cpu.join(", "));
+    }
+    if r.contended() {
+        let _ = write!(
+            s,
+            "\n{:<9}   WARNING: other processes used {:.0}% of a core during this run: contended, not representative",
+            "",
+            r.other_cpu_pct.unwrap_or(0.0)
+        );
     }
     for (k, v) in &r.error_kinds {
         let _ = write!(s, "\n{:<9}   error: {k}: {}", "", thousands(*v));
@@ -359,6 +386,20 @@ pub(crate) fn table(reports: &[TargetReport], header: &str) -> String {
             let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
             let _ = writeln!(out, "{}", "-".repeat(total));
         }
+    }
+    let contended: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            let n = r.runs.iter().filter(|x| x.contended()).count();
+            (n > 0).then(|| format!("{} ({n} of {})", r.row, r.runs.len()))
+        })
+        .collect();
+    if !contended.is_empty() {
+        let _ = writeln!(
+            out,
+            "WARNING: contended runs (other processes > {CONTENDED_PCT:.0}% of a core): {}",
+            contended.join(", ")
+        );
     }
     let _ = writeln!(out, "ACK means:");
     let w = reports.iter().map(|r| r.row.len()).max().unwrap_or(0);

@@ -39,7 +39,7 @@ fn pinion_short_run() {
         "--pipeline",
         "2",
         "--duration",
-        "1",
+        "1.5",
         "--warmup",
         "0.2",
         "--no-progress",
@@ -57,6 +57,11 @@ fn pinion_short_run() {
     assert!(stored >= run.total_acked);
     let pid = run.server_pid.expect("hub started");
     assert!(!pid_exists(pid), "hub pid {pid} still exists");
+    // The hub's stats log gave its group-commit batch size.
+    let batch = run
+        .avg_batch
+        .expect("batch size read from the hub's stats log");
+    assert!(batch >= 1.0, "{batch}");
     let dir = run.data_dir.as_ref().expect("data dir");
     assert!(!dir.exists(), "{} not removed", dir.display());
 }

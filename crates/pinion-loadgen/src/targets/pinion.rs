@@ -47,11 +47,48 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr)
         .arg(format!("tcp://127.0.0.1:{port}"))
         .args(["--fsync", "always"])
         .arg("--max-payload")
-        .arg(size.to_string());
+        .arg(size.to_string())
+        // A stats line per second on stderr: its `logged` and `commits`
+        // counters give the hub's group-commit batch size (best effort, see
+        // `hub_counters`).
+        .args(["--stats-every", "1"]);
     let mut guard = ServerGuard::spawn(NAME, cmd, dir)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     guard.wait_listening(addr)?;
     Ok((guard, addr))
+}
+
+/// The hub's cumulative `(logged, commits)` from the last `stats` line in
+/// its log (`pinion serve` logs one per `--stats-every` seconds), if any.
+pub(crate) fn hub_counters(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stats") && l.contains("commits"))?;
+    // Strip ANSI colour sequences: ESC '[' ... 'm'.
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    let field = |k: &str| -> Option<u64> {
+        plain.split_whitespace().find_map(|w| {
+            w.strip_prefix(k)?
+                .strip_prefix('=')?
+                .trim_matches('"')
+                .parse()
+                .ok()
+        })
+    };
+    Some((field("logged")?, field("commits")?))
 }
 
 /// `tcp://host:port` → a socket address.
@@ -246,6 +283,14 @@ mod tests {
             c.decode(&frame(id ^ 0x1000, &Reply::ack(1, 1, false))),
             Decoded::Fatal(_)
         ));
+    }
+
+    #[test]
+    fn stats_lines() {
+        let log = "x\n\u{1b}[2m2026-11-22T20:22:41Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m stats \u{1b}[3mlogged_per_s\u{1b}[0m\u{1b}[2m=\u{1b}[0m89709.0 \u{1b}[3mlogged\u{1b}[0m\u{1b}[2m=\u{1b}[0m312944 \u{1b}[3mcommits\u{1b}[0m\u{1b}[2m=\u{1b}[0m19195\nother\n";
+        assert_eq!(hub_counters(log), Some((312944, 19195)));
+        assert_eq!(hub_counters("stats logged=5 commits=2"), Some((5, 2)));
+        assert_eq!(hub_counters("nothing"), None);
     }
 
     #[test]
