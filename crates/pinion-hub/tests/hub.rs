@@ -153,7 +153,7 @@ fn nack_code(r: &Reply) -> Option<Code> {
 }
 
 #[test]
-fn nacks_keep_the_connection_and_over_limit_frames_close_it() {
+fn nacks_keep_the_connection_on_tcp_and_ipc() {
     let dir = temp_dir("nacks");
     let hub = Hub::start(config(&dir)).unwrap();
     for url in hub.endpoints() {
@@ -258,4 +258,56 @@ fn fsync_interval_and_never_still_ack_and_recover() {
         hub.shutdown();
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// A frame announcing more than the hub's frame limit (max_payload + 64
+/// KiB) closes that connection before anything is allocated for it, and so
+/// does a bad SP handshake; other connections keep working.
+#[test]
+fn oversize_frame_or_bad_handshake_closes_only_that_connection() {
+    use std::io::{Read, Write};
+    let dir = temp_dir("frames");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let url = hub.endpoints()[0].clone();
+    let addr = url.trim_start_matches("tcp://").to_string();
+    let good = raw_req(&url);
+    let publish = |seq: u64| {
+        Publish {
+            client_id: Some(vec![4; 16]),
+            seq: Some(seq),
+            payload: Some(vec![0; 8]),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    };
+    assert_eq!(nack_code(&ask(&good, 1, publish(1))), None);
+
+    let closed = |mut s: std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        // Read the hub's handshake (8 bytes), then expect EOF or a reset.
+        let mut got = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(e) => panic!("connection not closed ({got} bytes read): {e}"),
+            }
+        }
+    };
+    // 1 GiB announced: refused from the length prefix.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(&[0, b'S', b'P', 0, 0, 0x30, 0, 0]).unwrap(); // REQ
+    s.write_all(&(1u64 << 30).to_be_bytes()).unwrap();
+    s.write_all(&[0x80, 0, 0, 1]).unwrap();
+    assert!(closed(s));
+    // Not SP at all.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(closed(s));
+    // The other connection never noticed.
+    assert_eq!(nack_code(&ask(&good, 2, publish(2))), None);
+    hub.shutdown();
+    std::fs::remove_dir_all(&dir).unwrap();
 }
