@@ -2,13 +2,19 @@
 //! checks them, hands batches to the writer, and sends the answers back.
 //!
 //! In-flight bytes (requests handed to the writer and not answered yet) are
-//! bounded per connection and for the whole hub. At either cap the task
-//! stops taking requests from its socket; the socket's queues then fill and
-//! its pipes stop reading, so TCP pushes back on the clients instead of the
-//! hub buffering (a request over its connection's cap is held, alone, until
-//! that connection's earlier requests are answered).
+//! bounded per connection and for the whole hub:
+//!
+//! * a request that would take its connection over the per-connection cap
+//!   is held, and that connection's pipe is paused
+//!   ([`Socket::pause_pipe`]): the hub stops reading that socket, TCP
+//!   pushes back on that client alone, and the few requests it had already
+//!   sent wait in order. They go on (and the pipe is resumed) as the
+//!   connection's earlier requests are answered;
+//! * at the hub-wide cap the task stops taking requests from its socket
+//!   altogether; the socket's queues fill, its pipes stop reading, and TCP
+//!   pushes back on every client of that core.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -20,6 +26,10 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::envelope;
 use crate::writer::{Answer, Item, ToWriter};
 use crate::Shared;
+
+/// Requests held because their connection is at its cap, per pipe, in
+/// arrival order.
+type Held = HashMap<u32, VecDeque<(Message, envelope::Checked, Instant)>>;
 
 /// Requests taken from the socket per wake-up, at most.
 const BATCH: usize = 512;
@@ -50,27 +60,26 @@ fn pipe_of(m: &Message) -> u32 {
 impl Intake {
     pub async fn run(mut self) {
         let mut per_pipe: HashMap<u32, usize> = HashMap::new();
-        let mut held: Option<Message> = None;
+        let mut held: Held = HashMap::new();
         let mut batch: Vec<Item> = Vec::with_capacity(BATCH);
         loop {
-            let room =
-                held.is_none() && self.shared.inflight.load(Ordering::Relaxed) < self.max_total;
+            let room = self.shared.inflight.load(Ordering::Relaxed) < self.max_total;
             tokio::select! {
                 biased;
                 a = self.answers.recv() => {
                     let Some(answers) = a else { return };
-                    self.answer(answers, &mut per_pipe).await;
-                    if let Some(m) = held.take() {
-                        self.take(m, &mut per_pipe, &mut held, &mut batch).await;
+                    let pipes = self.answer(answers, &mut per_pipe).await;
+                    for pipe in pipes {
+                        self.release(pipe, &mut per_pipe, &mut held, &mut batch);
                     }
                 }
                 // The hub-wide cap is shared with the other cores: look
                 // again soon, as their answers free it.
-                _ = tokio::time::sleep(std::time::Duration::from_millis(1)), if held.is_none() && !room => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(1)), if !room => {}
                 r = self.sock.recv_msg(), if room => {
                     let Ok(m) = r else { return };
                     self.take(m, &mut per_pipe, &mut held, &mut batch).await;
-                    while batch.len() < BATCH && held.is_none()
+                    while batch.len() < BATCH
                         && self.shared.inflight.load(Ordering::Relaxed) < self.max_total
                     {
                         match self.sock.try_recv_msg() {
@@ -95,7 +104,7 @@ impl Intake {
         &mut self,
         m: Message,
         per_pipe: &mut HashMap<u32, usize>,
-        held: &mut Option<Message>,
+        held: &mut Held,
         batch: &mut Vec<Item>,
     ) {
         let received = Instant::now();
@@ -120,10 +129,54 @@ impl Intake {
         let pipe = pipe_of(&m);
         let cost = m.body.len() + OVERHEAD;
         let used = per_pipe.get(&pipe).copied().unwrap_or(0);
-        if used > 0 && used + cost > self.max_per_conn {
-            *held = Some(m);
+        if let Some(q) = held.get_mut(&pipe) {
+            // Behind earlier held requests of the same connection: in order.
+            q.push_back((m, req, received));
             return;
         }
+        if used > 0 && used + cost > self.max_per_conn {
+            held.entry(pipe).or_default().push_back((m, req, received));
+            self.sock.pause_pipe(pipe, true);
+            self.shared.stats.paused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.admit(pipe, cost, m, req, received, per_pipe, batch);
+    }
+
+    /// Takes held requests of `pipe` while its connection has room again;
+    /// resumes reading it once none is left.
+    fn release(
+        &self,
+        pipe: u32,
+        per_pipe: &mut HashMap<u32, usize>,
+        held: &mut Held,
+        batch: &mut Vec<Item>,
+    ) {
+        let Some(q) = held.get_mut(&pipe) else { return };
+        while let Some((m, _, _)) = q.front() {
+            let cost = m.body.len() + OVERHEAD;
+            let used = per_pipe.get(&pipe).copied().unwrap_or(0);
+            if used > 0 && used + cost > self.max_per_conn {
+                return;
+            }
+            let (m, req, received) = q.pop_front().expect("front exists");
+            self.admit(pipe, cost, m, req, received, per_pipe, batch);
+        }
+        held.remove(&pipe);
+        self.sock.pause_pipe(pipe, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn admit(
+        &self,
+        pipe: u32,
+        cost: usize,
+        m: Message,
+        req: envelope::Checked,
+        received: Instant,
+        per_pipe: &mut HashMap<u32, usize>,
+        batch: &mut Vec<Item>,
+    ) {
         *per_pipe.entry(pipe).or_insert(0) += cost;
         self.shared.inflight.fetch_add(cost, Ordering::Relaxed);
         batch.push(Item {
@@ -136,10 +189,19 @@ impl Intake {
         });
     }
 
-    async fn answer(&mut self, answers: Vec<Answer>, per_pipe: &mut HashMap<u32, usize>) {
+    /// Sends answers back; returns the pipes whose in-flight bytes dropped.
+    async fn answer(
+        &mut self,
+        answers: Vec<Answer>,
+        per_pipe: &mut HashMap<u32, usize>,
+    ) -> Vec<u32> {
         let mut freed = 0;
+        let mut pipes: Vec<u32> = Vec::new();
         for a in answers {
             freed += a.cost;
+            if pipes.last() != Some(&a.pipe) {
+                pipes.push(a.pipe);
+            }
             if let Some(u) = per_pipe.get_mut(&a.pipe) {
                 *u = u.saturating_sub(a.cost);
                 if *u == 0 {
@@ -155,6 +217,9 @@ impl Intake {
             let _ = self.sock.send_msg(msg).await;
         }
         self.shared.inflight.fetch_sub(freed, Ordering::Relaxed);
+        pipes.sort_unstable();
+        pipes.dedup();
+        pipes
     }
 
     async fn send(&self, req: Message, reply: Reply) {

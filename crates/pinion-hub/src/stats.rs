@@ -16,6 +16,8 @@ pub struct HubStats {
     pub nacks: AtomicU64,
     /// Group commits (one write, and with `fsync = always` one fdatasync).
     pub commits: AtomicU64,
+    /// Times a connection's reads were paused at its in-flight cap.
+    pub paused: AtomicU64,
 }
 
 /// A latency histogram with power-of-two microsecond buckets: cheap enough
@@ -78,6 +80,8 @@ pub struct StatsSnapshot {
     pub nacks: u64,
     /// See [`HubStats::commits`].
     pub commits: u64,
+    /// See [`HubStats::paused`].
+    pub paused: u64,
     /// Next offset of the log.
     pub head: u64,
     /// Ack latency inside the hub (receive → reply), p50, µs (bucket bound).
@@ -95,6 +99,7 @@ impl HubStats {
             duplicates: self.duplicates.load(Ordering::Relaxed),
             nacks: self.nacks.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
+            paused: self.paused.load(Ordering::Relaxed),
             head,
             p50_us: lat.quantile_us(0.5),
             p99_us: lat.quantile_us(0.99),

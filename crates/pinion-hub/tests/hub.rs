@@ -311,3 +311,72 @@ fn oversize_frame_or_bad_handshake_closes_only_that_connection() {
     hub.shutdown();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A connection that keeps far more than its in-flight cap queued is paused
+/// (its pipe stops being read) and resumed as its requests are answered;
+/// every request is still answered, in order of seq per connection, and a
+/// second connection is served meanwhile.
+#[test]
+fn per_connection_cap_pauses_only_that_connection() {
+    let dir = temp_dir("cap");
+    let mut cfg = config(&dir);
+    cfg.max_inflight_bytes_per_conn = 2_000; // ~6 requests of 256 B
+    cfg.max_payload = 256;
+    let hub = Hub::start(cfg).unwrap();
+    let url = hub.endpoints()[0].clone();
+    let greedy = {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            block(async {
+                let o = PublisherOptions {
+                    window: 2000,
+                    resend_after: Duration::from_secs(30),
+                    ..opts(7)
+                };
+                let mut p = Publisher::connect(&url, o).await.unwrap();
+                for _ in 0..2000 {
+                    p.send("greedy", vec![0u8; 256]).await.unwrap();
+                }
+                let outs = p.flush().await.unwrap();
+                assert_eq!(outs.len(), 2000);
+                assert!(outs.iter().all(|o| o.is_ack()
+                    && !matches!(
+                        o,
+                        Outcome::Ack {
+                            duplicate: true,
+                            ..
+                        }
+                    )));
+                // The log order of one connection's requests is its send order.
+                let mut by_seq: Vec<(u64, u64)> = outs
+                    .iter()
+                    .map(|o| match o {
+                        Outcome::Ack { seq, offset, .. } => (*seq, *offset),
+                        _ => unreachable!(),
+                    })
+                    .collect();
+                by_seq.sort();
+                assert!(
+                    by_seq.windows(2).all(|w| w[0].1 < w[1].1),
+                    "offsets follow seqs"
+                );
+            })
+        })
+    };
+    // Meanwhile a polite client is served.
+    block(async {
+        let mut p = Publisher::connect(&url, opts(8)).await.unwrap();
+        for _ in 0..50 {
+            assert!(p.publish("polite", &b"hi"[..]).await.unwrap().is_ack());
+        }
+    });
+    greedy.join().unwrap();
+    let s = hub.stats();
+    assert!(
+        s.paused > 0,
+        "the greedy connection was never paused: {s:?}"
+    );
+    assert_eq!(s.logged, 2050);
+    hub.shutdown();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -75,11 +75,44 @@ pub enum PipeEvent {
         credits: u32,
         /// The stream, for write-through (byte-stream transports only).
         direct: Option<Direct>,
+        /// Pauses this pipe's reads.
+        gate: Arc<ReadGate>,
     },
     /// Messages read in one go.
     Messages(PipeId, Vec<Message>),
     /// The pipe is gone.
     Down(PipeId),
+}
+
+/// Lets the application stop one pipe's reads (a server holding too many of
+/// that connection's requests) without touching the others: while closed,
+/// the pipe's reader does not read, so TCP pushes back on that peer alone.
+#[derive(Debug, Default)]
+pub struct ReadGate {
+    closed: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl ReadGate {
+    /// Stops (`true`) or resumes (`false`) reading.
+    pub fn set_paused(&self, paused: bool) {
+        self.closed
+            .store(paused, std::sync::atomic::Ordering::Release);
+        if !paused {
+            self.opened.notify_waiters();
+        }
+    }
+
+    /// Waits while the gate is closed (returns at once when open).
+    pub async fn wait_open(&self) {
+        loop {
+            let opened = self.opened.notified();
+            if !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            opened.await;
+        }
+    }
 }
 
 /// Control messages to a socket that are not ordered with pipe input.
@@ -205,6 +238,7 @@ async fn run_stream(
     };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let credits = link.opts.pipe_buffer;
+    let gate = Arc::new(ReadGate::default());
     if link
         .events
         .send(PipeEvent::Up {
@@ -216,6 +250,7 @@ async fn run_stream(
                 io: io.clone(),
                 framing,
             }),
+            gate: gate.clone(),
         })
         .await
         .is_err()
@@ -229,6 +264,7 @@ async fn run_stream(
     let reader = async {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
+            gate.wait_open().await;
             // Make room: at least a chunk, or the whole of the next frame
             // (its length was checked against the limit by peek_len).
             // Growth is capped per read, so a peer can only make pinion hold
@@ -362,6 +398,7 @@ async fn run_inproc(
     }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let credits = link.opts.pipe_buffer;
+    let gate = Arc::new(ReadGate::default());
     if link
         .events
         .send(PipeEvent::Up {
@@ -370,6 +407,7 @@ async fn run_inproc(
             out: out_tx,
             credits,
             direct: None,
+            gate: gate.clone(),
         })
         .await
         .is_err()
@@ -380,6 +418,7 @@ async fn run_inproc(
     report(hs, Ok(()));
     let reader = async {
         loop {
+            gate.wait_open().await;
             let Ok(first) = rx.recv().await else {
                 return;
             };

@@ -59,6 +59,8 @@ enum Ctl {
         reply: oneshot::Sender<Result<(), CallerError>>,
     },
     CloseCtx(CtxId),
+    /// Stop or resume reading from one pipe.
+    PausePipe(PipeId, bool),
     /// The application closed the socket: fail operations, linger, stop.
     Close,
 }
@@ -474,6 +476,14 @@ impl SocketHandle {
         }
     }
 
+    /// Stops (`paused = true`) or resumes reading from one pipe, named by
+    /// its id (the first header word a raw REP or RESPONDENT socket
+    /// delivers). Other pipes are unaffected; messages already read from
+    /// the pipe are still delivered. Unknown pipes are ignored.
+    pub fn pause_pipe(&self, pipe: PipeId, paused: bool) {
+        let _ = self.inner.ctl.send(Ctl::PausePipe(pipe, paused));
+    }
+
     /// Closes a context in the pattern.
     pub fn close_ctx(&self, ctx: CtxId) {
         let _ = self.inner.ctl.send(Ctl::CloseCtx(ctx));
@@ -776,6 +786,8 @@ struct PipeEntry {
     staged: BytesMut,
     /// Messages in `staged`.
     staged_msgs: u32,
+    /// Pauses the pipe's reads (`SocketHandle::pause_pipe`).
+    gate: Arc<crate::pipe::ReadGate>,
 }
 
 /// Bodies at least this long go through the pipe's writer (vectored, no
@@ -1031,6 +1043,11 @@ impl Driver {
                 self.ctx_queues.remove(&ctx);
                 self.proto.close_ctx(ctx, now)
             }
+            Ctl::PausePipe(pipe, paused) => {
+                if let Some(p) = self.pipes.get(&pipe) {
+                    p.gate.set_paused(paused);
+                }
+            }
             Ctl::Close => {
                 if self.linger_until.is_none() {
                     self.linger_until = Some(now + self.linger);
@@ -1051,6 +1068,7 @@ impl Driver {
                 out,
                 credits,
                 direct,
+                gate,
             } => match self.proto.add_pipe(pipe, peer, credits, now) {
                 Ok(()) => {
                     self.stats.pipes_added.fetch_add(1, Ordering::Relaxed);
@@ -1062,6 +1080,7 @@ impl Driver {
                             direct,
                             staged: BytesMut::new(),
                             staged_msgs: 0,
+                            gate,
                         },
                     );
                 }

@@ -104,6 +104,16 @@ impl Socket {
         self.h.listen_shared(url).await
     }
 
+    /// Raw servers: stops (`true`) or resumes (`false`) reading from one
+    /// connection, named by the pipe id a raw REP or RESPONDENT socket puts
+    /// in the first header word of what it delivers. The other connections
+    /// are unaffected; TCP pushes back on that peer alone. Messages already
+    /// read from it are still delivered.
+    pub fn pause_pipe(&self, pipe_id: u32, paused: bool) {
+        self.h
+            .pause_pipe(pinion_core::protocol::PipeId(pipe_id), paused);
+    }
+
     /// Dials `url`: waits for the first connection (returning its error, e.g.
     /// connection refused), then reconnects in the background whenever it is
     /// lost.
