@@ -337,6 +337,7 @@ impl RowSpec {
             warmup_secs: self.warmup.unwrap_or(args.warmup),
             duration_secs: self.secs.unwrap_or(args.duration),
             runs: vec![first],
+            runs_in_median: 0,
             msgs_per_sec: 0.0,
             msgs_per_sec_min: 0.0,
             msgs_per_sec_max: 0.0,

@@ -124,6 +124,9 @@ pub struct TargetReport {
     pub duration_secs: f64,
     /// Every run, in order.
     pub runs: Vec<RunResult>,
+    /// Runs the medians are taken over: the uncontended ones if there is
+    /// any, else all (see [`RunResult::contended`]).
+    pub runs_in_median: usize,
     /// Median of the runs' acked msg/s.
     pub msgs_per_sec: f64,
     /// Lowest run.
@@ -158,8 +161,17 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 impl TargetReport {
     /// Recomputes the medians from `runs`.
     pub(crate) fn summarize(&mut self) {
-        let runs = &self.runs;
-        let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(f).collect());
+        // A run that shared the CPUs with another process says little about
+        // the target: leave it out when clean runs exist.
+        let clean: Vec<&RunResult> = self.runs.iter().filter(|r| !r.contended()).collect();
+        let runs: Vec<&RunResult> = if clean.is_empty() {
+            self.runs.iter().collect()
+        } else {
+            clean
+        };
+        self.runs_in_median = runs.len();
+        let runs = &runs;
+        let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
         self.msgs_per_sec = m(&|r| r.msgs_per_sec);
         self.msgs_per_sec_min = runs
             .iter()
@@ -177,9 +189,9 @@ impl TargetReport {
             max: m(&|r| r.latency_us.max),
             mean: m(&|r| r.latency_us.mean),
         };
-        self.errors = runs.iter().map(|r| r.errors).sum();
+        self.errors = self.runs.iter().map(|r| r.errors).sum();
         let opt = |f: &dyn Fn(&RunResult) -> Option<f64>| {
-            let v: Vec<f64> = runs.iter().filter_map(f).collect();
+            let v: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();
             (!v.is_empty()).then(|| median(v))
         };
         self.syncs_per_sec = opt(&|r| r.syncs_per_sec);
@@ -397,7 +409,7 @@ pub(crate) fn table(reports: &[TargetReport], header: &str) -> String {
     if !contended.is_empty() {
         let _ = writeln!(
             out,
-            "WARNING: contended runs (other processes > {CONTENDED_PCT:.0}% of a core): {}",
+            "WARNING: contended runs (other processes > {CONTENDED_PCT:.0}% of a core), left out of the medians and ranges when a clean run exists: {}",
             contended.join(", ")
         );
     }
