@@ -397,12 +397,11 @@ fn survey_pinion_surveyor(tr: Tr, dir: Dir) {
         });
         thread::sleep(Duration::from_millis(150));
     }
-    match sv.recv_timeout(Some(Duration::from_millis(200))) {
-        Ok(b) => panic!(
+    if let Ok(b) = sv.recv_timeout(Some(Duration::from_millis(200))) {
+        panic!(
             "a response delivered after its survey ended: {}",
             String::from_utf8_lossy(&b)
-        ),
-        Err(_) => {}
+        );
     }
     peer.finish();
 }

@@ -682,7 +682,7 @@ impl Harness {
                 if self.kind == ProtocolKind::Sub0 {
                     let ctx = self.ctx_at(route / 8 % 255);
                     let topic = &data[..data.len().min(usize::from(route / 2 % 4))];
-                    self.subscription(ctx, topic, route % 2 == 0);
+                    self.subscription(ctx, topic, route.is_multiple_of(2));
                 }
             }
             ProtocolKind::Push0 | ProtocolKind::Pair0 | ProtocolKind::Pair1 => {
