@@ -212,6 +212,8 @@ impl Intake {
             let body = a.reply.encode_to_vec();
             let mut msg = Message::from_body(body);
             msg.header = a.header;
+            // Freed here, on the core that allocated it.
+            drop(a.req);
             // A reply whose connection is gone is dropped by the socket:
             // the client resends with the same seq and gets a duplicate ack.
             let _ = self.sock.send_msg(msg).await;

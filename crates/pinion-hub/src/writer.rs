@@ -45,6 +45,10 @@ pub(crate) struct Item {
 
 /// One answer on its way back to a core.
 pub(crate) struct Answer {
+    /// The request, going back to be freed on the core that allocated it
+    /// (freeing it on the writer thread made glibc malloc contend across
+    /// arenas: measured as ~10 % of the hub's CPU in a profile).
+    pub req: Checked,
     pub header: Header,
     pub pipe: u32,
     pub cost: usize,
@@ -278,6 +282,7 @@ impl Writer {
                 shared.stats.nacks.fetch_add(1, Ordering::Relaxed);
             }
             outbox[it.core].push(Answer {
+                req: it.req,
                 header: it.header,
                 pipe: it.pipe,
                 cost: it.cost,
