@@ -115,14 +115,14 @@ impl Intake {
                 .and_then(|p| p.seq);
             let r = Reply::nack(seq, Code::ShuttingDown, "the hub is shutting down");
             self.shared.stats.nacks.fetch_add(1, Ordering::Relaxed);
-            self.send(m, r).await;
+            self.send(m.header, r).await;
             return;
         }
         let req = match envelope::check(&m.body, self.max_payload) {
             Ok(req) => req,
             Err(nack) => {
                 self.shared.stats.nacks.fetch_add(1, Ordering::Relaxed);
-                self.send(m, nack).await;
+                self.send(m.header, nack).await;
                 return;
             }
         };
@@ -209,14 +209,9 @@ impl Intake {
                 }
             }
             self.shared.latency.record(a.received.elapsed());
-            let body = a.reply.encode_to_vec();
-            let mut msg = Message::from_body(body);
-            msg.header = a.header;
             // Freed here, on the core that allocated it.
             drop(a.req);
-            // A reply whose connection is gone is dropped by the socket:
-            // the client resends with the same seq and gets a duplicate ack.
-            let _ = self.sock.send_msg(msg).await;
+            self.send(a.header, a.reply).await;
         }
         self.shared.inflight.fetch_sub(freed, Ordering::Relaxed);
         pipes.sort_unstable();
@@ -224,9 +219,12 @@ impl Intake {
         pipes
     }
 
-    async fn send(&self, req: Message, reply: Reply) {
+    /// Sends `reply` back along the backtrace `header`. A reply whose
+    /// connection is gone is dropped by the socket: the client resends with
+    /// the same seq and gets a duplicate ack.
+    async fn send(&self, header: pinion::Header, reply: Reply) {
         let mut msg = Message::from_body(reply.encode_to_vec());
-        msg.header = req.header;
+        msg.header = header;
         let _ = self.sock.send_msg(msg).await;
     }
 }

@@ -303,14 +303,14 @@ impl Hub {
                     url: url.clone(),
                     source,
                 })?;
-                let first = block(&rt, sockets[0].listen_shared(&url)).map_err(lerr)?;
+                let first = block(sockets[0].listen_shared(&url)).map_err(lerr)?;
                 let bound = first.url().to_string();
                 endpoints.push(first);
                 for s in &sockets[1..] {
-                    endpoints.push(block(&rt, s.listen_shared(&bound)).map_err(lerr)?);
+                    endpoints.push(block(s.listen_shared(&bound)).map_err(lerr)?);
                 }
             } else {
-                endpoints.push(block(&rt, sockets[0].listen(&url)).map_err(lerr)?);
+                endpoints.push(block(sockets[0].listen(&url)).map_err(lerr)?);
             }
         }
 
@@ -449,7 +449,7 @@ impl Hub {
 
 /// Waits for a facade future from this (non-core) thread: the futures only
 /// wait on channels fed by the runtime's cores, so any executor will do.
-fn block<F: std::future::Future>(_rt: &Runtime, f: F) -> F::Output {
+fn block<F: std::future::Future>(f: F) -> F::Output {
     futures_executor::block_on(f)
 }
 

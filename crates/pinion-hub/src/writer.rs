@@ -31,7 +31,7 @@ use crate::store::{Checkpoint, Store};
 use crate::Shared;
 
 /// An item's fate before the commit: `(offset, duplicate)` or the NACK.
-type Verdict2 = Result<(u64, bool), Reply>;
+type Fate = Result<(u64, bool), Reply>;
 
 /// One request on its way to the writer.
 pub(crate) struct Item {
@@ -188,7 +188,7 @@ impl Writer {
         let mut logged: Vec<(ClientId, u64, u64)> = Vec::new();
         // Per item: Ok((offset, duplicate)) or the NACK; `true` in the third
         // slot when the answer depends on this group's commit.
-        let mut verdicts: Vec<(Verdict2, bool)> = Vec::with_capacity(group.len());
+        let mut verdicts: Vec<(Fate, bool)> = Vec::with_capacity(group.len());
         let unavailable = self.journal.is_poisoned();
         for it in group.iter() {
             let r = &it.req;
