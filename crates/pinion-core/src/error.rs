@@ -51,6 +51,97 @@ pub enum PeerError {
     /// The socket already has its one peer (pair).
     #[error("socket already has a peer")]
     AlreadyPaired,
+    /// A WebSocket opening handshake (the HTTP/1.1 upgrade request, or the
+    /// server's answer to ours) that pinion cannot accept. A listener
+    /// answers it with HTTP 400 (404 for [`UpgradeFault::WrongPath`]).
+    #[error("bad WebSocket upgrade: {0}")]
+    BadUpgrade(UpgradeFault),
+    /// The WebSocket server answered our upgrade with this HTTP status
+    /// instead of `101 Switching Protocols` (NNG: 400 for a missing or wrong
+    /// subprotocol, 404 for an unknown path or host).
+    #[error("WebSocket upgrade refused with HTTP status {0}")]
+    UpgradeRefused(u16),
+    /// A WebSocket framing violation; the connection is closed with status
+    /// 1002 (protocol error).
+    #[error("WebSocket protocol violation: {0}")]
+    WsFrame(WsViolation),
+    /// A WebSocket text frame: SP messages travel in binary frames. Closed
+    /// with status 1003 (unsupported data), as NNG does.
+    #[error("WebSocket text frame (SP needs binary frames)")]
+    WsText,
+}
+
+/// What is wrong with a WebSocket opening handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
+pub enum UpgradeFault {
+    /// Not parseable as an HTTP/1.x request or response head.
+    #[error("malformed HTTP head")]
+    Malformed,
+    /// The head did not end within the size limit.
+    #[error("HTTP head too long")]
+    TooLong,
+    /// Not `GET`.
+    #[error("method is not GET")]
+    NotGet,
+    /// Not HTTP/1.1.
+    #[error("not HTTP/1.1")]
+    NotHttp11,
+    /// Missing `Upgrade: websocket` or `Connection: Upgrade`.
+    #[error("not a WebSocket upgrade")]
+    NotUpgrade,
+    /// Missing or malformed `Sec-WebSocket-Key`.
+    #[error("bad Sec-WebSocket-Key")]
+    BadKey,
+    /// `Sec-WebSocket-Version` is not 13.
+    #[error("Sec-WebSocket-Version is not 13")]
+    BadVersion,
+    /// The request has a body (NNG refuses those).
+    #[error("request has a body")]
+    HasBody,
+    /// No `Host` header.
+    #[error("missing Host header")]
+    MissingHost,
+    /// No `Sec-WebSocket-Protocol`, or one that names no SP protocol.
+    #[error("missing or unknown SP subprotocol")]
+    NoSubprotocol,
+    /// The request path is not the listener's.
+    #[error("unknown path")]
+    WrongPath,
+    /// The server's `Sec-WebSocket-Accept` does not match our key.
+    #[error("bad Sec-WebSocket-Accept")]
+    BadAccept,
+}
+
+/// A WebSocket framing rule the peer broke (RFC 6455 §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
+pub enum WsViolation {
+    /// A client frame without a mask.
+    #[error("unmasked client frame")]
+    Unmasked,
+    /// A server frame with a mask.
+    #[error("masked server frame")]
+    Masked,
+    /// RSV1-3 set without a negotiated extension.
+    #[error("reserved bits set")]
+    ReservedBits,
+    /// A reserved opcode.
+    #[error("reserved opcode")]
+    BadOpcode,
+    /// A fragmented control frame or one over 125 bytes.
+    #[error("bad control frame")]
+    BadControl,
+    /// A continuation without a message to continue, or a new message
+    /// before the previous one's last fragment.
+    #[error("bad fragmentation")]
+    BadContinuation,
+    /// A payload length with the most significant bit set.
+    #[error("bad payload length")]
+    BadLength,
+    /// A close frame with a 1-byte payload or an invalid status code.
+    #[error("bad close frame")]
+    BadClose,
 }
 
 /// The application asked for something the socket cannot do.

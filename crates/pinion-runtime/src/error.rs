@@ -25,7 +25,7 @@ pub enum Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum UrlError {
     /// No `scheme://`.
-    #[error("missing scheme (expected tcp://, ipc:// or inproc://)")]
+    #[error("missing scheme (expected tcp://, ipc://, inproc:// or ws://)")]
     MissingScheme,
     /// A scheme pinion does not know.
     #[error("unsupported scheme")]
@@ -33,6 +33,9 @@ pub enum UrlError {
     /// `tcp://` without `host:port`, or a bad port.
     #[error("expected host:port")]
     BadHostPort,
+    /// A `ws://` path with characters an HTTP request line cannot carry.
+    #[error("bad path")]
+    BadPath,
     /// Empty path or name.
     #[error("empty address")]
     Empty,

@@ -183,6 +183,7 @@ pub async fn run(
         Conn::Tcp(s) => run_stream(StreamIo::Tcp(s), Framing::Tcp, pipe, &link, handshake).await,
         Conn::Ipc(s) => run_stream(StreamIo::Ipc(s), Framing::Ipc, pipe, &link, handshake).await,
         Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
+        Conn::Ws(ws) => crate::transport::ws::run_pipe(ws, pipe, &link, handshake).await,
     }
     guard.armed = false;
 }

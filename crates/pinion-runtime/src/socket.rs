@@ -152,12 +152,9 @@ impl Endpoint {
         &self.url
     }
 
-    /// The bound TCP port, if any.
+    /// The bound TCP port, if any (`tcp://` and `ws://`).
     pub fn port(&self) -> Option<u16> {
-        match &self.url {
-            Url::Tcp { port, .. } => Some(*port),
-            _ => None,
-        }
+        self.url.port()
     }
 
     /// Stops dialing or accepting. Pipes already up stay up.

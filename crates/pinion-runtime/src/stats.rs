@@ -32,7 +32,8 @@ counters! {
     pipes_added,
     /// Pipes that went away after being accepted.
     pipes_removed,
-    /// Headers with bad magic, version or reserved bytes.
+    /// Headers with bad magic, version or reserved bytes; WebSocket
+    /// upgrades refused (either way).
     rejected_header,
     /// Peers speaking an incompatible protocol.
     rejected_protocol,
@@ -43,7 +44,8 @@ counters! {
     /// Pipes closed for announcing a message over the receive limit.
     too_large,
     /// Pipes closed for malformed messages (bad backtrace, short header,
-    /// bad IPC type, bad hop count).
+    /// bad IPC type, bad hop count, WebSocket framing violations and text
+    /// frames).
     malformed,
     /// Pipes closed by an I/O error (reset, broken pipe).
     io_errors,
@@ -65,7 +67,10 @@ impl Stats {
     /// Counts a pipe closed for `e`.
     pub fn count_peer_error(&self, e: &PeerError) {
         let c = match e {
-            PeerError::BadMagic | PeerError::BadReserved => &self.rejected_header,
+            PeerError::BadMagic
+            | PeerError::BadReserved
+            | PeerError::BadUpgrade(_)
+            | PeerError::UpgradeRefused(_) => &self.rejected_header,
             PeerError::WrongProtocol(_) => &self.rejected_protocol,
             PeerError::AlreadyPaired => &self.rejected_busy,
             PeerError::HandshakeTimeout => &self.handshake_timeouts,

@@ -1,4 +1,5 @@
-//! Endpoint URLs: `tcp://host:port`, `ipc:///path`, `inproc://name`.
+//! Endpoint URLs: `tcp://host:port`, `ipc:///path`, `inproc://name`,
+//! `ws://host:port/path`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,6 +20,20 @@ pub enum Url {
     Ipc(PathBuf),
     /// An in-process endpoint name.
     Inproc(String),
+    /// SP over WebSocket (NNG's `ws://`): TCP to `host:port`, then an HTTP/1.1
+    /// upgrade on `path`.
+    Ws {
+        /// Host part as written, without IPv6 brackets (`*` and empty mean
+        /// every interface when listening). A dialer sends it, with the port,
+        /// as the `Host:` header.
+        host: String,
+        /// Port; 0 asks for an ephemeral one when listening. `ws://host/path`
+        /// means port 80.
+        port: u16,
+        /// The HTTP request path, starting with `/` (`ws://host:port` means
+        /// `/`). Matched exactly by a listener.
+        path: String,
+    },
 }
 
 impl Url {
@@ -46,6 +61,22 @@ impl Url {
                 }
                 Ok(Url::Tcp { host, port })
             }
+            "ws" => {
+                let (authority, path) = match rest.find('/') {
+                    Some(i) => (&rest[..i], &rest[i..]),
+                    None => (rest, "/"),
+                };
+                let (host, port) =
+                    split_host_port(authority, 80).ok_or_else(|| bad(UrlError::BadHostPort))?;
+                if path.contains(['#', ' ', '\r', '\n']) || path.chars().any(|c| c.is_control()) {
+                    return Err(bad(UrlError::BadPath));
+                }
+                Ok(Url::Ws {
+                    host,
+                    port,
+                    path: path.to_string(),
+                })
+            }
             "ipc" | "unix" => {
                 if rest.is_empty() {
                     return Err(bad(UrlError::Empty));
@@ -62,6 +93,14 @@ impl Url {
         }
     }
 
+    /// The port of a `tcp://` or `ws://` URL.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            Url::Tcp { port, .. } | Url::Ws { port, .. } => Some(*port),
+            _ => None,
+        }
+    }
+
     /// The host to bind or connect to (`*` and empty become `0.0.0.0`).
     pub(crate) fn tcp_host(host: &str) -> &str {
         if host.is_empty() || host == "*" {
@@ -72,6 +111,34 @@ impl Url {
     }
 }
 
+/// Splits `host:port`, `[v6]:port`, or a bare host (then `default` port).
+/// The host loses its brackets; `None` for a bad port or stray characters.
+fn split_host_port(authority: &str, default: u16) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.contains(['/', '[', ']', '@', ' '])
+        || (host.contains(':') && !authority.starts_with('['))
+    {
+        return None;
+    }
+    let port = match port {
+        None => default,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p.parse().ok()?,
+        Some(_) => return None,
+    };
+    Some((host.to_string(), port))
+}
+
 impl fmt::Display for Url {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -79,6 +146,10 @@ impl fmt::Display for Url {
             Url::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
             Url::Ipc(p) => write!(f, "ipc://{}", p.display()),
             Url::Inproc(n) => write!(f, "inproc://{n}"),
+            Url::Ws { host, port, path } if host.contains(':') => {
+                write!(f, "ws://[{host}]:{port}{path}")
+            }
+            Url::Ws { host, port, path } => write!(f, "ws://{host}:{port}{path}"),
         }
     }
 }
@@ -112,6 +183,45 @@ mod tests {
             Url::Ipc("/tmp/a.sock".into())
         );
         assert_eq!(Url::parse("inproc://x").unwrap(), Url::Inproc("x".into()));
+        assert_eq!(
+            Url::parse("ws://127.0.0.1:5555/a/b").unwrap(),
+            Url::Ws {
+                host: "127.0.0.1".into(),
+                port: 5555,
+                path: "/a/b".into()
+            }
+        );
+        assert_eq!(
+            Url::parse("ws://localhost:80").unwrap(),
+            Url::Ws {
+                host: "localhost".into(),
+                port: 80,
+                path: "/".into()
+            }
+        );
+        assert_eq!(
+            Url::parse("ws://example.org/x").unwrap(),
+            Url::Ws {
+                host: "example.org".into(),
+                port: 80,
+                path: "/x".into()
+            }
+        );
+        let v6 = Url::parse("ws://[::1]:9/p?q=1").unwrap();
+        assert_eq!(
+            v6,
+            Url::Ws {
+                host: "::1".into(),
+                port: 9,
+                path: "/p?q=1".into()
+            }
+        );
+        assert_eq!(v6.to_string(), "ws://[::1]:9/p?q=1");
+        assert_eq!(v6.port(), Some(9));
+        assert_eq!(
+            Url::parse("ws://127.0.0.1:0/").unwrap().to_string(),
+            "ws://127.0.0.1:0/"
+        );
         for bad in [
             "127.0.0.1:5",
             "tcp://127.0.0.1",
@@ -119,6 +229,14 @@ mod tests {
             "ftp://x",
             "ipc://",
             "inproc://",
+            "ws://h:99999/x",
+            "ws://h:/x",
+            "ws://h:x/y",
+            "ws://::1:80/x",
+            "ws://[::1/x",
+            "ws://h:1/a b",
+            "ws://h:1/a#frag",
+            "wss://h:1/x",
         ] {
             assert!(
                 matches!(Url::parse(bad), Err(Error::InvalidUrl { .. })),

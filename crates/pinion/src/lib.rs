@@ -61,7 +61,9 @@ mod socket;
 pub use bytes::Bytes;
 pub use device::device;
 pub use pinion_core::protocol::ProtocolKind as Protocol;
-pub use pinion_core::{CallerError, Header, Message, OpError, Options, PeerError};
+pub use pinion_core::{
+    CallerError, Header, Message, OpError, Options, PeerError, UpgradeFault, WsViolation,
+};
 pub use pinion_runtime::socket::Endpoint;
 pub use pinion_runtime::stats::StatsSnapshot;
 pub use pinion_runtime::{Error, Fault, Runtime, RuntimeBuilder, Url};

@@ -11,6 +11,7 @@
 //! | `tcp://` | [`tcp`] | SP header, then `u64 length + payload` |
 //! | `ipc://` | [`ipc`] | SP header, then `0x01 + u64 length + payload` |
 //! | `inproc://` | [`inproc`] | messages moved through channels, no bytes |
+//! | `ws://` | [`ws`] | HTTP/1.1 upgrade, then one binary WebSocket message per SP message |
 
 use std::io;
 
@@ -22,6 +23,7 @@ use crate::url::Url;
 pub mod inproc;
 pub mod ipc;
 pub mod tcp;
+pub mod ws;
 
 /// A connection that can move between cores.
 #[derive(Debug)]
@@ -32,6 +34,8 @@ pub enum Portable {
     Ipc(std::os::unix::net::UnixStream),
     /// One end of an in-process pipe.
     Inproc(inproc::InprocEnd),
+    /// A TCP connection to upgrade to a WebSocket (by the pipe task).
+    Ws(ws::PortableWs),
 }
 
 /// A connection registered with the current core's event loop.
@@ -43,6 +47,8 @@ pub enum Conn {
     Ipc(tokio::net::UnixStream),
     /// inproc.
     Inproc(inproc::InprocEnd),
+    /// WebSocket (not yet upgraded: the pipe task does that).
+    Ws(ws::WsConn),
 }
 
 impl Conn {
@@ -53,6 +59,7 @@ impl Conn {
             Portable::Tcp(s) => Conn::Tcp(tokio::net::TcpStream::from_std(s)?),
             Portable::Ipc(s) => Conn::Ipc(tokio::net::UnixStream::from_std(s)?),
             Portable::Inproc(e) => Conn::Inproc(e),
+            Portable::Ws(p) => Conn::Ws(ws::WsConn::adopt(p)?),
         })
     }
 
@@ -61,7 +68,7 @@ impl Conn {
         match self {
             Conn::Tcp(_) => Some(Framing::Tcp),
             Conn::Ipc(_) => Some(Framing::Ipc),
-            Conn::Inproc(_) => None,
+            Conn::Inproc(_) | Conn::Ws(_) => None,
         }
     }
 }
@@ -74,6 +81,7 @@ pub async fn connect(url: &Url, proto: u16, depth: usize, nodelay: bool) -> Resu
         Url::Tcp { .. } => tcp::connect(url, nodelay).await.map(Conn::Tcp),
         Url::Ipc(path) => ipc::connect(path).await.map(Conn::Ipc),
         Url::Inproc(name) => inproc::connect(name, proto, depth).map(Conn::Inproc),
+        Url::Ws { .. } => ws::connect(url, nodelay).await.map(Conn::Ws),
     }
 }
 
@@ -86,6 +94,8 @@ pub enum Listener {
     Ipc(ipc::IpcListener),
     /// inproc; unregisters its name when dropped.
     Inproc(inproc::InprocListener),
+    /// WebSocket.
+    Ws(ws::WsListener),
 }
 
 impl Listener {
@@ -99,6 +109,10 @@ impl Listener {
             }
             Url::Ipc(path) => Ok((Listener::Ipc(ipc::bind(path).await?), url.clone())),
             Url::Inproc(name) => Ok((Listener::Inproc(inproc::bind(name, proto)?), url.clone())),
+            Url::Ws { .. } => {
+                let (l, bound) = ws::bind(url).await?;
+                Ok((Listener::Ws(l), bound))
+            }
         }
     }
 
@@ -112,6 +126,7 @@ impl Listener {
             }
             Listener::Ipc(l) => l.accept().await.map(Portable::Ipc),
             Listener::Inproc(l) => l.accept().await.map(Portable::Inproc),
+            Listener::Ws(l) => l.accept(nodelay).await.map(Portable::Ws),
         }
     }
 }

@@ -1,0 +1,448 @@
+//! The task of one `ws://` pipe: opening handshake, then a reader and a
+//! writer until either ends, then the closing handshake.
+//!
+//! It speaks the same [`PipeEvent`] protocol to its socket as the other
+//! pipes (`Up` with `direct: None`, so the socket driver never writes to a
+//! WebSocket itself; `Messages` batches; `Down`), returns credits as its
+//! writer drains, and honours the [`ReadGate`].
+//!
+//! Memory: while idle the task owns no buffer. Reads go into a per-thread
+//! scratch buffer (one per core, [`SCRATCH_LEN`]) and the decoder copies out
+//! only the message being assembled; writes build their frames in buffers
+//! made for that batch and dropped after it.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use pinion_core::protocol::PipeId;
+use pinion_core::rng::Rng;
+use pinion_core::{Message, PeerError};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tungstenite::protocol::frame::coding::Control;
+
+use super::frame::{self, close, Decoder, Event, Side};
+use super::handshake::{self, Request};
+use super::{Role, WsConn};
+use crate::error::Error;
+use crate::pipe::{Credit, PipeCmd, PipeEvent, PipeLink, ReadGate};
+
+/// The per-thread read buffer: every WebSocket pipe on a core reads into
+/// it, one at a time (it is never held across an `await`).
+pub const SCRATCH_LEN: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_LEN]);
+}
+
+/// How long the closing handshake may take (sending our close frame, then
+/// reading what the peer still sends until its end of stream).
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
+/// Messages taken from the write queue at once.
+const WRITE_BATCH: usize = 256;
+
+/// Why the pipe ends.
+#[derive(Debug)]
+enum End {
+    /// The peer sent a close frame (with this code).
+    PeerClose(Option<u16>),
+    /// The peer broke the protocol: close with the matching code.
+    Violation(PeerError),
+    /// End of stream without a close frame.
+    Eof,
+    /// An I/O error.
+    Io(io::Error),
+    /// The socket dropped the pipe's write queue (it removed the pipe).
+    Dropped,
+    /// The socket is closing.
+    SocketClosed,
+}
+
+/// State the reader and the writer (two futures of one task) share. (Never
+/// contended: one task; `Sync` types only because tasks must be `Send`.)
+#[derive(Debug, Default)]
+struct Shared {
+    /// The payload of the last ping not answered yet.
+    pong: Mutex<Option<Bytes>>,
+    wake: Notify,
+    /// The writer is in the middle of writing frames: a close frame now
+    /// would land inside one.
+    writing: AtomicBool,
+}
+
+impl Shared {
+    fn take_pong(&self) -> Option<Bytes> {
+        self.pong.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+    fn set_pong(&self, p: Bytes) {
+        *self.pong.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+        self.wake.notify_one();
+    }
+}
+
+fn report(hs: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) {
+    if let Some(h) = hs {
+        let _ = h.send(r);
+    }
+}
+
+/// Runs a `ws://` pipe to its end (see the module docs).
+pub(crate) async fn run_pipe(
+    ws: WsConn,
+    pipe: PipeId,
+    link: &PipeLink,
+    hs: Option<oneshot::Sender<Result<(), Error>>>,
+) {
+    let WsConn { tcp, role } = ws;
+    let side = match role {
+        Role::Server { .. } => Side::Server,
+        Role::Client { .. } => Side::Client,
+    };
+    let upgrade = tokio::time::timeout(link.opts.handshake_timeout, upgrade(&tcp, &role, link));
+    let leftover = match upgrade.await {
+        Ok(Ok(rest)) => rest,
+        Ok(Err(Failed::Peer(pe))) => {
+            link.stats.count_peer_error(&pe);
+            tracing::debug!(pipe = pipe.0, error = %pe, "websocket upgrade refused");
+            report(hs, Err(Error::Peer(pe)));
+            linger(&tcp, false).await;
+            return;
+        }
+        Ok(Err(Failed::Io(e))) => {
+            link.stats.io_errors.fetch_add(1, Ordering::Relaxed);
+            report(hs, Err(Error::io("handshake", "peer", e)));
+            return;
+        }
+        Err(_) => {
+            let pe = PeerError::HandshakeTimeout;
+            link.stats.count_peer_error(&pe);
+            report(hs, Err(Error::Peer(pe)));
+            return;
+        }
+    };
+    drop(role);
+
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(ReadGate::default());
+    if link
+        .events
+        .send(PipeEvent::Up {
+            pipe,
+            peer: link.kind.peer_id(),
+            out: out_tx,
+            credits: link.opts.pipe_buffer,
+            direct: None,
+            gate: gate.clone(),
+        })
+        .await
+        .is_err()
+    {
+        report(hs, Err(Error::Closed));
+        return;
+    }
+    report(hs, Ok(()));
+
+    let shared = Shared::default();
+    let mut masks =
+        (side == Side::Client).then(|| Rng::new(crate::sys::seed() ^ u64::from(pipe.0)));
+    let reader = read_loop(&tcp, side, pipe, link, &gate, &shared, leftover);
+    let writer = write_loop(&tcp, pipe, link, &mut out_rx, &shared, masks.as_mut());
+    let end = tokio::select! {
+        e = reader => e,
+        e = writer => e,
+        _ = link.closed.cancelled() => End::SocketClosed,
+    };
+    let code = match &end {
+        End::PeerClose(c) => Some(c.unwrap_or(close::NORMAL)),
+        End::Violation(pe) => {
+            tracing::debug!(pipe = pipe.0, error = %pe, "closing websocket pipe: peer error");
+            link.stats.count_peer_error(pe);
+            Some(frame::close_code(pe))
+        }
+        End::Io(e) => {
+            tracing::debug!(pipe = pipe.0, error = %e, "closing websocket pipe: I/O error");
+            link.stats.io_errors.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        End::Eof => None,
+        End::Dropped => Some(close::NORMAL),
+        End::SocketClosed => Some(close::GOING_AWAY),
+    };
+    let _ = link.events.send(PipeEvent::Down(pipe)).await;
+    // The closing handshake: our close frame (unless a write was cut short,
+    // which would put it inside a frame), then our end of stream, then what
+    // the peer still sends is read and dropped until its end of stream, so
+    // that closing with unread input does not reset the connection before
+    // the peer has read our close frame.
+    if let Some(code) = code.filter(|_| !shared.writing.load(Ordering::Relaxed)) {
+        let mut out = BytesMut::new();
+        frame::encode_close(code, masks.as_mut(), &mut out);
+        let mut chunks = vec![out.freeze()];
+        let sent = tokio::time::timeout(CLOSE_LINGER, write_chunks(&tcp, &mut chunks)).await;
+        linger(&tcp, matches!(sent, Ok(Ok(())))).await;
+    } else {
+        let _ = socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+enum Failed {
+    Peer(PeerError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for Failed {
+    fn from(e: io::Error) -> Self {
+        Failed::Io(e)
+    }
+}
+
+/// Shuts our side down and drains the peer's until its end of stream or
+/// [`CLOSE_LINGER`]. `wait`: false only shuts down and waits briefly.
+async fn linger(tcp: &TcpStream, wait: bool) {
+    let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+    let limit = if wait { CLOSE_LINGER } else { CLOSE_LINGER / 4 };
+    let drain = async {
+        loop {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            let r = SCRATCH.with_borrow_mut(|s| tcp.try_read(s));
+            match r {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, drain).await;
+}
+
+/// Reads into the scratch buffer until `f` says it has what it needs.
+async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> Result<(), Failed> {
+    loop {
+        tcp.readable().await?;
+        let r = SCRATCH.with_borrow_mut(|s| {
+            let room = handshake::MAX_HEAD
+                .saturating_sub(buf.len())
+                .clamp(1, s.len());
+            let n = tcp.try_read(&mut s[..room])?;
+            buf.extend_from_slice(&s[..n]);
+            Ok::<_, io::Error>(n)
+        });
+        match r {
+            Ok(0) => return Err(Failed::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(Failed::Io(e)),
+        }
+    }
+}
+
+/// The opening handshake. Returns the bytes that came after the HTTP head
+/// (already WebSocket frames).
+async fn upgrade(tcp: &TcpStream, role: &Role, link: &PipeLink) -> Result<Vec<u8>, Failed> {
+    let mut buf = Vec::new();
+    match role {
+        Role::Server { path } => loop {
+            read_head(tcp, &mut buf).await?;
+            match handshake::server_request(&buf, path, link.kind) {
+                Request::Incomplete => continue,
+                Request::Accept { response, head_len } => {
+                    write_chunks(tcp, &mut vec![Bytes::from(response)]).await?;
+                    buf.drain(..head_len);
+                    return Ok(buf);
+                }
+                Request::Refuse {
+                    error, response, ..
+                } => {
+                    let _ = write_chunks(tcp, &mut vec![Bytes::from(response)]).await;
+                    return Err(Failed::Peer(error));
+                }
+            }
+        },
+        Role::Client { host, path } => {
+            let key = handshake::new_key();
+            let req = handshake::client_request(host, path, link.kind, &key);
+            write_chunks(tcp, &mut vec![Bytes::from(req)]).await?;
+            loop {
+                read_head(tcp, &mut buf).await?;
+                match handshake::client_response(&buf, &key, link.kind) {
+                    Ok(None) => continue,
+                    Ok(Some(head_len)) => {
+                        buf.drain(..head_len);
+                        return Ok(buf);
+                    }
+                    Err(pe) => return Err(Failed::Peer(pe)),
+                }
+            }
+        }
+    }
+}
+
+/// Feeds `input` to the decoder: messages go to `batch`, pings to the
+/// writer; `Some` when the pipe must end.
+fn feed(
+    dec: &mut Decoder,
+    mut input: &[u8],
+    batch: &mut Vec<Message>,
+    shared: &Shared,
+) -> Option<End> {
+    loop {
+        match dec.decode(&mut input) {
+            Ok(None) => return None,
+            Ok(Some(Event::Message(b))) => batch.push(Message::from_body(b)),
+            Ok(Some(Event::Ping(p))) => {
+                // Only the latest ping needs an answer (RFC 6455 §5.5.3).
+                shared.set_pong(p);
+            }
+            Ok(Some(Event::Pong)) => {}
+            Ok(Some(Event::Close(code))) => return Some(End::PeerClose(code)),
+            Err(e) => return Some(End::Violation(e)),
+        }
+    }
+}
+
+async fn read_loop(
+    tcp: &TcpStream,
+    side: Side,
+    pipe: PipeId,
+    link: &PipeLink,
+    gate: &ReadGate,
+    shared: &Shared,
+    leftover: Vec<u8>,
+) -> End {
+    let mut dec = Decoder::new(side, link.opts.recv_max_size);
+    let mut first = Some(leftover);
+    loop {
+        let mut batch = Vec::new();
+        let end = if let Some(rest) = first.take() {
+            feed(&mut dec, &rest, &mut batch, shared)
+        } else {
+            gate.wait_open().await;
+            if let Err(e) = tcp.readable().await {
+                return End::Io(e);
+            }
+            let r = SCRATCH.with_borrow_mut(|s| match tcp.try_read(s) {
+                Ok(0) => Err(Some(End::Eof)),
+                Ok(n) => Ok(feed(&mut dec, &s[..n], &mut batch, shared)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(None),
+                Err(e) => Err(Some(End::Io(e))),
+            });
+            match r {
+                Ok(end) => end,
+                Err(None) => continue,
+                Err(Some(end)) => return end,
+            }
+        };
+        if !batch.is_empty()
+            && link
+                .events
+                .send(PipeEvent::Messages(pipe, batch))
+                .await
+                .is_err()
+        {
+            return End::SocketClosed;
+        }
+        if let Some(end) = end {
+            return end;
+        }
+    }
+}
+
+async fn write_loop(
+    tcp: &TcpStream,
+    pipe: PipeId,
+    link: &PipeLink,
+    out_rx: &mut mpsc::UnboundedReceiver<PipeCmd>,
+    shared: &Shared,
+    mut masks: Option<&mut Rng>,
+) -> End {
+    loop {
+        // Made per batch and dropped after it: nothing is kept while idle.
+        let mut cmds = Vec::new();
+        tokio::select! {
+            n = out_rx.recv_many(&mut cmds, WRITE_BATCH) => {
+                if n == 0 {
+                    return End::Dropped;
+                }
+            }
+            _ = shared.wake.notified() => {}
+        }
+        let mut out = BytesMut::new();
+        let mut chunks = Vec::new();
+        if let Some(p) = shared.take_pong() {
+            frame::encode_control(Control::Pong, &p, masks.as_deref_mut(), &mut out);
+        }
+        let mut n = 0u32;
+        for cmd in cmds {
+            match cmd {
+                PipeCmd::Send(m) => {
+                    n += 1;
+                    frame::encode_message(&m, masks.as_deref_mut(), &mut out, &mut chunks);
+                }
+                // Raw bytes are framed for byte streams: never sent to a
+                // WebSocket pipe (its `Up` offers no direct writes).
+                PipeCmd::Raw { msgs, .. } => {
+                    tracing::warn!(pipe = pipe.0, "raw stream bytes sent to a websocket pipe");
+                    n += msgs;
+                }
+            }
+        }
+        if !out.is_empty() {
+            chunks.push(out.freeze());
+        }
+        shared.writing.store(true, Ordering::Relaxed);
+        if let Err(e) = write_chunks(tcp, &mut chunks).await {
+            return End::Io(e);
+        }
+        shared.writing.store(false, Ordering::Relaxed);
+        if n > 0 {
+            let _ = link.credits.send(Credit::Returned(pipe, n));
+        }
+    }
+}
+
+/// Writes every chunk, in order, with vectored writes; empties `chunks`.
+async fn write_chunks(tcp: &TcpStream, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let r = {
+            let slices: Vec<IoSlice<'_>> = chunks[first..]
+                .iter()
+                .take(64)
+                .map(|c| IoSlice::new(c))
+                .collect();
+            tcp.try_write_vectored(&slices)
+        };
+        let mut n = match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tcp.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        while n > 0 && first < chunks.len() {
+            let c = &mut chunks[first];
+            if n >= c.len() {
+                n -= c.len();
+                first += 1;
+            } else {
+                c.advance(n);
+                n = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    chunks.clear();
+    Ok(())
+}
