@@ -7,8 +7,8 @@ Usage:  peer.py '<json config>'
 The config is one JSON object. Common keys:
   scenario   which exchange to play (see SCENARIOS at the bottom)
   role       "listen" or "dial"
-  url        tcp://host:port (port 0 when listening: the bound port is printed)
-             or ipc:///path
+  url        tcp://host:port or ws://host:port/path (port 0 when listening:
+             the bound port is printed) or ipc:///path
   urls       (scenarios with several sockets or several pinion sockets)
              listen: socket k listens on urls[k], one "listening" line each,
              in order; dial: every socket dials every url
@@ -222,6 +222,11 @@ def attach(sock, cfg):
             # str(local_address) is "host:port"; InAddr.port is not
             # byte-swapped in pynng 0.9.0, so do not use it.
             url = "tcp://" + str(listener.local_address)
+        elif url.startswith("ws://"):
+            # ws://host:port/path: the bound port, the same path.
+            rest = url[len("ws://"):]
+            path = rest[rest.find("/"):] if "/" in rest else "/"
+            url = "ws://" + str(listener.local_address) + path
         emit({"event": "listening", "url": url})
     else:
         sock.dial(url, block=True)

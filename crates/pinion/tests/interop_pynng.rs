@@ -8,7 +8,8 @@
 //!
 //! Run: `cargo test -p pinion --test interop_pynng`
 //!
-//! Every scenario runs over tcp and ipc; most in both directions (pinion
+//! Every scenario runs over tcp and ipc, the pynng-played ones also over ws
+//! (`matrix!(name, ws)`); most in both directions (pinion
 //! dials the peer's listener, the peer dials pinion's). Each test module is
 //! named after the scenario, each test after transport and direction.
 use std::collections::BTreeSet;
@@ -116,7 +117,7 @@ fn req_rep_pinion_req(tr: Tr, dir: Dir) {
     }
     peer.finish();
 }
-matrix!(req_rep_pinion_req);
+matrix!(req_rep_pinion_req, ws);
 
 /// pynng Req0 ↔ pinion REP.
 fn req_rep_pinion_rep(tr: Tr, dir: Dir) {
@@ -139,7 +140,7 @@ fn req_rep_pinion_rep(tr: Tr, dir: Dir) {
     }
     peer.finish();
 }
-matrix!(req_rep_pinion_rep);
+matrix!(req_rep_pinion_rep, ws);
 
 // ---------------------------------------------------------------------------
 // 2. Request ids and backtraces, checked byte by byte by raw peers
@@ -266,7 +267,7 @@ fn contexts_pinion_rep(tr: Tr, dir: Dir) {
     assert_eq!(seen.len(), CTXS * ROUNDS);
     assert_eq!(distinct.len(), seen.len(), "a request was delivered twice");
 }
-matrix!(contexts_pinion_rep);
+matrix!(contexts_pinion_rep, ws);
 
 /// pinion REQ with 20 contexts (async API on tokio) → pynng Rep0 with 20
 /// contexts, which waits until all 20 requests are in before answering any,
@@ -309,7 +310,7 @@ fn contexts_pinion_req(tr: Tr, dir: Dir) {
     });
     peer.finish();
 }
-matrix!(contexts_pinion_req);
+matrix!(contexts_pinion_req, ws);
 
 // ---------------------------------------------------------------------------
 // 4. push/pull
@@ -331,7 +332,7 @@ fn push_pull_pinion_push(tr: Tr, dir: Dir) {
     }
     peer.finish();
 }
-matrix!(push_pull_pinion_push);
+matrix!(push_pull_pinion_push, ws);
 
 /// pynng Push0 → pinion PULL: 1000 in order.
 fn push_pull_pinion_pull(tr: Tr, dir: Dir) {
@@ -348,7 +349,7 @@ fn push_pull_pinion_pull(tr: Tr, dir: Dir) {
     }
     peer.finish();
 }
-matrix!(push_pull_pinion_pull);
+matrix!(push_pull_pinion_pull, ws);
 
 /// One pinion PUSH, two pynng Pull0 peers: every message arrives exactly
 /// once, both peers get some, each in order.
@@ -413,12 +414,12 @@ fn pair_echo(tr: Tr, dir: Dir, proto: Protocol, version: u32) {
 fn pair0(tr: Tr, dir: Dir) {
     pair_echo(tr, dir, Protocol::Pair0, 0)
 }
-matrix!(pair0);
+matrix!(pair0, ws);
 
 fn pair1(tr: Tr, dir: Dir) {
     pair_echo(tr, dir, Protocol::Pair1, 1)
 }
-matrix!(pair1);
+matrix!(pair1, ws);
 
 /// Hand-written PAIR v1: pinion sends hop count 00000001; a hop count of 9
 /// (> max_ttl 8) is dropped with the pipe kept; 1 and 8 are delivered; a hop
@@ -499,7 +500,7 @@ fn wrong_protocol_pynng_pub_dials_rep(tr: Tr) {
     peer.finish();
     assert_eq!(rep.stats().pipes_added, 0, "{:?}", rep.stats());
 }
-per_transport!(wrong_protocol_pynng_pub_dials_rep);
+per_transport!(wrong_protocol_pynng_pub_dials_rep, ws);
 
 /// A raw peer sending a PUB header (0x20) and nothing else, keeping its end
 /// open: pinion itself must close the connection.
@@ -536,6 +537,42 @@ fn wrong_protocol_pinion_dials_pub(tr: Tr) {
     peer.finish();
 }
 per_transport!(wrong_protocol_pinion_dials_pub);
+
+/// Over `ws://` NNG refuses the upgrade itself: pinion REQ asks a pynng
+/// Pub0 listener for `rep.sp.nanomsg.org` and gets HTTP 400.
+#[test]
+fn wrong_protocol_pinion_dials_pub_over_ws() {
+    let req = Socket::new(Protocol::Req0).unwrap();
+    let mut peer = Peer::spawn(
+        obj! {"scenario" => "pynng_wrong_proto", "role" => "listen", "url" => Tr::Ws.listen_url()},
+    );
+    let url = peer.listening_url();
+    match req.dial(&url) {
+        Err(pinion::Error::Peer(PeerError::UpgradeRefused(400))) => {}
+        other => {
+            panic!("dial of a Pub0 ws listener: want Err(Peer(UpgradeRefused(400))), got {other:?}")
+        }
+    }
+    assert!(req.stats().rejected_header >= 1, "{:?}", req.stats());
+    peer.finish();
+}
+
+/// Over `ws://` the path must match exactly: NNG answers 404.
+#[test]
+fn wrong_path_pinion_dials_pynng_over_ws() {
+    let req = Socket::new(Protocol::Req0).unwrap();
+    let mut peer =
+        Peer::spawn(obj! {"scenario" => "serve", "role" => "listen", "url" => Tr::Ws.listen_url()});
+    let url = peer.listening_url();
+    match req.dial(&format!("{url}-nope")) {
+        Err(pinion::Error::Peer(PeerError::UpgradeRefused(404))) => {}
+        other => panic!("dial of a wrong path: want Err(Peer(UpgradeRefused(404))), got {other:?}"),
+    }
+    req.dial(&url).unwrap();
+    req.send("after 404").unwrap();
+    assert_eq!(recv(&req, "reply"), reply(b"after 404"));
+    peer.finish();
+}
 
 // ---------------------------------------------------------------------------
 // 7. Hostile raw peers, with a healthy pynng client working throughout

@@ -10,7 +10,8 @@
 //!
 //! Run: `cargo test -p pinion --test interop_pynng_more`
 //!
-//! Every scenario runs over tcp and ipc; most in both directions (pinion
+//! Every scenario runs over tcp and ipc, the pynng-played ones also over ws
+//! (`matrix!(name, ws)`); most in both directions (pinion
 //! dials the peer's listeners, the peer dials pinion's). Each test module is
 //! named after the scenario, each test after transport and direction.
 //! Pub/sub and bus are best effort: every test first makes sure both ends
@@ -208,7 +209,7 @@ fn pubsub_pinion_pub(tr: Tr, dir: Dir) {
         .collect();
     assert_eq!(got, want, "messages per subscriber");
 }
-matrix!(pubsub_pinion_pub);
+matrix!(pubsub_pinion_pub, ws);
 
 /// pynng Pub0 → 4 pinion SUB sockets (see `SUBS`): each gets exactly its
 /// matches, bytes exact and in order; the unsubscribed socket nothing more
@@ -271,7 +272,7 @@ fn pubsub_pinion_sub(tr: Tr, dir: Dir) {
     }
     peer.finish();
 }
-matrix!(pubsub_pinion_sub);
+matrix!(pubsub_pinion_sub, ws);
 
 /// One pinion SUB socket with three contexts ("a/"; "b/" and "u/", the
 /// latter dropped between the phases; everything) fed by one pynng Pub0:
@@ -405,7 +406,7 @@ fn survey_pinion_surveyor(tr: Tr, dir: Dir) {
     }
     peer.finish();
 }
-matrix!(survey_pinion_surveyor);
+matrix!(survey_pinion_surveyor, ws);
 
 /// pinion SURVEYOR → hand-written RESPONDENT: each survey is exactly
 /// `[survey id with top bit][body]`, ids not reused; responses with a stale
@@ -474,7 +475,7 @@ fn survey_pinion_respondent(tr: Tr, dir: Dir) {
     }
     peer.finish();
 }
-matrix!(survey_pinion_respondent);
+matrix!(survey_pinion_respondent, ws);
 
 /// hand-written SURVEYOR → pinion RESPONDENT: 1-, 2- and 3-word backtraces
 /// (survey id word with the top bit last) come back byte for byte; a 9-word
@@ -604,7 +605,7 @@ fn bus_pinion_middle(tr: Tr, dir: Dir) {
     peer.tell("check");
     peer.finish();
 }
-matrix!(bus_pinion_middle);
+matrix!(bus_pinion_middle, ws);
 
 /// Line a - pynng Bus0 - b (a, b pinion BUS): the hub's messages reach a
 /// and b exactly once, in order; a's and b's reach the hub exactly once, are

@@ -629,14 +629,18 @@ impl Drop for Peer {
 pub enum Tr {
     Tcp,
     Ipc,
+    /// `ws://` (only for scenarios played by pynng sockets: the raw peers
+    /// speak SP over TCP/IPC).
+    Ws,
 }
 
 impl Tr {
-    /// A fresh URL to listen on: port 0 for tcp, a unique socket path in a
-    /// per-process temp dir for ipc.
+    /// A fresh URL to listen on: port 0 for tcp and ws, a unique socket path
+    /// in a per-process temp dir for ipc.
     pub fn listen_url(self) -> String {
         match self {
             Tr::Tcp => "tcp://127.0.0.1:0".to_string(),
+            Tr::Ws => "ws://127.0.0.1:0/pinion-interop".to_string(),
             Tr::Ipc => {
                 static N: AtomicUsize = AtomicUsize::new(0);
                 let dir = std::env::temp_dir()
@@ -705,8 +709,38 @@ pub fn recv(sock: &Socket, what: &str) -> Vec<u8> {
     }
 }
 
-/// One test per transport and direction for `fn $name(Tr, Dir)`.
+/// One test per transport and direction for `fn $name(Tr, Dir)`;
+/// `matrix!(name, ws)` adds `ws://` in both directions.
 macro_rules! matrix {
+    ($name:ident, ws) => {
+        mod $name {
+            use super::{Dir, Tr};
+            #[test]
+            fn tcp_pinion_dials() {
+                super::$name(Tr::Tcp, Dir::PinionDials)
+            }
+            #[test]
+            fn tcp_peer_dials() {
+                super::$name(Tr::Tcp, Dir::PeerDials)
+            }
+            #[test]
+            fn ipc_pinion_dials() {
+                super::$name(Tr::Ipc, Dir::PinionDials)
+            }
+            #[test]
+            fn ipc_peer_dials() {
+                super::$name(Tr::Ipc, Dir::PeerDials)
+            }
+            #[test]
+            fn ws_pinion_dials() {
+                super::$name(Tr::Ws, Dir::PinionDials)
+            }
+            #[test]
+            fn ws_peer_dials() {
+                super::$name(Tr::Ws, Dir::PeerDials)
+            }
+        }
+    };
     ($name:ident) => {
         mod $name {
             use super::{Dir, Tr};
@@ -730,8 +764,26 @@ macro_rules! matrix {
     };
 }
 
-/// One test per transport for `fn $name(Tr)`.
+/// One test per transport for `fn $name(Tr)`; `per_transport!(name, ws)`
+/// adds `ws://`.
 macro_rules! per_transport {
+    ($name:ident, ws) => {
+        mod $name {
+            use super::Tr;
+            #[test]
+            fn tcp() {
+                super::$name(Tr::Tcp)
+            }
+            #[test]
+            fn ipc() {
+                super::$name(Tr::Ipc)
+            }
+            #[test]
+            fn ws() {
+                super::$name(Tr::Ws)
+            }
+        }
+    };
     ($name:ident) => {
         mod $name {
             use super::Tr;

@@ -446,3 +446,39 @@ async fn write_chunks(tcp: &TcpStream, chunks: &mut Vec<Bytes>) -> io::Result<()
     chunks.clear();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The task's own state is part of every idle connection's cost (the
+    /// idle budget is 8 KiB per connection in all): keep it small.
+    #[test]
+    fn pipe_task_state_is_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (events, _ev) = async_channel::bounded(4);
+            let (credits, _cr) = mpsc::unbounded_channel();
+            let link = PipeLink {
+                kind: pinion_core::protocol::ProtocolKind::Rep0,
+                opts: Arc::new(pinion_core::Options::default()),
+                events,
+                credits,
+                stats: Default::default(),
+                closed: Default::default(),
+            };
+            let role = Role::Server { path: "/".into() };
+            let f = run_pipe(WsConn { tcp, role }, PipeId(1), &link, None);
+            let size = std::mem::size_of_val(&f);
+            assert!(size <= 2048, "ws pipe future is {size} bytes");
+            assert!(std::mem::size_of::<Decoder>() <= 128);
+        });
+    }
+}
