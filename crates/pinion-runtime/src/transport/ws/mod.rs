@@ -41,18 +41,25 @@
 //! keeps an 8 KiB `FramedRead` buffer per connection from the start, and
 //! fastwebsockets likewise reads through a per-connection buffer. None fits
 //! the budget this transport is built for: **100,000 idle connections at
-//! ≤ 8 KiB of process memory each.** So the pipe ([`pipe`]) reads into one
+//! ≤ 8 KiB of process memory each.** So the pipe (`ws/pipe.rs`) reads into one
 //! 64 KiB scratch buffer per core, the streaming [`frame::Decoder`] copies
 //! out only the message being assembled (grown as bytes arrive, never from
 //! an announced length), and write buffers live only as long as one batch.
 //!
 //! # Measured idle memory
 //!
-//! `cargo run --release -p pinion-runtime --example ws_idle_memory` opens
-//! 10,000 WebSocket connections (clients in a child process) to one pinion
-//! REP listener, lets them idle after one request/reply each, and reports
-//! the listener process's RSS growth per connection. See the figure in
-//! `docs/ARCHITECTURE.md` (transport section) for the last measurement.
+//! `cargo run --release -p pinion --example ws_idle_memory` opens 10,000
+//! WebSocket connections (clients in a child process) to one pinion REP
+//! listener and reports the listener process's RSS growth per connection.
+//! Last run (2 cores, Linux, release): **6,890 B per idle connection**,
+//! 7,192 B after every connection made one request/reply and went idle
+//! again. `crates/pinion/tests/ws_memory.rs` checks ≤ 8 KiB with 2,000
+//! connections (about 7.0 and 7.4 KB in a debug build). Where it goes,
+//! roughly: the pipe task (its future is ~1.8 KB, checked ≤ 2 KiB by a
+//! test), the write queue the socket holds (`PipeEvent::Up::out`, a tokio
+//! unbounded channel whose first block of 32 `PipeCmd`s, ~3.3 KB, is
+//! allocated when it is made; the same for every transport), and the
+//! socket's per-pipe entry, the read gate and the I/O registration.
 
 use std::io;
 use std::sync::Arc;
