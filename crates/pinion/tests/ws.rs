@@ -775,3 +775,67 @@ fn dialer_refuses_a_bad_answer() {
         }
     }
 }
+
+#[test]
+fn queued_sends_survive_close() {
+    let pull = Socket::new(Protocol::Pull0).unwrap();
+    let url = listen(&pull, "/linger");
+    let push = Socket::new(Protocol::Push0).unwrap();
+    push.dial(&url).unwrap();
+    for i in 0..100u32 {
+        push.send(i.to_be_bytes().to_vec()).unwrap();
+    }
+    drop(push);
+    for i in 0..100u32 {
+        assert_eq!(recv(&pull, "lingered")[..], i.to_be_bytes());
+    }
+}
+
+#[test]
+fn pause_pipe_stops_reading_that_connection_only() {
+    let rep = Socket::with_options(
+        Protocol::Rep0,
+        Options {
+            raw: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let url = listen(&rep, "/pause");
+    let port = port_of(&url);
+    let mut a = upgraded(port, "/pause", "rep.sp.nanomsg.org");
+    let mut b = upgraded(port, "/pause", "rep.sp.nanomsg.org");
+    a.write_all(&frame(2, true, b"\x80\x00\x00\x01a1", M))
+        .unwrap();
+    let m = rep.recv_msg().unwrap();
+    assert_eq!(&m.body[..], b"a1");
+    let pipe_a = m.header.first_word().unwrap();
+    rep.as_async().pause_pipe(pipe_a, true);
+    // One message may already be on its way (read before the pause took
+    // effect); after that, nothing from a until it resumes.
+    a.write_all(&frame(2, true, b"\x80\x00\x00\x02a2", M))
+        .unwrap();
+    thread::sleep(Duration::from_millis(200));
+    let mut early = Vec::new();
+    while let Ok(m) = rep.recv_timeout(Some(Duration::from_millis(50))) {
+        early.push(m.to_vec());
+    }
+    assert!(early.len() <= 1, "{early:?}");
+    a.write_all(&frame(2, true, b"\x80\x00\x00\x03a3", M))
+        .unwrap();
+    b.write_all(&frame(2, true, b"\x80\x00\x00\x04b1", M))
+        .unwrap();
+    assert_eq!(recv(&rep, "b while a is paused"), b"b1");
+    assert!(
+        rep.recv_timeout(Some(Duration::from_millis(300))).is_err(),
+        "a paused pipe delivered"
+    );
+    rep.as_async().pause_pipe(pipe_a, false);
+    let mut rest = Vec::new();
+    if early.is_empty() {
+        rest.push(recv(&rep, "a2 after resume"));
+    }
+    rest.push(recv(&rep, "a3 after resume"));
+    assert_eq!(rest.last().unwrap(), b"a3");
+    let _ = b.flush();
+}
