@@ -78,6 +78,8 @@ pub enum PipeEvent {
         /// Pauses this pipe's reads.
         gate: Arc<ReadGate>,
     },
+    /// One message (the usual case: a read that held one).
+    Message(PipeId, Message),
     /// Messages read in one go.
     Messages(PipeId, Vec<Message>),
     /// The pipe is gone.
@@ -290,28 +292,43 @@ async fn run_stream(
                 }
                 Err(e) => return Err(Err(e)),
             }
+            // One event per read. A read usually holds one message (one
+            // request in flight per peer), which goes without a Vec.
+            let mut first = None;
             let mut batch = Vec::new();
+            let mut bad = None;
             loop {
                 match decoder.decode(&mut buf) {
-                    Ok(Some(payload)) => batch.push(Message::from_body(payload)),
+                    Ok(Some(payload)) => {
+                        let m = Message::from_body(payload);
+                        match first.take() {
+                            None if batch.is_empty() => first = Some(m),
+                            prev => {
+                                batch.extend(prev);
+                                batch.push(m);
+                            }
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         // Deliver what came before the bad frame, then close.
-                        if !batch.is_empty() {
-                            let _ = link.events.send(PipeEvent::Messages(pipe, batch)).await;
-                        }
-                        return Err(Ok(e));
+                        bad = Some(e);
+                        break;
                     }
                 }
             }
-            if !batch.is_empty()
-                && link
-                    .events
-                    .send(PipeEvent::Messages(pipe, batch))
-                    .await
-                    .is_err()
-            {
-                return Ok(());
+            let ev = match first {
+                Some(m) => Some(PipeEvent::Message(pipe, m)),
+                None if !batch.is_empty() => Some(PipeEvent::Messages(pipe, batch)),
+                None => None,
+            };
+            if let Some(ev) = ev {
+                if link.events.send(ev).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if let Some(e) = bad {
+                return Err(Ok(e));
             }
         }
     };
