@@ -160,6 +160,8 @@ pub struct PipeLink {
 
 /// Smallest read buffer space offered to the kernel.
 const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer with less spare room than this gets a new chunk.
+const MIN_SPARE: usize = 4 * 1024;
 /// Bodies at least this long are written with a vectored write from their
 /// own buffer instead of being copied into the write buffer.
 const VECTORED_MIN: usize = 16 * 1024;
@@ -280,7 +282,14 @@ async fn run_stream(
                 Ok(None) => 0,
                 Err(e) => return Err(Ok(e)),
             };
-            buf.reserve(want.max(READ_CHUNK));
+            // Reserve only when the spare room runs low: `buf` shares its
+            // storage with the messages split off it, so a reserve that
+            // cannot be met in place allocates a new buffer. Asking for a
+            // whole chunk after every small read would allocate one per
+            // read while earlier messages are still held.
+            if want > buf.capacity() - buf.len() || buf.capacity() - buf.len() < MIN_SPARE {
+                buf.reserve(want.max(READ_CHUNK));
+            }
             match io.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Err(io::Error::from(io::ErrorKind::UnexpectedEof))),
                 Ok(_) => {}
