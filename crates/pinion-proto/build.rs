@@ -8,6 +8,9 @@ fn main() {
     println!("cargo:rerun-if-changed={}", file.display());
     let fds = protox::compile([&file], [&root]).unwrap_or_else(|e| panic!("{e}"));
     prost_build::Config::new()
+        // `bytes` fields as `bytes::Bytes`: decoding from a `Bytes` buffer
+        // then slices it (a reference count) instead of copying the payload.
+        .bytes(["."])
         .compile_fds(fds)
         .unwrap_or_else(|e| panic!("prost-build: {e}"));
 }

@@ -1,5 +1,6 @@
 //! Checking a publish request (sans-IO).
 
+use bytes::Bytes;
 use pinion_proto::{Code, Message as _, Publish, Reply, CLIENT_ID_LEN, MAX_TOPIC_LEN};
 
 use crate::sessions::ClientId;
@@ -13,13 +14,15 @@ pub struct Checked {
     pub seq: u64,
     /// Topic bytes (UTF-8, no NUL, ≤ 255 bytes).
     pub topic: Vec<u8>,
-    /// Payload (≤ the hub's max).
-    pub payload: Vec<u8>,
+    /// Payload (≤ the hub's max): a slice of the request's buffer, not a
+    /// copy.
+    pub payload: Bytes,
 }
 
 /// Decodes and checks one request body; `Err` is the NACK to send back.
-pub fn check(body: &[u8], max_payload: usize) -> Result<Checked, Reply> {
-    let p = Publish::decode(body).map_err(|e| {
+/// The payload of the result shares `body`'s buffer.
+pub fn check(body: &Bytes, max_payload: usize) -> Result<Checked, Reply> {
+    let p = Publish::decode(body.clone()).map_err(|e| {
         Reply::nack(
             None,
             Code::Malformed,
@@ -78,14 +81,15 @@ mod tests {
         }
     }
 
-    fn publish(id: Option<Vec<u8>>, topic: Option<&str>, payload: usize) -> Vec<u8> {
+    fn publish(id: Option<Vec<u8>>, topic: Option<&str>, payload: usize) -> Bytes {
         Publish {
-            client_id: id,
+            client_id: id.map(Bytes::from),
             seq: Some(7),
             topic: topic.map(String::from),
-            payload: Some(vec![b'x'; payload]),
+            payload: Some(vec![b'x'; payload].into()),
         }
         .encode_to_vec()
+        .into()
     }
 
     #[test]
@@ -117,10 +121,10 @@ mod tests {
             Code::Malformed
         );
         assert_eq!(
-            code(check(b"\xff\xff\xff", 256).unwrap_err()),
+            code(check(&Bytes::from_static(b"\xff\xff\xff"), 256).unwrap_err()),
             Code::Malformed
         );
         // An empty body is a valid (all-absent) envelope, missing its client id.
-        assert_eq!(code(check(b"", 256).unwrap_err()), Code::Malformed);
+        assert_eq!(code(check(&Bytes::new(), 256).unwrap_err()), Code::Malformed);
     }
 }

@@ -160,10 +160,10 @@ fn nacks_keep_the_connection_on_tcp_and_ipc() {
         let s = raw_req(&url);
         let good = |seq: u64, n: usize| {
             Publish {
-                client_id: Some(vec![9; 16]),
+                client_id: Some(vec![9; 16].into()),
                 seq: Some(seq),
                 topic: Some("x".into()),
-                payload: Some(vec![1; n]),
+                payload: Some(vec![1; n].into()),
             }
             .encode_to_vec()
         };
@@ -273,9 +273,9 @@ fn oversize_frame_or_bad_handshake_closes_only_that_connection() {
     let good = raw_req(&url);
     let publish = |seq: u64| {
         Publish {
-            client_id: Some(vec![4; 16]),
+            client_id: Some(vec![4; 16].into()),
             seq: Some(seq),
-            payload: Some(vec![0; 8]),
+            payload: Some(vec![0; 8].into()),
             ..Default::default()
         }
         .encode_to_vec()

@@ -64,7 +64,7 @@ fn serve_conn(mut s: TcpStream, seen: Arc<Seen>, nack_every: u64) {
         let seq = p.seq.unwrap_or(0);
         {
             let mut last = seen.last_seq.lock().unwrap();
-            let prev = last.insert(cid, seq).unwrap_or(0);
+            let prev = last.insert(cid.to_vec(), seq).unwrap_or(0);
             if seq != prev + 1 {
                 bad(format!("seq {seq} after {prev}"));
             }

@@ -3,25 +3,29 @@
 //! documented there).
 //!
 //! A publisher sends a [`Publish`] as the body of an SP REQ message and gets
-//! one [`Reply`] back:
+//! one [`Reply`] back. Protobuf `bytes` fields are [`bytes::Bytes`]
+//! (re-exported as [`Bytes`]): decoding from a `Bytes` buffer slices it
+//! instead of copying the payload.
 //!
 //! ```
-//! use pinion_proto::{Publish, Reply, Ack, reply, Message};
+//! use pinion_proto::{Bytes, Publish, Reply, Ack, reply, Message};
 //!
 //! let req = Publish {
-//!     client_id: Some(vec![7; 16]),
+//!     client_id: Some(Bytes::from(vec![7; 16])),
 //!     seq: Some(1),
 //!     topic: Some("orders".into()),
-//!     payload: Some(b"hello".to_vec()),
+//!     payload: Some(Bytes::from_static(b"hello")),
 //! };
-//! let bytes = req.encode_to_vec();
-//! assert_eq!(Publish::decode(&bytes[..]).unwrap(), req);
+//! let bytes = Bytes::from(req.encode_to_vec());
+//! assert_eq!(Publish::decode(bytes).unwrap(), req);
 //!
 //! let ack = Reply { result: Some(reply::Result::Ack(Ack { seq: Some(1), offset: Some(42), duplicate: Some(false) })) };
 //! assert_eq!(Reply::decode(&ack.encode_to_vec()[..]).unwrap(), ack);
 //! ```
 #![forbid(unsafe_code)]
 #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
+
+pub use prost::bytes::Bytes;
 
 #[allow(missing_docs, rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 mod generated {
@@ -103,10 +107,10 @@ mod tests {
         assert_eq!(p.payload, None);
         // And the other way: what this version writes, an older one reads.
         let cur = Publish {
-            client_id: Some(vec![2; 16]),
+            client_id: Some(vec![2; 16].into()),
             seq: Some(3),
             topic: Some("t".into()),
-            payload: Some(vec![5]),
+            payload: Some(vec![5].into()),
         };
         let o = OldPublish::decode(&cur.encode_to_vec()[..]).unwrap();
         assert_eq!(

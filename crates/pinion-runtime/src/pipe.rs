@@ -78,6 +78,8 @@ pub enum PipeEvent {
         /// Pauses this pipe's reads.
         gate: Arc<ReadGate>,
     },
+    /// One message (the usual case: a read that held one).
+    Message(PipeId, Message),
     /// Messages read in one go.
     Messages(PipeId, Vec<Message>),
     /// The pipe is gone.
@@ -158,6 +160,8 @@ pub struct PipeLink {
 
 /// Smallest read buffer space offered to the kernel.
 const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer with less spare room than this gets a new chunk.
+const MIN_SPARE: usize = 4 * 1024;
 /// Bodies at least this long are written with a vectored write from their
 /// own buffer instead of being copied into the write buffer.
 const VECTORED_MIN: usize = 16 * 1024;
@@ -279,7 +283,14 @@ async fn run_stream(
                 Ok(None) => 0,
                 Err(e) => return Err(Ok(e)),
             };
-            buf.reserve(want.max(READ_CHUNK));
+            // Reserve only when the spare room runs low: `buf` shares its
+            // storage with the messages split off it, so a reserve that
+            // cannot be met in place allocates a new buffer. Asking for a
+            // whole chunk after every small read would allocate one per
+            // read while earlier messages are still held.
+            if want > buf.capacity() - buf.len() || buf.capacity() - buf.len() < MIN_SPARE {
+                buf.reserve(want.max(READ_CHUNK));
+            }
             match io.try_read_buf(&mut buf) {
                 Ok(0) => return Err(Err(io::Error::from(io::ErrorKind::UnexpectedEof))),
                 Ok(_) => {}
@@ -291,28 +302,43 @@ async fn run_stream(
                 }
                 Err(e) => return Err(Err(e)),
             }
+            // One event per read. A read usually holds one message (one
+            // request in flight per peer), which goes without a Vec.
+            let mut first = None;
             let mut batch = Vec::new();
+            let mut bad = None;
             loop {
                 match decoder.decode(&mut buf) {
-                    Ok(Some(payload)) => batch.push(Message::from_body(payload)),
+                    Ok(Some(payload)) => {
+                        let m = Message::from_body(payload);
+                        match first.take() {
+                            None if batch.is_empty() => first = Some(m),
+                            prev => {
+                                batch.extend(prev);
+                                batch.push(m);
+                            }
+                        }
+                    }
                     Ok(None) => break,
                     Err(e) => {
                         // Deliver what came before the bad frame, then close.
-                        if !batch.is_empty() {
-                            let _ = link.events.send(PipeEvent::Messages(pipe, batch)).await;
-                        }
-                        return Err(Ok(e));
+                        bad = Some(e);
+                        break;
                     }
                 }
             }
-            if !batch.is_empty()
-                && link
-                    .events
-                    .send(PipeEvent::Messages(pipe, batch))
-                    .await
-                    .is_err()
-            {
-                return Ok(());
+            let ev = match first {
+                Some(m) => Some(PipeEvent::Message(pipe, m)),
+                None if !batch.is_empty() => Some(PipeEvent::Messages(pipe, batch)),
+                None => None,
+            };
+            if let Some(ev) = ev {
+                if link.events.send(ev).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if let Some(e) = bad {
+                return Err(Ok(e));
             }
         }
     };

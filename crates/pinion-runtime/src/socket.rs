@@ -1087,6 +1087,10 @@ impl Driver {
                     drop(out); // closes the pipe
                 }
             },
+            PipeEvent::Message(pipe, m) => {
+                self.stats.msgs_received.fetch_add(1, Ordering::Relaxed);
+                self.proto.handle_message(pipe, m, now);
+            }
             PipeEvent::Messages(pipe, batch) => {
                 self.stats
                     .msgs_received

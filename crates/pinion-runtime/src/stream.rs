@@ -11,6 +11,7 @@
 use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
 /// A connected TCP or UNIX stream.
@@ -31,11 +32,33 @@ impl StreamIo {
         }
     }
 
-    /// Reads what is there into `buf`'s spare capacity.
+    /// Reads what is there into `buf`'s spare capacity (which must not be
+    /// empty).
+    ///
+    /// A read that does not fill the space offered means the kernel had no
+    /// more: the stream's readiness is then cleared at once, so the next
+    /// call waits for new data instead of costing a `recv` that would only
+    /// say `EAGAIN`. (Readiness that arrives in between is not lost: tokio
+    /// only clears the readiness it observed before the read.)
     pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            StreamIo::Tcp(s) => s.try_read_buf(buf),
-            StreamIo::Ipc(s) => s.try_read_buf(buf),
+        let room = buf.capacity() - buf.len();
+        let mut got = 0;
+        let mut read = |sock: socket2::SockRef<'_>| {
+            let n = crate::sys::recv_into_spare(&sock, buf)?;
+            got = n;
+            if n > 0 && n < room {
+                // Short read: report "would block" to clear readiness.
+                return Err(io::Error::from(io::ErrorKind::WouldBlock));
+            }
+            Ok(n)
+        };
+        let r = match self {
+            StreamIo::Tcp(s) => s.try_io(Interest::READABLE, || read(socket2::SockRef::from(s))),
+            StreamIo::Ipc(s) => s.try_io(Interest::READABLE, || read(socket2::SockRef::from(s))),
+        };
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+            r => r,
         }
     }
 

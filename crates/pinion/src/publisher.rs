@@ -204,10 +204,10 @@ impl Publisher {
         self.next_seq += 1;
         let payload: Bytes = payload.into();
         let body: Bytes = Publish {
-            client_id: Some(self.opts.client_id.to_vec()),
+            client_id: Some(Bytes::copy_from_slice(&self.opts.client_id)),
             seq: Some(seq),
             topic: Some(topic.to_string()),
-            payload: Some(payload.to_vec()),
+            payload: Some(payload),
         }
         .encode_to_vec()
         .into();

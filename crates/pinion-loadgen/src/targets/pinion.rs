@@ -162,10 +162,10 @@ impl SpPublish {
     pub(crate) fn new(client_id: [u8; 16], payload: &[u8], pipeline: usize) -> Self {
         SpPublish {
             msg: Publish {
-                client_id: Some(client_id.to_vec()),
+                client_id: Some(client_id.to_vec().into()),
                 seq: Some(0),
                 topic: Some("bench".into()),
-                payload: Some(payload.to_vec()),
+                payload: Some(payload.to_vec().into()),
             },
             ids: vec![0; pipeline],
             generation: 0,

@@ -1,4 +1,5 @@
-//! Platform code: CPU affinity and seeds. Every `unsafe` in pinion lives here,
+//! Platform code: CPU affinity, seeds, and reading a socket into spare
+//! buffer capacity. Every `unsafe` in pinion lives here,
 //! each with a `// SAFETY:` note.
 
 use std::io;
@@ -55,6 +56,19 @@ pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
         let _ = cpu;
         Ok(())
     }
+}
+
+/// Receives from a stream socket into `buf`'s spare capacity (without
+/// zeroing it first) and returns the number of bytes read; 0 is end of
+/// stream.
+pub fn recv_into_spare(sock: &socket2::Socket, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    let len = buf.len();
+    let n = sock.recv(buf.spare_capacity_mut())?;
+    // SAFETY: `recv` wrote `n` bytes, from the start of the spare capacity
+    // it was given (it never reports more than the slice's length), so the
+    // first `len + n` bytes of the buffer are initialised.
+    unsafe { buf.set_len(len + n) };
+    Ok(n)
 }
 
 /// A seed that differs per process start and per call (request ids must
