@@ -839,3 +839,69 @@ fn pause_pipe_stops_reading_that_connection_only() {
     assert_eq!(rest.last().unwrap(), b"a3");
     let _ = b.flush();
 }
+
+#[test]
+fn closing_the_socket_sends_going_away_and_ends_on_the_answer() {
+    let pull = Socket::new(Protocol::Pull0).unwrap();
+    let url = listen(&pull, "/bye");
+    let mut s = upgraded(port_of(&url), "/bye", "pull.sp.nanomsg.org");
+    s.write_all(&frame(2, true, b"one", M)).unwrap();
+    assert_eq!(recv(&pull, "before close"), b"one");
+    pull.close();
+    let (_, op, p) = read_frame(&mut s);
+    assert_eq!((op, &p[..]), (8, &1001u16.to_be_bytes()[..]));
+    // Our answer ends the closing handshake: the server closes the TCP
+    // connection at once rather than after its linger timeout.
+    let t = Instant::now();
+    s.write_all(&frame(8, true, &1001u16.to_be_bytes(), M))
+        .unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn dialer_takes_frames_that_arrive_with_the_101() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let sub = Socket::new(Protocol::Sub0).unwrap();
+    sub.subscribe("").unwrap();
+    let url = format!("ws://127.0.0.1:{port}/");
+    let dialer = thread::spawn(move || {
+        sub.dial(&url).unwrap();
+        sub
+    });
+    let (mut s, head) = serve_one(&l);
+    assert_eq!(
+        header(&head, "sec-websocket-protocol"),
+        Some("pub.sp.nanomsg.org")
+    );
+    let key = header(&head, "sec-websocket-key").unwrap();
+    let mut answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: pub.sp.nanomsg.org\r\n\r\n",
+        tungstenite_accept(key)
+    )
+    .into_bytes();
+    // Two messages in the same write as the 101, the second fragmented.
+    answer.extend(frame(2, true, b"first", None));
+    answer.extend(frame(2, false, b"sec", None));
+    answer.extend(frame(0, true, b"ond", None));
+    s.write_all(&answer).unwrap();
+    let sub = dialer.join().unwrap();
+    assert_eq!(recv(&sub, "with the 101"), b"first");
+    assert_eq!(recv(&sub, "fragmented"), b"second");
+    // A ping from the server gets a masked pong.
+    s.write_all(&frame(9, true, b"pp", None)).unwrap();
+    let mut h = [0u8; 2];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!((h[0], h[1]), (0x8a, 0x80 | 2));
+    let mut kp = [0u8; 6];
+    s.read_exact(&mut kp).unwrap();
+    assert_eq!([kp[4] ^ kp[0], kp[5] ^ kp[1]], *b"pp");
+}

@@ -110,7 +110,7 @@ pub(crate) async fn run_pipe(
             link.stats.count_peer_error(&pe);
             tracing::debug!(pipe = pipe.0, error = %pe, "websocket upgrade refused");
             report(hs, Err(Error::Peer(pe)));
-            linger(&tcp, false).await;
+            linger(&tcp, false, None).await;
             return;
         }
         Ok(Err(Failed::Io(e))) => {
@@ -150,7 +150,8 @@ pub(crate) async fn run_pipe(
     let shared = Shared::default();
     let mut masks =
         (side == Side::Client).then(|| Rng::new(crate::sys::seed() ^ u64::from(pipe.0)));
-    let reader = read_loop(&tcp, side, pipe, link, &gate, &shared, leftover);
+    let mut dec = Decoder::new(side, link.opts.recv_max_size);
+    let reader = read_loop(&tcp, &mut dec, pipe, link, &gate, &shared, leftover);
     let writer = write_loop(&tcp, pipe, link, &mut out_rx, &shared, masks.as_mut());
     let end = tokio::select! {
         e = reader => e,
@@ -184,7 +185,9 @@ pub(crate) async fn run_pipe(
         frame::encode_close(code, masks.as_mut(), &mut out);
         let mut chunks = vec![out.freeze()];
         let sent = tokio::time::timeout(CLOSE_LINGER, write_chunks(&tcp, &mut chunks)).await;
-        linger(&tcp, matches!(sent, Ok(Ok(())))).await;
+        let sent = matches!(sent, Ok(Ok(())));
+        let wait_close = sent && matches!(end, End::Dropped | End::SocketClosed);
+        linger(&tcp, sent, wait_close.then_some(&mut dec)).await;
     } else {
         let _ = socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write);
     }
@@ -201,22 +204,43 @@ impl From<io::Error> for Failed {
     }
 }
 
-/// Shuts our side down and drains the peer's until its end of stream or
-/// [`CLOSE_LINGER`]. `wait`: false only shuts down and waits briefly.
-async fn linger(tcp: &TcpStream, wait: bool) {
+/// Shuts our side down and reads what the peer still sends (dropped) until
+/// its end of stream, an error, or [`CLOSE_LINGER`] (a quarter of it when
+/// no close frame went out). With the connection's decoder (we sent a close
+/// frame while the peer's stream was in a known state), the peer's answering
+/// close frame ends the wait too; messages still in flight are decoded
+/// (within the receive limit) and dropped.
+async fn linger(tcp: &TcpStream, sent_close: bool, mut dec: Option<&mut Decoder>) {
     let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
-    let limit = if wait { CLOSE_LINGER } else { CLOSE_LINGER / 4 };
+    let limit = if sent_close {
+        CLOSE_LINGER
+    } else {
+        CLOSE_LINGER / 4
+    };
     let drain = async {
         loop {
             if tcp.readable().await.is_err() {
                 return;
             }
-            let r = SCRATCH.with_borrow_mut(|s| tcp.try_read(s));
-            match r {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
+            let done = SCRATCH.with_borrow_mut(|s| match tcp.try_read(s) {
+                Ok(0) => true,
+                Ok(n) => {
+                    let Some(d) = dec.as_mut() else {
+                        return false;
+                    };
+                    let mut input = &s[..n];
+                    loop {
+                        match d.decode(&mut input) {
+                            Ok(None) => return false,
+                            Ok(Some(Event::Close(_))) | Err(_) => return true,
+                            Ok(Some(_)) => {}
+                        }
+                    }
+                }
+                Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+            });
+            if done {
+                return;
             }
         }
     };
@@ -310,19 +334,18 @@ fn feed(
 
 async fn read_loop(
     tcp: &TcpStream,
-    side: Side,
+    dec: &mut Decoder,
     pipe: PipeId,
     link: &PipeLink,
     gate: &ReadGate,
     shared: &Shared,
     leftover: Vec<u8>,
 ) -> End {
-    let mut dec = Decoder::new(side, link.opts.recv_max_size);
     let mut first = Some(leftover);
     loop {
         let mut batch = Vec::new();
         let end = if let Some(rest) = first.take() {
-            feed(&mut dec, &rest, &mut batch, shared)
+            feed(dec, &rest, &mut batch, shared)
         } else {
             gate.wait_open().await;
             if let Err(e) = tcp.readable().await {
@@ -330,7 +353,7 @@ async fn read_loop(
             }
             let r = SCRATCH.with_borrow_mut(|s| match tcp.try_read(s) {
                 Ok(0) => Err(Some(End::Eof)),
-                Ok(n) => Ok(feed(&mut dec, &s[..n], &mut batch, shared)),
+                Ok(n) => Ok(feed(dec, &s[..n], &mut batch, shared)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(None),
                 Err(e) => Err(Some(End::Io(e))),
             });
