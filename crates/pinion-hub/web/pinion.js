@@ -1,0 +1,875 @@
+/**
+ * pinion.js: the browser client of a pinion hub's HTTP port.
+ *
+ * An ES module without dependencies, served by `pinion serve` at
+ * `/pinion.js`. It speaks the hub's WebSocket endpoints as described in
+ * docs/HUB-WEB.md: `/sub` (subscribe, with resume), `/pub` (publish with
+ * ack, SP REQ/REP over WebSocket) and `/stats` (the dashboard's feed).
+ *
+ * ```js
+ * import { connect, NackError } from '/pinion.js';
+ *
+ * const hub = connect();                 // ws(s)://<this page's host>
+ * // or connect({ url: 'ws://127.0.0.1:7452' })
+ * hub.onstate = s => console.log(s);     // 'connecting' | 'open' | 'closed'
+ *
+ * // Every message whose topic starts with 'chat/', from offset 0 on, then
+ * // live. After a disconnect the subscription resumes at the offset after
+ * // the last one received: no gap, no duplicate.
+ * const sub = hub.subscribe({ topics: ['chat/'], from: 0 }, msg => {
+ *   msg.offset;      // number: the message's offset in the hub's log
+ *   msg.topic;       // string
+ *   msg.payload;     // Uint8Array
+ *   msg.text();      // the payload decoded as UTF-8
+ *   msg.seq;         // the publisher's sequence number
+ *   msg.clientId;    // Uint8Array(16): the publisher's id (msg.clientIdHex)
+ *   msg.timestamp;   // Date the hub logged it (msg.timestampUs: number, µs)
+ * });
+ *
+ * try {
+ *   const ack = await hub.publish('chat/room1', 'hello'); // or a Uint8Array
+ *   ack.offset; ack.seq; ack.duplicate;
+ * } catch (e) {
+ *   if (e instanceof NackError) console.log(e.codeName, e.reason); // e.g. TOO_LARGE
+ * }
+ *
+ * sub.close();
+ * hub.close();
+ * ```
+ *
+ * Behaviour:
+ *
+ * - Every connection (one `/pub` connection per hub object, opened at the
+ *   first publish; one `/sub` connection per subscription) reconnects by
+ *   itself after it drops, after a delay with exponential backoff and full
+ *   jitter: a random delay in [0, min(max, min * 2^attempt)] ms, by default
+ *   100 ms .. 10 s. The attempt count is reset once a connection has stayed
+ *   up for a while.
+ * - A subscription remembers the last offset it received and resubscribes
+ *   with `from = last + 1`, also when the hub closed it as a slow consumer
+ *   (close code 4008). A subscription made without `from` ("live from
+ *   now") that has received nothing yet resubscribes live: messages logged
+ *   while it was disconnected are not replayed to it.
+ * - Each hub object picks a random 16-byte client id (`hub.clientId`) and
+ *   numbers its publishes 1, 2, 3, ... Publishes not yet acked when the
+ *   `/pub` connection drops are sent again, with the same seq, once it is
+ *   back: the hub logs each (client id, seq) once and answers a retry with
+ *   the original offset (`duplicate: true`). A publish therefore waits for
+ *   its ack across reconnects; pass `{ timeout: ms }` (or
+ *   `connect({ publishTimeout })`) to bound the wait.
+ * - A NACK rejects the publish with a `NackError` (`code`, `codeName`,
+ *   `reason`, `seq`, `retryable`). Other failures reject with a
+ *   `PinionError` whose `code` is a string ('CLOSED', 'TIMEOUT', ...).
+ *
+ * In Node (>= 20) pass a WebSocket implementation:
+ * `connect({ url, WebSocket })` (Node 20's `--experimental-websocket`
+ * global, or the `ws` package); Node 22 and later have one built in.
+ *
+ * The protobuf messages (proto/pinion/v1/hub.proto) are encoded and
+ * decoded by hand below (varints and length-delimited fields only; unknown
+ * fields are skipped). Numbers are JavaScript numbers: offsets, seqs and
+ * timestamps above 2^53 are refused with a RangeError.
+ */
+
+// ---- errors -----------------------------------------------------------------
+
+/** A failure of the client or of the connection (not a NACK). */
+export class PinionError extends Error {
+  /**
+   * @param {string} message
+   * @param {string} code 'CLOSED' | 'TIMEOUT' | 'PROTOCOL' | 'REPLAY_FAILED' | 'INVALID' | 'NO_WEBSOCKET'
+   */
+  constructor(message, code) {
+    super(message);
+    this.name = 'PinionError';
+    this.code = code;
+  }
+}
+
+/** The `pinion.v1.Code` values of a NACK, by number. */
+export const NACK_CODES = Object.freeze({
+  0: 'CODE_UNSPECIFIED',
+  1: 'TOO_LARGE',
+  2: 'MALFORMED',
+  3: 'UNAVAILABLE',
+  4: 'SHUTTING_DOWN',
+  5: 'STALE',
+});
+
+/** The hub refused to log a message (a `pinion.v1.Nack`). */
+export class NackError extends PinionError {
+  constructor({ seq, code, reason }) {
+    const codeName = NACK_CODES[code] ?? `CODE_${code}`;
+    super(`pinion hub refused the message (seq ${seq}): ${codeName}${reason ? `: ${reason}` : ''}`, codeName);
+    this.name = 'NackError';
+    /** @type {number} the enum value (1 TOO_LARGE, 2 MALFORMED, 3 UNAVAILABLE, 4 SHUTTING_DOWN, 5 STALE) */
+    this.code = code;
+    /** @type {string} */
+    this.codeName = codeName;
+    /** @type {string} for humans; match on `code` */
+    this.reason = reason;
+    /** @type {number} */
+    this.seq = seq;
+    /** True for UNAVAILABLE and SHUTTING_DOWN: the same message may be published again later. */
+    this.retryable = code === 3 || code === 4;
+  }
+}
+
+// ---- protobuf ---------------------------------------------------------------
+
+const utf8Encoder = new TextEncoder();
+const utf8Decoder = new TextDecoder();
+
+function checkUint(n, what) {
+  if (!Number.isSafeInteger(n) || n < 0) {
+    throw new RangeError(`${what} must be an integer in [0, 2^53), got ${n}`);
+  }
+}
+
+/** Appends the varint encoding of a non-negative safe integer to `out`. */
+function pushVarint(out, n) {
+  checkUint(n, 'varint');
+  while (n >= 0x80) {
+    out.push((n % 0x80) | 0x80);
+    n = Math.floor(n / 0x80);
+  }
+  out.push(n);
+}
+
+/** The varint encoding of `n` (a non-negative integer below 2^53). */
+export function encodeVarint(n) {
+  const out = [];
+  pushVarint(out, n);
+  return Uint8Array.from(out);
+}
+
+function pushBytesField(out, field, bytes) {
+  pushVarint(out, (field << 3) | 2);
+  pushVarint(out, bytes.length);
+  for (let i = 0; i < bytes.length; i++) out.push(bytes[i]);
+}
+
+function pushVarintField(out, field, n) {
+  pushVarint(out, (field << 3) | 0);
+  pushVarint(out, n);
+}
+
+/**
+ * Encodes a `pinion.v1.Publish`.
+ * @param {{clientId: Uint8Array, seq: number, topic: string|Uint8Array, payload: Uint8Array}} p
+ * @returns {Uint8Array}
+ */
+export function encodePublish({ clientId, seq, topic, payload }) {
+  const out = [];
+  pushBytesField(out, 1, clientId);
+  pushVarintField(out, 2, seq);
+  pushBytesField(out, 3, typeof topic === 'string' ? utf8Encoder.encode(topic) : topic);
+  pushBytesField(out, 4, payload);
+  return Uint8Array.from(out);
+}
+
+/** A cursor over protobuf bytes. */
+class ProtoReader {
+  constructor(bytes) {
+    this.buf = bytes;
+    this.pos = 0;
+  }
+
+  /** A varint as a number; a RangeError above 2^53. */
+  varint() {
+    let result = 0;
+    let mul = 1;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.buf.length) throw new PinionError('truncated protobuf varint', 'PROTOCOL');
+      const b = this.buf[this.pos++];
+      result += (b & 0x7f) * mul;
+      if (b < 0x80) {
+        if (result > Number.MAX_SAFE_INTEGER) {
+          throw new RangeError('protobuf varint above 2^53 cannot be represented as a number');
+        }
+        return result;
+      }
+      mul *= 0x80;
+    }
+    throw new PinionError('protobuf varint longer than 10 bytes', 'PROTOCOL');
+  }
+
+  /** A varint as a BigInt (any 64-bit value). */
+  bigVarint() {
+    let result = 0n;
+    let shift = 0n;
+    for (let i = 0; i < 10; i++) {
+      if (this.pos >= this.buf.length) throw new PinionError('truncated protobuf varint', 'PROTOCOL');
+      const b = this.buf[this.pos++];
+      result |= BigInt(b & 0x7f) << shift;
+      if (b < 0x80) return BigInt.asUintN(64, result);
+      shift += 7n;
+    }
+    throw new PinionError('protobuf varint longer than 10 bytes', 'PROTOCOL');
+  }
+
+  bool() {
+    return this.bigVarint() !== 0n;
+  }
+
+  /** An enum (int32: negative values are sign-extended to 10 bytes on the wire). */
+  enumValue() {
+    return Number(BigInt.asIntN(32, this.bigVarint()));
+  }
+
+  /** A length-delimited field's bytes: a view into the buffer, not a copy. */
+  bytes() {
+    const len = this.varint();
+    const end = this.pos + len;
+    if (end > this.buf.length) throw new PinionError('truncated protobuf field', 'PROTOCOL');
+    const v = this.buf.subarray(this.pos, end);
+    this.pos = end;
+    return v;
+  }
+
+  skip(wireType) {
+    switch (wireType) {
+      case 0: this.bigVarint(); return;
+      case 1: this.advance(8); return;
+      case 2: this.bytes(); return;
+      case 5: this.advance(4); return;
+      default: throw new PinionError(`unsupported protobuf wire type ${wireType}`, 'PROTOCOL');
+    }
+  }
+
+  advance(n) {
+    if (this.pos + n > this.buf.length) throw new PinionError('truncated protobuf field', 'PROTOCOL');
+    this.pos += n;
+  }
+
+  /**
+   * Calls `onField(field, wireType)` for every field in order; it reads the
+   * fields it knows and returns true, or returns false to have the field
+   * skipped (unknown fields).
+   */
+  fields(onField) {
+    while (this.pos < this.buf.length) {
+      const key = this.varint();
+      const field = Math.floor(key / 8);
+      const wireType = key % 8;
+      if (field === 0) throw new PinionError('protobuf field number 0', 'PROTOCOL');
+      if (!onField(field, wireType)) this.skip(wireType);
+    }
+  }
+}
+
+function expectWire(actual, expected, what) {
+  if (actual !== expected) {
+    throw new PinionError(`${what}: protobuf wire type ${actual}, expected ${expected}`, 'PROTOCOL');
+  }
+}
+
+/**
+ * Decodes a `pinion.v1.Reply`: exactly one of `ack` or `nack` (absent
+ * scalar fields are 0 / false / '').
+ * @param {Uint8Array} bytes
+ * @returns {{ack: {seq: number, offset: number, duplicate: boolean}} | {nack: {seq: number, code: number, reason: string}}}
+ */
+export function decodeReply(bytes) {
+  const r = new ProtoReader(bytes);
+  let result = null;
+  r.fields((field, wire) => {
+    if (field === 1) {
+      expectWire(wire, 2, 'Reply.ack');
+      const a = new ProtoReader(r.bytes());
+      const ack = { seq: 0, offset: 0, duplicate: false };
+      a.fields((f, w) => {
+        if (f === 1) { expectWire(w, 0, 'Ack.seq'); ack.seq = a.varint(); return true; }
+        if (f === 2) { expectWire(w, 0, 'Ack.offset'); ack.offset = a.varint(); return true; }
+        if (f === 3) { expectWire(w, 0, 'Ack.duplicate'); ack.duplicate = a.bool(); return true; }
+        return false;
+      });
+      result = { ack };
+      return true;
+    }
+    if (field === 2) {
+      expectWire(wire, 2, 'Reply.nack');
+      const n = new ProtoReader(r.bytes());
+      const nack = { seq: 0, code: 0, reason: '' };
+      n.fields((f, w) => {
+        if (f === 1) { expectWire(w, 0, 'Nack.seq'); nack.seq = n.varint(); return true; }
+        if (f === 2) { expectWire(w, 0, 'Nack.code'); nack.code = n.enumValue(); return true; }
+        if (f === 3) { expectWire(w, 2, 'Nack.reason'); nack.reason = utf8Decoder.decode(n.bytes()); return true; }
+        return false;
+      });
+      result = { nack };
+      return true;
+    }
+    return false;
+  });
+  if (!result) throw new PinionError('pinion.v1.Reply has neither ack nor nack', 'PROTOCOL');
+  return result;
+}
+
+/**
+ * Decodes a `pinion.v1.Delivery` (absent fields are 0 / empty).
+ * `clientId` and `payload` are views into `bytes`.
+ * @param {Uint8Array} bytes
+ * @returns {{offset: number, timestampUs: number, clientId: Uint8Array, seq: number, payload: Uint8Array}}
+ */
+export function decodeDelivery(bytes) {
+  const r = new ProtoReader(bytes);
+  const d = { offset: 0, timestampUs: 0, clientId: new Uint8Array(0), seq: 0, payload: new Uint8Array(0) };
+  r.fields((f, w) => {
+    switch (f) {
+      case 1: expectWire(w, 0, 'Delivery.offset'); d.offset = r.varint(); return true;
+      case 2: expectWire(w, 0, 'Delivery.timestamp_us'); d.timestampUs = r.varint(); return true;
+      case 3: expectWire(w, 2, 'Delivery.client_id'); d.clientId = r.bytes(); return true;
+      case 4: expectWire(w, 0, 'Delivery.seq'); d.seq = r.varint(); return true;
+      case 5: expectWire(w, 2, 'Delivery.payload'); d.payload = r.bytes(); return true;
+      default: return false;
+    }
+  });
+  return d;
+}
+
+/** Lower-case hex of some bytes. */
+export function toHex(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i++) s += bytes[i].toString(16).padStart(2, '0');
+  return s;
+}
+
+/** One message delivered to a subscription. */
+export class Message {
+  constructor(topic, d) {
+    /** @type {string} */
+    this.topic = topic;
+    /** @type {number} offset in the hub's log */
+    this.offset = d.offset;
+    /** @type {number} when the hub logged it, µs since the Unix epoch */
+    this.timestampUs = d.timestampUs;
+    /** @type {Uint8Array} the publisher's 16-byte client id */
+    this.clientId = d.clientId;
+    /** @type {number} the publisher's sequence number */
+    this.seq = d.seq;
+    /** @type {Uint8Array} */
+    this.payload = d.payload;
+  }
+  /** The payload decoded as UTF-8 (invalid sequences become U+FFFD). */
+  text() {
+    return utf8Decoder.decode(this.payload);
+  }
+  /** When the hub logged it (millisecond precision). */
+  get timestamp() {
+    return new Date(Math.floor(this.timestampUs / 1000));
+  }
+  get clientIdHex() {
+    return toHex(this.clientId);
+  }
+}
+
+/**
+ * Parses one `/sub` frame: the topic's bytes, one 0x00 byte, then a
+ * `pinion.v1.Delivery`.
+ * @param {Uint8Array} frame
+ * @returns {Message}
+ */
+export function parseSubFrame(frame) {
+  const nul = frame.indexOf(0);
+  if (nul < 0) throw new PinionError('subscriber frame without the 0x00 byte after the topic', 'PROTOCOL');
+  const topic = utf8Decoder.decode(frame.subarray(0, nul));
+  return new Message(topic, decodeDelivery(frame.subarray(nul + 1)));
+}
+
+/**
+ * Encodes one `/pub` request: the 4-byte big-endian request id (high bit
+ * set) then a `pinion.v1.Publish`.
+ * @param {number} requestId 0x80000000 | n
+ */
+export function encodePubRequest(requestId, publish) {
+  const body = encodePublish(publish);
+  const frame = new Uint8Array(4 + body.length);
+  new DataView(frame.buffer).setUint32(0, requestId >>> 0);
+  frame.set(body, 4);
+  return frame;
+}
+
+/**
+ * Splits one `/pub` reply into its request id and decoded `Reply`.
+ * @param {Uint8Array} frame
+ */
+export function decodePubReply(frame) {
+  if (frame.length < 4) throw new PinionError(`reply of ${frame.length} bytes, shorter than the 4-byte request id`, 'PROTOCOL');
+  const requestId = new DataView(frame.buffer, frame.byteOffset, 4).getUint32(0);
+  if (requestId < 0x80000000) {
+    throw new PinionError(`reply's request id 0x${requestId.toString(16)} lacks the high bit`, 'PROTOCOL');
+  }
+  return { requestId, reply: decodeReply(frame.subarray(4)) };
+}
+
+// ---- reconnecting connections -------------------------------------------------
+
+/**
+ * The delay before reconnect attempt `attempt` (0, 1, 2, ...): exponential
+ * backoff with full jitter, `random() * min(max, min * 2^attempt)` ms.
+ */
+export function backoffDelay(attempt, { min = 100, max = 10000 } = {}, random = Math.random) {
+  const ceiling = Math.min(max, min * 2 ** Math.min(attempt, 30));
+  return random() * ceiling;
+}
+
+/** Close code of a subscriber that fell too far behind. */
+export const CLOSE_SLOW_CONSUMER = 4008;
+/** Close code of a subscriber whose replay could not read the log. */
+export const CLOSE_REPLAY_FAILED = 4011;
+
+function toBytes(data) {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return null;
+}
+
+/**
+ * One WebSocket that reconnects by itself. `handlers`: `url()` (called at
+ * every attempt), `protocol`, `onOpen()`, `onMessage(data)`,
+ * `onClose(event)`.
+ */
+class Link {
+  constructor(hub, name, handlers) {
+    this.hub = hub;
+    this.name = name;
+    this.h = handlers;
+    this.ws = null;
+    this.state = 'connecting';
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.stableTimer = null;
+    this.closed = false;
+    /** Connections opened so far (1 after the first). */
+    this.opens = 0;
+  }
+
+  start() {
+    this.hub._updateState();
+    this.open();
+  }
+
+  setState(s) {
+    if (this.state === s) return;
+    this.state = s;
+    this.h.onState?.(s);
+    this.hub._updateState();
+  }
+
+  open() {
+    this.retryTimer = null;
+    if (this.closed) return;
+    this.setState('connecting');
+    const WS = this.hub._WebSocket;
+    let ws;
+    try {
+      ws = this.h.protocol ? new WS(this.h.url(), this.h.protocol) : new WS(this.h.url());
+    } catch (e) {
+      this.hub._error(new PinionError(`${this.name}: cannot open a WebSocket: ${e.message}`, 'PROTOCOL'));
+      this.scheduleRetry();
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    this.ws = ws;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      this.opens++;
+      this.setState('open');
+      const { setTimeout } = this.hub._timers;
+      this.stableTimer = setTimeout(() => { this.attempt = 0; }, this.hub._stableMs);
+      this.h.onOpen?.();
+    };
+    ws.onmessage = (ev) => {
+      if (this.ws !== ws) return;
+      try {
+        this.h.onMessage(ev.data);
+      } catch (e) {
+        this.hub._error(e instanceof PinionError ? e : new PinionError(`${this.name}: ${e.message}`, 'PROTOCOL'));
+      }
+    };
+    ws.onerror = () => {}; // a close event follows
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      const { clearTimeout } = this.hub._timers;
+      if (this.stableTimer !== null) clearTimeout(this.stableTimer);
+      this.stableTimer = null;
+      if (this.closed) return;
+      this.h.onClose?.(ev);
+      this.scheduleRetry();
+    };
+  }
+
+  scheduleRetry() {
+    if (this.closed) return;
+    this.setState('connecting');
+    const delay = backoffDelay(this.attempt, this.hub._backoff, this.hub._random);
+    this.attempt++;
+    this.lastDelay = delay;
+    this.retryTimer = this.hub._timers.setTimeout(() => this.open(), delay);
+  }
+
+  /** Sends if open; returns whether it did. */
+  send(bytes) {
+    if (this.state !== 'open' || !this.ws) return false;
+    this.ws.send(bytes);
+    return true;
+  }
+
+  close(code = 1000, reason = '') {
+    if (this.closed) return;
+    this.closed = true;
+    const { clearTimeout } = this.hub._timers;
+    if (this.retryTimer !== null) clearTimeout(this.retryTimer);
+    if (this.stableTimer !== null) clearTimeout(this.stableTimer);
+    this.retryTimer = this.stableTimer = null;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      try { ws.close(code, reason); } catch { /* already closing */ }
+    }
+    this.setState('closed');
+    this.hub._links.delete(this);
+    this.hub._updateState();
+  }
+}
+
+// ---- subscriptions ------------------------------------------------------------
+
+/** A live subscription (see `Hub.subscribe`). */
+export class Subscription {
+  constructor(hub, topics, from, onmessage) {
+    this.hub = hub;
+    /** @type {string[]} topic prefixes ([] = every topic) */
+    this.topics = topics;
+    /** @type {number|null} the `from` asked for (null = live from now) */
+    this.from = from;
+    /** @type {number|null} offset of the last message received */
+    this.lastOffset = null;
+    /** Messages received. */
+    this.received = 0;
+    /** Frames dropped because their offset was not above `lastOffset` (the hub promises none). */
+    this.duplicatesDropped = 0;
+    /** @type {(msg: Message) => void} */
+    this.onmessage = onmessage;
+    /** @type {((state: string) => void) | null} */
+    this.onstate = null;
+    /** @type {((err: PinionError) => void) | null} */
+    this.onerror = null;
+    /** Set after a close with code 4008 (slow consumer): its reason text. */
+    this.lastClose = null;
+    this.link = new Link(hub, 'subscribe', {
+      url: () => this.url(),
+      onState: (s) => this.onstate?.(s),
+      onMessage: (data) => this.deliver(data),
+      onClose: (ev) => this.closedBy(ev),
+    });
+    hub._links.add(this.link);
+    this.link.start();
+  }
+
+  /** Where the next (re)connection goes: `from` is last + 1 once anything was received. */
+  url() {
+    const q = this.topics.map((t) => `topic=${encodeURIComponent(t)}`);
+    const from = this.nextFrom();
+    if (from !== null) q.push(`from=${from}`);
+    return `${this.hub.url}/sub${q.length ? `?${q.join('&')}` : ''}`;
+  }
+
+  /** The `from` of the next (re)connection, or null for live. */
+  nextFrom() {
+    return this.lastOffset !== null ? this.lastOffset + 1 : this.from;
+  }
+
+  get state() {
+    return this.link.state;
+  }
+
+  deliver(data) {
+    const bytes = toBytes(data);
+    if (!bytes) throw new PinionError('subscribe: text frame from the hub, expected binary', 'PROTOCOL');
+    const msg = parseSubFrame(bytes);
+    if (this.lastOffset !== null && msg.offset <= this.lastOffset) {
+      this.duplicatesDropped++;
+      return;
+    }
+    this.lastOffset = msg.offset;
+    this.received++;
+    this.onmessage?.(msg);
+  }
+
+  closedBy(ev) {
+    this.lastClose = { code: ev.code, reason: ev.reason };
+    if (ev.code === CLOSE_REPLAY_FAILED) {
+      const err = new PinionError(`subscribe: the hub could not replay its log (${ev.reason || 'no reason given'}); retrying`, 'REPLAY_FAILED');
+      this.onerror?.(err);
+      this.hub._error(err);
+    }
+    // 4008 (slow consumer), 1000 (shutdown), 1006 (dropped), ...: reconnect
+    // from lastOffset + 1 after the backoff delay.
+  }
+
+  /** Stops the subscription for good. */
+  close() {
+    this.link.close(1000, 'unsubscribed');
+  }
+}
+
+// ---- the hub ------------------------------------------------------------------
+
+function defaultBaseUrl() {
+  const loc = globalThis.location;
+  if (!loc || !/^https?:$/.test(loc.protocol)) {
+    throw new PinionError("no url given and no page location to derive it from: connect({ url: 'ws://host:7452' })", 'INVALID');
+  }
+  return `${loc.protocol === 'https:' ? 'wss:' : 'ws:'}//${loc.host}`;
+}
+
+function normalizeBaseUrl(url) {
+  let u;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new PinionError(`not a URL: ${url}`, 'INVALID');
+  }
+  if (u.protocol === 'http:') u.protocol = 'ws:';
+  else if (u.protocol === 'https:') u.protocol = 'wss:';
+  else if (u.protocol !== 'ws:' && u.protocol !== 'wss:') {
+    throw new PinionError(`url must be ws://, wss://, http:// or https://, got ${url}`, 'INVALID');
+  }
+  if (u.search || u.hash) throw new PinionError(`url must be the hub's base URL, without query or fragment: ${url}`, 'INVALID');
+  return u.href.replace(/\/+$/, '');
+}
+
+function randomBytes(n) {
+  const b = new Uint8Array(n);
+  const c = globalThis.crypto;
+  if (!c?.getRandomValues) throw new PinionError('crypto.getRandomValues is not available: pass connect({ clientId })', 'INVALID');
+  c.getRandomValues(b);
+  return b;
+}
+
+const PUB_PROTOCOL = 'rep.sp.nanomsg.org';
+const MAX_TOPIC_BYTES = 255;
+
+/** A connection to one hub: publish, subscribe, watch its stats. Made by `connect()`. */
+export class Hub {
+  constructor(opts = {}) {
+    this.url = normalizeBaseUrl(opts.url ?? defaultBaseUrl());
+    this._WebSocket = opts.WebSocket ?? globalThis.WebSocket;
+    if (typeof this._WebSocket !== 'function') {
+      throw new PinionError(
+        'no WebSocket implementation: pass connect({ WebSocket }) (in Node 20 run with --experimental-websocket, or use the ws package)',
+        'NO_WEBSOCKET',
+      );
+    }
+    this._backoff = { min: opts.backoff?.min ?? 100, max: opts.backoff?.max ?? 10000 };
+    this._random = opts.random ?? Math.random;
+    this._timers = opts.timers ?? { setTimeout: globalThis.setTimeout.bind(globalThis), clearTimeout: globalThis.clearTimeout.bind(globalThis) };
+    this._stableMs = opts.stableMs ?? 5000;
+    this._publishTimeout = opts.publishTimeout ?? 0;
+    /** @type {Uint8Array} this hub object's 16-byte client id */
+    this.clientId = opts.clientId ? Uint8Array.from(opts.clientId) : randomBytes(16);
+    if (this.clientId.length !== 16) throw new PinionError(`clientId must be 16 bytes, got ${this.clientId.length}`, 'INVALID');
+    this._seq = opts.firstSeq ?? 1;
+    checkUint(this._seq, 'firstSeq');
+    this._nextRequest = Math.floor(this._random() * 0x7fffffff) >>> 0;
+    /** Requests not yet answered, by request id, in send order. */
+    this._pending = new Map();
+    this._pub = null;
+    this._links = new Set();
+    this._closed = false;
+    this.state = 'connecting';
+    /** @type {((state: 'connecting'|'open'|'closed') => void) | null} */
+    this.onstate = opts.onstate ?? null;
+    /** @type {((err: PinionError) => void) | null} errors not tied to one call (protocol errors, replay failures) */
+    this.onerror = opts.onerror ?? null;
+    this._updateState();
+  }
+
+  get clientIdHex() {
+    return toHex(this.clientId);
+  }
+
+  /** Publishes not yet acked. */
+  get pendingCount() {
+    return this._pending.size;
+  }
+
+  _error(err) {
+    if (this.onerror) this.onerror(err);
+    else if (typeof console !== 'undefined') console.warn(`pinion: ${err.message}`);
+  }
+
+  _updateState() {
+    let s;
+    if (this._closed) s = 'closed';
+    else {
+      s = 'open';
+      for (const l of this._links) if (l.state !== 'open') s = 'connecting';
+    }
+    if (s !== this.state) {
+      this.state = s;
+      this.onstate?.(s);
+    }
+  }
+
+  /**
+   * Subscribes to topic prefixes.
+   * @param {{topics?: string[]|string, from?: number|null}} spec `topics`: prefixes (none = every topic); `from`: first offset wanted (absent = live from now)
+   * @param {(msg: Message) => void} onmessage
+   * @returns {Subscription}
+   */
+  subscribe(spec = {}, onmessage) {
+    if (this._closed) throw new PinionError('subscribe on a closed hub', 'CLOSED');
+    if (typeof spec === 'function') [spec, onmessage] = [{}, spec];
+    let topics = spec.topics ?? [];
+    if (typeof topics === 'string') topics = [topics];
+    if (!Array.isArray(topics) || topics.some((t) => typeof t !== 'string')) {
+      throw new PinionError('subscribe: topics must be a string or an array of strings', 'INVALID');
+    }
+    const from = spec.from ?? null;
+    if (from !== null) checkUint(from, 'subscribe: from');
+    if (typeof onmessage !== 'function') throw new PinionError('subscribe: a message callback is required', 'INVALID');
+    return new Subscription(this, [...topics], from, onmessage);
+  }
+
+  /**
+   * Publishes one message and resolves with its ack once it is in the log.
+   * @param {string} topic UTF-8, at most 255 bytes, no NUL
+   * @param {string|Uint8Array|ArrayBuffer} payload
+   * @param {{timeout?: number}} [opts] reject with a TIMEOUT PinionError after this many ms without an ack (0 = wait, across reconnects)
+   * @returns {Promise<{seq: number, offset: number, duplicate: boolean}>}
+   */
+  publish(topic, payload, opts = {}) {
+    try {
+      if (this._closed) throw new PinionError('publish on a closed hub', 'CLOSED');
+      if (typeof topic !== 'string') throw new PinionError('publish: topic must be a string', 'INVALID');
+      const topicBytes = utf8Encoder.encode(topic);
+      if (topicBytes.length > MAX_TOPIC_BYTES) {
+        throw new PinionError(`publish: topic is ${topicBytes.length} bytes, the hub takes at most ${MAX_TOPIC_BYTES}`, 'INVALID');
+      }
+      if (topicBytes.includes(0)) throw new PinionError('publish: topic contains a NUL character', 'INVALID');
+      let body;
+      if (typeof payload === 'string') body = utf8Encoder.encode(payload);
+      else body = toBytes(payload);
+      if (!body) throw new PinionError('publish: payload must be a string, a Uint8Array or an ArrayBuffer', 'INVALID');
+      const seq = this._seq++;
+      this._nextRequest = (this._nextRequest + 1) & 0x7fffffff;
+      const requestId = (0x80000000 | this._nextRequest) >>> 0;
+      const frame = encodePubRequest(requestId, { clientId: this.clientId, seq, topic: topicBytes, payload: body });
+      return new Promise((resolve, reject) => {
+        const p = { seq, frame, resolve, reject, timer: null };
+        const timeout = opts.timeout ?? this._publishTimeout;
+        if (timeout > 0) {
+          p.timer = this._timers.setTimeout(() => {
+            this._pending.delete(requestId);
+            reject(new PinionError(`publish seq ${seq}: no ack within ${timeout} ms (it may still be logged)`, 'TIMEOUT'));
+          }, timeout);
+        }
+        this._pending.set(requestId, p);
+        this._pubLink().send(frame);
+      });
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  _pubLink() {
+    if (!this._pub) {
+      this._pub = new Link(this, 'publish', {
+        url: () => `${this.url}/pub`,
+        protocol: PUB_PROTOCOL,
+        // Requests unanswered on the previous connection go again, same
+        // request id and same seq: the hub answers a retry with the
+        // original offset.
+        onOpen: () => {
+          for (const p of this._pending.values()) this._pub.send(p.frame);
+        },
+        onMessage: (data) => this._reply(data),
+      });
+      this._links.add(this._pub);
+      this._pub.start();
+    }
+    return this._pub;
+  }
+
+  _reply(data) {
+    const bytes = toBytes(data);
+    if (!bytes) throw new PinionError('publish: text frame from the hub, expected binary', 'PROTOCOL');
+    const { requestId, reply } = decodePubReply(bytes);
+    const p = this._pending.get(requestId);
+    if (!p) return; // answered already (a resend's second answer), or timed out
+    this._pending.delete(requestId);
+    if (p.timer !== null) this._timers.clearTimeout(p.timer);
+    if (reply.ack) {
+      if (reply.ack.seq !== p.seq) {
+        p.reject(new PinionError(`publish seq ${p.seq}: the ack is for seq ${reply.ack.seq}`, 'PROTOCOL'));
+        return;
+      }
+      p.resolve({ seq: reply.ack.seq, offset: reply.ack.offset, duplicate: reply.ack.duplicate });
+    } else {
+      // A nack for an undecodable request has no seq: it is this request's.
+      p.reject(new NackError({ ...reply.nack, seq: p.seq }));
+    }
+  }
+
+  /**
+   * Calls `onstats(object)` with each `/stats` JSON frame (every 500 ms),
+   * reconnecting like the other connections.
+   * @returns {{close(): void, readonly state: string}}
+   */
+  watchStats(onstats) {
+    if (this._closed) throw new PinionError('watchStats on a closed hub', 'CLOSED');
+    const link = new Link(this, 'stats', {
+      url: () => `${this.url}/stats`,
+      onMessage: (data) => {
+        if (typeof data !== 'string') throw new PinionError('stats: binary frame from the hub, expected JSON text', 'PROTOCOL');
+        onstats(JSON.parse(data));
+      },
+    });
+    this._links.add(link);
+    link.start();
+    return {
+      close: () => link.close(1000, 'done'),
+      get state() { return link.state; },
+    };
+  }
+
+  /**
+   * Closes every connection. Publishes still waiting for their ack reject
+   * with a CLOSED PinionError (they may or may not be in the log).
+   */
+  close() {
+    if (this._closed) return;
+    this._closed = true;
+    for (const l of [...this._links]) l.close(1000, 'client closed');
+    for (const [, p] of this._pending) {
+      if (p.timer !== null) this._timers.clearTimeout(p.timer);
+      p.reject(new PinionError(`publish seq ${p.seq}: hub closed before the ack (the message may or may not be in the log)`, 'CLOSED'));
+    }
+    this._pending.clear();
+    this._updateState();
+  }
+}
+
+/**
+ * Connects to a pinion hub's HTTP port.
+ * @param {object} [opts]
+ * @param {string} [opts.url] the hub's base URL (ws://, wss://, http:// or https://; default: this page's host)
+ * @param {Function} [opts.WebSocket] WebSocket constructor (default: globalThis.WebSocket)
+ * @param {{min?: number, max?: number}} [opts.backoff] reconnect delays in ms (default 100 .. 10000)
+ * @param {number} [opts.publishTimeout] default `timeout` of publish(), ms (0 = none)
+ * @param {Uint8Array} [opts.clientId] 16 bytes (default: random)
+ * @param {number} [opts.firstSeq] the first publish's seq (default 1); with a kept clientId, continue above the last one used
+ * @param {(s: string) => void} [opts.onstate]
+ * @param {(e: PinionError) => void} [opts.onerror]
+ * @param {() => number} [opts.random] for tests: the jitter's random source
+ * @param {{setTimeout: Function, clearTimeout: Function}} [opts.timers] for tests
+ * @param {number} [opts.stableMs] a connection up this long resets the backoff (default 5000)
+ * @returns {Hub}
+ */
+export function connect(opts = {}) {
+  return new Hub(opts);
+}

@@ -1,0 +1,381 @@
+// pinion.js's connections without a hub: a scripted fake WebSocket and
+// fake timers drive reconnects, backoff, resume and resends.
+//
+//   node --test tests/browser/
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+
+import {
+  connect, encodePublish, toHex, PinionError, NackError, CLOSE_SLOW_CONSUMER, CLOSE_REPLAY_FAILED,
+} from '../../crates/pinion-hub/web/pinion.js';
+
+const vectors = JSON.parse(readFileSync(new URL('./vectors.json', import.meta.url), 'utf8'));
+const hex = (s) => Uint8Array.from(s.match(/../g) ?? [], (b) => parseInt(b, 16));
+const cat = (...parts) => {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) { out.set(p, at); at += p.length; }
+  return out;
+};
+const varint = (n) => { const o = []; while (n >= 128) { o.push((n % 128) | 128); n = Math.floor(n / 128); } o.push(n); return o; };
+const field = (f, wt, body) => (wt === 0 ? [...varint(f * 8), ...varint(body)] : [...varint(f * 8 + 2), ...varint(body.length), ...body]);
+
+/** A /sub frame, built here independently of pinion.js. */
+function subFrame(topic, offset, payload = `m${offset}`) {
+  const p = new TextEncoder().encode(payload);
+  const d = [...field(1, 0, offset), ...field(2, 0, 1795400000000000 + offset), ...field(3, 2, [...new Uint8Array(16).fill(7)]),
+    ...field(4, 0, offset + 1), ...field(5, 2, [...p])];
+  return Uint8Array.from([...new TextEncoder().encode(topic), 0, ...d]);
+}
+/** A /pub reply frame. */
+function ackFrame(reqId, seq, offset, duplicate = false) {
+  const ack = [...field(1, 0, seq), ...field(2, 0, offset), ...field(3, 0, duplicate ? 1 : 0)];
+  const r = Uint8Array.from(field(1, 2, ack));
+  const out = new Uint8Array(4 + r.length);
+  new DataView(out.buffer).setUint32(0, reqId);
+  out.set(r, 4);
+  return out;
+}
+function nackFrame(reqId, seq, code, reason) {
+  const nack = [...field(1, 0, seq), ...field(2, 0, code), ...field(3, 2, [...new TextEncoder().encode(reason)])];
+  const r = Uint8Array.from(field(2, 2, nack));
+  const out = new Uint8Array(4 + r.length);
+  new DataView(out.buffer).setUint32(0, reqId);
+  out.set(r, 4);
+  return out;
+}
+const reqIdOf = (frame) => new DataView(frame.buffer, frame.byteOffset).getUint32(0);
+
+class FakeTimers {
+  constructor() { this.now = 0; this.q = []; this.nextId = 1; }
+  setTimeout = (fn, ms) => { const id = this.nextId++; this.q.push({ id, at: this.now + ms, fn }); return id; };
+  clearTimeout = (id) => { this.q = this.q.filter((t) => t.id !== id); };
+  /** The delays (from now) of the pending timers. */
+  pending() { return this.q.map((t) => t.at - this.now); }
+  advance(ms) {
+    const end = this.now + ms;
+    for (;;) {
+      this.q.sort((a, b) => a.at - b.at);
+      const t = this.q[0];
+      if (!t || t.at > end) break;
+      this.q.shift();
+      this.now = t.at;
+      t.fn();
+    }
+    this.now = end;
+  }
+}
+
+function fakeWebSocket() {
+  const sockets = [];
+  class FakeWS {
+    constructor(url, protocol) {
+      this.url = url;
+      this.protocolAsked = protocol;
+      this.sent = [];
+      this.closedByClient = null;
+      sockets.push(this);
+    }
+    send(b) { this.sent.push(Uint8Array.from(b)); }
+    close(code, reason) { this.closedByClient = { code, reason }; }
+    // the "server" side
+    accept() { this.onopen?.({}); }
+    deliver(bytes) { this.onmessage?.({ data: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) }); }
+    text(s) { this.onmessage?.({ data: s }); }
+    drop(code = 1006, reason = '') { this.onclose?.({ code, reason, wasClean: code !== 1006 }); }
+  }
+  return { FakeWS, sockets, last: () => sockets[sockets.length - 1] };
+}
+
+function setup(extra = {}) {
+  const timers = new FakeTimers();
+  const ws = fakeWebSocket();
+  const states = [];
+  const errors = [];
+  const hub = connect({
+    url: 'ws://hub.test:7452', WebSocket: ws.FakeWS, timers, random: () => 1,
+    onstate: (s) => states.push(s), onerror: (e) => errors.push(e), ...extra,
+  });
+  return { hub, timers, ws, states, errors };
+}
+
+test('base URL: http(s) becomes ws(s), trailing slash dropped, bad URLs refused', () => {
+  const { FakeWS } = fakeWebSocket();
+  assert.equal(connect({ url: 'http://h:1/', WebSocket: FakeWS }).url, 'ws://h:1');
+  assert.equal(connect({ url: 'https://h/pinion/', WebSocket: FakeWS }).url, 'wss://h/pinion');
+  assert.throws(() => connect({ url: 'ftp://h', WebSocket: FakeWS }), /ws:\/\/, wss:\/\//);
+  assert.throws(() => connect({ url: 'nope', WebSocket: FakeWS }), /not a URL/);
+  assert.throws(() => connect({ WebSocket: FakeWS }), /no url given/); // Node: no location
+  assert.throws(() => connect({ url: 'ws://h', WebSocket: 'not a constructor' }),
+    (e) => e instanceof PinionError && e.code === 'NO_WEBSOCKET' && /pass connect\(\{ WebSocket \}\)/.test(e.message));
+});
+
+test('subscribe: URL with percent-encoded prefixes and from', () => {
+  const { hub, ws } = setup();
+  hub.subscribe({ topics: ['chat/', 'a b&c=\u00e9'], from: 0 }, () => {});
+  assert.equal(ws.last().url, 'ws://hub.test:7452/sub?topic=chat%2F&topic=a%20b%26c%3D%C3%A9&from=0');
+  hub.subscribe({}, () => {});
+  assert.equal(ws.last().url, 'ws://hub.test:7452/sub');
+  hub.subscribe({ topics: 'x/' }, () => {});
+  assert.equal(ws.last().url, 'ws://hub.test:7452/sub?topic=x%2F');
+  assert.throws(() => hub.subscribe({ from: -1 }, () => {}), RangeError);
+  assert.throws(() => hub.subscribe({ topics: [1] }, () => {}), /topics must be/);
+  assert.throws(() => hub.subscribe({}), /callback is required/);
+  hub.close();
+});
+
+test('subscribe: resumes at last offset + 1 after a drop, drops duplicates, no gap', () => {
+  const { hub, ws, timers } = setup();
+  const got = [];
+  const sub = hub.subscribe({ topics: ['t/'], from: 5 }, (m) => got.push([m.topic, m.offset, m.text()]));
+  const s1 = ws.last();
+  s1.accept();
+  assert.equal(sub.state, 'open');
+  for (const o of [5, 6, 7]) s1.deliver(subFrame('t/a', o));
+  s1.drop(1006);
+  assert.equal(sub.state, 'connecting');
+  assert.equal(ws.sockets.length, 1, 'no reconnect before the backoff delay');
+  timers.advance(100); // random() = 1: the first delay is the full 100 ms
+  const s2 = ws.last();
+  assert.equal(s2.url, 'ws://hub.test:7452/sub?topic=t%2F&from=8');
+  s2.accept();
+  s2.deliver(subFrame('t/a', 7)); // a duplicate: dropped
+  s2.deliver(subFrame('t/b', 8));
+  assert.deepEqual(got, [['t/a', 5, 'm5'], ['t/a', 6, 'm6'], ['t/a', 7, 'm7'], ['t/b', 8, 'm8']]);
+  assert.equal(sub.duplicatesDropped, 1);
+  assert.equal(sub.lastOffset, 8);
+  hub.close();
+  assert.deepEqual(s2.closedByClient, { code: 1000, reason: 'client closed' });
+});
+
+test('subscribe: a slow-consumer close (4008) resumes from last + 1', () => {
+  const { hub, ws, timers } = setup();
+  const got = [];
+  hub.subscribe({ from: 0 }, (m) => got.push(m.offset));
+  ws.last().accept();
+  for (let o = 0; o < 4; o++) ws.last().deliver(subFrame('x', o));
+  ws.last().drop(CLOSE_SLOW_CONSUMER, 'slow consumer: resume from offset 4');
+  timers.advance(100);
+  assert.equal(ws.last().url, 'ws://hub.test:7452/sub?from=4');
+  ws.last().accept();
+  ws.last().deliver(subFrame('x', 4));
+  assert.deepEqual(got, [0, 1, 2, 3, 4]);
+  hub.close();
+});
+
+test('subscribe: live (no from) stays live until a message arrives, then resumes exactly', () => {
+  const { hub, ws, timers } = setup();
+  hub.subscribe({ topics: ['a'] }, () => {});
+  ws.last().accept();
+  ws.last().drop();
+  timers.advance(100);
+  assert.equal(ws.last().url, 'ws://hub.test:7452/sub?topic=a');
+  ws.last().accept();
+  ws.last().deliver(subFrame('a', 41));
+  ws.last().drop();
+  timers.advance(200); // second failure in a row: the ceiling doubled
+  assert.equal(ws.last().url, 'ws://hub.test:7452/sub?topic=a&from=42');
+  hub.close();
+});
+
+test('subscribe: replay failure (4011) is reported and retried', () => {
+  const { hub, ws, timers, errors } = setup();
+  const sub = hub.subscribe({ from: 3 }, () => {});
+  const subErrors = [];
+  sub.onerror = (e) => subErrors.push(e);
+  ws.last().accept();
+  ws.last().drop(CLOSE_REPLAY_FAILED, 'log read error');
+  assert.equal(subErrors.length, 1);
+  assert.equal(subErrors[0].code, 'REPLAY_FAILED');
+  assert.match(errors[0].message, /log read error/);
+  timers.advance(100);
+  assert.equal(ws.last().url, 'ws://hub.test:7452/sub?from=3');
+  hub.close();
+});
+
+test('a malformed frame is reported, not fatal', () => {
+  const { hub, ws, errors } = setup();
+  const got = [];
+  hub.subscribe({}, (m) => got.push(m.offset));
+  ws.last().accept();
+  ws.last().deliver(Uint8Array.of(1, 2, 3));
+  ws.last().text('hello');
+  ws.last().deliver(subFrame('t', 9));
+  assert.deepEqual(got, [9]);
+  assert.equal(errors.length, 2);
+  assert.match(errors[0].message, /without the 0x00 byte/);
+  assert.match(errors[1].message, /text frame/);
+  hub.close();
+});
+
+test('backoff: delays double up to the cap, then reset once a connection stays up', () => {
+  const { hub, ws, timers } = setup();
+  hub.subscribe({}, () => {});
+  const delays = [];
+  for (let i = 0; i < 9; i++) {
+    ws.last().drop(1006); // refused before opening
+    delays.push(...timers.pending());
+    timers.advance(timers.pending()[0]);
+  }
+  assert.deepEqual(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000]);
+  ws.last().accept();
+  ws.last().drop(1006); // up but not for long: the backoff goes on
+  assert.deepEqual(timers.pending(), [10000]);
+  timers.advance(10000);
+  ws.last().accept();
+  timers.advance(5000); // stable: reset
+  ws.last().drop(1006);
+  assert.deepEqual(timers.pending(), [100]);
+  hub.close();
+  assert.deepEqual(timers.pending(), [], 'close cancels the retry timer');
+});
+
+test('backoff: full jitter (random in [0, ceiling])', () => {
+  let r = 0.25;
+  const { hub, ws, timers } = setup({ random: () => r });
+  hub.subscribe({}, () => {});
+  ws.last().drop();
+  assert.deepEqual(timers.pending(), [25]);
+  timers.advance(25);
+  r = 0.5;
+  ws.last().drop();
+  assert.deepEqual(timers.pending(), [100]);
+  hub.close();
+});
+
+test('hub state: connecting, open, connecting on a drop, closed', () => {
+  const { hub, ws, timers, states } = setup();
+  hub.subscribe({}, () => {});
+  ws.last().accept();
+  hub.subscribe({ topics: ['b'] }, () => {});
+  ws.last().accept();
+  ws.sockets[0].drop();
+  timers.advance(100);
+  ws.last().accept();
+  hub.close();
+  assert.deepEqual(states, ['open', 'connecting', 'open', 'connecting', 'open', 'connecting', 'open', 'closed']);
+  assert.equal(hub.state, 'closed');
+});
+
+test('publish: subprotocol, request id with the high bit, Publish body, ack', async () => {
+  const cid = hex(vectors.publish[0].client_id);
+  const { hub, ws } = setup({ clientId: cid });
+  assert.equal(hub.clientIdHex, vectors.publish[0].client_id);
+  const p = hub.publish('chat/room1', 'hello');
+  const s = ws.last();
+  assert.equal(s.url, 'ws://hub.test:7452/pub');
+  assert.equal(s.protocolAsked, 'rep.sp.nanomsg.org');
+  assert.equal(s.sent.length, 0, 'nothing sent before the connection is open');
+  s.accept();
+  assert.equal(s.sent.length, 1);
+  const f = s.sent[0];
+  assert.ok(reqIdOf(f) >= 0x80000000, 'high bit set');
+  assert.equal(toHex(f.subarray(4)), vectors.publish[0].bytes, 'same bytes as protoc for seq 1');
+  s.deliver(ackFrame(reqIdOf(f), 1, 77));
+  assert.deepEqual(await p, { seq: 1, offset: 77, duplicate: false });
+  assert.equal(hub.pendingCount, 0);
+  hub.close();
+});
+
+test('publish: seq increases, request ids differ, random 16-byte client ids', async () => {
+  const { hub, ws } = setup();
+  const other = setup().hub;
+  assert.equal(hub.clientId.length, 16);
+  assert.notEqual(hub.clientIdHex, other.clientIdHex);
+  const ps = [hub.publish('t', 'a'), hub.publish('t', Uint8Array.of(1, 2)), hub.publish('t', new ArrayBuffer(3))];
+  const s = ws.last();
+  s.accept();
+  assert.equal(s.sent.length, 3);
+  const ids = s.sent.map(reqIdOf);
+  assert.equal(new Set(ids).size, 3);
+  for (let i = 0; i < 3; i++) {
+    const seq = i + 1;
+    const expect = encodePublish({ clientId: hub.clientId, seq, topic: 't', payload: [Uint8Array.of(0x61), Uint8Array.of(1, 2), new Uint8Array(3)][i] });
+    assert.equal(toHex(s.sent[i].subarray(4)), toHex(expect));
+  }
+  // Answers out of order are matched by request id.
+  s.deliver(ackFrame(ids[2], 3, 12));
+  s.deliver(ackFrame(ids[0], 1, 10));
+  s.deliver(ackFrame(ids[1], 2, 11));
+  assert.deepEqual((await Promise.all(ps)).map((a) => a.offset), [10, 11, 12]);
+  hub.close();
+  other.close();
+});
+
+test('publish: unacked requests are resent with the same seq after a reconnect', async () => {
+  const { hub, ws, timers } = setup();
+  const ps = [1, 2, 3].map((i) => hub.publish('r', `m${i}`));
+  const s1 = ws.last();
+  s1.accept();
+  const sent1 = s1.sent.map(toHex);
+  s1.deliver(ackFrame(reqIdOf(s1.sent[0]), 1, 100));
+  s1.drop(1006);
+  const p4 = hub.publish('r', 'm4'); // while disconnected: queued
+  assert.equal(hub.state, 'connecting');
+  timers.advance(100);
+  const s2 = ws.last();
+  assert.notEqual(s2, s1);
+  s2.accept();
+  assert.deepEqual(s2.sent.map(toHex).slice(0, 2), sent1.slice(1), 'the same frames (same request id, same seq) again');
+  assert.equal(s2.sent.length, 3);
+  // The hub answers the retries with their original offsets.
+  s2.deliver(ackFrame(reqIdOf(s2.sent[0]), 2, 101, true));
+  s2.deliver(ackFrame(reqIdOf(s2.sent[1]), 3, 102, true));
+  s2.deliver(ackFrame(reqIdOf(s2.sent[2]), 4, 103));
+  s2.deliver(ackFrame(reqIdOf(s2.sent[2]), 4, 103)); // a stray second answer: ignored
+  const acks = await Promise.all([...ps, p4]);
+  assert.deepEqual(acks.map((a) => [a.seq, a.offset, a.duplicate]), [[1, 100, false], [2, 101, true], [3, 102, true], [4, 103, false]]);
+  hub.close();
+});
+
+test('publish: a NACK rejects with a NackError', async () => {
+  const { hub, ws } = setup();
+  const p = hub.publish('t', 'x'.repeat(300));
+  ws.last().accept();
+  ws.last().deliver(nackFrame(reqIdOf(ws.last().sent[0]), 1, 1, 'payload is 300 bytes, the limit is 256'));
+  await assert.rejects(p, (e) => e instanceof NackError && e.code === 1 && e.codeName === 'TOO_LARGE'
+    && e.reason === 'payload is 300 bytes, the limit is 256' && e.seq === 1 && !e.retryable);
+  hub.close();
+});
+
+test('publish: invalid arguments reject with clear errors, nothing sent', async () => {
+  const { hub, ws } = setup();
+  await assert.rejects(hub.publish('x'.repeat(256), 'a'), /topic is 256 bytes, the hub takes at most 255/);
+  await assert.rejects(hub.publish('a\u0000b', 'a'), /NUL/);
+  await assert.rejects(hub.publish(5, 'a'), /topic must be a string/);
+  await assert.rejects(hub.publish('t', 5), /payload must be/);
+  assert.equal(ws.sockets.length, 0);
+  hub.close();
+  await assert.rejects(hub.publish('t', 'a'), (e) => e.code === 'CLOSED');
+});
+
+test('publish: close rejects pending publishes; timeout bounds the wait', async () => {
+  const { hub, ws, timers } = setup();
+  const p1 = hub.publish('t', 'a', { timeout: 1000 });
+  const p2 = hub.publish('t', 'b');
+  ws.last().accept();
+  timers.advance(1000);
+  await assert.rejects(p1, (e) => e instanceof PinionError && e.code === 'TIMEOUT' && /may still be logged/.test(e.message));
+  assert.equal(hub.pendingCount, 1);
+  hub.close();
+  await assert.rejects(p2, (e) => e.code === 'CLOSED' && /may or may not be in the log/.test(e.message));
+});
+
+test('watchStats: JSON frames, reconnects', () => {
+  const { hub, ws, timers } = setup();
+  const got = [];
+  const w = hub.watchStats((s) => got.push(s.head));
+  assert.equal(ws.last().url, 'ws://hub.test:7452/stats');
+  ws.last().accept();
+  ws.last().text('{"head": 5}');
+  ws.last().drop();
+  timers.advance(100);
+  ws.last().accept();
+  ws.last().text('{"head": 6}');
+  assert.deepEqual(got, [5, 6]);
+  assert.equal(w.state, 'open');
+  w.close();
+  assert.equal(w.state, 'closed');
+  hub.close();
+});
