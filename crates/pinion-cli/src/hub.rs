@@ -25,6 +25,15 @@ pub struct ServeArgs {
     /// ipc://DATA_DIR/hub.ipc; env PINION_LISTEN, comma-separated].
     #[arg(long, value_name = "URL")]
     pub listen: Vec<String>,
+    /// Subscriber endpoint, SP PUB over TCP (repeatable; any NNG SUB can
+    /// dial it) [default: tcp://127.0.0.1:7451; env PINION_SUBSCRIBE].
+    #[arg(long, value_name = "URL")]
+    pub subscribe: Vec<String>,
+    /// HTTP address of the dashboard (/), /metrics, /healthz, /pinion.js
+    /// and the WebSocket endpoints /sub, /pub, /stats; "off" to disable
+    /// [default: 127.0.0.1:7452; env PINION_HTTP].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<String>,
     /// When to fdatasync: always (ACK = durable), interval:MS, never
     /// [default: always; env PINION_FSYNC].
     #[arg(long, value_name = "POLICY", value_parser = parse_fsync)]
@@ -88,6 +97,12 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
     if !a.listen.is_empty() {
         cfg.listen = a.listen.clone();
     }
+    if !a.subscribe.is_empty() {
+        cfg.subscribe = a.subscribe.clone();
+    }
+    if let Some(h) = &a.http {
+        cfg.http = (h != "off" && !h.is_empty()).then(|| h.clone());
+    }
     if let Some(f) = a.fsync {
         cfg.fsync = f;
     }
@@ -136,7 +151,18 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
         tracing::warn!("{t}");
     }
     for url in hub.endpoints() {
-        tracing::info!(%url, "listening");
+        tracing::info!(%url, "listening for publishers");
+    }
+    for url in hub.subscribe_endpoints() {
+        tracing::info!(%url, "listening for subscribers (SP PUB)");
+    }
+    if let Some(addr) = hub.http_addr() {
+        tracing::info!(
+            dashboard = %format!("http://{addr}/"),
+            subscribe = %format!("ws://{addr}/sub"),
+            publish = %format!("ws://{addr}/pub"),
+            "serving HTTP"
+        );
     }
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let stats_every = a.stats_every;

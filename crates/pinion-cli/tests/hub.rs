@@ -91,6 +91,12 @@ impl HubProc {
                 "2",
                 "--stats-every",
                 "0",
+                // The subscriber and HTTP ports on free ports (not the
+                // defaults, which the README test uses).
+                "--subscribe",
+                "tcp://127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
             ],
             port,
         )

@@ -14,6 +14,9 @@
 //! checkpoint_interval_ms = 1000       # sessions → SQLite
 //! threads = 0                         # cores to use; 0 = all allowed
 //! preallocate = 67108864              # log bytes kept pre-zeroed; 0 = off
+//! subscribe = ["tcp://127.0.0.1:7451"] # SP PUB endpoints for subscribers
+//! http = "127.0.0.1:7452"             # dashboard, /metrics, WebSocket; "" = off
+//! max_queued_per_subscriber = 1048576 # bytes; past it: disconnected
 //! ```
 
 use std::path::PathBuf;
@@ -24,6 +27,10 @@ use serde::Deserialize;
 
 /// Default publisher endpoint.
 pub const DEFAULT_TCP: &str = "tcp://127.0.0.1:7450";
+/// Default subscriber endpoint (SP PUB over TCP).
+pub const DEFAULT_SUBSCRIBE: &str = "tcp://127.0.0.1:7451";
+/// Default HTTP address (dashboard, metrics, WebSocket).
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7452";
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "./pinion-data";
 
@@ -137,6 +144,17 @@ pub struct HubConfig {
     /// appends). Overwriting zeroed blocks makes fdatasync cheaper than
     /// growing the file (see `pinion_journal::JournalOptions`).
     pub preallocate: u64,
+    /// Subscriber endpoints: SP PUB over `tcp://` (any NNG SUB socket can
+    /// dial them). Default `tcp://127.0.0.1:7451`; an empty list turns
+    /// them off.
+    pub subscribe: Vec<String>,
+    /// HTTP address (`host:port`) of the dashboard, `/metrics`,
+    /// `/healthz`, `/pinion.js` and the WebSocket endpoints `/sub`, `/pub`
+    /// and `/stats`. `None`: off.
+    pub http: Option<String>,
+    /// Bytes queued for one subscriber at most; past it the subscriber is
+    /// disconnected (WebSocket: with the offset to resume from).
+    pub max_queued_per_subscriber: usize,
 }
 
 impl Default for HubConfig {
@@ -153,6 +171,9 @@ impl Default for HubConfig {
             dedup_horizon: 10_000_000,
             threads: 0,
             preallocate: 64 << 20,
+            subscribe: vec![DEFAULT_SUBSCRIBE.to_string()],
+            http: Some(DEFAULT_HTTP.to_string()),
+            max_queued_per_subscriber: 1 << 20,
         }
     }
 }
@@ -172,6 +193,9 @@ struct FileConfig {
     dedup_horizon: Option<u64>,
     threads: Option<usize>,
     preallocate: Option<u64>,
+    subscribe: Option<Vec<String>>,
+    http: Option<String>,
+    max_queued_per_subscriber: Option<usize>,
 }
 
 impl HubConfig {
@@ -235,12 +259,21 @@ impl HubConfig {
         if let Some(v) = f.preallocate {
             self.preallocate = v;
         }
+        if let Some(v) = f.subscribe {
+            self.subscribe = v;
+        }
+        if let Some(v) = f.http {
+            self.http = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = f.max_queued_per_subscriber {
+            self.max_queued_per_subscriber = v;
+        }
         Ok(())
     }
 
-    /// Applies `PINION_DATA_DIR`, `PINION_LISTEN` (comma-separated),
-    /// `PINION_FSYNC` and `PINION_MAX_PAYLOAD` from `get` (normally
-    /// `std::env::var`).
+    /// Applies `PINION_DATA_DIR`, `PINION_LISTEN` and `PINION_SUBSCRIBE`
+    /// (comma-separated), `PINION_HTTP` (empty: off), `PINION_FSYNC` and
+    /// `PINION_MAX_PAYLOAD` from `get` (normally `std::env::var`).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("PINION_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
@@ -252,6 +285,17 @@ impl HubConfig {
                 .filter(|s| !s.is_empty())
                 .map(String::from)
                 .collect();
+        }
+        if let Some(v) = get("PINION_SUBSCRIBE") {
+            self.subscribe = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+        }
+        if let Some(v) = get("PINION_HTTP") {
+            self.http = (!v.is_empty()).then_some(v);
         }
         if let Some(v) = get("PINION_FSYNC") {
             self.fsync = v.parse()?;
@@ -289,6 +333,18 @@ impl HubConfig {
                 "max_inflight_bytes",
                 self.max_inflight_bytes.to_string(),
                 "> 0 and at least max_inflight_bytes_per_conn",
+            );
+        }
+        for u in &self.subscribe {
+            if !u.starts_with("tcp://") {
+                return inv("subscribe", u.clone(), "tcp://host:port");
+            }
+        }
+        if self.max_queued_per_subscriber < 64 << 10 {
+            return inv(
+                "max_queued_per_subscriber",
+                self.max_queued_per_subscriber.to_string(),
+                "at least 64 KiB",
             );
         }
         if self.dedup_window == 0 {

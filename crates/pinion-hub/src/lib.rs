@@ -51,10 +51,14 @@
 
 pub mod config;
 pub mod envelope;
+pub mod fanout;
+pub mod http;
 mod intake;
+pub mod monitor;
 pub mod sessions;
 mod stats;
 pub mod store;
+mod subs;
 pub mod writer;
 
 use std::fs::File;
@@ -122,8 +126,28 @@ pub(crate) struct Shared {
     pub inflight: AtomicUsize,
     pub shutting_down: AtomicBool,
     pub head: AtomicU64,
+    /// The last commit succeeded (for `/healthz`).
+    pub log_ok: AtomicBool,
     pub stats: HubStats,
     pub latency: LatencyBuckets,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> StatsSnapshot {
+        self.stats
+            .snapshot(&self.latency, self.head.load(Ordering::Acquire))
+    }
+
+    /// `Err(why)` when the hub cannot take messages.
+    pub fn health(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err("shutting down");
+        }
+        if !self.log_ok.load(Ordering::Relaxed) {
+            return Err("the log cannot be written (disk full or I/O error); publishes are NACKed UNAVAILABLE");
+        }
+        Ok(())
+    }
 }
 
 /// What opening the data directory found.
@@ -147,6 +171,12 @@ pub struct Hub {
     rt: Runtime,
     sockets: Vec<Socket>,
     endpoints: Vec<Endpoint>,
+    sub_endpoints: Vec<String>,
+    http_addr: Option<String>,
+    /// Accept loops of the subscriber and HTTP ports.
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    fan: Vec<tokio::sync::mpsc::UnboundedSender<fanout::FanIn>>,
+    stop_sampler: Arc<AtomicBool>,
     to_writer: mpsc::Sender<writer::ToWriter>,
     writer: Option<std::thread::JoinHandle<()>>,
     store: Option<std::thread::JoinHandle<()>>,
@@ -267,6 +297,7 @@ impl Hub {
             inflight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             head: AtomicU64::new(end),
+            log_ok: AtomicBool::new(true),
             stats: HubStats::default(),
             latency: LatencyBuckets::default(),
         });
@@ -324,7 +355,22 @@ impl Hub {
             answer_txs.push(tx);
             answer_rxs.push(rx);
         }
+        // Fan-out: one task per core, the replay thread.
+        let mut fan_txs = Vec::with_capacity(n);
+        let mut fan_rxs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            fan_txs.push(tx);
+            fan_rxs.push(rx);
+        }
+        let (replay_tx, replay_rx) = mpsc::channel();
+        let replay_reader = journal.reader().map_err(jerr)?;
         let w = writer::Writer {
+            fan: fan_txs.clone(),
+            fan_pending: Vec::new(),
+            fan_first: end,
+            fan_encoded: true,
+            fan_buf: bytes::BytesMut::new(),
             journal,
             sessions,
             fsync: cfg.fsync,
@@ -348,6 +394,68 @@ impl Hub {
             .name("pinion-hub-writer".into())
             .spawn(move || w.run())
             .map_err(spawn_err)?;
+        let fan_cores = fan_txs.clone();
+        std::thread::Builder::new()
+            .name("pinion-hub-replay".into())
+            .spawn(move || fanout::run_replay(replay_reader, replay_rx, fan_cores))
+            .map_err(spawn_err)?;
+        for (core, rx) in fan_rxs.into_iter().enumerate() {
+            let f = fanout::Fanout {
+                core,
+                rx,
+                tx: fan_txs[core].clone(),
+                replay: replay_tx.clone(),
+                live_next: end,
+                max_queued: cfg.max_queued_per_subscriber,
+                shared: shared.clone(),
+            };
+            rt.spawn_on(core, f.run());
+        }
+        drop(replay_tx);
+        let mut tasks = Vec::new();
+        let sub_ids = Arc::new(AtomicU64::new(1));
+        let mut sub_endpoints = Vec::new();
+        for url in &cfg.subscribe {
+            let (listeners, bound) = share_port(&rt, url, n)?;
+            sub_endpoints.push(bound);
+            for (core, l) in listeners.into_iter().enumerate() {
+                tasks.push(rt.spawn_on(
+                    core,
+                    subs::serve_sp(l, fan_txs[core].clone(), sub_ids.clone()),
+                ));
+            }
+        }
+        let stop_sampler = Arc::new(AtomicBool::new(false));
+        let mut http_addr = None;
+        if let Some(addr) = &cfg.http {
+            let (listeners, bound) = share_port(&rt, &format!("tcp://{addr}"), n)?;
+            http_addr = Some(bound.trim_start_matches("tcp://").to_string());
+            let (feed_tx, feed_rx) = tokio::sync::watch::channel(Arc::<str>::from("{}"));
+            let (sh, socks) = (shared.clone(), sockets.clone());
+            let stop = stop_sampler.clone();
+            std::thread::Builder::new()
+                .name("pinion-hub-stats".into())
+                .spawn(move || monitor::run_sampler(sh, socks, "pinion-hub".into(), feed_tx, stop))
+                .map_err(spawn_err)?;
+            let (sh, socks) = (shared.clone(), sockets.clone());
+            let web = Arc::new(http::Web {
+                fan: fan_txs.clone(),
+                socks: sockets.clone(),
+                shared: shared.clone(),
+                sub_ids: sub_ids.clone(),
+                feed: feed_rx,
+                metrics: Box::new(move || {
+                    monitor::metrics_text(
+                        &sh.snapshot(),
+                        monitor::publishers(&socks),
+                        &monitor::cpu_times("pinion-hub", socks.len()),
+                    )
+                }),
+            });
+            for (core, l) in listeners.into_iter().enumerate() {
+                tasks.push(rt.spawn_on(core, http::serve(core, l, web.clone())));
+            }
+        }
         for (core, answers) in answer_rxs.into_iter().enumerate() {
             let intake = intake::Intake {
                 core,
@@ -365,6 +473,11 @@ impl Hub {
             rt,
             sockets,
             endpoints,
+            sub_endpoints,
+            http_addr,
+            tasks,
+            fan: fan_txs,
+            stop_sampler,
             to_writer,
             writer: Some(writer_thread),
             store: Some(store_thread),
@@ -380,6 +493,16 @@ impl Hub {
         let mut v: Vec<String> = self.endpoints.iter().map(|e| e.url().to_string()).collect();
         v.dedup();
         v
+    }
+
+    /// The subscriber endpoints (SP PUB over TCP), ports resolved.
+    pub fn subscribe_endpoints(&self) -> &[String] {
+        &self.sub_endpoints
+    }
+
+    /// The HTTP address (`host:port`, port resolved), if serving HTTP.
+    pub fn http_addr(&self) -> Option<&str> {
+        self.http_addr.as_deref()
     }
 
     /// What opening the data directory found.
@@ -414,6 +537,10 @@ impl Hub {
         for e in &self.endpoints {
             e.close();
         }
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.stop_sampler.store(true, Ordering::Release);
         let deadline = Instant::now() + Duration::from_secs(10);
         // Twice: a core may have been between reading the flag and counting
         // its request.
@@ -434,6 +561,10 @@ impl Hub {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        // The last records reach the subscribers, who are then told goodbye.
+        for f in &self.fan {
+            let _ = f.send(fanout::FanIn::Shutdown);
+        }
         // Let the last answers reach the sockets, then close (lingering).
         std::thread::sleep(Duration::from_millis(20));
         for s in &self.sockets {
@@ -451,6 +582,27 @@ impl Hub {
 /// wait on channels fed by the runtime's cores, so any executor will do.
 fn block<F: std::future::Future>(f: F) -> F::Output {
     futures_executor::block_on(f)
+}
+
+/// Binds `url` once per core with SO_REUSEPORT (after checking no other
+/// program holds the port); returns the listeners and the bound URL.
+fn share_port(
+    rt: &Runtime,
+    url: &str,
+    n: usize,
+) -> Result<(Vec<std::net::TcpListener>, String), HubError> {
+    let lerr = |source| HubError::Listen {
+        url: url.to_string(),
+        source,
+    };
+    check_port_free(url).map_err(lerr)?;
+    let parsed = pinion::Url::parse(url).map_err(lerr)?;
+    let (listeners, bound) = rt
+        .block_on(0, async move {
+            pinion_runtime::transport::tcp::bind_reuseport(&parsed, n).await
+        })
+        .map_err(lerr)?;
+    Ok((listeners, bound.to_string()))
 }
 
 fn check_port_free(url: &str) -> Result<(), pinion::Error> {

@@ -19,6 +19,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use pinion::Header;
 use pinion_journal::{Journal, NewRecord};
 use pinion_proto::{Code, Reply};
@@ -26,6 +27,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::FsyncPolicy;
 use crate::envelope::Checked;
+use crate::fanout::{self, Durable, Entry, FanBatch, FanIn};
 use crate::sessions::{ClientId, SessionRow, Sessions, Verdict};
 use crate::store::{Checkpoint, Store};
 use crate::Shared;
@@ -72,6 +74,14 @@ pub(crate) struct Writer {
     pub cores: Vec<UnboundedSender<Vec<Answer>>>,
     pub store_tx: mpsc::Sender<(Vec<SessionRow>, Checkpoint)>,
     pub shared: Arc<Shared>,
+    /// Every core's fan-out task.
+    pub fan: Vec<UnboundedSender<FanIn>>,
+    /// Durable records not yet handed to the fan-out, from `fan_first`.
+    pub fan_pending: Vec<Entry>,
+    pub fan_first: u64,
+    /// Every record from `fan_first` on is in `fan_pending`.
+    pub fan_encoded: bool,
+    pub fan_buf: BytesMut,
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -129,6 +139,7 @@ impl Writer {
                 self.checkpoint(&mut durable, &mut last_sync);
                 last_ckpt = Instant::now();
             }
+            self.fan_out(durable);
             if let Some(done) = stop.take() {
                 let _ = done.send(());
                 return;
@@ -136,6 +147,31 @@ impl Writer {
         }
         // Every sender is gone: final sync and checkpoint anyway.
         self.checkpoint(&mut durable, &mut last_sync);
+    }
+
+    /// Hands the records that became visible to subscribers (durable, or
+    /// with `fsync = never` written) to every core, as one shared batch.
+    fn fan_out(&mut self, durable: u64) {
+        let visible = match self.fsync {
+            FsyncPolicy::Interval(_) => durable,
+            _ => self.journal.committed_offset(),
+        };
+        if visible <= self.fan_first {
+            return;
+        }
+        let split = self.fan_pending.partition_point(|e| e.offset < visible);
+        let entries: Vec<Entry> = self.fan_pending.drain(..split).collect();
+        let b = Arc::new(FanBatch {
+            first: self.fan_first,
+            next: visible,
+            encoded: self.fan_encoded,
+            entries,
+        });
+        for tx in &self.fan {
+            let _ = tx.send(FanIn::Batch(b.clone()));
+        }
+        self.fan_first = visible;
+        self.fan_encoded = true;
     }
 
     fn sync(&mut self, durable: &mut u64, last_sync: &mut Instant) {
@@ -190,7 +226,12 @@ impl Writer {
         // slot when the answer depends on this group's commit.
         let mut verdicts: Vec<(Fate, bool)> = Vec::with_capacity(group.len());
         let unavailable = self.journal.is_poisoned();
-        for it in group.iter() {
+        // Encode for subscribers only when there are some (see FanBatch).
+        let encode = self.shared.stats.subscribers_tcp.load(Ordering::Relaxed)
+            + self.shared.stats.subscribers_ws.load(Ordering::Relaxed)
+            > 0;
+        let mut fan_idx: Vec<(u64, usize)> = Vec::new();
+        for (idx, it) in group.iter().enumerate() {
             let r = &it.req;
             let key = (r.client_id, r.seq);
             if let Some(&off) = fresh.get(&key) {
@@ -221,6 +262,9 @@ impl Writer {
                     };
                     match self.journal.append(&rec) {
                         Ok(off) => {
+                            if encode {
+                                fan_idx.push((off, idx));
+                            }
                             fresh.insert(key, off);
                             logged.push((r.client_id, r.seq, off));
                             (Ok((off, false)), true)
@@ -246,6 +290,25 @@ impl Writer {
                     for (c, s, off) in &logged {
                         self.sessions.record(c, *s, *off, ts, true);
                     }
+                    if !encode {
+                        self.fan_encoded = false;
+                    }
+                    for (off, idx) in fan_idx {
+                        let r = &group[idx].req;
+                        let e = fanout::encode(
+                            &Durable {
+                                offset: off,
+                                timestamp_us: ts,
+                                client_id: &r.client_id,
+                                seq: r.seq,
+                                topic: &r.topic,
+                                payload: &r.payload,
+                            },
+                            &mut self.fan_buf,
+                        );
+                        self.fan_pending.push(e);
+                    }
+                    shared.log_ok.store(true, Ordering::Relaxed);
                     shared.stats.commits.fetch_add(1, Ordering::Relaxed);
                     shared
                         .stats
@@ -261,6 +324,7 @@ impl Writer {
                     } else {
                         tracing::error!(error = %e, records = logged.len(), "log write failed: NACKing the group UNAVAILABLE");
                     }
+                    shared.log_ok.store(false, Ordering::Relaxed);
                     failure = Some(format!("the log could not be written: {e}"));
                 }
             }

@@ -23,6 +23,8 @@ fn config(dir: &std::path::Path) -> HubConfig {
             format!("ipc://{}", dir.join("hub.ipc").display()),
         ],
         threads: 2,
+        subscribe: vec!["tcp://127.0.0.1:0".into()],
+        http: Some("127.0.0.1:0".into()),
         ..HubConfig::default()
     }
 }

@@ -481,6 +481,37 @@ impl SocketHandle {
         let _ = self.inner.ctl.send(Ctl::PausePipe(pipe, paused));
     }
 
+    /// Adopts a TCP connection that an application's own HTTP server
+    /// accepted, **before any of its request was read** (route on a
+    /// `MSG_PEEK` of it), as a `ws://` pipe of this socket: the pipe reads
+    /// the upgrade request, answers it as a listener on `path` would, and
+    /// runs on the calling core, which must be one of this runtime's.
+    pub fn adopt_ws(&self, tcp: std::net::TcpStream, path: &str) -> Result<(), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let sh = &self.inner;
+        let core = sh
+            .rt
+            .current_core()
+            .ok_or(Error::Bug("adopt_ws called outside a core"))?;
+        let conn = Conn::adopt(crate::transport::Portable::Ws(crate::transport::ws::PortableWs {
+            tcp,
+            role: crate::transport::ws::Role::Server {
+                path: Arc::from(path),
+            },
+        }))
+        .map_err(|e| Error::io("adopt", path, e))?;
+        let guard = sh.rt.load_guard(core);
+        let link = sh.link.clone();
+        let pipe = SocketHandle::new_pipe_id(&sh.next_pipe);
+        tokio::spawn(async move {
+            let _guard = guard;
+            pipe::run(conn, pipe, link, None).await
+        });
+        Ok(())
+    }
+
     /// Closes a context in the pattern.
     pub fn close_ctx(&self, ctx: CtxId) {
         let _ = self.inner.ctl.send(Ctl::CloseCtx(ctx));

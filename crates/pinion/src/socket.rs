@@ -114,6 +114,16 @@ impl Socket {
             .pause_pipe(pinion_core::protocol::PipeId(pipe_id), paused);
     }
 
+    /// Adopts a TCP connection accepted by the application's own HTTP
+    /// server, none of its request read yet, as a `ws://` pipe answering
+    /// upgrades for `path` (see
+    /// [`SocketHandle::adopt_ws`](pinion_runtime::socket::SocketHandle::adopt_ws)).
+    /// Call it from a task on one of the runtime's cores; the pipe stays on
+    /// that core.
+    pub fn adopt_ws(&self, tcp: std::net::TcpStream, path: &str) -> crate::Result<()> {
+        self.h.adopt_ws(tcp, path)
+    }
+
     /// Dials `url`: waits for the first connection (returning its error, e.g.
     /// connection refused), then reconnects in the background whenever it is
     /// lost.

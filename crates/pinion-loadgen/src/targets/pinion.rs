@@ -46,6 +46,8 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr)
         .arg("--listen")
         .arg(format!("tcp://127.0.0.1:{port}"))
         .args(["--fsync", "always"])
+        // Subscriber and HTTP ports: free ones (nobody subscribes here).
+        .args(["--subscribe", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0"])
         .arg("--max-payload")
         .arg(size.to_string())
         // A stats line per second on stderr: its `logged` and `commits`

@@ -1,0 +1,715 @@
+//! Real-time fan-out: every logged message, once durable, goes to the hub's
+//! subscribers, in offset order, with its offset.
+//!
+//! # Shape
+//!
+//! ```text
+//!  writer ── Arc<FanBatch> ──► core 0: fan-out task ─► its subscribers' sockets
+//!  (after the fdatasync)  └──► core 1: fan-out task ─► ...
+//!                                   ▲  │ catch-up requests
+//!                   replay chunks   │  ▼
+//!                               replay thread (reads the log)
+//! ```
+//!
+//! The writer encodes each durable record **once** per framing (an SP
+//! frame for TCP subscribers, a WebSocket frame for WebSocket ones; server
+//! frames are unmasked, so every subscriber gets the same bytes) and sends
+//! one shared batch to every core. Each core's fan-out task owns the
+//! subscribers accepted on that core (shared-nothing) and writes to their
+//! sockets itself: a non-blocking write per subscriber per batch, all the
+//! batch's frames for that subscriber in one vectored write. Only a
+//! subscriber whose socket is full gets a queue, and a small task that
+//! waits for the socket to drain.
+//!
+//! # Slow consumers
+//!
+//! The bytes queued for one subscriber are bounded (`max_queued`, default
+//! 1 MiB). Past it the queue is dropped (the frame the kernel has begun to
+//! take is finished), the subscriber gets a close frame
+//! ([`CLOSE_SLOW`]) whose reason names the offset to resume from, and the
+//! connection is closed. Nothing waits for a slow subscriber: the writer
+//! never blocks on a core, and a core never blocks on a socket.
+//!
+//! # Resume without gap or duplicate
+//!
+//! A subscriber that asks for `from = N` below the live position is
+//! "catching up": live batches pass it by, and the replay thread reads the
+//! log from `N` up to the position the core's live stream has reached, in
+//! chunks of at most [`REPLAY_CHUNK`] bytes, each requested only once the
+//! previous one is written. When a chunk ends at or beyond the core's live
+//! position, the subscriber turns live. Every subscriber carries `next`,
+//! the next offset it is owed, and a frame below it is never sent again, so
+//! the seam between the log and the live stream has neither a gap nor a
+//! duplicate. A live subscriber that finds a live batch starting beyond its
+//! `next` (it missed records) falls back to catching up.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use pinion_proto::{Delivery, Message as _};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use crate::Shared;
+
+/// WebSocket close code for a subscriber that fell too far behind (the
+/// private-use range 4000-4999 of RFC 6455).
+pub const CLOSE_SLOW: u16 = 4008;
+/// WebSocket close code for a subscriber whose replay failed (the log could
+/// not be read).
+pub const CLOSE_REPLAY_FAILED: u16 = 4011;
+/// Largest chunk of replayed frames handed to a subscriber at once.
+pub const REPLAY_CHUNK: usize = 256 << 10;
+/// How long a subscriber being closed may take to read its close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Queue entries that are not log records (pongs, close frames).
+const CONTROL: u64 = u64::MAX;
+
+/// How a subscriber's frames are framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// SP over TCP: 64-bit big-endian length, then the body.
+    Sp,
+    /// WebSocket: one binary frame per message.
+    Ws,
+}
+
+/// One durable record, encoded for both framings.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub offset: u64,
+    pub topic: Bytes,
+    pub sp: Bytes,
+    pub ws: Bytes,
+}
+
+/// Records `[first, next)` of the log, in order. When nobody subscribed
+/// the writer does not encode them (`encoded` is false, `entries` empty):
+/// the cores still learn how far the log is, and a subscriber that joined
+/// meanwhile reads those records from the log instead.
+#[derive(Debug)]
+pub(crate) struct FanBatch {
+    pub first: u64,
+    pub next: u64,
+    pub encoded: bool,
+    pub entries: Vec<Entry>,
+}
+
+/// A record as the writer hands it to [`encode`].
+pub(crate) struct Durable<'a> {
+    pub offset: u64,
+    pub timestamp_us: u64,
+    pub client_id: &'a [u8; 16],
+    pub seq: u64,
+    pub topic: &'a [u8],
+    pub payload: &'a Bytes,
+}
+
+/// The message body every subscriber gets: topic, 0x00, [`Delivery`].
+pub(crate) fn body(d: &Durable<'_>, out: &mut BytesMut) {
+    out.put_slice(d.topic);
+    out.put_u8(0);
+    let msg = Delivery {
+        offset: Some(d.offset),
+        timestamp_us: Some(d.timestamp_us),
+        client_id: Some(Bytes::copy_from_slice(d.client_id)),
+        seq: Some(d.seq),
+        payload: Some(d.payload.clone()),
+    };
+    // Encoding into a BytesMut cannot fail (it grows).
+    let _ = msg.encode(out);
+}
+
+/// A server-side (unmasked) binary WebSocket frame header for `len` bytes.
+pub fn ws_head(len: usize, out: &mut BytesMut) {
+    out.put_u8(0x82); // FIN + binary
+    if len < 126 {
+        out.put_u8(len as u8);
+    } else if len <= u16::MAX as usize {
+        out.put_u8(126);
+        out.put_u16(len as u16);
+    } else {
+        out.put_u8(127);
+        out.put_u64(len as u64);
+    }
+}
+
+/// A server-side WebSocket control frame (close with a code and reason).
+pub fn ws_close(code: u16, reason: &str, out: &mut BytesMut) {
+    let mut reason = reason.as_bytes();
+    if reason.len() > 123 {
+        reason = &reason[..123];
+    }
+    out.put_u8(0x88);
+    out.put_u8((2 + reason.len()) as u8);
+    out.put_u16(code);
+    out.put_slice(reason);
+}
+
+/// Encodes one record for both framings, sharing one buffer.
+pub(crate) fn encode(d: &Durable<'_>, buf: &mut BytesMut) -> Entry {
+    let mut b = BytesMut::with_capacity(d.topic.len() + d.payload.len() + 64);
+    body(d, &mut b);
+    let n = b.len();
+    buf.reserve(2 * n + 24);
+    buf.put_u64(n as u64);
+    buf.put_slice(&b);
+    let sp = buf.split().freeze();
+    ws_head(n, buf);
+    buf.put_slice(&b);
+    let ws = buf.split().freeze();
+    Entry {
+        offset: d.offset,
+        topic: Bytes::copy_from_slice(d.topic),
+        sp,
+        ws,
+    }
+}
+
+/// A new subscriber, handed to its core's fan-out task by the acceptor.
+pub(crate) struct NewSub {
+    pub id: u64,
+    pub framing: Framing,
+    pub io: Arc<TcpStream>,
+    /// Topic prefixes; empty: every topic.
+    pub filter: Vec<Bytes>,
+    /// Replay from this offset first (absent: live from now).
+    pub from: Option<u64>,
+}
+
+/// A catch-up request to the replay thread.
+pub(crate) struct ReplayReq {
+    pub core: usize,
+    pub sub: u64,
+    pub from: u64,
+    pub upto: u64,
+    pub framing: Framing,
+    pub filter: Vec<Bytes>,
+}
+
+/// What the replay thread read.
+pub(crate) struct Replayed {
+    pub sub: u64,
+    /// `(offset, frame)` of the matching records.
+    pub frames: Vec<(u64, Bytes)>,
+    /// The offset after the last record read (matching or not).
+    pub next: u64,
+    /// The log could not be read.
+    pub error: Option<String>,
+}
+
+/// Input of a core's fan-out task.
+pub(crate) enum FanIn {
+    Batch(Arc<FanBatch>),
+    NewSub(NewSub),
+    /// The subscriber's connection ended (or must end now).
+    Gone(u64),
+    /// The subscriber's socket can take bytes again.
+    Writable(u64),
+    /// Answer a WebSocket ping.
+    Pong(u64, Bytes),
+    Replayed(Replayed),
+    /// The hub is stopping: say goodbye to every subscriber.
+    Shutdown,
+}
+
+/// Whether `topic` passes `filter` (prefixes; empty passes everything).
+pub fn matches(filter: &[Bytes], topic: &[u8]) -> bool {
+    filter.is_empty() || filter.iter().any(|p| topic.starts_with(p))
+}
+
+struct Sub {
+    framing: Framing,
+    io: Arc<TcpStream>,
+    filter: Vec<Bytes>,
+    /// The next offset this subscriber is owed.
+    next: u64,
+    live: bool,
+    /// A replay request is outstanding.
+    replaying: bool,
+    /// Frames not yet taken by the kernel, with their offsets (the front
+    /// one may be partly written).
+    queue: VecDeque<(u64, Bytes)>,
+    queued: usize,
+    /// The front frame is partly written.
+    front_started: bool,
+    /// A task waits for the socket to become writable.
+    waiting: bool,
+    /// Closing: flush the queue (ending in a close frame), then drop.
+    closing: bool,
+}
+
+pub(crate) struct Fanout {
+    pub core: usize,
+    pub rx: UnboundedReceiver<FanIn>,
+    pub tx: UnboundedSender<FanIn>,
+    pub replay: std::sync::mpsc::Sender<ReplayReq>,
+    pub live_next: u64,
+    pub max_queued: usize,
+    pub shared: Arc<Shared>,
+}
+
+/// What writing to a subscriber came to.
+enum Wrote {
+    Ok,
+    /// Its queue is over the bound.
+    Slow,
+    /// The socket failed.
+    Dead,
+}
+
+impl Fanout {
+    pub async fn run(mut self) {
+        let mut subs: HashMap<u64, Sub> = HashMap::new();
+        while let Some(first) = self.rx.recv().await {
+            self.handle(first, &mut subs);
+            for _ in 0..256 {
+                match self.rx.try_recv() {
+                    Ok(m) => self.handle(m, &mut subs),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, m: FanIn, subs: &mut HashMap<u64, Sub>) {
+        match m {
+            FanIn::Batch(b) => self.batch(&b, subs),
+            FanIn::NewSub(n) => self.add(n, subs),
+            FanIn::Gone(id) => {
+                if let Some(s) = subs.remove(&id) {
+                    self.forget(&s);
+                }
+            }
+            FanIn::Writable(id) => {
+                let Some(s) = subs.get_mut(&id) else { return };
+                s.waiting = false;
+                match self.flush(id, s) {
+                    Wrote::Ok => {}
+                    Wrote::Slow | Wrote::Dead => {
+                        self.drop_sub(id, subs);
+                        return;
+                    }
+                }
+                let s = subs.get_mut(&id).expect("present");
+                if s.closing && s.queue.is_empty() {
+                    self.drop_sub(id, subs);
+                    return;
+                }
+                if !s.live && !s.replaying && s.queue.is_empty() {
+                    self.request_replay(id, s);
+                }
+            }
+            FanIn::Pong(id, payload) => {
+                let Some(s) = subs.get_mut(&id) else { return };
+                let mut b = BytesMut::with_capacity(payload.len() + 2);
+                b.put_u8(0x8A);
+                b.put_u8(payload.len().min(125) as u8);
+                b.put_slice(&payload[..payload.len().min(125)]);
+                let r = self.send(id, s, vec![(CONTROL, b.freeze())]);
+                if !matches!(r, Wrote::Ok) {
+                    self.drop_sub(id, subs);
+                }
+            }
+            FanIn::Replayed(r) => self.replayed(r, subs),
+            FanIn::Shutdown => {
+                for (_, s) in subs.drain() {
+                    // Best effort: a WebSocket subscriber whose queue is not
+                    // mid-frame gets "going away" (1001).
+                    if s.framing == Framing::Ws && !s.front_started {
+                        let mut b = BytesMut::new();
+                        ws_close(1001, "the hub is shutting down", &mut b);
+                        let _ = s.io.try_write(&b);
+                    }
+                    shutdown(&s.io);
+                    self.forget(&s);
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, n: NewSub, subs: &mut HashMap<u64, Sub>) {
+        let (next, live) = match n.from {
+            Some(f) if f < self.live_next => (f, false),
+            Some(f) => (f, true),
+            None => (self.live_next, true),
+        };
+        let counter = match n.framing {
+            Framing::Sp => &self.shared.stats.subscribers_tcp,
+            Framing::Ws => &self.shared.stats.subscribers_ws,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut s = Sub {
+            framing: n.framing,
+            io: n.io,
+            filter: n.filter,
+            next,
+            live,
+            replaying: false,
+            queue: VecDeque::new(),
+            queued: 0,
+            front_started: false,
+            waiting: false,
+            closing: false,
+        };
+        if !live {
+            self.request_replay(n.id, &mut s);
+        }
+        subs.insert(n.id, s);
+    }
+
+    fn forget(&self, s: &Sub) {
+        let counter = match s.framing {
+            Framing::Sp => &self.shared.stats.subscribers_tcp,
+            Framing::Ws => &self.shared.stats.subscribers_ws,
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Removes a subscriber now (its socket closes when the last reference,
+    /// held by its reader task, goes).
+    fn drop_sub(&self, id: u64, subs: &mut HashMap<u64, Sub>) {
+        if let Some(s) = subs.remove(&id) {
+            self.forget(&s);
+            shutdown(&s.io);
+        }
+    }
+
+    fn request_replay(&self, id: u64, s: &mut Sub) {
+        s.replaying = true;
+        let _ = self.replay.send(ReplayReq {
+            core: self.core,
+            sub: id,
+            from: s.next,
+            upto: self.live_next,
+            framing: s.framing,
+            filter: s.filter.clone(),
+        });
+    }
+
+    fn batch(&mut self, b: &FanBatch, subs: &mut HashMap<u64, Sub>) {
+        self.live_next = self.live_next.max(b.next);
+        let mut gone: Vec<u64> = Vec::new();
+        for (&id, s) in subs.iter_mut() {
+            if !s.live || s.closing {
+                continue;
+            }
+            if b.first > s.next || (!b.encoded && b.next > s.next) {
+                // It missed records, or they were not encoded (it joined
+                // while the writer saw no subscriber): catch up from the log.
+                s.live = false;
+                if !s.replaying && s.queue.is_empty() {
+                    self.request_replay(id, s);
+                }
+                continue;
+            }
+            let mut frames: Vec<(u64, Bytes)> = Vec::new();
+            for e in &b.entries {
+                if e.offset >= s.next && matches(&s.filter, &e.topic) {
+                    let f = match s.framing {
+                        Framing::Sp => &e.sp,
+                        Framing::Ws => &e.ws,
+                    };
+                    frames.push((e.offset, f.clone()));
+                }
+            }
+            s.next = s.next.max(b.next);
+            if frames.is_empty() {
+                continue;
+            }
+            let n = frames.len() as u64;
+            match self.send(id, s, frames) {
+                Wrote::Ok => {
+                    self.shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
+                }
+                Wrote::Slow => self.slow(id, s, &mut gone),
+                Wrote::Dead => gone.push(id),
+            }
+        }
+        for id in gone {
+            self.drop_sub(id, subs);
+        }
+    }
+
+    fn replayed(&mut self, r: Replayed, subs: &mut HashMap<u64, Sub>) {
+        let id = r.sub;
+        let Some(s) = subs.get_mut(&id) else { return };
+        s.replaying = false;
+        if let Some(why) = r.error {
+            tracing::warn!(sub = id, error = %why, "replay failed; closing the subscriber");
+            self.close_with(id, s, CLOSE_REPLAY_FAILED, &format!("replay failed: {why}"));
+            if s.queue.is_empty() {
+                self.drop_sub(id, subs);
+            }
+            return;
+        }
+        // Only what this subscriber is still owed.
+        let frames: Vec<(u64, Bytes)> = r.frames.into_iter().filter(|(o, _)| *o >= s.next).collect();
+        let n = frames.len() as u64;
+        s.next = s.next.max(r.next);
+        if s.next >= self.live_next {
+            s.live = true;
+        }
+        let w = if frames.is_empty() {
+            Wrote::Ok
+        } else {
+            self.send(id, s, frames)
+        };
+        match w {
+            Wrote::Ok => {
+                self.shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
+                self.shared.stats.replayed.fetch_add(n, Ordering::Relaxed);
+            }
+            Wrote::Slow | Wrote::Dead => {
+                self.drop_sub(id, subs);
+                return;
+            }
+        }
+        let s = subs.get_mut(&id).expect("present");
+        if !s.live && s.queue.is_empty() {
+            self.request_replay(id, s);
+        }
+        // Otherwise the next chunk is asked for once this one is written
+        // (see `FanIn::Writable`).
+    }
+
+    /// A subscriber over its queue bound: drop what the kernel has not
+    /// begun, tell it where to resume, close.
+    fn slow(&self, id: u64, s: &mut Sub, gone: &mut Vec<u64>) {
+        self.shared
+            .stats
+            .slow_disconnects
+            .fetch_add(1, Ordering::Relaxed);
+        let keep = usize::from(s.front_started);
+        let resume = s
+            .queue
+            .iter()
+            .skip(keep)
+            .map(|(o, _)| *o)
+            .find(|&o| o != CONTROL)
+            .unwrap_or(s.next);
+        while s.queue.len() > keep {
+            if let Some((_, f)) = s.queue.pop_back() {
+                s.queued -= f.len();
+            }
+        }
+        tracing::info!(
+            sub = id,
+            resume,
+            limit = self.max_queued,
+            "slow subscriber disconnected"
+        );
+        match s.framing {
+            Framing::Sp => gone.push(id),
+            Framing::Ws => {
+                let why = format!(
+                    "slow consumer: over {} bytes queued; resume from offset {resume}",
+                    self.max_queued
+                );
+                self.close_with(id, s, CLOSE_SLOW, &why);
+            }
+        }
+    }
+
+    /// Queues a close frame behind what is left, and gives the subscriber
+    /// [`CLOSE_GRACE`] to read it.
+    fn close_with(&self, id: u64, s: &mut Sub, code: u16, why: &str) {
+        s.closing = true;
+        s.live = false;
+        let mut b = BytesMut::new();
+        ws_close(code, why, &mut b);
+        let f = b.freeze();
+        s.queued += f.len();
+        s.queue.push_back((CONTROL, f));
+        let _ = self.flush(id, s);
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(CLOSE_GRACE).await;
+            let _ = tx.send(FanIn::Gone(id));
+        });
+    }
+
+    /// Writes `frames` (behind anything queued), queueing what the kernel
+    /// does not take.
+    fn send(&self, id: u64, s: &mut Sub, frames: Vec<(u64, Bytes)>) -> Wrote {
+        for (o, f) in frames {
+            s.queued += f.len();
+            s.queue.push_back((o, f));
+        }
+        if s.waiting {
+            return if s.queued > self.max_queued {
+                Wrote::Slow
+            } else {
+                Wrote::Ok
+            };
+        }
+        match self.flush(id, s) {
+            Wrote::Ok if s.queued > self.max_queued => Wrote::Slow,
+            w => w,
+        }
+    }
+
+    /// Writes as much of the queue as the kernel takes; if some is left,
+    /// starts a task that reports when the socket drains.
+    fn flush(&self, id: u64, s: &mut Sub) -> Wrote {
+        while !s.queue.is_empty() {
+            let r = {
+                let iov: Vec<IoSlice<'_>> =
+                    s.queue.iter().take(64).map(|(_, f)| IoSlice::new(f)).collect();
+                if iov.len() == 1 {
+                    s.io.try_write(&s.queue[0].1)
+                } else {
+                    s.io.try_write_vectored(&iov)
+                }
+            };
+            match r {
+                Ok(0) => return Wrote::Dead,
+                Ok(mut n) => {
+                    s.queued -= n;
+                    while n > 0 {
+                        let (_, f) = s.queue.front_mut().expect("bytes written from it");
+                        if n >= f.len() {
+                            n -= f.len();
+                            s.queue.pop_front();
+                            s.front_started = false;
+                        } else {
+                            let rest = f.slice(n..);
+                            *f = rest;
+                            s.front_started = true;
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    s.waiting = true;
+                    let io = s.io.clone();
+                    let tx = self.tx.clone();
+                    tokio::spawn(async move {
+                        let _ = io.writable().await;
+                        let _ = tx.send(FanIn::Writable(id));
+                    });
+                    return Wrote::Ok;
+                }
+                Err(_) => return Wrote::Dead,
+            }
+        }
+        Wrote::Ok
+    }
+}
+
+fn shutdown(io: &TcpStream) {
+    let _ = socket2::SockRef::from(io).shutdown(std::net::Shutdown::Both);
+}
+
+/// The replay thread: reads the log for subscribers catching up.
+pub(crate) fn run_replay(
+    mut reader: pinion_journal::Reader,
+    rx: std::sync::mpsc::Receiver<ReplayReq>,
+    cores: Vec<UnboundedSender<FanIn>>,
+) {
+    let mut buf = BytesMut::new();
+    while let Ok(req) = rx.recv() {
+        let mut out = Replayed {
+            sub: req.sub,
+            frames: Vec::new(),
+            next: req.from,
+            error: None,
+        };
+        if let Err(e) = reader.seek(req.from) {
+            out.error = Some(e.to_string());
+        } else {
+            let mut bytes = 0;
+            while out.next < req.upto && bytes < REPLAY_CHUNK {
+                match reader.next() {
+                    None => break,
+                    Some(Err(e)) => {
+                        out.error = Some(e.to_string());
+                        break;
+                    }
+                    Some(Ok(rec)) => {
+                        out.next = rec.offset + 1;
+                        if !matches(&req.filter, &rec.topic) {
+                            continue;
+                        }
+                        let e = encode(
+                            &Durable {
+                                offset: rec.offset,
+                                timestamp_us: rec.timestamp_us,
+                                client_id: &rec.client_id,
+                                seq: rec.seq,
+                                topic: &rec.topic,
+                                payload: &rec.payload,
+                            },
+                            &mut buf,
+                        );
+                        let f = match req.framing {
+                            Framing::Sp => e.sp,
+                            Framing::Ws => e.ws,
+                        };
+                        bytes += f.len();
+                        out.frames.push((rec.offset, f));
+                    }
+                }
+            }
+        }
+        if let Some(tx) = cores.get(req.core) {
+            let _ = tx.send(FanIn::Replayed(out));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_the_same_body() {
+        let payload = Bytes::from_static(b"hello");
+        let mut buf = BytesMut::new();
+        let e = encode(
+            &Durable {
+                offset: 7,
+                timestamp_us: 1,
+                client_id: &[3; 16],
+                seq: 9,
+                topic: b"orders",
+                payload: &payload,
+            },
+            &mut buf,
+        );
+        let sp_len = u64::from_be_bytes(e.sp[..8].try_into().unwrap()) as usize;
+        let body = &e.sp[8..];
+        assert_eq!(sp_len, body.len());
+        assert_eq!(e.ws[0], 0x82);
+        assert_eq!(e.ws[1] as usize, body.len());
+        assert_eq!(&e.ws[2..], body);
+        assert!(body.starts_with(b"orders\0"));
+        let d = Delivery::decode(&body[7..]).unwrap();
+        assert_eq!(
+            (d.offset, d.seq, d.payload.as_deref()),
+            (Some(7), Some(9), Some(&b"hello"[..]))
+        );
+    }
+
+    #[test]
+    fn ws_heads() {
+        for (len, head_len) in [(0, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
+            let mut b = BytesMut::new();
+            ws_head(len, &mut b);
+            assert_eq!(b.len(), head_len, "len {len}");
+        }
+    }
+
+    #[test]
+    fn prefix_filters() {
+        let f = vec![Bytes::from_static(b"a/"), Bytes::from_static(b"b")];
+        assert!(matches(&f, b"a/x"));
+        assert!(matches(&f, b"bob"));
+        assert!(!matches(&f, b"a"));
+        assert!(matches(&[], b"anything"));
+    }
+}

@@ -1,0 +1,431 @@
+//! Fan-out end to end, in process: publishers on the hub's REP port,
+//! subscribers over SP/TCP (a pinion SUB socket) and over WebSocket (a
+//! hand-written client reading raw frames, so nothing is dropped or hidden
+//! on the client side).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pinion::publisher::{Outcome, Publisher, PublisherOptions};
+use pinion::{Options, Protocol, Socket};
+use pinion_hub::{Hub, HubConfig};
+use pinion_proto::{Delivery, Message as _};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pinion-fanout-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn config(dir: &std::path::Path) -> HubConfig {
+    HubConfig {
+        data_dir: dir.to_path_buf(),
+        listen: vec!["tcp://127.0.0.1:0".into()],
+        subscribe: vec!["tcp://127.0.0.1:0".into()],
+        http: Some("127.0.0.1:0".into()),
+        threads: 2,
+        ..HubConfig::default()
+    }
+}
+
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    futures_executor::block_on(f)
+}
+
+/// Publishes `n` messages (topic chosen per index), returns their offsets.
+fn publish(url: &str, id: u8, n: u32, topic: impl Fn(u32) -> String) -> Vec<u64> {
+    publish_with(url, id, n, 0, None, topic)
+}
+
+/// [`publish`] with `pad` extra payload bytes, pausing `pace` after every
+/// 50 messages.
+fn publish_with(
+    url: &str,
+    id: u8,
+    n: u32,
+    pad: usize,
+    pace: Option<Duration>,
+    topic: impl Fn(u32) -> String,
+) -> Vec<u64> {
+    block(async {
+        let mut p = Publisher::connect(
+            url,
+            PublisherOptions {
+                client_id: [id; 16],
+                window: 128,
+                ..PublisherOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+        for i in 0..n {
+            let mut payload = i.to_be_bytes().to_vec();
+            payload.resize(4 + pad, b'.');
+            p.send(&topic(i), payload).await.unwrap();
+            if let Some(d) = pace {
+                if i % 50 == 49 {
+                    std::thread::sleep(d);
+                }
+            }
+        }
+        p.flush()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| match o {
+                Outcome::Ack { offset, .. } => offset,
+                other => panic!("not acked: {other:?}"),
+            })
+            .collect()
+    })
+}
+
+/// Splits a delivered body: topic, then the Delivery.
+fn split(body: &[u8]) -> (String, Delivery) {
+    let nul = body.iter().position(|&b| b == 0).expect("topic ends with NUL");
+    let topic = String::from_utf8(body[..nul].to_vec()).unwrap();
+    (topic, Delivery::decode(&body[nul + 1..]).expect("a Delivery"))
+}
+
+/// What a raw WebSocket client reads.
+#[derive(Debug)]
+enum Frame {
+    Binary(Vec<u8>),
+    Close(u16, String),
+}
+
+/// A minimal WebSocket client: blocking, reads server frames as they are.
+struct Ws {
+    s: TcpStream,
+    last: Option<u64>,
+}
+
+impl Ws {
+    fn connect(addr: &str, path: &str, rcvbuf: Option<usize>) -> Ws {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        if let Some(b) = rcvbuf {
+            sock.set_recv_buffer_size(b).unwrap();
+        }
+        let sa: std::net::SocketAddr = addr.parse().unwrap();
+        sock.connect(&sa.into()).unwrap();
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut b).unwrap();
+            head.push(b[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        Ws { s, last: None }
+    }
+
+    fn next(&mut self) -> Frame {
+        let mut h = [0u8; 2];
+        if let Err(e) = self.s.read_exact(&mut h) {
+            panic!("no frame within 10 s ({e}); last offset read: {:?}", self.last);
+        }
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut l = [0u8; 2];
+                self.s.read_exact(&mut l).unwrap();
+                u16::from_be_bytes(l) as usize
+            }
+            127 => {
+                let mut l = [0u8; 8];
+                self.s.read_exact(&mut l).unwrap();
+                u64::from_be_bytes(l) as usize
+            }
+            n => n as usize,
+        };
+        let mut p = vec![0u8; len];
+        self.s.read_exact(&mut p).unwrap();
+        match h[0] {
+            0x82 => Frame::Binary(p),
+            0x88 => {
+                let code = u16::from_be_bytes([p[0], p[1]]);
+                Frame::Close(code, String::from_utf8_lossy(&p[2..]).into_owned())
+            }
+            other => panic!("unexpected frame {other:#x}"),
+        }
+    }
+
+    /// Reads deliveries until `last` (inclusive) has arrived; returns their
+    /// offsets and topics.
+    fn read_through(&mut self, last: u64) -> Vec<(u64, String)> {
+        let mut got = Vec::new();
+        loop {
+            match self.next() {
+                Frame::Binary(b) => {
+                    let (t, d) = split(&b);
+                    let o = d.offset.unwrap();
+                    self.last = Some(o);
+                    got.push((o, t));
+                    if o >= last {
+                        return got;
+                    }
+                }
+                Frame::Close(c, why) => panic!("closed {c}: {why} after {} messages", got.len()),
+            }
+        }
+    }
+}
+
+#[test]
+fn tcp_and_websocket_subscribers_get_durable_messages_in_order() {
+    let dir = temp_dir("basic");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let url = hub.endpoints()[0].clone();
+    let http = hub.http_addr().unwrap().to_string();
+    // An SP SUB over TCP (any NNG SUB would do), every topic.
+    let sub = Socket::with_options(
+        Protocol::Sub0,
+        Options {
+            recv_buffer: 8192,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    block(sub.subscribe(&b""[..])).unwrap();
+    block(sub.dial(&hub.subscribe_endpoints()[0])).unwrap();
+    // A WebSocket subscriber filtering on the prefix "even".
+    let mut ws = Ws::connect(&http, "/sub?topic=even", None);
+    // Both are registered before the first publish.
+    let t = Instant::now();
+    while hub.stats().subscribers_tcp + hub.stats().subscribers_ws < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5), "subscribers not seen");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let offsets = publish(&url, 1, 400, |i| {
+        if i % 2 == 0 { "even/x".into() } else { "odd".into() }
+    });
+    assert_eq!(offsets, (0..400).collect::<Vec<_>>());
+    for i in 0..400u64 {
+        let body = block(sub.recv_timeout(Some(Duration::from_secs(10)))).unwrap();
+        let (topic, d) = split(&body);
+        assert_eq!(d.offset, Some(i));
+        assert_eq!(topic, if i % 2 == 0 { "even/x" } else { "odd" });
+        assert_eq!(d.payload.as_deref(), Some(&(i as u32).to_be_bytes()[..]));
+        assert_eq!(d.client_id.as_deref(), Some(&[1u8; 16][..]));
+        assert_eq!(d.seq, Some(i + 1));
+    }
+    let got = ws.read_through(398);
+    let want: Vec<(u64, String)> = (0..400).step_by(2).map(|o| (o, "even/x".to_string())).collect();
+    assert_eq!(got, want);
+    assert!(hub.stats().delivered >= 600);
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_from_any_offset_has_no_gap_and_no_duplicate_under_concurrent_publishing() {
+    let dir = temp_dir("resume");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let url = hub.endpoints()[0].clone();
+    let http = hub.http_addr().unwrap().to_string();
+    const PER: u32 = 3000;
+    const PUBLISHERS: u8 = 4;
+    let total = PER as u64 * PUBLISHERS as u64;
+    let pubs: Vec<_> = (0..PUBLISHERS)
+        .map(|id| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                publish_with(&url, id + 1, PER, 0, Some(Duration::from_millis(4)), |i| {
+                    format!("t{}", i % 3)
+                })
+            })
+        })
+        .collect();
+    // Subscribers join while the publishers run, each from some offset at
+    // or below the head (0 = the whole log), one from beyond it, one live.
+    let mut subs = Vec::new();
+    for k in 0..7u64 {
+        // Subscriber k joins once the log holds k/9 of the messages, so the
+        // last ones join while publishing goes on.
+        let t = Instant::now();
+        while hub.stats().head < total * k / 9 {
+            assert!(t.elapsed() < Duration::from_secs(20), "publishing stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let head = hub.stats().head;
+        let from = match k {
+            0 => Some(0),
+            5 => Some(head + 50),
+            6 => None,
+            _ => Some(head * k / 5),
+        };
+        let path = match from {
+            Some(f) => format!("/sub?from={f}"),
+            None => "/sub".to_string(),
+        };
+        let http = http.clone();
+        subs.push(std::thread::spawn(move || {
+            eprintln!("subscriber {k}: {path} (head {head})");
+            let mut ws = Ws::connect(&http, &path, None);
+            (from, ws.read_through(total - 1))
+        }));
+    }
+    for p in pubs {
+        assert_eq!(p.join().unwrap().len(), PER as usize);
+    }
+    for s in subs {
+        let (from, got) = s.join().unwrap();
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        let first = offsets[0];
+        if let Some(f) = from {
+            assert_eq!(first, f, "a resumed stream starts at its from");
+        }
+        let want: Vec<u64> = (first..total).collect();
+        assert!(
+            offsets == want,
+            "from {from:?}: {} messages, expected {} contiguous from {first} (gap or duplicate)",
+            offsets.len(),
+            want.len()
+        );
+    }
+    assert!(hub.stats().replayed > 0, "some subscribers read from the log");
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_slow_subscriber_is_disconnected_with_its_resume_offset_and_nobody_else_waits() {
+    let dir = temp_dir("slow");
+    let hub = Hub::start(HubConfig {
+        max_queued_per_subscriber: 64 << 10,
+        ..config(&dir)
+    })
+    .unwrap();
+    let url = hub.endpoints()[0].clone();
+    let http = hub.http_addr().unwrap().to_string();
+    // One subscriber that does not read (and has a small receive buffer),
+    // one that reads everything.
+    let mut slow = Ws::connect(&http, "/sub", Some(4096));
+    let fast_http = http.clone();
+    const N: u32 = 40_000;
+    let fast = std::thread::spawn(move || {
+        let mut ws = Ws::connect(&fast_http, "/sub", None);
+        ws.read_through(N as u64 - 1).len()
+    });
+    let t = Instant::now();
+    while hub.stats().subscribers_ws < 2 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Publishing is never held up by the slow subscriber: every message is
+    // acked while it reads nothing.
+    let offsets = publish_with(&url, 7, N, 200, None, |_| "x".into());
+    assert_eq!(offsets.len(), N as usize);
+    assert_eq!(fast.join().unwrap(), N as usize, "the fast subscriber got everything");
+    let t = Instant::now();
+    while hub.stats().slow_disconnects == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "slow subscriber not cut: {:?}",
+            hub.stats()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Now it reads: whole frames up to some offset, then the close frame
+    // naming the next one.
+    let mut last = None;
+    let (code, why) = loop {
+        match slow.next() {
+            Frame::Binary(b) => {
+                let o = split(&b).1.offset.unwrap();
+                if let Some(l) = last {
+                    assert_eq!(o, l + 1, "no gap before the cut");
+                }
+                last = Some(o);
+            }
+            Frame::Close(c, why) => break (c, why),
+        }
+    };
+    assert_eq!(code, pinion_hub::fanout::CLOSE_SLOW, "{why}");
+    let resume: u64 = why
+        .rsplit(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume offset in {why:?}"));
+    assert_eq!(resume, last.map_or(0, |l| l + 1), "{why}");
+    assert!(resume < N as u64, "it was cut before the end");
+    // Resuming from there gives the rest.
+    let mut again = Ws::connect(&http, &format!("/sub?from={resume}"), None);
+    let rest = again.read_through(N as u64 - 1);
+    assert_eq!(rest.first().map(|r| r.0), Some(resume));
+    assert_eq!(rest.len() as u64, N as u64 - resume);
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn http_routes_metrics_health_and_refusals() {
+    let dir = temp_dir("http");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let http = hub.http_addr().unwrap().to_string();
+    publish(&hub.endpoints()[0], 2, 3, |_| "m".into());
+    let get = |req: &str| -> String {
+        let mut s = TcpStream::connect(&http).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let m = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(m.contains("\npinion_logged_total 3\n"), "{m}");
+    let h = get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
+    assert!(get("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(get("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").starts_with("HTTP/1.1 405"));
+    // /sub without an upgrade, or with a bad query: 400.
+    assert!(get("GET /sub HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(get("GET /sub?from=x HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
+    // Garbage gets a 400 and closes only that connection.
+    assert!(get("\x16\x03\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
+    for page in ["/", "/pinion.js", "/demo"] {
+        let r = get(&format!("GET {page} HTTP/1.1\r\n\r\n"));
+        assert!(r.starts_with("HTTP/1.1 200"), "{page}: {r}");
+    }
+    // The stats feed: a JSON text frame at once.
+    let mut s = TcpStream::connect(&http).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /stats HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("\"head\"") {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("101 Switching Protocols"));
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn publish_over_websocket_is_sp_req_rep() {
+    // /pub is the REP socket over ws://, so a pinion (or NNG) REQ over
+    // WebSocket publishes like one over TCP.
+    let dir = temp_dir("wspub");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let http = hub.http_addr().unwrap().to_string();
+    let offsets = publish(&format!("ws://{http}/pub"), 3, 50, |_| "w".into());
+    assert_eq!(offsets, (0..50).collect::<Vec<_>>());
+    // Retrying one is a duplicate, over either transport.
+    let again = publish(&hub.endpoints()[0], 3, 1, |_| "w".into());
+    assert_eq!(again, vec![0]);
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
