@@ -283,6 +283,16 @@ impl Hub {
             rebuilt,
         };
 
+        // One descriptor per connection: 100,000 subscribers need more
+        // than the usual 1,024.
+        match pinion_runtime::sys::raise_fd_limit(1 << 20) {
+            Ok(n) if n < 65536 => {
+                tracing::warn!(limit = n, "open-file limit is low: at most about that many connections")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+
         // Cores and their sockets.
         let mut rb = Runtime::builder().name("pinion-hub");
         if cfg.threads > 0 {

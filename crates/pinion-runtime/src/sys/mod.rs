@@ -71,6 +71,56 @@ pub fn recv_into_spare(sock: &socket2::Socket, buf: &mut bytes::BytesMut) -> io:
     Ok(n)
 }
 
+/// Raises this process's open-file limit (RLIMIT_NOFILE): the soft limit
+/// to `want`, lifting the hard limit too when allowed (root, or
+/// CAP_SYS_RESOURCE), never above the kernel's `fs.nr_open`. Returns the
+/// soft limit in force afterwards. A server holding 100,000 connections
+/// needs one descriptor each; the usual default soft limit is 1,024.
+pub fn raise_fd_limit(want: u64) -> io::Result<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+        let want = want.min(nr_open);
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid, writable rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if lim.rlim_cur as u64 >= want {
+            return Ok(lim.rlim_cur as u64);
+        }
+        let raised = libc::rlimit {
+            rlim_cur: want as libc::rlim_t,
+            rlim_max: (lim.rlim_max as u64).max(want) as libc::rlim_t,
+        };
+        // SAFETY: a valid rlimit value; failure is reported by the return code.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(want);
+        }
+        // Not allowed past the hard limit: go as far as it allows.
+        let capped = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &capped) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(lim.rlim_max as u64)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = want;
+        Ok(0)
+    }
+}
+
 /// A seed that differs per process start and per call (request ids must
 /// start at a different random value each run, per the REQ/REP RFC).
 pub fn seed() -> u64 {
@@ -98,6 +148,13 @@ mod tests {
         assert!(!cpus.is_empty());
         super::pin_current_thread(cpus[0]).unwrap();
         assert_eq!(super::allowed_cpus(), vec![cpus[0]]);
+    }
+
+    #[test]
+    fn fd_limit_is_at_least_what_it_was() {
+        let before = super::raise_fd_limit(0).unwrap();
+        let after = super::raise_fd_limit(4096).unwrap();
+        assert!(after >= before.min(4096));
     }
 
     #[test]
