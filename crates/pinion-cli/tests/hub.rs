@@ -358,6 +358,52 @@ fn python_pynng_protobuf_publisher() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn python_pynng_subscribers_over_tcp_and_websocket_and_publish_over_websocket() {
+    let dir = temp_dir("python-sub");
+    let data = dir.join("data");
+    let (port, sub_port, http_port) = (free_port(), free_port(), free_port());
+    let listen = format!("tcp://127.0.0.1:{port}");
+    let sub = format!("tcp://127.0.0.1:{sub_port}");
+    let http = format!("127.0.0.1:{http_port}");
+    let d = data.to_str().unwrap();
+    let hub = HubProc::start_in(
+        &dir,
+        &[
+            "--data-dir", d, "--listen", &listen, "--subscribe", &sub, "--http", &http,
+            "--stats-every", "0",
+        ],
+        port,
+    );
+    let gen = dir.join("gen");
+    std::fs::create_dir_all(&gen).unwrap();
+    let py = python_with_generated_proto(&gen);
+    let script = repo_root().join("tests/interop/hub_subscriber.py");
+    let out = Command::new(py)
+        .arg(&script)
+        .arg(&sub)
+        .arg(&http)
+        .arg(&gen)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python subscriber failed:\n{}\n{}\nhub log:\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        hub.log()
+    );
+    let report = text(&out.stdout);
+    assert!(
+        report.contains("\"acked_over_ws\": 20")
+            && report.contains("\"tcp_prefix\": 10")
+            && report.contains("\"ws_resumed\": 20"),
+        "{report}"
+    );
+    hub.terminate();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Small deterministic generator (the seed is printed for reruns).
 struct Lcg(u64);
 impl Lcg {
