@@ -379,3 +379,50 @@ test('watchStats: JSON frames, reconnects', () => {
   assert.equal(w.state, 'closed');
   hub.close();
 });
+
+test('an error before the open ends the attempt even without a close event (Node 20 WebSocket)', () => {
+  const { hub, ws, timers } = setup();
+  hub.subscribe({ from: 1 }, () => {});
+  const s1 = ws.last();
+  s1.onerror?.({}); // and no close event follows
+  assert.deepEqual(timers.pending().filter((d) => d <= 100), [100], 'a retry is scheduled');
+  timers.advance(100);
+  assert.equal(ws.sockets.length, 2);
+  s1.drop(1006); // a late close of the old socket changes nothing
+  assert.equal(ws.sockets.length, 2);
+  ws.last().accept();
+  ws.last().onerror?.({}); // an error on an open socket: wait for its close
+  assert.equal(hub.state, 'open');
+  hub.close();
+});
+
+test('a connection attempt that hangs is abandoned after connectTimeout and retried', () => {
+  const { hub, ws, timers } = setup({ connectTimeout: 3000 });
+  hub.subscribe({}, () => {});
+  const s1 = ws.last();
+  timers.advance(2999);
+  assert.equal(ws.sockets.length, 1);
+  timers.advance(1);
+  assert.ok(s1.closedByClient, 'the hung socket is closed');
+  timers.advance(100);
+  assert.equal(ws.sockets.length, 2);
+  ws.last().accept();
+  timers.advance(10000);
+  assert.equal(ws.sockets.length, 2, 'no timeout once open');
+  hub.close();
+});
+
+test('publish: a close with 1009 (message too big) fails the largest request; the others are resent', async () => {
+  const { hub, ws, timers } = setup();
+  const small = hub.publish('t', 'small');
+  const big = hub.publish('t', new Uint8Array(70000));
+  ws.last().accept();
+  ws.last().drop(1009, '');
+  await assert.rejects(big, (e) => e instanceof PinionError && e.code === 'MESSAGE_TOO_BIG' && /not logged/.test(e.message));
+  timers.advance(100);
+  ws.last().accept();
+  assert.equal(ws.last().sent.length, 1, 'only the small one again');
+  ws.last().deliver(ackFrame(reqIdOf(ws.last().sent[0]), 1, 3));
+  assert.equal((await small).offset, 3);
+  hub.close();
+});

@@ -60,6 +60,9 @@
  * - A NACK rejects the publish with a `NackError` (`code`, `codeName`,
  *   `reason`, `seq`, `retryable`). Other failures reject with a
  *   `PinionError` whose `code` is a string ('CLOSED', 'TIMEOUT', ...).
+ *   A request too big for the hub's WebSocket frame limit (the hub closes
+ *   the connection with 1009) rejects with 'MESSAGE_TOO_BIG' instead of
+ *   being resent forever.
  *
  * In Node (>= 20) pass a WebSocket implementation:
  * `connect({ url, WebSocket })` (Node 20's `--experimental-websocket`
@@ -77,7 +80,7 @@
 export class PinionError extends Error {
   /**
    * @param {string} message
-   * @param {string} code 'CLOSED' | 'TIMEOUT' | 'PROTOCOL' | 'REPLAY_FAILED' | 'INVALID' | 'NO_WEBSOCKET'
+   * @param {string} code 'CLOSED' | 'TIMEOUT' | 'MESSAGE_TOO_BIG' | 'PROTOCOL' | 'REPLAY_FAILED' | 'INVALID' | 'NO_WEBSOCKET'
    */
   constructor(message, code) {
     super(message);
@@ -418,6 +421,8 @@ export function backoffDelay(attempt, { min = 100, max = 10000 } = {}, random = 
 export const CLOSE_SLOW_CONSUMER = 4008;
 /** Close code of a subscriber whose replay could not read the log. */
 export const CLOSE_REPLAY_FAILED = 4011;
+/** RFC 6455 close code: a message over the peer's size limit. */
+export const CLOSE_MESSAGE_TOO_BIG = 1009;
 
 function toBytes(data) {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -472,11 +477,33 @@ class Link {
     }
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    const { setTimeout, clearTimeout } = this.hub._timers;
+    let opened = false;
+    // The end of this socket, whichever event tells first (once).
+    const fail = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      opened = true; // no more connect timeout
+      clearTimeout(connectTimer);
+      if (this.stableTimer !== null) clearTimeout(this.stableTimer);
+      this.stableTimer = null;
+      if (this.closed) return;
+      this.h.onClose?.(ev);
+      this.scheduleRetry();
+    };
+    // A connection attempt that hangs is given up (and closed) after
+    // connectTimeout ms.
+    const connectTimer = setTimeout(() => {
+      if (opened || this.ws !== ws) return;
+      try { ws.close(); } catch { /* not open */ }
+      fail({ code: 1006, reason: `not connected within ${this.hub._connectTimeout} ms` });
+    }, this.hub._connectTimeout);
     ws.onopen = () => {
       if (this.ws !== ws) return;
+      opened = true;
+      clearTimeout(connectTimer);
       this.opens++;
       this.setState('open');
-      const { setTimeout } = this.hub._timers;
       this.stableTimer = setTimeout(() => { this.attempt = 0; }, this.hub._stableMs);
       this.h.onOpen?.();
     };
@@ -488,17 +515,13 @@ class Link {
         this.hub._error(e instanceof PinionError ? e : new PinionError(`${this.name}: ${e.message}`, 'PROTOCOL'));
       }
     };
-    ws.onerror = () => {}; // a close event follows
-    ws.onclose = (ev) => {
-      if (this.ws !== ws) return;
-      this.ws = null;
-      const { clearTimeout } = this.hub._timers;
-      if (this.stableTimer !== null) clearTimeout(this.stableTimer);
-      this.stableTimer = null;
-      if (this.closed) return;
-      this.h.onClose?.(ev);
-      this.scheduleRetry();
+    // Browsers follow an error with a close event; some WebSocket
+    // implementations (Node 20's) do not when the socket never opened, so an
+    // error before the open ends the attempt itself.
+    ws.onerror = () => {
+      if (!opened) fail({ code: 1006, reason: 'connection failed' });
     };
+    ws.onclose = (ev) => fail(ev);
   }
 
   scheduleRetry() {
@@ -668,6 +691,7 @@ export class Hub {
     this._random = opts.random ?? Math.random;
     this._timers = opts.timers ?? { setTimeout: globalThis.setTimeout.bind(globalThis), clearTimeout: globalThis.clearTimeout.bind(globalThis) };
     this._stableMs = opts.stableMs ?? 5000;
+    this._connectTimeout = opts.connectTimeout ?? 10000;
     this._publishTimeout = opts.publishTimeout ?? 0;
     /** @type {Uint8Array} this hub object's 16-byte client id */
     this.clientId = opts.clientId ? Uint8Array.from(opts.clientId) : randomBytes(16);
@@ -788,11 +812,33 @@ export class Hub {
           for (const p of this._pending.values()) this._pub.send(p.frame);
         },
         onMessage: (data) => this._reply(data),
+        onClose: (ev) => {
+          // 1009 (message too big): the hub refuses frames over its
+          // transport limit by closing the connection, before decoding
+          // them, so nothing was logged. Sending the same request again
+          // would close the next connection too: the largest unanswered
+          // request (at least as big as the one refused) is failed instead.
+          if (ev.code === CLOSE_MESSAGE_TOO_BIG) this._failLargest(ev);
+        },
       });
       this._links.add(this._pub);
       this._pub.start();
     }
     return this._pub;
+  }
+
+  _failLargest(ev) {
+    let worst = null;
+    for (const [id, p] of this._pending) if (!worst || p.frame.length > worst[1].frame.length) worst = [id, p];
+    if (!worst) return;
+    const [id, p] = worst;
+    this._pending.delete(id);
+    if (p.timer !== null) this._timers.clearTimeout(p.timer);
+    p.reject(new PinionError(
+      `publish seq ${p.seq}: the hub closed the connection because the ${p.frame.length}-byte request is too big for it ` +
+      `(WebSocket close 1009${ev.reason ? `: ${ev.reason}` : ''}); it was not logged`,
+      'MESSAGE_TOO_BIG',
+    ));
   }
 
   _reply(data) {
@@ -868,6 +914,7 @@ export class Hub {
  * @param {() => number} [opts.random] for tests: the jitter's random source
  * @param {{setTimeout: Function, clearTimeout: Function}} [opts.timers] for tests
  * @param {number} [opts.stableMs] a connection up this long resets the backoff (default 5000)
+ * @param {number} [opts.connectTimeout] a connection attempt not open after this many ms is abandoned and retried (default 10000)
  * @returns {Hub}
  */
 export function connect(opts = {}) {

@@ -1,0 +1,218 @@
+// pinion.js against a real hub (`pinion serve`), in Node: publish with
+// acks, subscribe with replay, the hub's duplicate answer to a same-seq
+// retry, reconnects in the middle of a stream (no gap, no duplicate, nothing
+// logged twice), NACKs, the /stats feed and the /pub subprotocol.
+//
+//   PINION_HUB_URL=ws://127.0.0.1:7452 node --experimental-websocket --test tests/browser/hub.test.mjs
+//
+// (Node 22 and later: no flag.) crates/pinion-cli/tests/browser.rs starts a
+// hub and runs this with PINION_HUB_URL set; without it these tests are
+// skipped, saying so.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+
+import { connect, NackError, toHex } from '../../crates/pinion-hub/web/pinion.js';
+
+const URL_ = process.env.PINION_HUB_URL;
+const skip = URL_ ? false : 'PINION_HUB_URL is not set (crates/pinion-cli/tests/browser.rs sets it)';
+const WS = globalThis.WebSocket;
+if (!skip && typeof WS !== 'function') {
+  throw new Error('no global WebSocket: run node with --experimental-websocket (Node 20) or use Node >= 22');
+}
+
+/** A WebSocket whose instances the test can reach, to drop them. */
+function tracked() {
+  const sockets = [];
+  class TrackedWS extends WS {
+    constructor(url, protocols) {
+      super(url, protocols);
+      sockets.push(this);
+    }
+  }
+  /** Closes the newest socket once it is open (as a network drop would). */
+  async function drop() {
+    await until('an open socket to drop', () => sockets.at(-1)?.readyState === 1);
+    sockets.at(-1).close();
+  }
+  return { TrackedWS, sockets, drop };
+}
+
+const unique = (name) => `node-test/${name}/${Date.now().toString(36)}${Math.random().toString(36).slice(2, 6)}/`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(what, fn, ms = 10000) {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+const fast = { backoff: { min: 20, max: 200 } };
+
+test('publish and subscribe: acks, replay from an offset, then live', { skip, timeout: 20000 }, async () => {
+  const hub = connect({ url: URL_, WebSocket: WS, ...fast });
+  const prefix = unique('basic');
+  const acks = await Promise.all(Array.from({ length: 50 }, (_, i) => hub.publish(`${prefix}t${i % 3}`, `m${i}`)));
+  assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: 50 }, (_, i) => i + 1));
+  assert.ok(acks.every((a) => !a.duplicate));
+  assert.equal(new Set(acks.map((a) => a.offset)).size, 50, 'distinct offsets');
+
+  const got = [];
+  const sub = hub.subscribe({ topics: [prefix], from: Math.min(...acks.map((a) => a.offset)) }, (m) => got.push(m));
+  await until('the replay', () => got.length >= 50);
+  const live = await hub.publish(`${prefix}live`, new Uint8Array([0, 1, 2, 255]));
+  await until('the live message', () => got.length >= 51);
+  await sleep(100);
+  assert.equal(got.length, 51);
+  const byOffset = new Map(acks.map((a, i) => [a.offset, i]));
+  for (let k = 0; k < 50; k++) {
+    const m = got[k];
+    if (k > 0) assert.ok(m.offset > got[k - 1].offset, 'offset order');
+    const i = byOffset.get(m.offset);
+    assert.equal(m.text(), `m${i}`);
+    assert.equal(m.topic, `${prefix}t${i % 3}`);
+    assert.equal(m.seq, i + 1);
+    assert.equal(m.clientIdHex, hub.clientIdHex);
+    assert.ok(Math.abs(m.timestamp.getTime() - Date.now()) < 60000, 'timestamp is now-ish');
+  }
+  assert.equal(got[50].offset, live.offset);
+  assert.deepEqual([...got[50].payload], [0, 1, 2, 255]);
+  sub.close();
+  hub.close();
+});
+
+test('a same-seq retry is acked with the original offset, duplicate = true', { skip, timeout: 10000 }, async () => {
+  const clientId = crypto.getRandomValues(new Uint8Array(16));
+  const prefix = unique('dup');
+  const h1 = connect({ url: URL_, WebSocket: WS, clientId });
+  const first = await h1.publish(`${prefix}x`, 'once');
+  h1.close();
+  const h2 = connect({ url: URL_, WebSocket: WS, clientId }); // seq 1 again
+  const again = await h2.publish(`${prefix}x`, 'once');
+  assert.deepEqual(again, { seq: 1, offset: first.offset, duplicate: true });
+  h2.close();
+});
+
+test('publish: connections dropped mid-stream; every message logged exactly once, every promise acked', { skip, timeout: 30000 }, async () => {
+  const { TrackedWS, sockets, drop } = tracked();
+  const hub = connect({ url: URL_, WebSocket: TrackedWS, ...fast });
+  const prefix = unique('pubdrop');
+  const N = 300;
+  const ps = [];
+  for (let i = 0; i < N; i++) {
+    ps.push(hub.publish(`${prefix}p`, `v${i}`));
+    if (i % 60 === 30) await drop(); // the socket goes away with requests in flight
+  }
+  const acks = await Promise.all(ps);
+  assert.ok(sockets.length >= 6, `reconnected (${sockets.length} sockets)`);
+  assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: N }, (_, i) => i + 1));
+  assert.equal(new Set(acks.map((a) => a.offset)).size, N, 'one offset per seq');
+
+  // The log holds each (client id, seq) once.
+  const seen = new Map();
+  const sub = hub.subscribe({ topics: [prefix], from: Math.min(...acks.map((a) => a.offset)) }, (m) => {
+    seen.set(m.seq, (seen.get(m.seq) ?? 0) + 1);
+  });
+  await until('the replay', () => seen.size >= N);
+  await sleep(100);
+  assert.equal(seen.size, N);
+  assert.ok([...seen.values()].every((c) => c === 1), 'no seq logged twice');
+  const dups = acks.filter((a) => a.duplicate).length;
+  console.log(`${sockets.length - 1} /pub drops, ${dups} acks were duplicates (retries of requests already logged)`);
+  sub.close();
+  hub.close();
+});
+
+test('subscribe: connections dropped mid-stream resume at last + 1 (no gap, no duplicate)', { skip, timeout: 30000 }, async () => {
+  const { TrackedWS, sockets, drop } = tracked();
+  const subHub = connect({ url: URL_, WebSocket: TrackedWS, ...fast });
+  const pubHub = connect({ url: URL_, WebSocket: WS });
+  const prefix = unique('subdrop');
+  const first = await pubHub.publish(`${prefix}s`, 'start');
+  const got = [];
+  subHub.subscribe({ topics: [prefix], from: first.offset }, (m) => got.push(m.offset));
+  const N = 400;
+  const ps = [];
+  for (let i = 0; i < N; i++) {
+    ps.push(pubHub.publish(`${prefix}s`, `v${i}`));
+    if (i % 100 === 50) {
+      await sleep(10); // some of it delivered
+      await drop();
+    }
+  }
+  const acks = await Promise.all(ps);
+  const want = [first.offset, ...acks.map((a) => a.offset)];
+  await until('every message', () => got.length >= want.length, 15000);
+  await sleep(100);
+  assert.ok(sockets.length >= 5, `reconnected (${sockets.length} sockets)`);
+  assert.deepEqual(got, want);
+  subHub.close();
+  pubHub.close();
+});
+
+test('a NACK: TOO_LARGE, and the connection goes on', { skip, timeout: 10000 }, async () => {
+  const hub = connect({ url: URL_, WebSocket: WS });
+  await assert.rejects(hub.publish('node-test/big', new Uint8Array(300)),
+    (e) => e instanceof NackError && e.codeName === 'TOO_LARGE' && e.code === 1 && e.seq === 1 && e.reason.length > 0);
+  const ok = await hub.publish('node-test/big', 'small');
+  assert.equal(ok.seq, 2);
+  hub.close();
+});
+
+test('a request over the hub\'s WebSocket frame limit fails (not resent forever); the rest goes on', { skip, timeout: 10000 }, async () => {
+  // The hub closes /pub with 1009 for a frame over its limit (64 KiB
+  // today) instead of answering TOO_LARGE: pinion.js turns that into a
+  // MESSAGE_TOO_BIG rejection.
+  const hub = connect({ url: URL_, WebSocket: WS, ...fast });
+  const big = hub.publish('node-test/huge', new Uint8Array(200_000));
+  const small = hub.publish('node-test/huge', 'small');
+  await assert.rejects(big, (e) => e.code === 'MESSAGE_TOO_BIG' || (e instanceof NackError && e.codeName === 'TOO_LARGE'));
+  assert.equal((await small).seq, 2);
+  hub.close();
+});
+
+test('/stats: one JSON frame about every 500 ms with the contract fields', { skip, timeout: 10000 }, async () => {
+  const hub = connect({ url: URL_, WebSocket: WS });
+  const frames = [];
+  const t0 = Date.now();
+  const w = hub.watchStats((s) => frames.push([Date.now() - t0, s]));
+  await until('3 frames', () => frames.length >= 3, 5000);
+  w.close();
+  hub.close();
+  const [, s] = frames.at(-1);
+  for (const k of ['t_ms', 'uptime_s', 'head', 'in_rate', 'out_rate', 'nack_rate', 'ack_p50_us', 'ack_p99_us',
+    'publishers', 'subscribers_tcp', 'subscribers_ws', 'logged', 'delivered', 'nacks', 'duplicates',
+    'slow_disconnects', 'writer_cpu']) {
+    assert.equal(typeof s[k], 'number', `${k}: ${JSON.stringify(s[k])}`);
+  }
+  assert.ok(Array.isArray(s.cores) && s.cores.length >= 1, JSON.stringify(s.cores));
+  for (const c of s.cores) assert.ok(Number.isInteger(c.core) && typeof c.cpu === 'number', JSON.stringify(c));
+  assert.ok(Math.abs(s.t_ms - Date.now()) < 60000, 't_ms is milliseconds since the epoch');
+  const gap = frames.at(-1)[0] - frames.at(-2)[0];
+  assert.ok(gap > 250 && gap < 1500, `frames ${gap} ms apart`);
+});
+
+test('/pub without the rep.sp.nanomsg.org subprotocol is refused', { skip, timeout: 10000 }, async () => {
+  const outcome = await new Promise((resolve) => {
+    const ws = new WS(`${URL_}/pub`);
+    ws.onopen = () => { resolve('open'); ws.close(); };
+    ws.onerror = () => resolve('refused');
+    ws.onclose = () => resolve('refused');
+  });
+  assert.equal(outcome, 'refused');
+  // With it: open, and the subprotocol is echoed.
+  const proto = await new Promise((resolve, reject) => {
+    const ws = new WS(`${URL_}/pub`, 'rep.sp.nanomsg.org');
+    ws.onopen = () => { resolve(ws.protocol); ws.close(); };
+    ws.onerror = () => reject(new Error('refused with the subprotocol'));
+  });
+  assert.equal(proto, 'rep.sp.nanomsg.org');
+});
+
+test('client ids are 16 random bytes per hub object', { skip }, () => {
+  const a = connect({ url: URL_, WebSocket: WS });
+  const b = connect({ url: URL_, WebSocket: WS });
+  assert.equal(a.clientId.length, 16);
+  assert.notEqual(toHex(a.clientId), toHex(b.clientId));
+  a.close();
+  b.close();
+});
