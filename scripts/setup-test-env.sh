@@ -6,10 +6,13 @@
 # * Debian packages: libnng-dev nng-utils nanomsg-utils cmake pkg-config
 #   python3-venv, protobuf-compiler (protoc, for the Python publisher test),
 #   redis-server redis-tools nats-server (benchmark peers; started by the
-#   benchmarks themselves on loopback, never as services) -- apt is skipped
-#   when all are already installed;
+#   benchmarks themselves on loopback, never as services), chromium (the
+#   browser tests, headless) -- apt is skipped when all are already installed;
 # * a Python venv at $REPO/.venv with pynng==0.9.0 (bundles NNG 1.11) and
-#   protobuf, used by crates/pinion/tests/interop_pynng.rs.
+#   protobuf, used by crates/pinion/tests/interop_pynng.rs;
+# * tests/browser/node_modules (npm ci: playwright-core, pngjs, versions
+#   pinned in tests/browser/package-lock.json) for
+#   crates/pinion-cli/tests/browser.rs; needs Node.js >= 20 and npm.
 #
 # Idempotent: re-running only does what is missing. Exits non-zero with a
 # message if anything cannot be installed.
@@ -19,7 +22,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 PYNNG_VERSION="0.9.0"
 APT_PACKAGES=(libnng-dev nng-utils nanomsg-utils cmake pkg-config python3-venv
-              protobuf-compiler redis-server redis-tools nats-server)
+              protobuf-compiler redis-server redis-tools nats-server chromium)
 
 say() { printf 'setup-test-env: %s\n' "$*"; }
 die() { printf 'setup-test-env: ERROR: %s\n' "$*" >&2; exit 1; }
@@ -95,6 +98,22 @@ else
         || die "pip install pynng==$PYNNG_VERSION protobuf failed"
     have_deps || die "pynng==$PYNNG_VERSION / protobuf not importable from $VENV after pip install"
 fi
+
+# ---- Node packages for the browser tests ------------------------------------
+BROWSER="$REPO/tests/browser"
+command -v node >/dev/null 2>&1 || die "node not found: the browser tests need Node.js >= 20 (with npm)"
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+((node_major >= 20)) || die "node $(node --version) is too old: the browser tests need Node.js >= 20"
+command -v npm >/dev/null 2>&1 || die "npm not found: the browser tests need it (npm ci in tests/browser)"
+# npm ls fails when a locked package is missing or at another version.
+if [[ -d "$BROWSER/node_modules" ]] && (cd "$BROWSER" && npm ls --depth=0 >/dev/null 2>&1); then
+    say "npm: tests/browser/node_modules up to date; skipping npm ci"
+else
+    say "npm: npm ci in tests/browser"
+    (cd "$BROWSER" && npm ci --no-audit --no-fund) || die "npm ci in tests/browser failed"
+fi
+[[ -x /usr/bin/chromium ]] || die "/usr/bin/chromium missing after apt-get (package chromium)"
+say "ok: node $(node --version), $(/usr/bin/chromium --version 2>/dev/null | head -n1), tests/browser/node_modules"
 
 nng="$("$VENV/bin/python" -c 'import pynng, pynng._nng as n; print(n.ffi.string(n.lib.nng_version()).decode())' 2>/dev/null || echo '?')"
 say "ok: $VENV/bin/python has pynng $PYNNG_VERSION (NNG $nng)"
