@@ -13,9 +13,9 @@
 //    the next publish on the same connection is acked;
 // 3. demo page C subscribes through its form with "resume from" = the 5th
 //    message's offset and must receive exactly the messages from there on;
-// 4. the dashboard, while A publishes in the background, must collect
-//    /stats samples and draw them: its canvases must have drawn pixels, the
-//    throughput chart in its series' colour;
+// 4. the dashboard (open from the start), while A publishes in the
+//    background, must collect /stats samples and draw them: its canvases
+//    must have drawn pixels, the throughput chart in its series' colour;
 // 5. screenshots of every page go to DIR (demo-publisher.png,
 //    demo-subscriber.png, demo-resume.png, dashboard.png,
 //    dashboard-dark.png); each must decode as a PNG of the viewport's size
@@ -163,6 +163,10 @@ async function run() {
   const topic = `${prefix}chat`;
   log(`hub ${base}, topic ${topic}, ${N} messages`);
 
+  // The dashboard first: it watches the whole run (the publishes, the NACK).
+  const d = await newPage(context, 'dashboard');
+  await d.goto(`${base}/`);
+
   // ---- 1. B subscribes live, A publishes ----
   const b = await newPage(context, 'demo B');
   await b.goto(`${base}/demo?prefix=${encodeURIComponent(prefix)}&subscribe=1`);
@@ -223,8 +227,6 @@ async function run() {
   await a.evaluate((t) => {
     window.__load = setInterval(() => { window.pinionDemo.hub.publish(t, `load ${Date.now()}`).catch(() => {}); }, 20);
   }, `${prefix}load`);
-  const d = await newPage(context, 'dashboard');
-  await d.goto(`${base}/`);
   // 20 samples (10 s of /stats) make a chart worth looking at in the screenshot.
   await waitFor(d, 'dashboard: 20 /stats samples', () => Number(document.body.dataset.samples) >= 20, null, 20000);
   await waitFor(d, 'dashboard: throughput plotted', () => window.pinionDashboard?.charts[0].drawnPoints > 4, null, 5000);
