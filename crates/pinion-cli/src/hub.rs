@@ -592,6 +592,9 @@ pub enum BenchCommand {
     /// with Redis (XADD, appendfsync always), NATS JetStream and the disk's
     /// own group-commit ceiling.
     Publish(pinion_loadgen::PublishArgs),
+    /// WebSocket fan-out at scale: N idle subscribers (hub memory per
+    /// connection), then publish→deliver latency to all of them.
+    Fanout(pinion_loadgen::FanoutArgs),
 }
 
 /// Runs `pinion bench …`.
@@ -604,6 +607,14 @@ pub fn bench(c: BenchCommand) -> Result<(), Failure> {
             pinion_loadgen::run_publish(&a, &exe)
                 .map(|_| ())
                 .map_err(|e| Failure::new(exit::FAILED, format!("bench publish: {e}")))
+        }
+        BenchCommand::Fanout(a) => {
+            let exe = std::env::current_exe().map_err(|e| {
+                Failure::new(exit::IO, format!("cannot find the pinion executable: {e}"))
+            })?;
+            pinion_loadgen::run_fanout(&a, &exe)
+                .map(|_| ())
+                .map_err(|e| Failure::new(exit::FAILED, format!("bench fanout: {e}")))
         }
     }
 }

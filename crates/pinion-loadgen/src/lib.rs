@@ -37,6 +37,11 @@
 //!     println!("{}: {:.0} msg/s", r.row, r.msgs_per_sec);
 //! }
 //! ```
+//!
+//! `pinion bench fanout` ([`run_fanout`], module `fanout`) is the other
+//! bench here: N idle WebSocket subscribers on the hub's `/sub` (hub memory
+//! per connection from its RSS), then publish→deliver latency to all of
+//! them, optionally with subscribers that never read.
 #![warn(missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -49,11 +54,13 @@ use serde::Serialize;
 
 mod driver;
 mod error;
+mod fanout;
 mod report;
 mod server;
 mod targets;
 
 pub use error::LoadgenError;
+pub use fanout::{run_fanout, FanoutArgs, FanoutRun, FanoutSummary, Phase};
 pub use report::{Latency, RunResult, TargetReport, CONTENDED_PCT};
 pub use server::pid_exists;
 

@@ -1,0 +1,318 @@
+//! The hub side of the fan-out bench: starting `pinion serve`, reading its
+//! `/metrics` and its memory, and a blocking SP REQ publisher.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use pinion_core::wire::handshake::{decode_header, encode_header, HEADER_LEN};
+use pinion_proto::{reply, Message, Publish, Reply};
+
+use crate::error::LoadgenError;
+use crate::server::{free_port, is_executable, temp_dir, ServerGuard};
+
+const NAME: &str = "pinion";
+const REQ: u16 = 0x30;
+const REP: u16 = 0x31;
+/// How long one publish may wait for its ACK.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where the hub listens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HubAddrs {
+    /// Publishers: SP REP over TCP.
+    pub publish: SocketAddr,
+    /// The HTTP port (`/sub`, `/metrics`).
+    pub http: SocketAddr,
+}
+
+/// Starts `<exe> serve` on free loopback ports with a fresh data dir.
+pub(crate) fn start(
+    exe: &Path,
+    fsync: &str,
+    max_payload: usize,
+) -> Result<(ServerGuard, HubAddrs), LoadgenError> {
+    if !is_executable(exe) {
+        return Err(LoadgenError::MissingBinary {
+            name: "pinion",
+            looked: vec![exe.to_path_buf()],
+            hint: "; build the hub with `cargo build --release -p pinion-cli`",
+        });
+    }
+    let dir = temp_dir("fanout")?;
+    let port = free_port()?;
+    let mut http_port = free_port()?;
+    while http_port == port {
+        http_port = free_port()?;
+    }
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .args(["--subscribe", "tcp://127.0.0.1:0"])
+        .arg("--http")
+        .arg(format!("127.0.0.1:{http_port}"))
+        .args(["--fsync", fsync])
+        .arg("--max-payload")
+        .arg(max_payload.to_string())
+        .args(["--stats-every", "0"]);
+    let mut guard = ServerGuard::spawn(NAME, cmd, dir)?;
+    let addrs = HubAddrs {
+        publish: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        http: SocketAddr::from((Ipv4Addr::LOCALHOST, http_port)),
+    };
+    guard.wait_listening(addrs.publish)?;
+    guard.wait_listening(addrs.http)?;
+    Ok((guard, addrs))
+}
+
+/// `tcp://HOST:PORT` (publishers) and `[http://]HOST:PORT` (HTTP port).
+pub(crate) fn parse_urls(hub: &str, http: &str) -> Result<HubAddrs, LoadgenError> {
+    let resolve = |flag: &str, url: &str, rest: &str| -> Result<SocketAddr, LoadgenError> {
+        let rest = rest.trim_end_matches('/');
+        rest.to_socket_addrs()
+            .map_err(|e| LoadgenError::Args(format!("{flag} {url:?}: {e}")))?
+            .find(SocketAddr::is_ipv4)
+            .ok_or_else(|| LoadgenError::Args(format!("{flag} {url:?}: no IPv4 address")))
+    };
+    let p = hub.strip_prefix("tcp://").ok_or_else(|| {
+        LoadgenError::Args(format!(
+            "--hub-url {hub:?}: only tcp://HOST:PORT is supported"
+        ))
+    })?;
+    let h = http
+        .strip_prefix("http://")
+        .or_else(|| http.strip_prefix("ws://"))
+        .unwrap_or(http);
+    let addrs = HubAddrs {
+        publish: resolve("--hub-url", hub, p)?,
+        http: resolve("--http-url", http, h)?,
+    };
+    for a in [addrs.publish, addrs.http] {
+        if !a.ip().is_loopback() {
+            return Err(LoadgenError::Args(format!(
+                "{a}: the fan-out bench only sends traffic to 127.0.0.0/8"
+            )));
+        }
+    }
+    Ok(addrs)
+}
+
+/// The figures of `/metrics` the bench reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Metrics {
+    pub subscribers_ws: u64,
+    pub slow_disconnects: u64,
+    pub delivered: u64,
+}
+
+/// `GET path` on the hub's HTTP port; returns the body.
+fn http_get(http: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(5))
+        .map_err(|e| format!("connecting to {http}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET {path}: no complete answer"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "GET {path}: {}",
+            head.lines().next().unwrap_or("?")
+        ));
+    }
+    Ok(body.to_string())
+}
+
+/// Reads the hub's `/metrics`.
+pub(crate) fn metrics(http: SocketAddr) -> Result<Metrics, String> {
+    let body = http_get(http, "/metrics")?;
+    parse_metrics(&body)
+}
+
+pub(crate) fn parse_metrics(body: &str) -> Result<Metrics, String> {
+    let mut m = Metrics::default();
+    let mut seen = false;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let v = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+        match name {
+            "pinion_subscribers{transport=\"ws\"}" => {
+                m.subscribers_ws = v;
+                seen = true;
+            }
+            "pinion_slow_disconnects_total" => m.slow_disconnects = v,
+            "pinion_delivered_total" => m.delivered = v,
+            _ => {}
+        }
+    }
+    if !seen {
+        return Err("no pinion_subscribers{transport=\"ws\"} in /metrics".into());
+    }
+    Ok(m)
+}
+
+/// Resident memory of a process (`VmRSS` of `/proc/<pid>/status`), bytes.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    kib_field(&s, "VmRSS:").map(|k| k * 1024)
+}
+
+/// The kernel's slab memory, machine-wide (`Slab` of `/proc/meminfo`), bytes.
+pub(crate) fn slab_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    kib_field(&s, "Slab:").map(|k| k * 1024)
+}
+
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    line[key.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// One publisher connection (SP REQ over TCP), one request at a time.
+pub(crate) struct Publisher {
+    s: TcpStream,
+    msg: Publish,
+    next_id: u32,
+    out: Vec<u8>,
+}
+
+impl Publisher {
+    pub(crate) fn connect(addr: SocketAddr) -> Result<Publisher, String> {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| format!("publisher: connecting to {addr}: {e}"))?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(ACK_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        s.write_all(&encode_header(REQ))
+            .map_err(|e| format!("publisher: SP header: {e}"))?;
+        let mut h = [0u8; HEADER_LEN];
+        s.read_exact(&mut h)
+            .map_err(|e| format!("publisher: SP header: {e}"))?;
+        match decode_header(&h) {
+            Ok(REP) => {}
+            Ok(p) => return Err(format!("publisher: peer speaks SP {p:#x}, not REP")),
+            Err(e) => return Err(format!("publisher: bad SP header: {e}")),
+        }
+        Ok(Publisher {
+            s,
+            msg: Publish {
+                client_id: Some(crate::rand_bytes16().to_vec().into()),
+                seq: Some(0),
+                topic: None,
+                payload: None,
+            },
+            next_id: (crate::rand_u64() as u32) & 0x7fff_ffff,
+            out: Vec::with_capacity(256),
+        })
+    }
+
+    /// Publishes one message and waits for its ACK; returns its offset.
+    /// The time is taken by the caller right before (the request is
+    /// written at once).
+    pub(crate) fn publish(&mut self, topic: &str, payload: Vec<u8>) -> Result<u64, String> {
+        let seq = self.msg.seq.unwrap_or(0) + 1;
+        self.msg.seq = Some(seq);
+        self.msg.topic = Some(topic.to_string());
+        self.msg.payload = Some(payload.into());
+        self.next_id = (self.next_id + 1) & 0x7fff_ffff;
+        let id = 0x8000_0000 | self.next_id;
+        let body_len = 4 + self.msg.encoded_len();
+        self.out.clear();
+        self.out.extend_from_slice(&(body_len as u64).to_be_bytes());
+        self.out.extend_from_slice(&id.to_be_bytes());
+        self.msg.encode(&mut self.out).expect("a Vec grows");
+        self.s
+            .write_all(&self.out)
+            .map_err(|e| format!("publish: {e}"))?;
+        let mut len = [0u8; 8];
+        self.s
+            .read_exact(&mut len)
+            .map_err(|e| format!("publish: waiting for the ACK: {e}"))?;
+        let len = u64::from_be_bytes(len);
+        if !(4..=64 * 1024).contains(&len) {
+            return Err(format!("publish: bad reply length {len}"));
+        }
+        let mut body = vec![0u8; len as usize];
+        self.s
+            .read_exact(&mut body)
+            .map_err(|e| format!("publish: reading the ACK: {e}"))?;
+        let got = u32::from_be_bytes(body[..4].try_into().expect("4 bytes"));
+        if got != id {
+            return Err(format!("publish: reply to request {got:#x}, sent {id:#x}"));
+        }
+        match Reply::decode(&body[4..]) {
+            Ok(Reply {
+                result: Some(reply::Result::Ack(a)),
+            }) => a
+                .offset
+                .ok_or_else(|| "publish: ACK without an offset".to_string()),
+            Ok(Reply {
+                result: Some(reply::Result::Nack(n)),
+            }) => Err(format!(
+                "publish: NACK {} {}",
+                n.code().as_str_name(),
+                n.reason.unwrap_or_default()
+            )),
+            Ok(Reply { result: None }) => Err("publish: empty reply".into()),
+            Err(e) => Err(format!("publish: undecodable reply: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_text() {
+        let body = "# HELP x\npinion_delivered_total 12\npinion_slow_disconnects_total 3\n\
+                    pinion_subscribers{transport=\"tcp\"} 1\npinion_subscribers{transport=\"ws\"} 100000\n";
+        let m = parse_metrics(body).unwrap();
+        assert_eq!(
+            (m.subscribers_ws, m.slow_disconnects, m.delivered),
+            (100_000, 3, 12)
+        );
+        assert!(parse_metrics("pinion_delivered_total 1\n").is_err());
+    }
+
+    #[test]
+    fn proc_fields() {
+        assert_eq!(
+            kib_field("Name: x\nVmRSS:\t  1234 kB\n", "VmRSS:"),
+            Some(1234)
+        );
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(slab_bytes().is_some());
+    }
+
+    #[test]
+    fn urls() {
+        let a = parse_urls("tcp://127.0.0.1:7450", "http://127.0.0.1:7452/").unwrap();
+        assert_eq!((a.publish.port(), a.http.port()), (7450, 7452));
+        assert_eq!(
+            parse_urls("tcp://127.0.0.1:1", "127.0.0.1:2")
+                .unwrap()
+                .http
+                .port(),
+            2
+        );
+        assert!(parse_urls("ipc:///x", "127.0.0.1:2").is_err());
+        assert!(parse_urls("tcp://10.0.0.1:1", "127.0.0.1:2").is_err());
+    }
+}
