@@ -310,7 +310,7 @@ impl Fanout {
                 b.put_u8(0x8A);
                 b.put_u8(payload.len().min(125) as u8);
                 b.put_slice(&payload[..payload.len().min(125)]);
-                let r = self.send(id, s, vec![(CONTROL, b.freeze())]);
+                let r = self.send(id, s, &mut vec![(CONTROL, b.freeze())]);
                 if !matches!(r, Wrote::Ok) {
                     self.drop_sub(id, subs);
                 }
@@ -394,6 +394,7 @@ impl Fanout {
     fn batch(&mut self, b: &FanBatch, subs: &mut HashMap<u64, Sub>) {
         self.live_next = self.live_next.max(b.next);
         let mut gone: Vec<u64> = Vec::new();
+        let mut frames: Vec<(u64, Bytes)> = Vec::new();
         for (&id, s) in subs.iter_mut() {
             if !s.live || s.closing {
                 continue;
@@ -407,7 +408,7 @@ impl Fanout {
                 }
                 continue;
             }
-            let mut frames: Vec<(u64, Bytes)> = Vec::new();
+            frames.clear();
             for e in &b.entries {
                 if e.offset >= s.next && matches(&s.filter, &e.topic) {
                     let f = match s.framing {
@@ -422,7 +423,7 @@ impl Fanout {
                 continue;
             }
             let n = frames.len() as u64;
-            match self.send(id, s, frames) {
+            match self.send(id, s, &mut frames) {
                 Wrote::Ok => {
                     self.shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
                 }
@@ -448,7 +449,8 @@ impl Fanout {
             return;
         }
         // Only what this subscriber is still owed.
-        let frames: Vec<(u64, Bytes)> = r.frames.into_iter().filter(|(o, _)| *o >= s.next).collect();
+        let mut frames: Vec<(u64, Bytes)> =
+            r.frames.into_iter().filter(|(o, _)| *o >= s.next).collect();
         let n = frames.len() as u64;
         s.next = s.next.max(r.next);
         if s.next >= self.live_next {
@@ -457,7 +459,7 @@ impl Fanout {
         let w = if frames.is_empty() {
             Wrote::Ok
         } else {
-            self.send(id, s, frames)
+            self.send(id, s, &mut frames)
         };
         match w {
             Wrote::Ok => {
@@ -534,18 +536,51 @@ impl Fanout {
     }
 
     /// Writes `frames` (behind anything queued), queueing what the kernel
-    /// does not take.
-    fn send(&self, id: u64, s: &mut Sub, frames: Vec<(u64, Bytes)>) -> Wrote {
-        for (o, f) in frames {
-            s.queued += f.len();
-            s.queue.push_back((o, f));
-        }
-        if s.waiting {
-            return if s.queued > self.max_queued {
-                Wrote::Slow
+    /// does not take; empties `frames`. The usual case, nothing queued,
+    /// writes straight from `frames` (no queue, no allocation).
+    fn send(&self, id: u64, s: &mut Sub, frames: &mut Vec<(u64, Bytes)>) -> Wrote {
+        if s.queue.is_empty() && !s.waiting {
+            let r = if frames.len() == 1 {
+                s.io.try_write(&frames[0].1)
             } else {
-                Wrote::Ok
+                let iov: Vec<IoSlice<'_>> =
+                    frames.iter().take(64).map(|(_, f)| IoSlice::new(f)).collect();
+                s.io.try_write_vectored(&iov)
             };
+            let mut n = match r {
+                Ok(0) => return Wrote::Dead,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(_) => return Wrote::Dead,
+            };
+            for (o, mut f) in frames.drain(..) {
+                if n >= f.len() {
+                    n -= f.len();
+                    continue;
+                }
+                if n > 0 {
+                    f = f.slice(n..);
+                    s.front_started = true;
+                    n = 0;
+                }
+                s.queued += f.len();
+                s.queue.push_back((o, f));
+            }
+            if s.queue.is_empty() {
+                return Wrote::Ok;
+            }
+        } else {
+            for (o, f) in frames.drain(..) {
+                s.queued += f.len();
+                s.queue.push_back((o, f));
+            }
+            if s.waiting {
+                return if s.queued > self.max_queued {
+                    Wrote::Slow
+                } else {
+                    Wrote::Ok
+                };
+            }
         }
         match self.flush(id, s) {
             Wrote::Ok if s.queued > self.max_queued => Wrote::Slow,
@@ -557,14 +592,12 @@ impl Fanout {
     /// starts a task that reports when the socket drains.
     fn flush(&self, id: u64, s: &mut Sub) -> Wrote {
         while !s.queue.is_empty() {
-            let r = {
+            let r = if s.queue.len() == 1 {
+                s.io.try_write(&s.queue[0].1)
+            } else {
                 let iov: Vec<IoSlice<'_>> =
                     s.queue.iter().take(64).map(|(_, f)| IoSlice::new(f)).collect();
-                if iov.len() == 1 {
-                    s.io.try_write(&s.queue[0].1)
-                } else {
-                    s.io.try_write_vectored(&iov)
-                }
+                s.io.try_write_vectored(&iov)
             };
             match r {
                 Ok(0) => return Wrote::Dead,
