@@ -76,6 +76,8 @@ pub fn recv_into_spare(sock: &socket2::Socket, buf: &mut bytes::BytesMut) -> io:
 /// CAP_SYS_RESOURCE), never above the kernel's `fs.nr_open`. Returns the
 /// soft limit in force afterwards. A server holding 100,000 connections
 /// needs one descriptor each; the usual default soft limit is 1,024.
+// `rlim_t` is u64 on 64-bit Linux but not everywhere: keep the casts.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit(want: u64) -> io::Result<u64> {
     #[cfg(target_os = "linux")]
     {
