@@ -10,6 +10,7 @@
 // skipped, saying so.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 
 import { connect, NackError, toHex } from '../../crates/pinion-hub/web/pinion.js';
 
@@ -47,9 +48,19 @@ async function until(what, fn, ms = 10000) {
   }
 }
 const fast = { backoff: { min: 20, max: 200 } };
+/** connect(), closed when the test ends, passed or not (no open sockets keep node alive). */
+function open(t, opts) {
+  const hub = connect(opts);
+  t.after(() => hub.close());
+  return hub;
+}
+// For the slow-consumer test: the pinion binary and the hub's SP publisher
+// endpoint (browser.rs sets both).
+const PINION_BIN = process.env.PINION_BIN;
+const HUB_TCP = process.env.PINION_HUB_TCP;
 
-test('publish and subscribe: acks, replay from an offset, then live', { skip, timeout: 20000 }, async () => {
-  const hub = connect({ url: URL_, WebSocket: WS, ...fast });
+test('publish and subscribe: acks, replay from an offset, then live', { skip, timeout: 20000 }, async (t) => {
+  const hub = open(t, { url: URL_, WebSocket: WS, ...fast });
   const prefix = unique('basic');
   const acks = await Promise.all(Array.from({ length: 50 }, (_, i) => hub.publish(`${prefix}t${i % 3}`, `m${i}`)));
   assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: 50 }, (_, i) => i + 1));
@@ -80,21 +91,21 @@ test('publish and subscribe: acks, replay from an offset, then live', { skip, ti
   hub.close();
 });
 
-test('a same-seq retry is acked with the original offset, duplicate = true', { skip, timeout: 10000 }, async () => {
+test('a same-seq retry is acked with the original offset, duplicate = true', { skip, timeout: 10000 }, async (t) => {
   const clientId = crypto.getRandomValues(new Uint8Array(16));
   const prefix = unique('dup');
-  const h1 = connect({ url: URL_, WebSocket: WS, clientId });
+  const h1 = open(t, { url: URL_, WebSocket: WS, clientId });
   const first = await h1.publish(`${prefix}x`, 'once');
   h1.close();
-  const h2 = connect({ url: URL_, WebSocket: WS, clientId }); // seq 1 again
+  const h2 = open(t, { url: URL_, WebSocket: WS, clientId }); // seq 1 again
   const again = await h2.publish(`${prefix}x`, 'once');
   assert.deepEqual(again, { seq: 1, offset: first.offset, duplicate: true });
   h2.close();
 });
 
-test('publish: connections dropped mid-stream; every message logged exactly once, every promise acked', { skip, timeout: 30000 }, async () => {
+test('publish: connections dropped mid-stream; every message logged exactly once, every promise acked', { skip, timeout: 30000 }, async (t) => {
   const { TrackedWS, sockets, drop } = tracked();
-  const hub = connect({ url: URL_, WebSocket: TrackedWS, ...fast });
+  const hub = open(t, { url: URL_, WebSocket: TrackedWS, ...fast });
   const prefix = unique('pubdrop');
   const N = 300;
   const ps = [];
@@ -122,10 +133,10 @@ test('publish: connections dropped mid-stream; every message logged exactly once
   hub.close();
 });
 
-test('subscribe: connections dropped mid-stream resume at last + 1 (no gap, no duplicate)', { skip, timeout: 30000 }, async () => {
+test('subscribe: connections dropped mid-stream resume at last + 1 (no gap, no duplicate)', { skip, timeout: 30000 }, async (t) => {
   const { TrackedWS, sockets, drop } = tracked();
-  const subHub = connect({ url: URL_, WebSocket: TrackedWS, ...fast });
-  const pubHub = connect({ url: URL_, WebSocket: WS });
+  const subHub = open(t, { url: URL_, WebSocket: TrackedWS, ...fast });
+  const pubHub = open(t, { url: URL_, WebSocket: WS });
   const prefix = unique('subdrop');
   const first = await pubHub.publish(`${prefix}s`, 'start');
   const got = [];
@@ -149,8 +160,8 @@ test('subscribe: connections dropped mid-stream resume at last + 1 (no gap, no d
   pubHub.close();
 });
 
-test('a NACK: TOO_LARGE, and the connection goes on', { skip, timeout: 10000 }, async () => {
-  const hub = connect({ url: URL_, WebSocket: WS });
+test('a NACK: TOO_LARGE, and the connection goes on', { skip, timeout: 10000 }, async (t) => {
+  const hub = open(t, { url: URL_, WebSocket: WS });
   await assert.rejects(hub.publish('node-test/big', new Uint8Array(300)),
     (e) => e instanceof NackError && e.codeName === 'TOO_LARGE' && e.code === 1 && e.seq === 1 && e.reason.length > 0);
   const ok = await hub.publish('node-test/big', 'small');
@@ -158,11 +169,11 @@ test('a NACK: TOO_LARGE, and the connection goes on', { skip, timeout: 10000 }, 
   hub.close();
 });
 
-test('a request over the hub\'s WebSocket frame limit fails (not resent forever); the rest goes on', { skip, timeout: 10000 }, async () => {
+test('a request over the hub\'s WebSocket frame limit fails (not resent forever); the rest goes on', { skip, timeout: 10000 }, async (t) => {
   // The hub closes /pub with 1009 for a frame over its limit (64 KiB
   // today) instead of answering TOO_LARGE: pinion.js turns that into a
   // MESSAGE_TOO_BIG rejection.
-  const hub = connect({ url: URL_, WebSocket: WS, ...fast });
+  const hub = open(t, { url: URL_, WebSocket: WS, ...fast });
   const big = hub.publish('node-test/huge', new Uint8Array(200_000));
   const small = hub.publish('node-test/huge', 'small');
   await assert.rejects(big, (e) => e.code === 'MESSAGE_TOO_BIG' || (e instanceof NackError && e.codeName === 'TOO_LARGE'));
@@ -170,8 +181,8 @@ test('a request over the hub\'s WebSocket frame limit fails (not resent forever)
   hub.close();
 });
 
-test('/stats: one JSON frame about every 500 ms with the contract fields', { skip, timeout: 10000 }, async () => {
-  const hub = connect({ url: URL_, WebSocket: WS });
+test('/stats: one JSON frame about every 500 ms with the contract fields', { skip, timeout: 10000 }, async (t) => {
+  const hub = open(t, { url: URL_, WebSocket: WS });
   const frames = [];
   const t0 = Date.now();
   const w = hub.watchStats((s) => frames.push([Date.now() - t0, s]));
@@ -191,7 +202,7 @@ test('/stats: one JSON frame about every 500 ms with the contract fields', { ski
   assert.ok(gap > 250 && gap < 1500, `frames ${gap} ms apart`);
 });
 
-test('/pub without the rep.sp.nanomsg.org subprotocol is refused', { skip, timeout: 10000 }, async () => {
+test('/pub without the rep.sp.nanomsg.org subprotocol is refused', { skip, timeout: 10000 }, async (t) => {
   const outcome = await new Promise((resolve) => {
     const ws = new WS(`${URL_}/pub`);
     ws.onopen = () => { resolve('open'); ws.close(); };
@@ -208,11 +219,42 @@ test('/pub without the rep.sp.nanomsg.org subprotocol is refused', { skip, timeo
   assert.equal(proto, 'rep.sp.nanomsg.org');
 });
 
-test('client ids are 16 random bytes per hub object', { skip }, () => {
-  const a = connect({ url: URL_, WebSocket: WS });
-  const b = connect({ url: URL_, WebSocket: WS });
+test('client ids are 16 random bytes per hub object', { skip }, (t) => {
+  const a = open(t, { url: URL_, WebSocket: WS });
+  const b = open(t, { url: URL_, WebSocket: WS });
   assert.equal(a.clientId.length, 16);
   assert.notEqual(toHex(a.clientId), toHex(b.clientId));
   a.close();
   b.close();
+});
+
+test('a slow consumer is cut with 4008 and resumes at last + 1: every message once, in order', {
+  skip: skip || (!PINION_BIN || !HUB_TCP ? 'PINION_BIN / PINION_HUB_TCP not set (browser.rs sets them)' : false),
+  timeout: 60000,
+}, async (t) => {
+  const hub = open(t, { url: URL_, WebSocket: WS, ...fast });
+  const topic = unique('slow').slice(0, -1);
+  const got = [];
+  const sub = hub.subscribe({ topics: [topic] }, (m) => got.push(m.offset));
+  const closes = [];
+  const origOnstate = sub.onstate;
+  sub.onstate = (st) => { if (st === 'connecting' && sub.lastClose) closes.push(sub.lastClose); origOnstate?.(st); };
+  await until('the subscription', () => sub.state === 'open');
+  // Publish far more than the hub queues for one subscriber (1 MiB) plus
+  // what the kernel buffers, while this event loop is blocked and reads
+  // nothing: the hub must cut this subscriber with 4008.
+  const N = 60000;
+  const r = spawnSync(PINION_BIN, ['publish', '--url', HUB_TCP, '--topic', topic, '--data', 'z'.repeat(250),
+    '--count', String(N), '--window', '256', '-q'], { encoding: 'utf8', timeout: 30000 });
+  const out = `${r.stdout}${r.stderr}`;
+  assert.equal(r.status, 0, out);
+  assert.match(out, new RegExp(`${N} acked`), out);
+  await until(`${N} messages`, () => got.length >= N, 40000);
+  await sleep(200);
+  assert.ok(closes.some((c) => c.code === 4008 && /resume from offset \d+$/.test(c.reason)),
+    `a 4008 close naming the resume offset, got ${JSON.stringify(closes)}`);
+  assert.equal(got.length, N, 'no duplicate');
+  for (let i = 1; i < got.length; i++) assert.equal(got[i], got[i - 1] + 1, `no gap at ${i}`);
+  console.log(`slow consumer: ${closes.length} cut(s): ${closes.map((c) => c.reason).join('; ')}`);
+  hub.close();
 });

@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PINION: &str = env!("CARGO_BIN_EXE_pinion");
-const SETUP: &str = "run scripts/setup-test-env.sh (as root: installs chromium, runs npm ci in tests/browser)";
+const SETUP: &str =
+    "run scripts/setup-test-env.sh (as root: installs chromium, runs npm ci in tests/browser)";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -40,7 +41,9 @@ fn node_major() -> u32 {
     let out = Command::new("node")
         .arg("--version")
         .output()
-        .unwrap_or_else(|e| panic!("node is not runnable ({e}): install Node.js >= 20, then {SETUP}"));
+        .unwrap_or_else(|e| {
+            panic!("node is not runnable ({e}): install Node.js >= 20, then {SETUP}")
+        });
     let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let major = v
         .trim_start_matches('v')
@@ -57,12 +60,11 @@ fn node_major() -> u32 {
 
 fn require_node_modules() {
     for pkg in ["playwright-core", "pngjs"] {
-        let p = browser_dir().join("node_modules").join(pkg).join("package.json");
-        assert!(
-            p.is_file(),
-            "{} is missing: {SETUP}",
-            p.display()
-        );
+        let p = browser_dir()
+            .join("node_modules")
+            .join(pkg)
+            .join("package.json");
+        assert!(p.is_file(), "{} is missing: {SETUP}", p.display());
     }
 }
 
@@ -101,6 +103,8 @@ struct Hub {
     stderr: Arc<Mutex<Vec<u8>>>,
     /// host:port of the HTTP port.
     http: String,
+    /// tcp://host:port of the SP publisher endpoint.
+    tcp: String,
     data_dir: PathBuf,
 }
 
@@ -157,10 +161,18 @@ impl Hub {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
+        // "listening for publishers url=tcp://127.0.0.1:PORT"
+        let tcp = text(&stderr)
+            .split("listening for publishers url=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no publisher endpoint in the log:\n{}", text(&stderr)));
         Hub {
             child,
             stderr,
             http,
+            tcp,
             data_dir,
         }
     }
@@ -181,13 +193,19 @@ impl Hub {
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 let log = self.log();
-                assert!(st.success(), "pinion serve exited with {st} after SIGTERM:\n{log}");
+                assert!(
+                    st.success(),
+                    "pinion serve exited with {st} after SIGTERM:\n{log}"
+                );
                 return log;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("pinion serve (pid {pid}) still running 10 s after SIGTERM:\n{}", self.log());
+                panic!(
+                    "pinion serve (pid {pid}) still running 10 s after SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -292,7 +310,11 @@ fn web_pages_in_headless_chromium() {
     ] {
         let p = out_dir.join(png);
         let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        assert!(len > 10_000, "{} missing or tiny ({len} bytes)", p.display());
+        assert!(
+            len > 10_000,
+            "{} missing or tiny ({len} bytes)",
+            p.display()
+        );
     }
     eprintln!("screenshots in {}", out_dir.display());
     hub.stop();
@@ -321,7 +343,11 @@ fn pinion_js_node_tests() {
     args.extend(files);
     let run = run_node(
         &args,
-        &[("PINION_HUB_URL", format!("ws://{}", hub.http))],
+        &[
+            ("PINION_HUB_URL", format!("ws://{}", hub.http)),
+            ("PINION_HUB_TCP", hub.tcp.clone()),
+            ("PINION_BIN", PINION.to_string()),
+        ],
         Duration::from_secs(60),
     );
     println!("{}", run.stdout);
