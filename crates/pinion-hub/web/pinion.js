@@ -33,6 +33,10 @@
  *   if (e instanceof NackError) console.log(e.codeName, e.reason); // e.g. TOO_LARGE
  * }
  *
+ * // The hub's /stats feed (the dashboard's): one object every 500 ms.
+ * const stats = hub.watchStats(s => console.log(s.head, s.in_rate));
+ *
+ * stats.close();
  * sub.close();
  * hub.close();
  * ```
@@ -44,7 +48,10 @@
  *   itself after it drops, after a delay with exponential backoff and full
  *   jitter: a random delay in [0, min(max, min * 2^attempt)] ms, by default
  *   100 ms .. 10 s. The attempt count is reset once a connection has stayed
- *   up for a while.
+ *   up for a while (5 s); an attempt not open within 10 s is abandoned.
+ *   `hub.state` is 'open' while every connection the hub object has is
+ *   up (also when it has none yet), 'connecting' while one is being
+ *   (re)established, 'closed' after `hub.close()`.
  * - A subscription remembers the last offset it received and resubscribes
  *   with `from = last + 1`, also when the hub closed it as a slow consumer
  *   (close code 4008). A subscription made without `from` ("live from
