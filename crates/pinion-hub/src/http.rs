@@ -86,20 +86,29 @@ pub(crate) async fn serve(core: usize, listener: std::net::TcpListener, web: Arc
 
 /// The parts of a request head the routes use.
 #[derive(Debug, Default)]
-pub(crate) struct Head {
+pub struct Head {
+    /// Bytes of the head, blank line included.
     pub len: usize,
+    /// `GET`, …
     pub method: String,
+    /// The path, without the query.
     pub path: String,
+    /// What follows `?` (empty if nothing).
     pub query: String,
+    /// `Upgrade: websocket` and `Connection: upgrade` were both there.
     pub upgrade_ws: bool,
+    /// `Sec-WebSocket-Key`.
     pub ws_key: Option<String>,
+    /// `Sec-WebSocket-Version`.
     pub ws_version: Option<String>,
+    /// The subprotocols offered.
     pub protocols: Vec<String>,
+    /// A `Content-Length` other than 0, or a `Transfer-Encoding`.
     pub has_body: bool,
 }
 
-/// Parses a complete head; `Ok(None)`: incomplete.
-pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
+/// Parses a complete head; `Ok(None)`: incomplete; `Err`: not HTTP.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     let mut headers = [httparse::EMPTY_HEADER; 48];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -316,13 +325,16 @@ async fn accept_upgrade(
 
 /// A subscriber's query: topic prefixes and the offset to start from.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct SubQuery {
+pub struct SubQuery {
+    /// Topic prefixes (none: every topic).
     pub topics: Vec<Bytes>,
+    /// The first offset wanted (none: live from now).
     pub from: Option<u64>,
 }
 
-/// Parses `topic=a&topic=b&from=12` (percent-encoded values).
-pub(crate) fn parse_sub_query(q: &str) -> Result<SubQuery, String> {
+/// Parses `topic=a&topic=b&from=12` (percent-encoded values); `Err` says
+/// what is wrong, for the 400 answer.
+pub fn parse_sub_query(q: &str) -> Result<SubQuery, String> {
     let mut out = SubQuery::default();
     for pair in q.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -347,8 +359,8 @@ pub(crate) fn parse_sub_query(q: &str) -> Result<SubQuery, String> {
     Ok(out)
 }
 
-/// Decodes `%XX` escapes and `+` (as a space).
-pub(crate) fn percent_decode(s: &str) -> Option<Vec<u8>> {
+/// Decodes `%XX` escapes and `+` (as a space); `None` on a bad escape.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

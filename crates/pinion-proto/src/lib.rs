@@ -94,6 +94,47 @@ mod tests {
         future: Vec<u64>,
     }
 
+    /// A subscriber built against an older schema that knew only the
+    /// offset still decodes a `Delivery`, and this version decodes one
+    /// with a field it does not know.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct OldDelivery {
+        #[prost(uint64, optional, tag = "1")]
+        offset: Option<u64>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NewDelivery {
+        #[prost(uint64, optional, tag = "1")]
+        offset: Option<u64>,
+        #[prost(bytes = "vec", optional, tag = "5")]
+        payload: Option<Vec<u8>>,
+        #[prost(string, optional, tag = "20")]
+        region: Option<String>,
+    }
+
+    #[test]
+    fn deliveries_decode_across_versions() {
+        let d = Delivery {
+            offset: Some(42),
+            timestamp_us: Some(7),
+            client_id: Some(Bytes::from(vec![1; 16])),
+            seq: Some(3),
+            payload: Some(Bytes::from_static(b"hi")),
+        };
+        let bytes = d.encode_to_vec();
+        assert_eq!(OldDelivery::decode(&bytes[..]).unwrap().offset, Some(42));
+        let newer = NewDelivery {
+            offset: Some(9),
+            payload: Some(b"p".to_vec()),
+            region: Some("eu".into()),
+        }
+        .encode_to_vec();
+        let got = Delivery::decode(&newer[..]).unwrap();
+        assert_eq!((got.offset, got.payload.as_deref()), (Some(9), Some(&b"p"[..])));
+        assert_eq!(got.seq, None);
+    }
+
     #[test]
     fn older_peer_decodes_as_absent_fields() {
         let old = OldPublish {
