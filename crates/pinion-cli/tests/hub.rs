@@ -370,8 +370,16 @@ fn python_pynng_subscribers_over_tcp_and_websocket_and_publish_over_websocket() 
     let hub = HubProc::start_in(
         &dir,
         &[
-            "--data-dir", d, "--listen", &listen, "--subscribe", &sub, "--http", &http,
-            "--stats-every", "0",
+            "--data-dir",
+            d,
+            "--listen",
+            &listen,
+            "--subscribe",
+            &sub,
+            "--http",
+            &http,
+            "--stats-every",
+            "0",
         ],
         port,
     );

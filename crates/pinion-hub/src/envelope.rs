@@ -125,6 +125,9 @@ mod tests {
             Code::Malformed
         );
         // An empty body is a valid (all-absent) envelope, missing its client id.
-        assert_eq!(code(check(&Bytes::new(), 256).unwrap_err()), Code::Malformed);
+        assert_eq!(
+            code(check(&Bytes::new(), 256).unwrap_err()),
+            Code::Malformed
+        );
     }
 }

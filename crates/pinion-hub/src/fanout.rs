@@ -543,8 +543,11 @@ impl Fanout {
             let r = if frames.len() == 1 {
                 s.io.try_write(&frames[0].1)
             } else {
-                let iov: Vec<IoSlice<'_>> =
-                    frames.iter().take(64).map(|(_, f)| IoSlice::new(f)).collect();
+                let iov: Vec<IoSlice<'_>> = frames
+                    .iter()
+                    .take(64)
+                    .map(|(_, f)| IoSlice::new(f))
+                    .collect();
                 s.io.try_write_vectored(&iov)
             };
             let mut n = match r {
@@ -595,8 +598,12 @@ impl Fanout {
             let r = if s.queue.len() == 1 {
                 s.io.try_write(&s.queue[0].1)
             } else {
-                let iov: Vec<IoSlice<'_>> =
-                    s.queue.iter().take(64).map(|(_, f)| IoSlice::new(f)).collect();
+                let iov: Vec<IoSlice<'_>> = s
+                    .queue
+                    .iter()
+                    .take(64)
+                    .map(|(_, f)| IoSlice::new(f))
+                    .collect();
                 s.io.try_write_vectored(&iov)
             };
             match r {

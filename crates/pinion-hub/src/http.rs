@@ -229,10 +229,24 @@ async fn connection(core: usize, mut s: TcpStream, web: &Web) -> std::io::Result
     }
     match head.path.as_str() {
         "/" | "/index.html" => {
-            respond(&mut s, "200 OK", "text/html; charset=utf-8", "", INDEX_HTML.as_bytes()).await
+            respond(
+                &mut s,
+                "200 OK",
+                "text/html; charset=utf-8",
+                "",
+                INDEX_HTML.as_bytes(),
+            )
+            .await
         }
         "/demo" | "/demo.html" => {
-            respond(&mut s, "200 OK", "text/html; charset=utf-8", "", DEMO_HTML.as_bytes()).await
+            respond(
+                &mut s,
+                "200 OK",
+                "text/html; charset=utf-8",
+                "",
+                DEMO_HTML.as_bytes(),
+            )
+            .await
         }
         "/pinion.js" => {
             respond(
@@ -351,7 +365,10 @@ pub fn parse_sub_query(q: &str) -> Result<SubQuery, String> {
             }
             "from" => {
                 let s = std::str::from_utf8(&v).map_err(|_| "from: not a number".to_string())?;
-                out.from = Some(s.parse().map_err(|_| format!("from: {s:?} is not an offset"))?);
+                out.from = Some(
+                    s.parse()
+                        .map_err(|_| format!("from: {s:?} is not an offset"))?,
+                );
             }
             _ => return Err(format!("unknown parameter {k:?} (expected topic, from)")),
         }
@@ -517,9 +534,13 @@ mod tests {
             check_upgrade(&h).unwrap(),
             "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" // RFC 6455's example
         );
-        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap().is_none());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .unwrap()
+            .is_none());
         assert!(parse_head(b"\x00\x01garbage\r\n\r\n").is_err());
-        let plain = parse_head(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let plain = parse_head(b"GET /metrics HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(check_upgrade(&plain).is_err());
     }
 }

@@ -287,7 +287,10 @@ impl Hub {
         // than the usual 1,024.
         match pinion_runtime::sys::raise_fd_limit(1 << 20) {
             Ok(n) if n < 65536 => {
-                tracing::warn!(limit = n, "open-file limit is low: at most about that many connections")
+                tracing::warn!(
+                    limit = n,
+                    "open-file limit is low: at most about that many connections"
+                )
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),

@@ -165,25 +165,106 @@ pub fn metrics_text(snap: &StatsSnapshot, publishers: u64, cpu: &CpuTimes) -> St
         let _ = writeln!(m, "# TYPE {name} {kind}");
         let _ = writeln!(m, "{name} {v}");
     };
-    one("pinion_requests_total", "counter", "Publish requests received.", snap.requests as f64);
-    one("pinion_logged_total", "counter", "Messages appended to the log and made durable.", snap.logged as f64);
-    one("pinion_duplicates_total", "counter", "Retries acked with their original offset.", snap.duplicates as f64);
-    one("pinion_nacks_total", "counter", "NACKs sent.", snap.nacks as f64);
-    one("pinion_commits_total", "counter", "Group commits (one write and, with fsync=always, one fdatasync).", snap.commits as f64);
-    one("pinion_paused_total", "counter", "Times a publisher connection was paused at its in-flight cap.", snap.paused as f64);
-    one("pinion_delivered_total", "counter", "Messages written to subscribers (live and replayed).", snap.delivered as f64);
-    one("pinion_replayed_total", "counter", "Messages read back from the log for subscribers catching up.", snap.replayed as f64);
-    one("pinion_slow_disconnects_total", "counter", "Subscribers disconnected for falling too far behind.", snap.slow_disconnects as f64);
-    one("pinion_log_head", "gauge", "Next offset of the log (records logged so far).", snap.head as f64);
-    one("pinion_publishers", "gauge", "Publisher connections.", publishers as f64);
-    one("pinion_ack_latency_p50_seconds", "gauge", "Receive-to-reply latency in the hub since start, p50 (power-of-two bucket bound).", snap.p50_us as f64 / 1e6);
-    one("pinion_ack_latency_p99_seconds", "gauge", "The same, p99.", snap.p99_us as f64 / 1e6);
-    one("pinion_writer_cpu_seconds_total", "counter", "CPU time of the log writer thread.", cpu.writer);
+    one(
+        "pinion_requests_total",
+        "counter",
+        "Publish requests received.",
+        snap.requests as f64,
+    );
+    one(
+        "pinion_logged_total",
+        "counter",
+        "Messages appended to the log and made durable.",
+        snap.logged as f64,
+    );
+    one(
+        "pinion_duplicates_total",
+        "counter",
+        "Retries acked with their original offset.",
+        snap.duplicates as f64,
+    );
+    one(
+        "pinion_nacks_total",
+        "counter",
+        "NACKs sent.",
+        snap.nacks as f64,
+    );
+    one(
+        "pinion_commits_total",
+        "counter",
+        "Group commits (one write and, with fsync=always, one fdatasync).",
+        snap.commits as f64,
+    );
+    one(
+        "pinion_paused_total",
+        "counter",
+        "Times a publisher connection was paused at its in-flight cap.",
+        snap.paused as f64,
+    );
+    one(
+        "pinion_delivered_total",
+        "counter",
+        "Messages written to subscribers (live and replayed).",
+        snap.delivered as f64,
+    );
+    one(
+        "pinion_replayed_total",
+        "counter",
+        "Messages read back from the log for subscribers catching up.",
+        snap.replayed as f64,
+    );
+    one(
+        "pinion_slow_disconnects_total",
+        "counter",
+        "Subscribers disconnected for falling too far behind.",
+        snap.slow_disconnects as f64,
+    );
+    one(
+        "pinion_log_head",
+        "gauge",
+        "Next offset of the log (records logged so far).",
+        snap.head as f64,
+    );
+    one(
+        "pinion_publishers",
+        "gauge",
+        "Publisher connections.",
+        publishers as f64,
+    );
+    one(
+        "pinion_ack_latency_p50_seconds",
+        "gauge",
+        "Receive-to-reply latency in the hub since start, p50 (power-of-two bucket bound).",
+        snap.p50_us as f64 / 1e6,
+    );
+    one(
+        "pinion_ack_latency_p99_seconds",
+        "gauge",
+        "The same, p99.",
+        snap.p99_us as f64 / 1e6,
+    );
+    one(
+        "pinion_writer_cpu_seconds_total",
+        "counter",
+        "CPU time of the log writer thread.",
+        cpu.writer,
+    );
     let _ = writeln!(m, "# HELP pinion_subscribers Subscriber connections.");
     let _ = writeln!(m, "# TYPE pinion_subscribers gauge");
-    let _ = writeln!(m, "pinion_subscribers{{transport=\"tcp\"}} {}", snap.subscribers_tcp);
-    let _ = writeln!(m, "pinion_subscribers{{transport=\"ws\"}} {}", snap.subscribers_ws);
-    let _ = writeln!(m, "# HELP pinion_core_cpu_seconds_total CPU time of each core's event loop thread.");
+    let _ = writeln!(
+        m,
+        "pinion_subscribers{{transport=\"tcp\"}} {}",
+        snap.subscribers_tcp
+    );
+    let _ = writeln!(
+        m,
+        "pinion_subscribers{{transport=\"ws\"}} {}",
+        snap.subscribers_ws
+    );
+    let _ = writeln!(
+        m,
+        "# HELP pinion_core_cpu_seconds_total CPU time of each core's event loop thread."
+    );
     let _ = writeln!(m, "# TYPE pinion_core_cpu_seconds_total counter");
     for (i, c) in cpu.cores.iter().enumerate() {
         let _ = writeln!(m, "pinion_core_cpu_seconds_total{{core=\"{i}\"}} {c}");
@@ -224,7 +305,14 @@ mod tests {
             subscribers_ws: 2,
             ..StatsSnapshot::default()
         };
-        let m = metrics_text(&snap, 1, &CpuTimes { cores: vec![0.5, 0.25], writer: 0.1 });
+        let m = metrics_text(
+            &snap,
+            1,
+            &CpuTimes {
+                cores: vec![0.5, 0.25],
+                writer: 0.1,
+            },
+        );
         assert!(m.contains("# TYPE pinion_logged_total counter\npinion_logged_total 5\n"));
         assert!(m.contains("pinion_subscribers{transport=\"ws\"} 2\n"));
         assert!(m.contains("pinion_core_cpu_seconds_total{core=\"1\"} 0.25\n"));

@@ -84,9 +84,15 @@ fn publish_with(
 
 /// Splits a delivered body: topic, then the Delivery.
 fn split(body: &[u8]) -> (String, Delivery) {
-    let nul = body.iter().position(|&b| b == 0).expect("topic ends with NUL");
+    let nul = body
+        .iter()
+        .position(|&b| b == 0)
+        .expect("topic ends with NUL");
     let topic = String::from_utf8(body[..nul].to_vec()).unwrap();
-    (topic, Delivery::decode(&body[nul + 1..]).expect("a Delivery"))
+    (
+        topic,
+        Delivery::decode(&body[nul + 1..]).expect("a Delivery"),
+    )
 }
 
 /// What a raw WebSocket client reads.
@@ -104,7 +110,8 @@ struct Ws {
 
 impl Ws {
     fn connect(addr: &str, path: &str, rcvbuf: Option<usize>) -> Ws {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         if let Some(b) = rcvbuf {
             sock.set_recv_buffer_size(b).unwrap();
         }
@@ -132,7 +139,10 @@ impl Ws {
     fn next(&mut self) -> Frame {
         let mut h = [0u8; 2];
         if let Err(e) = self.s.read_exact(&mut h) {
-            panic!("no frame within 10 s ({e}); last offset read: {:?}", self.last);
+            panic!(
+                "no frame within 10 s ({e}); last offset read: {:?}",
+                self.last
+            );
         }
         assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
         let len = match h[1] & 0x7f {
@@ -207,7 +217,11 @@ fn tcp_and_websocket_subscribers_get_durable_messages_in_order() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let offsets = publish(&url, 1, 400, |i| {
-        if i % 2 == 0 { "even/x".into() } else { "odd".into() }
+        if i % 2 == 0 {
+            "even/x".into()
+        } else {
+            "odd".into()
+        }
     });
     assert_eq!(offsets, (0..400).collect::<Vec<_>>());
     for i in 0..400u64 {
@@ -220,7 +234,10 @@ fn tcp_and_websocket_subscribers_get_durable_messages_in_order() {
         assert_eq!(d.seq, Some(i + 1));
     }
     let got = ws.read_through(398);
-    let want: Vec<(u64, String)> = (0..400).step_by(2).map(|o| (o, "even/x".to_string())).collect();
+    let want: Vec<(u64, String)> = (0..400)
+        .step_by(2)
+        .map(|o| (o, "even/x".to_string()))
+        .collect();
     assert_eq!(got, want);
     assert!(hub.stats().delivered >= 600);
     hub.shutdown();
@@ -293,7 +310,10 @@ fn resume_from_any_offset_has_no_gap_and_no_duplicate_under_concurrent_publishin
             want.len()
         );
     }
-    assert!(hub.stats().replayed > 0, "some subscribers read from the log");
+    assert!(
+        hub.stats().replayed > 0,
+        "some subscribers read from the log"
+    );
     hub.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -326,7 +346,11 @@ fn a_slow_subscriber_is_disconnected_with_its_resume_offset_and_nobody_else_wait
     // acked while it reads nothing.
     let offsets = publish_with(&url, 7, N, 200, None, |_| "x".into());
     assert_eq!(offsets.len(), N as usize);
-    assert_eq!(fast.join().unwrap(), N as usize, "the fast subscriber got everything");
+    assert_eq!(
+        fast.join().unwrap(),
+        N as usize,
+        "the fast subscriber got everything"
+    );
     let t = Instant::now();
     while hub.stats().slow_disconnects == 0 {
         assert!(

@@ -131,7 +131,10 @@ mod tests {
         }
         .encode_to_vec();
         let got = Delivery::decode(&newer[..]).unwrap();
-        assert_eq!((got.offset, got.payload.as_deref()), (Some(9), Some(&b"p"[..])));
+        assert_eq!(
+            (got.offset, got.payload.as_deref()),
+            (Some(9), Some(&b"p"[..]))
+        );
         assert_eq!(got.seq, None);
     }
 

@@ -495,12 +495,14 @@ impl SocketHandle {
             .rt
             .current_core()
             .ok_or(Error::Bug("adopt_ws called outside a core"))?;
-        let conn = Conn::adopt(crate::transport::Portable::Ws(crate::transport::ws::PortableWs {
-            tcp,
-            role: crate::transport::ws::Role::Server {
-                path: Arc::from(path),
+        let conn = Conn::adopt(crate::transport::Portable::Ws(
+            crate::transport::ws::PortableWs {
+                tcp,
+                role: crate::transport::ws::Role::Server {
+                    path: Arc::from(path),
+                },
             },
-        }))
+        ))
         .map_err(|e| Error::io("adopt", path, e))?;
         let guard = sh.rt.load_guard(core);
         let link = sh.link.clone();
