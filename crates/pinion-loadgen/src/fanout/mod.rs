@@ -53,11 +53,45 @@ mod ws;
 use clients::{ClientPlan, Clients};
 use hub::{HubAddrs, Publisher};
 
-/// Subscriber threads of the bench (the machine has 2 cores, shared with
-/// the hub).
-const THREADS: usize = 2;
 /// Connections per 127.0.0.x source address (see `driver::source_addr`).
 const PER_SOURCE_ADDR: usize = 10_000;
+/// Descriptors a process needs besides one per connection (std streams,
+/// epoll and event fds, listeners, the log, the publisher, HTTP polls).
+const FD_MARGIN: u64 = 64;
+
+/// Why the open-file limit may not be raisable: raising the hard limit
+/// needs CAP_SYS_RESOURCE, which root may lack (e.g. in a container or VM
+/// sandbox whose capability bounding set drops it).
+fn fd_limit_hint() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+    const CAP_SYS_RESOURCE: u32 = 24;
+    match eff {
+        Some(caps) if caps & (1 << CAP_SYS_RESOURCE) == 0 => {
+            "this process lacks CAP_SYS_RESOURCE (not in its effective set, even as root), \
+             so the hard limit (`ulimit -Hn`) cannot be lifted from here; start the bench \
+             from a shell whose hard limit is already high enough"
+                .to_string()
+        }
+        _ => "raise the hard limit (`ulimit -Hn`, /etc/security/limits.conf, or \
+              LimitNOFILE= for a systemd unit) and run again"
+            .to_string(),
+    }
+}
+
+/// The soft open-file limit of a process, from `/proc/<pid>/limits`.
+fn fd_limit_of(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
 
 /// Arguments of `pinion bench fanout`.
 #[derive(clap::Args, Debug, Clone, Serialize)]
@@ -94,6 +128,9 @@ pub struct FanoutArgs {
     /// Connects in progress at once, per subscriber thread.
     #[arg(long, default_value_t = 128)]
     pub connect_concurrency: usize,
+    /// Threads holding the (reading) subscribers.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
     /// The started hub's --fsync policy.
     #[arg(long, default_value = "always")]
     pub fsync: String,
@@ -176,6 +213,9 @@ impl FanoutArgs {
         if !(1..=100).contains(&self.runs) {
             return bad(format!("--runs {}: must be 1..=100", self.runs));
         }
+        if !(1..=64).contains(&self.threads) {
+            return bad(format!("--threads {}: must be 1..=64", self.threads));
+        }
         if !(1..=10_000).contains(&self.connect_concurrency) {
             return bad("--connect-concurrency: must be 1..=10000".into());
         }
@@ -224,12 +264,19 @@ pub struct Phase {
     pub ack_us: Latency,
     /// Hub CPU per delivery during the phase, µs (hub CPU ÷ deliveries).
     pub hub_cpu_us_per_delivery: Option<f64>,
+    /// The bench's own CPU per delivery (its subscribers share the
+    /// machine's CPUs with the hub), µs.
+    pub loadgen_cpu_us_per_delivery: Option<f64>,
     /// CPU during the phase, % of one core: the hub, the bench, the rest.
     pub hub_cpu_pct: Option<f64>,
     /// See `hub_cpu_pct`.
     pub loadgen_cpu_pct: Option<f64>,
-    /// See `hub_cpu_pct`; above [`CONTENDED_PCT`] the run is flagged.
+    /// See `hub_cpu_pct`: other processes (task time only); above
+    /// [`CONTENDED_PCT`] the run is flagged.
     pub other_cpu_pct: Option<f64>,
+    /// See `hub_cpu_pct`: interrupts and softirqs, machine-wide (the
+    /// loopback TCP receive path, charged to no process).
+    pub softirq_cpu_pct: Option<f64>,
 }
 
 /// One run at one connection count.
@@ -348,13 +395,14 @@ pub fn run_fanout(
     args.validate()?;
     server::install_signal_handlers();
     let most = args.connections.iter().max().copied().unwrap_or(0) + args.slow;
-    let need = most as u64 + 1024;
+    let need = most as u64 + FD_MARGIN;
     let limit = pinion_runtime::sys::raise_fd_limit(need.max(1 << 20))
         .map_err(|e| LoadgenError::io("raising the open-file limit", e))?;
     if limit < need {
         return Err(LoadgenError::Args(format!(
-            "{most} connections need {need} open files, the limit is {limit} \
-             (raise it with `ulimit -n`, or run as root to lift the hard limit)"
+            "{most} connections need about {need} open files in this process (and in the hub), \
+             but the limit is {limit} and cannot be raised: {}",
+            fd_limit_hint()
         )));
     }
     let external = match (&args.hub_url, &args.http_url) {
@@ -375,12 +423,14 @@ pub fn run_fanout(
     }
     let machine = crate::machine_description();
     let header = format!(
-        "fanout: {} WebSocket subscribers; {} messages of {} B, one at a time, {} ms apart{}; {} run{}; hub {}",
+        "fanout: {} WebSocket subscribers on {} thread{}; {} messages of {} B, one at a time, {} ms apart{}; {} run{}; hub {}",
         args.connections
             .iter()
             .map(|n| thousands(*n as u64))
             .collect::<Vec<_>>()
             .join(" / "),
+        args.threads,
+        if args.threads == 1 { "" } else { "s" },
         args.messages,
         args.size,
         args.interval_ms,
@@ -452,7 +502,8 @@ struct Cpu {
     at: Instant,
     hub: Option<Duration>,
     me: Option<Duration>,
-    machine: Option<Duration>,
+    /// Machine-wide (task time, interrupt + softirq time).
+    machine: Option<(Duration, Duration)>,
 }
 
 impl Cpu {
@@ -461,23 +512,67 @@ impl Cpu {
             at: Instant::now(),
             hub: hub_pid.and_then(|p| server::cpu_time_of(&format!("/proc/{p}/stat"))),
             me: server::self_cpu_time(),
-            machine: server::machine_busy_time(),
+            machine: machine_times(),
         }
     }
 }
 
-/// `(hub, me, other)` % of one core between two readings, and the hub's
-/// CPU seconds.
-fn cpu_between(a: &Cpu, b: &Cpu) -> (Option<f64>, Option<f64>, Option<f64>, Option<f64>) {
+/// The machine's busy time from `/proc/stat`, split into time charged to
+/// tasks (user, nice, system, steal) and interrupt + softirq time. The
+/// loopback TCP receive path runs as softirq work that the kernel charges
+/// to no process, so it is kept out of "other processes".
+fn machine_times() -> Option<(Duration, Duration)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let v: Vec<u64> = s
+        .lines()
+        .find(|l| l.starts_with("cpu "))?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        h if h > 0 => h as u64,
+        _ => 100,
+    };
+    let d = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
+    Some((d(get(0) + get(1) + get(2) + get(7)), d(get(5) + get(6))))
+}
+
+/// CPU over a phase, % of one core.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuUse {
+    hub: Option<f64>,
+    me: Option<f64>,
+    /// Tasks other than the hub and the bench.
+    other: Option<f64>,
+    /// Interrupts and softirqs (mostly loopback TCP).
+    softirq: Option<f64>,
+    /// The hub's and the bench's CPU seconds.
+    hub_secs: Option<f64>,
+    me_secs: Option<f64>,
+}
+
+fn cpu_between(a: &Cpu, b: &Cpu) -> CpuUse {
     let wall = b.at.duration_since(a.at).as_secs_f64();
     let d = |x: Option<Duration>, y: Option<Duration>| -> Option<f64> {
         Some(y?.checked_sub(x?)?.as_secs_f64())
     };
     let pct = |s: Option<f64>| s.filter(|_| wall > 0.0).map(|s| 100.0 * s / wall);
-    let hub_s = d(a.hub, b.hub);
-    let (hub, me, machine) = (pct(hub_s), pct(d(a.me, b.me)), pct(d(a.machine, b.machine)));
-    let other = machine.map(|m| m - hub.unwrap_or(0.0) - me.unwrap_or(0.0));
-    (hub, me, other, hub_s)
+    let (hub_secs, me_secs) = (d(a.hub, b.hub), d(a.me, b.me));
+    let (hub, me) = (pct(hub_secs), pct(me_secs));
+    let tasks = pct(d(a.machine.map(|m| m.0), b.machine.map(|m| m.0)));
+    let softirq = pct(d(a.machine.map(|m| m.1), b.machine.map(|m| m.1)));
+    let other = tasks.map(|m| (m - hub.unwrap_or(0.0) - me.unwrap_or(0.0)).max(0.0));
+    CpuUse {
+        hub,
+        me,
+        other,
+        softirq,
+        hub_secs,
+        me_secs,
+    }
 }
 
 /// Bound on waiting for the hub to count connections (per 1,000 of them,
@@ -604,7 +699,7 @@ struct PhasePlan<'a> {
 struct Published {
     sent_ns: Vec<u64>,
     ack: Histogram<u64>,
-    cpu: (Option<f64>, Option<f64>, Option<f64>, Option<f64>),
+    cpu: CpuUse,
 }
 
 fn publish_phase(
@@ -624,7 +719,7 @@ fn publish_phase(
     let mut out = Published {
         sent_ns: Vec::with_capacity(p.count),
         ack: new_histogram(),
-        cpu: (None, None, None, None),
+        cpu: CpuUse::default(),
     };
     let fill = if p.fill_each > 0 {
         vec![b'f'; args.fill_size]
@@ -695,7 +790,7 @@ fn phase_result(
     let delivered: u64 = (p.first..p.first + pubd.sent_ns.len())
         .map(|i| arrivals[i])
         .sum();
-    let (hub_pct, me_pct, other_pct, hub_s) = pubd.cpu;
+    let c = pubd.cpu;
     Phase {
         messages: pubd.sent_ns.len(),
         subscribers: p.subscribers,
@@ -706,12 +801,18 @@ fn phase_result(
         to_all_max_ms: reached.iter().copied().fold(0.0, f64::max),
         to_all_ms: to_all,
         ack_us: Latency::from_hist(&pubd.ack),
-        hub_cpu_us_per_delivery: hub_s
+        hub_cpu_us_per_delivery: c
+            .hub_secs
             .filter(|_| delivered > 0)
             .map(|s| s * 1e6 / delivered as f64),
-        hub_cpu_pct: hub_pct,
-        loadgen_cpu_pct: me_pct,
-        other_cpu_pct: other_pct,
+        loadgen_cpu_us_per_delivery: c
+            .me_secs
+            .filter(|_| delivered > 0)
+            .map(|s| s * 1e6 / delivered as f64),
+        hub_cpu_pct: c.hub,
+        loadgen_cpu_pct: c.me,
+        other_cpu_pct: c.other,
+        softirq_cpu_pct: c.softirq,
     }
 }
 
@@ -736,6 +837,20 @@ fn one_run(
         }
     };
     let hub_pid = guard.as_ref().map(|g| g.pid()).or(args.hub_pid);
+    if let Some(limit) = hub_pid.and_then(fd_limit_of) {
+        let need = (n + args.slow) as u64 + FD_MARGIN;
+        if limit < need {
+            return Err(LoadgenError::Setup {
+                target: "pinion",
+                reason: format!(
+                    "the hub (pid {}) may open {limit} files, {} connections need about {need}: {}",
+                    hub_pid.unwrap_or(0),
+                    n + args.slow,
+                    fd_limit_hint()
+                ),
+            });
+        }
+    }
     let setup = |e: String| LoadgenError::Setup {
         target: "pinion",
         reason: e,
@@ -763,7 +878,7 @@ fn one_run(
         target: format!("/sub?topic={topic}"),
         first_idx: 0,
         count: n,
-        threads: THREADS.min(n),
+        threads: args.threads.min(n),
         read: true,
         messages: total_msgs,
         phase_split: args.messages,
@@ -951,7 +1066,7 @@ fn phase_line(p: &Phase) -> String {
     let l = &p.latency_us;
     format!(
         "publish→deliver p50 {} p99 {} p99.9 {} max {}; to all {}: median {:.0} ms, max {:.0} ms{}; publish→ack p50 {}; \
-         hub CPU {} ({} per delivery), bench {}, other {}",
+         CPU: hub {} ({} per delivery), bench {} ({} per delivery), softirq {}, other processes {}",
         ms(l.p50),
         ms(l.p99),
         ms(l.p999),
@@ -973,6 +1088,10 @@ fn phase_line(p: &Phase) -> String {
             .map(|u| format!("{u:.1} µs"))
             .unwrap_or_else(|| "?".into()),
         pct(p.loadgen_cpu_pct),
+        p.loadgen_cpu_us_per_delivery
+            .map(|u| format!("{u:.1} µs"))
+            .unwrap_or_else(|| "?".into()),
+        pct(p.softirq_cpu_pct),
         pct(p.other_cpu_pct),
     )
 }
@@ -1277,6 +1396,13 @@ mod tests {
             .validate()
             .is_err());
         assert!(FanoutArgs::parse_from(["fanout", "--hub-url", "tcp://127.0.0.1:1"]).is_err());
+    }
+
+    #[test]
+    fn fd_limits() {
+        let mine = fd_limit_of(std::process::id()).unwrap();
+        assert!(mine > 0);
+        assert!(!fd_limit_hint().is_empty());
     }
 
     #[test]
