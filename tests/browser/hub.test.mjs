@@ -258,3 +258,25 @@ test('a slow consumer is cut with 4008 and resumes at last + 1: every message on
   console.log(`slow consumer: ${closes.length} cut(s): ${closes.map((c) => c.reason).join('; ')}`);
   hub.close();
 });
+
+test('a live subscription that drops before its first message misses nothing (the pinion.v1 hello pins its start)', { skip, timeout: 20000 }, async (t) => {
+  const { TrackedWS, sockets, drop } = tracked();
+  const subHub = open(t, { url: URL_, WebSocket: TrackedWS, ...fast });
+  const pubHub = open(t, { url: URL_, WebSocket: WS });
+  const prefix = unique('hello');
+  const got = [];
+  const sub = subHub.subscribe({ topics: [prefix] }, (m) => got.push(m.offset));
+  // The hello arrived: the subscription knows where it starts.
+  await until('the hello', () => sub.from !== null);
+  assert.equal(sockets.at(-1).protocol, 'pinion.v1');
+  const start = sub.from;
+  await drop(); // gone before receiving anything
+  // Published while it is disconnected (and after).
+  const acks = [];
+  for (let i = 0; i < 20; i++) acks.push(await pubHub.publish(`${prefix}x`, `m${i}`));
+  await until('every message', () => got.length >= 20, 10000);
+  await sleep(100);
+  assert.ok(sockets.length >= 2, 'it reconnected');
+  assert.ok(acks[0].offset >= start, `start ${start} is not past the first publish ${acks[0].offset}`);
+  assert.deepEqual(got, acks.map((a) => a.offset));
+});

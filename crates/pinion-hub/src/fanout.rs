@@ -179,6 +179,9 @@ pub(crate) struct NewSub {
     pub filter: Vec<Bytes>,
     /// Replay from this offset first (absent: live from now).
     pub from: Option<u64>,
+    /// Send the `pinion.v1` hello first: a text frame `{"next":N}` naming
+    /// the first offset this subscription can deliver.
+    pub hello: bool,
 }
 
 /// A catch-up request to the replay thread.
@@ -356,6 +359,20 @@ impl Fanout {
             waiting: false,
             closing: false,
         };
+        if n.hello {
+            // Before anything else on this connection (replays come later,
+            // through this task).
+            let json = format!("{{\"next\":{next}}}");
+            let mut b = BytesMut::with_capacity(json.len() + 2);
+            b.put_u8(0x81);
+            b.put_u8(json.len() as u8);
+            b.put_slice(json.as_bytes());
+            if !matches!(self.send(n.id, &mut s, &mut vec![(CONTROL, b.freeze())]), Wrote::Ok) {
+                shutdown(&s.io);
+                self.forget(&s);
+                return;
+            }
+        }
         if !live {
             self.request_replay(n.id, &mut s);
         }

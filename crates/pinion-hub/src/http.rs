@@ -35,6 +35,10 @@ pub const DEMO_HTML: &str = include_str!("../web/demo.html");
 /// The browser client module.
 pub const PINION_JS: &str = include_str!("../web/pinion.js");
 
+/// The WebSocket subprotocol of pinion's own subscribers (pinion.js): like
+/// no subprotocol, plus a first text frame `{"next":N}`.
+pub const PINION_SUBPROTOCOL: &str = "pinion.v1";
+
 /// Largest request head accepted.
 const MAX_HEAD: usize = 8 << 10;
 /// Time a client has to send its request head.
@@ -409,9 +413,18 @@ async fn subscribe(core: usize, mut s: TcpStream, head: &Head, web: &Web) -> std
             return respond(&mut s, "400 Bad Request", "text/plain", "", why.as_bytes()).await
         }
     };
-    // An NNG SUB dialing ws://…/sub offers PUB's subprotocol: echo it.
-    let sp = head.protocols.iter().any(|p| p == "pub.sp.nanomsg.org");
-    if !accept_upgrade(&mut s, head, sp.then_some("pub.sp.nanomsg.org")).await? {
+    // pinion.js offers `pinion.v1` (it gets a hello naming its first
+    // offset); an NNG SUB dialing ws://…/sub offers PUB's subprotocol.
+    let offered = |p: &str| head.protocols.iter().any(|o| o == p);
+    let hello = offered(PINION_SUBPROTOCOL);
+    let protocol = if hello {
+        Some(PINION_SUBPROTOCOL)
+    } else if offered("pub.sp.nanomsg.org") {
+        Some("pub.sp.nanomsg.org")
+    } else {
+        None
+    };
+    if !accept_upgrade(&mut s, head, protocol).await? {
         return Ok(());
     }
     let id = web.sub_ids.fetch_add(1, Ordering::Relaxed);
@@ -423,6 +436,7 @@ async fn subscribe(core: usize, mut s: TcpStream, head: &Head, web: &Web) -> std
         io: io.clone(),
         filter: q.topics,
         from: q.from,
+        hello,
     };
     if fan.send(FanIn::NewSub(sub)).is_ok() {
         subs::read_until_gone(id, io, Some(subs::ws_decoder()), fan).await;

@@ -56,6 +56,7 @@ pub(crate) async fn serve_sp(
                         io: io.clone(),
                         filter: Vec::new(),
                         from: None,
+                        hello: false,
                     };
                     if fan.send(FanIn::NewSub(sub)).is_ok() {
                         read_until_gone(id, io, None, fan).await;

@@ -99,6 +99,7 @@ fn split(body: &[u8]) -> (String, Delivery) {
 #[derive(Debug)]
 enum Frame {
     Binary(Vec<u8>),
+    Text(String),
     Close(u16, String),
 }
 
@@ -110,6 +111,10 @@ struct Ws {
 
 impl Ws {
     fn connect(addr: &str, path: &str, rcvbuf: Option<usize>) -> Ws {
+        Ws::connect_with(addr, path, rcvbuf, None)
+    }
+
+    fn connect_with(addr: &str, path: &str, rcvbuf: Option<usize>, protocol: Option<&str>) -> Ws {
         let sock =
             socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         if let Some(b) = rcvbuf {
@@ -121,7 +126,8 @@ impl Ws {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+            protocol.map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n")).unwrap_or_default()
         )
         .unwrap();
         let mut head = Vec::new();
@@ -133,6 +139,9 @@ impl Ws {
         let head = String::from_utf8(head).unwrap();
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        if let Some(p) = protocol {
+            assert!(head.contains(&format!("Sec-WebSocket-Protocol: {p}\r\n")), "{head}");
+        }
         Ws { s, last: None }
     }
 
@@ -162,6 +171,7 @@ impl Ws {
         self.s.read_exact(&mut p).unwrap();
         match h[0] {
             0x82 => Frame::Binary(p),
+            0x81 => Frame::Text(String::from_utf8(p).unwrap()),
             0x88 => {
                 let code = u16::from_be_bytes([p[0], p[1]]);
                 Frame::Close(code, String::from_utf8_lossy(&p[2..]).into_owned())
@@ -185,6 +195,7 @@ impl Ws {
                         return got;
                     }
                 }
+                Frame::Text(t) => panic!("unexpected text frame {t:?}"),
                 Frame::Close(c, why) => panic!("closed {c}: {why} after {} messages", got.len()),
             }
         }
@@ -233,6 +244,13 @@ fn tcp_and_websocket_subscribers_get_durable_messages_in_order() {
         assert_eq!(d.client_id.as_deref(), Some(&[1u8; 16][..]));
         assert_eq!(d.seq, Some(i + 1));
     }
+    // pinion.js's subprotocol: a hello naming the first offset comes first.
+    let mut hello = Ws::connect_with(&http, "/sub?from=10", None, Some("pinion.v1"));
+    match hello.next() {
+        Frame::Text(t) => assert_eq!(t, "{\"next\":10}"),
+        other => panic!("expected the hello, got {other:?}"),
+    }
+    assert_eq!(hello.read_through(10), vec![(10, "even/x".to_string())]);
     let got = ws.read_through(398);
     let want: Vec<(u64, String)> = (0..400)
         .step_by(2)
@@ -373,6 +391,7 @@ fn a_slow_subscriber_is_disconnected_with_its_resume_offset_and_nobody_else_wait
                 last = Some(o);
             }
             Frame::Close(c, why) => break (c, why),
+            Frame::Text(t) => panic!("unexpected text frame {t:?}"),
         }
     };
     assert_eq!(code, pinion_hub::fanout::CLOSE_SLOW, "{why}");

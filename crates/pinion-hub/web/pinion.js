@@ -55,8 +55,10 @@
  * - A subscription remembers the last offset it received and resubscribes
  *   with `from = last + 1`, also when the hub closed it as a slow consumer
  *   (close code 4008). A subscription made without `from` ("live from
- *   now") that has received nothing yet resubscribes live: messages logged
- *   while it was disconnected are not replayed to it.
+ *   now") learns its first offset from the hub's hello (subprotocol
+ *   `pinion.v1`: a text frame `{"next": N}` before any message), so even
+ *   if it drops before receiving anything it resumes from there: nothing
+ *   logged after it subscribed is ever missed.
  * - Each hub object picks a random 16-byte client id (`hub.clientId`) and
  *   numbers its publishes 1, 2, 3, ... Publishes not yet acked when the
  *   `/pub` connection drops are sent again, with the same seq, once it is
@@ -591,6 +593,7 @@ export class Subscription {
     this.lastClose = null;
     this.link = new Link(hub, 'subscribe', {
       url: () => this.url(),
+      protocol: SUB_PROTOCOL,
       onState: (s) => this.onstate?.(s),
       onMessage: (data) => this.deliver(data),
       onClose: (ev) => this.closedBy(ev),
@@ -617,8 +620,23 @@ export class Subscription {
   }
 
   deliver(data) {
+    if (typeof data === 'string') {
+      // The hello: the first offset this subscription can get. Pin a
+      // "live from now" subscription there, so a reconnection before its
+      // first message still misses nothing.
+      let hello;
+      try {
+        hello = JSON.parse(data);
+      } catch (e) {
+        throw new PinionError(`subscribe: unreadable text frame from the hub: ${e.message}`, 'PROTOCOL');
+      }
+      if (Number.isSafeInteger(hello?.next) && this.lastOffset === null && this.from === null) {
+        this.from = hello.next;
+      }
+      return;
+    }
     const bytes = toBytes(data);
-    if (!bytes) throw new PinionError('subscribe: text frame from the hub, expected binary', 'PROTOCOL');
+    if (!bytes) throw new PinionError('subscribe: frame from the hub is neither text nor binary', 'PROTOCOL');
     const msg = parseSubFrame(bytes);
     if (this.lastOffset !== null && msg.offset <= this.lastOffset) {
       this.duplicatesDropped++;
@@ -681,6 +699,8 @@ function randomBytes(n) {
 }
 
 const PUB_PROTOCOL = 'rep.sp.nanomsg.org';
+/** Offered on `/sub`: the hub then sends a hello `{"next": N}` first. */
+const SUB_PROTOCOL = 'pinion.v1';
 const MAX_TOPIC_BYTES = 255;
 
 /** A connection to one hub: publish, subscribe, watch its stats. Made by `connect()`. */
