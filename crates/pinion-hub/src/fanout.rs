@@ -126,7 +126,20 @@ pub(crate) fn body(d: &Durable<'_>, out: &mut BytesMut) {
 
 /// A server-side (unmasked) binary WebSocket frame header for `len` bytes.
 pub fn ws_head(len: usize, out: &mut BytesMut) {
-    out.put_u8(0x82); // FIN + binary
+    ws_frame_head(0x82, len, out); // FIN + binary
+}
+
+/// A whole server-side (unmasked, FIN) WebSocket frame: `first` is the
+/// first byte (0x81 text, 0x82 binary, 0x8A pong, …).
+pub fn ws_frame(first: u8, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(payload.len() + 10);
+    ws_frame_head(first, payload.len(), &mut b);
+    b.put_slice(payload);
+    b.freeze()
+}
+
+fn ws_frame_head(first: u8, len: usize, out: &mut BytesMut) {
+    out.put_u8(first);
     if len < 126 {
         out.put_u8(len as u8);
     } else if len <= u16::MAX as usize {
@@ -309,11 +322,8 @@ impl Fanout {
             }
             FanIn::Pong(id, payload) => {
                 let Some(s) = subs.get_mut(&id) else { return };
-                let mut b = BytesMut::with_capacity(payload.len() + 2);
-                b.put_u8(0x8A);
-                b.put_u8(payload.len().min(125) as u8);
-                b.put_slice(&payload[..payload.len().min(125)]);
-                let r = self.send(id, s, &mut vec![(CONTROL, b.freeze())]);
+                let pong = ws_frame(0x8A, &payload[..payload.len().min(125)]);
+                let r = self.send(id, s, &mut vec![(CONTROL, pong)]);
                 if !matches!(r, Wrote::Ok) {
                     self.drop_sub(id, subs);
                 }
@@ -363,11 +373,11 @@ impl Fanout {
             // Before anything else on this connection (replays come later,
             // through this task).
             let json = format!("{{\"next\":{next}}}");
-            let mut b = BytesMut::with_capacity(json.len() + 2);
-            b.put_u8(0x81);
-            b.put_u8(json.len() as u8);
-            b.put_slice(json.as_bytes());
-            if !matches!(self.send(n.id, &mut s, &mut vec![(CONTROL, b.freeze())]), Wrote::Ok) {
+            let hello = ws_frame(0x81, json.as_bytes());
+            if !matches!(
+                self.send(n.id, &mut s, &mut vec![(CONTROL, hello)]),
+                Wrote::Ok
+            ) {
                 shutdown(&s.io);
                 self.forget(&s);
                 return;

@@ -17,14 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use pinion::Socket;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
-use crate::fanout::{FanIn, Framing, NewSub};
+use crate::fanout::{ws_frame, FanIn, Framing, NewSub};
 use crate::subs;
 use crate::Shared;
 
@@ -444,24 +444,6 @@ async fn subscribe(core: usize, mut s: TcpStream, head: &Head, web: &Web) -> std
     Ok(())
 }
 
-/// A server text frame.
-fn text_frame(text: &str) -> Bytes {
-    let mut b = BytesMut::with_capacity(text.len() + 10);
-    let len = text.len();
-    b.put_u8(0x81);
-    if len < 126 {
-        b.put_u8(len as u8);
-    } else if len <= u16::MAX as usize {
-        b.put_u8(126);
-        b.put_u16(len as u16);
-    } else {
-        b.put_u8(127);
-        b.put_u64(len as u64);
-    }
-    b.put_slice(text.as_bytes());
-    b.freeze()
-}
-
 async fn stats_stream(mut s: TcpStream, head: &Head, web: &Web) -> std::io::Result<()> {
     if !accept_upgrade(&mut s, head, None).await? {
         return Ok(());
@@ -472,7 +454,7 @@ async fn stats_stream(mut s: TcpStream, head: &Head, web: &Web) -> std::io::Resu
     let mut buf = [0u8; 256];
     // The current figures at once, then every change.
     let first = feed.borrow_and_update().clone();
-    wr.write_all(&text_frame(&first)).await?;
+    wr.write_all(&ws_frame(0x81, first.as_bytes())).await?;
     loop {
         tokio::select! {
             changed = feed.changed() => {
@@ -480,7 +462,7 @@ async fn stats_stream(mut s: TcpStream, head: &Head, web: &Web) -> std::io::Resu
                     break;
                 }
                 let json = feed.borrow_and_update().clone();
-                wr.write_all(&text_frame(&json)).await?;
+                wr.write_all(&ws_frame(0x81, json.as_bytes())).await?;
             }
             r = rd.read(&mut buf) => {
                 let n = r?;
@@ -491,11 +473,7 @@ async fn stats_stream(mut s: TcpStream, head: &Head, web: &Web) -> std::io::Resu
                 loop {
                     match dec.decode(&mut input) {
                         Ok(Some(pinion_runtime::transport::ws::frame::Event::Ping(p))) => {
-                            let mut b = BytesMut::new();
-                            b.put_u8(0x8A);
-                            b.put_u8(p.len().min(125) as u8);
-                            b.put_slice(&p[..p.len().min(125)]);
-                            wr.write_all(&b).await?;
+                            wr.write_all(&ws_frame(0x8A, &p[..p.len().min(125)])).await?;
                         }
                         Ok(Some(pinion_runtime::transport::ws::frame::Event::Close(_))) | Err(_) => {
                             let mut b = BytesMut::new();

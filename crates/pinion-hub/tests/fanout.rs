@@ -140,7 +140,10 @@ impl Ws {
         assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
         assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
         if let Some(p) = protocol {
-            assert!(head.contains(&format!("Sec-WebSocket-Protocol: {p}\r\n")), "{head}");
+            assert!(
+                head.contains(&format!("Sec-WebSocket-Protocol: {p}\r\n")),
+                "{head}"
+            );
         }
         Ws { s, last: None }
     }
