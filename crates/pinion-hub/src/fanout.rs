@@ -66,6 +66,8 @@ pub const CLOSE_REPLAY_FAILED: u16 = 4011;
 pub const REPLAY_CHUNK: usize = 256 << 10;
 /// How long a subscriber being closed may take to read its close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Subscribers served per batch before the fan-out task yields.
+const YIELD_EVERY: usize = 2048;
 /// Queue entries that are not log records (pongs, close frames).
 const CONTROL: u64 = u64::MAX;
 
@@ -282,19 +284,26 @@ impl Fanout {
     pub async fn run(mut self) {
         let mut subs: HashMap<u64, Sub> = HashMap::new();
         while let Some(first) = self.rx.recv().await {
-            self.handle(first, &mut subs);
+            self.dispatch(first, &mut subs).await;
             for _ in 0..256 {
                 match self.rx.try_recv() {
-                    Ok(m) => self.handle(m, &mut subs),
+                    Ok(m) => self.dispatch(m, &mut subs).await,
                     Err(_) => break,
                 }
             }
         }
     }
 
+    async fn dispatch(&mut self, m: FanIn, subs: &mut HashMap<u64, Sub>) {
+        match m {
+            FanIn::Batch(b) => self.batch(&b, subs).await,
+            other => self.handle(other, subs),
+        }
+    }
+
     fn handle(&mut self, m: FanIn, subs: &mut HashMap<u64, Sub>) {
         match m {
-            FanIn::Batch(b) => self.batch(&b, subs),
+            FanIn::Batch(_) => unreachable!("batches go through dispatch"),
             FanIn::NewSub(n) => self.add(n, subs),
             FanIn::Gone(id) => {
                 if let Some(s) = subs.remove(&id) {
@@ -418,11 +427,18 @@ impl Fanout {
         });
     }
 
-    fn batch(&mut self, b: &FanBatch, subs: &mut HashMap<u64, Sub>) {
+    /// Delivers one batch to every live subscriber of this core. Every
+    /// [`YIELD_EVERY`] subscribers it lets the core's other tasks run (the
+    /// publishers' intake among them), so a fan-out to tens of thousands
+    /// of connections does not hold up acks on this core.
+    async fn batch(&mut self, b: &FanBatch, subs: &mut HashMap<u64, Sub>) {
         self.live_next = self.live_next.max(b.next);
         let mut gone: Vec<u64> = Vec::new();
         let mut frames: Vec<(u64, Bytes)> = Vec::new();
-        for (&id, s) in subs.iter_mut() {
+        for (i, (&id, s)) in subs.iter_mut().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                tokio::task::yield_now().await;
+            }
             if !s.live || s.closing {
                 continue;
             }
