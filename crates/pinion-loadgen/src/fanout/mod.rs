@@ -117,7 +117,9 @@ pub struct FanoutArgs {
     #[arg(long, default_value_t = 0)]
     pub slow: usize,
     /// Filler pushed at the slow subscribers during that phase, KiB each.
-    #[arg(long, default_value_t = 4096)]
+    /// (On loopback a stalled socket takes about 4 MiB before the hub has
+    /// to queue: the default cuts them about half way through the phase.)
+    #[arg(long, default_value_t = 8192)]
     pub slow_fill_kib: usize,
     /// Payload bytes of one filler message.
     #[arg(long, default_value_t = 65536)]
@@ -260,6 +262,12 @@ pub struct Phase {
     pub to_all_p50_ms: f64,
     /// Largest of `to_all_ms`, ms.
     pub to_all_max_ms: f64,
+    /// Slow phase: per message, the stalled subscribers the hub had not
+    /// cut yet when it was published (empty in the steady phase).
+    pub slow_attached: Vec<u64>,
+    /// Slow phase: median time to all over the messages published while at
+    /// least one stalled subscriber was attached, ms.
+    pub to_all_p50_ms_while_attached: Option<f64>,
     /// publish→ACK (logged and, with fsync always, fdatasync'ed), µs.
     pub ack_us: Latency,
     /// Hub CPU per delivery during the phase, µs (hub CPU ÷ deliveries).
@@ -333,7 +341,8 @@ pub struct FanoutRun {
 impl FanoutRun {
     /// Whether other processes used the CPUs during the measured phase.
     pub fn contended(&self) -> bool {
-        self.steady.other_cpu_pct.is_some_and(|o| o > CONTENDED_PCT)
+        let busy = |p: &Phase| p.other_cpu_pct.is_some_and(|o| o > CONTENDED_PCT);
+        busy(&self.steady) || self.with_slow.as_ref().is_some_and(busy)
     }
 
     /// Every reading subscriber got every message, in order, and none was
@@ -378,6 +387,9 @@ pub struct FanoutSummary {
     pub slow_to_all_p50_ms: Option<f64>,
     /// See `slow_latency_us`.
     pub slow_ack_p50_us: Option<f64>,
+    /// Median time to all over messages published while stalled
+    /// subscribers were still attached, ms.
+    pub slow_to_all_attached_p50_ms: Option<f64>,
     /// Missing deliveries over all runs.
     pub missing: u64,
 }
@@ -691,6 +703,10 @@ struct PhasePlan<'a> {
     subscribers: usize,
     /// Filler messages before each measured one (slow phase).
     fill_each: usize,
+    /// Slow phase: the stalled subscribers, and the hub's slow-disconnect
+    /// count before they connected (to follow how many are still there).
+    slow: Option<(usize, u64)>,
+    http: std::net::SocketAddr,
     topic: &'a str,
     fill_topic: &'a str,
 }
@@ -698,6 +714,9 @@ struct PhasePlan<'a> {
 /// What a phase measured on the publisher's side.
 struct Published {
     sent_ns: Vec<u64>,
+    /// Slow phase: stalled subscribers still attached when each message was
+    /// published.
+    attached: Vec<u64>,
     ack: Histogram<u64>,
     cpu: CpuUse,
 }
@@ -718,6 +737,7 @@ fn publish_phase(
     let timeout = Duration::from_secs_f64(args.deliver_timeout);
     let mut out = Published {
         sent_ns: Vec::with_capacity(p.count),
+        attached: Vec::new(),
         ack: new_histogram(),
         cpu: CpuUse::default(),
     };
@@ -729,6 +749,7 @@ fn publish_phase(
     bar.set_length(p.count as u64);
     bar.set_position(0);
     let c0 = Cpu::now(hub_pid);
+    let mut attached = p.slow.map(|(k, _)| k as u64);
     for k in 0..p.count {
         check_interrupted()?;
         for _ in 0..p.fill_each {
@@ -746,6 +767,7 @@ fn publish_phase(
         let acked = t0.elapsed().as_nanos() as u64;
         out.ack.saturating_record(acked.max(1_000));
         out.sent_ns.push(sent);
+        out.attached.extend(attached);
         let want = before + p.subscribers as u64;
         let until = t0 + timeout;
         while clients.delivered() < want && Instant::now() < until {
@@ -753,6 +775,13 @@ fn publish_phase(
             std::thread::sleep(Duration::from_micros(500));
         }
         let reached = t0.elapsed();
+        if let Some((slow, cut0)) = p.slow {
+            // Outside the timed part: how many stalled ones the hub has cut.
+            if let Ok(m) = hub::metrics(p.http) {
+                let cut = m.slow_disconnects.saturating_sub(cut0);
+                attached = Some((slow as u64).saturating_sub(cut));
+            }
+        }
         bar.set_position(k as u64 + 1);
         let ended = clients.ended();
         bar.set_message(format!(
@@ -787,6 +816,12 @@ fn phase_result(
         to_all.push(complete.then(|| last_ns[i].saturating_sub(sent) as f64 / 1e6));
     }
     let reached: Vec<f64> = to_all.iter().flatten().copied().collect();
+    let while_attached: Vec<f64> = to_all
+        .iter()
+        .zip(&pubd.attached)
+        .filter(|(_, &a)| a > 0)
+        .filter_map(|(t, _)| *t)
+        .collect();
     let delivered: u64 = (p.first..p.first + pubd.sent_ns.len())
         .map(|i| arrivals[i])
         .sum();
@@ -800,6 +835,8 @@ fn phase_result(
         to_all_p50_ms: median(reached.clone()),
         to_all_max_ms: reached.iter().copied().fold(0.0, f64::max),
         to_all_ms: to_all,
+        to_all_p50_ms_while_attached: (!while_attached.is_empty()).then(|| median(while_attached)),
+        slow_attached: pubd.attached.clone(),
         ack_us: Latency::from_hist(&pubd.ack),
         hub_cpu_us_per_delivery: c
             .hub_secs
@@ -903,6 +940,8 @@ fn one_run(
         count: args.messages,
         subscribers: n,
         fill_each: 0,
+        slow: None,
+        http: addrs.http,
         topic: &topic,
         fill_topic: &fill_topic,
     };
@@ -920,13 +959,15 @@ fn one_run(
     // Slow phase.
     let mut slow_pub = None;
     let mut slow_clients = None;
-    let slow_plan = PhasePlan {
+    let mut slow_plan = PhasePlan {
         first: args.messages,
         count: args.messages,
         subscribers: n,
         fill_each: (args.slow_fill_kib * 1024)
             .div_ceil(args.fill_size)
             .div_ceil(args.messages),
+        slow: None,
+        http: addrs.http,
         topic: &topic,
         fill_topic: &fill_topic,
     };
@@ -954,6 +995,8 @@ fn one_run(
         )?;
         bar.finish_and_clear();
         slow_clients = Some(c);
+        let cut0 = hub::metrics(addrs.http).map_err(setup)?.slow_disconnects;
+        slow_plan.slow = Some((args.slow, cut0));
         let bar = progress(args, args.messages as u64, format!("with slow {label}"));
         slow_pub = Some(publish_phase(
             args,
@@ -1052,6 +1095,11 @@ fn ms(us: f64) -> String {
     }
 }
 
+/// Milliseconds given in milliseconds.
+fn msf(x: f64) -> String {
+    ms(x * 1e3)
+}
+
 fn kib(bytes: Option<f64>) -> String {
     bytes
         .map(|b| format!("{:.2} KiB", b / 1024.0))
@@ -1065,15 +1113,15 @@ fn pct(x: Option<f64>) -> String {
 fn phase_line(p: &Phase) -> String {
     let l = &p.latency_us;
     format!(
-        "publish→deliver p50 {} p99 {} p99.9 {} max {}; to all {}: median {:.0} ms, max {:.0} ms{}; publish→ack p50 {}; \
+        "publish→deliver p50 {} p99 {} p99.9 {} max {}; to all {}: median {}, max {}{}; publish→ack p50 {}; \
          CPU: hub {} ({} per delivery), bench {} ({} per delivery), softirq {}, other processes {}",
         ms(l.p50),
         ms(l.p99),
         ms(l.p999),
         ms(l.max),
         thousands(p.subscribers as u64),
-        p.to_all_p50_ms,
-        p.to_all_max_ms,
+        msf(p.to_all_p50_ms),
+        msf(p.to_all_max_ms),
         {
             let never = p.to_all_ms.iter().filter(|t| t.is_none()).count();
             if never > 0 {
@@ -1114,12 +1162,19 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
         phase_line(&r.steady)
     );
     if let Some(p) = &r.with_slow {
+        let attached = p.slow_attached.iter().filter(|&&a| a > 0).count();
         s.push_str(&format!(
-            "\n    with {} subscribers that never read ({} cut by the hub as slow): {}",
+            "\n    with {} subscribers that never read ({} cut by the hub as slow; some still attached during {} of {} messages, \
+             time to all for those: median {}): {}",
             r.slow,
             r.slow_disconnects
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "?".into()),
+            attached,
+            p.messages,
+            p.to_all_p50_ms_while_attached
+                .map(msf)
+                .unwrap_or_else(|| "-".into()),
             phase_line(p)
         ));
     }
@@ -1145,8 +1200,12 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
     }
     if r.contended() {
         s.push_str(&format!(
-            "\n    CONTENDED: other processes used {} of a core during the measurement",
-            pct(r.steady.other_cpu_pct)
+            "\n    CONTENDED: other processes used {} of a core during the measurement{}",
+            pct(r.steady.other_cpu_pct),
+            r.with_slow
+                .as_ref()
+                .map(|p| format!(" ({} with the slow subscribers)", pct(p.other_cpu_pct)))
+                .unwrap_or_default()
         ));
     }
     s
@@ -1190,6 +1249,11 @@ fn summarize(s: &mut FanoutSummary) {
     s.slow_latency_us = lat(&|r| r.with_slow.as_ref().map(|p| p.latency_us));
     s.slow_to_all_p50_ms = opt(&|r| r.with_slow.as_ref().map(|p| p.to_all_p50_ms));
     s.slow_ack_p50_us = opt(&|r| r.with_slow.as_ref().map(|p| p.ack_us.p50));
+    s.slow_to_all_attached_p50_ms = opt(&|r| {
+        r.with_slow
+            .as_ref()
+            .and_then(|p| p.to_all_p50_ms_while_attached)
+    });
     s.missing = s.runs.iter().map(|r| r.missing).sum();
 }
 
@@ -1235,7 +1299,7 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
     );
     for s in ss {
         o.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} / {:.0} ms | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |\n",
             thousands(s.connections as u64),
             thousands(s.connects_per_sec as u64),
             kib(s.hub_bytes_per_conn),
@@ -1244,8 +1308,8 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             ms(s.latency_us.p99),
             ms(s.latency_us.p999),
             ms(s.latency_us.max),
-            s.to_all_p50_ms,
-            s.to_all_max_ms,
+            msf(s.to_all_p50_ms),
+            msf(s.to_all_max_ms),
             ms(s.ack_p50_us),
             s.hub_cpu_us_per_delivery
                 .map(|u| format!("{u:.1} µs"))
@@ -1255,7 +1319,7 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
     }
     if args.slow > 0 {
         o.push_str(&format!(
-            "\n### With {} subscribers that never read (same hub, same subscribers, after the phase above)\n\n| connections | p50 with ÷ without | p99 with ÷ without | p50 / p99 with | median time to all with | publish→ack p50 with ÷ without | cut as slow |\n|---:|---:|---:|---:|---:|---:|---:|\n",
+            "\n### With {} subscribers that never read (same hub, same subscribers, after the phase above)\n\n| connections | p50 with ÷ without | p99 with ÷ without | p50 / p99 with | median time to all with (while stalled ones were attached) | publish→ack p50 with ÷ without | cut as slow |\n|---:|---:|---:|---:|---:|---:|---:|\n",
             args.slow
         ));
         for s in ss {
@@ -1270,13 +1334,16 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
                 })
                 .collect();
             o.push_str(&format!(
-                "| {} | {} | {} | {} / {} | {:.0} ms | {} | {} |\n",
+                "| {} | {} | {} | {} / {} | {} ({}) | {} | {} |\n",
                 thousands(s.connections as u64),
                 ratio(l.p50, s.latency_us.p50),
                 ratio(l.p99, s.latency_us.p99),
                 ms(l.p50),
                 ms(l.p99),
-                s.slow_to_all_p50_ms.unwrap_or(0.0),
+                msf(s.slow_to_all_p50_ms.unwrap_or(0.0)),
+                s.slow_to_all_attached_p50_ms
+                    .map(msf)
+                    .unwrap_or_else(|| "-".into()),
                 ratio(s.slow_ack_p50_us.unwrap_or(0.0), s.ack_p50_us),
                 cut.join(", "),
             ));
@@ -1321,16 +1388,18 @@ fn targets_text(ss: &[FanoutSummary]) -> String {
                 }
             ));
             o.push_str(&format!(
-                "| one publish to all 100,000, p99 ≤ 300 ms | publish→deliver p99 {}; median time to all {:.0} ms, worst {:.0} ms | {} |\n",
+                "| one publish to all 100,000, p99 ≤ 300 ms | publish→deliver p99 {}; median time to all {}, worst {} | {} |\n",
                 ms(s.latency_us.p99),
-                s.to_all_p50_ms,
-                s.to_all_max_ms,
+                msf(s.to_all_p50_ms),
+                msf(s.to_all_max_ms),
                 verdict(s.latency_us.p99 <= 300_000.0 && s.missing == 0)
             ));
         }
         None => o.push_str(&format!(
-            "| 100,000 connections (memory, p99 ≤ 300 ms) | not run (largest: {}) | not measured |\n",
-            thousands(largest.connections as u64)
+            "| 100,000 connections (memory ≤ 8 KiB each, p99 ≤ 300 ms) | not run; largest: {} connections, {} each, p99 {} | not measured |\n",
+            thousands(largest.connections as u64),
+            kib(largest.hub_bytes_per_conn),
+            ms(largest.latency_us.p99)
         )),
     }
     match (at(1_000), at(50_000)) {
@@ -1343,7 +1412,16 @@ fn targets_text(ss: &[FanoutSummary]) -> String {
                 verdict(r <= 1.5)
             ));
         }
-        _ => o.push_str("| p99 at 50,000 ≤ 1.5× p99 at 1,000 | needs --connections 1000,50000 | not measured |\n"),
+        (Some(a), None) if largest.connections > a.connections => o.push_str(&format!(
+            "| p99 at 50,000 ≤ 1.5× p99 at 1,000 | 50,000 not run; at {}: {} ÷ {} = {:.2}× | not measured |\n",
+            thousands(largest.connections as u64),
+            ms(largest.latency_us.p99),
+            ms(a.latency_us.p99),
+            largest.latency_us.p99 / a.latency_us.p99
+        )),
+        _ => o.push_str(
+            "| p99 at 50,000 ≤ 1.5× p99 at 1,000 | needs --connections 1000,50000 | not measured |\n",
+        ),
     }
     o
 }
@@ -1417,8 +1495,17 @@ mod tests {
             ..FanoutSummary::default()
         };
         let t = targets_text(&[s(1000, 1000.0, 5000.0)]);
-        assert!(t.contains("not run (largest: 1,000)"), "{t}");
+        assert!(t.contains("not run; largest: 1,000 connections"), "{t}");
         assert!(!t.contains("**met**"), "{t}");
+        let t = targets_text(&[s(1000, 10_000.0, 3000.0), s(19_900, 130_000.0, 2500.0)]);
+        assert!(
+            t.contains("50,000 not run; at 19,900: 130 ms ÷ 10 ms = 13.00× | not measured"),
+            "{t}"
+        );
+        assert!(
+            t.contains("largest: 19,900 connections, 2.44 KiB each, p99 130 ms | not measured"),
+            "{t}"
+        );
         let t = targets_text(&[
             s(1000, 1000.0, 5000.0),
             s(50_000, 1400.0, 5000.0),
