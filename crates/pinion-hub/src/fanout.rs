@@ -27,15 +27,19 @@
 //! 1 MiB). Past it the queue is dropped (the frame the kernel has begun to
 //! take is finished), the subscriber gets a close frame
 //! ([`CLOSE_SLOW`]) whose reason names the offset to resume from, and the
-//! connection is closed. Nothing waits for a slow subscriber: the writer
-//! never blocks on a core, and a core never blocks on a socket.
+//! connection is closed (after [`CLOSE_GRACE`] at the latest). Nothing
+//! waits for a slow subscriber: the writer never blocks on a core, and a
+//! core never blocks on a socket. The kernel's send buffer of a subscriber
+//! socket is fixed at [`SUB_SNDBUF`] (not auto-tuned up to 4 MiB), so a
+//! stalled subscriber holds about 1.5 MiB in all before it is cut.
 //!
 //! # Resume without gap or duplicate
 //!
 //! A subscriber that asks for `from = N` below the live position is
 //! "catching up": live batches pass it by, and the replay thread reads the
 //! log from `N` up to the position the core's live stream has reached, in
-//! chunks of at most [`REPLAY_CHUNK`] bytes, each requested only once the
+//! chunks of at most [`REPLAY_CHUNK`] bytes (and half the queue bound, so
+//! a replay never looks like a slow consumer), each requested only once the
 //! previous one is written. When a chunk ends at or beyond the core's live
 //! position, the subscriber turns live. Every subscriber carries `next`,
 //! the next offset it is owed, and a frame below it is never sent again, so
@@ -62,10 +66,22 @@ pub const CLOSE_SLOW: u16 = 4008;
 /// WebSocket close code for a subscriber whose replay failed (the log could
 /// not be read).
 pub const CLOSE_REPLAY_FAILED: u16 = 4011;
-/// Largest chunk of replayed frames handed to a subscriber at once.
+/// Largest chunk of replayed frames handed to a subscriber at once (and at
+/// most half its queue bound).
 pub const REPLAY_CHUNK: usize = 256 << 10;
 /// How long a subscriber being closed may take to read its close frame.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Kernel send buffer of a subscriber's socket (the kernel doubles it).
+/// Fixed rather than auto-tuned (up to `tcp_wmem`'s 4 MiB by default), so
+/// a subscriber that stops reading holds at most this much in the kernel
+/// besides the queue bound in the hub.
+pub const SUB_SNDBUF: usize = 256 << 10;
+
+/// Fixes a subscriber socket's kernel send buffer (see [`SUB_SNDBUF`]).
+pub(crate) fn bound_send_buffer(io: &TcpStream) {
+    let _ = socket2::SockRef::from(io).set_send_buffer_size(SUB_SNDBUF);
+}
+
 /// Subscribers served per batch before the fan-out task yields.
 const YIELD_EVERY: usize = 2048;
 /// Queue entries that are not log records (pongs, close frames).
@@ -207,6 +223,9 @@ pub(crate) struct ReplayReq {
     pub upto: u64,
     pub framing: Framing,
     pub filter: Vec<Bytes>,
+    /// Frame bytes to read at most (a chunk always fits the subscriber's
+    /// queue bound, so a replay never counts as a slow consumer).
+    pub budget: usize,
 }
 
 /// What the replay thread read.
@@ -305,11 +324,10 @@ impl Fanout {
         match m {
             FanIn::Batch(_) => unreachable!("batches go through dispatch"),
             FanIn::NewSub(n) => self.add(n, subs),
-            FanIn::Gone(id) => {
-                if let Some(s) = subs.remove(&id) {
-                    self.forget(&s);
-                }
-            }
+            // The end of its stream, or the grace after a close frame ran
+            // out (the socket is shut down either way, also when its reader
+            // task is still waiting).
+            FanIn::Gone(id) => self.drop_sub(id, subs),
             FanIn::Writable(id) => {
                 let Some(s) = subs.get_mut(&id) else { return };
                 s.waiting = false;
@@ -424,6 +442,7 @@ impl Fanout {
             upto: self.live_next,
             framing: s.framing,
             filter: s.filter.clone(),
+            budget: REPLAY_CHUNK.min(self.max_queued / 2),
         });
     }
 
@@ -435,6 +454,8 @@ impl Fanout {
         self.live_next = self.live_next.max(b.next);
         let mut gone: Vec<u64> = Vec::new();
         let mut frames: Vec<(u64, Bytes)> = Vec::new();
+        // Counted once per batch: the counter is shared by every core.
+        let mut delivered = 0;
         for (i, (&id, s)) in subs.iter_mut().enumerate() {
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
@@ -467,13 +488,15 @@ impl Fanout {
             }
             let n = frames.len() as u64;
             match self.send(id, s, &mut frames) {
-                Wrote::Ok => {
-                    self.shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
-                }
+                Wrote::Ok => delivered += n,
                 Wrote::Slow => self.slow(id, s, &mut gone),
                 Wrote::Dead => gone.push(id),
             }
         }
+        self.shared
+            .stats
+            .delivered
+            .fetch_add(delivered, Ordering::Relaxed);
         for id in gone {
             self.drop_sub(id, subs);
         }
@@ -706,7 +729,7 @@ pub(crate) fn run_replay(
             out.error = Some(e.to_string());
         } else {
             let mut bytes = 0;
-            while out.next < req.upto && bytes < REPLAY_CHUNK {
+            while out.next < req.upto && bytes < req.budget {
                 match reader.next() {
                     None => break,
                     Some(Err(e)) => {

@@ -428,6 +428,7 @@ async fn subscribe(core: usize, mut s: TcpStream, head: &Head, web: &Web) -> std
         return Ok(());
     }
     let id = web.sub_ids.fetch_add(1, Ordering::Relaxed);
+    crate::fanout::bound_send_buffer(&s);
     let io = Arc::new(s);
     let fan = web.fan[core].clone();
     let sub = NewSub {

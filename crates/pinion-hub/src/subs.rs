@@ -49,6 +49,7 @@ pub(crate) async fn serve_sp(
                         return;
                     }
                     let _ = s.set_nodelay(true);
+                    crate::fanout::bound_send_buffer(&s);
                     let io = Arc::new(s);
                     let sub = NewSub {
                         id,
