@@ -4,31 +4,10 @@
 //! message, in order, the hub counts them and then counts them gone, and the
 //! hub process and its data dir are gone afterwards. No timing is asserted.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
+use support::pinion_exe;
 
-use pinion_loadgen::{locate_pinion_exe, pid_exists, run_fanout, FanoutArgs};
-
-/// `target/<profile>/pinion`: found next to this test binary, else built
-/// with the cargo that runs this test.
-fn pinion_exe() -> PathBuf {
-    if let Some(p) = locate_pinion_exe() {
-        return p;
-    }
-    let release = std::env::current_exe()
-        .unwrap()
-        .components()
-        .any(|c| c.as_os_str() == "release");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "pinion-cli", "--bin", "pinion"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("running cargo build -p pinion-cli");
-    assert!(status.success(), "cargo build -p pinion-cli failed");
-    locate_pinion_exe().expect("pinion binary after building it")
-}
+use pinion_loadgen::{pid_exists, run_fanout, FanoutArgs};
 
 #[test]
 fn every_subscriber_gets_every_message() {

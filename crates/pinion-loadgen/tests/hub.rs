@@ -1,31 +1,10 @@
 //! A short real run against the hub (`pinion serve`, started by the bench
 //! from the `pinion` binary of this workspace, built here if missing).
 
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
+use support::pinion_exe;
 
-use pinion_loadgen::{locate_pinion_exe, pid_exists, run_publish, PublishArgs, Target};
-
-/// `target/<profile>/pinion`: found next to this test binary, else built
-/// with the cargo that runs this test.
-fn pinion_exe() -> PathBuf {
-    if let Some(p) = locate_pinion_exe() {
-        return p;
-    }
-    let release = std::env::current_exe()
-        .unwrap()
-        .components()
-        .any(|c| c.as_os_str() == "release");
-    let mut cmd = Command::new(env!("CARGO"));
-    cmd.args(["build", "-p", "pinion-cli", "--bin", "pinion"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        cmd.arg("--release");
-    }
-    let status = cmd.status().expect("running cargo build -p pinion-cli");
-    assert!(status.success(), "cargo build -p pinion-cli failed");
-    locate_pinion_exe().expect("pinion binary after building it")
-}
+use pinion_loadgen::{pid_exists, run_publish, PublishArgs, Target};
 
 #[test]
 fn pinion_short_run() {
