@@ -3,7 +3,7 @@
 //! publisher, kill -9 crash recovery and a full disk.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -108,6 +108,31 @@ impl HubProc {
 
     fn log(&self) -> String {
         String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// The HTTP address the hub logged (`dashboard=http://HOST:PORT/`).
+    fn http_addr(&self) -> String {
+        let log = self.log();
+        let at = log
+            .find("dashboard=http://")
+            .unwrap_or_else(|| panic!("no HTTP address in the log:\n{log}"));
+        let rest = &log[at + "dashboard=http://".len()..];
+        rest[..rest.find('/').unwrap()].to_string()
+    }
+
+    /// `GET path` on the hub's HTTP port: (status, body).
+    fn http_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.http_addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out[9..12].parse().unwrap();
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
     }
 
     fn wait_ready(&mut self) {
@@ -637,6 +662,10 @@ fn full_disk_nacks_unavailable_never_false_acks_and_recovers() {
         acked.len()
     );
     assert!(!acked.is_empty());
+    // The health check says so, with the reason.
+    let (status, body) = hub.http_get("/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("cannot be written"), "{body}");
     // Space returns: service resumes without a restart.
     std::fs::remove_file(&filler).unwrap();
     let resumed = block(async {
@@ -649,6 +678,7 @@ fn full_disk_nacks_unavailable_never_false_acks_and_recovers() {
         p.publish("disk", &b"after"[..]).await.unwrap()
     });
     assert!(resumed.is_ack(), "{resumed:?}\n{}", hub.log());
+    assert_eq!(hub.http_get("/healthz"), (200, "ok\n".to_string()));
     hub.terminate();
     // Every ACK is in the log, exactly once; nothing NACKed is.
     let recs = log_records(&data.join("pinion.log"));

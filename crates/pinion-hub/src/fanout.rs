@@ -506,20 +506,13 @@ impl Fanout {
         let id = r.sub;
         let Some(s) = subs.get_mut(&id) else { return };
         s.replaying = false;
-        if let Some(why) = r.error {
-            tracing::warn!(sub = id, error = %why, "replay failed; closing the subscriber");
-            self.close_with(id, s, CLOSE_REPLAY_FAILED, &format!("replay failed: {why}"));
-            if s.queue.is_empty() {
-                self.drop_sub(id, subs);
-            }
-            return;
-        }
-        // Only what this subscriber is still owed.
+        // Only what this subscriber is still owed (after a read error: the
+        // records read before it, then the close).
         let mut frames: Vec<(u64, Bytes)> =
             r.frames.into_iter().filter(|(o, _)| *o >= s.next).collect();
         let n = frames.len() as u64;
         s.next = s.next.max(r.next);
-        if s.next >= self.live_next {
+        if r.error.is_none() && s.next >= self.live_next {
             s.live = true;
         }
         let w = if frames.is_empty() {
@@ -538,6 +531,16 @@ impl Fanout {
             }
         }
         let s = subs.get_mut(&id).expect("present");
+        if let Some(why) = r.error {
+            // Never skip past what cannot be read: say so and close.
+            tracing::warn!(sub = id, at = s.next, error = %why, "replay failed; closing the subscriber");
+            let why = format!("replay failed at offset {}: {why}", s.next);
+            self.close_with(id, s, CLOSE_REPLAY_FAILED, &why);
+            if s.queue.is_empty() {
+                self.drop_sub(id, subs);
+            }
+            return;
+        }
         if !s.live && s.queue.is_empty() {
             self.request_replay(id, s);
         }

@@ -475,3 +475,60 @@ fn publish_over_websocket_is_sp_req_rep() {
     hub.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_record_the_replay_cannot_read_closes_with_4011_after_the_ones_before_it() {
+    let dir = temp_dir("corrupt");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let http = hub.http_addr().unwrap().to_string();
+    publish(&hub.endpoints()[0], 4, 300, |_| "c".into());
+    // Damage record 150 in place (its payload: the CRC no longer matches).
+    let log = dir.join(pinion_hub::LOG_FILE);
+    let mut reader = pinion_journal::Reader::open(&log).unwrap();
+    reader.seek(150).unwrap();
+    let rec = reader.next().unwrap().unwrap();
+    assert_eq!(rec.offset, 150);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+        let at = rec.byte_pos + u64::from(rec.byte_len) - 9;
+        f.write_at(&[0xEE], at).unwrap();
+    }
+    let mut ws = Ws::connect(&http, "/sub?from=0", None);
+    let mut got = Vec::new();
+    let (code, why) = loop {
+        match ws.next() {
+            Frame::Binary(b) => got.push(split(&b).1.offset.unwrap()),
+            Frame::Close(c, why) => break (c, why),
+            Frame::Text(t) => panic!("unexpected text frame {t:?}"),
+        }
+    };
+    assert_eq!(
+        got,
+        (0..150).collect::<Vec<_>>(),
+        "everything before the damage, nothing after"
+    );
+    assert_eq!(code, pinion_hub::fanout::CLOSE_REPLAY_FAILED, "{why}");
+    assert!(why.contains("offset 150"), "{why}");
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn shutdown_tells_websocket_subscribers_going_away() {
+    let dir = temp_dir("bye");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let http = hub.http_addr().unwrap().to_string();
+    let mut ws = Ws::connect(&http, "/sub", None);
+    let t = Instant::now();
+    while hub.stats().subscribers_ws < 1 {
+        assert!(t.elapsed() < Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.shutdown();
+    match ws.next() {
+        Frame::Close(code, _) => assert_eq!(code, 1001),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
