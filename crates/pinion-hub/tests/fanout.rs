@@ -532,3 +532,28 @@ fn shutdown_tells_websocket_subscribers_going_away() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_fsync_policy_delivers_everything_in_order() {
+    for (name, fsync) in [
+        (
+            "interval",
+            pinion_hub::FsyncPolicy::Interval(Duration::from_millis(5)),
+        ),
+        ("never", pinion_hub::FsyncPolicy::Never),
+    ] {
+        let dir = temp_dir(name);
+        let hub = Hub::start(HubConfig {
+            fsync,
+            ..config(&dir)
+        })
+        .unwrap();
+        let http = hub.http_addr().unwrap().to_string();
+        let mut ws = Ws::connect(&http, "/sub?from=0", None);
+        let offsets = publish(&hub.endpoints()[0], 5, 500, |_| "f".into());
+        let got: Vec<u64> = ws.read_through(499).into_iter().map(|(o, _)| o).collect();
+        assert_eq!(got, offsets, "{name}");
+        hub.shutdown();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
