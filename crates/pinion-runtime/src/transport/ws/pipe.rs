@@ -171,6 +171,9 @@ pub(crate) async fn run_pipe(
             None
         }
         End::Eof => None,
+        // The socket closing both cancels `closed` and drops the write
+        // queue: whichever the select saw first, it is "going away".
+        End::Dropped if link.closed.is_cancelled() => Some(close::GOING_AWAY),
         End::Dropped => Some(close::NORMAL),
         End::SocketClosed => Some(close::GOING_AWAY),
     };
