@@ -120,38 +120,7 @@ impl StreamIo {
 
     /// Writes every chunk, in order, with vectored writes; empties `chunks`.
     pub async fn write_chunks(&self, chunks: &mut Vec<Bytes>) -> io::Result<()> {
-        let mut first = 0;
-        while first < chunks.len() {
-            let r = {
-                let slices: Vec<IoSlice<'_>> = chunks[first..]
-                    .iter()
-                    .take(64)
-                    .map(|c| IoSlice::new(c))
-                    .collect();
-                self.try_write_vectored(&slices)
-            };
-            let mut n = match r {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.writable().await?;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            while n > 0 {
-                let c = &mut chunks[first];
-                if n >= c.len() {
-                    n -= c.len();
-                    first += 1;
-                } else {
-                    c.advance(n);
-                    n = 0;
-                }
-            }
-        }
-        chunks.clear();
-        Ok(())
+        write_chunks(self, chunks).await
     }
 
     /// Shuts the write side down (FIN after what is queued in the kernel).
@@ -162,4 +131,72 @@ impl StreamIo {
         };
         let _ = r;
     }
+}
+
+/// A non-blocking byte sink with readiness: a [`StreamIo`] or a tokio
+/// `TcpStream` (the WebSocket pipe's).
+pub trait VectoredSink {
+    /// Writes what the kernel takes now.
+    fn try_write_vectored(&self, b: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Waits until writing may succeed.
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+}
+
+impl VectoredSink for StreamIo {
+    fn try_write_vectored(&self, b: &[IoSlice<'_>]) -> io::Result<usize> {
+        StreamIo::try_write_vectored(self, b)
+    }
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        StreamIo::writable(self)
+    }
+}
+
+impl VectoredSink for TcpStream {
+    fn try_write_vectored(&self, b: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, b)
+    }
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        TcpStream::writable(self)
+    }
+}
+
+/// Writes every chunk, in order, with vectored writes (64 chunks per call
+/// at most), waiting for writability when the kernel takes nothing;
+/// empties `chunks`.
+pub async fn write_chunks(out: &impl VectoredSink, chunks: &mut Vec<Bytes>) -> io::Result<()> {
+    let mut first = 0;
+    while first < chunks.len() {
+        let r = {
+            let slices: Vec<IoSlice<'_>> = chunks[first..]
+                .iter()
+                .take(64)
+                .map(|c| IoSlice::new(c))
+                .collect();
+            out.try_write_vectored(&slices)
+        };
+        let mut n = match r {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                out.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        while n > 0 && first < chunks.len() {
+            let c = &mut chunks[first];
+            if n >= c.len() {
+                n -= c.len();
+                first += 1;
+            } else {
+                c.advance(n);
+                n = 0;
+            }
+        }
+        while first < chunks.len() && chunks[first].is_empty() {
+            first += 1;
+        }
+    }
+    chunks.clear();
+    Ok(())
 }

@@ -12,12 +12,12 @@
 //! made for that batch and dropped after it.
 
 use std::cell::RefCell;
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use pinion_core::protocol::PipeId;
 use pinion_core::rng::Rng;
 use pinion_core::{Message, PeerError};
@@ -30,6 +30,7 @@ use super::handshake::{self, Request};
 use super::{Role, WsConn};
 use crate::error::Error;
 use crate::pipe::{Credit, PipeCmd, PipeEvent, PipeLink, ReadGate};
+use crate::stream::write_chunks;
 
 /// The per-thread read buffer: every WebSocket pipe on a core reads into
 /// it, one at a time (it is never held across an `await`).
@@ -432,45 +433,6 @@ async fn write_loop(
             let _ = link.credits.send(Credit::Returned(pipe, n));
         }
     }
-}
-
-/// Writes every chunk, in order, with vectored writes; empties `chunks`.
-async fn write_chunks(tcp: &TcpStream, chunks: &mut Vec<Bytes>) -> io::Result<()> {
-    let mut first = 0;
-    while first < chunks.len() {
-        let r = {
-            let slices: Vec<IoSlice<'_>> = chunks[first..]
-                .iter()
-                .take(64)
-                .map(|c| IoSlice::new(c))
-                .collect();
-            tcp.try_write_vectored(&slices)
-        };
-        let mut n = match r {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tcp.writable().await?;
-                continue;
-            }
-            Err(e) => return Err(e),
-        };
-        while n > 0 && first < chunks.len() {
-            let c = &mut chunks[first];
-            if n >= c.len() {
-                n -= c.len();
-                first += 1;
-            } else {
-                c.advance(n);
-                n = 0;
-            }
-        }
-        while first < chunks.len() && chunks[first].is_empty() {
-            first += 1;
-        }
-    }
-    chunks.clear();
-    Ok(())
 }
 
 #[cfg(test)]
