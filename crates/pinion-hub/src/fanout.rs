@@ -127,19 +127,14 @@ pub(crate) struct Durable<'a> {
     pub payload: &'a Bytes,
 }
 
-/// The message body every subscriber gets: topic, 0x00, [`Delivery`].
-pub(crate) fn body(d: &Durable<'_>, out: &mut BytesMut) {
-    out.put_slice(d.topic);
-    out.put_u8(0);
-    let msg = Delivery {
+fn delivery(d: &Durable<'_>) -> Delivery {
+    Delivery {
         offset: Some(d.offset),
         timestamp_us: Some(d.timestamp_us),
         client_id: Some(Bytes::copy_from_slice(d.client_id)),
         seq: Some(d.seq),
         payload: Some(d.payload.clone()),
-    };
-    // Encoding into a BytesMut cannot fail (it grows).
-    let _ = msg.encode(out);
+    }
 }
 
 /// A server-side (unmasked) binary WebSocket frame header for `len` bytes.
@@ -182,20 +177,26 @@ pub fn ws_close(code: u16, reason: &str, out: &mut BytesMut) {
 }
 
 /// Encodes one record for both framings, sharing one buffer.
+/// The body every subscriber gets is topic, 0x00, [`Delivery`]. Both
+/// frames share `buf`'s storage; the body is encoded once, after the SP
+/// length (known up front from the protobuf's encoded length), and copied
+/// once behind the WebSocket header.
 pub(crate) fn encode(d: &Durable<'_>, buf: &mut BytesMut) -> Entry {
-    let mut b = BytesMut::with_capacity(d.topic.len() + d.payload.len() + 64);
-    body(d, &mut b);
-    let n = b.len();
+    let msg = delivery(d);
+    let n = d.topic.len() + 1 + msg.encoded_len();
     buf.reserve(2 * n + 24);
     buf.put_u64(n as u64);
-    buf.put_slice(&b);
+    buf.put_slice(d.topic);
+    buf.put_u8(0);
+    // Encoding into a BytesMut cannot fail (it grows).
+    let _ = msg.encode(buf);
     let sp = buf.split().freeze();
     ws_head(n, buf);
-    buf.put_slice(&b);
+    buf.put_slice(&sp[8..]);
     let ws = buf.split().freeze();
     Entry {
         offset: d.offset,
-        topic: Bytes::copy_from_slice(d.topic),
+        topic: sp.slice(8..8 + d.topic.len()),
         sp,
         ws,
     }

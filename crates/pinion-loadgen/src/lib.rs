@@ -139,14 +139,20 @@ pub struct PublishArgs {
     pub no_progress: bool,
 }
 
-#[derive(clap::Parser)]
-#[command(
-    name = "publish",
-    about = "Publish throughput and ack latency, pinion vs peers"
-)]
-struct Wrapper {
-    #[command(flatten)]
-    args: PublishArgs,
+/// Parses command-line style arguments (the first is the program name)
+/// into a flattened argument struct `A`, as the `pinion` CLI would.
+pub(crate) fn parse_args<A, I, T>(
+    name: &'static str,
+    about: &'static str,
+    args: I,
+) -> Result<A, clap::Error>
+where
+    A: clap::Args + clap::FromArgMatches,
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cmd = A::augment_args(clap::Command::new(name).about(about));
+    A::from_arg_matches(&cmd.try_get_matches_from(args)?)
 }
 
 impl PublishArgs {
@@ -156,8 +162,11 @@ impl PublishArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::Parser;
-        Wrapper::try_parse_from(args).map(|w| w.args)
+        parse_args(
+            "publish",
+            "Publish throughput and ack latency, pinion vs peers",
+            args,
+        )
     }
 
     fn validate(&self) -> Result<(), LoadgenError> {

@@ -154,16 +154,6 @@ pub struct FanoutArgs {
     pub no_progress: bool,
 }
 
-#[derive(clap::Parser)]
-#[command(
-    name = "fanout",
-    about = "WebSocket fan-out: connections, memory, delivery latency"
-)]
-struct Wrapper {
-    #[command(flatten)]
-    args: FanoutArgs,
-}
-
 impl FanoutArgs {
     /// Parses command-line style arguments (the first is the program name).
     pub fn parse_from<I, T>(args: I) -> Result<FanoutArgs, clap::Error>
@@ -171,8 +161,11 @@ impl FanoutArgs {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        use clap::Parser;
-        Wrapper::try_parse_from(args).map(|w| w.args)
+        crate::parse_args(
+            "fanout",
+            "WebSocket fan-out: connections, memory, delivery latency",
+            args,
+        )
     }
 
     fn validate(&self) -> Result<(), LoadgenError> {
