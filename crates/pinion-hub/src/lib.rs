@@ -413,15 +413,14 @@ impl Hub {
             .spawn(move || fanout::run_replay(replay_reader, replay_rx, fan_cores))
             .map_err(spawn_err)?;
         for (core, rx) in fan_rxs.into_iter().enumerate() {
-            let f = fanout::Fanout {
+            let f: fanout::Fanout = fanout::Fanout::new(
                 core,
-                rx,
-                tx: fan_txs[core].clone(),
-                replay: replay_tx.clone(),
-                live_next: end,
-                max_queued: cfg.max_queued_per_subscriber,
-                shared: shared.clone(),
-            };
+                (fan_txs[core].clone(), rx),
+                replay_tx.clone(),
+                end,
+                cfg.max_queued_per_subscriber,
+                shared.clone(),
+            );
             rt.spawn_on(core, f.run());
         }
         drop(replay_tx);

@@ -21,6 +21,17 @@
 //! subscriber whose socket is full gets a queue, and a small task that
 //! waits for the socket to drain.
 //!
+//! # Cost: what the matching subscribers cost
+//!
+//! Each core keeps a [`TopicIndex`] of its subscribers' prefixes (a radix
+//! tree; SP subscribers, which filter on their side as NNG's do, sit at
+//! its root, the match-all set). A record walks its topic down the tree
+//! once and visits only the subscribers it matches, so a publish costs the
+//! same whether 0 or 15,000 idle connections wait on other topics;
+//! subscribing and leaving cost the prefix's length. Nothing else in a
+//! batch visits subscribers the batch does not reach: see the watermark
+//! below.
+//!
 //! # Slow consumers
 //!
 //! The bytes queued for one subscriber are bounded (`max_queued`, default
@@ -35,17 +46,23 @@
 //!
 //! # Resume without gap or duplicate
 //!
-//! A subscriber that asks for `from = N` below the live position is
-//! "catching up": live batches pass it by, and the replay thread reads the
-//! log from `N` up to the position the core's live stream has reached, in
-//! chunks of at most [`REPLAY_CHUNK`] bytes (and half the queue bound, so
-//! a replay never looks like a slow consumer), each requested only once the
-//! previous one is written. When a chunk ends at or beyond the core's live
-//! position, the subscriber turns live. Every subscriber carries `next`,
-//! the next offset it is owed, and a frame below it is never sent again, so
-//! the seam between the log and the live stream has neither a gap nor a
-//! duplicate. A live subscriber that finds a live batch starting beyond its
-//! `next` (it missed records) falls back to catching up.
+//! Each core has a **watermark**, `live_next`: every record below it has
+//! been handed to the core's live subscribers. A live subscriber is owed
+//! every matching record from the watermark on, so it carries no position
+//! of its own that a batch would have to advance.
+//!
+//! A subscriber that asks for `from = N` below the watermark is "catching
+//! up": live batches pass it by, and the replay thread reads the log from
+//! `N` up to the watermark, in chunks of at most [`REPLAY_CHUNK`] bytes
+//! (and half the queue bound, so a replay never looks like a slow
+//! consumer), each requested only once the previous one is written. A
+//! catching-up subscriber carries `next`, the next offset it is owed; when
+//! a chunk brings it to the watermark it turns live. Frames below `next`
+//! are never sent again, so the seam between the log and the live stream
+//! has neither a gap nor a duplicate. A batch that does not start at the
+//! watermark, or whose records the writer did not encode (it saw no
+//! subscriber when it logged them), turns the core's live subscribers back
+//! to catching up from the watermark.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
@@ -59,6 +76,12 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::Shared;
+
+pub mod index;
+#[cfg(test)]
+mod model;
+
+pub use index::TopicIndex;
 
 /// WebSocket close code for a subscriber that fell too far behind (the
 /// private-use range 4000-4999 of RFC 6455).
@@ -202,11 +225,42 @@ pub(crate) fn encode(d: &Durable<'_>, buf: &mut BytesMut) -> Entry {
     }
 }
 
+/// The writing side of a subscriber's connection, as the fan-out uses it:
+/// a TCP stream in the hub, an in-memory pipe in the model tests.
+pub(crate) trait SubSocket: Send + Sync + 'static {
+    /// Writes what the kernel takes now (`WouldBlock` if nothing).
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// As [`SubSocket::try_write`], gathering several buffers.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Resolves once the socket may take bytes again (or has failed).
+    fn writable(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Ends the connection both ways (its reader task sees the end too).
+    fn shutdown(&self);
+}
+
+impl SubSocket for TcpStream {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        TcpStream::try_write(self, buf)
+    }
+
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        TcpStream::try_write_vectored(self, bufs)
+    }
+
+    async fn writable(&self) {
+        let _ = TcpStream::writable(self).await;
+    }
+
+    fn shutdown(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
+    }
+}
+
 /// A new subscriber, handed to its core's fan-out task by the acceptor.
-pub(crate) struct NewSub {
+pub(crate) struct NewSub<S = TcpStream> {
     pub id: u64,
     pub framing: Framing,
-    pub io: Arc<TcpStream>,
+    pub io: Arc<S>,
     /// Topic prefixes; empty: every topic.
     pub filter: Vec<Bytes>,
     /// Replay from this offset first (absent: live from now).
@@ -241,9 +295,9 @@ pub(crate) struct Replayed {
 }
 
 /// Input of a core's fan-out task.
-pub(crate) enum FanIn {
+pub(crate) enum FanIn<S = TcpStream> {
     Batch(Arc<FanBatch>),
-    NewSub(NewSub),
+    NewSub(NewSub<S>),
     /// The subscriber's connection ended (or must end now).
     Gone(u64),
     /// The subscriber's socket can take bytes again.
@@ -260,15 +314,23 @@ pub fn matches(filter: &[Bytes], topic: &[u8]) -> bool {
     filter.is_empty() || filter.iter().any(|p| topic.starts_with(p))
 }
 
-struct Sub {
+struct Sub<S> {
     framing: Framing,
-    io: Arc<TcpStream>,
+    io: Arc<S>,
+    /// Its prefixes, [normalized](index::normalize): as held in the index.
     filter: Vec<Bytes>,
-    /// The next offset this subscriber is owed.
+    /// Catching up: the next offset it is owed. Live: the lowest offset it
+    /// may be sent (above the core's watermark only when it asked to start
+    /// in the future); a live subscriber is owed every matching record
+    /// from the watermark on, so nothing about it changes while records it
+    /// does not match go by.
     next: u64,
     live: bool,
     /// A replay request is outstanding.
     replaying: bool,
+    /// This batch's frames for it, gathered record by record while the
+    /// index is walked, then written in one go.
+    pending: Vec<(u64, Bytes)>,
     /// Frames not yet taken by the kernel, with their offsets (the front
     /// one may be partly written).
     queue: VecDeque<(u64, Bytes)>,
@@ -281,14 +343,25 @@ struct Sub {
     closing: bool,
 }
 
-pub(crate) struct Fanout {
-    pub core: usize,
-    pub rx: UnboundedReceiver<FanIn>,
-    pub tx: UnboundedSender<FanIn>,
-    pub replay: std::sync::mpsc::Sender<ReplayReq>,
-    pub live_next: u64,
-    pub max_queued: usize,
-    pub shared: Arc<Shared>,
+/// `pending` buffers up to this capacity are kept for the next batch
+/// (larger ones are freed, so memory follows what subscribers hold now).
+const PENDING_KEEP: usize = 4;
+
+/// One core's fan-out: its subscribers, their topic index, and the
+/// position of the live stream on this core.
+pub(crate) struct Fanout<S = TcpStream> {
+    core: usize,
+    rx: UnboundedReceiver<FanIn<S>>,
+    tx: UnboundedSender<FanIn<S>>,
+    replay: std::sync::mpsc::Sender<ReplayReq>,
+    /// The watermark: every record below it has reached this core's live
+    /// subscribers (or their queues).
+    live_next: u64,
+    max_queued: usize,
+    shared: Arc<Shared>,
+    index: TopicIndex,
+    /// Scratch: the subscribers one batch reaches.
+    touched: Vec<u64>,
 }
 
 /// What writing to a subscriber came to.
@@ -300,9 +373,31 @@ enum Wrote {
     Dead,
 }
 
-impl Fanout {
+impl<S: SubSocket> Fanout<S> {
+    /// Core `core`'s fan-out, whose live stream starts at `live_next`.
+    pub fn new(
+        core: usize,
+        (tx, rx): (UnboundedSender<FanIn<S>>, UnboundedReceiver<FanIn<S>>),
+        replay: std::sync::mpsc::Sender<ReplayReq>,
+        live_next: u64,
+        max_queued: usize,
+        shared: Arc<Shared>,
+    ) -> Fanout<S> {
+        Fanout {
+            core,
+            rx,
+            tx,
+            replay,
+            live_next,
+            max_queued,
+            shared,
+            index: TopicIndex::new(),
+            touched: Vec::new(),
+        }
+    }
+
     pub async fn run(mut self) {
-        let mut subs: HashMap<u64, Sub> = HashMap::new();
+        let mut subs: HashMap<u64, Sub<S>> = HashMap::new();
         while let Some(first) = self.rx.recv().await {
             self.dispatch(first, &mut subs).await;
             for _ in 0..256 {
@@ -314,14 +409,14 @@ impl Fanout {
         }
     }
 
-    async fn dispatch(&mut self, m: FanIn, subs: &mut HashMap<u64, Sub>) {
+    async fn dispatch(&mut self, m: FanIn<S>, subs: &mut HashMap<u64, Sub<S>>) {
         match m {
             FanIn::Batch(b) => self.batch(&b, subs).await,
             other => self.handle(other, subs),
         }
     }
 
-    fn handle(&mut self, m: FanIn, subs: &mut HashMap<u64, Sub>) {
+    fn handle(&mut self, m: FanIn<S>, subs: &mut HashMap<u64, Sub<S>>) {
         match m {
             FanIn::Batch(_) => unreachable!("batches go through dispatch"),
             FanIn::NewSub(n) => self.add(n, subs),
@@ -339,7 +434,6 @@ impl Fanout {
                         return;
                     }
                 }
-                let s = subs.get_mut(&id).expect("present");
                 if s.closing && s.queue.is_empty() {
                     self.drop_sub(id, subs);
                     return;
@@ -352,9 +446,7 @@ impl Fanout {
                 let Some(s) = subs.get_mut(&id) else { return };
                 let pong = ws_frame(0x8A, &payload[..payload.len().min(125)]);
                 let r = self.send(id, s, &mut vec![(CONTROL, pong)]);
-                if !matches!(r, Wrote::Ok) {
-                    self.drop_sub(id, subs);
-                }
+                self.settle(id, r, subs);
             }
             FanIn::Replayed(r) => self.replayed(r, subs),
             FanIn::Shutdown => {
@@ -366,14 +458,22 @@ impl Fanout {
                         ws_close(1001, "the hub is shutting down", &mut b);
                         let _ = s.io.try_write(&b);
                     }
-                    shutdown(&s.io);
+                    s.io.shutdown();
                     self.forget(&s);
                 }
+                self.index = TopicIndex::new();
             }
         }
     }
 
-    fn add(&mut self, n: NewSub, subs: &mut HashMap<u64, Sub>) {
+    fn add(&mut self, n: NewSub<S>, subs: &mut HashMap<u64, Sub<S>>) {
+        if subs.contains_key(&n.id) {
+            // Ids are unique per hub; a repeat is a bug upstream, and must
+            // not leave the index pointing at the wrong subscriber.
+            debug_assert!(false, "subscriber {} added twice", n.id);
+            n.io.shutdown();
+            return;
+        }
         let (next, live) = match n.from {
             Some(f) if f < self.live_next => (f, false),
             Some(f) => (f, true),
@@ -387,10 +487,11 @@ impl Fanout {
         let mut s = Sub {
             framing: n.framing,
             io: n.io,
-            filter: n.filter,
+            filter: index::normalize(&n.filter),
             next,
             live,
             replaying: false,
+            pending: Vec::new(),
             queue: VecDeque::new(),
             queued: 0,
             front_started: false,
@@ -406,10 +507,13 @@ impl Fanout {
                 self.send(n.id, &mut s, &mut vec![(CONTROL, hello)]),
                 Wrote::Ok
             ) {
-                shutdown(&s.io);
+                s.io.shutdown();
                 self.forget(&s);
                 return;
             }
+        }
+        for p in &s.filter {
+            self.index.insert(p, n.id);
         }
         if !live {
             self.request_replay(n.id, &mut s);
@@ -417,7 +521,7 @@ impl Fanout {
         subs.insert(n.id, s);
     }
 
-    fn forget(&self, s: &Sub) {
+    fn forget(&self, s: &Sub<S>) {
         let counter = match s.framing {
             Framing::Sp => &self.shared.stats.subscribers_tcp,
             Framing::Ws => &self.shared.stats.subscribers_ws,
@@ -425,16 +529,28 @@ impl Fanout {
         counter.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Removes a subscriber now (its socket closes when the last reference,
-    /// held by its reader task, goes).
-    fn drop_sub(&self, id: u64, subs: &mut HashMap<u64, Sub>) {
+    /// Removes a subscriber now, from the table and the index (its socket
+    /// closes when the last reference, held by its reader task, goes).
+    fn drop_sub(&mut self, id: u64, subs: &mut HashMap<u64, Sub<S>>) {
         if let Some(s) = subs.remove(&id) {
+            for p in &s.filter {
+                self.index.remove(p, id);
+            }
             self.forget(&s);
-            shutdown(&s.io);
+            s.io.shutdown();
         }
     }
 
-    fn request_replay(&self, id: u64, s: &mut Sub) {
+    /// Where a subscriber stands: the next offset it is owed.
+    fn position(&self, s: &Sub<S>) -> u64 {
+        if s.live {
+            s.next.max(self.live_next)
+        } else {
+            s.next
+        }
+    }
+
+    fn request_replay(&self, id: u64, s: &mut Sub<S>) {
         s.replaying = true;
         let _ = self.replay.send(ReplayReq {
             core: self.core,
@@ -447,53 +563,65 @@ impl Fanout {
         });
     }
 
-    /// Delivers one batch to every live subscriber of this core. Every
-    /// [`YIELD_EVERY`] subscribers it lets the core's other tasks run (the
-    /// publishers' intake among them), so a fan-out to tens of thousands
-    /// of connections does not hold up acks on this core.
-    async fn batch(&mut self, b: &FanBatch, subs: &mut HashMap<u64, Sub>) {
-        self.live_next = self.live_next.max(b.next);
+    /// Delivers one batch to the live subscribers of this core that its
+    /// records match, found through the index: the cost is the matching
+    /// subscribers' and the topics' lengths, not the connections'. Every
+    /// [`YIELD_EVERY`] subscribers written it lets the core's other tasks
+    /// run (the publishers' intake among them), so a fan-out to tens of
+    /// thousands of connections does not hold up acks on this core.
+    async fn batch(&mut self, b: &FanBatch, subs: &mut HashMap<u64, Sub<S>>) {
+        let watermark = self.live_next;
+        if b.next <= watermark {
+            return;
+        }
+        self.live_next = b.next;
+        if b.first > watermark || !b.encoded {
+            // The live stream skipped records, or they were not encoded
+            // (the writer saw no subscriber when it logged them).
+            self.demote_all(watermark, subs);
+            return;
+        }
+        let mut touched = std::mem::take(&mut self.touched);
+        for e in &b.entries {
+            if e.offset < watermark {
+                continue;
+            }
+            self.index.for_each_match(&e.topic, |id| {
+                let Some(s) = subs.get_mut(&id) else { return };
+                if !s.live || s.closing || e.offset < s.next {
+                    return;
+                }
+                if s.pending.is_empty() {
+                    touched.push(id);
+                }
+                let f = match s.framing {
+                    Framing::Sp => &e.sp,
+                    Framing::Ws => &e.ws,
+                };
+                s.pending.push((e.offset, f.clone()));
+            });
+        }
         let mut gone: Vec<u64> = Vec::new();
-        let mut frames: Vec<(u64, Bytes)> = Vec::new();
         // Counted once per batch: the counter is shared by every core.
         let mut delivered = 0;
-        for (i, (&id, s)) in subs.iter_mut().enumerate() {
+        for (i, &id) in touched.iter().enumerate() {
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 tokio::task::yield_now().await;
             }
-            if !s.live || s.closing {
-                continue;
-            }
-            if b.first > s.next || (!b.encoded && b.next > s.next) {
-                // It missed records, or they were not encoded (it joined
-                // while the writer saw no subscriber): catch up from the log.
-                s.live = false;
-                if !s.replaying && s.queue.is_empty() {
-                    self.request_replay(id, s);
-                }
-                continue;
-            }
-            frames.clear();
-            for e in &b.entries {
-                if e.offset >= s.next && matches(&s.filter, &e.topic) {
-                    let f = match s.framing {
-                        Framing::Sp => &e.sp,
-                        Framing::Ws => &e.ws,
-                    };
-                    frames.push((e.offset, f.clone()));
-                }
-            }
-            s.next = s.next.max(b.next);
-            if frames.is_empty() {
-                continue;
-            }
+            let Some(s) = subs.get_mut(&id) else { continue };
+            let mut frames = std::mem::take(&mut s.pending);
             let n = frames.len() as u64;
             match self.send(id, s, &mut frames) {
                 Wrote::Ok => delivered += n,
                 Wrote::Slow => self.slow(id, s, &mut gone),
                 Wrote::Dead => gone.push(id),
             }
+            if frames.capacity() <= PENDING_KEEP {
+                s.pending = frames;
+            }
         }
+        touched.clear();
+        self.touched = touched;
         self.shared
             .stats
             .delivered
@@ -503,7 +631,25 @@ impl Fanout {
         }
     }
 
-    fn replayed(&mut self, r: Replayed, subs: &mut HashMap<u64, Sub>) {
+    /// Every live subscriber of this core turns to catching up from
+    /// `from` (or its own start, if later). This visits every subscriber,
+    /// but happens only when the live stream has a hole: records the
+    /// writer logged while no subscriber existed anywhere (so this core
+    /// has at most the few that joined since), or a skipped batch.
+    fn demote_all(&mut self, from: u64, subs: &mut HashMap<u64, Sub<S>>) {
+        for (&id, s) in subs.iter_mut() {
+            if !s.live || s.closing {
+                continue;
+            }
+            s.live = false;
+            s.next = s.next.max(from);
+            if !s.replaying && s.queue.is_empty() {
+                self.request_replay(id, s);
+            }
+        }
+    }
+
+    fn replayed(&mut self, r: Replayed, subs: &mut HashMap<u64, Sub<S>>) {
         let id = r.sub;
         let Some(s) = subs.get_mut(&id) else { return };
         s.replaying = false;
@@ -513,7 +659,9 @@ impl Fanout {
             r.frames.into_iter().filter(|(o, _)| *o >= s.next).collect();
         let n = frames.len() as u64;
         s.next = s.next.max(r.next);
-        if r.error.is_none() && s.next >= self.live_next {
+        if r.error.is_none() && !s.closing && s.next >= self.live_next {
+            // Caught up with the watermark: from now on the live stream
+            // carries it.
             s.live = true;
         }
         let w = if frames.is_empty() {
@@ -526,12 +674,11 @@ impl Fanout {
                 self.shared.stats.delivered.fetch_add(n, Ordering::Relaxed);
                 self.shared.stats.replayed.fetch_add(n, Ordering::Relaxed);
             }
-            Wrote::Slow | Wrote::Dead => {
-                self.drop_sub(id, subs);
+            w => {
+                self.settle(id, w, subs);
                 return;
             }
         }
-        let s = subs.get_mut(&id).expect("present");
         if let Some(why) = r.error {
             // Never skip past what cannot be read: say so and close.
             tracing::warn!(sub = id, at = s.next, error = %why, "replay failed; closing the subscriber");
@@ -542,16 +689,30 @@ impl Fanout {
             }
             return;
         }
-        if !s.live && s.queue.is_empty() {
+        if !s.live && !s.closing && s.queue.is_empty() {
             self.request_replay(id, s);
         }
         // Otherwise the next chunk is asked for once this one is written
         // (see `FanIn::Writable`).
     }
 
+    /// Acts on what a write to one subscriber came to: a slow one is cut
+    /// (with its resume offset), a dead one dropped.
+    fn settle(&mut self, id: u64, w: Wrote, subs: &mut HashMap<u64, Sub<S>>) {
+        let mut gone = Vec::new();
+        match (w, subs.get_mut(&id)) {
+            (Wrote::Ok, _) | (_, None) => {}
+            (Wrote::Slow, Some(s)) => self.slow(id, s, &mut gone),
+            (Wrote::Dead, Some(_)) => gone.push(id),
+        }
+        for id in gone {
+            self.drop_sub(id, subs);
+        }
+    }
+
     /// A subscriber over its queue bound: drop what the kernel has not
     /// begun, tell it where to resume, close.
-    fn slow(&self, id: u64, s: &mut Sub, gone: &mut Vec<u64>) {
+    fn slow(&self, id: u64, s: &mut Sub<S>, gone: &mut Vec<u64>) {
         self.shared
             .stats
             .slow_disconnects
@@ -563,7 +724,7 @@ impl Fanout {
             .skip(keep)
             .map(|(o, _)| *o)
             .find(|&o| o != CONTROL)
-            .unwrap_or(s.next);
+            .unwrap_or_else(|| self.position(s));
         while s.queue.len() > keep {
             if let Some((_, f)) = s.queue.pop_back() {
                 s.queued -= f.len();
@@ -589,7 +750,7 @@ impl Fanout {
 
     /// Queues a close frame behind what is left, and gives the subscriber
     /// [`CLOSE_GRACE`] to read it.
-    fn close_with(&self, id: u64, s: &mut Sub, code: u16, why: &str) {
+    fn close_with(&self, id: u64, s: &mut Sub<S>, code: u16, why: &str) {
         s.closing = true;
         s.live = false;
         let mut b = BytesMut::new();
@@ -608,7 +769,7 @@ impl Fanout {
     /// Writes `frames` (behind anything queued), queueing what the kernel
     /// does not take; empties `frames`. The usual case, nothing queued,
     /// writes straight from `frames` (no queue, no allocation).
-    fn send(&self, id: u64, s: &mut Sub, frames: &mut Vec<(u64, Bytes)>) -> Wrote {
+    fn send(&self, id: u64, s: &mut Sub<S>, frames: &mut Vec<(u64, Bytes)>) -> Wrote {
         if s.queue.is_empty() && !s.waiting {
             let r = if frames.len() == 1 {
                 s.io.try_write(&frames[0].1)
@@ -663,7 +824,7 @@ impl Fanout {
 
     /// Writes as much of the queue as the kernel takes; if some is left,
     /// starts a task that reports when the socket drains.
-    fn flush(&self, id: u64, s: &mut Sub) -> Wrote {
+    fn flush(&self, id: u64, s: &mut Sub<S>) -> Wrote {
         while !s.queue.is_empty() {
             let r = if s.queue.len() == 1 {
                 s.io.try_write(&s.queue[0].1)
@@ -699,7 +860,7 @@ impl Fanout {
                     let io = s.io.clone();
                     let tx = self.tx.clone();
                     tokio::spawn(async move {
-                        let _ = io.writable().await;
+                        io.writable().await;
                         let _ = tx.send(FanIn::Writable(id));
                     });
                     return Wrote::Ok;
@@ -711,8 +872,54 @@ impl Fanout {
     }
 }
 
-fn shutdown(io: &TcpStream) {
-    let _ = socket2::SockRef::from(io).shutdown(std::net::Shutdown::Both);
+/// Reads one replay chunk for `req` from `records` (the log from
+/// `req.from` on): the matching records up to `req.upto`, within the
+/// byte budget, stopping at the first record that cannot be read.
+pub(crate) fn read_chunk<E: std::fmt::Display>(
+    req: &ReplayReq,
+    mut records: impl FnMut() -> Option<Result<pinion_journal::Record, E>>,
+    buf: &mut BytesMut,
+) -> Replayed {
+    let mut out = Replayed {
+        sub: req.sub,
+        frames: Vec::new(),
+        next: req.from,
+        error: None,
+    };
+    let mut bytes = 0;
+    while out.next < req.upto && bytes < req.budget {
+        match records() {
+            None => break,
+            Some(Err(e)) => {
+                out.error = Some(e.to_string());
+                break;
+            }
+            Some(Ok(rec)) => {
+                out.next = rec.offset + 1;
+                if !matches(&req.filter, &rec.topic) {
+                    continue;
+                }
+                let e = encode(
+                    &Durable {
+                        offset: rec.offset,
+                        timestamp_us: rec.timestamp_us,
+                        client_id: &rec.client_id,
+                        seq: rec.seq,
+                        topic: &rec.topic,
+                        payload: &rec.payload,
+                    },
+                    buf,
+                );
+                let f = match req.framing {
+                    Framing::Sp => e.sp,
+                    Framing::Ws => e.ws,
+                };
+                bytes += f.len();
+                out.frames.push((rec.offset, f));
+            }
+        }
+    }
+    out
 }
 
 /// The replay thread: reads the log for subscribers catching up.
@@ -723,49 +930,15 @@ pub(crate) fn run_replay(
 ) {
     let mut buf = BytesMut::new();
     while let Ok(req) = rx.recv() {
-        let mut out = Replayed {
-            sub: req.sub,
-            frames: Vec::new(),
-            next: req.from,
-            error: None,
+        let out = match reader.seek(req.from) {
+            Err(e) => Replayed {
+                sub: req.sub,
+                frames: Vec::new(),
+                next: req.from,
+                error: Some(e.to_string()),
+            },
+            Ok(()) => read_chunk(&req, || reader.next(), &mut buf),
         };
-        if let Err(e) = reader.seek(req.from) {
-            out.error = Some(e.to_string());
-        } else {
-            let mut bytes = 0;
-            while out.next < req.upto && bytes < req.budget {
-                match reader.next() {
-                    None => break,
-                    Some(Err(e)) => {
-                        out.error = Some(e.to_string());
-                        break;
-                    }
-                    Some(Ok(rec)) => {
-                        out.next = rec.offset + 1;
-                        if !matches(&req.filter, &rec.topic) {
-                            continue;
-                        }
-                        let e = encode(
-                            &Durable {
-                                offset: rec.offset,
-                                timestamp_us: rec.timestamp_us,
-                                client_id: &rec.client_id,
-                                seq: rec.seq,
-                                topic: &rec.topic,
-                                payload: &rec.payload,
-                            },
-                            &mut buf,
-                        );
-                        let f = match req.framing {
-                            Framing::Sp => e.sp,
-                            Framing::Ws => e.ws,
-                        };
-                        bytes += f.len();
-                        out.frames.push((rec.offset, f));
-                    }
-                }
-            }
-        }
         if let Some(tx) = cores.get(req.core) {
             let _ = tx.send(FanIn::Replayed(out));
         }
