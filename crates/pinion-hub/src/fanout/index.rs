@@ -291,10 +291,11 @@ impl TopicIndex {
         }
     }
 
-    /// Checks the tree's shape (tests): parents, sorted children, no
-    /// pass-through or empty leaf nodes, the entry count.
-    #[cfg(test)]
-    pub(crate) fn check(&self) {
+    /// Checks the tree's shape (tests and the fuzz target): parents,
+    /// sorted children, no pass-through or empty leaf nodes, the entry
+    /// count. Panics on a broken invariant.
+    #[doc(hidden)]
+    pub fn check(&self) {
         let mut seen = 0;
         let mut stack = vec![ROOT];
         let mut live = 0;
