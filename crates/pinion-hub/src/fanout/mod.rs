@@ -329,7 +329,8 @@ struct Sub<S> {
     /// A replay request is outstanding.
     replaying: bool,
     /// This batch's frames for it, gathered record by record while the
-    /// index is walked, then written in one go.
+    /// index is walked, then written in one go (freed after: an idle
+    /// subscriber holds no buffer).
     pending: Vec<(u64, Bytes)>,
     /// Frames not yet taken by the kernel, with their offsets (the front
     /// one may be partly written).
@@ -342,10 +343,6 @@ struct Sub<S> {
     /// Closing: flush the queue (ending in a close frame), then drop.
     closing: bool,
 }
-
-/// `pending` buffers up to this capacity are kept for the next batch
-/// (larger ones are freed, so memory follows what subscribers hold now).
-const PENDING_KEEP: usize = 4;
 
 /// One core's fan-out: its subscribers, their topic index, and the
 /// position of the live stream on this core.
@@ -615,9 +612,6 @@ impl<S: SubSocket> Fanout<S> {
                 Wrote::Ok => delivered += n,
                 Wrote::Slow => self.slow(id, s, &mut gone),
                 Wrote::Dead => gone.push(id),
-            }
-            if frames.capacity() <= PENDING_KEEP {
-                s.pending = frames;
             }
         }
         touched.clear();
