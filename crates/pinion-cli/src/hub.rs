@@ -612,9 +612,17 @@ pub fn bench(c: BenchCommand) -> Result<(), Failure> {
             let exe = std::env::current_exe().map_err(|e| {
                 Failure::new(exit::IO, format!("cannot find the pinion executable: {e}"))
             })?;
-            pinion_loadgen::run_fanout(&a, &exe)
-                .map(|_| ())
-                .map_err(|e| Failure::new(exit::FAILED, format!("bench fanout: {e}")))
+            let summaries = pinion_loadgen::run_fanout(&a, &exe)
+                .map_err(|e| Failure::new(exit::FAILED, format!("bench fanout: {e}")))?;
+            // Per-topic mode: missing or duplicate deliveries fail the command.
+            let failed: usize = summaries.iter().map(|s| s.per_topic_failures()).sum();
+            if failed > 0 {
+                return Err(Failure::new(
+                    exit::FAILED,
+                    format!("bench fanout: {failed} per-topic run(s) incomplete (see above)"),
+                ));
+            }
+            Ok(())
         }
     }
 }

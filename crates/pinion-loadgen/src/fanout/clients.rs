@@ -16,6 +16,13 @@
 //!
 //! Connections opened with `read = false` (the `--slow` ones) read the 101
 //! answer and then never read again.
+//!
+//! Per-topic mode ([`Target::Topic`]): connection `i` subscribes to topic
+//! `i % K` and checks each delivery against the schedule: the message must
+//! be one sent to its topic (else *misrouted*), not seen before (else a
+//! *duplicate*), and arrive after the ones before it in the log (else *out
+//! of order*); a bitmap over its topic's messages tells, at the end, how
+//! many it never got.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -32,6 +39,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::topics::{idle_topic, topic_name, Schedule};
 use super::ws::{self, Frame};
 use crate::driver::{connect, new_histogram};
 use crate::error::LoadgenError;
@@ -41,12 +49,42 @@ const READ_BUF: usize = 512;
 /// Limit for one connection's connect + upgrade.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What each connection subscribes to.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// The same `GET` target for every connection, e.g. `/sub?topic=fo-1234`.
+    Fixed(String),
+    /// Per-topic mode: connection `i` (counted from the plan's first)
+    /// subscribes to topic `i % K` of the schedule, and checks what it gets.
+    Topic(Arc<Schedule>),
+    /// Connection `i` subscribes to `idle.<i>/`, which nobody publishes to.
+    Idle,
+}
+
+impl Target {
+    /// The `GET` target of the plan's `i`-th connection.
+    pub(crate) fn path(&self, i: usize) -> String {
+        match self {
+            Target::Fixed(t) => t.clone(),
+            Target::Topic(s) => format!("/sub?topic={}", topic_name(i % s.k)),
+            Target::Idle => format!("/sub?topic={}", idle_topic(i)),
+        }
+    }
+
+    fn schedule(&self) -> Option<&Schedule> {
+        match self {
+            Target::Topic(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
 /// What to open and how to count what arrives.
 #[derive(Debug)]
 pub(crate) struct ClientPlan {
     pub http: SocketAddr,
-    /// `GET` target, e.g. `/sub?topic=fo-1234`.
-    pub target: String,
+    /// What each connection subscribes to.
+    pub target: Target,
     /// Index of the first connection (picks its source address: 10,000
     /// connections per 127.0.0.x).
     pub first_idx: usize,
@@ -107,6 +145,67 @@ struct MsgRec {
     arrivals: u64,
     first_ns: u64,
     last_ns: u64,
+    /// The log offset its first delivery named.
+    offset: u64,
+}
+
+/// Per-topic mode: what one connection got of its topic's messages.
+#[derive(Debug, Clone, Default)]
+struct TopicRec {
+    topic: usize,
+    /// Bit `p`: the `p`-th message of the topic arrived.
+    seen: Vec<u64>,
+    /// Distinct messages of its topic received.
+    unique: u32,
+    duplicates: u32,
+    /// Messages of other topics received.
+    misrouted: u32,
+    /// Arrived after a later message of the topic, or with an offset not
+    /// above the one before.
+    out_of_order: u32,
+    /// Highest position seen.
+    max_pos: Option<u32>,
+}
+
+impl TopicRec {
+    fn new(topic: usize, messages: usize) -> TopicRec {
+        TopicRec {
+            topic,
+            seen: vec![0; messages.div_ceil(64)],
+            ..TopicRec::default()
+        }
+    }
+
+    /// A delivery arrived: the `pos`-th message of this topic (`None`: a
+    /// message of another topic); `offset_back`: its offset was not above
+    /// the previous delivery's.
+    fn record(&mut self, pos: Option<usize>, offset_back: bool) {
+        let Some(pos) = pos else {
+            self.misrouted += 1;
+            return;
+        };
+        let (word, bit) = (pos / 64, 1u64 << (pos % 64));
+        if self.seen[word] & bit != 0 {
+            self.duplicates += 1;
+            return;
+        }
+        self.seen[word] |= bit;
+        self.unique += 1;
+        if offset_back || self.max_pos.is_some_and(|m| pos as u32 <= m) {
+            self.out_of_order += 1;
+        }
+        self.max_pos = self.max_pos.max(Some(pos as u32));
+    }
+}
+
+/// Per-topic mode: one connection's tally, as [`Outcome`] reports it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TopicTally {
+    pub topic: usize,
+    pub unique: u32,
+    pub duplicates: u32,
+    pub misrouted: u32,
+    pub out_of_order: u32,
 }
 
 struct Thread {
@@ -117,6 +216,8 @@ struct Thread {
     hist: [RefCell<Histogram<u64>>; 2],
     msgs: RefCell<Vec<MsgRec>>,
     subs: RefCell<Vec<SubRec>>,
+    /// Per-topic mode only (else empty).
+    topic_recs: RefCell<Vec<TopicRec>>,
     errors: RefCell<BTreeMap<String, u64>>,
     delivered: Cell<u64>,
 }
@@ -153,20 +254,33 @@ impl Thread {
         self.hist[phase]
             .borrow_mut()
             .saturating_record(lat.max(1_000));
-        {
+        let offset_differs = {
             let mut msgs = self.msgs.borrow_mut();
             let m = &mut msgs[index];
+            let differs = m.arrivals > 0 && m.offset != seen.offset;
+            if m.arrivals == 0 {
+                m.offset = seen.offset;
+            }
             if m.arrivals == 0 || now_ns < m.first_ns {
                 m.first_ns = now_ns;
             }
             m.last_ns = m.last_ns.max(now_ns);
             m.arrivals += 1;
+            differs
+        };
+        if offset_differs {
+            self.error("subscribers got one message with different offsets".into());
         }
         {
             let mut subs = self.subs.borrow_mut();
             let s = &mut subs[i];
             s.got += 1;
-            if index as u32 != s.next_index || s.last_offset.is_some_and(|o| seen.offset <= o) {
+            let offset_back = s.last_offset.is_some_and(|o| seen.offset <= o);
+            if let Some(schedule) = self.plan.target.schedule() {
+                let mut recs = self.topic_recs.borrow_mut();
+                let t = &mut recs[i];
+                t.record(schedule.position(t.topic, index as u32), offset_back);
+            } else if index as u32 != s.next_index || offset_back {
                 s.out_of_order += 1;
             }
             s.next_index = index as u32 + 1;
@@ -188,6 +302,12 @@ pub(crate) struct Outcome {
     /// Per message: arrivals, earliest and latest arrival (ns since base).
     pub arrivals: Vec<u64>,
     pub last_ns: Vec<u64>,
+    /// Per message: the log offset its deliveries named (`None`: none
+    /// arrived).
+    pub offsets: Vec<Option<u64>>,
+    /// Per-topic mode: per connection (in connection order), what it got of
+    /// its topic (else empty).
+    pub topics: Vec<TopicTally>,
     /// Per connection: messages received (in connection order).
     pub got: Vec<u32>,
     pub out_of_order: u64,
@@ -211,6 +331,7 @@ struct ThreadOut {
     hist: [Histogram<u64>; 2],
     msgs: Vec<MsgRec>,
     subs: Vec<SubRec>,
+    topic_recs: Vec<TopicRec>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -288,6 +409,12 @@ impl Clients {
             hist: [new_histogram(), new_histogram()],
             arrivals: vec![0; plan.messages],
             last_ns: vec![0; plan.messages],
+            offsets: vec![None; plan.messages],
+            topics: if plan.target.schedule().is_some() {
+                vec![TopicTally::default(); plan.count]
+            } else {
+                Vec::new()
+            },
             got: vec![0; plan.count],
             out_of_order: 0,
             closed: BTreeMap::new(),
@@ -305,7 +432,24 @@ impl Clients {
                 o.arrivals[i] += m.arrivals;
                 if m.arrivals > 0 {
                     o.last_ns[i] = o.last_ns[i].max(m.last_ns);
+                    match o.offsets[i] {
+                        Some(off) if off != m.offset => {
+                            *o.errors
+                                .entry("subscribers got one message with different offsets".into())
+                                .or_insert(0) += 1;
+                        }
+                        _ => o.offsets[i] = Some(m.offset),
+                    }
                 }
+            }
+            for (j, r) in t.topic_recs.iter().enumerate() {
+                o.topics[t.worker + j * plan.threads] = TopicTally {
+                    topic: r.topic,
+                    unique: r.unique,
+                    duplicates: r.duplicates,
+                    misrouted: r.misrouted,
+                    out_of_order: r.out_of_order,
+                };
             }
             for (j, s) in t.subs.iter().enumerate() {
                 o.got[t.worker + j * plan.threads] = s.got;
@@ -363,11 +507,19 @@ fn worker(
             MsgRec {
                 arrivals: 0,
                 first_ns: 0,
-                last_ns: 0
+                last_ns: 0,
+                offset: 0,
             };
             plan.messages
         ]),
         subs: RefCell::new(vec![SubRec::default(); mine]),
+        topic_recs: RefCell::new(match plan.target.schedule() {
+            Some(s) => (w..plan.count)
+                .step_by(plan.threads)
+                .map(|i| TopicRec::new(i % s.k, s.by_topic[i % s.k].len()))
+                .collect(),
+            None => Vec::new(),
+        }),
         errors: RefCell::new(BTreeMap::new()),
         delivered: Cell::new(0),
     });
@@ -388,6 +540,7 @@ fn worker(
         hist: [h0.into_inner(), h1.into_inner()],
         msgs: th.msgs.into_inner(),
         subs: th.subs.into_inner(),
+        topic_recs: th.topic_recs.into_inner(),
         errors: th.errors.into_inner(),
     })
 }
@@ -491,8 +644,9 @@ async fn open(th: &Thread, idx: usize) -> Result<(TcpStream, Vec<u8>, usize), St
         .map_err(|e| format!("connect: {e}"))?;
     let key = ws::key_from(plan.key_seed, idx as u64);
     let host = plan.http.to_string();
+    let target = plan.target.path(idx - plan.first_idx);
     stream
-        .write_all(&ws::upgrade_request(&host, &plan.target, &key))
+        .write_all(&ws::upgrade_request(&host, &target, &key))
         .await
         .map_err(|e| format!("sending the upgrade: {e}"))?;
     let mut buf = vec![0u8; READ_BUF];
@@ -518,5 +672,45 @@ async fn open(th: &Thread, idx: usize) -> Result<(TcpStream, Vec<u8>, usize), St
         if filled == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_tally() {
+        let mut t = TopicRec::new(3, 130);
+        t.record(Some(0), false);
+        t.record(Some(1), false);
+        t.record(Some(1), true); // again
+        t.record(None, false); // another topic's
+        t.record(Some(129), false); // 2..=128 skipped
+        t.record(Some(64), false); // late: after 129
+        t.record(Some(65), true); // its offset went back (and late)
+        assert_eq!(
+            (t.unique, t.duplicates, t.misrouted, t.out_of_order),
+            (5, 1, 1, 2)
+        );
+        assert_eq!(t.max_pos, Some(129));
+        // In order, once each: nothing flagged.
+        let mut u = TopicRec::new(0, 3);
+        for p in 0..3 {
+            u.record(Some(p), false);
+        }
+        assert_eq!(
+            (u.unique, u.duplicates, u.misrouted, u.out_of_order),
+            (3, 0, 0, 0)
+        );
+    }
+
+    #[test]
+    fn targets() {
+        let s = Arc::new(Schedule::new(1, 7, 100));
+        assert_eq!(Target::Topic(s.clone()).path(0), "/sub?topic=t.0/");
+        assert_eq!(Target::Topic(s).path(15), "/sub?topic=t.1/");
+        assert_eq!(Target::Idle.path(12), "/sub?topic=idle.12/");
+        assert_eq!(Target::Fixed("/sub?topic=x".into()).path(5), "/sub?topic=x");
     }
 }

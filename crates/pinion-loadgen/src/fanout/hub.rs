@@ -17,7 +17,7 @@ const NAME: &str = "pinion";
 const REQ: u16 = 0x30;
 const REP: u16 = 0x31;
 /// How long one publish may wait for its ACK.
-const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where the hub listens.
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +184,27 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
     line[key.len()..].split_whitespace().next()?.parse().ok()
 }
 
+/// Connects to the hub's publisher endpoint and exchanges SP headers (REQ
+/// out, REP expected back). TCP_NODELAY on, reads time out after
+/// [`ACK_TIMEOUT`].
+pub(crate) fn sp_connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("publisher: connecting to {addr}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(ACK_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.write_all(&encode_header(REQ))
+        .map_err(|e| format!("publisher: SP header: {e}"))?;
+    let mut h = [0u8; HEADER_LEN];
+    s.read_exact(&mut h)
+        .map_err(|e| format!("publisher: SP header: {e}"))?;
+    match decode_header(&h) {
+        Ok(REP) => Ok(s),
+        Ok(p) => Err(format!("publisher: peer speaks SP {p:#x}, not REP")),
+        Err(e) => Err(format!("publisher: bad SP header: {e}")),
+    }
+}
+
 /// One publisher connection (SP REQ over TCP), one request at a time.
 pub(crate) struct Publisher {
     s: TcpStream,
@@ -194,21 +215,7 @@ pub(crate) struct Publisher {
 
 impl Publisher {
     pub(crate) fn connect(addr: SocketAddr) -> Result<Publisher, String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| format!("publisher: connecting to {addr}: {e}"))?;
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        s.set_read_timeout(Some(ACK_TIMEOUT))
-            .map_err(|e| e.to_string())?;
-        s.write_all(&encode_header(REQ))
-            .map_err(|e| format!("publisher: SP header: {e}"))?;
-        let mut h = [0u8; HEADER_LEN];
-        s.read_exact(&mut h)
-            .map_err(|e| format!("publisher: SP header: {e}"))?;
-        match decode_header(&h) {
-            Ok(REP) => {}
-            Ok(p) => return Err(format!("publisher: peer speaks SP {p:#x}, not REP")),
-            Err(e) => return Err(format!("publisher: bad SP header: {e}")),
-        }
+        let s = sp_connect(addr)?;
         Ok(Publisher {
             s,
             msg: Publish {
@@ -256,22 +263,28 @@ impl Publisher {
         if got != id {
             return Err(format!("publish: reply to request {got:#x}, sent {id:#x}"));
         }
-        match Reply::decode(&body[4..]) {
-            Ok(Reply {
-                result: Some(reply::Result::Ack(a)),
-            }) => a
-                .offset
-                .ok_or_else(|| "publish: ACK without an offset".to_string()),
-            Ok(Reply {
-                result: Some(reply::Result::Nack(n)),
-            }) => Err(format!(
-                "publish: NACK {} {}",
-                n.code().as_str_name(),
-                n.reason.unwrap_or_default()
-            )),
-            Ok(Reply { result: None }) => Err("publish: empty reply".into()),
-            Err(e) => Err(format!("publish: undecodable reply: {e}")),
-        }
+        reply_offset(&body[4..])
+    }
+}
+
+/// The offset of an ACK; `Err` says what else the reply was (`publish: NACK
+/// <CODE> <reason>`, empty, undecodable).
+pub(crate) fn reply_offset(reply: &[u8]) -> Result<u64, String> {
+    match Reply::decode(reply) {
+        Ok(Reply {
+            result: Some(reply::Result::Ack(a)),
+        }) => a
+            .offset
+            .ok_or_else(|| "publish: ACK without an offset".to_string()),
+        Ok(Reply {
+            result: Some(reply::Result::Nack(n)),
+        }) => Err(format!(
+            "publish: NACK {} {}",
+            n.code().as_str_name(),
+            n.reason.unwrap_or_default()
+        )),
+        Ok(Reply { result: None }) => Err("publish: empty reply".into()),
+        Err(e) => Err(format!("publish: undecodable reply: {e}")),
     }
 }
 

@@ -32,6 +32,18 @@
 //! `/proc` during step 3; a run in which other processes used more than
 //! [`crate::CONTENDED_PCT`] % of a core is flagged and left out of the
 //! medians when clean runs exist.
+//!
+//! **Per-topic mode** (`--topics K`, module `per_topic`): subscriber `i`
+//! takes one topic, `t.<i % K>/` (`--topics all`: one each), and a paced,
+//! open-loop, pipelined publisher sends `--rate` messages per second, each
+//! to a random topic (seeded), for `--warmup` + `--duration` seconds;
+//! publish→deliver at the targeted subscribers, publish→ACK, hub CPU per
+//! publish and per delivery, and every subscriber is checked to get exactly
+//! its topic's messages, once each, in order.
+//!
+//! **`--idle M`** (both modes; comma-separated for a series): M more
+//! subscribers, each on its own topic `idle.<i>/` that nobody publishes to,
+//! opened before anything is measured and held (reading) to the end.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,10 +60,15 @@ use crate::server::{self, check_interrupted, ServerGuard};
 
 mod clients;
 mod hub;
+mod paced;
+mod per_topic;
+mod topics;
 mod ws;
 
-use clients::{ClientPlan, Clients};
+use clients::{ClientPlan, Clients, Outcome, Target};
 use hub::{HubAddrs, Publisher};
+pub use per_topic::{TopicsRun, TopicsSummary};
+pub use topics::Topics;
 
 /// Connections per 127.0.0.x source address (see `driver::source_addr`).
 const PER_SOURCE_ADDR: usize = 10_000;
@@ -152,7 +169,59 @@ pub struct FanoutArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// Idle subscribers, each on its own topic `idle.<i>/` that is never
+    /// published to, opened before measuring (both modes); comma-separated
+    /// for a series (e.g. 0,15000: every connection count runs with each).
+    #[arg(long, value_delimiter = ',', default_values_t = [0usize])]
+    #[serde(skip_serializing_if = "no_idle")]
+    pub idle: Vec<usize>,
+    /// Per-topic mode: K topics, subscriber i on topic `t.<i % K>/`; `all`
+    /// = one topic per subscriber (K = each run's connections). Absent: the
+    /// broadcast mode (every subscriber on one topic).
+    #[arg(long, value_name = "K|all")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topics: Option<Topics>,
+    /// Per-topic mode: aggregate publishes per second, paced (open loop),
+    /// each to a uniformly random topic. [default: 1000]
+    #[arg(long, value_name = "MSG_PER_SEC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Per-topic mode: measured seconds of publishing. [default: 10]
+    #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// Per-topic mode: seconds of publishing at the same rate before the
+    /// measured window (delivered and checked, not in the figures).
+    /// [default: 1]
+    #[arg(long, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warmup: Option<f64>,
+    /// Per-topic mode: publish requests in flight at most (one SP REQ
+    /// connection, pipelined). [default: 64]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inflight: Option<usize>,
+    /// Per-topic mode: seed of the topic each message goes to (the same
+    /// schedule in every run). [default: 1]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
 }
+
+fn no_idle(v: &[usize]) -> bool {
+    v.iter().all(|&i| i == 0)
+}
+
+/// Per-topic defaults (the flags are options so that the broadcast mode can
+/// refuse them).
+const DEFAULT_RATE: f64 = 1000.0;
+const DEFAULT_DURATION: f64 = 10.0;
+const DEFAULT_WARMUP: f64 = 1.0;
+const DEFAULT_INFLIGHT: usize = 64;
+const DEFAULT_SEED: u64 = 1;
+/// Most messages one per-topic run may schedule (per-message tallies are
+/// kept per subscriber thread).
+const MAX_SCHEDULED: usize = 2_000_000;
 
 impl FanoutArgs {
     /// Parses command-line style arguments (the first is the program name).
@@ -220,7 +289,101 @@ impl FanoutArgs {
         if self.interval_ms > 60_000 {
             return bad("--interval-ms: at most 60000".into());
         }
+        if self.idle.is_empty() {
+            return bad("no --idle".into());
+        }
+        if let Some(i) = self.idle.iter().find(|&&i| i > 1_000_000) {
+            return bad(format!("--idle {i}: at most 1000000"));
+        }
+        let Some(topics) = self.topics else {
+            for (flag, given) in [
+                ("--rate", self.rate.is_some()),
+                ("--duration", self.duration.is_some()),
+                ("--warmup", self.warmup.is_some()),
+                ("--inflight", self.inflight.is_some()),
+                ("--seed", self.seed.is_some()),
+            ] {
+                if given {
+                    return bad(format!(
+                        "{flag} is for the per-topic mode: add --topics K (or --topics all)"
+                    ));
+                }
+            }
+            return Ok(());
+        };
+        if self.slow > 0 {
+            return bad("--slow is for the broadcast mode (without --topics)".into());
+        }
+        if let Topics::Count(k) = topics {
+            if let Some(n) = self.connections.iter().find(|&&n| n < k) {
+                return bad(format!(
+                    "--topics {k} with --connections {n}: every topic needs a subscriber \
+                     (K <= connections; --topics all gives one topic per subscriber)"
+                ));
+            }
+        }
+        let rate = self.rate();
+        if !(rate > 0.0 && rate <= 1_000_000.0) {
+            return bad(format!("--rate {rate}: must be in (0, 1000000]"));
+        }
+        let duration = self.duration();
+        if !(duration > 0.0 && duration <= 3600.0) {
+            return bad(format!("--duration {duration}: must be in (0, 3600]"));
+        }
+        let warmup = self.warmup();
+        if !(0.0..=600.0).contains(&warmup) {
+            return bad(format!("--warmup {warmup}: must be in [0, 600]"));
+        }
+        let (w, m) = self.scheduled();
+        if m == 0 {
+            return bad("--rate × --duration is below one message".into());
+        }
+        if w + m > MAX_SCHEDULED {
+            return bad(format!(
+                "--rate × (--warmup + --duration) = {} messages: at most {MAX_SCHEDULED}",
+                w + m
+            ));
+        }
+        if !(1..=65_536).contains(&self.inflight()) {
+            return bad("--inflight: must be 1..=65536".into());
+        }
         Ok(())
+    }
+
+    /// Per-topic mode: publishes per second.
+    fn rate(&self) -> f64 {
+        self.rate.unwrap_or(DEFAULT_RATE)
+    }
+
+    fn duration(&self) -> f64 {
+        self.duration.unwrap_or(DEFAULT_DURATION)
+    }
+
+    fn warmup(&self) -> f64 {
+        self.warmup.unwrap_or(DEFAULT_WARMUP)
+    }
+
+    fn inflight(&self) -> usize {
+        self.inflight.unwrap_or(DEFAULT_INFLIGHT)
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+
+    /// Per-topic mode: (warm-up, measured) messages per run.
+    fn scheduled(&self) -> (usize, usize) {
+        let n = |secs: f64| (self.rate() * secs).round().max(0.0) as usize;
+        (n(self.warmup()), n(self.duration()))
+    }
+
+    /// Every (connections, idle) pair, in the order they run (and are
+    /// reported): each connection count with each idle count.
+    fn configs(&self) -> Vec<(usize, usize)> {
+        self.connections
+            .iter()
+            .flat_map(|&n| self.idle.iter().map(move |&i| (n, i)))
+            .collect()
     }
 
     fn max_payload(&self) -> usize {
@@ -329,6 +492,26 @@ pub struct FanoutRun {
     pub errors: BTreeMap<String, u64>,
     /// Seconds until the hub counted every closed subscriber gone.
     pub close_secs: Option<f64>,
+    /// Idle subscribers (`--idle`), each on its own never-published topic.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub idle: usize,
+    /// Idle subscribers the hub closed (close code → count).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub idle_closed_by_hub: BTreeMap<u16, usize>,
+    /// Idle subscribers the hub dropped without a close frame.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub idle_dropped_by_hub: usize,
+    /// Errors at the idle subscribers (anything delivered to them is one).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub idle_errors: BTreeMap<String, u64>,
+    /// Per-topic mode: its figures (`steady` holds the measured window's
+    /// latencies, ACK times and CPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_topic: Option<TopicsRun>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl FanoutRun {
@@ -339,13 +522,19 @@ impl FanoutRun {
     }
 
     /// Every reading subscriber got every message, in order, and none was
-    /// closed or failed.
+    /// closed or failed (per-topic mode: exactly its topic's messages, once
+    /// each, and every publish was ACKed); no idle subscriber was closed,
+    /// failed or got anything.
     pub fn complete(&self) -> bool {
         self.missing == 0
             && self.out_of_order == 0
             && self.closed_by_hub.is_empty()
             && self.dropped_by_hub == 0
             && self.errors.is_empty()
+            && self.idle_closed_by_hub.is_empty()
+            && self.idle_dropped_by_hub == 0
+            && self.idle_errors.is_empty()
+            && self.per_topic.as_ref().is_none_or(TopicsRun::complete)
     }
 }
 
@@ -385,6 +574,25 @@ pub struct FanoutSummary {
     pub slow_to_all_attached_p50_ms: Option<f64>,
     /// Missing deliveries over all runs.
     pub missing: u64,
+    /// Idle subscribers next to the measured ones.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub idle: usize,
+    /// Per-topic mode: medians of its figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_topic: Option<TopicsSummary>,
+}
+
+impl FanoutSummary {
+    /// Per-topic runs that were not [complete](FanoutRun::complete)
+    /// (missing, duplicate, misrouted or out-of-order deliveries, NACKs,
+    /// subscribers closed): `pinion bench fanout --topics` exits non-zero
+    /// when there is any.
+    pub fn per_topic_failures(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|r| r.per_topic.is_some() && !r.complete())
+            .count()
+    }
 }
 
 /// Runs the fan-out bench for every `--connections` value, `--runs` times
@@ -399,14 +607,20 @@ pub fn run_fanout(
 ) -> Result<Vec<FanoutSummary>, LoadgenError> {
     args.validate()?;
     server::install_signal_handlers();
-    let most = args.connections.iter().max().copied().unwrap_or(0) + args.slow;
+    let configs = args.configs();
+    let most = configs.iter().map(|&(n, i)| n + i).max().unwrap_or(0) + args.slow;
     let need = most as u64 + FD_MARGIN;
     let limit = pinion_runtime::sys::raise_fd_limit(need.max(1 << 20))
         .map_err(|e| LoadgenError::io("raising the open-file limit", e))?;
     if limit < need {
         return Err(LoadgenError::Args(format!(
-            "{most} connections need about {need} open files in this process (and in the hub), \
+            "{most} connections{} need about {need} open files in this process (and in the hub), \
              but the limit is {limit} and cannot be raised: {}",
+            if no_idle(&args.idle) {
+                String::new()
+            } else {
+                " (subscribers + idle ones)".to_string()
+            },
             fd_limit_hint()
         )));
     }
@@ -427,6 +641,9 @@ pub fn run_fanout(
         });
     }
     let machine = crate::machine_description();
+    if let Some(topics) = args.topics {
+        return per_topic::run(args, topics, pinion_exe, external, &machine);
+    }
     let header = format!(
         "fanout: {} WebSocket subscribers on {} thread{}; {} messages of {} B, one at a time, {} ms apart{}; {} run{}; hub {}",
         args.connections
@@ -449,29 +666,21 @@ pub fn run_fanout(
         },
         args.runs,
         if args.runs == 1 { "" } else { "s (medians)" },
-        match (&args.hub_url, external) {
-            (Some(u), Some(_)) => format!("at {u} (not started by the bench)"),
-            _ => format!(
-                "{} serve --fsync {} --max-payload {}",
-                pinion_exe.display(),
-                args.fsync,
-                args.max_payload()
-            ),
-        }
+        hub_text(args, pinion_exe, external)
     );
-    println!("pinion bench {header}");
+    println!("pinion bench {header}{}", idle_text(args));
     println!("{machine}");
-    let mut summaries: Vec<FanoutSummary> = args
-        .connections
+    let mut summaries: Vec<FanoutSummary> = configs
         .iter()
-        .map(|&n| FanoutSummary {
+        .map(|&(n, idle)| FanoutSummary {
             connections: n,
+            idle,
             ..FanoutSummary::default()
         })
         .collect();
     for run in 1..=args.runs {
-        for (k, &n) in args.connections.iter().enumerate() {
-            let r = one_run(args, pinion_exe, external, n, run)?;
+        for (k, &(n, idle)) in configs.iter().enumerate() {
+            let r = one_run(args, pinion_exe, external, n, idle, run)?;
             println!("{}", run_line(&r, run, args.runs));
             summaries[k].runs.push(r);
             server::sleep_interruptible(Duration::from_secs(1))?;
@@ -486,6 +695,110 @@ pub fn run_fanout(
         println!("JSON written to {}", path.display());
     }
     Ok(summaries)
+}
+
+/// The header's hub part: started by the bench, or given.
+fn hub_text(args: &FanoutArgs, pinion_exe: &Path, external: Option<HubAddrs>) -> String {
+    match (&args.hub_url, external) {
+        (Some(u), Some(_)) => format!("at {u} (not started by the bench)"),
+        _ => format!(
+            "{} serve --fsync {} --max-payload {}",
+            pinion_exe.display(),
+            args.fsync,
+            args.max_payload()
+        ),
+    }
+}
+
+/// The header's note on `--idle` (empty without).
+fn idle_text(args: &FanoutArgs) -> String {
+    if no_idle(&args.idle) {
+        return String::new();
+    }
+    format!(
+        "; with {} idle subscribers (each on its own never-published topic idle.<i>/, opened before measuring)",
+        args.idle
+            .iter()
+            .map(|i| thousands(*i as u64))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    )
+}
+
+/// "1,000" or "1,000 + 15,000 idle".
+fn conn_label(n: usize, idle: usize) -> String {
+    if idle > 0 {
+        format!("{} + {} idle", thousands(n as u64), thousands(idle as u64))
+    } else {
+        thousands(n as u64)
+    }
+}
+
+/// Checks the hub may open files enough for `conns` connections.
+fn check_hub_fds(hub_pid: Option<u32>, conns: usize) -> Result<(), LoadgenError> {
+    if let Some(limit) = hub_pid.and_then(fd_limit_of) {
+        let need = conns as u64 + FD_MARGIN;
+        if limit < need {
+            return Err(LoadgenError::Setup {
+                target: "pinion",
+                reason: format!(
+                    "the hub (pid {}) may open {limit} files, {conns} connections need about {need}: {}",
+                    hub_pid.unwrap_or(0),
+                    fd_limit_hint()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Opens `idle` subscribers, each on its own never-published topic, from
+/// source addresses after the first `n` connections', and waits until the
+/// hub counts them. `None` when `idle` is 0.
+fn open_idle(
+    args: &FanoutArgs,
+    http: std::net::SocketAddr,
+    n: usize,
+    idle: usize,
+    base: Instant,
+    label: &str,
+) -> Result<Option<Clients>, LoadgenError> {
+    if idle == 0 {
+        return Ok(None);
+    }
+    let before = hub::metrics(http)
+        .map_err(|e| LoadgenError::Setup {
+            target: "pinion",
+            reason: e,
+        })?
+        .subscribers_ws;
+    let bar = progress(args, idle as u64, format!("idle {label}"));
+    let plan = ClientPlan {
+        http,
+        target: Target::Idle,
+        first_idx: n.next_multiple_of(PER_SOURCE_ADDR),
+        count: idle,
+        threads: 1,
+        read: true,
+        messages: 0,
+        phase_split: 0,
+        base,
+        concurrency: args.connect_concurrency,
+        key_seed: crate::rand_u64(),
+    };
+    let (c, _) = connect_all(plan, &bar)?;
+    wait_hub_count(http, before + idle as u64, true, idle)?;
+    bar.finish_and_clear();
+    Ok(Some(c))
+}
+
+/// Closes the idle subscribers and files what happened to them in `r`.
+fn finish_idle(idle: Option<Clients>, r: &mut FanoutRun) {
+    let Some(c) = idle else { return };
+    let o: Outcome = c.finish();
+    r.idle_closed_by_hub = o.closed;
+    r.idle_dropped_by_hub = o.eof;
+    r.idle_errors = o.errors;
 }
 
 fn progress(args: &FanoutArgs, len: u64, prefix: String) -> ProgressBar {
@@ -851,13 +1164,14 @@ fn one_run(
     pinion_exe: &Path,
     external: Option<HubAddrs>,
     n: usize,
+    idle: usize,
     run: usize,
 ) -> Result<FanoutRun, LoadgenError> {
     check_interrupted()?;
     let label = if args.runs > 1 {
-        format!("{} {run}/{}", thousands(n as u64), args.runs)
+        format!("{} {run}/{}", conn_label(n, idle), args.runs)
     } else {
-        thousands(n as u64)
+        conn_label(n, idle)
     };
     let (mut guard, addrs): (Option<ServerGuard>, HubAddrs) = match external {
         Some(a) => (None, a),
@@ -867,20 +1181,7 @@ fn one_run(
         }
     };
     let hub_pid = guard.as_ref().map(|g| g.pid()).or(args.hub_pid);
-    if let Some(limit) = hub_pid.and_then(fd_limit_of) {
-        let need = (n + args.slow) as u64 + FD_MARGIN;
-        if limit < need {
-            return Err(LoadgenError::Setup {
-                target: "pinion",
-                reason: format!(
-                    "the hub (pid {}) may open {limit} files, {} connections need about {need}: {}",
-                    hub_pid.unwrap_or(0),
-                    n + args.slow,
-                    fd_limit_hint()
-                ),
-            });
-        }
-    }
+    check_hub_fds(hub_pid, n + idle + args.slow)?;
     let setup = |e: String| LoadgenError::Setup {
         target: "pinion",
         reason: e,
@@ -894,18 +1195,21 @@ fn one_run(
         .publish(&format!("warmup-{tag}"), vec![b'w'; 16])
         .map_err(setup)?;
     server::sleep_interruptible(Duration::from_millis(500))?;
+    let base = Instant::now();
+    // Idle subscribers first: the memory figures below are the measured
+    // subscribers' alone.
+    let idle_clients = open_idle(args, addrs.http, n, idle, base, &label)?;
     let baseline = hub::metrics(addrs.http).map_err(setup)?;
     let rss0 = hub_pid.and_then(hub::rss_bytes);
     let slab0 = hub::slab_bytes();
 
     // Connect.
-    let base = Instant::now();
     let phases = if args.slow > 0 { 2 } else { 1 };
     let total_msgs = args.messages * phases;
     let bar = progress(args, n as u64, format!("connect {label}"));
     let plan = ClientPlan {
         http: addrs.http,
-        target: format!("/sub?topic={topic}"),
+        target: Target::Fixed(format!("/sub?topic={topic}")),
         first_idx: 0,
         count: n,
         threads: args.threads.min(n),
@@ -968,8 +1272,12 @@ fn one_run(
         let bar = progress(args, args.slow as u64, format!("slow {label}"));
         let plan = ClientPlan {
             http: addrs.http,
-            target: format!("/sub?topic={topic}&topic={fill_topic}"),
-            first_idx: n.next_multiple_of(PER_SOURCE_ADDR),
+            target: Target::Fixed(format!("/sub?topic={topic}&topic={fill_topic}")),
+            first_idx: if idle > 0 {
+                (n.next_multiple_of(PER_SOURCE_ADDR) + idle).next_multiple_of(PER_SOURCE_ADDR)
+            } else {
+                n.next_multiple_of(PER_SOURCE_ADDR)
+            },
             count: args.slow,
             threads: 1,
             read: false,
@@ -1047,7 +1355,7 @@ fn one_run(
     let per = |a: Option<u64>, b: Option<u64>| -> Option<f64> {
         Some((b? as f64 - a? as f64) / n as f64)
     };
-    let r = FanoutRun {
+    let mut r = FanoutRun {
         connections: n,
         source_addrs: n.div_ceil(PER_SOURCE_ADDR),
         connect_secs,
@@ -1070,7 +1378,10 @@ fn one_run(
         dropped_by_hub: outcome.eof,
         errors: outcome.errors,
         close_secs,
+        idle,
+        ..FanoutRun::default()
     };
+    finish_idle(idle_clients, &mut r);
     if let Some(g) = guard.as_mut() {
         g.check_alive()?;
     }
@@ -1139,8 +1450,9 @@ fn phase_line(p: &Phase) -> String {
 
 fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
     let mut s = format!(
-        "{} connections, run {run}/{runs}: connected in {:.1} s ({} conn/s, {} source addresses); hub RSS {} → {} = {} per idle connection (kernel slab, both ends: {} per connection); {}",
+        "{} connections{}, run {run}/{runs}: connected in {:.1} s ({} conn/s, {} source addresses); hub RSS {} → {} = {} per idle connection (kernel slab, both ends: {} per connection); {}",
         thousands(r.connections as u64),
+        idle_note(r),
         r.connect_secs,
         thousands(r.connects_per_sec as u64),
         r.source_addrs,
@@ -1178,13 +1490,14 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
         ));
     } else {
         s.push_str(&format!(
-            "\n    INCOMPLETE: {} deliveries missing at {} subscribers; {} out of order; closed by the hub: {:?}; dropped: {}; errors: {:?}",
+            "\n    INCOMPLETE: {} deliveries missing at {} subscribers; {} out of order; closed by the hub: {:?}; dropped: {}; errors: {:?}{}",
             thousands(r.missing),
             thousands(r.subscribers_missing as u64),
             r.out_of_order,
             r.closed_by_hub,
             r.dropped_by_hub,
-            r.errors
+            r.errors,
+            idle_problems(r)
         ));
     }
     match r.close_secs {
@@ -1202,6 +1515,26 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
         ));
     }
     s
+}
+
+/// " (+ 15,000 idle)" or nothing.
+fn idle_note(r: &FanoutRun) -> String {
+    if r.idle > 0 {
+        format!(" (+ {} idle)", thousands(r.idle as u64))
+    } else {
+        String::new()
+    }
+}
+
+/// What went wrong at the idle subscribers, if anything ("; idle ...").
+fn idle_problems(r: &FanoutRun) -> String {
+    if r.idle_closed_by_hub.is_empty() && r.idle_dropped_by_hub == 0 && r.idle_errors.is_empty() {
+        return String::new();
+    }
+    format!(
+        "; idle subscribers: closed by the hub: {:?}, dropped: {}, errors: {:?}",
+        r.idle_closed_by_hub, r.idle_dropped_by_hub, r.idle_errors
+    )
 }
 
 fn summarize(s: &mut FanoutSummary) {
@@ -1270,13 +1603,13 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
     if ss.len() > 1 {
         o.push_str(&format!(
             "\n### Ratios (against {} connections)\n\n| connections | p99 ÷ p99 at {} | p50 ÷ p50 | median time to all ÷ | hub memory per connection ÷ |\n|---:|---:|---:|---:|---:|\n",
-            thousands(first.connections as u64),
-            thousands(first.connections as u64)
+            conn_label(first.connections, first.idle),
+            conn_label(first.connections, first.idle)
         ));
         for s in &ss[1..] {
             o.push_str(&format!(
                 "| {} | **{}** | {} | {} | {} |\n",
-                thousands(s.connections as u64),
+                conn_label(s.connections, s.idle),
                 ratio(s.latency_us.p99, first.latency_us.p99),
                 ratio(s.latency_us.p50, first.latency_us.p50),
                 ratio(s.to_all_p50_ms, first.to_all_p50_ms),
@@ -1293,7 +1626,7 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
     for s in ss {
         o.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |\n",
-            thousands(s.connections as u64),
+            conn_label(s.connections, s.idle),
             thousands(s.connects_per_sec as u64),
             kib(s.hub_bytes_per_conn),
             kib(s.slab_bytes_per_conn),
@@ -1328,7 +1661,7 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
                 .collect();
             o.push_str(&format!(
                 "| {} | {} | {} | {} / {} | {} ({}) | {} | {} |\n",
-                thousands(s.connections as u64),
+                conn_label(s.connections, s.idle),
                 ratio(l.p50, s.latency_us.p50),
                 ratio(l.p99, s.latency_us.p99),
                 ms(l.p50),
@@ -1342,7 +1675,18 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             ));
         }
     }
-    o.push_str(&targets_text(ss));
+    if no_idle(&args.idle) {
+        o.push_str(&targets_text(ss));
+    } else {
+        // The issue-5 targets are about subscribers alone: judged on the
+        // runs with the first --idle value.
+        let same: Vec<FanoutSummary> = ss
+            .iter()
+            .filter(|s| s.idle == args.idle[0])
+            .cloned()
+            .collect();
+        o.push_str(&targets_text(&same));
+    }
     let contended: usize = ss
         .iter()
         .flat_map(|s| &s.runs)
@@ -1467,6 +1811,89 @@ mod tests {
             .validate()
             .is_err());
         assert!(FanoutArgs::parse_from(["fanout", "--hub-url", "tcp://127.0.0.1:1"]).is_err());
+    }
+
+    #[test]
+    fn per_topic_args() {
+        let p =
+            |a: &[&str]| FanoutArgs::parse_from(std::iter::once("fanout").chain(a.iter().copied()));
+        let ok = |a: &[&str]| {
+            let x = p(a).unwrap_or_else(|e| panic!("{a:?}: {e}"));
+            x.validate().unwrap_or_else(|e| panic!("{a:?}: {e}"));
+            x
+        };
+        let refused = |a: &[&str]| match p(a) {
+            Err(_) => {}
+            Ok(x) => assert!(x.validate().is_err(), "{a:?} accepted"),
+        };
+        // Target 1.
+        let a = ok(&[
+            "--connections",
+            "1000,19000",
+            "--topics",
+            "all",
+            "--rate",
+            "2000",
+        ]);
+        assert_eq!(a.topics, Some(Topics::All));
+        assert_eq!(a.configs(), vec![(1000, 0), (19_000, 0)]);
+        assert_eq!(a.scheduled(), (2000, 20_000));
+        assert_eq!(a.inflight(), DEFAULT_INFLIGHT);
+        // Target 2.
+        let a = ok(&[
+            "--connections",
+            "10",
+            "--topics",
+            "1",
+            "--idle",
+            "0,15000",
+            "--duration",
+            "5",
+        ]);
+        assert_eq!(a.topics, Some(Topics::Count(1)));
+        assert_eq!(a.configs(), vec![(10, 0), (10, 15_000)]);
+        assert_eq!(a.scheduled(), (1000, 5000));
+        let a = ok(&["--connections", "1,2", "--idle", "3,4"]);
+        assert_eq!(a.configs(), vec![(1, 3), (1, 4), (2, 3), (2, 4)]);
+        let a = ok(&[
+            "--topics",
+            "7",
+            "--warmup",
+            "0",
+            "--rate",
+            "10",
+            "--duration",
+            "0.1",
+        ]);
+        assert_eq!(a.scheduled(), (0, 1));
+        // Per-topic flags without --topics, and --slow with it.
+        for flag in ["--rate", "--duration", "--warmup", "--inflight", "--seed"] {
+            refused(&[flag, "5"]);
+        }
+        refused(&["--topics", "5", "--slow", "3"]);
+        // K topics need K subscribers at every scale.
+        refused(&["--topics", "100", "--connections", "50,200"]);
+        ok(&["--topics", "50", "--connections", "50,200"]);
+        refused(&["--topics", "0"]);
+        refused(&["--topics", "many"]);
+        refused(&["--topics", "all", "--rate", "0"]);
+        refused(&["--topics", "all", "--rate", "-5"]);
+        refused(&["--topics", "all", "--duration", "0"]);
+        refused(&["--topics", "all", "--warmup", "-1"]);
+        refused(&["--topics", "all", "--inflight", "0"]);
+        refused(&["--topics", "all", "--rate", "0.01", "--duration", "1"]);
+        refused(&["--topics", "all", "--rate", "100000", "--duration", "3600"]);
+        refused(&["--idle", "2000000"]);
+        // The broadcast mode's JSON arguments are as before.
+        let j = serde_json::to_value(FanoutArgs::default()).unwrap();
+        for k in [
+            "idle", "topics", "rate", "duration", "warmup", "inflight", "seed",
+        ] {
+            assert!(j.get(k).is_none(), "{k} in {j}");
+        }
+        let j = serde_json::to_value(ok(&["--topics", "all", "--idle", "0,5"])).unwrap();
+        assert_eq!(j["topics"], "all");
+        assert_eq!(j["idle"], serde_json::json!([0, 5]));
     }
 
     #[test]
