@@ -218,3 +218,238 @@ fn per_topic_all_follows_each_runs_subscribers() {
         assert_eq!(s.per_topic.as_ref().unwrap().topics, n);
     }
 }
+
+/// A stand-in for the hub's fan-out (`--hub-url`/`--http-url`): SP REP
+/// publishers (ACK with offsets 0, 1, 2, ...), `/metrics` counting the
+/// WebSocket subscribers, `/sub?topic=P` with byte-prefix filters and the
+/// hub's `topic 0x00 Delivery` frames, and one fault of each kind on the
+/// paced messages (`seq - 1` = message index): one delivery dropped, one
+/// sent twice, one also sent to a subscriber of another topic.
+mod stand_in {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use pinion_proto::{Delivery, Message, Publish, Reply};
+
+    #[derive(Clone, Copy)]
+    pub struct Faults {
+        pub drop: u64,
+        pub duplicate: u64,
+        pub misroute: u64,
+    }
+
+    #[derive(Default)]
+    struct State {
+        next_sub: AtomicU64,
+        next_offset: AtomicU64,
+        subs: Mutex<Vec<(u64, Vec<u8>, TcpStream)>>,
+    }
+
+    /// `(hub url, http url)`.
+    pub fn start(faults: Faults) -> (String, String) {
+        let st = Arc::new(State::default());
+        let sp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").unwrap();
+        let urls = (
+            format!("tcp://{}", sp.local_addr().unwrap()),
+            format!("http://{}", http.local_addr().unwrap()),
+        );
+        let s1 = st.clone();
+        std::thread::spawn(move || {
+            for c in sp.incoming().flatten() {
+                let st = s1.clone();
+                std::thread::spawn(move || publisher(c, &st, faults));
+            }
+        });
+        std::thread::spawn(move || {
+            for c in http.incoming().flatten() {
+                let st = st.clone();
+                std::thread::spawn(move || web(c, &st));
+            }
+        });
+        urls
+    }
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x82];
+        match body.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n < 65536 => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn publisher(mut s: TcpStream, st: &State, faults: Faults) {
+        let mut h = [0u8; 8];
+        if s.read_exact(&mut h).is_err() || h != [0, b'S', b'P', 0, 0, 0x30, 0, 0] {
+            return;
+        }
+        s.write_all(&[0, b'S', b'P', 0, 0, 0x31, 0, 0]).unwrap();
+        let mut len = [0u8; 8];
+        while s.read_exact(&mut len).is_ok() {
+            let mut body = vec![0u8; u64::from_be_bytes(len) as usize];
+            if s.read_exact(&mut body).is_err() {
+                return;
+            }
+            let p = Publish::decode(&body[4..]).unwrap();
+            let topic = p.topic.clone().unwrap_or_default();
+            let seq = p.seq.unwrap_or(0);
+            let offset = st.next_offset.fetch_add(1, Ordering::Relaxed);
+            let d = Delivery {
+                offset: Some(offset),
+                seq: Some(seq),
+                client_id: p.client_id.clone(),
+                payload: p.payload.clone(),
+                ..Delivery::default()
+            };
+            let mut msg = topic.clone().into_bytes();
+            msg.push(0);
+            msg.extend_from_slice(&d.encode_to_vec());
+            let f = frame(&msg);
+            let paced = topic.starts_with("t.");
+            let m = seq.wrapping_sub(1);
+            {
+                let mut subs = st.subs.lock().unwrap();
+                let mut first = true;
+                for (_, filter, sub) in subs.iter_mut() {
+                    if !topic.as_bytes().starts_with(filter) {
+                        continue;
+                    }
+                    let nth = std::mem::replace(&mut first, false);
+                    if paced && nth && m == faults.drop {
+                        continue;
+                    }
+                    let _ = sub.write_all(&f);
+                    if paced && nth && m == faults.duplicate {
+                        let _ = sub.write_all(&f);
+                    }
+                }
+                if paced && m == faults.misroute {
+                    if let Some((_, _, sub)) = subs
+                        .iter_mut()
+                        .find(|(_, filter, _)| !topic.as_bytes().starts_with(filter))
+                    {
+                        let _ = sub.write_all(&f);
+                    }
+                }
+            }
+            let r = Reply::ack(seq, offset, false).encode_to_vec();
+            let mut out = ((4 + r.len()) as u64).to_be_bytes().to_vec();
+            out.extend_from_slice(&body[..4]);
+            out.extend_from_slice(&r);
+            if s.write_all(&out).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn web(mut s: TcpStream, st: &State) {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => head.extend_from_slice(&b[..n]),
+            }
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        if path == "/metrics" {
+            let n = st.subs.lock().unwrap().len();
+            let body = format!(
+                "pinion_subscribers{{transport=\"ws\"}} {n}\npinion_slow_disconnects_total 0\n"
+            );
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return;
+        }
+        let filter = path
+            .strip_prefix("/sub?topic=")
+            .expect("a /sub request with one topic")
+            .as_bytes()
+            .to_vec();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .trim();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        write!(
+            s,
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+        )
+        .unwrap();
+        let id = st.next_sub.fetch_add(1, Ordering::Relaxed);
+        st.subs
+            .lock()
+            .unwrap()
+            .push((id, filter, s.try_clone().unwrap()));
+        // Gone when the bench closes it.
+        while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+        st.subs.lock().unwrap().retain(|(i, _, _)| *i != id);
+    }
+}
+
+/// The per-topic checks against a stand-in hub that drops one delivery,
+/// sends one twice and one to a subscriber of another topic: each is
+/// counted, the run is incomplete and reported as a failure.
+#[test]
+fn per_topic_checks_catch_missing_duplicate_and_misrouted_deliveries() {
+    let (hub_url, http_url) = stand_in::start(stand_in::Faults {
+        drop: 5,
+        duplicate: 6,
+        misroute: 7,
+    });
+    let args = FanoutArgs::parse_from([
+        "fanout",
+        "--connections",
+        "6",
+        "--topics",
+        "3",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0",
+        "--deliver-timeout",
+        "1",
+        "--hub-url",
+        &hub_url,
+        "--http-url",
+        &http_url,
+        "--no-progress",
+    ])
+    .unwrap();
+    let summaries = run_fanout(&args, std::path::Path::new("/nonexistent/pinion"))
+        .unwrap_or_else(|e| panic!("bench fanout failed: {e}"));
+    let s = &summaries[0];
+    let r = &s.runs[0];
+    let t = r.per_topic.as_ref().unwrap();
+    assert_eq!((t.sent, t.published), (50, 50), "{t:#?}");
+    // 50 messages, 2 subscribers per topic.
+    assert_eq!(t.expected_all, 100, "{t:#?}");
+    assert_eq!(t.delivered_all, 100 - 1 + 1 + 1, "{t:#?}");
+    assert_eq!((t.missing, t.subscribers_missing), (1, 1), "{t:#?}");
+    assert_eq!(t.duplicates, 1, "{t:#?}");
+    assert_eq!(t.misrouted, 1, "{t:#?}");
+    assert_eq!((t.out_of_order, t.offset_mismatches), (0, 0), "{t:#?}");
+    assert_eq!(r.missing, 1);
+    assert!(!t.complete() && !r.complete());
+    assert_eq!(s.per_topic_failures(), 1);
+    assert_eq!(s.per_topic.as_ref().unwrap().incomplete_runs, 1);
+    assert!(r.hub_pid.is_none(), "nothing started");
+}

@@ -178,16 +178,17 @@ impl TopicRec {
 
     /// A delivery arrived: the `pos`-th message of this topic (`None`: a
     /// message of another topic); `offset_back`: its offset was not above
-    /// the previous delivery's.
-    fn record(&mut self, pos: Option<usize>, offset_back: bool) {
+    /// the previous delivery's. True when it was one of the topic's
+    /// messages not seen before.
+    fn record(&mut self, pos: Option<usize>, offset_back: bool) -> bool {
         let Some(pos) = pos else {
             self.misrouted += 1;
-            return;
+            return false;
         };
         let (word, bit) = (pos / 64, 1u64 << (pos % 64));
         if self.seen[word] & bit != 0 {
             self.duplicates += 1;
-            return;
+            return false;
         }
         self.seen[word] |= bit;
         self.unique += 1;
@@ -195,6 +196,7 @@ impl TopicRec {
             self.out_of_order += 1;
         }
         self.max_pos = self.max_pos.max(Some(pos as u32));
+        true
     }
 }
 
@@ -271,6 +273,10 @@ impl Thread {
         if offset_differs {
             self.error("subscribers got one message with different offsets".into());
         }
+        // Per-topic mode counts only fresh deliveries of the right topic
+        // (what the main thread waits for); a duplicate or a misrouted one
+        // must not make up for a missing one.
+        let mut counts = true;
         {
             let mut subs = self.subs.borrow_mut();
             let s = &mut subs[i];
@@ -279,18 +285,20 @@ impl Thread {
             if let Some(schedule) = self.plan.target.schedule() {
                 let mut recs = self.topic_recs.borrow_mut();
                 let t = &mut recs[i];
-                t.record(schedule.position(t.topic, index as u32), offset_back);
+                counts = t.record(schedule.position(t.topic, index as u32), offset_back);
             } else if index as u32 != s.next_index || offset_back {
                 s.out_of_order += 1;
             }
             s.next_index = index as u32 + 1;
             s.last_offset = Some(seen.offset);
         }
-        let d = self.delivered.get() + 1;
-        self.delivered.set(d);
-        self.shared.delivered[self.worker]
-            .0
-            .store(d, Ordering::Relaxed);
+        if counts {
+            let d = self.delivered.get() + 1;
+            self.delivered.set(d);
+            self.shared.delivered[self.worker]
+                .0
+                .store(d, Ordering::Relaxed);
+        }
         Ok(())
     }
 }
@@ -386,7 +394,8 @@ impl Clients {
             .clone()
     }
 
-    /// Measured messages received so far, over all connections.
+    /// Measured messages received so far, over all connections (per-topic
+    /// mode: only those of the subscriber's topic, once each).
     pub(crate) fn delivered(&self) -> u64 {
         self.shared
             .delivered
@@ -682,13 +691,13 @@ mod tests {
     #[test]
     fn topic_tally() {
         let mut t = TopicRec::new(3, 130);
-        t.record(Some(0), false);
-        t.record(Some(1), false);
-        t.record(Some(1), true); // again
-        t.record(None, false); // another topic's
-        t.record(Some(129), false); // 2..=128 skipped
-        t.record(Some(64), false); // late: after 129
-        t.record(Some(65), true); // its offset went back (and late)
+        assert!(t.record(Some(0), false));
+        assert!(t.record(Some(1), false));
+        assert!(!t.record(Some(1), true)); // again
+        assert!(!t.record(None, false)); // another topic's
+        assert!(t.record(Some(129), false)); // 2..=128 skipped
+        assert!(t.record(Some(64), false)); // late: after 129
+        assert!(t.record(Some(65), true)); // its offset went back (and late)
         assert_eq!(
             (t.unique, t.duplicates, t.misrouted, t.out_of_order),
             (5, 1, 1, 2)
@@ -697,7 +706,7 @@ mod tests {
         // In order, once each: nothing flagged.
         let mut u = TopicRec::new(0, 3);
         for p in 0..3 {
-            u.record(Some(p), false);
+            assert!(u.record(Some(p), false));
         }
         assert_eq!(
             (u.unique, u.duplicates, u.misrouted, u.out_of_order),

@@ -314,6 +314,17 @@ impl FanoutArgs {
         if self.slow > 0 {
             return bad("--slow is for the broadcast mode (without --topics)".into());
         }
+        // The broadcast mode's one-at-a-time messages; this mode publishes
+        // --rate × --duration (a flag left at its default cannot be told
+        // from an absent one).
+        let d = FanoutArgs::default();
+        if self.messages != d.messages || self.interval_ms != d.interval_ms {
+            return bad(
+                "--messages and --interval-ms are for the broadcast mode; with --topics \
+                 the bench publishes --rate messages per second for --duration seconds"
+                    .into(),
+            );
+        }
         if let Topics::Count(k) = topics {
             if let Some(n) = self.connections.iter().find(|&&n| n < k) {
                 return bad(format!(
@@ -1871,6 +1882,8 @@ mod tests {
             refused(&[flag, "5"]);
         }
         refused(&["--topics", "5", "--slow", "3"]);
+        refused(&["--topics", "5", "--messages", "3"]);
+        refused(&["--topics", "5", "--interval-ms", "3"]);
         // K topics need K subscribers at every scale.
         refused(&["--topics", "100", "--connections", "50,200"]);
         ok(&["--topics", "50", "--connections", "50,200"]);

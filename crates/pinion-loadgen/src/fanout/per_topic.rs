@@ -64,9 +64,10 @@ pub struct TopicsRun {
     pub published: usize,
     /// NACKs and error replies (warm-up included), by kind.
     pub nacks: BTreeMap<String, u64>,
-    /// ACKed measured messages ÷ (last ACK − window start).
+    /// ACKed measured messages ÷ (last ACK − window start + 1 / rate).
     pub publishes_per_sec: f64,
-    /// Measured deliveries ÷ (last measured delivery − window start).
+    /// Measured deliveries ÷ (last measured delivery − window start + 1 /
+    /// rate).
     pub deliveries_per_sec: f64,
     /// The measured window (CPU figures), seconds.
     pub window_secs: f64,
@@ -383,7 +384,16 @@ fn one_run(
         .filter(|(_, &a)| a > 0)
         .map(|(&ns, _)| ns as f64 / 1e9)
         .fold(window_start, f64::max);
-    let per_sec = |count: f64, secs: f64| if secs > 0.0 { count / secs } else { 0.0 };
+    // Over the window's time slots: on schedule, `published` messages take
+    // `published / rate` seconds (plus the last one's latency).
+    let per_sec = |count: f64, secs: f64| {
+        let secs = secs + 1.0 / rate;
+        if secs > 0.0 {
+            count / secs
+        } else {
+            0.0
+        }
+    };
     let cpu = out
         .cpu0
         .as_ref()
