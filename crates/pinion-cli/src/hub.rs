@@ -594,7 +594,7 @@ pub enum BenchCommand {
     Publish(pinion_loadgen::PublishArgs),
     /// WebSocket fan-out at scale: N idle subscribers (hub memory per
     /// connection), then publish→deliver latency to all of them.
-    Fanout(pinion_loadgen::FanoutArgs),
+    Fanout(Box<pinion_loadgen::FanoutArgs>),
 }
 
 /// Runs `pinion bench …`.

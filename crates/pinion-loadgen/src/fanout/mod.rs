@@ -117,13 +117,14 @@ pub struct FanoutArgs {
     /// 1000,50000,100000: ratios are against the first).
     #[arg(long, value_delimiter = ',', default_values_t = [1000usize])]
     pub connections: Vec<usize>,
-    /// Measured messages per phase, published one at a time.
+    /// Broadcast mode: measured messages per phase, published one at a time.
     #[arg(long, default_value_t = 20)]
     pub messages: usize,
     /// Payload bytes of a measured message (at least 12: index + send time).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Pause after a message reached every subscriber, milliseconds.
+    /// Broadcast mode: pause after a message reached every subscriber,
+    /// milliseconds.
     #[arg(long, default_value_t = 100)]
     pub interval_ms: u64,
     /// How long one message may take to reach every subscriber before the
@@ -182,7 +183,8 @@ pub struct FanoutArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topics: Option<Topics>,
     /// Per-topic mode: aggregate publishes per second, paced (open loop),
-    /// each to a uniformly random topic. [default: 1000]
+    /// each to a uniformly random topic; latencies are measured from each
+    /// message's scheduled send time. [default: 1000]
     #[arg(long, value_name = "MSG_PER_SEC")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate: Option<f64>,
