@@ -632,7 +632,9 @@ impl<S: SubSocket> Fanout<S> {
     /// has at most the few that joined since), or a skipped batch.
     fn demote_all(&mut self, from: u64, subs: &mut HashMap<u64, Sub<S>>) {
         for (&id, s) in subs.iter_mut() {
-            if !s.live || s.closing {
+            // A subscriber that asked to start at or past the new watermark
+            // is owed nothing from the hole.
+            if !s.live || s.closing || s.next >= self.live_next {
                 continue;
             }
             s.live = false;
@@ -866,12 +868,37 @@ impl<S: SubSocket> Fanout<S> {
     }
 }
 
-/// Reads one replay chunk for `req` from `records` (the log from
-/// `req.from` on): the matching records up to `req.upto`, within the
-/// byte budget, stopping at the first record that cannot be read.
-pub(crate) fn read_chunk<E: std::fmt::Display>(
+/// Where the replay thread reads records: the journal, or an in-memory
+/// log in the model tests.
+pub(crate) trait LogSource {
+    /// The error reading it.
+    type Error: std::fmt::Display;
+    /// Moves to the record at `offset` (the end is allowed; beyond it is
+    /// an error).
+    fn seek(&mut self, offset: u64) -> Result<(), Self::Error>;
+    /// The record there, moving past it; `None` at the end.
+    fn next_record(&mut self) -> Option<Result<pinion_journal::Record, Self::Error>>;
+}
+
+impl LogSource for pinion_journal::Reader {
+    type Error = pinion_journal::JournalError;
+
+    fn seek(&mut self, offset: u64) -> Result<(), Self::Error> {
+        pinion_journal::Reader::seek(self, offset)
+    }
+
+    fn next_record(&mut self) -> Option<Result<pinion_journal::Record, Self::Error>> {
+        self.next()
+    }
+}
+
+/// Answers one catch-up request from `log`: the matching records from
+/// `req.from` up to `req.upto`, within the byte budget, stopping at the
+/// first record that cannot be read. A request that starts at or past
+/// `upto` (a subscriber that asked to start beyond the log) reads nothing.
+pub(crate) fn replay_chunk<L: LogSource>(
     req: &ReplayReq,
-    mut records: impl FnMut() -> Option<Result<pinion_journal::Record, E>>,
+    log: &mut L,
     buf: &mut BytesMut,
 ) -> Replayed {
     let mut out = Replayed {
@@ -880,9 +907,16 @@ pub(crate) fn read_chunk<E: std::fmt::Display>(
         next: req.from,
         error: None,
     };
+    if req.from >= req.upto {
+        return out;
+    }
+    if let Err(e) = log.seek(req.from) {
+        out.error = Some(e.to_string());
+        return out;
+    }
     let mut bytes = 0;
     while out.next < req.upto && bytes < req.budget {
-        match records() {
+        match log.next_record() {
             None => break,
             Some(Err(e)) => {
                 out.error = Some(e.to_string());
@@ -924,15 +958,7 @@ pub(crate) fn run_replay(
 ) {
     let mut buf = BytesMut::new();
     while let Ok(req) = rx.recv() {
-        let out = match reader.seek(req.from) {
-            Err(e) => Replayed {
-                sub: req.sub,
-                frames: Vec::new(),
-                next: req.from,
-                error: Some(e.to_string()),
-            },
-            Ok(()) => read_chunk(&req, || reader.next(), &mut buf),
-        };
+        let out = replay_chunk(&req, &mut reader, &mut buf);
         if let Some(tx) = cores.get(req.core) {
             let _ = tx.send(FanIn::Replayed(out));
         }

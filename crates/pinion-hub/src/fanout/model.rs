@@ -4,7 +4,7 @@
 //! SP; one or several prefixes), leaving, pings, replay chunks answered
 //! late, and sockets that take a few bytes, nothing, or everything. The
 //! sockets are in-memory pipes ([`MemSock`]); the replay thread is
-//! [`read_chunk`] over an in-memory log.
+//! [`replay_chunk`] over an in-memory log ([`MemLog`]).
 //!
 //! The oracle is a linear scan: what each subscriber read must be every
 //! record of the log from its start whose topic passes its filter, once,
@@ -103,6 +103,31 @@ impl SubSocket for MemSock {
     fn shutdown(&self) {
         self.st.lock().unwrap().shut = true;
         self.notify.notify_waiters();
+    }
+}
+
+/// The log as the replay thread sees it: seeking past the end is an
+/// error, as in the journal's reader.
+struct MemLog<'a> {
+    log: &'a [Record],
+    pos: usize,
+}
+
+impl LogSource for MemLog<'_> {
+    type Error = String;
+
+    fn seek(&mut self, offset: u64) -> Result<(), String> {
+        if offset > self.log.len() as u64 {
+            return Err(format!("offset {offset} is beyond the end"));
+        }
+        self.pos = offset as usize;
+        Ok(())
+    }
+
+    fn next_record(&mut self) -> Option<Result<Record, String>> {
+        let r = self.log.get(self.pos)?.clone();
+        self.pos += 1;
+        Some(Ok(r))
     }
 }
 
@@ -378,9 +403,11 @@ impl Harness {
         let Some(req) = self.replays.pop_front() else {
             return;
         };
-        let from = (req.from as usize).min(self.log.len());
-        let mut it = self.log[from..].iter().cloned().map(Ok::<_, String>);
-        let r = read_chunk(&req, || it.next(), &mut self.buf);
+        let mut log = MemLog {
+            log: &self.log,
+            pos: 0,
+        };
+        let r = replay_chunk(&req, &mut log, &mut self.buf);
         self.fan.dispatch(FanIn::Replayed(r), &mut self.subs).await;
     }
 
