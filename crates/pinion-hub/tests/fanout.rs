@@ -557,3 +557,69 @@ fn every_fsync_policy_delivers_everything_in_order() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Through the real hub: overlapping and repeated prefixes of one
+/// subscriber deliver each record once; 300 subscribers on other topics
+/// (half of them leaving mid-stream) get nothing of it and cost it
+/// nothing; a subscriber that joins mid-stream with `from` gets the
+/// records before and after its join, once each.
+#[test]
+fn overlapping_filters_deliver_once_among_many_subscribers_on_other_topics() {
+    let dir = temp_dir("index");
+    let hub = Hub::start(config(&dir)).unwrap();
+    let url = hub.endpoints()[0].clone();
+    let http = hub.http_addr().unwrap().to_string();
+    let mut others: Vec<Ws> = (0..300)
+        .map(|i| Ws::connect(&http, &format!("/sub?topic=other.{i}/"), None))
+        .collect();
+    let mut ws = Ws::connect(&http, "/sub?topic=a&topic=a/b&topic=a&topic=c/", None);
+    let mut all = Ws::connect(&http, "/sub?topic=", None);
+    let t = Instant::now();
+    while hub.stats().subscribers_ws < 302 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "subscribers not seen"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let topics = ["a/b/1", "a/x", "ab", "b", "c/1", "c", "a"];
+    let topic = |i: u32| topics[i as usize % topics.len()].to_string();
+    let first = publish(&url, 1, 140, topic);
+    // Churn: half of the others leave, a late subscriber joins from 70.
+    for o in others.drain(..150) {
+        drop(o);
+    }
+    let mut late = Ws::connect(&http, "/sub?topic=c/&topic=c/1&from=70", None);
+    let second = publish(&url, 2, 140, topic);
+    let offsets: Vec<u64> = first.iter().chain(&second).copied().collect();
+    assert_eq!(offsets, (0..280).collect::<Vec<_>>());
+    let want = |pred: &dyn Fn(&str) -> bool, from: u64| -> Vec<(u64, String)> {
+        (from..280)
+            .map(|o| (o, topic((o % 140) as u32)))
+            .filter(|(_, t)| pred(t))
+            .collect()
+    };
+    let mine = want(&|t| t.starts_with('a') || t.starts_with("c/"), 0);
+    assert_eq!(ws.read_through(mine.last().unwrap().0), mine);
+    let everything = want(&|_| true, 0);
+    assert_eq!(all.read_through(279), everything);
+    let late_want = want(&|t| t.starts_with("c/"), 70);
+    assert_eq!(late.read_through(late_want.last().unwrap().0), late_want);
+    // Nothing more for anyone: the index sent the others nothing.
+    for s in others.iter_mut().chain([&mut ws, &mut late]) {
+        s.s.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        assert!(s.s.read(&mut b).is_err(), "an unexpected frame");
+    }
+    let t = Instant::now();
+    while hub.stats().subscribers_ws != 153 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the leavers were not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
