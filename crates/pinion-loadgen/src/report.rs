@@ -145,6 +145,34 @@ pub struct TargetReport {
     pub pinion_ratio: Option<f64>,
 }
 
+/// The runs medians are taken over: the uncontended ones if there are any
+/// (a run that shared the CPUs with another process says little), else
+/// all of them.
+pub(crate) fn median_runs<T>(runs: &[T], contended: impl Fn(&T) -> bool) -> Vec<&T> {
+    let clean: Vec<&T> = runs.iter().filter(|r| !contended(r)).collect();
+    if clean.is_empty() {
+        runs.iter().collect()
+    } else {
+        clean
+    }
+}
+
+impl Latency {
+    /// Each percentile's median over `v` (zeros when `v` is empty).
+    pub(crate) fn median_of<'a>(v: impl IntoIterator<Item = &'a Latency>) -> Latency {
+        let v: Vec<&Latency> = v.into_iter().collect();
+        let m = |f: fn(&Latency) -> f64| median(v.iter().map(|l| f(l)).collect());
+        Latency {
+            p50: m(|l| l.p50),
+            p90: m(|l| l.p90),
+            p99: m(|l| l.p99),
+            p999: m(|l| l.p999),
+            max: m(|l| l.max),
+            mean: m(|l| l.mean),
+        }
+    }
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -161,18 +189,10 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 impl TargetReport {
     /// Recomputes the medians from `runs`.
     pub(crate) fn summarize(&mut self) {
-        // A run that shared the CPUs with another process says little about
-        // the target: leave it out when clean runs exist.
-        let clean: Vec<&RunResult> = self.runs.iter().filter(|r| !r.contended()).collect();
-        let runs: Vec<&RunResult> = if clean.is_empty() {
-            self.runs.iter().collect()
-        } else {
-            clean
-        };
+        let runs = median_runs(&self.runs, RunResult::contended);
         self.runs_in_median = runs.len();
         let runs = &runs;
-        let m = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
-        self.msgs_per_sec = m(&|r| r.msgs_per_sec);
+        self.msgs_per_sec = median(runs.iter().map(|r| r.msgs_per_sec).collect());
         self.msgs_per_sec_min = runs
             .iter()
             .map(|r| r.msgs_per_sec)
@@ -181,14 +201,7 @@ impl TargetReport {
         if runs.is_empty() {
             self.msgs_per_sec_min = 0.0;
         }
-        self.latency_us = Latency {
-            p50: m(&|r| r.latency_us.p50),
-            p90: m(&|r| r.latency_us.p90),
-            p99: m(&|r| r.latency_us.p99),
-            p999: m(&|r| r.latency_us.p999),
-            max: m(&|r| r.latency_us.max),
-            mean: m(&|r| r.latency_us.mean),
-        };
+        self.latency_us = Latency::median_of(runs.iter().map(|r| &r.latency_us));
         self.errors = self.runs.iter().map(|r| r.errors).sum();
         let opt = |f: &dyn Fn(&RunResult) -> Option<f64>| {
             let v: Vec<f64> = runs.iter().filter_map(|r| f(r)).collect();

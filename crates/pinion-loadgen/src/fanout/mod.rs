@@ -55,7 +55,7 @@ use serde::Serialize;
 
 use crate::driver::new_histogram;
 use crate::error::LoadgenError;
-use crate::report::{median, thousands, Latency, CONTENDED_PCT};
+use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
 use crate::server::{self, check_interrupted, ServerGuard};
 
 mod clients;
@@ -1551,12 +1551,7 @@ fn idle_problems(r: &FanoutRun) -> String {
 }
 
 fn summarize(s: &mut FanoutSummary) {
-    let clean: Vec<&FanoutRun> = s.runs.iter().filter(|r| !r.contended()).collect();
-    let runs: Vec<&FanoutRun> = if clean.is_empty() {
-        s.runs.iter().collect()
-    } else {
-        clean
-    };
+    let runs = median_runs(&s.runs, FanoutRun::contended);
     s.runs_in_median = runs.len();
     let m = |f: &dyn Fn(&FanoutRun) -> f64| median(runs.iter().map(|r| f(r)).collect());
     let opt = |f: &dyn Fn(&FanoutRun) -> Option<f64>| {
@@ -1568,14 +1563,7 @@ fn summarize(s: &mut FanoutSummary) {
     s.slab_bytes_per_conn = opt(&|r| r.slab_bytes_per_conn);
     let lat = |f: &dyn Fn(&FanoutRun) -> Option<Latency>| -> Option<Latency> {
         let v: Vec<Latency> = runs.iter().filter_map(|r| f(r)).collect();
-        (!v.is_empty()).then(|| Latency {
-            p50: median(v.iter().map(|l| l.p50).collect()),
-            p90: median(v.iter().map(|l| l.p90).collect()),
-            p99: median(v.iter().map(|l| l.p99).collect()),
-            p999: median(v.iter().map(|l| l.p999).collect()),
-            max: median(v.iter().map(|l| l.max).collect()),
-            mean: median(v.iter().map(|l| l.mean).collect()),
-        })
+        (!v.is_empty()).then(|| Latency::median_of(&v))
     };
     s.latency_us = lat(&|r| Some(r.steady.latency_us)).unwrap_or_default();
     s.to_all_p50_ms = m(&|r| r.steady.to_all_p50_ms);

@@ -39,7 +39,7 @@ use super::{
     FanoutArgs, FanoutRun, FanoutSummary, Phase, PER_SOURCE_ADDR,
 };
 use crate::error::LoadgenError;
-use crate::report::{median, thousands, Latency, CONTENDED_PCT};
+use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
 use crate::server::{self, check_interrupted, ServerGuard};
 
 /// A run's per-topic figures.
@@ -597,18 +597,11 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
 
 fn summarize(s: &mut FanoutSummary, args: &FanoutArgs) {
     super::summarize(s);
-    let clean: Vec<&FanoutRun> = s.runs.iter().filter(|r| !r.contended()).collect();
-    let runs: Vec<&FanoutRun> = if clean.is_empty() {
-        s.runs.iter().collect()
-    } else {
-        clean
-    };
+    let runs = median_runs(&s.runs, FanoutRun::contended);
     let ts: Vec<&TopicsRun> = runs.iter().filter_map(|r| r.per_topic.as_ref()).collect();
     let all: Vec<&TopicsRun> = s.runs.iter().filter_map(|r| r.per_topic.as_ref()).collect();
     let m = |f: &dyn Fn(&TopicsRun) -> f64| median(ts.iter().map(|t| f(t)).collect());
     let opt = |v: Vec<f64>| (!v.is_empty()).then(|| median(v));
-    let ack =
-        |f: &dyn Fn(&Latency) -> f64| median(runs.iter().map(|r| f(&r.steady.ack_us)).collect());
     s.per_topic = Some(TopicsSummary {
         topics: args
             .topics
@@ -617,14 +610,7 @@ fn summarize(s: &mut FanoutSummary, args: &FanoutArgs) {
         rate: args.rate(),
         publishes_per_sec: m(&|t| t.publishes_per_sec),
         deliveries_per_sec: m(&|t| t.deliveries_per_sec),
-        ack_us: Latency {
-            p50: ack(&|l| l.p50),
-            p90: ack(&|l| l.p90),
-            p99: ack(&|l| l.p99),
-            p999: ack(&|l| l.p999),
-            max: ack(&|l| l.max),
-            mean: ack(&|l| l.mean),
-        },
+        ack_us: Latency::median_of(runs.iter().map(|r| &r.steady.ack_us)),
         send_lag_p99_us: m(&|t| t.send_lag_us.p99),
         hub_cpu_us_per_publish: opt(ts.iter().filter_map(|t| t.hub_cpu_us_per_publish).collect()),
         hub_cpu_pct: opt(runs.iter().filter_map(|r| r.steady.hub_cpu_pct).collect()),
