@@ -598,7 +598,6 @@ impl<S: SubSocket> Fanout<S> {
                 s.pending.push((e.offset, f.clone()));
             });
         }
-        let mut gone: Vec<u64> = Vec::new();
         // Counted once per batch: the counter is shared by every core.
         let mut delivered = 0;
         for (i, &id) in touched.iter().enumerate() {
@@ -610,8 +609,7 @@ impl<S: SubSocket> Fanout<S> {
             let n = frames.len() as u64;
             match self.send(id, s, &mut frames) {
                 Wrote::Ok => delivered += n,
-                Wrote::Slow => self.slow(id, s, &mut gone),
-                Wrote::Dead => gone.push(id),
+                w => self.settle(id, w, subs),
             }
         }
         touched.clear();
@@ -620,9 +618,6 @@ impl<S: SubSocket> Fanout<S> {
             .stats
             .delivered
             .fetch_add(delivered, Ordering::Relaxed);
-        for id in gone {
-            self.drop_sub(id, subs);
-        }
     }
 
     /// Every live subscriber of this core turns to catching up from
