@@ -44,6 +44,21 @@ pub struct ServeArgs {
     /// Cores to run on (0: every CPU allowed).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// An origin whose web pages may use /sub, /pub and /stats besides the
+    /// hub's own (repeatable; "*" turns the check off) [env
+    /// PINION_ALLOW_ORIGIN, comma-separated]. See docs/HARDENING.md.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
+    /// A Host name the HTTP port answers to besides its address and
+    /// localhost (repeatable; "*": any) [env PINION_ALLOW_HOST].
+    #[arg(long, value_name = "HOST")]
+    pub allow_host: Vec<String>,
+    /// Connections open at once per listening port [default: 16384].
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Connections per source address and port (0: no cap) [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_source: Option<usize>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -111,6 +126,18 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
     }
     if let Some(t) = a.threads {
         cfg.threads = t;
+    }
+    if !a.allow_origin.is_empty() {
+        cfg.allow_origins = a.allow_origin.clone();
+    }
+    if !a.allow_host.is_empty() {
+        cfg.allow_hosts = a.allow_host.clone();
+    }
+    if let Some(n) = a.max_connections {
+        cfg.max_connections = n;
+    }
+    if let Some(n) = a.max_connections_per_source {
+        cfg.max_connections_per_source = n;
     }
     cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;
     Ok(cfg)

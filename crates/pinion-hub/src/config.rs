@@ -17,6 +17,20 @@
 //! subscribe = ["tcp://127.0.0.1:7451"] # SP PUB endpoints for subscribers
 //! http = "127.0.0.1:7452"             # dashboard, /metrics, WebSocket; "" = off
 //! max_queued_per_subscriber = 1048576 # bytes; past it: disconnected
+//!
+//! # Hardening (see docs/HARDENING.md)
+//! allow_origin = ["https://app.example.com"] # pages that may use /sub, /pub, /stats
+//! allow_host = ["hub.example.com"]    # Host names besides the bound address
+//! max_connections = 16384             # per port (publisher, subscriber, HTTP)
+//! max_connections_per_source = 1024   # per port and source address; 0 = no cap
+//! max_handshakes = 1024               # per port: not yet past head / SP header
+//! max_handshakes_per_source = 64      # per port and source address
+//! handshake_timeout_ms = 10000        # whole HTTP head / SP header
+//! write_timeout_ms = 10000            # an HTTP response, a /stats frame
+//! tcp_keepalive_ms = 60000            # idle before probes; 0 = off
+//! ws_ping_interval_ms = 30000         # idle WebSocket subscribers are pinged
+//! max_replays = 16                    # catch-up replays read at once
+//! max_fanout_backlog = 67108864       # bytes of batches queued per core
 //! ```
 
 use std::path::PathBuf;
@@ -64,7 +78,7 @@ impl FromStr for FsyncPolicy {
             _ => {
                 let ms = s.strip_prefix("interval:").ok_or_else(bad)?;
                 let ms: u64 = ms.trim_end_matches("ms").parse().map_err(|_| bad())?;
-                if ms == 0 {
+                if ms == 0 || ms > MAX_DURATION.as_millis() as u64 {
                     return Err(bad());
                 }
                 Ok(FsyncPolicy::Interval(Duration::from_millis(ms)))
@@ -155,7 +169,47 @@ pub struct HubConfig {
     /// Bytes queued for one subscriber at most; past it the subscriber is
     /// disconnected (WebSocket: with the offset to resume from).
     pub max_queued_per_subscriber: usize,
+    /// Origins (`scheme://host[:port]`, as browsers send them) whose pages
+    /// may open the WebSocket routes, besides the hub's own origin. `"*"`
+    /// accepts any (turns the check off). Requests without an `Origin`
+    /// (CLI, pynng, native apps) are always served.
+    pub allow_origins: Vec<String>,
+    /// Host names (or `host:port`) the HTTP port answers to besides its
+    /// bound address, `localhost` and the loopback addresses; anything else
+    /// gets 421 (DNS rebinding). `"*"` accepts any.
+    pub allow_hosts: Vec<String>,
+    /// Connections open at once on one listening port (publisher,
+    /// subscriber, HTTP); past it new ones are refused.
+    pub max_connections: usize,
+    /// The same per source address and port; 0: no cap.
+    pub max_connections_per_source: usize,
+    /// Connections per port still in their handshake (HTTP head not read,
+    /// SP header not exchanged).
+    pub max_handshakes: usize,
+    /// The same per source address.
+    pub max_handshakes_per_source: usize,
+    /// Time a connection has for its whole HTTP head or SP header.
+    pub handshake_timeout: Duration,
+    /// Time an HTTP response (or one `/stats` frame) may take to be written.
+    pub write_timeout: Duration,
+    /// TCP keepalive idle time on accepted sockets (`ZERO`: off). Probes
+    /// follow every `idle / 6`, six of them, so a vanished peer is dropped
+    /// after about twice this.
+    pub tcp_keepalive: Duration,
+    /// A WebSocket subscriber silent for this long is pinged; one silent
+    /// for twice this is dropped.
+    pub ws_ping_interval: Duration,
+    /// Replays (subscribers catching up from the log) read at once; more
+    /// wait their turn.
+    pub max_replays: usize,
+    /// Bytes of live batches queued for one core's fan-out; past it that
+    /// core's subscribers are switched to catching up from the log.
+    pub max_fanout_backlog: usize,
 }
+
+/// Longest duration a setting may hold (a day): longer ones overflow
+/// timers or make no sense.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
 
 impl Default for HubConfig {
     fn default() -> Self {
@@ -174,8 +228,42 @@ impl Default for HubConfig {
             subscribe: vec![DEFAULT_SUBSCRIBE.to_string()],
             http: Some(DEFAULT_HTTP.to_string()),
             max_queued_per_subscriber: 1 << 20,
+            allow_origins: Vec::new(),
+            allow_hosts: Vec::new(),
+            max_connections: 16_384,
+            max_connections_per_source: 1024,
+            max_handshakes: 1024,
+            max_handshakes_per_source: 64,
+            handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            tcp_keepalive: Duration::from_secs(60),
+            ws_ping_interval: Duration::from_secs(30),
+            max_replays: 16,
+            max_fanout_backlog: 64 << 20,
         }
     }
+}
+
+/// A millisecond setting as a duration, refusing values past
+/// [`MAX_DURATION`] (which would overflow timers).
+fn millis(key: &'static str, v: u64) -> Result<Duration, ConfigError> {
+    let d = Duration::from_millis(v);
+    if d > MAX_DURATION {
+        return Err(ConfigError::Invalid {
+            key,
+            value: v.to_string(),
+            expected: "at most 86400000 milliseconds (a day)",
+        });
+    }
+    Ok(d)
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// The TOML file's schema (every key optional).
@@ -196,6 +284,18 @@ struct FileConfig {
     subscribe: Option<Vec<String>>,
     http: Option<String>,
     max_queued_per_subscriber: Option<usize>,
+    allow_origin: Option<Vec<String>>,
+    allow_host: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
+    max_handshakes: Option<usize>,
+    max_handshakes_per_source: Option<usize>,
+    handshake_timeout_ms: Option<u64>,
+    write_timeout_ms: Option<u64>,
+    tcp_keepalive_ms: Option<u64>,
+    ws_ping_interval_ms: Option<u64>,
+    max_replays: Option<usize>,
+    max_fanout_backlog: Option<usize>,
 }
 
 impl HubConfig {
@@ -247,9 +347,6 @@ impl HubConfig {
         if let Some(v) = f.dedup_window {
             self.dedup_window = v;
         }
-        if let Some(v) = f.checkpoint_interval_ms {
-            self.checkpoint_interval = Duration::from_millis(v);
-        }
         if let Some(v) = f.dedup_horizon {
             self.dedup_horizon = v;
         }
@@ -268,11 +365,51 @@ impl HubConfig {
         if let Some(v) = f.max_queued_per_subscriber {
             self.max_queued_per_subscriber = v;
         }
+        if let Some(v) = f.allow_origin {
+            self.allow_origins = v;
+        }
+        if let Some(v) = f.allow_host {
+            self.allow_hosts = v;
+        }
+        if let Some(v) = f.max_connections {
+            self.max_connections = v;
+        }
+        if let Some(v) = f.max_connections_per_source {
+            self.max_connections_per_source = v;
+        }
+        if let Some(v) = f.max_handshakes {
+            self.max_handshakes = v;
+        }
+        if let Some(v) = f.max_handshakes_per_source {
+            self.max_handshakes_per_source = v;
+        }
+        let ms = |key: &'static str, v: u64| millis(key, v).map_err(|e| e.to_string());
+        if let Some(v) = f.checkpoint_interval_ms {
+            self.checkpoint_interval = ms("checkpoint_interval_ms", v)?;
+        }
+        if let Some(v) = f.handshake_timeout_ms {
+            self.handshake_timeout = ms("handshake_timeout_ms", v)?;
+        }
+        if let Some(v) = f.write_timeout_ms {
+            self.write_timeout = ms("write_timeout_ms", v)?;
+        }
+        if let Some(v) = f.tcp_keepalive_ms {
+            self.tcp_keepalive = ms("tcp_keepalive_ms", v)?;
+        }
+        if let Some(v) = f.ws_ping_interval_ms {
+            self.ws_ping_interval = ms("ws_ping_interval_ms", v)?;
+        }
+        if let Some(v) = f.max_replays {
+            self.max_replays = v;
+        }
+        if let Some(v) = f.max_fanout_backlog {
+            self.max_fanout_backlog = v;
+        }
         Ok(())
     }
 
-    /// Applies `PINION_DATA_DIR`, `PINION_LISTEN` and `PINION_SUBSCRIBE`
-    /// (comma-separated), `PINION_HTTP` (empty: off), `PINION_FSYNC` and
+    /// Applies `PINION_DATA_DIR`, `PINION_LISTEN`, `PINION_SUBSCRIBE`,
+    /// `PINION_ALLOW_ORIGIN` and `PINION_ALLOW_HOST` (comma-separated), `PINION_HTTP` (empty: off), `PINION_FSYNC` and
     /// `PINION_MAX_PAYLOAD` from `get` (normally `std::env::var`).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("PINION_DATA_DIR") {
@@ -296,6 +433,12 @@ impl HubConfig {
         }
         if let Some(v) = get("PINION_HTTP") {
             self.http = (!v.is_empty()).then_some(v);
+        }
+        if let Some(v) = get("PINION_ALLOW_ORIGIN") {
+            self.allow_origins = split_list(&v);
+        }
+        if let Some(v) = get("PINION_ALLOW_HOST") {
+            self.allow_hosts = split_list(&v);
         }
         if let Some(v) = get("PINION_FSYNC") {
             self.fsync = v.parse()?;
@@ -350,6 +493,68 @@ impl HubConfig {
         if self.dedup_window == 0 {
             return inv("dedup_window", "0".into(), "at least 1");
         }
+        if self.dedup_window > 1 << 20 {
+            return inv(
+                "dedup_window",
+                self.dedup_window.to_string(),
+                "at most 1048576",
+            );
+        }
+        let durations = [
+            ("checkpoint_interval_ms", self.checkpoint_interval, true),
+            ("handshake_timeout_ms", self.handshake_timeout, true),
+            ("write_timeout_ms", self.write_timeout, true),
+            ("tcp_keepalive_ms", self.tcp_keepalive, false),
+            ("ws_ping_interval_ms", self.ws_ping_interval, true),
+        ];
+        for (key, d, nonzero) in durations {
+            if d > MAX_DURATION || (nonzero && d.is_zero()) {
+                return inv(
+                    key,
+                    d.as_millis().to_string(),
+                    if nonzero {
+                        "between 1 and 86400000 milliseconds"
+                    } else {
+                        "at most 86400000 milliseconds (0: off)"
+                    },
+                );
+            }
+        }
+        if let FsyncPolicy::Interval(d) = self.fsync {
+            if d > MAX_DURATION {
+                return inv(
+                    "fsync",
+                    self.fsync.to_string(),
+                    "an interval of at most 86400000 milliseconds",
+                );
+            }
+        }
+        for (key, v) in [
+            ("max_connections", self.max_connections),
+            ("max_handshakes", self.max_handshakes),
+            ("max_handshakes_per_source", self.max_handshakes_per_source),
+            ("max_replays", self.max_replays),
+        ] {
+            if v == 0 {
+                return inv(key, "0".into(), "at least 1");
+            }
+        }
+        if self.max_fanout_backlog < 1 << 20 {
+            return inv(
+                "max_fanout_backlog",
+                self.max_fanout_backlog.to_string(),
+                "at least 1 MiB",
+            );
+        }
+        for o in &self.allow_origins {
+            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                return inv(
+                    "allow_origin",
+                    o.clone(),
+                    "an origin such as https://app.example.com, or *",
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -375,5 +580,41 @@ mod tests {
         assert!("interval:x".parse::<FsyncPolicy>().is_err());
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn operator_mistakes_are_refused_with_the_key() {
+        let key_of = |toml: &str| -> String {
+            let mut c = HubConfig::default();
+            match c.apply_toml(toml) {
+                Err(e) => e,
+                Ok(()) => match c.validate() {
+                    Err(ConfigError::Invalid { key, .. }) => key.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(()) => "accepted".to_string(),
+                },
+            }
+        };
+        assert_eq!(key_of("checkpoint_interval_ms = 0"), "checkpoint_interval_ms");
+        assert!(key_of("checkpoint_interval_ms = 18446744073709551615")
+            .contains("checkpoint_interval_ms"));
+        assert!(key_of("write_timeout_ms = 86400001").contains("write_timeout_ms"));
+        assert_eq!(key_of("handshake_timeout_ms = 0"), "handshake_timeout_ms");
+        assert_eq!(key_of("ws_ping_interval_ms = 0"), "ws_ping_interval_ms");
+        assert_eq!(key_of("tcp_keepalive_ms = 0"), "accepted");
+        assert!(key_of("fsync = \"interval:18446744073709551615\"").contains("fsync"));
+        assert!(key_of("fsync = \"interval:86400001\"").contains("fsync"));
+        assert_eq!(key_of("max_payload = 16777217"), "max_payload");
+        assert_eq!(key_of("max_payload = 16777216"), "accepted");
+        assert_eq!(key_of("max_connections = 0"), "max_connections");
+        assert_eq!(key_of("max_replays = 0"), "max_replays");
+        assert_eq!(key_of("max_fanout_backlog = 1024"), "max_fanout_backlog");
+        assert_eq!(key_of("dedup_window = 0"), "dedup_window");
+        assert_eq!(key_of("allow_origin = [\"evil.example\"]"), "allow_origin");
+        assert_eq!(
+            key_of("allow_origin = [\"https://app.example\", \"*\"]"),
+            "accepted"
+        );
+        assert!(key_of("max_connections = -1").contains("max_connections"));
     }
 }

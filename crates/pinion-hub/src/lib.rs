@@ -71,7 +71,7 @@ use pinion::{Endpoint, Options, Protocol, Runtime, Socket};
 use pinion_journal::{Journal, JournalOptions};
 
 pub use config::{FsyncPolicy, HubConfig};
-pub use stats::{HubStats, LatencyBuckets, StatsSnapshot};
+pub use stats::{HubStats, LatencyBuckets, Port, Refusal, StatsSnapshot};
 
 /// Name of the log file in the data directory.
 pub const LOG_FILE: &str = "pinion.log";
@@ -229,6 +229,11 @@ impl Hub {
             &log_path,
             JournalOptions {
                 preallocate: cfg.preallocate,
+                // Every payload the hub accepts fits (validate caps
+                // max_payload at 16 MiB, far below the format's limit), so
+                // an oversize publish is TOO_LARGE at the door, never an
+                // UNAVAILABLE from the journal.
+                max_record_bytes: record_limit(cfg.max_payload),
                 ..JournalOptions::default()
             },
         )
@@ -588,6 +593,15 @@ impl Hub {
         }
         let _ = &self.rt;
     }
+}
+
+/// The journal's record limit for payloads up to `max_payload`: header,
+/// the longest topic, the payload (never below the journal's default, so
+/// records written under a larger `max_payload` stay readable).
+fn record_limit(max_payload: usize) -> u32 {
+    let want = pinion_journal::RECORD_HEADER_LEN + pinion_proto::MAX_TOPIC_LEN + max_payload;
+    let default = JournalOptions::default().max_record_bytes as usize;
+    want.max(default).min(pinion_journal::MAX_RECORD_LEN as usize) as u32
 }
 
 /// Waits for a facade future from this (non-core) thread: the futures only

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use pinion::Socket;
 use tokio::sync::watch;
 
+use crate::stats::{Port, Refusal};
 use crate::{Shared, StatsSnapshot};
 
 /// How often the feed is refreshed.
@@ -249,6 +250,77 @@ pub fn metrics_text(snap: &StatsSnapshot, publishers: u64, cpu: &CpuTimes) -> St
         "CPU time of the log writer thread.",
         cpu.writer,
     );
+    one(
+        "pinion_replays_active",
+        "gauge",
+        "Catch-up replays reading the log now.",
+        snap.replays_active as f64,
+    );
+    one(
+        "pinion_replays_waiting",
+        "gauge",
+        "Catch-up replays waiting for a turn.",
+        snap.replays_waiting as f64,
+    );
+    one(
+        "pinion_replays_cancelled_total",
+        "counter",
+        "Replays dropped because their subscriber left first.",
+        snap.replays_cancelled as f64,
+    );
+    one(
+        "pinion_sessions",
+        "gauge",
+        "Clients whose dedup session the hub holds.",
+        snap.sessions as f64,
+    );
+    one(
+        "pinion_sessions_forgotten_total",
+        "counter",
+        "Sessions dropped because none of their records is within the dedup horizon.",
+        snap.sessions_forgotten as f64,
+    );
+    one(
+        "pinion_fanout_backlog_bytes",
+        "gauge",
+        "Bytes of live batches queued for the cores' fan-out.",
+        snap.fanout_backlog as f64,
+    );
+    one(
+        "pinion_fanout_overflows_total",
+        "counter",
+        "Times a core's fan-out backlog went over max_fanout_backlog (its subscribers then read the log).",
+        snap.fanout_overflows as f64,
+    );
+    let _ = writeln!(
+        m,
+        "# HELP pinion_connections_open Connections open per listening port."
+    );
+    let _ = writeln!(m, "# TYPE pinion_connections_open gauge");
+    for p in Port::ALL {
+        let _ = writeln!(
+            m,
+            "pinion_connections_open{{port=\"{}\"}} {}",
+            p.label(),
+            snap.open[p as usize]
+        );
+    }
+    let _ = writeln!(
+        m,
+        "# HELP pinion_connections_refused_total Connections refused or cut by the hub's guards (see docs/HARDENING.md)."
+    );
+    let _ = writeln!(m, "# TYPE pinion_connections_refused_total counter");
+    for p in Port::ALL {
+        for r in Refusal::ALL {
+            let _ = writeln!(
+                m,
+                "pinion_connections_refused_total{{port=\"{}\",reason=\"{}\"}} {}",
+                p.label(),
+                r.label(),
+                snap.refused[p as usize][r as usize]
+            );
+        }
+    }
     let _ = writeln!(m, "# HELP pinion_subscribers Subscriber connections.");
     let _ = writeln!(m, "# TYPE pinion_subscribers gauge");
     let _ = writeln!(

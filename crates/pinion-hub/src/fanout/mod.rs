@@ -304,6 +304,9 @@ pub(crate) enum FanIn<S = TcpStream> {
     Writable(u64),
     /// Answer a WebSocket ping.
     Pong(u64, Bytes),
+    /// Ping a WebSocket subscriber that has been silent (its reader task
+    /// asks; it drops the subscriber if no answer comes).
+    Ping(u64),
     Replayed(Replayed),
     /// The hub is stopping: say goodbye to every subscriber.
     Shutdown,
@@ -443,6 +446,15 @@ impl<S: SubSocket> Fanout<S> {
                 let Some(s) = subs.get_mut(&id) else { return };
                 let pong = ws_frame(0x8A, &payload[..payload.len().min(125)]);
                 let r = self.send(id, s, &mut vec![(CONTROL, pong)]);
+                self.settle(id, r, subs);
+            }
+            FanIn::Ping(id) => {
+                let Some(s) = subs.get_mut(&id) else { return };
+                if s.framing != Framing::Ws || s.closing {
+                    return;
+                }
+                let ping = ws_frame(0x89, b"");
+                let r = self.send(id, s, &mut vec![(CONTROL, ping)]);
                 self.settle(id, r, subs);
             }
             FanIn::Replayed(r) => self.replayed(r, subs),
