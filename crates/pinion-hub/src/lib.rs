@@ -280,6 +280,17 @@ impl Hub {
             }
         }
         drop(reader);
+        // Rows no replayed record refers to (stores written before
+        // sessions were forgotten) are forgotten now, once; their rows go
+        // with the first checkpoint. From here on only the writer's
+        // checkpoints forget, visiting what they drop.
+        let stale_rows = sessions.forget_empty();
+        if stale_rows > 0 {
+            tracing::info!(
+                sessions = stale_rows,
+                "forgot sessions with no record within the dedup horizon"
+            );
+        }
         let report = StartReport {
             records: end,
             truncated,

@@ -9,15 +9,17 @@
 //!   offset the rows cover (every record below it is counted in them) and
 //!   the oldest offset a duplicate window still needed.
 //!
-//! A checkpoint writes the changed rows and the new offsets in one
-//! transaction, so the rows and the offset always agree. The hub only
-//! checkpoints offsets that are durable in the log.
+//! A checkpoint writes the changed rows, deletes the rows of the sessions
+//! forgotten since the last one (none of their records is within the dedup
+//! horizon any more), and writes the new offsets, in one transaction, so
+//! the rows and the offset always agree. The hub only checkpoints offsets
+//! that are durable in the log.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::sessions::SessionRow;
+use crate::sessions::{ClientId, SessionRow};
 
 /// A failure of the session store.
 #[derive(Debug, thiserror::Error)]
@@ -137,15 +139,25 @@ impl Store {
         Ok(out)
     }
 
-    /// Writes `rows` and the new checkpoint in one transaction.
+    /// Deletes the rows of `forgotten`, writes `rows` and the new
+    /// checkpoint, in one transaction. A client should be in one list at
+    /// most (the caller coalesces); if it is in both, the row is written.
     pub fn write_checkpoint(
         &mut self,
         rows: &[SessionRow],
+        forgotten: &[ClientId],
         ck: Checkpoint,
         now_us: u64,
     ) -> Result<(), StoreError> {
         let tx = self.conn.transaction().map_err(err("begin checkpoint"))?;
         {
+            let mut st = tx
+                .prepare_cached("DELETE FROM sessions WHERE client_id = ?1")
+                .map_err(err("delete sessions"))?;
+            for id in forgotten {
+                st.execute(params![&id[..]])
+                    .map_err(err("delete sessions"))?;
+            }
             let mut st = tx
                 .prepare_cached(
                     "INSERT INTO sessions (client_id, last_seq, count, first_seen_us, last_seen_us, floor)
@@ -208,7 +220,8 @@ mod tests {
             floor: 3,
         };
         s.write_checkpoint(
-            &[row(1, 5), row(2, 6)],
+            &[row(1, 5), row(2, 6), row(3, 1)],
+            &[],
             Checkpoint {
                 log_offset: 11,
                 replay_from: 4,
@@ -216,8 +229,11 @@ mod tests {
             9,
         )
         .unwrap();
+        // Client 3 forgotten, client 4 never written: both deletes are
+        // fine; client 2's row is untouched.
         s.write_checkpoint(
             &[row(1, 7)],
+            &[[3; 16], [4; 16]],
             Checkpoint {
                 log_offset: 12,
                 replay_from: 5,
@@ -237,6 +253,17 @@ mod tests {
         let mut rows = s.sessions().unwrap();
         rows.sort_by_key(|r| r.client_id);
         assert_eq!(rows, vec![row(1, 7), row(2, 6)]);
+        // In both lists: written (deletes go first).
+        let mut s = s;
+        let ck = Checkpoint {
+            log_offset: 13,
+            replay_from: 5,
+        };
+        s.write_checkpoint(&[row(5, 1)], &[[5; 16], [1; 16]], ck, 11)
+            .unwrap();
+        let mut rows = s.sessions().unwrap();
+        rows.sort_by_key(|r| r.client_id);
+        assert_eq!(rows, vec![row(2, 6), row(5, 1)]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

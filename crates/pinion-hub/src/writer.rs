@@ -11,7 +11,10 @@
 //! A failed write or sync NACKs the whole group with UNAVAILABLE; nothing of
 //! it counts as logged (the journal rolls the file back, or is poisoned and
 //! recovered before the next group). The sessions are checkpointed to SQLite
-//! on a second thread, at offsets already durable in the log.
+//! on a second thread, at offsets already durable in the log; each
+//! checkpoint first drops what left the dedup horizon (sessions forgotten
+//! leave SQLite in the same transaction), visiting only the sessions that
+//! have something to drop.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -28,7 +31,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::config::FsyncPolicy;
 use crate::envelope::Checked;
 use crate::fanout::{self, Durable, Entry, FanBatch, FanIn};
-use crate::sessions::{ClientId, SessionRow, Sessions, Verdict};
+use crate::sessions::{Changes, ClientId, SessionRow, Sessions, Verdict};
 use crate::store::{Checkpoint, Store};
 use crate::Shared;
 
@@ -58,6 +61,14 @@ pub(crate) struct Answer {
     pub received: Instant,
 }
 
+/// One checkpoint on its way to the checkpoint thread.
+pub(crate) struct ToStore {
+    /// Rows to write and to delete.
+    pub changes: Changes,
+    /// The offsets they cover.
+    pub ck: Checkpoint,
+}
+
 pub(crate) enum ToWriter {
     Batch(Vec<Item>),
     /// Final sync and checkpoint, then stop; reports when done.
@@ -72,7 +83,7 @@ pub(crate) struct Writer {
     pub horizon: u64,
     pub rx: mpsc::Receiver<ToWriter>,
     pub cores: Vec<UnboundedSender<Vec<Answer>>>,
-    pub store_tx: mpsc::Sender<(Vec<SessionRow>, Checkpoint)>,
+    pub store_tx: mpsc::Sender<ToStore>,
     pub shared: Arc<Shared>,
     /// Every core's fan-out task.
     pub fan: Vec<UnboundedSender<FanIn>>,
@@ -93,6 +104,7 @@ pub(crate) fn now_us() -> u64 {
 
 impl Writer {
     pub fn run(mut self) {
+        self.publish_session_stats();
         let mut last_ckpt = Instant::now();
         let mut last_sync = Instant::now();
         let mut durable = self.journal.committed_offset();
@@ -191,14 +203,26 @@ impl Writer {
             }
         }
         let head = *durable;
+        // Visits only the sessions with entries to drop (see `sessions`).
         self.sessions
             .evict_before(head.saturating_sub(self.horizon));
-        let rows = self.sessions.take_dirty();
+        let changes = self.sessions.take_dirty();
         let ck = Checkpoint {
             log_offset: head,
             replay_from: self.sessions.replay_from(head),
         };
-        let _ = self.store_tx.send((rows, ck));
+        self.publish_session_stats();
+        let _ = self.store_tx.send(ToStore { changes, ck });
+    }
+
+    fn publish_session_stats(&self) {
+        let stats = &self.shared.stats;
+        stats
+            .sessions
+            .store(self.sessions.len() as u64, Ordering::Relaxed);
+        stats
+            .sessions_forgotten
+            .store(self.sessions.forgotten(), Ordering::Relaxed);
     }
 
     fn commit_group(
@@ -290,6 +314,7 @@ impl Writer {
                     for (c, s, off) in &logged {
                         self.sessions.record(c, *s, *off, ts, true);
                     }
+                    self.publish_session_stats();
                     if !encode {
                         self.fan_encoded = false;
                     }
@@ -358,23 +383,42 @@ impl Writer {
 }
 
 /// The checkpoint thread: writes what the writer hands it to SQLite,
-/// keeping rows whose write failed for the next attempt.
-pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<(Vec<SessionRow>, Checkpoint)>) {
-    let mut pending: HashMap<ClientId, SessionRow> = HashMap::new();
-    while let Ok((rows, mut ck)) = rx.recv() {
-        for r in rows {
-            pending.insert(r.client_id, r);
+/// keeping changes whose write failed for the next attempt.
+///
+/// Checkpoints that queued up meanwhile (or failed) are coalesced per
+/// client, the later change winning: a client forgotten and then back
+/// before the write is written, one back and then forgotten again is
+/// deleted.
+pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
+    // Per client: `Some(row)` to write, `None` to delete.
+    let mut pending: HashMap<ClientId, Option<SessionRow>> = HashMap::new();
+    let merge = |pending: &mut HashMap<ClientId, Option<SessionRow>>, c: Changes| {
+        // One checkpoint names a client once, so the order within it does
+        // not matter.
+        for id in c.forgotten {
+            pending.insert(id, None);
         }
-        // Coalesce checkpoints that queued up meanwhile.
-        while let Ok((rows, next)) = rx.try_recv() {
-            for r in rows {
-                pending.insert(r.client_id, r);
+        for r in c.rows {
+            pending.insert(r.client_id, Some(r));
+        }
+    };
+    while let Ok(ToStore { changes, mut ck }) = rx.recv() {
+        merge(&mut pending, changes);
+        while let Ok(next) = rx.try_recv() {
+            merge(&mut pending, next.changes);
+            ck = next.ck;
+        }
+        let mut rows = Vec::new();
+        let mut forgotten = Vec::new();
+        for (id, change) in &pending {
+            match change {
+                Some(r) => rows.push(r.clone()),
+                None => forgotten.push(*id),
             }
-            ck = next;
         }
-        let rows: Vec<SessionRow> = pending.values().cloned().collect();
-        match store.write_checkpoint(&rows, ck, now_us()) {
-            Ok(()) => pending.clear(),
+        match store.write_checkpoint(&rows, &forgotten, ck, now_us()) {
+            // A new table: the one a burst grew is not kept.
+            Ok(()) => pending = HashMap::new(),
             Err(e) => tracing::error!(error = %e, "session checkpoint failed; will retry"),
         }
     }
