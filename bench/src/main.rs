@@ -4,6 +4,9 @@
 //!
 //! Both ends of every measurement run inside this one process (two threads or
 //! two tasks). See `docs/BENCHMARKS.md` for the method and the figures.
+// Every `unsafe` block here (libc calls for the harness) says why it is
+// sound in a `// SAFETY:` note.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "pinion")]
 mod accept;

@@ -74,6 +74,10 @@ pub mod survey_driver {
             op: u64,
             res: Res,
         },
+        Pause {
+            pipe: u32,
+            paused: bool,
+        },
         Close {
             pipe: u32,
             error: String,
@@ -128,6 +132,10 @@ pub mod survey_driver {
                 Output::ClosePipe { pipe, error } => Ev::Close {
                     pipe: pipe.0,
                     error: format!("{error:?}"),
+                },
+                Output::PausePipe { pipe, paused } => Ev::Pause {
+                    pipe: pipe.0,
+                    paused: *paused,
                 },
             }
         }
@@ -365,6 +373,7 @@ pub mod survey_driver {
                         self.s.remove_pipe(pipe, self.now);
                     }
                     Output::Deliver { .. } => panic!("surveyor delivered: {o:?}"),
+                    Output::PausePipe { .. } => panic!("surveyor paused a pipe: {o:?}"),
                 }
             }
             evs
@@ -902,6 +911,8 @@ pub mod survey_driver {
                         self.r.remove_pipe(pipe, self.now);
                     }
                     Output::Completed { .. } => panic!("respondent completed an op: {o:?}"),
+                    // Flow control: the model's pipes keep no read state.
+                    Output::PausePipe { .. } => {}
                 }
             }
             evs

@@ -515,6 +515,8 @@ fn set_bind_address_no_port(sock: &TcpSocket) {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
     // Best effort: without it, bind() reserves a port per socket.
+    // SAFETY: the fd is open (owned by `sock`, borrowed for this call); the
+    // option value points at a live c_int of the length passed.
     unsafe {
         libc::setsockopt(
             sock.as_raw_fd(),

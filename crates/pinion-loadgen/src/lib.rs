@@ -43,6 +43,9 @@
 //! per connection from its RSS), then publish→deliver latency to all of
 //! them, optionally with subscribers that never read.
 #![warn(missing_docs)]
+// Every `unsafe` block here (libc calls for the harness) says why it is
+// sound in a `// SAFETY:` note.
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -775,6 +778,8 @@ pub(crate) fn rand_u64() -> u64 {
 /// 16 random bytes: a client id.
 pub(crate) fn rand_bytes16() -> [u8; 16] {
     let mut b = [0u8; 16];
+    // SAFETY: getrandom writes at most `b.len()` bytes into `b`, which is
+    // live and exclusively borrowed for the call.
     let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
     if n != b.len() as isize {
         use std::hash::{BuildHasher, Hasher};

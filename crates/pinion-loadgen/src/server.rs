@@ -27,6 +27,7 @@ extern "C" fn on_signal(_sig: libc::c_int) {
     // Async-signal-safe: an atomic swap, and `_exit` on the second signal.
     if INTERRUPTED.swap(true, Ordering::SeqCst) {
         // Second Ctrl-C: leave now. Children die with us (PR_SET_PDEATHSIG).
+        // SAFETY: _exit is async-signal-safe and takes no pointers.
         unsafe { libc::_exit(130) };
     }
 }
@@ -36,6 +37,9 @@ extern "C" fn on_signal(_sig: libc::c_int) {
 /// `run_publish` returns [`LoadgenError::Interrupted`]. A second signal exits
 /// at once.
 pub(crate) fn install_signal_handlers() {
+    // SAFETY: a zeroed sigaction is a valid empty one; the handler is an
+    // extern "C" fn that only does async-signal-safe work; the pointers
+    // passed point at live locals or are null where the API allows it.
     HANDLERS.call_once(|| unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
@@ -77,6 +81,8 @@ pub(crate) fn sleep_interruptible(d: Duration) -> Result<(), LoadgenError> {
 /// Raises the soft open-files limit to the hard one (each client is a socket
 /// here and in the server, which inherits the limit).
 pub(crate) fn raise_nofile_limit() -> u64 {
+    // SAFETY: get/setrlimit read and write the rlimit structs on our
+    // stack, which outlive the calls; a zeroed rlimit is valid.
     unsafe {
         let mut r: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
@@ -198,6 +204,9 @@ impl ServerGuard {
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log2))
             .process_group(0);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // makes one async-signal-safe syscall (prctl); it touches no locks
+        // or allocations.
         unsafe {
             cmd.pre_exec(|| {
                 // Async-signal-safe: one syscall.
@@ -303,6 +312,8 @@ impl ServerGuard {
         if let Ok(Some(_)) = child.try_wait() {
             return;
         }
+        // SAFETY: kill takes plain integers; the pid is our own child, not
+        // yet reaped (try_wait above), so it names no other process.
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
         }
@@ -320,6 +331,7 @@ impl ServerGuard {
             "pinion-loadgen: {} (pid {}) ignored SIGTERM for {STOP_TIMEOUT:?}; sending SIGKILL",
             self.target, self.pid
         );
+        // SAFETY: as above: our own unreaped child, plain integers.
         unsafe {
             libc::kill(self.pid as libc::pid_t, libc::SIGKILL);
         }
@@ -351,6 +363,7 @@ pub(crate) fn cpu_time_of(stat_path: &str) -> Option<Duration> {
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the ')': field 3 (state) is index 0, so utime (14) is 11 and stime (15) is 12.
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf takes an integer name and touches no memory of ours.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
@@ -374,6 +387,7 @@ pub(crate) fn machine_busy_time() -> Option<Duration> {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
         .sum();
+    // SAFETY: sysconf takes an integer name and touches no memory of ours.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let hz = if hz > 0 { hz as u64 } else { 100 };
     Some(Duration::from_nanos(busy * 1_000_000_000 / hz))
@@ -387,6 +401,7 @@ pub(crate) fn self_cpu_time() -> Option<Duration> {
 /// `sync()` then a pause: lets the previous run's deleted files (discard on
 /// this mount) and dirty pages settle before the next run measures fsyncs.
 pub(crate) fn settle() -> Result<(), LoadgenError> {
+    // SAFETY: sync takes no arguments and cannot fail.
     unsafe { libc::sync() };
     sleep_interruptible(Duration::from_millis(500))
 }

@@ -89,18 +89,37 @@ pub enum PipeEvent {
 /// Lets the application stop one pipe's reads (a server holding too many of
 /// that connection's requests) without touching the others: while closed,
 /// the pipe's reader does not read, so TCP pushes back on that peer alone.
+///
+/// Two parties may close it for their own reasons, the application
+/// ([`ReadGate::set_paused`]) and the pattern (REP holding replies the peer
+/// does not read, [`ReadGate::set_paused_by`] with [`ReadGate::PATTERN`]);
+/// it is open only when neither holds it closed.
 #[derive(Debug, Default)]
 pub struct ReadGate {
-    closed: std::sync::atomic::AtomicBool,
+    closed: std::sync::atomic::AtomicU8,
     opened: tokio::sync::Notify,
 }
 
 impl ReadGate {
-    /// Stops (`true`) or resumes (`false`) reading.
+    /// The application's reason (`Socket::pause_pipe`).
+    pub const APP: u8 = 1;
+    /// The pattern's reason (`Output::PausePipe`).
+    pub const PATTERN: u8 = 2;
+
+    /// Stops (`true`) or resumes (`false`) reading, for the application.
     pub fn set_paused(&self, paused: bool) {
-        self.closed
-            .store(paused, std::sync::atomic::Ordering::Release);
-        if !paused {
+        self.set_paused_by(Self::APP, paused);
+    }
+
+    /// Stops or resumes reading for one reason (`APP` or `PATTERN`).
+    pub fn set_paused_by(&self, reason: u8, paused: bool) {
+        use std::sync::atomic::Ordering;
+        let before = if paused {
+            self.closed.fetch_or(reason, Ordering::AcqRel)
+        } else {
+            self.closed.fetch_and(!reason, Ordering::AcqRel)
+        };
+        if !paused && before & !reason == 0 {
             self.opened.notify_waiters();
         }
     }
@@ -109,7 +128,7 @@ impl ReadGate {
     pub async fn wait_open(&self) {
         loop {
             let opened = self.opened.notified();
-            if !self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) == 0 {
                 return;
             }
             opened.await;
@@ -158,8 +177,17 @@ pub struct PipeLink {
     pub closed: CancellationToken,
 }
 
-/// Smallest read buffer space offered to the kernel.
+/// Largest read buffer space offered to the kernel at once (a peer that
+/// keeps it full gets it; see [`next_chunk`]).
 const READ_CHUNK: usize = 64 * 1024;
+/// Smallest: what a peer sending one small request at a time is offered.
+const READ_CHUNK_MIN: usize = 4 * 1024;
+/// Messages handed to the socket in one event at most: a stream of empty
+/// frames (8 bytes each) would otherwise make one 64 KiB read into 8,192
+/// message structs (~850 KB) held by this pipe until the socket takes them.
+/// Past this many the rest of the buffer is decoded after the event is
+/// taken, before reading more.
+pub const MAX_EVENT_MSGS: usize = 128;
 /// A read buffer with less spare room than this gets a new chunk.
 const MIN_SPARE: usize = 4 * 1024;
 /// Bodies at least this long are written with a vectored write from their
@@ -167,8 +195,19 @@ const MIN_SPARE: usize = 4 * 1024;
 const VECTORED_MIN: usize = 16 * 1024;
 /// Most a read buffer grows by before the bytes to fill it have arrived.
 const MAX_GROWTH: usize = 4 << 20;
-/// Write buffers larger than this are released after use.
-const WRITE_BUF_KEEP: usize = 1 << 20;
+/// Write buffers larger than this are released after use (an idle pipe
+/// keeps at most this much for writing).
+const WRITE_BUF_KEEP: usize = 4 * 1024;
+
+/// The read space to offer next: twice what the last read brought, between
+/// [`READ_CHUNK_MIN`] and [`READ_CHUNK`]. A connection that sends small
+/// requests one at a time holds 4 KiB, not 64; a busy one quickly reads
+/// 64 KiB at a time again.
+fn next_chunk(last_read: usize) -> usize {
+    last_read
+        .saturating_mul(2)
+        .clamp(READ_CHUNK_MIN, READ_CHUNK)
+}
 
 /// Runs a pipe to its end. `handshake` learns how the handshake went (dialers
 /// use it to report the first connection's outcome).
@@ -267,47 +306,78 @@ async fn run_stream(
 
     let decoder = FrameDecoder::new(framing, link.opts.recv_max_size);
     let reader = async {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Nothing is allocated until the peer sends something, and an idle
+        // pipe gives its buffer back (see below): 10,000 idle publishers
+        // cost their sockets, not 10,000 read buffers.
+        let mut buf = BytesMut::new();
+        let mut last_read = 0;
+        // The previous event stopped at MAX_EVENT_MSGS: decode the rest of
+        // the buffer before reading more.
+        let mut more = false;
         loop {
             gate.wait_open().await;
-            // Make room: at least a chunk, or the whole of the next frame
-            // (its length was checked against the limit by peek_len).
-            // Growth is capped per read, so a peer can only make pinion hold
-            // what it actually sent (matters with an unlimited receive size).
-            let want = match decoder.peek_len(&buf) {
-                Ok(Some(len)) => usize::try_from(len)
-                    .unwrap_or(usize::MAX)
-                    .saturating_add(framing.prefix_len())
-                    .saturating_sub(buf.len())
-                    .min(MAX_GROWTH),
-                Ok(None) => 0,
-                Err(e) => return Err(Ok(e)),
-            };
-            // Reserve only when the spare room runs low: `buf` shares its
-            // storage with the messages split off it, so a reserve that
-            // cannot be met in place allocates a new buffer. Asking for a
-            // whole chunk after every small read would allocate one per
-            // read while earlier messages are still held.
-            if want > buf.capacity() - buf.len() || buf.capacity() - buf.len() < MIN_SPARE {
-                buf.reserve(want.max(READ_CHUNK));
-            }
-            match io.try_read_buf(&mut buf) {
-                Ok(0) => return Err(Err(io::Error::from(io::ErrorKind::UnexpectedEof))),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            if !more {
+                // Make room: at least a chunk, or the whole of the next
+                // frame (its length was checked against the limit by
+                // peek_len). Growth is capped per read, so a peer can only
+                // make pinion hold what it actually sent (matters with an
+                // unlimited receive size).
+                let want = match decoder.peek_len(&buf) {
+                    Ok(Some(len)) => usize::try_from(len)
+                        .unwrap_or(usize::MAX)
+                        .saturating_add(framing.prefix_len())
+                        .saturating_sub(buf.len())
+                        .min(MAX_GROWTH),
+                    Ok(None) => 0,
+                    Err(e) => return Err(Ok(e)),
+                };
+                if buf.capacity() == 0 {
+                    // Idle: allocate only once there is something to read.
                     if let Err(e) = io.readable().await {
                         return Err(Err(e));
                     }
-                    continue;
                 }
-                Err(e) => return Err(Err(e)),
+                // Reserve only when the spare room runs low: `buf` shares
+                // its storage with the messages split off it, so a reserve
+                // that cannot be met in place allocates a new buffer.
+                // Asking for a whole chunk after every small read would
+                // allocate one per read while earlier messages are still
+                // held.
+                let spare = buf.capacity() - buf.len();
+                if want > spare || spare < MIN_SPARE.min(next_chunk(last_read)) {
+                    buf.reserve(want.max(next_chunk(last_read)));
+                }
+                match io.try_read_buf(&mut buf) {
+                    Ok(0) => return Err(Err(io::Error::from(io::ErrorKind::UnexpectedEof))),
+                    Ok(n) => last_read = n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if buf.is_empty() {
+                            // Going idle: give the buffer back (messages
+                            // split off it keep their own part of the
+                            // storage). The next read sizes a new one from
+                            // `last_read`.
+                            buf = BytesMut::new();
+                        }
+                        if let Err(e) = io.readable().await {
+                            return Err(Err(e));
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(Err(e)),
+                }
             }
-            // One event per read. A read usually holds one message (one
-            // request in flight per peer), which goes without a Vec.
+            // One event per read (at most MAX_EVENT_MSGS messages). A read
+            // usually holds one message (one request in flight per peer),
+            // which goes without a Vec.
             let mut first = None;
             let mut batch = Vec::new();
             let mut bad = None;
+            more = false;
             loop {
+                if batch.len() + usize::from(first.is_some()) >= MAX_EVENT_MSGS {
+                    more = true;
+                    break;
+                }
                 match decoder.decode(&mut buf) {
                     Ok(Some(payload)) => {
                         let m = Message::from_body(payload);
@@ -344,7 +414,8 @@ async fn run_stream(
     };
     let writer = async {
         let mut cmds = Vec::with_capacity(64);
-        let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+        // Allocated by the first write, released after a large one.
+        let mut wbuf = BytesMut::new();
         let mut chunks: Vec<Bytes> = Vec::new();
         loop {
             if out_rx.recv_many(&mut cmds, 1024).await == 0 {
@@ -383,7 +454,7 @@ async fn run_stream(
                 io.write_chunks(&mut chunks).await?;
             }
             if wbuf.capacity() > WRITE_BUF_KEEP {
-                wbuf = BytesMut::with_capacity(READ_CHUNK);
+                wbuf = BytesMut::new();
             }
             let _ = link.credits.send(Credit::Returned(pipe, n));
         }

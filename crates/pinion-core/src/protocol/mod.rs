@@ -128,6 +128,15 @@ pub enum Output {
         /// Why.
         error: PeerError,
     },
+    /// Stop (`true`) or resume reading from `pipe`: the pattern holds as
+    /// much for that peer as it will (REP: replies the peer does not read),
+    /// so TCP should push back on it alone.
+    PausePipe {
+        /// The pipe.
+        pipe: PipeId,
+        /// Stop reading (`true`) or resume.
+        paused: bool,
+    },
 }
 
 /// Messages a pattern dropped without closing a pipe.

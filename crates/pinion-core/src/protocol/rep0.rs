@@ -35,9 +35,13 @@
 //! context's send on the busy pipe too): it waits in that pipe's backlog,
 //! which drains as credits return. Replies are dropped and counted
 //! ([`Rep0::unroutable_drops`]) only when their pipe is gone, or when the
-//! backlog already holds [`MAX_BACKLOG`] replies (a peer that sends requests
-//! and never reads the answers cannot make REP hold more). A header shorter
-//! than one word is the caller's mistake ([`CallerError::BadState`]).
+//! backlog already holds [`MAX_BACKLOG`] replies or [`MAX_BACKLOG_BYTES`]
+//! bytes. Before that, once a pipe's backlog holds [`PAUSE_BACKLOG_BYTES`],
+//! REP asks the driver to stop reading that pipe ([`Output::PausePipe`]),
+//! and to resume once the backlog is empty: a peer that sends requests and
+//! never reads the answers is pushed back on by TCP instead of having its
+//! requests served and the answers dropped. A header shorter than one word
+//! is the caller's mistake ([`CallerError::BadState`]).
 //!
 //! Contexts are not kept here: the cooked facade keeps each context's
 //! backtrace and uses this core as its raw transport.
@@ -52,12 +56,28 @@ use crate::options::{Options, MAX_TTL_LIMIT};
 
 /// Replies one pipe may hold waiting for credit before more are dropped.
 pub const MAX_BACKLOG: usize = 4096;
+/// Bytes of replies (header, body and [`MSG_OVERHEAD`] each) one pipe may
+/// hold waiting for credit before more are dropped.
+pub const MAX_BACKLOG_BYTES: usize = 256 << 10;
+/// Backlog bytes at which the pipe's reads are paused.
+pub const PAUSE_BACKLOG_BYTES: usize = 64 << 10;
+/// What a queued message costs besides its bytes (its struct, allocation).
+pub const MSG_OVERHEAD: usize = 128;
 
 /// One pipe: its credits and the replies waiting for them.
 #[derive(Debug, Default)]
 struct PipeState {
     credits: u32,
     backlog: VecDeque<Message>,
+    /// Bytes in `backlog`, as [`cost`] counts them.
+    backlog_bytes: usize,
+    /// Its reads are paused (asked through [`Output::PausePipe`]).
+    paused: bool,
+}
+
+/// What a reply held in a backlog counts for.
+fn cost(m: &Message) -> usize {
+    m.header.len() + m.body.len() + MSG_OVERHEAD
 }
 
 /// Which answering pattern a [`RawAnswerer`] is: REP or RESPONDENT. The two
@@ -158,7 +178,7 @@ impl<K: AnswerKind> Protocol for RawAnswerer<K> {
             pipe,
             PipeState {
                 credits,
-                backlog: VecDeque::new(),
+                ..PipeState::default()
             },
         );
         Ok(())
@@ -176,7 +196,15 @@ impl<K: AnswerKind> Protocol for RawAnswerer<K> {
                     break;
                 };
                 p.credits -= 1;
+                p.backlog_bytes -= cost(&msg);
                 self.out.push_back(Output::Transmit { pipe, msg });
+            }
+            if p.paused && p.backlog.is_empty() {
+                p.paused = false;
+                self.out.push_back(Output::PausePipe {
+                    pipe,
+                    paused: false,
+                });
             }
         }
     }
@@ -222,7 +250,17 @@ impl<K: AnswerKind> Protocol for RawAnswerer<K> {
                 p.credits -= 1;
                 self.out.push_back(Output::Transmit { pipe, msg });
             }
-            Some(p) if p.backlog.len() < MAX_BACKLOG => p.backlog.push_back(msg),
+            Some(p)
+                if p.backlog.len() < MAX_BACKLOG
+                    && p.backlog_bytes + cost(&msg) <= MAX_BACKLOG_BYTES =>
+            {
+                p.backlog_bytes += cost(&msg);
+                p.backlog.push_back(msg);
+                if !p.paused && p.backlog_bytes >= PAUSE_BACKLOG_BYTES {
+                    p.paused = true;
+                    self.out.push_back(Output::PausePipe { pipe, paused: true });
+                }
+            }
             _ => self.unroutable_drops += 1,
         }
         Ok(())
@@ -466,21 +504,70 @@ mod tests {
             [Output::Transmit { msg, .. }] => assert_eq!(&msg.body[..], b"third"),
             o => panic!("{o:?}"),
         }
-        // The backlog is bounded: past MAX_BACKLOG waiting replies, drop.
+        // The backlog is bounded in bytes (and count): past it, drop.
         r.handle_credit(PipeId(6), 0, now);
         let mut r2 = rep().0;
         r2.add_pipe(PipeId(6), 0x30, 0, now).unwrap();
-        for _ in 0..MAX_BACKLOG + 3 {
+        // As held: the pipe id word popped.
+        let fit = (MAX_BACKLOG_BYTES / (cost(&reply) - 4)).min(MAX_BACKLOG);
+        for _ in 0..fit + 3 {
             r2.handle_send(CtxId::SOCKET, reply.clone(), now).unwrap();
         }
         assert_eq!(r2.unroutable_drops(), 3);
         // Gone pipe: its backlog and later replies are dropped.
         r2.remove_pipe(PipeId(6), now);
-        assert_eq!(r2.unroutable_drops(), 3 + MAX_BACKLOG as u64);
+        assert_eq!(r2.unroutable_drops(), 3 + fit as u64);
         r.remove_pipe(PipeId(6), now);
         r.handle_send(CtxId::SOCKET, reply, now).unwrap();
         assert!(drain(&mut r).is_empty());
         assert_eq!(r.unroutable_drops(), 1);
+    }
+
+    /// A peer that does not read its replies: once its backlog holds
+    /// PAUSE_BACKLOG_BYTES its reads are paused (once), replies of other
+    /// pipes are not affected, and it resumes when the backlog is empty.
+    #[test]
+    fn unread_replies_pause_that_pipe_only() {
+        let (mut r, now) = rep();
+        r.add_pipe(PipeId(7), 0x30, 0, now).unwrap();
+        let reply = |pipe: u32| {
+            let mut m = Message::from_body(vec![0u8; 1000]);
+            m.header.push_word_front(0x8000_0001).unwrap();
+            m.header.push_word_front(pipe).unwrap();
+            m
+        };
+        let per = 1000 + 4 + MSG_OVERHEAD;
+        let to_pause = PAUSE_BACKLOG_BYTES.div_ceil(per);
+        let mut pauses = Vec::new();
+        for _ in 0..to_pause + 10 {
+            r.handle_send(CtxId::SOCKET, reply(7), now).unwrap();
+            r.handle_send(CtxId::SOCKET, reply(6), now).unwrap();
+            pauses.extend(drain(&mut r).into_iter().filter_map(|o| match o {
+                Output::PausePipe { pipe, paused } => Some((pipe, paused)),
+                Output::Transmit { pipe, .. } => {
+                    assert_eq!(pipe, PipeId(6));
+                    None
+                }
+                o => panic!("{o:?}"),
+            }));
+            r.handle_credit(PipeId(6), 1, now);
+        }
+        assert_eq!(pauses, vec![(PipeId(7), true)], "paused once, pipe 7 only");
+        assert_eq!(r.unroutable_drops(), 0);
+        // Credit for all but one: still paused; the last one: resumed.
+        r.handle_credit(PipeId(7), (to_pause + 9) as u32, now);
+        assert!(!drain(&mut r)
+            .iter()
+            .any(|o| matches!(o, Output::PausePipe { .. })));
+        r.handle_credit(PipeId(7), 1, now);
+        let out = drain(&mut r);
+        assert!(matches!(
+            out.last(),
+            Some(Output::PausePipe {
+                pipe: PipeId(7),
+                paused: false
+            })
+        ));
     }
 
     #[test]

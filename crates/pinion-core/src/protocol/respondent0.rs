@@ -38,7 +38,10 @@
 //! queue is momentarily full waits in that pipe's backlog, which drains as
 //! credits return, in order. Responses are dropped and counted
 //! ([`Respondent0::unroutable_drops`]) only when their pipe is gone, or when
-//! the backlog already holds [`MAX_BACKLOG`] responses. A header shorter than
+//! the backlog already holds [`MAX_BACKLOG`] responses or
+//! [`MAX_BACKLOG_BYTES`](super::rep0::MAX_BACKLOG_BYTES) bytes; the pipe's
+//! reads are paused while its backlog is large, as REP's are (see
+//! [`rep0`](super::rep0)). A header shorter than
 //! one word is the caller's mistake ([`CallerError::BadState`](crate::CallerError::BadState)).
 //!
 //! Contexts are not kept here: the cooked facade keeps each context's
@@ -370,16 +373,27 @@ mod tests {
         let now = Instant::now();
         let mut r = Respondent0::new(&Options::default());
         r.add_pipe(PipeId(6), SURVEYOR, 0, now).unwrap();
-        for _ in 0..MAX_BACKLOG + 3 {
+        // Held as survey id + body: bounded in bytes before the count.
+        let fit = (super::super::rep0::MAX_BACKLOG_BYTES
+            / (4 + 1 + super::super::rep0::MSG_OVERHEAD))
+            .min(MAX_BACKLOG);
+        for _ in 0..fit + 3 {
             r.handle_send(CtxId::SOCKET, routed(6, &[0x8000_0001], "r"), now)
                 .unwrap();
         }
-        assert!(drain(&mut r).is_empty());
+        // Only the pause of that pipe's reads came out.
+        assert!(matches!(
+            &drain(&mut r)[..],
+            [Output::PausePipe {
+                pipe: PipeId(6),
+                paused: true
+            }]
+        ));
         assert_eq!(r.unroutable_drops(), 3);
         r.handle_credit(PipeId(6), 2, now);
         assert_eq!(drain(&mut r).len(), 2);
         r.remove_pipe(PipeId(6), now);
-        assert_eq!(r.unroutable_drops(), 3 + MAX_BACKLOG as u64 - 2);
+        assert_eq!(r.unroutable_drops(), 3 + fit as u64 - 2);
         r.remove_pipe(PipeId(6), now);
         r.handle_credit(PipeId(6), 2, now);
         assert!(drain(&mut r).is_empty());
@@ -388,7 +402,7 @@ mod tests {
         r.handle_send(CtxId::SOCKET, routed(7, &[0x8000_0001], "old"), now)
             .unwrap();
         r.add_pipe(PipeId(7), SURVEYOR, 1, now).unwrap();
-        assert_eq!(r.unroutable_drops(), 3 + MAX_BACKLOG as u64 - 1);
+        assert_eq!(r.unroutable_drops(), 3 + fit as u64 - 1);
         r.handle_credit(PipeId(7), 1, now);
         assert!(drain(&mut r).is_empty());
     }

@@ -226,6 +226,7 @@ pub fn check_sequence(kind: ProtocolKind, ops: &[(u8, u8, Vec<u8>)]) {
                     model.remove(&pipe.0);
                 }
                 Output::Completed { .. } => panic!("raw sockets have no operations"),
+                Output::PausePipe { .. } => panic!("REQ never pauses a pipe"),
             }
         }
     }

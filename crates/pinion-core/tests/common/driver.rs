@@ -950,6 +950,15 @@ impl Harness {
                 // The driver closes it and reports it gone.
                 self.proto.remove_pipe(pipe, now);
             }
+            Output::PausePipe { pipe, .. } => {
+                // Flow control only: the model's pipes keep no read state.
+                assert!(
+                    matches!(self.kind, ProtocolKind::Rep0 | ProtocolKind::Respondent0)
+                        || self.generic(),
+                    "{:?} paused pipe {pipe:?}",
+                    self.kind
+                );
+            }
         }
     }
 

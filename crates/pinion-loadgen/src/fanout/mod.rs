@@ -863,6 +863,7 @@ fn machine_times() -> Option<(Duration, Duration)> {
         .collect();
     // user nice system idle iowait irq softirq steal
     let get = |i: usize| v.get(i).copied().unwrap_or(0);
+    // SAFETY: sysconf takes an integer name and touches no memory of ours.
     let hz = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
         h if h > 0 => h as u64,
         _ => 100,
