@@ -13,6 +13,13 @@
 //! * at the hub-wide cap the task stops taking requests from its socket
 //!   altogether; the socket's queues fill, its pipes stop reading, and TCP
 //!   pushes back on every client of that core.
+//!
+//! Held requests count toward the hub-wide cap from the moment they are
+//! held (they are in the hub's memory as much as admitted ones), so a client
+//! that pipelines without reading its acks cannot make a core hold more
+//! than the cap; admitting them later moves their bytes from "held" to
+//! "admitted" without counting them twice, so releasing them never takes
+//! the hub past its cap either.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -131,20 +138,24 @@ impl Intake {
         let used = per_pipe.get(&pipe).copied().unwrap_or(0);
         if let Some(q) = held.get_mut(&pipe) {
             // Behind earlier held requests of the same connection: in order.
+            self.shared.inflight.fetch_add(cost, Ordering::Relaxed);
             q.push_back((m, req, received));
             return;
         }
         if used > 0 && used + cost > self.max_per_conn {
+            self.shared.inflight.fetch_add(cost, Ordering::Relaxed);
             held.entry(pipe).or_default().push_back((m, req, received));
             self.sock.pause_pipe(pipe, true);
             self.shared.stats.paused.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.shared.inflight.fetch_add(cost, Ordering::Relaxed);
         self.admit(pipe, cost, m, req, received, per_pipe, batch);
     }
 
     /// Takes held requests of `pipe` while its connection has room again;
-    /// resumes reading it once none is left.
+    /// resumes reading it once none is left. Their bytes were counted in the
+    /// hub-wide total when they were held.
     fn release(
         &self,
         pipe: u32,
@@ -177,8 +188,8 @@ impl Intake {
         per_pipe: &mut HashMap<u32, usize>,
         batch: &mut Vec<Item>,
     ) {
+        // The hub-wide total counted it already (when taken or held).
         *per_pipe.entry(pipe).or_insert(0) += cost;
-        self.shared.inflight.fetch_add(cost, Ordering::Relaxed);
         batch.push(Item {
             core: self.core,
             header: m.header,
