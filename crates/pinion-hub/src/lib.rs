@@ -394,8 +394,13 @@ impl Hub {
         }
         let (replay_tx, replay_rx) = mpsc::channel();
         let replay_reader = journal.reader().map_err(jerr)?;
+        // The writer bounds each core's fan-out backlog in bytes (never
+        // waiting on a core); each core takes what it processed off it.
+        let fan_gate = writer::FanGate::new(n, end, cfg.max_fanout_backlog);
+        let fan_backlogs: Vec<_> = (0..n).map(|core| fan_gate.counter(core)).collect();
         let w = writer::Writer {
             fan: fan_txs.clone(),
+            fan_gate,
             fan_pending: Vec::new(),
             fan_first: end,
             fan_encoded: true,
@@ -436,7 +441,8 @@ impl Hub {
                 end,
                 cfg.max_queued_per_subscriber,
                 shared.clone(),
-            );
+            )
+            .with_backlog(fan_backlogs[core].clone());
             rt.spawn_on(core, f.run());
         }
         drop(replay_tx);

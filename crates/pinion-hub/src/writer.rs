@@ -17,7 +17,7 @@
 //! have something to drop.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +32,7 @@ use crate::config::FsyncPolicy;
 use crate::envelope::Checked;
 use crate::fanout::{self, Durable, Entry, FanBatch, FanIn};
 use crate::sessions::{Changes, ClientId, SessionRow, Sessions, Verdict};
+use crate::stats::HubStats;
 use crate::store::{Checkpoint, Store};
 use crate::Shared;
 
@@ -85,8 +86,15 @@ pub(crate) struct Writer {
     pub cores: Vec<UnboundedSender<Vec<Answer>>>,
     pub store_tx: mpsc::Sender<ToStore>,
     pub shared: Arc<Shared>,
-    /// Every core's fan-out task.
+    /// Every core's fan-out task. Unbounded channels, but what the writer
+    /// puts in them is bounded in bytes per core by `fan_gate` (and the
+    /// writer never waits on them). The other messages on them (new
+    /// subscribers, their ends, pings and pongs, replay chunks) come one
+    /// or a few at a time per subscriber, so connection caps and the
+    /// replay caps bound them.
     pub fan: Vec<UnboundedSender<FanIn>>,
+    /// What each core has been sent and not yet processed.
+    pub fan_gate: FanGate,
     /// Durable records not yet handed to the fan-out, from `fan_first`.
     pub fan_pending: Vec<Entry>,
     pub fan_first: u64,
@@ -118,6 +126,11 @@ impl Writer {
                 if durable < self.journal.committed_offset() {
                     next = next.min(last_sync + d);
                 }
+            }
+            if self.fan_gate.lagging(self.fan_first) {
+                // A core was skipped: look again soon, so that it learns
+                // of what it missed once it drains, publishes or not.
+                next = next.min(Instant::now() + FAN_RETRY);
             }
             let timeout = next.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(timeout) {
@@ -162,28 +175,30 @@ impl Writer {
     }
 
     /// Hands the records that became visible to subscribers (durable, or
-    /// with `fsync = never` written) to every core, as one shared batch.
+    /// with `fsync = never` written) to every core, as one shared batch,
+    /// unless that core is over its backlog bound (see [`FanGate`]).
     fn fan_out(&mut self, durable: u64) {
         let visible = match self.fsync {
             FsyncPolicy::Interval(_) => durable,
             _ => self.journal.committed_offset(),
         };
-        if visible <= self.fan_first {
-            return;
+        let mut batch = None;
+        if visible > self.fan_first {
+            let split = self.fan_pending.partition_point(|e| e.offset < visible);
+            let entries: Vec<Entry> = self.fan_pending.drain(..split).collect();
+            batch = Some(Arc::new(FanBatch {
+                first: self.fan_first,
+                next: visible,
+                encoded: self.fan_encoded,
+                entries,
+            }));
+            self.fan_first = visible;
+            self.fan_encoded = true;
         }
-        let split = self.fan_pending.partition_point(|e| e.offset < visible);
-        let entries: Vec<Entry> = self.fan_pending.drain(..split).collect();
-        let b = Arc::new(FanBatch {
-            first: self.fan_first,
-            next: visible,
-            encoded: self.fan_encoded,
-            entries,
-        });
-        for tx in &self.fan {
-            let _ = tx.send(FanIn::Batch(b.clone()));
+        for (core, tx) in self.fan.iter().enumerate() {
+            self.fan_gate
+                .offer(core, tx, batch.as_ref(), self.fan_first, &self.shared.stats);
         }
-        self.fan_first = visible;
-        self.fan_encoded = true;
     }
 
     fn sync(&mut self, durable: &mut u64, last_sync: &mut Instant) {
@@ -382,6 +397,146 @@ impl Writer {
     }
 }
 
+/// How soon the writer looks again at a core it skipped.
+const FAN_RETRY: Duration = Duration::from_millis(10);
+
+/// The bound on each core's fan-out backlog: the bytes of batches the
+/// writer sent it that it has not processed yet.
+///
+/// The writer never waits on a core. A core whose backlog is over
+/// `max_fanout_backlog` (its fan-out is falling behind) is simply not sent
+/// the next batches; once it has worked its backlog down, it is sent one
+/// light batch (`encoded: false`, no entries) covering every record it
+/// missed. Its fan-out sees that as a hole in the live stream and turns
+/// its live subscribers to catching up from the log at its watermark
+/// ([`crate::fanout`]), so they lose nothing and see nothing twice, and
+/// the memory a slow core holds stays within the bound (or one batch, when
+/// a single batch is larger: a core with nothing pending always takes the
+/// next batch whole, so it makes progress).
+pub(crate) struct FanGate {
+    max: usize,
+    cores: Vec<GateCore>,
+}
+
+struct GateCore {
+    /// Bytes sent to the core and not yet processed: the writer adds
+    /// before sending, the core subtracts after processing ([`release`]).
+    backlog: Arc<AtomicUsize>,
+    /// The end (`next`) of the last batch sent to it.
+    sent: u64,
+    /// In an overflow episode (skipped since it was last caught up).
+    over: bool,
+}
+
+impl FanGate {
+    /// `cores` cores, told of everything below `start`, each allowed
+    /// `max` bytes of backlog.
+    pub fn new(cores: usize, start: u64, max: usize) -> FanGate {
+        FanGate {
+            max,
+            cores: (0..cores)
+                .map(|_| GateCore {
+                    backlog: Arc::new(AtomicUsize::new(0)),
+                    sent: start,
+                    over: false,
+                })
+                .collect(),
+        }
+    }
+
+    /// Core `core`'s backlog counter, for its fan-out to [`release`] into.
+    pub fn counter(&self, core: usize) -> Arc<AtomicUsize> {
+        self.cores[core].backlog.clone()
+    }
+
+    /// Some core has not been told of every record below `head`.
+    pub fn lagging(&self, head: u64) -> bool {
+        self.cores.iter().any(|c| c.sent < head)
+    }
+
+    /// Tells core `core` of the records below `head` it was not sent yet:
+    /// `batch` (which ends at `head`) when it follows on from what the core
+    /// was sent and fits in its bound; otherwise a light batch covering
+    /// them, when that fits; otherwise nothing for now.
+    pub fn offer(
+        &mut self,
+        core: usize,
+        tx: &UnboundedSender<FanIn>,
+        batch: Option<&Arc<FanBatch>>,
+        head: u64,
+        stats: &HubStats,
+    ) {
+        let max = self.max;
+        let c = &mut self.cores[core];
+        if c.sent >= head {
+            return;
+        }
+        let held = c.backlog.load(Ordering::Acquire);
+        let fits = |cost: usize| held == 0 || held.saturating_add(cost) <= max;
+        let whole = batch.filter(|b| b.first == c.sent && b.next == head);
+        let send = match whole {
+            Some(b) if fits(batch_cost(b)) => Some(b.clone()),
+            _ => {
+                let light = FanBatch {
+                    first: c.sent,
+                    next: head,
+                    encoded: false,
+                    entries: Vec::new(),
+                };
+                fits(batch_cost(&light)).then(|| Arc::new(light))
+            }
+        };
+        let Some(b) = send else {
+            if !c.over {
+                c.over = true;
+                stats.fanout_overflows.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    core,
+                    backlog = held,
+                    limit = max,
+                    "fan-out falling behind: its subscribers will read the log"
+                );
+            }
+            return;
+        };
+        // Charged before it is sent: the core may process it at once.
+        let cost = batch_cost(&b);
+        c.backlog.fetch_add(cost, Ordering::AcqRel);
+        stats.fanout_backlog.fetch_add(cost as u64, Ordering::Relaxed);
+        let next = b.next;
+        if let Err(e) = tx.send(FanIn::Batch(b)) {
+            // The core is gone: nothing will release it.
+            if let FanIn::Batch(b) = e.0 {
+                release(&c.backlog, stats, &b);
+            }
+            return;
+        }
+        c.sent = next;
+        // Caught up (a whole batch or the light one): the episode is over.
+        c.over = false;
+    }
+}
+
+/// What a batch holds in memory, as charged against a core's backlog: the
+/// batch, its entries and their frames.
+pub(crate) fn batch_cost(b: &FanBatch) -> usize {
+    // The batch behind its Arc, and the channel's slot for it.
+    const OVERHEAD: usize = std::mem::size_of::<FanBatch>() + 64;
+    b.entries.iter().fold(OVERHEAD, |n, e| {
+        n + std::mem::size_of::<Entry>() + e.sp.len() + e.ws.len()
+    })
+}
+
+/// A core has processed `b`: takes it off its backlog (`backlog`, the
+/// counter from [`FanGate::counter`]) and off the hub's gauge.
+pub(crate) fn release(backlog: &AtomicUsize, stats: &HubStats, b: &FanBatch) {
+    let cost = batch_cost(b);
+    backlog.fetch_sub(cost, Ordering::AcqRel);
+    stats
+        .fanout_backlog
+        .fetch_sub(cost as u64, Ordering::Relaxed);
+}
+
 /// The checkpoint thread: writes what the writer hands it to SQLite,
 /// keeping changes whose write failed for the next attempt.
 ///
@@ -421,5 +576,227 @@ pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
             Ok(()) => pending = HashMap::new(),
             Err(e) => tracing::error!(error = %e, "session checkpoint failed; will retry"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("pinion-writer-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn row(b: u8, count: u64) -> SessionRow {
+        SessionRow {
+            client_id: [b; 16],
+            last_seq: count,
+            count,
+            first_seen_us: 1,
+            last_seen_us: 2,
+            floor: 0,
+        }
+    }
+
+    #[test]
+    fn run_store_coalesces_per_client_the_later_change_winning() {
+        let dir = temp_dir("store");
+        let path = dir.join("s.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        // Rows from an earlier checkpoint: 1 and 2.
+        let ck = |o| Checkpoint {
+            log_offset: o,
+            replay_from: o,
+        };
+        store
+            .write_checkpoint(&[row(1, 1), row(2, 1)], &[], ck(1), 0)
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let send = |rows: Vec<SessionRow>, gone: Vec<ClientId>, o| {
+            tx.send(ToStore {
+                changes: Changes {
+                    rows,
+                    forgotten: gone,
+                },
+                ck: ck(o),
+            })
+            .unwrap()
+        };
+        // 1: forgotten, then back (present, newest row). 2: updated, then
+        // forgotten (absent). 3: new, then forgotten (absent). 4: forgotten
+        // then back then forgotten (absent). 5: new (present).
+        send(vec![row(2, 2), row(3, 1)], vec![[1; 16], [4; 16]], 2);
+        send(vec![row(1, 5), row(4, 1)], vec![[2; 16], [3; 16]], 3);
+        send(vec![row(5, 1)], vec![[4; 16]], 4);
+        drop(tx);
+        // Everything is queued before it runs: one coalesced write.
+        run_store(store, rx);
+        let store = Store::open(&path).unwrap();
+        let mut rows = store.sessions().unwrap();
+        rows.sort_by_key(|r| r.client_id);
+        assert_eq!(rows, vec![row(1, 5), row(5, 1)]);
+        assert_eq!(store.checkpoint().unwrap(), ck(4));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// One encoded record of `pad` payload bytes.
+    fn entry(offset: u64, pad: usize, buf: &mut BytesMut) -> Entry {
+        fanout::encode(
+            &Durable {
+                offset,
+                timestamp_us: 0,
+                client_id: &[7; 16],
+                seq: offset,
+                topic: b"t",
+                payload: &Bytes::from(vec![b'.'; pad]),
+            },
+            buf,
+        )
+    }
+
+    /// What a core received: every batch, in order.
+    fn drain(rx: &mut UnboundedReceiver<FanIn>) -> Vec<Arc<FanBatch>> {
+        let mut out = Vec::new();
+        while let Ok(m) = rx.try_recv() {
+            match m {
+                FanIn::Batch(b) => out.push(b),
+                _ => panic!("only batches are sent here"),
+            }
+        }
+        out
+    }
+
+    /// The batches tile `[start, end)` with no gap or overlap, and each
+    /// encoded one carries exactly its records.
+    fn assert_tiles(batches: &[Arc<FanBatch>], start: u64, end: u64) {
+        let mut at = start;
+        for b in batches {
+            assert_eq!(b.first, at, "gap or overlap at {at}");
+            assert!(b.next > b.first);
+            if b.encoded {
+                let offs: Vec<u64> = b.entries.iter().map(|e| e.offset).collect();
+                assert_eq!(offs, (b.first..b.next).collect::<Vec<_>>());
+            } else {
+                assert!(b.entries.is_empty());
+            }
+            at = b.next;
+        }
+        assert_eq!(at, end);
+    }
+
+    #[test]
+    fn a_stalled_core_holds_at_most_its_bound_and_is_then_told_of_every_record() {
+        const MAX: usize = 64 << 10;
+        let stats = HubStats::default();
+        let mut gate = FanGate::new(2, 100, MAX);
+        let (tx0, mut rx0) = unbounded_channel();
+        let (tx1, mut rx1) = unbounded_channel();
+        let (c0, c1) = (gate.counter(0), gate.counter(1));
+        let mut buf = BytesMut::new();
+        let mut got1 = Vec::new();
+        let mut head = 100;
+        let mut biggest = 0;
+        // 2,000 batches of 1-4 records of about 1 KiB: core 0 never
+        // processes anything, core 1 processes each batch at once.
+        for i in 0..2_000u64 {
+            let n = 1 + i % 4;
+            let entries = (head..head + n).map(|o| entry(o, 1000, &mut buf)).collect();
+            let b = Arc::new(FanBatch {
+                first: head,
+                next: head + n,
+                encoded: true,
+                entries,
+            });
+            biggest = biggest.max(batch_cost(&b));
+            head += n;
+            gate.offer(0, &tx0, Some(&b), head, &stats);
+            gate.offer(1, &tx1, Some(&b), head, &stats);
+            drop(b);
+            for b in drain(&mut rx1) {
+                release(&c1, &stats, &b);
+                got1.push(b);
+            }
+            let held = c0.load(Ordering::Acquire);
+            assert!(held <= MAX, "core 0 holds {held} bytes, over {MAX}");
+            assert_eq!(stats.fanout_backlog.load(Ordering::Relaxed), held as u64);
+        }
+        assert!(biggest < MAX);
+        // One overflow episode, for core 0 only; core 1 got every batch.
+        assert_eq!(stats.fanout_overflows.load(Ordering::Relaxed), 1);
+        assert_eq!(got1.len(), 2_000);
+        assert!(got1.iter().all(|b| b.encoded));
+        assert_tiles(&got1, 100, head);
+        assert!(gate.lagging(head));
+        // Core 0 wakes up and processes what it was sent: no more than
+        // its bound's worth.
+        let mut got0 = drain(&mut rx0);
+        assert!(got0.len() < MAX / 1000, "{} batches queued", got0.len());
+        for b in &got0 {
+            release(&c0, &stats, b);
+        }
+        assert_eq!(c0.load(Ordering::Acquire), 0);
+        // With nothing new published, the writer's next look tells it of
+        // everything it missed in one light batch.
+        gate.offer(0, &tx0, None, head, &stats);
+        gate.offer(1, &tx1, None, head, &stats);
+        let light = drain(&mut rx0);
+        assert_eq!(light.len(), 1);
+        assert!(!light[0].encoded);
+        assert!(drain(&mut rx1).is_empty());
+        got0.extend(light);
+        assert_tiles(&got0, 100, head);
+        assert!(!gate.lagging(head));
+        for b in drain(&mut rx0) {
+            release(&c0, &stats, &b);
+        }
+        release(&c0, &stats, got0.last().unwrap());
+        assert_eq!(stats.fanout_backlog.load(Ordering::Relaxed), 0);
+        // Back to whole batches, and a new episode is counted anew.
+        let b = Arc::new(FanBatch {
+            first: head,
+            next: head + 1,
+            encoded: true,
+            entries: vec![entry(head, 10, &mut buf)],
+        });
+        gate.offer(0, &tx0, Some(&b), head + 1, &stats);
+        assert!(drain(&mut rx0)[0].encoded);
+        assert_eq!(stats.fanout_overflows.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_bound_goes_whole_to_a_core_with_nothing_pending() {
+        let stats = HubStats::default();
+        let mut gate = FanGate::new(1, 0, 4096);
+        let (tx, mut rx) = unbounded_channel();
+        let mut buf = BytesMut::new();
+        let big = Arc::new(FanBatch {
+            first: 0,
+            next: 2,
+            encoded: true,
+            entries: vec![entry(0, 5000, &mut buf), entry(1, 5000, &mut buf)],
+        });
+        assert!(batch_cost(&big) > 4096);
+        gate.offer(0, &tx, Some(&big), 2, &stats);
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].encoded);
+        assert_eq!(stats.fanout_overflows.load(Ordering::Relaxed), 0);
+        // A core gone: nothing stays charged.
+        drop(rx);
+        release(&gate.counter(0), &stats, &got[0]);
+        let next = Arc::new(FanBatch {
+            first: 2,
+            next: 3,
+            encoded: true,
+            entries: vec![entry(2, 10, &mut buf)],
+        });
+        gate.offer(0, &tx, Some(&next), 3, &stats);
+        assert_eq!(gate.counter(0).load(Ordering::Acquire), 0);
+        assert_eq!(stats.fanout_backlog.load(Ordering::Relaxed), 0);
     }
 }

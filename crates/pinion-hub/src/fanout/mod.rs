@@ -362,6 +362,10 @@ pub(crate) struct Fanout<S = TcpStream> {
     index: TopicIndex,
     /// Scratch: the subscribers one batch reaches.
     touched: Vec<u64>,
+    /// This core's backlog as the writer bounds it (`writer::FanGate`):
+    /// every batch processed is taken off it. `None` when batches do not
+    /// come from a writer (the model tests).
+    backlog: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 /// What writing to a subscriber came to.
@@ -393,7 +397,15 @@ impl<S: SubSocket> Fanout<S> {
             shared,
             index: TopicIndex::new(),
             touched: Vec::new(),
+            backlog: None,
         }
+    }
+
+    /// Takes each batch it has processed off `backlog`, the counter the
+    /// writer bounds this core's backlog with.
+    pub fn with_backlog(mut self, backlog: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        self.backlog = Some(backlog);
+        self
     }
 
     pub async fn run(mut self) {
@@ -411,7 +423,13 @@ impl<S: SubSocket> Fanout<S> {
 
     async fn dispatch(&mut self, m: FanIn<S>, subs: &mut HashMap<u64, Sub<S>>) {
         match m {
-            FanIn::Batch(b) => self.batch(&b, subs).await,
+            FanIn::Batch(b) => {
+                self.batch(&b, subs).await;
+                // Processed: the writer may send this core as much again.
+                if let Some(backlog) = &self.backlog {
+                    crate::writer::release(backlog, &self.shared.stats, &b);
+                }
+            }
             other => self.handle(other, subs),
         }
     }
