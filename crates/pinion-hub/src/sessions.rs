@@ -61,6 +61,7 @@
 //! forgotten ([`Sessions::forget_empty`]).
 
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 
 /// A client's id: 16 bytes chosen by the client.
@@ -355,11 +356,13 @@ impl Sessions {
                 break;
             }
             self.by_front.pop();
-            let Some(s) = self.map.get_mut(&id) else {
+            // One probe of the table for the visit and the removal.
+            let Entry::Occupied(mut slot) = self.map.entry(id) else {
                 // Cannot happen (a forgotten session's key is popped when
                 // it is forgotten); nothing to do if it did.
                 continue;
             };
+            let s = slot.get_mut();
             let mut dropped = 0;
             while let Some((seq, off)) = s.window.front() {
                 if off >= min_offset {
@@ -373,7 +376,7 @@ impl Sessions {
                 // At or above `min_offset`: the loop moves on.
                 Some((_, off)) => self.by_front.push(Reverse((off, id))),
                 None => {
-                    self.map.remove(&id);
+                    slot.remove();
                     out.sessions += 1;
                 }
             }
@@ -644,7 +647,11 @@ mod tests {
         assert_eq!(s.check(&id(0), 1), Verdict::Fresh);
         assert_eq!(s.check(&id(N - HORIZON as u32 - 1), 1), Verdict::Fresh);
         // The tables gave back what the burst took (not 200,000 slots).
-        assert!(s.map.capacity() < 8 * HORIZON as usize, "{}", s.map.capacity());
+        assert!(
+            s.map.capacity() < 8 * HORIZON as usize,
+            "{}",
+            s.map.capacity()
+        );
         assert!(s.by_front.capacity() < 8 * HORIZON as usize);
         // Everything leaves.
         s.evict_before(N as u64);

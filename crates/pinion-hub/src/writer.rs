@@ -502,7 +502,9 @@ impl FanGate {
         // Charged before it is sent: the core may process it at once.
         let cost = batch_cost(&b);
         c.backlog.fetch_add(cost, Ordering::AcqRel);
-        stats.fanout_backlog.fetch_add(cost as u64, Ordering::Relaxed);
+        stats
+            .fanout_backlog
+            .fetch_add(cost as u64, Ordering::Relaxed);
         let next = b.next;
         if let Err(e) = tx.send(FanIn::Batch(b)) {
             // The core is gone: nothing will release it.

@@ -179,7 +179,8 @@ struct Ws(TcpStream);
 impl Ws {
     fn connect(addr: &str, path: &str) -> Ws {
         let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
@@ -219,7 +220,12 @@ impl Ws {
         };
         let mut p = vec![0u8; len];
         self.0.read_exact(&mut p).unwrap();
-        assert_eq!(h[0], 0x82, "expected a binary frame: {:?}", String::from_utf8_lossy(&p));
+        assert_eq!(
+            h[0],
+            0x82,
+            "expected a binary frame: {:?}",
+            String::from_utf8_lossy(&p)
+        );
         let nul = p.iter().position(|&b| b == 0).expect("topic, NUL");
         Delivery::decode(&p[nul + 1..]).unwrap().offset
     }
