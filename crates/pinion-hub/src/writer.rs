@@ -89,9 +89,11 @@ pub(crate) struct Writer {
     /// Every core's fan-out task. Unbounded channels, but what the writer
     /// puts in them is bounded in bytes per core by `fan_gate` (and the
     /// writer never waits on them). The other messages on them (new
-    /// subscribers, their ends, pings and pongs, replay chunks) come one
-    /// or a few at a time per subscriber, so connection caps and the
-    /// replay caps bound them.
+    /// subscribers, their ends, pings, "writable" notices, replay chunks)
+    /// come one or a few at a time per subscriber, so the connection caps
+    /// and the replay caps bound them; pongs follow a subscriber's pings,
+    /// read on the same core by a task that takes turns with the fan-out,
+    /// and their frames count toward that subscriber's queue bound.
     pub fan: Vec<UnboundedSender<FanIn>>,
     /// What each core has been sent and not yet processed.
     pub fan_gate: FanGate,

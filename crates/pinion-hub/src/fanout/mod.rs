@@ -63,10 +63,19 @@
 //! watermark, or whose records the writer did not encode (it saw no
 //! subscriber when it logged them), turns the core's live subscribers back
 //! to catching up from the watermark.
+//!
+//! # A core that falls behind
+//!
+//! The batches queued for a core are bounded in bytes
+//! (`max_fanout_backlog`) without the writer ever waiting: a core over the
+//! bound is skipped, and once it has processed its backlog it is sent one
+//! unencoded batch for the records it missed, which demotes its live
+//! subscribers as above (see `writer::FanGate`). Each batch processed is
+//! taken off the core's backlog in [`Fanout::run`]'s dispatch.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
