@@ -394,6 +394,9 @@ impl Hub {
         }
         let (replay_tx, replay_rx) = mpsc::channel();
         let replay_reader = journal.reader().map_err(jerr)?;
+        // The sessions gauges are right from the start (the writer keeps
+        // them so after each commit and checkpoint).
+        writer::publish_session_stats(&sessions, &shared.stats);
         // The writer bounds each core's fan-out backlog in bytes (never
         // waiting on a core); each core takes what it processed off it.
         let fan_gate = writer::FanGate::new(n, end, cfg.max_fanout_backlog);

@@ -114,7 +114,6 @@ pub(crate) fn now_us() -> u64 {
 
 impl Writer {
     pub fn run(mut self) {
-        self.publish_session_stats();
         let mut last_ckpt = Instant::now();
         let mut last_sync = Instant::now();
         let mut durable = self.journal.committed_offset();
@@ -228,18 +227,8 @@ impl Writer {
             log_offset: head,
             replay_from: self.sessions.replay_from(head),
         };
-        self.publish_session_stats();
+        publish_session_stats(&self.sessions, &self.shared.stats);
         let _ = self.store_tx.send(ToStore { changes, ck });
-    }
-
-    fn publish_session_stats(&self) {
-        let stats = &self.shared.stats;
-        stats
-            .sessions
-            .store(self.sessions.len() as u64, Ordering::Relaxed);
-        stats
-            .sessions_forgotten
-            .store(self.sessions.forgotten(), Ordering::Relaxed);
     }
 
     fn commit_group(
@@ -331,7 +320,7 @@ impl Writer {
                     for (c, s, off) in &logged {
                         self.sessions.record(c, *s, *off, ts, true);
                     }
-                    self.publish_session_stats();
+                    publish_session_stats(&self.sessions, &shared.stats);
                     if !encode {
                         self.fan_encoded = false;
                     }
@@ -397,6 +386,16 @@ impl Writer {
             });
         }
     }
+}
+
+/// Sets the `sessions` gauge and the `sessions_forgotten` counter.
+pub(crate) fn publish_session_stats(sessions: &Sessions, stats: &HubStats) {
+    stats
+        .sessions
+        .store(sessions.len() as u64, Ordering::Relaxed);
+    stats
+        .sessions_forgotten
+        .store(sessions.forgotten(), Ordering::Relaxed);
 }
 
 /// How soon the writer looks again at a core it skipped.
