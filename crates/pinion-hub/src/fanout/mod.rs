@@ -71,7 +71,7 @@
 //! bound is skipped, and once it has processed its backlog it is sent one
 //! unencoded batch for the records it missed, which demotes its live
 //! subscribers as above (see `writer::FanGate`). Each batch processed is
-//! taken off the core's backlog in [`Fanout::run`]'s dispatch.
+//! taken off the core's backlog in `Fanout::run`'s dispatch.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
