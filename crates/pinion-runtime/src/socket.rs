@@ -487,20 +487,32 @@ impl SocketHandle {
     /// the upgrade request, answers it as a listener on `path` would, and
     /// runs on the calling core, which must be one of this runtime's.
     pub fn adopt_ws(&self, tcp: std::net::TcpStream, path: &str) -> Result<(), Error> {
-        if self.is_closed() {
-            return Err(Error::Closed);
-        }
-        let sh = &self.inner;
-        let core = sh
-            .rt
-            .current_core()
-            .ok_or(Error::Bug("adopt_ws called outside a core"))?;
+        self.adopt_ws_read(tcp, path, Vec::new(), Box::new(()))
+    }
+
+    /// Like [`adopt_ws`](Self::adopt_ws), for a connection whose request
+    /// the application already read to route it: `read` is every byte read
+    /// from it so far (the upgrade request's head, and whatever followed),
+    /// which the pipe takes as the start of the stream. The head is checked
+    /// and answered as by a listener on `path`.
+    ///
+    /// `hold` is kept as long as the pipe runs and dropped when it ends
+    /// (say, the application's count of open connections).
+    pub fn adopt_ws_read(
+        &self,
+        tcp: std::net::TcpStream,
+        path: &str,
+        read: Vec<u8>,
+        hold: Box<dyn Send>,
+    ) -> Result<(), Error> {
+        let (core, sh) = self.adopting("adopt_ws called outside a core")?;
         let conn = Conn::adopt(crate::transport::Portable::Ws(
             crate::transport::ws::PortableWs {
                 tcp,
                 role: crate::transport::ws::Role::Server {
                     path: Arc::from(path),
                 },
+                read,
             },
         ))
         .map_err(|e| Error::io("adopt", path, e))?;
@@ -509,9 +521,61 @@ impl SocketHandle {
         let pipe = SocketHandle::new_pipe_id(&sh.next_pipe);
         tokio::spawn(async move {
             let _guard = guard;
+            let _hold = hold;
             pipe::run(conn, pipe, link, None).await
         });
         Ok(())
+    }
+
+    /// Adopts a TCP connection the application accepted itself (nothing
+    /// read from it yet) as a `tcp://` pipe of this socket, exactly as if
+    /// one of its listeners had accepted it: the pipe exchanges SP headers
+    /// (within [`Options::handshake_timeout`]) and runs on the calling
+    /// core, which must be one of this runtime's. This lets a server decide
+    /// who gets in (caps, socket options) before the socket sees them.
+    ///
+    /// `hold` is kept as long as the pipe runs and dropped when it ends;
+    /// `on_handshake` is called once, as soon as the header exchange's
+    /// outcome is known (`Ok`: the pipe is up; a peer error such as
+    /// [`PeerError::HandshakeTimeout`](pinion_core::PeerError) or a wrong
+    /// protocol; an I/O error).
+    pub fn adopt_tcp(
+        &self,
+        tcp: std::net::TcpStream,
+        hold: Box<dyn Send>,
+        on_handshake: Box<dyn FnOnce(Result<(), Error>) + Send>,
+    ) -> Result<(), Error> {
+        let (core, sh) = self.adopting("adopt_tcp called outside a core")?;
+        let adopt = |tcp: std::net::TcpStream| {
+            tcp.set_nonblocking(true)?;
+            tcp.set_nodelay(sh.opts.tcp_nodelay)?;
+            Conn::adopt(crate::transport::Portable::Tcp(tcp))
+        };
+        let conn = adopt(tcp).map_err(|e| Error::io("adopt", "tcp", e))?;
+        let guard = sh.rt.load_guard(core);
+        let link = sh.link.clone();
+        let pipe = SocketHandle::new_pipe_id(&sh.next_pipe);
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _hold = hold;
+            let (tx, rx) = oneshot::channel();
+            // In this task rather than another: once reported, this future
+            // is done and holds nothing.
+            let report = async move { on_handshake(rx.await.unwrap_or(Err(Error::Closed))) };
+            tokio::join!(pipe::run(conn, pipe, link, Some(tx)), report);
+        });
+        Ok(())
+    }
+
+    /// The calling core, for the adopt calls (`Err` outside the runtime's
+    /// cores, or once the socket is closed).
+    fn adopting(&self, outside: &'static str) -> Result<(CoreId, &Shared), Error> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let sh = &*self.inner;
+        let core = sh.rt.current_core().ok_or(Error::Bug(outside))?;
+        Ok((core, sh))
     }
 
     /// Closes a context in the pattern.

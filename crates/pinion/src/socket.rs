@@ -124,6 +124,35 @@ impl Socket {
         self.h.adopt_ws(tcp, path)
     }
 
+    /// Adopts a connection whose upgrade request the application already
+    /// read (`read`: every byte read from it so far) as a `ws://` pipe for
+    /// `path`; `hold` is kept for the pipe's life (see
+    /// [`SocketHandle::adopt_ws_read`](pinion_runtime::socket::SocketHandle::adopt_ws_read)).
+    pub fn adopt_ws_read(
+        &self,
+        tcp: std::net::TcpStream,
+        path: &str,
+        read: Vec<u8>,
+        hold: Box<dyn Send>,
+    ) -> crate::Result<()> {
+        self.h.adopt_ws_read(tcp, path, read, hold)
+    }
+
+    /// Adopts a TCP connection the application accepted itself as a
+    /// `tcp://` pipe, as a listener of this socket would have; `hold` is
+    /// kept for the pipe's life, `on_handshake` told the SP header
+    /// exchange's outcome (see
+    /// [`SocketHandle::adopt_tcp`](pinion_runtime::socket::SocketHandle::adopt_tcp)).
+    /// Call it from a task on one of the runtime's cores.
+    pub fn adopt_tcp(
+        &self,
+        tcp: std::net::TcpStream,
+        hold: Box<dyn Send>,
+        on_handshake: Box<dyn FnOnce(crate::Result<()>) + Send>,
+    ) -> crate::Result<()> {
+        self.h.adopt_tcp(tcp, hold, on_handshake)
+    }
+
     /// Dials `url`: waits for the first connection (returning its error, e.g.
     /// connection refused), then reconnects in the background whenever it is
     /// lost.

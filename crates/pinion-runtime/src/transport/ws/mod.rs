@@ -98,6 +98,9 @@ pub struct PortableWs {
     pub tcp: std::net::TcpStream,
     /// Which end it is.
     pub role: Role,
+    /// Bytes already read from the connection (a server whose application
+    /// read the upgrade request to route it): the start of the stream.
+    pub read: Vec<u8>,
 }
 
 /// A TCP connection about to be upgraded, registered with a core.
@@ -107,6 +110,8 @@ pub struct WsConn {
     pub tcp: tokio::net::TcpStream,
     /// Which end it is.
     pub role: Role,
+    /// Bytes already read from it (see [`PortableWs::read`]).
+    pub read: Vec<u8>,
 }
 
 impl WsConn {
@@ -115,6 +120,7 @@ impl WsConn {
         Ok(WsConn {
             tcp: tokio::net::TcpStream::from_std(p.tcp)?,
             role: p.role,
+            read: p.read,
         })
     }
 }
@@ -154,6 +160,7 @@ pub async fn connect(url: &Url, nodelay: bool) -> Result<WsConn, Error> {
             host: host_header(host, *port),
             path: path.to_string(),
         },
+        read: Vec::new(),
     })
 }
 
@@ -175,6 +182,7 @@ impl WsListener {
             role: Role::Server {
                 path: self.path.clone(),
             },
+            read: Vec::new(),
         })
     }
 }

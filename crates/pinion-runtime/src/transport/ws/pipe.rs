@@ -99,12 +99,15 @@ pub(crate) async fn run_pipe(
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
 ) {
-    let WsConn { tcp, role } = ws;
+    let WsConn { tcp, role, read } = ws;
     let side = match role {
         Role::Server { .. } => Side::Server,
         Role::Client { .. } => Side::Client,
     };
-    let upgrade = tokio::time::timeout(link.opts.handshake_timeout, upgrade(&tcp, &role, link));
+    let upgrade = tokio::time::timeout(
+        link.opts.handshake_timeout,
+        upgrade(&tcp, &role, link, read),
+    );
     let leftover = match upgrade.await {
         Ok(Ok(rest)) => rest,
         Ok(Err(Failed::Peer(pe))) => {
@@ -272,15 +275,20 @@ async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> Result<(), Failed> {
     }
 }
 
-/// The opening handshake. Returns the bytes that came after the HTTP head
-/// (already WebSocket frames).
-async fn upgrade(tcp: &TcpStream, role: &Role, link: &PipeLink) -> Result<Vec<u8>, Failed> {
-    let mut buf = Vec::new();
+/// The opening handshake, from the bytes already `read` (an adopted
+/// connection's request head). Returns the bytes that came after the HTTP
+/// head (already WebSocket frames).
+async fn upgrade(
+    tcp: &TcpStream,
+    role: &Role,
+    link: &PipeLink,
+    read: Vec<u8>,
+) -> Result<Vec<u8>, Failed> {
+    let mut buf = read;
     match role {
         Role::Server { path } => loop {
-            read_head(tcp, &mut buf).await?;
             match handshake::server_request(&buf, path, link.kind) {
-                Request::Incomplete => continue,
+                Request::Incomplete => read_head(tcp, &mut buf).await?,
                 Request::Accept { response, head_len } => {
                     write_chunks(tcp, &mut vec![Bytes::from(response)]).await?;
                     buf.drain(..head_len);
@@ -463,7 +471,8 @@ mod tests {
                 closed: Default::default(),
             };
             let role = Role::Server { path: "/".into() };
-            let f = run_pipe(WsConn { tcp, role }, PipeId(1), &link, None);
+            let read = Vec::new();
+            let f = run_pipe(WsConn { tcp, role, read }, PipeId(1), &link, None);
             let size = std::mem::size_of_val(&f);
             assert!(size <= 2048, "ws pipe future is {size} bytes");
             assert!(std::mem::size_of::<Decoder>() <= 128);
