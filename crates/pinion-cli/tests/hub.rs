@@ -122,9 +122,10 @@ impl HubProc {
 
     /// `GET path` on the hub's HTTP port: (status, body).
     fn http_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.http_addr()).unwrap();
+        let addr = self.http_addr();
+        let mut s = TcpStream::connect(&addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
         let status = out[9..12].parse().unwrap();

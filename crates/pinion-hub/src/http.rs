@@ -2,29 +2,47 @@
 //! browser client, Prometheus metrics, health, and the WebSocket endpoints
 //! `/sub` (subscribe, with topic filters and resume), `/pub` (publish with
 //! ack, SP REQ/REP over WebSocket) and `/stats` (the dashboard's feed).
-//! The contract is in `docs/HUB-WEB.md`.
+//! The contract is in `docs/HUB-WEB.md`, what it refuses in
+//! `docs/HARDENING.md`.
 //!
 //! Every core accepts on its own share of the port (SO_REUSEPORT), so a
-//! connection lives on the core that accepted it. The request head is
-//! **peeked**, not read, until the route is known: a `/pub` connection is
-//! then handed untouched to that core's REP socket as a `ws://` pipe
-//! ([`pinion::Socket::adopt_ws`]), which answers the upgrade itself; every
-//! other route reads the head and answers here. HTTP heads are parsed with
-//! `httparse`; a head over 8 KiB, or not complete within 10 s, is refused.
+//! connection lives on the core that accepted it. Each connection is first
+//! admitted by the port's [`Gate`] (caps on connections and handshakes,
+//! per port and per source), then its request head is **read** as it
+//! arrives: the task sleeps until the socket is readable, and the head is
+//! parsed (`httparse`) only when it may be complete, so a peer sending one
+//! byte at a time costs a wake-up per byte and nothing while silent. The
+//! whole head must arrive within `handshake_timeout` (else 408) and fit in
+//! 8 KiB and 48 headers (else 431). Then, before any route: the `Host`
+//! must be one of the hub's names (421) and a browser's `Origin` one of
+//! its own pages' or an allowed one (403) ([`crate::origin`]).
+//!
+//! A `/pub` connection is then handed, with the bytes already read, to
+//! that core's REP socket as a `ws://` pipe
+//! ([`pinion::Socket::adopt_ws_read`]), which answers the upgrade itself;
+//! every other route is answered here, each response within
+//! `write_timeout` (else the connection is cut).
 
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use pinion::Socket;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use pinion_core::protocol::ProtocolKind;
+use pinion_runtime::transport::ws::frame::Event;
+use pinion_runtime::transport::ws::handshake;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::watch;
 
 use crate::fanout::{ws_frame, FanIn, Framing, NewSub};
+use crate::guard::{ConnGuard, Gate, HandshakeGuard, Limits};
+use crate::origin::{self, HostPolicy, OriginPolicy};
+use crate::stats::Refusal;
 use crate::subs;
 use crate::Shared;
 
@@ -40,11 +58,27 @@ pub const PINION_JS: &str = include_str!("../web/pinion.js");
 pub const PINION_SUBPROTOCOL: &str = "pinion.v1";
 
 /// Largest request head accepted.
-const MAX_HEAD: usize = 8 << 10;
-/// Time a client has to send its request head.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_HEAD: usize = 8 << 10;
+/// Most header lines in a request head.
+pub const MAX_HEADERS: usize = 48;
 /// Most `topic` filters one subscriber may give.
 const MAX_FILTERS: usize = 64;
+/// How long a rendered `/metrics` is served again: rendering reads
+/// `/proc` for every thread, so a client polling in a loop would otherwise
+/// take a core's time from the publishers.
+pub const METRICS_TTL: Duration = Duration::from_millis(250);
+/// How long a connection is read (and what it sends dropped) after its
+/// answer, waiting for the peer to close first (see `linger`).
+const LINGER: Duration = Duration::from_secs(1);
+/// Most bytes read (and dropped) that way.
+const LINGER_BYTES: usize = 64 << 10;
+/// Read space added to a head's buffer at a time (a peer sending a few
+/// bytes holds little; a whole head takes a few reads at most).
+const HEAD_STEP: usize = 1024;
+
+/// The answer to a connection refused at the door (a cap): said without
+/// waiting on the peer, then closed.
+const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\nContent-Length: 21\r\nConnection: close\r\n\r\ntoo many connections\n";
 
 /// What every connection handler needs.
 pub(crate) struct Web {
@@ -58,6 +92,33 @@ pub(crate) struct Web {
     pub feed: watch::Receiver<Arc<str>>,
     /// Renders `/metrics`.
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// The last `/metrics` rendered, and when (see [`METRICS_TTL`]).
+    pub metrics_cache: Mutex<Option<(Instant, Arc<str>)>>,
+    /// Admission on this port.
+    pub gate: Arc<Gate>,
+    /// Timeouts, keepalive, ping interval.
+    pub limits: Limits,
+    /// What a `Host` may name.
+    pub hosts: HostPolicy,
+    /// Which pages' `Origin` is accepted.
+    pub origins: OriginPolicy,
+}
+
+impl Web {
+    /// The `/metrics` text, rendered at most once per [`METRICS_TTL`].
+    fn metrics_text(&self) -> Arc<str> {
+        let lock = || self.metrics_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, text)) = &*lock() {
+            if at.elapsed() < METRICS_TTL {
+                return text.clone();
+            }
+        }
+        // Rendered outside the lock: a core never waits for another's
+        // rendering (two may render at once; both results are current).
+        let text: Arc<str> = Arc::from((self.metrics)());
+        *lock() = Some((Instant::now(), text.clone()));
+        text
+    }
 }
 
 /// Accepts HTTP connections on one core's share of the port.
@@ -71,11 +132,21 @@ pub(crate) async fn serve(core: usize, listener: std::net::TcpListener, web: Arc
     };
     loop {
         match listener.accept().await {
-            Ok((s, _)) => {
+            Ok((s, peer)) => {
+                let (conn, hs) = match web.gate.admit(peer.ip()) {
+                    Ok(g) => g,
+                    Err(why) => {
+                        tracing::debug!(%peer, reason = why.label(), "http connection refused");
+                        refuse_now(&s, SERVICE_UNAVAILABLE);
+                        continue;
+                    }
+                };
+                let _ = s.set_nodelay(true);
+                let _ =
+                    crate::guard::set_keepalive(&socket2::SockRef::from(&s), web.limits.keepalive);
                 let web = web.clone();
                 tokio::spawn(async move {
-                    let _ = s.set_nodelay(true);
-                    if let Err(e) = connection(core, s, &web).await {
+                    if let Err(e) = connection(core, s, &web, conn, hs).await {
                         tracing::debug!(error = %e, "http connection");
                     }
                 });
@@ -88,6 +159,18 @@ pub(crate) async fn serve(core: usize, listener: std::net::TcpListener, web: Arc
     }
 }
 
+/// Says `bytes` to a peer refused at the door if its socket takes them at
+/// once (one non-blocking write: never waits on a refused peer), and
+/// closes. What the peer already sent is read off first (once, without
+/// waiting), so that the close is a FIN after the answer rather than a
+/// reset that could overtake it.
+fn refuse_now(s: &TcpStream, bytes: &[u8]) {
+    let _ = s.try_write(bytes);
+    let mut sink = [0u8; 1024];
+    let _ = s.try_read(&mut sink);
+    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+}
+
 /// The parts of a request head the routes use.
 #[derive(Debug, Default)]
 pub struct Head {
@@ -95,10 +178,17 @@ pub struct Head {
     pub len: usize,
     /// `GET`, …
     pub method: String,
+    /// The minor HTTP version (`1`: HTTP/1.1).
+    pub version: u8,
     /// The path, without the query.
     pub path: String,
     /// What follows `?` (empty if nothing).
     pub query: String,
+    /// Every `Host` header's value (a valid request has exactly one).
+    pub hosts: Vec<String>,
+    /// Every `Origin` header's value (browsers send one; other clients
+    /// none).
+    pub origins: Vec<String>,
     /// `Upgrade: websocket` and `Connection: upgrade` were both there.
     pub upgrade_ws: bool,
     /// `Sec-WebSocket-Key`.
@@ -111,20 +201,45 @@ pub struct Head {
     pub has_body: bool,
 }
 
-/// Parses a complete head; `Ok(None)`: incomplete; `Err`: not HTTP.
-pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; 48];
+/// Why a request head was refused (the peer's fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadError {
+    /// Not an HTTP request head (answered `400`).
+    Malformed(&'static str),
+    /// Over [`MAX_HEAD`] bytes or [`MAX_HEADERS`] headers (answered `431`).
+    TooLarge,
+}
+
+impl HeadError {
+    /// The refusal counted for it.
+    pub fn refusal(self) -> Refusal {
+        match self {
+            HeadError::Malformed(_) => Refusal::Malformed,
+            HeadError::TooLarge => Refusal::HeadTooLarge,
+        }
+    }
+}
+
+/// Parses a complete head; `Ok(None)`: incomplete; `Err`: refused.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err("malformed request"),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed("malformed request")),
     };
+    if len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut h = Head {
         len,
         method: req.method.unwrap_or("").to_string(),
+        version: req.version.unwrap_or(0),
         path: path.to_string(),
         query: query.to_string(),
         ..Head::default()
@@ -132,9 +247,14 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     let mut upgrade = false;
     let mut connection_upgrade = false;
     for hd in req.headers.iter() {
+        // A value that is not UTF-8 reads as empty: no route needs one.
         let v = std::str::from_utf8(hd.value).unwrap_or("");
         let tokens = || v.split(',').map(str::trim);
-        if hd.name.eq_ignore_ascii_case("upgrade") {
+        if hd.name.eq_ignore_ascii_case("host") {
+            h.hosts.push(v.trim().to_string());
+        } else if hd.name.eq_ignore_ascii_case("origin") {
+            h.origins.push(v.trim().to_string());
+        } else if hd.name.eq_ignore_ascii_case("upgrade") {
             upgrade |= tokens().any(|t| t.eq_ignore_ascii_case("websocket"));
         } else if hd.name.eq_ignore_ascii_case("connection") {
             connection_upgrade |= tokens().any(|t| t.eq_ignore_ascii_case("upgrade"));
@@ -154,31 +274,91 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, &'static str> {
     Ok(Some(h))
 }
 
-/// Peeks at the connection until a whole request head is there.
-async fn peek_head(s: &TcpStream) -> Result<Option<Head>, &'static str> {
-    let mut buf = vec![0u8; MAX_HEAD];
-    let mut last = 0;
+/// Whether the bytes from `from` on may hold the blank line that ends a
+/// head (`\n\n` or `\n\r\n`, the line ends httparse accepts).
+fn may_end_head(buf: &[u8], from: usize) -> bool {
+    let from = from.saturating_sub(2);
+    buf.get(from..).is_some_and(|tail| {
+        tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+    })
+}
+
+/// How reading a head ended when no head came of it.
+#[derive(Debug)]
+enum HeadRead {
+    /// Refused: answer and count.
+    Refused(HeadError),
+    /// The peer closed or reset the connection: nobody to answer.
+    Gone,
+}
+
+/// Reads a request head as it arrives (waiting for readiness between
+/// reads, never polling). Returns the head and every byte read, which may
+/// go past the head (a WebSocket client's first frames).
+///
+/// The head is parsed after the first read (garbage is refused at once)
+/// and then only when a blank line may have arrived, so a head sent a byte
+/// at a time is parsed a couple of times, not once per byte.
+async fn read_head(s: &TcpStream) -> Result<(Head, Vec<u8>), HeadRead> {
+    let mut buf: Vec<u8> = Vec::new();
     loop {
-        let n = s.peek(&mut buf).await.map_err(|_| "read failed")?;
-        if n == 0 {
-            return Ok(None);
+        if s.readable().await.is_err() {
+            return Err(HeadRead::Gone);
         }
-        if n != last {
-            if let Some(h) = parse_head(&buf[..n])? {
-                return Ok(Some(h));
-            }
-            if n == MAX_HEAD {
-                return Err("request head too long");
-            }
-            last = n;
+        // One byte past the limit is enough to know the head is too long.
+        let room = (MAX_HEAD + 1).saturating_sub(buf.len());
+        if buf.capacity() == buf.len() {
+            buf.reserve_exact(HEAD_STEP.min(room));
         }
-        // Part of the head is there; the rest is on its way.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let before = buf.len();
+        match s.try_read_buf(&mut (&mut buf).limit(room)) {
+            Ok(0) => return Err(HeadRead::Gone),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return Err(HeadRead::Gone),
+        }
+        // RFC 9112 lets a server skip an empty line before the request;
+        // more than one is not a client's doing (and would make every
+        // byte of a stream of line ends look like a possible end of head).
+        let lead = buf
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+        if lead > 2 {
+            return Err(HeadRead::Refused(HeadError::Malformed(
+                "empty lines before the request line",
+            )));
+        }
+        if before == 0 || may_end_head(&buf, before) {
+            match parse_head(&buf) {
+                Ok(Some(h)) => return Ok((h, buf)),
+                Ok(None) => {}
+                Err(e) => return Err(HeadRead::Refused(e)),
+            }
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(HeadRead::Refused(HeadError::TooLarge));
+        }
     }
 }
 
+/// Writes `bytes` within the port's `write_timeout`; a peer that does not
+/// take them in time is cut (counted `write_timeout`).
+async fn write_timed(s: &mut TcpStream, bytes: &[u8], web: &Web) -> std::io::Result<()> {
+    match tokio::time::timeout(web.limits.write_timeout, s.write_all(bytes)).await {
+        Ok(r) => r,
+        Err(_) => {
+            web.gate.refuse(Refusal::WriteTimeout);
+            Err(std::io::ErrorKind::TimedOut.into())
+        }
+    }
+}
+
+/// Answers with `status` and closes (the whole response within
+/// `write_timeout`).
 async fn respond(
     s: &mut TcpStream,
+    web: &Web,
     status: &str,
     ctype: &str,
     extra: &str,
@@ -191,39 +371,142 @@ async fn respond(
     let mut out = Vec::with_capacity(head.len() + body.len());
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(body);
-    s.write_all(&out).await?;
-    let _ = s.shutdown().await;
+    write_timed(s, &out, web).await?;
+    let _ = tokio::time::timeout(web.limits.write_timeout, s.shutdown()).await;
+    linger(s).await;
     Ok(())
 }
 
-async fn connection(core: usize, mut s: TcpStream, web: &Web) -> std::io::Result<()> {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, peek_head(&s)).await {
-        Err(_) => return respond(&mut s, "408 Request Timeout", "text/plain", "", b"").await,
-        Ok(Err(why)) => {
-            return respond(&mut s, "400 Bad Request", "text/plain", "", why.as_bytes()).await
-        }
-        Ok(Ok(None)) => return Ok(()),
-        Ok(Ok(Some(h))) => h,
-    };
-    if head.path == "/pub" {
-        // SP REQ/REP over WebSocket: the REP socket's pipe reads the head
-        // and answers the upgrade (or refuses it) itself.
-        let std = s.into_std()?;
-        return match web.socks[core].adopt_ws(std, "/pub") {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot adopt a /pub connection");
-                Ok(())
+/// After the answer: reads (and drops) what the peer still sends, until it
+/// closes, for at most [`LINGER`] and [`LINGER_BYTES`]. Closing a socket
+/// with unread input makes the kernel send a reset, which can destroy the
+/// answer before the peer reads it (a refused head it was still sending,
+/// say); after this the close is a plain FIN.
+async fn linger(s: &TcpStream) {
+    let drain = async {
+        let mut sink = [0u8; 1024];
+        let mut left = LINGER_BYTES;
+        loop {
+            if s.readable().await.is_err() {
+                return;
             }
-        };
+            match s.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => {
+                    left = left.saturating_sub(n);
+                    if left == 0 {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
+}
+
+/// Answers a refusal (counted as `why`) with `status` and a one-line body.
+async fn refuse(
+    s: &mut TcpStream,
+    web: &Web,
+    why: Refusal,
+    status: &str,
+    body: &str,
+) -> std::io::Result<()> {
+    web.gate.refuse(why);
+    respond(s, web, status, "text/plain", "", body.as_bytes()).await
+}
+
+/// Whether the request is for this hub and from a page allowed to use
+/// it; `Err` is the refusal to answer.
+fn check_names(
+    head: &Head,
+    local: SocketAddr,
+    web: &Web,
+) -> Result<(), (Refusal, &'static str, &'static str)> {
+    let bad = |why| Err((Refusal::Malformed, "400 Bad Request", why));
+    let host = match head.hosts.as_slice() {
+        // HTTP/1.0 clients may leave it out; HTTP/1.1 ones must not.
+        [] if head.version == 0 => None,
+        [] => return bad("an HTTP/1.1 request needs a Host header\n"),
+        [h] => match origin::parse_authority(h) {
+            Some(a) => Some(a),
+            None => return bad("malformed Host header\n"),
+        },
+        _ => return bad("more than one Host header\n"),
+    };
+    if let Some(host) = host {
+        if !web.hosts.accepts(&host, local, &origin::is_machine_ip) {
+            return Err((
+                Refusal::BadHost,
+                "421 Misdirected Request",
+                "this hub does not answer to that Host\n",
+            ));
+        }
     }
-    // Every other route reads the head here.
-    let mut consumed = vec![0u8; head.len];
-    s.read_exact(&mut consumed).await?;
-    drop(consumed);
+    if head.origins.iter().any(|o| {
+        !web.origins
+            .accepts(o, &web.hosts, local, &origin::is_machine_ip)
+    }) {
+        return Err((
+            Refusal::BadOrigin,
+            "403 Forbidden",
+            "pages of this origin may not use this hub (see allow_origin)\n",
+        ));
+    }
+    Ok(())
+}
+
+async fn connection(
+    core: usize,
+    mut s: TcpStream,
+    web: &Web,
+    conn: ConnGuard,
+    hs: HandshakeGuard,
+) -> std::io::Result<()> {
+    let local = s.local_addr()?;
+    let (head, read) = match tokio::time::timeout(web.limits.handshake_timeout, read_head(&s)).await
+    {
+        Err(_) => {
+            return refuse(
+                &mut s,
+                web,
+                Refusal::HandshakeTimeout,
+                "408 Request Timeout",
+                "the request head took too long\n",
+            )
+            .await
+        }
+        Ok(Err(HeadRead::Gone)) => return Ok(()),
+        Ok(Err(HeadRead::Refused(e @ HeadError::TooLarge))) => {
+            return refuse(
+                &mut s,
+                web,
+                e.refusal(),
+                "431 Request Header Fields Too Large",
+                "request head over 8 KiB or 48 headers\n",
+            )
+            .await
+        }
+        Ok(Err(HeadRead::Refused(e @ HeadError::Malformed(why)))) => {
+            let body = format!("{why}\n");
+            return refuse(&mut s, web, e.refusal(), "400 Bad Request", &body).await;
+        }
+        Ok(Ok(h)) => h,
+    };
+    // The handshake is over: its place goes to the next connection.
+    drop(hs);
+    if let Err((why, status, body)) = check_names(&head, local, web) {
+        return refuse(&mut s, web, why, status, body).await;
+    }
+    if head.path == "/pub" {
+        return publish(core, s, &head, read, web, conn).await;
+    }
     if head.method != "GET" && head.method != "HEAD" {
         return respond(
             &mut s,
+            web,
             "405 Method Not Allowed",
             "text/plain",
             "Allow: GET\r\n",
@@ -231,65 +514,83 @@ async fn connection(core: usize, mut s: TcpStream, web: &Web) -> std::io::Result
         )
         .await;
     }
+    // What came after the head: a WebSocket client's first frames.
+    let rest = read.get(head.len..).unwrap_or_default();
     match head.path.as_str() {
         "/" | "/index.html" => {
-            respond(
-                &mut s,
-                "200 OK",
-                "text/html; charset=utf-8",
-                "",
-                INDEX_HTML.as_bytes(),
-            )
-            .await
+            let html = INDEX_HTML.as_bytes();
+            respond(&mut s, web, "200 OK", "text/html; charset=utf-8", "", html).await
         }
         "/demo" | "/demo.html" => {
-            respond(
-                &mut s,
-                "200 OK",
-                "text/html; charset=utf-8",
-                "",
-                DEMO_HTML.as_bytes(),
-            )
-            .await
+            let html = DEMO_HTML.as_bytes();
+            respond(&mut s, web, "200 OK", "text/html; charset=utf-8", "", html).await
         }
         "/pinion.js" => {
-            respond(
-                &mut s,
-                "200 OK",
-                "text/javascript; charset=utf-8",
-                "",
-                PINION_JS.as_bytes(),
-            )
-            .await
+            let js = PINION_JS.as_bytes();
+            let ctype = "text/javascript; charset=utf-8";
+            respond(&mut s, web, "200 OK", ctype, "", js).await
         }
         "/metrics" => {
-            let body = (web.metrics)();
+            let body = web.metrics_text();
+            let ctype = "text/plain; version=0.0.4; charset=utf-8";
+            respond(&mut s, web, "200 OK", ctype, "", body.as_bytes()).await
+        }
+        "/healthz" => match web.shared.health() {
+            Ok(()) => respond(&mut s, web, "200 OK", "text/plain", "", b"ok\n").await,
+            Err(why) => {
+                let body = format!("{why}\n");
+                let status = "503 Service Unavailable";
+                respond(&mut s, web, status, "text/plain", "", body.as_bytes()).await
+            }
+        },
+        "/sub" => subscribe(core, s, &head, rest, web, conn).await,
+        "/stats" => stats_stream(s, &head, rest, web).await,
+        _ => {
             respond(
                 &mut s,
-                "200 OK",
-                "text/plain; version=0.0.4; charset=utf-8",
+                web,
+                "404 Not Found",
+                "text/plain",
                 "",
-                body.as_bytes(),
+                b"not found\n",
             )
             .await
         }
-        "/healthz" => match web.shared.health() {
-            Ok(()) => respond(&mut s, "200 OK", "text/plain", "", b"ok\n").await,
-            Err(why) => {
-                respond(
-                    &mut s,
-                    "503 Service Unavailable",
-                    "text/plain",
-                    "",
-                    format!("{why}\n").as_bytes(),
-                )
-                .await
-            }
-        },
-        "/sub" => subscribe(core, s, &head, web).await,
-        "/stats" => stats_stream(s, &head, web).await,
-        _ => respond(&mut s, "404 Not Found", "text/plain", "", b"not found\n").await,
     }
+}
+
+/// `/pub`: SP REQ/REP over WebSocket, served by the core's REP socket. The
+/// head is checked here first (so a bad upgrade is counted like the other
+/// routes' and answered at once), then the connection goes to the socket
+/// with everything read so far; the pipe holds its place on the port.
+async fn publish(
+    core: usize,
+    mut s: TcpStream,
+    head: &Head,
+    read: Vec<u8>,
+    web: &Web,
+    conn: ConnGuard,
+) -> std::io::Result<()> {
+    match handshake::server_request(&read[..head.len], "/pub", ProtocolKind::Rep0) {
+        handshake::Request::Accept { .. } => {}
+        handshake::Request::Refuse { response, .. } => {
+            web.gate.refuse(Refusal::Malformed);
+            write_timed(&mut s, &response, web).await?;
+            return Ok(());
+        }
+        handshake::Request::Incomplete => {
+            // The head parsed as complete above; the pipe's parser takes
+            // fewer headers (32), so a head between the two is refused.
+            web.gate.refuse(Refusal::HeadTooLarge);
+            let status = "431 Request Header Fields Too Large";
+            return respond(&mut s, web, status, "text/plain", "", b"too many headers\n").await;
+        }
+    }
+    let std = s.into_std()?;
+    if let Err(e) = web.socks[core].adopt_ws_read(std, "/pub", read, Box::new(conn)) {
+        tracing::warn!(error = %e, "cannot adopt a /pub connection");
+    }
+    Ok(())
 }
 
 /// Checks a WebSocket upgrade; `Err` is the refusal to send.
@@ -311,19 +612,25 @@ fn check_upgrade(head: &Head) -> Result<String, &'static str> {
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
+/// Answers the upgrade (101, within `write_timeout`) or refuses it (400,
+/// counted `malformed`); `false` when refused.
 async fn accept_upgrade(
     s: &mut TcpStream,
     head: &Head,
     protocol: Option<&str>,
+    web: &Web,
 ) -> std::io::Result<bool> {
     let accept = match check_upgrade(head) {
         Ok(a) => a,
         Err(why) => {
+            web.gate.refuse(Refusal::Malformed);
+            let extra = "Sec-WebSocket-Version: 13\r\n";
             respond(
                 s,
+                web,
                 "400 Bad Request",
                 "text/plain",
-                "Sec-WebSocket-Version: 13\r\n",
+                extra,
                 why.as_bytes(),
             )
             .await?;
@@ -337,7 +644,7 @@ async fn accept_upgrade(
         let _ = write!(out, "Sec-WebSocket-Protocol: {p}\r\n");
     }
     out.push_str("\r\n");
-    s.write_all(out.as_bytes()).await?;
+    write_timed(s, out.as_bytes(), web).await?;
     Ok(true)
 }
 
@@ -406,11 +713,27 @@ pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-async fn subscribe(core: usize, mut s: TcpStream, head: &Head, web: &Web) -> std::io::Result<()> {
+async fn subscribe(
+    core: usize,
+    mut s: TcpStream,
+    head: &Head,
+    rest: &[u8],
+    web: &Web,
+    conn: ConnGuard,
+) -> std::io::Result<()> {
     let q = match parse_sub_query(&head.query) {
         Ok(q) => q,
         Err(why) => {
-            return respond(&mut s, "400 Bad Request", "text/plain", "", why.as_bytes()).await
+            web.gate.refuse(Refusal::Malformed);
+            return respond(
+                &mut s,
+                web,
+                "400 Bad Request",
+                "text/plain",
+                "",
+                why.as_bytes(),
+            )
+            .await;
         }
     };
     // pinion.js offers `pinion.v1` (it gets a hello naming its first
@@ -424,7 +747,7 @@ async fn subscribe(core: usize, mut s: TcpStream, head: &Head, web: &Web) -> std
     } else {
         None
     };
-    if !accept_upgrade(&mut s, head, protocol).await? {
+    if !accept_upgrade(&mut s, head, protocol, web).await? {
         return Ok(());
     }
     let id = web.sub_ids.fetch_add(1, Ordering::Relaxed);
@@ -440,56 +763,101 @@ async fn subscribe(core: usize, mut s: TcpStream, head: &Head, web: &Web) -> std
         hello,
     };
     if fan.send(FanIn::NewSub(sub)).is_ok() {
-        subs::read_until_gone(id, io, Some(subs::ws_decoder()), fan).await;
+        let ws = subs::WsReader {
+            dec: subs::ws_decoder(),
+            first: rest.to_vec(),
+            ping_every: web.limits.ws_ping_interval,
+        };
+        subs::read_until_gone(id, io, Some(ws), fan, conn.gate()).await;
     }
+    // The connection's place is given back once its reader is done.
+    drop(conn);
     Ok(())
 }
 
-async fn stats_stream(mut s: TcpStream, head: &Head, web: &Web) -> std::io::Result<()> {
-    if !accept_upgrade(&mut s, head, None).await? {
+/// `/stats`: the feed's JSON as text frames, the current one at once and
+/// then each change. Each frame must be taken within `write_timeout` (so a
+/// reader that stops holds the task at most that long, and the hub never
+/// more than the one frame being written); a peer silent for
+/// `ws_ping_interval` is pinged, and cut (`dead_peer`) if silent for
+/// another.
+async fn stats_stream(
+    mut s: TcpStream,
+    head: &Head,
+    rest: &[u8],
+    web: &Web,
+) -> std::io::Result<()> {
+    if !accept_upgrade(&mut s, head, None, web).await? {
         return Ok(());
     }
     let mut feed = web.feed.clone();
-    let (mut rd, mut wr) = s.into_split();
     let mut dec = subs::ws_decoder();
     let mut buf = [0u8; 256];
+    let every = web.limits.ws_ping_interval;
+    let mut silent_until = tokio::time::Instant::now() + every;
+    let mut pinged = false;
     // The current figures at once, then every change.
     let first = feed.borrow_and_update().clone();
-    wr.write_all(&ws_frame(0x81, first.as_bytes())).await?;
+    write_timed(&mut s, &ws_frame(0x81, first.as_bytes()), web).await?;
+    let mut input: Vec<u8> = rest.to_vec();
     loop {
+        // What the peer sent: pings are answered, a close ends the stream.
+        let mut out = BytesMut::new();
+        let mut end = false;
+        let mut slice = &input[..];
+        loop {
+            match dec.decode(&mut slice) {
+                Ok(Some(Event::Ping(p))) => {
+                    out.put_slice(&ws_frame(0x8A, &p[..p.len().min(125)]));
+                }
+                Ok(Some(Event::Close(_))) | Err(_) => {
+                    crate::fanout::ws_close(1000, "", &mut out);
+                    end = true;
+                    break;
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+            }
+        }
+        input.clear();
+        if !out.is_empty() {
+            write_timed(&mut s, &out, web).await?;
+        }
+        if end {
+            return Ok(());
+        }
         tokio::select! {
             changed = feed.changed() => {
                 if changed.is_err() {
-                    break;
+                    return Ok(());
                 }
                 let json = feed.borrow_and_update().clone();
-                wr.write_all(&ws_frame(0x81, json.as_bytes())).await?;
+                write_timed(&mut s, &ws_frame(0x81, json.as_bytes()), web).await?;
             }
-            r = rd.read(&mut buf) => {
-                let n = r?;
-                if n == 0 {
-                    break;
-                }
-                let mut input = &buf[..n];
-                loop {
-                    match dec.decode(&mut input) {
-                        Ok(Some(pinion_runtime::transport::ws::frame::Event::Ping(p))) => {
-                            wr.write_all(&ws_frame(0x8A, &p[..p.len().min(125)])).await?;
-                        }
-                        Ok(Some(pinion_runtime::transport::ws::frame::Event::Close(_))) | Err(_) => {
-                            let mut b = BytesMut::new();
-                            crate::fanout::ws_close(1000, "", &mut b);
-                            let _ = wr.write_all(&b).await;
-                            return Ok(());
-                        }
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
+            r = s.readable() => {
+                r?;
+                match s.try_read(&mut buf) {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        input.extend_from_slice(&buf[..n]);
+                        silent_until = tokio::time::Instant::now() + every;
+                        pinged = false;
                     }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
                 }
+            }
+            _ = tokio::time::sleep_until(silent_until) => {
+                if pinged {
+                    web.gate.refuse(Refusal::DeadPeer);
+                    return Ok(());
+                }
+                write_timed(&mut s, &ws_frame(0x89, b""), web).await?;
+                pinged = true;
+                silent_until = tokio::time::Instant::now() + every;
             }
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -25,9 +25,11 @@
 //!                                 └────► checkpoint thread ─► SQLite
 //! ```
 //!
-//! Each core has its own raw REP socket listening on the shared TCP port,
-//! so a connection, its pipe, its socket and the task checking its requests
-//! all live on one core. Requests are checked there ([`envelope`]) and
+//! Each core has its own raw REP socket, handed the connections that
+//! core's share of the TCP port (SO_REUSEPORT) accepts once the front door
+//! admitted them (caps, keepalive: `docs/HARDENING.md`), so a connection,
+//! its pipe, its socket and the task checking its requests all live on one
+//! core. Requests are checked there ([`envelope`]) and
 //! handed in batches to the one writer thread, which owns the log
 //! ([`pinion_journal`]) and the sessions ([`sessions`]): it takes
 //! everything queued as one group, decides fresh / duplicate / stale per
@@ -52,9 +54,11 @@
 pub mod config;
 pub mod envelope;
 pub mod fanout;
+mod guard;
 pub mod http;
 mod intake;
 pub mod monitor;
+pub mod origin;
 pub mod sessions;
 mod stats;
 pub mod store;
@@ -170,7 +174,10 @@ pub struct StartReport {
 pub struct Hub {
     rt: Runtime,
     sockets: Vec<Socket>,
+    /// Listeners the sockets own (`ipc://`, `ws://`).
     endpoints: Vec<Endpoint>,
+    /// Every publisher endpoint as bound, in the configuration's order.
+    urls: Vec<String>,
     sub_endpoints: Vec<String>,
     http_addr: Option<String>,
     /// Accept loops of the subscriber and HTTP ports.
@@ -335,6 +342,9 @@ impl Hub {
             recv_max_size: (cfg.max_payload + FRAME_SLACK) as u64,
             send_buffer: 4096,
             recv_buffer: 1024,
+            // The publisher port's SP header exchange (the hub's
+            // handshake_timeout, like every other port's).
+            handshake_timeout: cfg.handshake_timeout,
             ..Options::default()
         };
         let n = rt.cores();
@@ -350,27 +360,34 @@ impl Hub {
                 })?;
             sockets.push(s);
         }
+        // The front door: admission per port (caps on connections and
+        // handshakes), and the time limits every connection gets.
+        let limits = guard::Limits::of(&cfg);
+        let gate = |port| guard::Gate::new(port, guard::Caps::of(&cfg), shared.clone());
+        let (pub_gate, sub_gate, http_gate) = (gate(Port::Pub), gate(Port::Sub), gate(Port::Http));
+        let mut tasks = Vec::new();
         let mut endpoints = Vec::new();
+        let mut urls = Vec::new();
         for url in cfg.endpoints() {
             let lerr = |source| HubError::Listen {
                 url: url.clone(),
                 source,
             };
-            if url.starts_with("tcp://") && n > 1 {
-                // Refuse a port someone else holds, then share it between
-                // the cores with SO_REUSEPORT.
-                check_port_free(&url).map_err(|source| HubError::Listen {
-                    url: url.clone(),
-                    source,
-                })?;
-                let first = block(sockets[0].listen_shared(&url)).map_err(lerr)?;
-                let bound = first.url().to_string();
-                endpoints.push(first);
-                for s in &sockets[1..] {
-                    endpoints.push(block(s.listen_shared(&bound)).map_err(lerr)?);
+            if url.starts_with("tcp://") {
+                // The hub accepts on TCP itself (one SO_REUSEPORT share per
+                // core), so caps and keepalive apply before the socket sees
+                // a connection; each core hands the ones it admits to its
+                // own REP socket.
+                let (listeners, bound) = share_port(&rt, &url, n)?;
+                urls.push(bound);
+                for (core, l) in listeners.into_iter().enumerate() {
+                    let serve = guard::serve_rep(l, sockets[core].clone(), pub_gate.clone(), limits);
+                    tasks.push(rt.spawn_on(core, serve));
                 }
             } else {
-                endpoints.push(block(sockets[0].listen(&url)).map_err(lerr)?);
+                let e = block(sockets[0].listen(&url)).map_err(lerr)?;
+                urls.push(e.url().to_string());
+                endpoints.push(e);
             }
         }
 
@@ -449,7 +466,6 @@ impl Hub {
             rt.spawn_on(core, f.run());
         }
         drop(replay_tx);
-        let mut tasks = Vec::new();
         let sub_ids = Arc::new(AtomicU64::new(1));
         let mut sub_endpoints = Vec::new();
         for url in &cfg.subscribe {
@@ -458,7 +474,13 @@ impl Hub {
             for (core, l) in listeners.into_iter().enumerate() {
                 tasks.push(rt.spawn_on(
                     core,
-                    subs::serve_sp(l, fan_txs[core].clone(), sub_ids.clone()),
+                    subs::serve_sp(
+                        l,
+                        fan_txs[core].clone(),
+                        sub_ids.clone(),
+                        sub_gate.clone(),
+                        limits,
+                    ),
                 ));
             }
         }
@@ -467,6 +489,15 @@ impl Hub {
         if let Some(addr) = &cfg.http {
             let (listeners, bound) = share_port(&rt, &format!("tcp://{addr}"), n)?;
             http_addr = Some(bound.trim_start_matches("tcp://").to_string());
+            // The names the port answers to: its address as bound, and the
+            // host as configured (say `myhost:7452`).
+            let bound_addr = listeners[0].local_addr().map_err(|source| HubError::Io {
+                op: "read the address of",
+                path: PathBuf::from(addr),
+                source,
+            })?;
+            let configured_host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            let hosts = origin::HostPolicy::new(bound_addr, configured_host, &cfg.allow_hosts);
             let (feed_tx, feed_rx) = tokio::sync::watch::channel(Arc::<str>::from("{}"));
             let (sh, socks) = (shared.clone(), sockets.clone());
             let stop = stop_sampler.clone();
@@ -488,6 +519,11 @@ impl Hub {
                         &monitor::cpu_times("pinion-hub", socks.len()),
                     )
                 }),
+                metrics_cache: Default::default(),
+                gate: http_gate,
+                limits,
+                hosts,
+                origins: origin::OriginPolicy::new(&cfg.allow_origins),
             });
             for (core, l) in listeners.into_iter().enumerate() {
                 tasks.push(rt.spawn_on(core, http::serve(core, l, web.clone())));
@@ -510,6 +546,7 @@ impl Hub {
             rt,
             sockets,
             endpoints,
+            urls,
             sub_endpoints,
             http_addr,
             tasks,
@@ -527,7 +564,7 @@ impl Hub {
     /// The bound endpoints (a `:0` port resolved), one per URL (the first
     /// of each shared TCP port).
     pub fn endpoints(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.endpoints.iter().map(|e| e.url().to_string()).collect();
+        let mut v = self.urls.clone();
         v.dedup();
         v
     }

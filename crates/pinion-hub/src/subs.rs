@@ -18,18 +18,23 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::fanout::{FanIn, Framing, NewSub};
+use crate::guard::{Gate, Limits};
+use crate::stats::Refusal;
 
-/// How long a subscriber may take to send its SP header.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message a WebSocket subscriber may send us (they only need
 /// control frames).
 const WS_SUB_MAX_MESSAGE: u64 = 4096;
 
 /// Accepts SP SUB connections on one core's share of a subscriber port.
+/// Each is admitted by the port's `gate` first (refused: closed at once,
+/// before the SP header), gets TCP keepalive, and has `handshake_timeout`
+/// for the header exchange.
 pub(crate) async fn serve_sp(
     listener: std::net::TcpListener,
     fan: UnboundedSender<FanIn>,
     ids: Arc<AtomicU64>,
+    gate: Arc<Gate>,
+    limits: Limits,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -41,10 +46,23 @@ pub(crate) async fn serve_sp(
     loop {
         match listener.accept().await {
             Ok((mut s, peer)) => {
+                let (conn, hs) = match gate.admit(peer.ip()) {
+                    Ok(g) => g,
+                    Err(why) => {
+                        tracing::debug!(%peer, reason = why.label(), "subscriber refused");
+                        continue; // dropped: closed
+                    }
+                };
+                let _ = crate::guard::set_keepalive(&socket2::SockRef::from(&s), limits.keepalive);
                 let fan = fan.clone();
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    if let Err(why) = sp_handshake(&mut s).await {
+                    let r = sp_handshake(&mut s, limits.handshake_timeout).await;
+                    drop(hs);
+                    if let Err(why) = r {
+                        if let Some(refusal) = why.refusal() {
+                            conn.gate().refuse(refusal);
+                        }
                         tracing::debug!(%peer, %why, "subscriber handshake refused");
                         return;
                     }
@@ -60,8 +78,9 @@ pub(crate) async fn serve_sp(
                         hello: false,
                     };
                     if fan.send(FanIn::NewSub(sub)).is_ok() {
-                        read_until_gone(id, io, None, fan).await;
+                        read_until_gone(id, io, None, fan, conn.gate()).await;
                     }
+                    drop(conn);
                 });
             }
             Err(e) => {
@@ -72,62 +91,143 @@ pub(crate) async fn serve_sp(
     }
 }
 
-/// Sends PUB's SP header and checks that the peer is a SUB.
-async fn sp_handshake(s: &mut TcpStream) -> Result<(), String> {
+/// Why an SP header exchange failed.
+#[derive(Debug, thiserror::Error)]
+enum Handshake {
+    /// Not within the timeout.
+    #[error("no SP header within the handshake timeout")]
+    Timeout,
+    /// Not an SP header, or not a SUB's.
+    #[error("{0}")]
+    Refused(String),
+    /// The connection failed (the peer left).
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+impl Handshake {
+    /// The refusal counted for it (none when the peer just left).
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Handshake::Timeout => Some(Refusal::HandshakeTimeout),
+            Handshake::Refused(_) => Some(Refusal::Malformed),
+            Handshake::Io(_) => None,
+        }
+    }
+}
+
+/// Sends PUB's SP header and checks that the peer is a SUB, all within
+/// `timeout`.
+async fn sp_handshake(s: &mut TcpStream, timeout: Duration) -> Result<(), Handshake> {
     let exchange = async {
         s.write_all(&encode_header(ProtocolKind::Pub0.id())).await?;
         let mut h = [0u8; HEADER_LEN];
         s.read_exact(&mut h).await?;
         Ok::<_, std::io::Error>(h)
     };
-    let h = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+    let h = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| "handshake timeout".to_string())?
-        .map_err(|e| e.to_string())?;
-    let peer = decode_header(&h).map_err(|e| e.to_string())?;
+        .map_err(|_| Handshake::Timeout)?
+        .map_err(Handshake::Io)?;
+    let peer = decode_header(&h).map_err(|e| Handshake::Refused(e.to_string()))?;
     if peer != ProtocolKind::Sub0.id() {
-        return Err(format!("peer protocol {peer:#06x} is not SUB"));
+        return Err(Handshake::Refused(format!(
+            "peer protocol {peer:#06x} is not SUB"
+        )));
     }
     Ok(())
+}
+
+/// What the reader of a WebSocket subscriber needs besides its socket.
+pub(crate) struct WsReader {
+    /// Decodes what the subscriber sends.
+    pub dec: Decoder,
+    /// Bytes that arrived with the upgrade request, after its head.
+    pub first: Vec<u8>,
+    /// A subscriber silent this long is pinged; silent for as long again
+    /// after that, it is dropped (`dead_peer`).
+    pub ping_every: Duration,
 }
 
 /// Reads a subscriber's connection until it ends: WebSocket pings are
 /// answered (through the fan-out, which owns the writing side), a close
 /// frame or the end of the stream removes the subscriber. SP subscribers
-/// send nothing; whatever they send is ignored.
+/// send nothing; whatever they send is ignored (TCP keepalive finds the
+/// ones that vanished).
+///
+/// A WebSocket subscriber that sends nothing at all for `ping_every` is
+/// sent a ping (by the fan-out, [`FanIn::Ping`]); a live browser answers
+/// with a pong, which counts as hearing from it. One still silent
+/// `ping_every` after the ping is dropped and counted `dead_peer` on
+/// `gate`'s port: a browser tab that vanished without closing holds its
+/// socket and its fan-out entry for at most twice the interval.
 pub(crate) async fn read_until_gone(
     id: u64,
     io: Arc<TcpStream>,
-    ws: Option<Decoder>,
+    ws: Option<WsReader>,
     fan: UnboundedSender<FanIn>,
+    gate: &Gate,
 ) {
-    let mut ws = ws;
+    let (mut dec, first, every) = match ws {
+        Some(w) => (Some(w.dec), w.first, Some(w.ping_every)),
+        None => (None, Vec::new(), None),
+    };
     let mut buf = [0u8; 256];
-    'read: loop {
-        if io.readable().await.is_err() {
-            break;
-        }
-        match io.try_read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                let Some(dec) = ws.as_mut() else { continue };
-                let mut input = &buf[..n];
-                loop {
-                    match dec.decode(&mut input) {
-                        Ok(Some(Event::Ping(p))) => {
-                            let _ = fan.send(FanIn::Pong(id, p));
-                        }
-                        Ok(Some(Event::Close(_))) | Err(_) => break 'read,
-                        Ok(Some(_)) => {}
-                        Ok(None) => break,
-                    }
+    let mut silent_until = every.map(|e| tokio::time::Instant::now() + e);
+    let mut pinged = false;
+    // Frames that came with the upgrade request are decoded first.
+    let mut done = dec
+        .as_mut()
+        .is_some_and(|d| !first.is_empty() && !feed(id, d, &first, &fan));
+    while !done {
+        let ready = match silent_until {
+            Some(t) => tokio::time::timeout_at(t, io.readable()).await,
+            None => Ok(io.readable().await),
+        };
+        match ready {
+            Err(_silent) => {
+                if pinged {
+                    gate.refuse(Refusal::DeadPeer);
+                    break;
                 }
+                let _ = fan.send(FanIn::Ping(id));
+                pinged = true;
+                silent_until = every.map(|e| tokio::time::Instant::now() + e);
+                continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(Err(_)) => break,
+            Ok(Ok(())) => {}
+        }
+        let n = match io.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(_) => break,
+        };
+        // Heard from it.
+        pinged = false;
+        silent_until = every.map(|e| tokio::time::Instant::now() + e);
+        if let Some(d) = dec.as_mut() {
+            done = !feed(id, d, &buf[..n], &fan);
         }
     }
     let _ = fan.send(FanIn::Gone(id));
+}
+
+/// Decodes what a WebSocket subscriber sent: pings are handed to the
+/// fan-out to answer; `false` when the subscriber is done (a close frame,
+/// or a protocol violation).
+fn feed(id: u64, dec: &mut Decoder, mut input: &[u8], fan: &UnboundedSender<FanIn>) -> bool {
+    loop {
+        match dec.decode(&mut input) {
+            Ok(Some(Event::Ping(p))) => {
+                let _ = fan.send(FanIn::Pong(id, p));
+            }
+            Ok(Some(Event::Close(_))) | Err(_) => return false,
+            Ok(Some(_)) => {}
+            Ok(None) => return true,
+        }
+    }
 }
 
 /// A decoder for what a WebSocket subscriber sends.

@@ -428,26 +428,32 @@ fn http_routes_metrics_health_and_refusals() {
         s.read_to_string(&mut out).unwrap();
         out
     };
-    let m = get("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let m = get(&format!("GET /metrics HTTP/1.1\r\nHost: {http}\r\n\r\n"));
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
     assert!(m.contains("\npinion_logged_total 3\n"), "{m}");
-    let h = get("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    let h = get(&format!("GET /healthz HTTP/1.1\r\nHost: {http}\r\n\r\n"));
     assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
-    assert!(get("GET /nope HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
-    assert!(get("POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").starts_with("HTTP/1.1 405"));
+    assert!(get(&format!("GET /nope HTTP/1.1\r\nHost: {http}\r\n\r\n")).starts_with("HTTP/1.1 404"));
+    assert!(get(&format!(
+        "POST /metrics HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\n\r\n"
+    ))
+    .starts_with("HTTP/1.1 405"));
     // /sub without an upgrade, or with a bad query: 400.
-    assert!(get("GET /sub HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
-    assert!(get("GET /sub?from=x HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(get(&format!("GET /sub HTTP/1.1\r\nHost: {http}\r\n\r\n")).starts_with("HTTP/1.1 400"));
+    assert!(
+        get(&format!("GET /sub?from=x HTTP/1.1\r\nHost: {http}\r\n\r\n"))
+            .starts_with("HTTP/1.1 400")
+    );
     // Garbage gets a 400 and closes only that connection.
     assert!(get("\x16\x03\x01garbage\r\n\r\n").starts_with("HTTP/1.1 400"));
     for page in ["/", "/pinion.js", "/demo"] {
-        let r = get(&format!("GET {page} HTTP/1.1\r\n\r\n"));
+        let r = get(&format!("GET {page} HTTP/1.1\r\nHost: {http}\r\n\r\n"));
         assert!(r.starts_with("HTTP/1.1 200"), "{page}: {r}");
     }
     // The stats feed: a JSON text frame at once.
     let mut s = TcpStream::connect(&http).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET /stats HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
+    write!(s, "GET /stats HTTP/1.1\r\nHost: {http}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap();
     let mut buf = vec![0u8; 4096];
     let mut got = Vec::new();
     while !String::from_utf8_lossy(&got).contains("\"head\"") {
