@@ -12,6 +12,8 @@
 //! max_inflight_bytes_per_conn = 1048576
 //! dedup_window = 1024                 # seqs remembered per client
 //! checkpoint_interval_ms = 1000       # sessions → SQLite
+//! dedup_horizon = 10000000            # records behind the head kept for dedup
+//! max_sessions = 1000000              # clients held at most (~220 B each)
 //! threads = 0                         # cores to use; 0 = all allowed
 //! preallocate = 67108864              # log bytes kept pre-zeroed; 0 = off
 //! subscribe = ["tcp://127.0.0.1:7451"] # SP PUB endpoints for subscribers
@@ -149,9 +151,15 @@ pub struct HubConfig {
     pub dedup_window: usize,
     /// How often sessions are checkpointed to SQLite.
     pub checkpoint_interval: Duration,
-    /// Window entries older than this many records behind the log head are
-    /// dropped at checkpoints (bounds restart replay).
+    /// The dedup horizon, in records behind the log head: window entries
+    /// older than it are dropped at checkpoints (bounding restart replay),
+    /// and a client with none left is forgotten (see
+    /// [`crate::sessions`] for what that promises).
     pub dedup_horizon: u64,
+    /// Sessions held at most: with more clients than this within the
+    /// horizon, the oldest entries are dropped first, as if the horizon
+    /// were shorter (memory: about 220 bytes per one-message session).
+    pub max_sessions: usize,
     /// Cores (event loops) to use; 0: every CPU the process may run on.
     pub threads: usize,
     /// Bytes of log kept pre-zeroed ahead of the write position (0: plain
@@ -223,6 +231,7 @@ impl Default for HubConfig {
             dedup_window: 1024,
             checkpoint_interval: Duration::from_secs(1),
             dedup_horizon: 10_000_000,
+            max_sessions: 1_000_000,
             threads: 0,
             preallocate: 64 << 20,
             subscribe: vec![DEFAULT_SUBSCRIBE.to_string()],
@@ -279,6 +288,7 @@ struct FileConfig {
     dedup_window: Option<usize>,
     checkpoint_interval_ms: Option<u64>,
     dedup_horizon: Option<u64>,
+    max_sessions: Option<usize>,
     threads: Option<usize>,
     preallocate: Option<u64>,
     subscribe: Option<Vec<String>>,
@@ -349,6 +359,9 @@ impl HubConfig {
         }
         if let Some(v) = f.dedup_horizon {
             self.dedup_horizon = v;
+        }
+        if let Some(v) = f.max_sessions {
+            self.max_sessions = v;
         }
         if let Some(v) = f.threads {
             self.threads = v;
@@ -534,6 +547,7 @@ impl HubConfig {
             ("max_handshakes", self.max_handshakes),
             ("max_handshakes_per_source", self.max_handshakes_per_source),
             ("max_replays", self.max_replays),
+            ("max_sessions", self.max_sessions),
         ] {
             if v == 0 {
                 return inv(key, "0".into(), "at least 1");
@@ -595,7 +609,10 @@ mod tests {
                 },
             }
         };
-        assert_eq!(key_of("checkpoint_interval_ms = 0"), "checkpoint_interval_ms");
+        assert_eq!(
+            key_of("checkpoint_interval_ms = 0"),
+            "checkpoint_interval_ms"
+        );
         assert!(key_of("checkpoint_interval_ms = 18446744073709551615")
             .contains("checkpoint_interval_ms"));
         assert!(key_of("write_timeout_ms = 86400001").contains("write_timeout_ms"));
@@ -608,6 +625,7 @@ mod tests {
         assert_eq!(key_of("max_payload = 16777216"), "accepted");
         assert_eq!(key_of("max_connections = 0"), "max_connections");
         assert_eq!(key_of("max_replays = 0"), "max_replays");
+        assert_eq!(key_of("max_sessions = 0"), "max_sessions");
         assert_eq!(key_of("max_fanout_backlog = 1024"), "max_fanout_backlog");
         assert_eq!(key_of("dedup_window = 0"), "dedup_window");
         assert_eq!(key_of("allow_origin = [\"evil.example\"]"), "allow_origin");

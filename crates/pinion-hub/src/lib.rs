@@ -430,6 +430,7 @@ impl Hub {
             fsync: cfg.fsync,
             checkpoint_every: cfg.checkpoint_interval,
             horizon: cfg.dedup_horizon,
+            max_sessions: cfg.max_sessions,
             rx: writer_rx,
             cores: answer_txs,
             store_tx,

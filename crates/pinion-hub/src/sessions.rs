@@ -395,6 +395,53 @@ impl Sessions {
         out
     }
 
+    /// Drops the oldest window entries of all, one at a time in log order,
+    /// until at most `max` sessions are held (a session whose window
+    /// empties is forgotten). Dropping the globally oldest entries first is
+    /// exactly what [`Sessions::evict_before`] does with a higher offset,
+    /// so checkpoint + replay rebuild the same state: a flood of client ids
+    /// shortens the dedup horizon instead of growing memory. Visits only
+    /// the entries it drops (and lagging heap keys on top).
+    pub fn evict_to(&mut self, max: usize) -> Evicted {
+        let mut out = Evicted::default();
+        while self.map.len() > max {
+            let Some(Reverse((key, id))) = self.by_front.pop() else {
+                break;
+            };
+            let Entry::Occupied(mut slot) = self.map.entry(id) else {
+                continue; // cannot happen (see `evict_before`)
+            };
+            let s = slot.get_mut();
+            match s.window.front() {
+                // A lagging key: put it back where its window starts.
+                Some((_, front)) if front != key => {
+                    self.by_front.push(Reverse((front, id)));
+                    continue;
+                }
+                Some((seq, _)) => {
+                    s.window.pop_front();
+                    s.floor = s.floor.max(seq.saturating_add(1));
+                    out.entries += 1;
+                    self.dirty.insert(id);
+                }
+                None => {}
+            }
+            match s.window.front() {
+                Some((_, off)) => self.by_front.push(Reverse((off, id))),
+                None => {
+                    slot.remove();
+                    self.dirty.insert(id);
+                    out.sessions += 1;
+                }
+            }
+        }
+        self.forgotten += out.sessions as u64;
+        if out.sessions > 0 {
+            self.give_back();
+        }
+        out
+    }
+
     /// Forgets the sessions whose window is empty: at start, after the
     /// replay, rows that no record from `replay_from` on refers to (left by
     /// stores written before sessions were forgotten). Walks every
@@ -662,6 +709,44 @@ mod tests {
         assert_eq!(s.by_front.len(), 0);
         assert_eq!(s.replay_from(N as u64), N as u64);
         assert_eq!(s.take_dirty().forgotten.len(), HORIZON as usize);
+    }
+
+    /// A flood of ids past `max` drops the oldest entries in log order: the
+    /// same state as evicting before the offset it stopped at, and
+    /// checkpoint + replay from `replay_from` rebuild it.
+    #[test]
+    fn evict_to_is_evict_before_a_higher_offset() {
+        let mut a = Sessions::new(4);
+        let mut b = Sessions::new(4);
+        let mut log = Vec::new();
+        for off in 0..1000u64 {
+            // A few long-lived clients among many one-message ones.
+            let c = if off % 10 == 0 {
+                id((off / 10 % 30) as u32)
+            } else {
+                id(1000 + off as u32)
+            };
+            a.record(&c, off, off, off, true);
+            b.record(&c, off, off, off, true);
+            log.push((c, off));
+        }
+        let out = a.evict_to(300);
+        assert_eq!(a.len(), 300);
+        assert_eq!(
+            out.sessions,
+            900 + 30 - 300,
+            "900 one-message clients, 30 long-lived"
+        );
+        // The oldest entry left tells the offset it stopped at.
+        let stop = a.replay_from(u64::MAX);
+        b.evict_before(stop);
+        assert_eq!(b.len(), a.len());
+        for (c, seq) in &log {
+            assert_eq!(a.check(c, *seq), b.check(c, *seq), "{c:?} {seq}");
+        }
+        let changes = a.take_dirty();
+        assert_eq!(changes.forgotten.len(), out.sessions);
+        assert_eq!(a.forgotten(), out.sessions as u64);
     }
 
     #[test]

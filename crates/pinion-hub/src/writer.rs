@@ -82,6 +82,8 @@ pub(crate) struct Writer {
     pub fsync: FsyncPolicy,
     pub checkpoint_every: Duration,
     pub horizon: u64,
+    /// Sessions held at most (the horizon shortens past it).
+    pub max_sessions: usize,
     pub rx: mpsc::Receiver<ToWriter>,
     pub cores: Vec<UnboundedSender<Vec<Answer>>>,
     pub store_tx: mpsc::Sender<ToStore>,
@@ -222,6 +224,17 @@ impl Writer {
         // Visits only the sessions with entries to drop (see `sessions`).
         self.sessions
             .evict_before(head.saturating_sub(self.horizon));
+        // More clients within the horizon than the hub holds sessions for
+        // (a flood of ids): the oldest entries go first, as if the horizon
+        // were shorter.
+        let shortened = self.sessions.evict_to(self.max_sessions);
+        if shortened.sessions > 0 {
+            tracing::warn!(
+                forgotten = shortened.sessions,
+                max_sessions = self.max_sessions,
+                "more clients than max_sessions within the dedup horizon: forgot the oldest"
+            );
+        }
         let changes = self.sessions.take_dirty();
         let ck = Checkpoint {
             log_offset: head,
