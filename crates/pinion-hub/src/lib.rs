@@ -449,10 +449,12 @@ impl Hub {
             .name("pinion-hub-writer".into())
             .spawn(move || w.run())
             .map_err(spawn_err)?;
-        let fan_cores = fan_txs.clone();
+        let (fan_cores, sh, max_replays) = (fan_txs.clone(), shared.clone(), cfg.max_replays);
         std::thread::Builder::new()
             .name("pinion-hub-replay".into())
-            .spawn(move || fanout::run_replay(replay_reader, replay_rx, fan_cores))
+            .spawn(move || {
+                fanout::run_replay(replay_reader, replay_rx, fan_cores, max_replays, sh)
+            })
             .map_err(spawn_err)?;
         for (core, rx) in fan_rxs.into_iter().enumerate() {
             let f: fanout::Fanout = fanout::Fanout::new(

@@ -89,8 +89,13 @@ use crate::Shared;
 pub mod index;
 #[cfg(test)]
 mod model;
+mod replay;
 
 pub use index::TopicIndex;
+pub use replay::REPLAY_STALL;
+#[cfg(test)]
+use replay::{replay_chunk, LogSource, ReplayQueue};
+pub(crate) use replay::{run_replay, ReplayReq, Replayed};
 
 /// WebSocket close code for a subscriber that fell too far behind (the
 /// private-use range 4000-4999 of RFC 6455).
@@ -279,30 +284,6 @@ pub(crate) struct NewSub<S = TcpStream> {
     pub hello: bool,
 }
 
-/// A catch-up request to the replay thread.
-pub(crate) struct ReplayReq {
-    pub core: usize,
-    pub sub: u64,
-    pub from: u64,
-    pub upto: u64,
-    pub framing: Framing,
-    pub filter: Vec<Bytes>,
-    /// Frame bytes to read at most (a chunk always fits the subscriber's
-    /// queue bound, so a replay never counts as a slow consumer).
-    pub budget: usize,
-}
-
-/// What the replay thread read.
-pub(crate) struct Replayed {
-    pub sub: u64,
-    /// `(offset, frame)` of the matching records.
-    pub frames: Vec<(u64, Bytes)>,
-    /// The offset after the last record read (matching or not).
-    pub next: u64,
-    /// The log could not be read.
-    pub error: Option<String>,
-}
-
 /// Input of a core's fan-out task.
 pub(crate) enum FanIn<S = TcpStream> {
     Batch(Arc<FanBatch>),
@@ -340,6 +321,9 @@ struct Sub<S> {
     live: bool,
     /// A replay request is outstanding.
     replaying: bool,
+    /// Set when it is dropped: the replay thread reads nothing more for
+    /// it (shared with its requests).
+    cancel: Arc<AtomicBool>,
     /// This batch's frames for it, gathered record by record while the
     /// index is walked, then written in one go (freed after: an idle
     /// subscriber holds no buffer).
@@ -487,6 +471,7 @@ impl<S: SubSocket> Fanout<S> {
             FanIn::Replayed(r) => self.replayed(r, subs),
             FanIn::Shutdown => {
                 for (_, s) in subs.drain() {
+                    s.cancel.store(true, Ordering::Release);
                     // Best effort: a WebSocket subscriber whose queue is not
                     // mid-frame gets "going away" (1001).
                     if s.framing == Framing::Ws && !s.front_started {
@@ -527,6 +512,7 @@ impl<S: SubSocket> Fanout<S> {
             next,
             live,
             replaying: false,
+            cancel: Arc::new(AtomicBool::new(false)),
             pending: Vec::new(),
             queue: VecDeque::new(),
             queued: 0,
@@ -566,9 +552,12 @@ impl<S: SubSocket> Fanout<S> {
     }
 
     /// Removes a subscriber now, from the table and the index (its socket
-    /// closes when the last reference, held by its reader task, goes).
+    /// closes when the last reference, held by its reader task, goes), and
+    /// cancels its replay: whatever it still had queued at the replay
+    /// thread is dropped there unread.
     fn drop_sub(&mut self, id: u64, subs: &mut HashMap<u64, Sub<S>>) {
         if let Some(s) = subs.remove(&id) {
+            s.cancel.store(true, Ordering::Release);
             for p in &s.filter {
                 self.index.remove(p, id);
             }
@@ -596,6 +585,7 @@ impl<S: SubSocket> Fanout<S> {
             framing: s.framing,
             filter: s.filter.clone(),
             budget: REPLAY_CHUNK.min(self.max_queued / 2),
+            cancel: s.cancel.clone(),
         });
     }
 
@@ -899,103 +889,6 @@ impl<S: SubSocket> Fanout<S> {
             }
         }
         Wrote::Ok
-    }
-}
-
-/// Where the replay thread reads records: the journal, or an in-memory
-/// log in the model tests.
-pub(crate) trait LogSource {
-    /// The error reading it.
-    type Error: std::fmt::Display;
-    /// Moves to the record at `offset` (the end is allowed; beyond it is
-    /// an error).
-    fn seek(&mut self, offset: u64) -> Result<(), Self::Error>;
-    /// The record there, moving past it; `None` at the end.
-    fn next_record(&mut self) -> Option<Result<pinion_journal::Record, Self::Error>>;
-}
-
-impl LogSource for pinion_journal::Reader {
-    type Error = pinion_journal::JournalError;
-
-    fn seek(&mut self, offset: u64) -> Result<(), Self::Error> {
-        pinion_journal::Reader::seek(self, offset)
-    }
-
-    fn next_record(&mut self) -> Option<Result<pinion_journal::Record, Self::Error>> {
-        self.next()
-    }
-}
-
-/// Answers one catch-up request from `log`: the matching records from
-/// `req.from` up to `req.upto`, within the byte budget, stopping at the
-/// first record that cannot be read. A request that starts at or past
-/// `upto` (a subscriber that asked to start beyond the log) reads nothing.
-pub(crate) fn replay_chunk<L: LogSource>(
-    req: &ReplayReq,
-    log: &mut L,
-    buf: &mut BytesMut,
-) -> Replayed {
-    let mut out = Replayed {
-        sub: req.sub,
-        frames: Vec::new(),
-        next: req.from,
-        error: None,
-    };
-    if req.from >= req.upto {
-        return out;
-    }
-    if let Err(e) = log.seek(req.from) {
-        out.error = Some(e.to_string());
-        return out;
-    }
-    let mut bytes = 0;
-    while out.next < req.upto && bytes < req.budget {
-        match log.next_record() {
-            None => break,
-            Some(Err(e)) => {
-                out.error = Some(e.to_string());
-                break;
-            }
-            Some(Ok(rec)) => {
-                out.next = rec.offset + 1;
-                if !matches(&req.filter, &rec.topic) {
-                    continue;
-                }
-                let e = encode(
-                    &Durable {
-                        offset: rec.offset,
-                        timestamp_us: rec.timestamp_us,
-                        client_id: &rec.client_id,
-                        seq: rec.seq,
-                        topic: &rec.topic,
-                        payload: &rec.payload,
-                    },
-                    buf,
-                );
-                let f = match req.framing {
-                    Framing::Sp => e.sp,
-                    Framing::Ws => e.ws,
-                };
-                bytes += f.len();
-                out.frames.push((rec.offset, f));
-            }
-        }
-    }
-    out
-}
-
-/// The replay thread: reads the log for subscribers catching up.
-pub(crate) fn run_replay(
-    mut reader: pinion_journal::Reader,
-    rx: std::sync::mpsc::Receiver<ReplayReq>,
-    cores: Vec<UnboundedSender<FanIn>>,
-) {
-    let mut buf = BytesMut::new();
-    while let Ok(req) = rx.recv() {
-        let out = replay_chunk(&req, &mut reader, &mut buf);
-        if let Some(tx) = cores.get(req.core) {
-            let _ = tx.send(FanIn::Replayed(out));
-        }
     }
 }
 

@@ -2,19 +2,26 @@
 //! driven by random sequences of batches (encoded or not), subscribers
 //! joining (live, from an earlier offset, from a future one; WebSocket or
 //! SP; one or several prefixes), leaving, pings, replay chunks answered
-//! late, and sockets that take a few bytes, nothing, or everything. The
-//! sockets are in-memory pipes ([`MemSock`]); the replay thread is
-//! [`replay_chunk`] over an in-memory log ([`MemLog`]).
+//! late, time passing, and sockets that take a few bytes, nothing, or
+//! everything. The sockets are in-memory pipes ([`MemSock`]); the replay
+//! thread is the real [`ReplayQueue`] (few slots, so replays wait, stall
+//! and are cancelled) handing out chunks read by [`replay_chunk`] from an
+//! in-memory log ([`MemLog`]), whose records have their real sizes (so
+//! the read budget cuts chunks short of the matching records).
 //!
 //! The oracle is a linear scan: what each subscriber read must be every
 //! record of the log from its start whose topic passes its filter, once,
 //! in order, ending (if it was cut) exactly where its close frame says to
 //! resume. So delivery through the index equals a scan over every
-//! subscriber, across churn and replay-to-live seams.
+//! subscriber, across churn and replay-to-live seams. Of the replays: no
+//! chunk is read for a subscriber that has left, no more than the cap
+//! hold a slot, every replay is read within one chunk per other replay
+//! known when it asked (round-robin), and none is left behind at the end.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use pinion_journal::Record;
 use proptest::prelude::*;
@@ -170,6 +177,9 @@ enum Op {
     Drain(usize, usize),
     Block(usize),
     Ping(usize),
+    /// Time passes (milliseconds): replays parked that long give up their
+    /// slots.
+    Wait(u64),
 }
 
 fn word() -> impl Strategy<Value = Vec<u8>> {
@@ -210,6 +220,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(k, n)| Op::Drain(k, n)),
         1 => any::<usize>().prop_map(Op::Block),
         1 => any::<usize>().prop_map(Op::Ping),
+        1 => prop_oneof![Just(5u64), Just(150)].prop_map(Op::Wait),
     ]
 }
 
@@ -228,7 +239,16 @@ struct Harness {
     fan: Fanout<MemSock>,
     subs: HashMap<u64, Sub<MemSock>>,
     replay_rx: std::sync::mpsc::Receiver<ReplayReq>,
-    replays: VecDeque<ReplayReq>,
+    replays: ReplayQueue,
+    max_replays: usize,
+    /// The replay thread's clock.
+    now: Instant,
+    /// Chunks read so far.
+    served: u64,
+    /// Per subscriber with a request at the queue: chunks read when it
+    /// asked, and how many replays the queue held then (it must be read
+    /// within that many chunks).
+    asked: HashMap<u64, (u64, u64)>,
     log: Vec<Record>,
     buf: BytesMut,
     clients: Vec<Client>,
@@ -236,7 +256,7 @@ struct Harness {
 }
 
 impl Harness {
-    fn new(max_queued: usize) -> Harness {
+    fn new(max_queued: usize, max_replays: usize) -> Harness {
         let (rtx, replay_rx) = std::sync::mpsc::channel();
         let fan = Fanout::new(
             0,
@@ -250,7 +270,11 @@ impl Harness {
             fan,
             subs: HashMap::new(),
             replay_rx,
-            replays: VecDeque::new(),
+            replays: ReplayQueue::new(max_replays),
+            max_replays,
+            now: Instant::now(),
+            served: 0,
+            asked: HashMap::new(),
             log: Vec::new(),
             buf: BytesMut::new(),
             clients: Vec::new(),
@@ -275,7 +299,9 @@ impl Harness {
             }
         }
         while let Ok(r) = self.replay_rx.try_recv() {
-            self.replays.push_back(r);
+            self.asked
+                .insert(r.sub, (self.served, self.replays.held() as u64 + 1));
+            self.replays.push(r);
         }
     }
 
@@ -294,6 +320,10 @@ impl Harness {
                 let mut entries = Vec::new();
                 for t in topics {
                     let offset = self.log.len() as u64;
+                    // As the journal lays it out (header, topic, 8 bytes of
+                    // payload, padded to 8), for the read budget.
+                    let byte_len =
+                        (pinion_journal::RECORD_HEADER_LEN + t.len() + 8).next_multiple_of(8);
                     let rec = Record {
                         offset,
                         timestamp_us: 1000 + offset,
@@ -302,7 +332,7 @@ impl Harness {
                         topic: Bytes::from(t),
                         payload: Bytes::from(offset.to_be_bytes().to_vec()),
                         byte_pos: 0,
-                        byte_len: 0,
+                        byte_len: byte_len as u32,
                     };
                     if encoded {
                         entries.push(encode(
@@ -375,7 +405,10 @@ impl Harness {
                     self.fan.dispatch(FanIn::Gone(id), &mut self.subs).await;
                 }
             }
-            Op::Replay => self.answer_replay().await,
+            Op::Replay => {
+                self.answer_replay().await;
+            }
+            Op::Wait(ms) => self.now += Duration::from_millis(ms),
             Op::Drain(k, n) => {
                 if let Some(i) = self.pick(k) {
                     self.clients[i].sock.give(n);
@@ -399,16 +432,48 @@ impl Harness {
         self.settle().await;
     }
 
-    async fn answer_replay(&mut self) {
-        let Some(req) = self.replays.pop_front() else {
-            return;
-        };
+    /// The replay thread's turn: one read of the log for the chunks the
+    /// queue hands out, if any. Whether it did.
+    async fn answer_replay(&mut self) -> bool {
+        let group = self.replays.next(self.now);
+        if group.is_empty() {
+            return false;
+        }
+        assert!(self.replays.active() <= self.max_replays, "over the cap");
+        for req in &group {
+            assert!(
+                self.subs.contains_key(&req.sub),
+                "a chunk read for subscriber {}, who left",
+                req.sub
+            );
+            let (at, within) = self.asked.remove(&req.sub).expect("it asked");
+            assert!(
+                self.served - at < within,
+                "subscriber {} waited {} reads, more than the {within} replays then known",
+                req.sub,
+                self.served - at
+            );
+        }
+        self.served += 1;
         let mut log = MemLog {
             log: &self.log,
             pos: 0,
         };
-        let r = replay_chunk(&req, &mut log, &mut self.buf);
-        self.fan.dispatch(FanIn::Replayed(r), &mut self.subs).await;
+        let outs = replay_chunk(&group, &mut log, &mut self.buf);
+        for (req, r) in group.iter().zip(outs) {
+            let finished = r.error.is_some() || r.next >= req.upto;
+            let frames = !r.frames.is_empty();
+            self.fan.dispatch(FanIn::Replayed(r), &mut self.subs).await;
+            self.replays.done(req.sub, finished, frames, self.now);
+        }
+        // The thread publishes these after every read.
+        let c = self.replays.take_cancelled();
+        self.fan
+            .shared
+            .stats
+            .replays_cancelled
+            .fetch_add(c, Ordering::Relaxed);
+        true
     }
 
     /// Opens every socket and answers every replay until nothing moves.
@@ -432,10 +497,16 @@ impl Harness {
         }
         for _ in 0..100_000 {
             self.settle().await;
-            if self.replays.is_empty() {
-                return;
+            if !self.answer_replay().await {
+                // Nothing to read: either nothing is left, or slots are
+                // held by chunks the sockets took without the core asking
+                // again (it is not waiting for anything then), which time
+                // frees.
+                if self.replays.held() == 0 {
+                    return;
+                }
+                self.now += REPLAY_STALL;
             }
-            self.answer_replay().await;
         }
         panic!("the fan-out never settled");
     }
@@ -527,6 +598,8 @@ fn check(h: &Harness) -> Result<(), TestCaseError> {
     prop_assert_eq!(counted as usize, h.subs.len());
     let end = h.log.len() as u64;
     prop_assert_eq!(h.fan.live_next, end);
+    prop_assert_eq!(h.replays.held(), 0, "replays left behind");
+    prop_assert_eq!(h.replays.active(), 0);
     for c in &h.clients {
         let out = c.sock.st.lock().unwrap().out.clone();
         let (items, truncated) = parse(c.framing, &out);
@@ -582,13 +655,13 @@ fn check(h: &Harness) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-fn run(ops: Vec<Op>, max_queued: usize) -> Result<(), TestCaseError> {
+fn run(ops: Vec<Op>, max_queued: usize, max_replays: usize) -> Result<(), TestCaseError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut h = Harness::new(max_queued);
+        let mut h = Harness::new(max_queued, max_replays);
         for op in ops {
             h.apply(op).await;
         }
@@ -609,8 +682,9 @@ proptest! {
     fn delivery_equals_a_linear_scan(
         ops in proptest::collection::vec(op(), 1..150),
         max_queued in prop_oneof![Just(1usize << 20), Just(400), Just(2000)],
+        max_replays in prop_oneof![Just(1usize), Just(2), Just(16)],
     ) {
-        run(ops, max_queued)?;
+        run(ops, max_queued, max_replays)?;
     }
 }
 
@@ -643,7 +717,7 @@ fn unencoded_records_come_from_the_log() {
             lost: false,
         },
     ];
-    run(ops, 1 << 20).unwrap();
+    run(ops, 1 << 20, 16).unwrap();
 }
 
 /// Subscribers on other topics are not visited by a publish: with
@@ -654,7 +728,7 @@ fn a_record_visits_only_its_subscribers() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut h = Harness::new(1 << 20);
+        let mut h = Harness::new(1 << 20, 16);
         for i in 0..5000u32 {
             h.apply(Op::Subscribe {
                 ws: true,
