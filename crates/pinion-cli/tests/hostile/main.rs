@@ -1,0 +1,246 @@
+//! The hostile-input suite (issue 11, docs/HARDENING.md): every case starts
+//! the real `pinion serve` binary, runs a steady legitimate publisher and
+//! WebSocket subscriber against it, attacks it, and checks that
+//!
+//! * the legitimate p99 publish→ack and publish→deliver stay within 2× of
+//!   the same run's windows without the attack (rule in `trial.rs`),
+//! * the hub's RSS stays under the case's stated bound,
+//! * the hostile connection is refused or closed as docs/HARDENING.md
+//!   says, and the refusal is counted in `/metrics`.
+//!
+//! Cases run one at a time (they measure latency on a shared machine), so
+//! this target has its own `main` instead of libtest's parallel runner. It
+//! understands what `cargo test` passes: name filters (substring; `--exact`
+//! for whole names), `--skip F`, `--list`, and ignores the rest
+//! (`--nocapture`, `--test-threads`, …). At the end it prints the results
+//! table in markdown (the one in docs/HARDENING.md) and writes it to
+//! `target/tmp/hostile-results.md`.
+//!
+//! ```sh
+//! cargo test -p pinion-cli --test hostile                    # every case
+//! cargo test -p pinion-cli --test hostile -- slowloris       # by name
+//! ```
+//!
+//! Traffic goes only to the loopback hub the case started; attackers use
+//! source addresses 127.0.0.2–127.0.0.254.
+
+mod attack;
+mod cases_conn;
+mod cases_fanout;
+mod cases_http;
+mod cases_sp;
+mod cases_ws;
+mod hub;
+mod legit;
+mod trial;
+mod wire;
+
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+
+use trial::{fmt_ratio, Row, Spec, Trial};
+
+/// A case: its name, what its hub needs, and the attack with its checks.
+pub struct Case {
+    pub name: &'static str,
+    /// What the case does (the table's first column explains it).
+    pub what: &'static str,
+    pub spec: fn() -> Spec,
+    pub run: fn(&mut Trial),
+}
+
+fn all_cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    v.extend(cases_conn::cases());
+    v.extend(cases_http::cases());
+    v.extend(cases_ws::cases());
+    v.extend(cases_sp::cases());
+    v.extend(cases_fanout::cases());
+    v
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else {
+        "(non-string panic)".into()
+    }
+}
+
+fn run_attempt(c: &Case) -> Row {
+    let started = Instant::now();
+    let trial = std::panic::catch_unwind(AssertUnwindSafe(|| Trial::start(c.name, (c.spec)())));
+    let mut t = match trial {
+        Ok(t) => t,
+        Err(p) => {
+            let why = format!("could not start: {}", panic_text(&*p));
+            println!("    FAILED: {why}");
+            return Row {
+                name: c.name,
+                windows: Default::default(),
+                ack_ratio: None,
+                del_ratio: None,
+                rss_peak_mib: 0.0,
+                rss_bound_mib: 0.0,
+                refusal: String::new(),
+                notes: Vec::new(),
+                failures: vec![why],
+                secs: started.elapsed().as_secs_f64(),
+                foreign: [0.0; 3],
+            };
+        }
+    };
+    let panicked = std::panic::catch_unwind(AssertUnwindSafe(|| (c.run)(&mut t)))
+        .err()
+        .map(|p| panic_text(&*p));
+    let row = t.finish(panicked);
+    println!(
+        "--- {} {} in {:.1} s",
+        c.name,
+        if row.passed() { "ok" } else { "FAILED" },
+        row.secs
+    );
+    for f in &row.failures {
+        println!("      - {}", f.lines().next().unwrap_or(""));
+    }
+    row
+}
+
+/// Latency checks are the only ones a busy machine can fail.
+fn latency_failure(f: &str) -> bool {
+    f.starts_with("publish→") || f.starts_with("not recovered")
+}
+
+/// Attempts per case at most.
+const ATTEMPTS: usize = 3;
+
+/// Runs a case; runs it again (up to [`ATTEMPTS`] in all) only when it
+/// failed on latency alone *and* other processes used the machine during
+/// it (more than `FOREIGN_CPU_LIMIT` cores in some window): then the
+/// measurement, not the hub, is in doubt. Every attempt is printed, and
+/// the row says how many there were; a failure on an undisturbed machine,
+/// or on anything but latency, is final.
+fn run_case(c: &Case) -> Row {
+    println!("\n=== {}: {}", c.name, c.what);
+    let mut attempt = 1;
+    loop {
+        let mut row = run_attempt(c);
+        let retry = !row.passed()
+            && row.disturbed()
+            && row.failures.iter().all(|f| latency_failure(f))
+            && attempt < ATTEMPTS;
+        if !retry {
+            if attempt > 1 {
+                row.notes.push(format!("attempt {attempt} of {ATTEMPTS} (earlier ones failed on latency while other processes used the CPU)"));
+            }
+            return row;
+        }
+        attempt += 1;
+        println!("--- {}: other processes used the CPU during this attempt; attempt {attempt} of {ATTEMPTS}", c.name);
+    }
+}
+
+/// The results table (markdown).
+fn table(rows: &[Row], cases: &[&Case]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| case | what | p99 ack ratio | p99 deliver ratio | legit p99 ack / deliver under attack (ms) | peak RSS / bound (MiB) | refusal: counted in /metrics; what the peer saw | other processes' CPU (cores) | result |\n",
+    );
+    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    for (r, c) in rows.iter().zip(cases) {
+        let a = r.windows[1];
+        let result = if r.passed() {
+            "pass".to_string()
+        } else {
+            let first: Vec<String> = r
+                .failures
+                .iter()
+                .map(|f| f.lines().next().unwrap_or("").replace('|', "\\|"))
+                .collect();
+            format!("**FAIL**: {}", first.join("; "))
+        };
+        let attempts = r.notes.iter().find(|n| n.starts_with("attempt ")).map(|n| format!(" ({})", n.split(" (").next().unwrap_or(""))).unwrap_or_default();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {:.2} / {:.2} | {:.0} / {:.0} | {} | {:.2} | {}{} |\n",
+            r.name,
+            c.what.replace('|', "\\|"),
+            fmt_ratio(r.ack_ratio),
+            fmt_ratio(r.del_ratio),
+            a.ack_p99_ns as f64 / 1e6,
+            a.del_p99_ns as f64 / 1e6,
+            r.rss_peak_mib,
+            r.rss_bound_mib,
+            r.refusal.replace('|', "\\|"),
+            r.foreign.iter().cloned().fold(0.0, f64::max),
+            result,
+            attempts
+        ));
+    }
+    out
+}
+
+fn main() {
+    let mut filters = Vec::new();
+    let mut skips = Vec::new();
+    let (mut exact, mut list, mut ignored_only) = (false, false, false);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--list" => list = true,
+            "--exact" => exact = true,
+            "--ignored" => ignored_only = true,
+            "--skip" => skips.extend(args.next()),
+            // libtest options that take a value: skip the value.
+            "--test-threads" | "--color" | "--format" | "--logfile" | "-Z" | "--shuffle-seed" => {
+                args.next();
+            }
+            s if s.starts_with('-') => {} // --nocapture, --quiet, --test-threads=N, …
+            s => filters.push(s.to_string()),
+        }
+    }
+    let all = all_cases();
+    let chosen: Vec<&Case> = all
+        .iter()
+        .filter(|c| {
+            (filters.is_empty()
+                || filters
+                    .iter()
+                    .any(|f| if exact { c.name == f } else { c.name.contains(f.as_str()) }))
+                && !skips.iter().any(|s| c.name.contains(s.as_str()))
+        })
+        .collect();
+    if list {
+        for c in &chosen {
+            println!("{}: test", c.name);
+        }
+        return;
+    }
+    if ignored_only {
+        // Nothing in this suite is ignored.
+        println!("running 0 tests");
+        return;
+    }
+    println!("hostile-input suite: {} of {} cases", chosen.len(), all.len());
+    let started = Instant::now();
+    let rows: Vec<Row> = chosen.iter().map(|c| run_case(c)).collect();
+    let secs = started.elapsed().as_secs_f64();
+    let failed: Vec<&Row> = rows.iter().filter(|r| !r.passed()).collect();
+    let md = table(&rows, &chosen);
+    println!("\n## results ({} cases, {} passed, {} failed, {:.0} s)\n", rows.len(), rows.len() - failed.len(), failed.len(), secs);
+    println!("{md}");
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-results.md");
+    let _ = std::fs::write(&path, &md);
+    println!("(table written to {})", path.display());
+    if !failed.is_empty() {
+        println!("\nfailed cases:");
+        for r in &failed {
+            println!("  {}:", r.name);
+            for f in &r.failures {
+                println!("    - {f}");
+            }
+        }
+        std::process::exit(1);
+    }
+}
