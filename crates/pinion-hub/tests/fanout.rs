@@ -629,3 +629,230 @@ fn overlapping_filters_deliver_once_among_many_subscribers_on_other_topics() {
     hub.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The timing tests of replays run one at a time (each measures a
+/// catch-up against a baseline of its own).
+static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Fills a hub's log with `n` records of 160 bytes each (topic `real`,
+/// a 100-byte payload), from four publishers at once.
+fn fill_log(url: &str, n: u32) {
+    let pubs: Vec<_> = (0..4u8)
+        .map(|id| {
+            let url = url.to_string();
+            std::thread::spawn(move || {
+                publish_with(&url, 20 + id, n / 4, 96, None, |_| "real".into())
+            })
+        })
+        .collect();
+    let acked: usize = pubs.into_iter().map(|p| p.join().unwrap().len()).sum();
+    assert_eq!(acked, (n / 4 * 4) as usize);
+}
+
+/// A subscriber's catch-up from `from` through `last`: how long from
+/// connecting to its last record (which must all come, once, in order).
+fn catch_up(http: &str, from: u64, last: u64) -> Duration {
+    let t = Instant::now();
+    let mut ws = Ws::connect(http, &format!("/sub?from={from}"), None);
+    let got: Vec<u64> = ws.read_through(last).into_iter().map(|(o, _)| o).collect();
+    let took = t.elapsed();
+    assert_eq!(got, (from..=last).collect::<Vec<_>>());
+    took
+}
+
+/// `n` WebSocket subscribers replaying the whole log for a topic that
+/// matches nothing, once the hub has registered them (`others` besides).
+fn hostile(hub: &Hub, http: &str, n: usize, others: u64) -> Vec<Ws> {
+    let subs: Vec<Ws> = (0..n)
+        .map(|_| Ws::connect(http, "/sub?topic=nomatch&from=0", None))
+        .collect();
+    wait_for(hub, "the hostile subscribers registered", |s| {
+        s.subscribers_ws == others + n as u64
+    });
+    subs
+}
+
+fn wait_for(hub: &Hub, what: &str, done: impl Fn(&pinion_hub::StatsSnapshot) -> bool) {
+    let t = Instant::now();
+    loop {
+        let s = hub.stats();
+        if done(&s) {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{what}: {s:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Through the real hub: 50 subscribers that asked for the whole log on a
+/// topic that matches nothing, and left, cost a later subscriber's
+/// catch-up nothing: their replays are cancelled without being read
+/// (each counted once) and nothing is left queued. (Before, each one read
+/// and checksummed the whole log, one after the other, and the catch-up
+/// waited behind them all.)
+#[test]
+fn replays_of_subscribers_that_left_are_cancelled_unread() {
+    let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("cancel");
+    let hub = Hub::start(HubConfig {
+        fsync: pinion_hub::FsyncPolicy::Never,
+        ..config(&dir)
+    })
+    .unwrap();
+    let http = hub.http_addr().unwrap().to_string();
+    const N: u64 = 30_000;
+    fill_log(&hub.endpoints()[0], N as u32);
+    let mut base = Vec::new();
+    let mut after = Vec::new();
+    for round in 1..=3u64 {
+        base.push(catch_up(&http, N - 2000, N - 1));
+        drop(hostile(&hub, &http, 50, 0));
+        after.push(catch_up(&http, N - 2000, N - 1));
+        wait_for(&hub, "every replay of the leavers cancelled", |s| {
+            s.replays_cancelled == 50 * round
+                && s.replays_active == 0
+                && s.replays_waiting == 0
+                && s.subscribers_ws == 0
+        });
+    }
+    let (base, after) = (median(base), median(after));
+    eprintln!(
+        "catch-up of 2,000 of {N} records: {base:?} alone, {after:?} after 50 replays of \
+         subscribers that left ({:.2}x)",
+        after.as_secs_f64() / base.as_secs_f64()
+    );
+    assert!(
+        after <= base * 5 + Duration::from_millis(200),
+        "the leavers' replays were read: {after:?} against {base:?}"
+    );
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Through the real hub: 100 subscribers replaying the whole log on a
+/// topic that matches nothing, and staying, slow a real subscriber's
+/// catch-up of the last 2,000 records by a bounded factor (each replay
+/// reads one bounded chunk per turn, in turn), and no more than
+/// `max_replays` of them hold a slot at any time while the rest wait.
+#[test]
+fn a_catch_up_is_not_stalled_by_a_hundred_replays_that_match_nothing() {
+    let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("fair");
+    let cfg = HubConfig {
+        fsync: pinion_hub::FsyncPolicy::Never,
+        ..config(&dir)
+    };
+    let max = cfg.max_replays as u64;
+    let hub = Hub::start(cfg).unwrap();
+    let http = hub.http_addr().unwrap().to_string();
+    const N: u64 = 60_000;
+    fill_log(&hub.endpoints()[0], N as u32);
+    // The gauges, sampled all along.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stats, stop) = (hub.stats_handle(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut active, mut waiting) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let s = stats();
+                active = s.replays_active.max(active);
+                waiting = s.replays_waiting.max(waiting);
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            (active, waiting)
+        })
+    };
+    let mut base = Vec::new();
+    let mut attacked = Vec::new();
+    for _ in 0..3 {
+        base.push(catch_up(&http, N - 2000, N - 1));
+        let h = hostile(&hub, &http, 100, 0);
+        attacked.push(catch_up(&http, N - 2000, N - 1));
+        drop(h);
+        wait_for(&hub, "the hostile subscribers gone", |s| {
+            s.subscribers_ws == 0 && s.replays_active == 0 && s.replays_waiting == 0
+        });
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (active, waiting) = sampler.join().unwrap();
+    let (base, attacked) = (median(base), median(attacked));
+    eprintln!(
+        "catch-up of 2,000 of {N} records: {base:?} alone, {attacked:?} beside 100 replays \
+         matching nothing ({:.2}x); replays active at most {active} (cap {max}), waiting at \
+         most {waiting}",
+        attacked.as_secs_f64() / base.as_secs_f64()
+    );
+    assert!(
+        attacked <= base * 5 + Duration::from_millis(200),
+        "the catch-up was stalled: {attacked:?} against {base:?}"
+    );
+    assert!(
+        active <= max,
+        "{active} replays active, over the cap of {max}"
+    );
+    assert!(
+        active == max && waiting > 0,
+        "the cap never came into play (active {active}, waiting {waiting})"
+    );
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Through the real hub: subscribers that ask for the whole log and then
+/// read nothing hold a replay slot for `REPLAY_STALL` at most each, so
+/// with every slot taken by them a real subscriber's catch-up still gets
+/// its turn, and no more than `max_replays` replays are ever active.
+#[test]
+fn subscribers_that_do_not_read_cannot_hold_the_replay_slots() {
+    let _serial = TIMING.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = temp_dir("stall");
+    let hub = Hub::start(HubConfig {
+        fsync: pinion_hub::FsyncPolicy::Never,
+        max_replays: 2,
+        ..config(&dir)
+    })
+    .unwrap();
+    let http = hub.http_addr().unwrap().to_string();
+    const N: u64 = 20_000;
+    fill_log(&hub.endpoints()[0], N as u32);
+    // Eight subscribers of everything from 0, with a small receive buffer,
+    // that never read; each from its own offset, so no two share a read.
+    let stuck: Vec<Ws> = (0..8u64)
+        .map(|i| Ws::connect(&http, &format!("/sub?from={}", i * 100), Some(4096)))
+        .collect();
+    wait_for(&hub, "the stuck subscribers registered", |s| {
+        s.subscribers_ws == 8
+    });
+    let stats = hub.stats_handle();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sampler = std::thread::spawn(move || {
+        let mut active = 0;
+        while rx.try_recv().is_err() {
+            active = stats().replays_active.max(active);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        active
+    });
+    let took = catch_up(&http, N - 2000, N - 1);
+    tx.send(()).unwrap();
+    let active = sampler.join().unwrap();
+    let s = hub.stats();
+    eprintln!(
+        "catch-up of 2,000 records beside 8 subscribers that do not read: {took:?}; \
+         replays active at most {active} (cap 2), now active {} waiting {}",
+        s.replays_active, s.replays_waiting
+    );
+    assert!(active <= 2, "{active} replays active, over the cap of 2");
+    assert_eq!(
+        s.slow_disconnects, 0,
+        "nobody was cut: they only lost their turn"
+    );
+    drop(stuck);
+    hub.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
