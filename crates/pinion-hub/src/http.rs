@@ -7,15 +7,15 @@
 //!
 //! Every core accepts on its own share of the port (SO_REUSEPORT), so a
 //! connection lives on the core that accepted it. Each connection is first
-//! admitted by the port's [`Gate`] (caps on connections and handshakes,
-//! per port and per source), then its request head is **read** as it
-//! arrives: the task sleeps until the socket is readable, and the head is
-//! parsed (`httparse`) only when it may be complete, so a peer sending one
-//! byte at a time costs a wake-up per byte and nothing while silent. The
-//! whole head must arrive within `handshake_timeout` (else 408) and fit in
-//! 8 KiB and 48 headers (else 431). Then, before any route: the `Host`
-//! must be one of the hub's names (421) and a browser's `Origin` one of
-//! its own pages' or an allowed one (403) ([`crate::origin`]).
+//! admitted by the port's gate (`guard.rs`: caps on connections and
+//! handshakes, per port and per source), then its request head is **read**
+//! as it arrives: the task sleeps until the socket is readable, and the
+//! head is parsed (`httparse`) only when it may be complete, so a peer
+//! sending one byte at a time costs a wake-up per byte and nothing while
+//! silent. The whole head must arrive within `handshake_timeout` (else
+//! 408) and fit in 8 KiB and 48 headers (else 431). Then, before any route:
+//! the `Host` must be one of the hub's names (421) and a browser's `Origin`
+//! one of its own pages' or an allowed one (403) ([`crate::origin`]).
 //!
 //! A `/pub` connection is then handed, with the bytes already read, to
 //! that core's REP socket as a `ws://` pipe
