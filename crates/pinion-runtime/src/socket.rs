@@ -1315,6 +1315,12 @@ impl Driver {
                     self.stats.count_peer_error(&error);
                     self.pipe_gone(pipe);
                 }
+                Output::PausePipe { pipe, paused } => {
+                    if let Some(p) = self.pipes.get(&pipe) {
+                        p.gate
+                            .set_paused_by(crate::pipe::ReadGate::PATTERN, paused);
+                    }
+                }
             }
         }
     }

@@ -321,27 +321,41 @@ async fn upgrade(
     }
 }
 
+/// Messages handed to the socket in one event at most. A flood of empty
+/// frames (6 bytes each, masked) would otherwise turn one 64 KiB read into
+/// ~11,000 messages (~1 MB of message structs) held by this pipe until the
+/// socket takes them; past this many, the rest of the read waits (copied
+/// aside) until the event is taken, so a pipe holds at most one event's
+/// worth however its input is cut.
+pub const MAX_EVENT_MSGS: usize = 128;
+
 /// Feeds `input` to the decoder: messages go to `batch`, pings to the
-/// writer; `Some` when the pipe must end.
+/// writer. Stops after [`MAX_EVENT_MSGS`] messages; returns how many bytes
+/// of `input` it took, and `Some` when the pipe must end.
 fn feed(
     dec: &mut Decoder,
-    mut input: &[u8],
+    input: &[u8],
     batch: &mut Vec<Message>,
     shared: &Shared,
-) -> Option<End> {
-    loop {
-        match dec.decode(&mut input) {
-            Ok(None) => return None,
+) -> (usize, Option<End>) {
+    let mut rest = input;
+    let end = loop {
+        if batch.len() >= MAX_EVENT_MSGS {
+            break None;
+        }
+        match dec.decode(&mut rest) {
+            Ok(None) => break None,
             Ok(Some(Event::Message(b))) => batch.push(Message::from_body(b)),
             Ok(Some(Event::Ping(p))) => {
                 // Only the latest ping needs an answer (RFC 6455 §5.5.3).
                 shared.set_pong(p);
             }
             Ok(Some(Event::Pong)) => {}
-            Ok(Some(Event::Close(code))) => return Some(End::PeerClose(code)),
-            Err(e) => return Some(End::Violation(e)),
+            Ok(Some(Event::Close(code))) => break Some(End::PeerClose(code)),
+            Err(e) => break Some(End::Violation(e)),
         }
-    }
+    };
+    (input.len() - rest.len(), end)
 }
 
 async fn read_loop(
@@ -353,11 +367,18 @@ async fn read_loop(
     shared: &Shared,
     leftover: Vec<u8>,
 ) -> End {
-    let mut first = Some(leftover);
+    // Bytes read but not decoded yet: what followed the upgrade head, or
+    // the rest of a read cut at MAX_EVENT_MSGS.
+    let mut pending = leftover;
     loop {
         let mut batch = Vec::new();
-        let end = if let Some(rest) = first.take() {
-            feed(dec, &rest, &mut batch, shared)
+        let end = if !pending.is_empty() {
+            let (used, end) = feed(dec, &pending, &mut batch, shared);
+            pending.drain(..used);
+            if end.is_some() {
+                pending = Vec::new();
+            }
+            end
         } else {
             gate.wait_open().await;
             if let Err(e) = tcp.readable().await {
@@ -365,7 +386,13 @@ async fn read_loop(
             }
             let r = SCRATCH.with_borrow_mut(|s| match tcp.try_read(s) {
                 Ok(0) => Err(Some(End::Eof)),
-                Ok(n) => Ok(feed(dec, &s[..n], &mut batch, shared)),
+                Ok(n) => {
+                    let (used, end) = feed(dec, &s[..n], &mut batch, shared);
+                    if end.is_none() && used < n {
+                        pending.extend_from_slice(&s[used..n]);
+                    }
+                    Ok(end)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(None),
                 Err(e) => Err(Some(End::Io(e))),
             });
@@ -375,6 +402,9 @@ async fn read_loop(
                 Err(Some(end)) => return end,
             }
         };
+        if pending.is_empty() && pending.capacity() > 0 {
+            pending = Vec::new(); // hold nothing while idle
+        }
         if !batch.is_empty()
             && link
                 .events
