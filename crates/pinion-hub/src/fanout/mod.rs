@@ -8,7 +8,8 @@
 //!  (after the fdatasync)  └──► core 1: fan-out task ─► ...
 //!                                   ▲  │ catch-up requests
 //!                   replay chunks   │  ▼
-//!                               replay thread (reads the log)
+//!                               replay thread (reads the log: at most
+//!                               `max_replays` at once, one chunk each in turn)
 //! ```
 //!
 //! The writer encodes each durable record **once** per framing (an SP
@@ -53,16 +54,28 @@
 //!
 //! A subscriber that asks for `from = N` below the watermark is "catching
 //! up": live batches pass it by, and the replay thread reads the log from
-//! `N` up to the watermark, in chunks of at most [`REPLAY_CHUNK`] bytes
-//! (and half the queue bound, so a replay never looks like a slow
-//! consumer), each requested only once the previous one is written. A
-//! catching-up subscriber carries `next`, the next offset it is owed; when
-//! a chunk brings it to the watermark it turns live. Frames below `next`
+//! `N` up to the watermark, in chunks of about [`REPLAY_CHUNK`] bytes of
+//! log read, matching or not (and at most half the queue bound of frames,
+//! so a replay never looks like a slow consumer), each requested only once
+//! the previous one is written. A catching-up subscriber carries `next`,
+//! the next offset it is owed; when a chunk brings it to the watermark it
+//! turns live. Frames below `next`
 //! are never sent again, so the seam between the log and the live stream
 //! has neither a gap nor a duplicate. A batch that does not start at the
 //! watermark, or whose records the writer did not encode (it saw no
 //! subscriber when it logged them), turns the core's live subscribers back
 //! to catching up from the watermark.
+//!
+//! # Replays are bounded
+//!
+//! What catching-up subscribers can make the replay thread do is bounded
+//! (module `replay`): a chunk is bounded by the log it reads, so a filter
+//! that matches nothing costs one chunk per turn like any other, never
+//! the whole log; at most `max_replays` replays hold a slot (a chunk being
+//! read or delivered) and the rest wait in arrival order, one chunk per
+//! replay per turn; replays at one offset share a read; and a subscriber's
+//! replay is cancelled when this task drops it (its `cancel` flag, set in
+//! `drop_sub` and checked by the thread before every chunk).
 //!
 //! # A core that falls behind
 //!
@@ -103,8 +116,9 @@ pub const CLOSE_SLOW: u16 = 4008;
 /// WebSocket close code for a subscriber whose replay failed (the log could
 /// not be read).
 pub const CLOSE_REPLAY_FAILED: u16 = 4011;
-/// Largest chunk of replayed frames handed to a subscriber at once (and at
-/// most half its queue bound).
+/// Bytes of log a replay chunk reads, matching or not, and of frames it
+/// hands a subscriber, at most (each also at most half the subscriber's
+/// queue bound; the record that crosses it is the chunk's last).
 pub const REPLAY_CHUNK: usize = 256 << 10;
 /// How long a subscriber being closed may take to read its close frame.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
