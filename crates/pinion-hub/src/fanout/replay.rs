@@ -428,11 +428,10 @@ impl ReplayQueue {
         }
         self.last_sweep = Some(now);
         let before = self.replays.len();
-        self.replays.retain(|_, r| {
-            // Only replays without a slot: those with one were handled
-            // above.
-            !(r.cancel.load(Ordering::Acquire) && !r.slot)
-        });
+        // Kept: those whose subscriber is still there, and those holding
+        // a slot (handled above).
+        self.replays
+            .retain(|_, r| r.slot || !r.cancel.load(Ordering::Acquire));
         let gone = before - self.replays.len();
         if gone > 0 {
             self.cancelled += gone as u64;
