@@ -452,9 +452,7 @@ impl Hub {
         let (fan_cores, sh, max_replays) = (fan_txs.clone(), shared.clone(), cfg.max_replays);
         std::thread::Builder::new()
             .name("pinion-hub-replay".into())
-            .spawn(move || {
-                fanout::run_replay(replay_reader, replay_rx, fan_cores, max_replays, sh)
-            })
+            .spawn(move || fanout::run_replay(replay_reader, replay_rx, fan_cores, max_replays, sh))
             .map_err(spawn_err)?;
         for (core, rx) in fan_rxs.into_iter().enumerate() {
             let f: fanout::Fanout = fanout::Fanout::new(
