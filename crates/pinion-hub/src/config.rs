@@ -560,12 +560,23 @@ impl HubConfig {
                 "at least 1 MiB",
             );
         }
+        // Parsed as the front door parses them (an entry it could not read
+        // would be ignored there: refused here instead).
         for o in &self.allow_origins {
-            if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+            if o != "*" && crate::origin::parse_origin(o).is_none() {
                 return inv(
                     "allow_origin",
                     o.clone(),
                     "an origin such as https://app.example.com, or *",
+                );
+            }
+        }
+        for h in &self.allow_hosts {
+            if h != "*" && crate::origin::parse_authority(h).is_none() {
+                return inv(
+                    "allow_host",
+                    h.clone(),
+                    "a host name or address, with or without :port, or *",
                 );
             }
         }
@@ -629,6 +640,15 @@ mod tests {
         assert_eq!(key_of("max_fanout_backlog = 1024"), "max_fanout_backlog");
         assert_eq!(key_of("dedup_window = 0"), "dedup_window");
         assert_eq!(key_of("allow_origin = [\"evil.example\"]"), "allow_origin");
+        assert_eq!(key_of("allow_origin = [\"http://x/path\"]"), "allow_origin");
+        assert_eq!(
+            key_of("allow_host = [\"hub.example.com\", \"[::1]:8080\", \"*\"]"),
+            "accepted"
+        );
+        assert_eq!(
+            key_of("allow_host = [\"http://hub.example.com\"]"),
+            "allow_host"
+        );
         assert_eq!(
             key_of("allow_origin = [\"https://app.example\", \"*\"]"),
             "accepted"

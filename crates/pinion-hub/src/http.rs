@@ -92,8 +92,8 @@ pub(crate) struct Web {
     pub feed: watch::Receiver<Arc<str>>,
     /// Renders `/metrics`.
     pub metrics: Box<dyn Fn() -> String + Send + Sync>,
-    /// The last `/metrics` rendered, and when (see [`METRICS_TTL`]).
-    pub metrics_cache: Mutex<Option<(Instant, Arc<str>)>>,
+    /// The last `/metrics` rendered (see [`METRICS_TTL`]).
+    pub metrics_cache: Cached,
     /// Admission on this port.
     pub gate: Arc<Gate>,
     /// Timeouts, keepalive, ping interval.
@@ -107,15 +107,26 @@ pub(crate) struct Web {
 impl Web {
     /// The `/metrics` text, rendered at most once per [`METRICS_TTL`].
     fn metrics_text(&self) -> Arc<str> {
-        let lock = || self.metrics_cache.lock().unwrap_or_else(|e| e.into_inner());
+        self.metrics_cache.get(METRICS_TTL, &self.metrics)
+    }
+}
+
+/// A rendered text and when it was rendered.
+#[derive(Default)]
+pub(crate) struct Cached(Mutex<Option<(Instant, Arc<str>)>>);
+
+impl Cached {
+    /// The text rendered less than `ttl` ago, or a fresh one from `render`.
+    fn get(&self, ttl: Duration, render: impl FnOnce() -> String) -> Arc<str> {
+        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, text)) = &*lock() {
-            if at.elapsed() < METRICS_TTL {
+            if at.elapsed() < ttl {
                 return text.clone();
             }
         }
         // Rendered outside the lock: a core never waits for another's
         // rendering (two may render at once; both results are current).
-        let text: Arc<str> = Arc::from((self.metrics)());
+        let text: Arc<str> = Arc::from(render());
         *lock() = Some((Instant::now(), text.clone()));
         text
     }
@@ -863,6 +874,24 @@ async fn stats_stream(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_are_rendered_at_most_once_per_ttl() {
+        let cache = Cached::default();
+        let renders = std::cell::Cell::new(0);
+        let render = || {
+            renders.set(renders.get() + 1);
+            format!("render {}", renders.get())
+        };
+        let ttl = Duration::from_millis(200);
+        let first = cache.get(ttl, render);
+        for _ in 0..100 {
+            assert_eq!(cache.get(ttl, render), first);
+        }
+        assert_eq!(renders.get(), 1);
+        std::thread::sleep(ttl);
+        assert_eq!(&*cache.get(ttl, render), "render 2");
+    }
 
     #[test]
     fn queries() {
