@@ -1317,8 +1317,7 @@ impl Driver {
                 }
                 Output::PausePipe { pipe, paused } => {
                     if let Some(p) = self.pipes.get(&pipe) {
-                        p.gate
-                            .set_paused_by(crate::pipe::ReadGate::PATTERN, paused);
+                        p.gate.set_paused_by(crate::pipe::ReadGate::PATTERN, paused);
                     }
                 }
             }
