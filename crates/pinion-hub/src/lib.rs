@@ -381,7 +381,8 @@ impl Hub {
                 let (listeners, bound) = share_port(&rt, &url, n)?;
                 urls.push(bound);
                 for (core, l) in listeners.into_iter().enumerate() {
-                    let serve = guard::serve_rep(l, sockets[core].clone(), pub_gate.clone(), limits);
+                    let serve =
+                        guard::serve_rep(l, sockets[core].clone(), pub_gate.clone(), limits);
                     tasks.push(rt.spawn_on(core, serve));
                 }
             } else {
