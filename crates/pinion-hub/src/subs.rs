@@ -217,17 +217,24 @@ pub(crate) async fn read_until_gone(
 /// Decodes what a WebSocket subscriber sent: pings are handed to the
 /// fan-out to answer; `false` when the subscriber is done (a close frame,
 /// or a protocol violation).
+///
+/// Only the last ping of what one read brought is answered (RFC 6455
+/// §5.5.3 allows answering only the latest): a flood of pings costs the
+/// fan-out one pong per read (256 bytes), not one per 6-byte ping.
 fn feed(id: u64, dec: &mut Decoder, mut input: &[u8], fan: &UnboundedSender<FanIn>) -> bool {
-    loop {
+    let mut ping = None;
+    let alive = loop {
         match dec.decode(&mut input) {
-            Ok(Some(Event::Ping(p))) => {
-                let _ = fan.send(FanIn::Pong(id, p));
-            }
-            Ok(Some(Event::Close(_))) | Err(_) => return false,
+            Ok(Some(Event::Ping(p))) => ping = Some(p),
+            Ok(Some(Event::Close(_))) | Err(_) => break false,
             Ok(Some(_)) => {}
-            Ok(None) => return true,
+            Ok(None) => break true,
         }
+    };
+    if let Some(p) = ping.filter(|_| alive) {
+        let _ = fan.send(FanIn::Pong(id, p));
     }
+    alive
 }
 
 /// A decoder for what a WebSocket subscriber sends.

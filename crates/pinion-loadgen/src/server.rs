@@ -164,6 +164,24 @@ pub(crate) fn temp_dir(what: &str) -> Result<tempfile::TempDir, LoadgenError> {
         })
 }
 
+/// Writes a hub config into `dir` that lifts the hub's admission caps
+/// (connections and handshakes per port and per source): a benchmark opens
+/// up to ~20,000 connections from a few loopback addresses, in bursts,
+/// which the defaults rightly refuse from one source. The benchmark
+/// measures the hub's data path, not its guards (the hostile-input suite
+/// measures those). Returns the file, for `pinion serve -c`.
+pub(crate) fn bench_hub_config(dir: &std::path::Path) -> Result<std::path::PathBuf, LoadgenError> {
+    let path = dir.join("bench-hub.toml");
+    let text = "# written by pinion bench: caps lifted for the benchmark's own clients\n\
+                max_connections = 1000000\n\
+                max_connections_per_source = 0\n\
+                max_handshakes = 1000000\n\
+                max_handshakes_per_source = 1000000\n";
+    std::fs::write(&path, text)
+        .map_err(|e| LoadgenError::io(format!("writing {}", path.display()), e))?;
+    Ok(path)
+}
+
 // ---- the guard --------------------------------------------------------------
 
 /// A server started by the benchmark, with its data dir.

@@ -47,8 +47,11 @@ pub(crate) fn start(
     while http_port == port {
         http_port = free_port()?;
     }
+    let conf = crate::server::bench_hub_config(dir.path())?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
+        .arg("-c")
+        .arg(&conf)
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--listen")

@@ -39,8 +39,11 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr)
     }
     let dir = temp_dir(NAME)?;
     let port = free_port()?;
+    let conf = crate::server::bench_hub_config(dir.path())?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
+        .arg("-c")
+        .arg(&conf)
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--listen")
