@@ -364,8 +364,18 @@ fn a_slow_subscriber_is_disconnected_with_its_resume_offset_and_nobody_else_wait
         std::thread::sleep(Duration::from_millis(5));
     }
     // Publishing is never held up by the slow subscriber: every message is
-    // acked while it reads nothing.
-    let offsets = publish_with(&url, 7, N, 200, None, |_| "x".into());
+    // acked while it reads nothing. (Small payloads and a short pause every
+    // 50 publishes: the fast subscriber is a test thread on a busy 2-core
+    // machine and must not fall 64 KiB behind; the slow one reads nothing,
+    // so the ~2 MB sent to it gets it cut at any rate.)
+    let offsets = publish_with(
+        &url,
+        7,
+        N,
+        16,
+        Some(Duration::from_millis(1)),
+        |_| "x".into(),
+    );
     assert_eq!(offsets.len(), N as usize);
     assert_eq!(
         fast.join().unwrap(),
