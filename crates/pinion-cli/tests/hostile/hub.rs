@@ -14,7 +14,14 @@ use std::time::{Duration, Instant};
 
 use crate::wire;
 
-const PINION: &str = env!("CARGO_BIN_EXE_pinion");
+/// The `pinion` binary under test: the one cargo built with this test
+/// (the debug build under `cargo test`), or `PINION_HOSTILE_BIN` to run
+/// the suite against another build (e.g. `target/release/pinion`).
+pub fn binary() -> PathBuf {
+    std::env::var_os("PINION_HOSTILE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pinion")))
+}
 
 /// Settings every case's hub gets, before the case's own.
 ///
@@ -85,7 +92,7 @@ impl Hub {
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("hub.toml");
         std::fs::write(&config, format!("{BASE_TOML}{toml}\n")).unwrap();
-        let mut child = Command::new(PINION)
+        let mut child = Command::new(binary())
             .arg("serve")
             .arg("-c")
             .arg(&config)

@@ -222,7 +222,12 @@ fn main() {
         println!("running 0 tests");
         return;
     }
-    println!("hostile-input suite: {} of {} cases", chosen.len(), all.len());
+    println!(
+        "hostile-input suite: {} of {} cases, hub binary {}",
+        chosen.len(),
+        all.len(),
+        hub::binary().display()
+    );
     let started = Instant::now();
     let rows: Vec<Row> = chosen.iter().map(|c| run_case(c)).collect();
     let secs = started.elapsed().as_secs_f64();

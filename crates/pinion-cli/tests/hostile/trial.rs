@@ -217,6 +217,18 @@ fn foreign_cores(a: CpuSnap, b: CpuSnap) -> f64 {
 /// about the hub (see `run_case` in main.rs for what is done about it).
 pub const FOREIGN_CPU_LIMIT: f64 = 0.25;
 
+/// Gauges sampled (4 times a second) during every attack: name shown,
+/// sample in `/metrics`.
+const SAMPLED: [(&str, &str); 7] = [
+    ("open pub", "pinion_connections_open{port=\"pub\"}"),
+    ("open sub", "pinion_connections_open{port=\"sub\"}"),
+    ("open http", "pinion_connections_open{port=\"http\"}"),
+    ("fanout_backlog_bytes", "pinion_fanout_backlog_bytes"),
+    ("sessions", "pinion_sessions"),
+    ("replays_active", "pinion_replays_active"),
+    ("replays_waiting", "pinion_replays_waiting"),
+];
+
 /// How a counter must have moved.
 #[derive(Debug, Clone, Copy)]
 pub enum Cmp {
@@ -393,12 +405,30 @@ impl Trial {
         let started = Instant::now();
         let addrs = self.addrs;
         let legit = self.legit.as_ref().unwrap();
+        let sampling = AtomicBool::new(true);
+        let maxima = std::sync::Mutex::new(std::collections::BTreeMap::<&str, f64>::new());
         let result = std::thread::scope(|sc| {
             let ctx = Ctx {
                 addrs,
                 stop: &stop,
                 started,
             };
+            // The hub's own gauges during the attack (for the report; a
+            // scrape refused while a port is full is simply skipped).
+            sc.spawn(|| {
+                while sampling.load(Ordering::Acquire) {
+                    if let Ok(m) = Metrics::scrape(addrs.http) {
+                        let mut mx = maxima.lock().unwrap();
+                        for (name, key) in SAMPLED {
+                            if let Some(v) = m.get(key) {
+                                let e = mx.entry(name).or_insert(v);
+                                *e = e.max(v);
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            });
             let h = sc.spawn(move || attack(&ctx));
             loop {
                 std::thread::sleep(Duration::from_millis(20));
@@ -411,8 +441,14 @@ impl Trial {
                     break;
                 }
             }
+            sampling.store(false, Ordering::Release);
             h.join()
         });
+        let mx = maxima.into_inner().unwrap();
+        if !mx.is_empty() {
+            let parts: Vec<String> = mx.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            self.note(format!("hub gauges at most, during the attack: {}", parts.join(", ")));
+        }
         self.windows[1] = Some((a, now_ns()));
         self.foreign[1] = foreign_cores(cpu0, cpu_snap(self.addrs.pid));
         println!("    attack window: {:.1} s", started.elapsed().as_secs_f64());

@@ -553,27 +553,6 @@ pub fn read_until_closed(s: &mut TcpStream, within: Duration) -> Ended {
     }
 }
 
-/// One non-blocking look at a connection: `Some` once it has ended.
-pub fn poll_ended(s: &mut TcpStream, got: &mut Vec<u8>) -> Option<Ended> {
-    let mut chunk = [0u8; 4096];
-    let _ = s.set_nonblocking(true);
-    let r = loop {
-        match s.read(&mut chunk) {
-            Ok(0) => break Some(Ended::Eof(std::mem::take(got))),
-            Ok(n) => {
-                if got.len() < 64 << 10 {
-                    got.extend_from_slice(&chunk[..n]);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break None,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => break Some(Ended::Reset(std::mem::take(got))),
-        }
-    };
-    let _ = s.set_nonblocking(false);
-    r
-}
-
 /// An HTTP exchange from `from`: sends `request` (whole), reads until the
 /// hub closes (the hub answers one request per connection) or `within`.
 pub fn http_exchange(from: Ipv4Addr, to: SocketAddr, request: &[u8], within: Duration) -> io::Result<Ended> {
