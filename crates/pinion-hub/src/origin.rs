@@ -92,7 +92,9 @@ pub fn parse_authority(s: &str) -> Option<Authority> {
                     return None;
                 }
                 let name = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
-                if name.is_empty() || name.contains("..") {
+                // No empty label anywhere ("..", ".x", or "." alone, which
+                // fuzzing found passing as a name).
+                if name.is_empty() || name.starts_with('.') || name.contains("..") {
                     return None;
                 }
                 (HostKey::Name(name), port)
@@ -299,6 +301,15 @@ pub fn is_machine_ip(ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the `hub_origin` fuzz target: ".." made the name ".".
+    #[test]
+    fn empty_labels_are_not_names() {
+        for bad in ["..", ".", "..:80", ".x", "a..b", "..\u{ce}"] {
+            assert_eq!(parse_authority(bad), None, "{bad:?}");
+        }
+        assert!(parse_authority("a.").is_some());
+    }
+
     use super::*;
 
     fn a(s: &str) -> Authority {
