@@ -226,3 +226,24 @@ pub fn paced(ctx: &Ctx<'_>, rate: u64, max: u64, mut step: impl FnMut(u64) -> bo
     }
     (i, start.elapsed())
 }
+
+/// Spaces steps `1/rate` apart: `wait(i)` returns at the start + i/rate.
+pub struct Pacer {
+    start: Instant,
+    period_ns: u64,
+}
+
+impl Pacer {
+    pub fn new(rate: u64) -> Pacer {
+        Pacer {
+            start: Instant::now(),
+            period_ns: 1_000_000_000 / rate.max(1),
+        }
+    }
+    pub fn wait(&self, i: usize) {
+        let due = self.start + Duration::from_nanos(self.period_ns * i as u64);
+        if let Some(d) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
+    }
+}

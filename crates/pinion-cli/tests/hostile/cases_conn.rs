@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use crate::attack::{endings, open_many, paced, watch, Held, Port};
+use crate::attack::{endings, open_many, paced, watch, Held, Pacer, Port};
 use crate::hub;
 use crate::trial::{Cmp, Spec, Trial};
 use crate::wire::{self, Upgraded};
@@ -62,13 +62,13 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "source_cap_pub_1bps",
-            what: "1,100 publisher connections from one source complete the SP header, then send a publish at 1 byte/s (default cap 1,024 per source)",
+            what: "1,100 publisher connections (1,000/s) from one source complete the SP header, then send a publish at 1 byte/s (default cap 1,024 per source)",
             spec: || Spec::new("", 64),
             run: source_cap_pub,
         },
         Case {
             name: "source_cap_http",
-            what: "1,100 idle WebSocket subscribers from one source (default cap 1,024 per source)",
+            what: "1,100 idle WebSocket subscribers (1,000/s) from one source (default cap 1,024 per source)",
             spec: || Spec::new("", 64),
             run: source_cap_http,
         },
@@ -80,7 +80,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "port_cap_http",
-            what: "300 idle WebSocket subscribers (5 sources) with max_connections = 200",
+            what: "300 idle WebSocket subscribers (1,000/s, 5 sources) with max_connections = 200",
             spec: || Spec::new("max_connections = 200", 32),
             run: port_cap_http,
         },
@@ -244,7 +244,9 @@ fn source_cap_pub(t: &mut Trial) {
     let (accepted, refused, other_source_ok) = t.attack(|ctx| {
         let mut accepted = Vec::new();
         let mut refused = 0;
-        for _ in 0..N {
+        let pace = Pacer::new(1000); // connections a second
+        for i in 0..N {
+            pace.wait(i);
             match wire::sp_connect(wire::src(0), to, wire::sp::REQ, wire::sp::REP) {
                 Ok(s) => accepted.push(Held::new(s)),
                 Err(_) => refused += 1,
@@ -279,7 +281,9 @@ fn source_cap_http(t: &mut Trial) {
         let mut held = Vec::new();
         let mut statuses = std::collections::BTreeMap::new();
         let mut errors = 0;
-        for _ in 0..N {
+        let pace = Pacer::new(1000); // connections a second
+        for i in 0..N {
+            pace.wait(i);
             match wire::ws_connect(wire::src(0), to, "/sub?topic=idle%2F", None, None, None) {
                 Ok(Upgraded::Yes(ws)) => held.push(ws),
                 Ok(Upgraded::No(h)) => {
@@ -350,7 +354,9 @@ fn port_cap_http(t: &mut Trial) {
         let mut held = Vec::new();
         let mut statuses = std::collections::BTreeMap::new();
         let mut errors = 0;
+        let pace = Pacer::new(1000); // connections a second
         for i in 0..N {
+            pace.wait(i);
             match wire::ws_connect(wire::src(i % 5), to, "/sub?topic=idle%2F", None, None, None) {
                 Ok(Upgraded::Yes(ws)) => held.push(ws),
                 Ok(Upgraded::No(h)) => {

@@ -35,7 +35,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case {
             name: "sub_64_filters_x1000",
-            what: "1,000 WebSocket subscribers with 64 distinct 100-byte filters each (and one with 65)",
+            what: "1,000 WebSocket subscribers (500/s) with 64 distinct 100-byte filters each (and one with 65)",
             spec: || Spec::new("", 96),
             run: many_filters,
         },
@@ -346,7 +346,9 @@ fn many_filters(t: &mut Trial) {
             }
             q
         };
+        let pace = crate::attack::Pacer::new(500); // subscribers a second
         for i in 0..N {
+            pace.wait(i);
             let q = query(&mut rng, 64);
             match wire::ws_connect(wire::src(i % 4), a.http, &q, None, None, None) {
                 Ok(Upgraded::Yes(ws)) => held.push(ws),

@@ -229,6 +229,70 @@ const SAMPLED: [(&str, &str); 7] = [
     ("replays_waiting", "pinion_replays_waiting"),
 ];
 
+/// Scrapes `/metrics` 4 times a second through all three windows (the
+/// same load in each, so it cannot tilt the comparison) and keeps the
+/// [`SAMPLED`] gauges with their times.
+struct GaugeSampler {
+    samples: Arc<std::sync::Mutex<Vec<(u64, Metrics)>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GaugeSampler {
+    fn start(http: std::net::SocketAddr) -> GaugeSampler {
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (sm, st) = (samples.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !st.load(Ordering::Acquire) {
+                // A scrape refused while a port is full is skipped.
+                if let Ok(m) = Metrics::scrape(http) {
+                    let keep = SAMPLED
+                        .iter()
+                        .filter_map(|(_, k)| m.get(k).map(|v| (k.to_string(), v)))
+                        .collect();
+                    sm.lock().unwrap().push((now_ns(), Metrics(keep)));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        GaugeSampler {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; the largest value of each gauge within `[a, b)`.
+    fn finish(mut self, a: u64, b: u64) -> Vec<(&'static str, f64)> {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let samples = self.samples.lock().unwrap();
+        SAMPLED
+            .iter()
+            .filter_map(|(name, key)| {
+                samples
+                    .iter()
+                    .filter(|(t, _)| *t >= a && *t < b)
+                    .filter_map(|(_, m)| m.get(key))
+                    .reduce(f64::max)
+                    .map(|v| (*name, v))
+            })
+            .collect()
+    }
+}
+
+impl Drop for GaugeSampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// How a counter must have moved.
 #[derive(Debug, Clone, Copy)]
 pub enum Cmp {
@@ -276,6 +340,7 @@ pub struct Trial {
     pub addrs: Addrs,
     legit: Option<Legit>,
     rss: RssSampler,
+    gauges: Option<GaugeSampler>,
     failures: Vec<String>,
     peer: Vec<String>,
     notes: Vec<String>,
@@ -301,6 +366,7 @@ impl Trial {
             addrs,
             legit: None,
             rss,
+            gauges: None,
             failures: Vec::new(),
             peer: Vec::new(),
             notes: Vec::new(),
@@ -393,6 +459,7 @@ impl Trial {
     /// `ctx.stopped()` turns true when the latter two hold, for attacks
     /// that would go on forever. Returns what the attack returned.
     pub fn attack<R: Send>(&mut self, attack: impl FnOnce(&Ctx<'_>) -> R + Send) -> R {
+        self.gauges = Some(GaugeSampler::start(self.addrs.http));
         self.windows[0] = Some(self.measure_window("BEFORE", 0));
         match self.metrics() {
             Ok(m) => self.m_before = Some(m),
@@ -405,30 +472,12 @@ impl Trial {
         let started = Instant::now();
         let addrs = self.addrs;
         let legit = self.legit.as_ref().unwrap();
-        let sampling = AtomicBool::new(true);
-        let maxima = std::sync::Mutex::new(std::collections::BTreeMap::<&str, f64>::new());
         let result = std::thread::scope(|sc| {
             let ctx = Ctx {
                 addrs,
                 stop: &stop,
                 started,
             };
-            // The hub's own gauges during the attack (for the report; a
-            // scrape refused while a port is full is simply skipped).
-            sc.spawn(|| {
-                while sampling.load(Ordering::Acquire) {
-                    if let Ok(m) = Metrics::scrape(addrs.http) {
-                        let mut mx = maxima.lock().unwrap();
-                        for (name, key) in SAMPLED {
-                            if let Some(v) = m.get(key) {
-                                let e = mx.entry(name).or_insert(v);
-                                *e = e.max(v);
-                            }
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(250));
-                }
-            });
             let h = sc.spawn(move || attack(&ctx));
             loop {
                 std::thread::sleep(Duration::from_millis(20));
@@ -441,14 +490,8 @@ impl Trial {
                     break;
                 }
             }
-            sampling.store(false, Ordering::Release);
             h.join()
         });
-        let mx = maxima.into_inner().unwrap();
-        if !mx.is_empty() {
-            let parts: Vec<String> = mx.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            self.note(format!("hub gauges at most, during the attack: {}", parts.join(", ")));
-        }
         self.windows[1] = Some((a, now_ns()));
         self.foreign[1] = foreign_cores(cpu0, cpu_snap(self.addrs.pid));
         println!("    attack window: {:.1} s", started.elapsed().as_secs_f64());
@@ -467,6 +510,13 @@ impl Trial {
         let attacked = self.windows[1].is_some();
         if attacked {
             self.windows[2] = Some(self.measure_window("AFTER", 2));
+            if let (Some(g), Some((a, b))) = (self.gauges.take(), self.windows[1]) {
+                let mx = g.finish(a, b);
+                if !mx.is_empty() {
+                    let parts: Vec<String> = mx.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    self.note(format!("hub gauges at most, during the attack: {}", parts.join(", ")));
+                }
+            }
         } else {
             self.failures.push("the case did not reach its attack".into());
         }
