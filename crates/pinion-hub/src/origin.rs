@@ -94,7 +94,11 @@ pub fn parse_authority(s: &str) -> Option<Authority> {
                 let name = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
                 // No empty label anywhere ("..", ".x", or "." alone, which
                 // fuzzing found passing as a name).
-                if name.is_empty() || name.starts_with('.') || name.contains("..") {
+                if name.is_empty()
+                    || name.starts_with('.')
+                    || name.ends_with('.')
+                    || name.contains("..")
+                {
                     return None;
                 }
                 (HostKey::Name(name), port)
@@ -301,10 +305,11 @@ pub fn is_machine_ip(ip: IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
-    /// Found by the `hub_origin` fuzz target: ".." made the name ".".
+    /// Found by the `hub_origin` fuzz target: ".." made the name ".", and
+    /// "-.." the name "-." (one trailing dot stripped, one left).
     #[test]
     fn empty_labels_are_not_names() {
-        for bad in ["..", ".", "..:80", ".x", "a..b", "..\u{ce}"] {
+        for bad in ["..", ".", "..:80", ".x", "a..b", "..\u{ce}", "-..", "x..:1"] {
             assert_eq!(parse_authority(bad), None, "{bad:?}");
         }
         assert!(parse_authority("a.").is_some());
