@@ -13,18 +13,18 @@
 //! compared with the larger of the p99s of the windows before and after:
 //!
 //! ```text
-//!  ratio = max(p99_attack, FLOOR) / max(p99_before, p99_after, FLOOR)     must be ≤ 2
+//!  ratio = max(p99_attack, 2 ms) / max(p99_before, p99_after, 2 ms)     must be ≤ 2
 //! ```
 //!
 //! Taking the larger baseline absorbs the machine's drift over the ~5 s of
 //! a case (2 cores shared by the hub, the attacker and the measuring
-//! threads); [`FLOOR`] is the resolution below which a loopback latency on
+//! threads); 2 ms ([`FLOOR_NS`]) is the resolution below which a latency on
 //! this machine is scheduling noise (see its comment). So that the larger
 //! baseline cannot hide damage the attack leaves behind, the AFTER window
 //! must itself be within 2× of the BEFORE window (same floor): the hub must
 //! have recovered.
 //!
-//! **Memory.** The hub's resident set (VmRSS) is sampled every 20 ms from
+//! **Memory.** The hub's resident set (statm) is sampled every 20 ms from
 //! the start of the attack to the end of the AFTER window; its peak must
 //! stay under the RSS at the start of the attack plus the case's stated
 //! allowance.
@@ -51,11 +51,13 @@ pub const MIN_SAMPLES: usize = 1500;
 /// Shortest window.
 pub const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// Latency resolution floor: p99s below it count as it. On this 2-core
-/// machine a loopback round trip through the hub is a few hundred
-/// microseconds and a thread that loses its core for one scheduler tick
-/// (about a millisecond with three busy processes) adds that much, so
-/// differences below a millisecond say nothing about the hub.
-pub const FLOOR_NS: u64 = 1_000_000;
+/// machine, with nothing attacking (the `control_no_attack` case, and the
+/// BEFORE and AFTER windows of every case), the debug build's loopback
+/// p99 is 0.5-1.2 ms in most windows and up to 3 ms in some: a thread
+/// that loses its core for a scheduler tick or two, three processes
+/// sharing two cores. Ratios of values below 2 ms measure that, not the
+/// hub; an attack has to push the p99 past 4 ms to fail the 2× rule.
+pub const FLOOR_NS: u64 = 2_000_000;
 /// Largest allowed ratio.
 pub const MAX_RATIO: f64 = 2.0;
 /// An attack window never lasts longer than this (attacks are asked to
@@ -217,7 +219,7 @@ fn foreign_cores(a: CpuSnap, b: CpuSnap) -> f64 {
 /// about the hub (see `run_case` in main.rs for what is done about it).
 pub const FOREIGN_CPU_LIMIT: f64 = 0.25;
 
-/// Gauges sampled (4 times a second) during every attack: name shown,
+/// Gauges sampled (once a second) during every attack: name shown,
 /// sample in `/metrics`.
 const SAMPLED: [(&str, &str); 7] = [
     ("open pub", "pinion_connections_open{port=\"pub\"}"),
@@ -229,8 +231,9 @@ const SAMPLED: [(&str, &str); 7] = [
     ("replays_waiting", "pinion_replays_waiting"),
 ];
 
-/// Scrapes `/metrics` 4 times a second through all three windows (the
-/// same load in each, so it cannot tilt the comparison) and keeps the
+/// Scrapes `/metrics` once a second through all three windows (the same
+/// load in each, so it cannot tilt the comparison; rendering reads /proc
+/// for every thread of the hub, so not more often) and keeps the
 /// [`SAMPLED`] gauges with their times.
 struct GaugeSampler {
     samples: Arc<std::sync::Mutex<Vec<(u64, Metrics)>>>,
@@ -253,7 +256,10 @@ impl GaugeSampler {
                         .collect();
                     sm.lock().unwrap().push((now_ns(), Metrics(keep)));
                 }
-                std::thread::sleep(Duration::from_millis(250));
+                let until = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < until && !st.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
         });
         GaugeSampler {
