@@ -8,6 +8,11 @@
 //!                       /metrics ─────────────────────┘ before               └──────────────┴ after
 //! ```
 //!
+//! The ATTACK window ends when the attack has returned *and* the hub's
+//! `pinion_connections_open` gauges are back to their values before it
+//! (the teardown of the attacker's connections is part of the attack);
+//! a hub that still holds them 5 s later fails the case.
+//!
 //! **The 2× rule.** For publish→ack and for publish→deliver separately, the
 //! p99 of the legitimate messages *sent* during the attack window is
 //! compared with the larger of the p99s of the windows before and after:
@@ -164,8 +169,8 @@ impl Drop for RssSampler {
 /// than this case (its hub and this process) used during a window.
 #[derive(Debug, Clone, Copy, Default)]
 struct CpuSnap {
-    /// Busy jiffies of all CPUs together (steal included: time the
-    /// hypervisor gave to someone else).
+    /// Busy jiffies of all CPUs together at normal priority (steal
+    /// included: time the hypervisor gave to someone else).
     busy: u64,
     /// All jiffies of all CPUs together.
     all: u64,
@@ -193,9 +198,11 @@ fn cpu_snap(hub_pid: u32) -> CpuSnap {
         .map(|x| x.parse().unwrap_or(0))
         .collect();
     let get = |i: usize| cpu.get(i).copied().unwrap_or(0);
-    // user nice system idle iowait irq softirq steal (guest is in user)
-    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
-    let all = busy + get(3) + get(4);
+    // user nice system idle iowait irq softirq steal (guest is in user).
+    // Niced processes (a fuzzer, a background build) are left out of
+    // "busy": they run only on what normal-priority threads leave idle.
+    let busy = get(0) + get(2) + get(5) + get(6) + get(7);
+    let all = busy + get(1) + get(3) + get(4);
     CpuSnap {
         busy,
         all,
@@ -498,6 +505,32 @@ impl Trial {
             }
             h.join()
         });
+        // The attack has ended once the hub has let go of its connections:
+        // their teardown is the attack's cost and belongs to this window,
+        // not to the AFTER baseline. A hub still holding more connections
+        // than before the attack 5 s later has leaked them.
+        let open_keys = ["pub", "sub", "http"].map(hub::open);
+        let open_now = |m: &Metrics| open_keys.iter().map(|k| m.get(k)).collect::<Vec<_>>();
+        if let Some(before) = self.m_before.as_ref().map(open_now) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let now = Metrics::scrape(addrs.http).ok().map(|m| open_now(&m));
+                let shed = now.as_ref().is_some_and(|n| {
+                    n.iter().zip(&before).all(|(x, b)| x.unwrap_or(0.0) <= b.unwrap_or(0.0))
+                });
+                if shed {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    self.check(
+                        false,
+                        format!("5 s after the attack the hub still holds connections (pub, sub, http): {now:?}, before: {before:?}"),
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         self.windows[1] = Some((a, now_ns()));
         self.foreign[1] = foreign_cores(cpu0, cpu_snap(self.addrs.pid));
         println!("    attack window: {:.1} s", started.elapsed().as_secs_f64());
