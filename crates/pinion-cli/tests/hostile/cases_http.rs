@@ -377,7 +377,7 @@ fn pinion_js_never_read(t: &mut Trial) {
     ));
     t.check(closed == N, format!("only {closed} of {N} closed by the hub"));
     t.check(
-        open_after.is_some() && open_after == open_before,
+        open_after.is_some() && open_after <= open_before,
         format!("the hub still holds connections 2 s later: {open_before:?} → {open_after:?}"),
     );
     t.check(

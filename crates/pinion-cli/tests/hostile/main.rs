@@ -89,6 +89,7 @@ fn run_attempt(c: &Case) -> Row {
                 failures: vec![why],
                 secs: started.elapsed().as_secs_f64(),
                 foreign: [0.0; 3],
+                hub_cpu: [0.0; 3],
             };
         }
     };

@@ -176,6 +176,8 @@ struct CpuSnap {
     all: u64,
     /// The hub's and this process's own (user + system).
     ours: u64,
+    /// The hub's alone.
+    hub: u64,
 }
 
 fn proc_jiffies(pid: &str) -> u64 {
@@ -203,11 +205,23 @@ fn cpu_snap(hub_pid: u32) -> CpuSnap {
     // "busy": they run only on what normal-priority threads leave idle.
     let busy = get(0) + get(2) + get(5) + get(6) + get(7);
     let all = busy + get(1) + get(3) + get(4);
+    let hub = proc_jiffies(&hub_pid.to_string());
     CpuSnap {
         busy,
         all,
-        ours: proc_jiffies(&hub_pid.to_string()) + proc_jiffies("self"),
+        ours: hub + proc_jiffies("self"),
+        hub,
     }
+}
+
+/// Cores' worth of CPU the hub used between two snapshots.
+fn hub_cores(a: CpuSnap, b: CpuSnap) -> f64 {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let all = b.all.saturating_sub(a.all) as f64;
+    if all == 0.0 {
+        return 0.0;
+    }
+    b.hub.saturating_sub(a.hub) as f64 * cpus / all
 }
 
 /// Cores' worth of CPU used by other processes between two snapshots.
@@ -335,6 +349,8 @@ pub struct Row {
     pub secs: f64,
     /// Cores' worth of CPU other processes used in each window.
     pub foreign: [f64; 3],
+    /// Cores' worth of CPU the hub used in each window.
+    pub hub_cpu: [f64; 3],
 }
 
 impl Row {
@@ -361,6 +377,7 @@ pub struct Trial {
     m_before: Option<Metrics>,
     windows: [Option<(u64, u64)>; 3],
     foreign: [f64; 3],
+    hub_cpu: [f64; 3],
     rss_base_kib: u64,
     rss_allowance_kib: u64,
     started: Instant,
@@ -387,6 +404,7 @@ impl Trial {
             m_before: None,
             windows: [None; 3],
             foreign: [0.0; 3],
+            hub_cpu: [0.0; 3],
             rss_base_kib: 0,
             rss_allowance_kib: spec.rss_allowance_mib << 10,
             started,
@@ -441,6 +459,13 @@ impl Trial {
         );
     }
 
+    /// Replaces the case's RSS allowance once the attack is known (for a
+    /// bound that follows from the limits at the rate the hub ran).
+    pub fn set_rss_allowance_mib(&mut self, mib: f64, why: impl Into<String>) {
+        self.rss_allowance_kib = (mib * 1024.0) as u64;
+        self.note(format!("RSS allowance {mib:.0} MiB: {}", why.into()));
+    }
+
     /// Scrapes `/metrics` now (retrying for up to 5 s).
     pub fn metrics(&self) -> Result<Metrics, String> {
         Metrics::scrape_retry(self.addrs.http, Duration::from_secs(5))
@@ -455,7 +480,9 @@ impl Trial {
             std::thread::sleep(Duration::from_millis(20));
             let b = now_ns();
             if start.elapsed() >= MIN_WINDOW && legit.sent_between(a, b) >= MIN_SAMPLES {
-                self.foreign[slot] = foreign_cores(cpu0, cpu_snap(self.addrs.pid));
+                let cpu1 = cpu_snap(self.addrs.pid);
+                self.foreign[slot] = foreign_cores(cpu0, cpu1);
+                self.hub_cpu[slot] = hub_cores(cpu0, cpu1);
                 return (a, b);
             }
             if start.elapsed() > Duration::from_secs(30) {
@@ -532,7 +559,9 @@ impl Trial {
             }
         }
         self.windows[1] = Some((a, now_ns()));
-        self.foreign[1] = foreign_cores(cpu0, cpu_snap(self.addrs.pid));
+        let cpu1 = cpu_snap(self.addrs.pid);
+        self.foreign[1] = foreign_cores(cpu0, cpu1);
+        self.hub_cpu[1] = hub_cores(cpu0, cpu1);
         println!("    attack window: {:.1} s", started.elapsed().as_secs_f64());
         match result {
             Ok(r) => r,
@@ -659,6 +688,7 @@ impl Trial {
             failures: std::mem::take(&mut self.failures),
             secs: self.started.elapsed().as_secs_f64(),
             foreign: self.foreign,
+            hub_cpu: self.hub_cpu,
         };
         let ms = |ns: u64| ns as f64 / 1e6;
         let [b, a, r] = row.windows;
@@ -675,7 +705,10 @@ impl Trial {
             r.sent
         );
         println!(
-            "    other processes' CPU: {:.2} / {:.2} / {:.2} cores{}",
+            "    hub CPU: {:.2} / {:.2} / {:.2} cores; other processes' CPU: {:.2} / {:.2} / {:.2} cores{}",
+            row.hub_cpu[0],
+            row.hub_cpu[1],
+            row.hub_cpu[2],
             row.foreign[0],
             row.foreign[1],
             row.foreign[2],
