@@ -237,7 +237,7 @@ fn foreign_cores(a: CpuSnap, b: CpuSnap) -> f64 {
 
 /// A window during which other processes used more than this many cores'
 /// worth of CPU was disturbed: its latencies say as much about them as
-/// about the hub (see `run_case` in main.rs for what is done about it).
+/// about the hub (reported in the table).
 pub const FOREIGN_CPU_LIMIT: f64 = 0.25;
 
 /// Gauges sampled (once a second) during every attack: name shown,
@@ -351,6 +351,10 @@ pub struct Row {
     pub foreign: [f64; 3],
     /// Cores' worth of CPU the hub used in each window.
     pub hub_cpu: [f64; 3],
+    /// Which attempt this is (see `run_case` in main.rs), and what the
+    /// earlier ones measured.
+    pub attempt: usize,
+    pub earlier: Vec<String>,
 }
 
 impl Row {
@@ -689,6 +693,8 @@ impl Trial {
             secs: self.started.elapsed().as_secs_f64(),
             foreign: self.foreign,
             hub_cpu: self.hub_cpu,
+            attempt: 1,
+            earlier: Vec::new(),
         };
         let ms = |ns: u64| ns as f64 / 1e6;
         let [b, a, r] = row.windows;
