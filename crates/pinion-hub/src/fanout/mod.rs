@@ -121,7 +121,12 @@ pub const CLOSE_REPLAY_FAILED: u16 = 4011;
 /// queue bound; the record that crosses it is the chunk's last).
 pub const REPLAY_CHUNK: usize = 256 << 10;
 /// How long a subscriber being closed may take to read its close frame.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// A slow consumer's close frame waits behind what fills its socket, so it
+/// must read that much first: a browser whose page was busy for a few
+/// seconds (the node test blocks its event loop ~10 s on a loaded machine)
+/// still learns where to resume. What it holds meanwhile is its socket and
+/// the kernel's buffer, its queue having been dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(15);
 /// Kernel send buffer of a subscriber's socket (the kernel doubles it).
 /// Fixed rather than auto-tuned (up to `tcp_wmem`'s 4 MiB by default), so
 /// a subscriber that stops reading holds at most this much in the kernel
