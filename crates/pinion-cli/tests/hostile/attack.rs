@@ -97,7 +97,10 @@ impl Held {
         if self.s.write_all(bytes).is_err() {
             self.poll();
             if self.ended.is_none() {
-                self.ended = Some((Ended::Reset(std::mem::take(&mut self.got)), self.opened.elapsed()));
+                self.ended = Some((
+                    Ended::Reset(std::mem::take(&mut self.got)),
+                    self.opened.elapsed(),
+                ));
             }
         }
     }
@@ -123,7 +126,11 @@ pub fn watch(held: &mut [Held], limit: Duration, every: Duration) {
         return;
     };
     loop {
-        let open = held.iter_mut().map(|h| h.poll()).filter(|closed| !closed).count();
+        let open = held
+            .iter_mut()
+            .map(|h| h.poll())
+            .filter(|closed| !closed)
+            .count();
         if open == 0 || first.elapsed() >= limit {
             return;
         }
@@ -187,7 +194,13 @@ impl std::fmt::Display for Endings {
 /// Opens `n` connections to `to`, spread over the source addresses
 /// `first_src..first_src + sources`, each sending `first` right away.
 /// Connections that fail to open are counted, not fatal.
-pub fn open_many(n: usize, first_src: usize, sources: usize, to: SocketAddr, first: &[u8]) -> (Vec<Held>, usize) {
+pub fn open_many(
+    n: usize,
+    first_src: usize,
+    sources: usize,
+    to: SocketAddr,
+    first: &[u8],
+) -> (Vec<Held>, usize) {
     let mut held = Vec::with_capacity(n);
     let mut failed = 0;
     for i in 0..n {
@@ -208,7 +221,12 @@ pub fn open_many(n: usize, first_src: usize, sources: usize, to: SocketAddr, fir
 
 /// Runs `step(i)` about `rate` times a second until `ctx` says stop, `step`
 /// returns false, or `max` steps; returns the steps done and the time.
-pub fn paced(ctx: &Ctx<'_>, rate: u64, max: u64, mut step: impl FnMut(u64) -> bool) -> (u64, Duration) {
+pub fn paced(
+    ctx: &Ctx<'_>,
+    rate: u64,
+    max: u64,
+    mut step: impl FnMut(u64) -> bool,
+) -> (u64, Duration) {
     let start = Instant::now();
     let period_ns = 1_000_000_000 / rate.max(1);
     let mut i = 0;

@@ -95,7 +95,11 @@ pub fn cases() -> Vec<Case> {
 
 fn control(t: &mut Trial) {
     t.attack(|ctx| while ctx.sleep(Duration::from_millis(50)) {});
-    t.expect("pinion_connections_refused_total*", Cmp::AtMost(0.0), "any refusal");
+    t.expect(
+        "pinion_connections_refused_total*",
+        Cmp::AtMost(0.0),
+        "any refusal",
+    );
 }
 
 /// The attacks' `handshake_timeout` where a case sets it to 2 s.
@@ -109,7 +113,9 @@ fn slowloris(t: &mut Trial, port: Port) {
     let (first, pieces): (Vec<u8>, Vec<Vec<u8>>) = match port.sp_peer_header() {
         None => (
             format!("GET / HTTP/1.1\r\nHost: {to}\r\n").into_bytes(),
-            (1..=3).map(|i| format!("X-Slow-{i}: a\r\n").into_bytes()).collect(),
+            (1..=3)
+                .map(|i| format!("X-Slow-{i}: a\r\n").into_bytes())
+                .collect(),
         ),
         // Half the SP header, then one byte at a time, never the last.
         Some(h) => (h[..4].to_vec(), (4..7).map(|i| vec![h[i]]).collect()),
@@ -124,14 +130,27 @@ fn slowloris(t: &mut Trial, port: Port) {
                 h.send(p);
             }
         }
-        watch(&mut held, SHORT_TIMEOUT + Duration::from_secs(3), Duration::from_millis(50));
+        watch(
+            &mut held,
+            SHORT_TIMEOUT + Duration::from_secs(3),
+            Duration::from_millis(50),
+        );
         (held, failed)
     });
     let e = endings(&held);
     t.peer(e.to_string());
-    t.check(failed == 0, format!("{failed} attacker connections could not be opened"));
-    t.check(e.still_open == 0, format!("{} connections still open after 5 s", e.still_open));
-    let (lo, hi) = (SHORT_TIMEOUT - Duration::from_millis(150), SHORT_TIMEOUT + Duration::from_millis(900));
+    t.check(
+        failed == 0,
+        format!("{failed} attacker connections could not be opened"),
+    );
+    t.check(
+        e.still_open == 0,
+        format!("{} connections still open after 5 s", e.still_open),
+    );
+    let (lo, hi) = (
+        SHORT_TIMEOUT - Duration::from_millis(150),
+        SHORT_TIMEOUT + Duration::from_millis(900),
+    );
     t.check(
         e.earliest.is_some_and(|x| x >= lo) && e.latest.is_some_and(|x| x <= hi),
         format!("closed between {:?} and {:?} after opening; the whole-head timeout is {SHORT_TIMEOUT:?}", e.earliest, e.latest),
@@ -148,7 +167,10 @@ fn slowloris(t: &mut Trial, port: Port) {
 fn one_byte_per_second(t: &mut Trial) {
     const N: usize = 60;
     let to = t.addrs.http;
-    let head = format!("GET / HTTP/1.1\r\nHost: {to}\r\nX-Drip: {}\r\n\r\n", "d".repeat(40));
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: {to}\r\nX-Drip: {}\r\n\r\n",
+        "d".repeat(40)
+    );
     let held = t.attack(|_ctx| {
         let (mut held, _) = open_many(N, 0, 1, to, &head.as_bytes()[..1]);
         let start = Instant::now();
@@ -165,18 +187,31 @@ fn one_byte_per_second(t: &mut Trial) {
                 break;
             }
         }
-        watch(&mut held, Duration::from_secs(13), Duration::from_millis(50));
+        watch(
+            &mut held,
+            Duration::from_secs(13),
+            Duration::from_millis(50),
+        );
         held
     });
     let e = endings(&held);
     t.peer(e.to_string());
-    t.check(e.still_open == 0, format!("{} still open after 13 s", e.still_open));
+    t.check(
+        e.still_open == 0,
+        format!("{} still open after 13 s", e.still_open),
+    );
     let (lo, hi) = (Duration::from_millis(9_800), Duration::from_millis(11_000));
     t.check(
         e.earliest.is_some_and(|x| x >= lo) && e.latest.is_some_and(|x| x <= hi),
-        format!("closed between {:?} and {:?} after opening; the default whole-head timeout is 10 s", e.earliest, e.latest),
+        format!(
+            "closed between {:?} and {:?} after opening; the default whole-head timeout is 10 s",
+            e.earliest, e.latest
+        ),
     );
-    t.check(e.statuses.get(&408) == Some(&N), format!("expected 408 on all {N}: {e}"));
+    t.check(
+        e.statuses.get(&408) == Some(&N),
+        format!("expected 408 on all {N}: {e}"),
+    );
     t.expect_refused("http", "handshake_timeout", N as u64);
 }
 
@@ -205,19 +240,38 @@ fn half_open(t: &mut Trial, port: Port) {
             }
         }
         let opening = start.elapsed();
-        watch(&mut held, opening + TIMEOUT + Duration::from_secs(3), Duration::from_millis(200));
+        watch(
+            &mut held,
+            opening + TIMEOUT + Duration::from_secs(3),
+            Duration::from_millis(200),
+        );
         (held, failed, opening)
     });
     let e = endings(&held);
     t.peer(e.to_string());
-    t.note(format!("opening {} connections took {:.2} s", N - failed, opening.as_secs_f64()));
-    t.check(failed <= N / 100, format!("{failed} of {N} attacker connections could not be opened"));
-    t.check(e.still_open == 0, format!("{} still open 3 s after the timeout", e.still_open));
+    t.note(format!(
+        "opening {} connections took {:.2} s",
+        N - failed,
+        opening.as_secs_f64()
+    ));
+    t.check(
+        failed <= N / 100,
+        format!("{failed} of {N} attacker connections could not be opened"),
+    );
+    t.check(
+        e.still_open == 0,
+        format!("{} still open 3 s after the timeout", e.still_open),
+    );
     if port == Port::Http {
-        let (s503, s408) = (e.statuses.get(&503).copied().unwrap_or(0), e.statuses.get(&408).copied().unwrap_or(0));
+        let (s503, s408) = (
+            e.statuses.get(&503).copied().unwrap_or(0),
+            e.statuses.get(&408).copied().unwrap_or(0),
+        );
         t.check(
             s503 + s408 == held.len(),
-            format!("expected 503 (over the handshake cap) or 408 (timeout) on every connection: {e}"),
+            format!(
+                "expected 503 (over the handshake cap) or 408 (timeout) on every connection: {e}"
+            ),
         );
         let retry_after = held
             .iter()
@@ -253,9 +307,13 @@ fn source_cap_pub(t: &mut Trial) {
             }
         }
         // The cap is per source: another address still gets in.
-        let other_source_ok = wire::sp_connect(wire::src(1), to, wire::sp::REQ, wire::sp::REP).is_ok();
+        let other_source_ok =
+            wire::sp_connect(wire::src(1), to, wire::sp::REQ, wire::sp::REP).is_ok();
         // Each accepted connection sends a publish one byte per second.
-        let frame = wire::sp_frame(&wire::req_body(1, &wire::publish(&[7; 16], 1, b"drip", &[0; 64])));
+        let frame = wire::sp_frame(&wire::req_body(
+            1,
+            &wire::publish(&[7; 16], 1, b"drip", &[0; 64]),
+        ));
         let mut i = 0;
         while ctx.sleep(Duration::from_secs(1)) && i < frame.len() {
             for h in accepted.iter_mut() {
@@ -263,13 +321,25 @@ fn source_cap_pub(t: &mut Trial) {
             }
             i += 1;
         }
-        let still = accepted.iter_mut().map(|h| h.poll()).filter(|closed| !closed).count();
+        let still = accepted
+            .iter_mut()
+            .map(|h| h.poll())
+            .filter(|closed| !closed)
+            .count();
         (still, refused, other_source_ok)
     });
-    t.peer(format!("{accepted} of {N} held, {refused} closed before the SP header"));
-    t.check(accepted <= CAP, format!("{accepted} connections from one source held (cap {CAP})"));
+    t.peer(format!(
+        "{accepted} of {N} held, {refused} closed before the SP header"
+    ));
+    t.check(
+        accepted <= CAP,
+        format!("{accepted} connections from one source held (cap {CAP})"),
+    );
     t.check(refused >= N - CAP, format!("only {refused} refused"));
-    t.check(other_source_ok, "another source could not connect while one was at its cap");
+    t.check(
+        other_source_ok,
+        "another source could not connect while one was at its cap",
+    );
     t.expect_refused("pub", "source_cap", (N - CAP) as u64);
 }
 
@@ -301,11 +371,19 @@ fn source_cap_http(t: &mut Trial) {
         .filter(|((s, r), _)| *s == 503 && r.as_deref() == Some("1"))
         .map(|(_, n)| n)
         .sum::<usize>();
-    t.peer(format!("{ok} upgraded, refused: {statuses:?}, errors {errors}"));
-    t.check(ok <= CAP, format!("{ok} connections from one source upgraded (cap {CAP})"));
+    t.peer(format!(
+        "{ok} upgraded, refused: {statuses:?}, errors {errors}"
+    ));
+    t.check(
+        ok <= CAP,
+        format!("{ok} connections from one source upgraded (cap {CAP})"),
+    );
     t.check(
         refused_503 >= N - CAP,
-        format!("expected ≥{} answers 503 with Retry-After: 1, got {statuses:?}", N - CAP),
+        format!(
+            "expected ≥{} answers 503 with Retry-After: 1, got {statuses:?}",
+            N - CAP
+        ),
     );
     t.expect_refused("http", "source_cap", (N - CAP) as u64);
 }
@@ -340,8 +418,13 @@ fn source_cap_sub(t: &mut Trial) {
         }
         (accepted.len(), refused)
     });
-    t.peer(format!("{accepted} of {N} accepted, {refused} closed before the SP header"));
-    t.check(accepted <= CAP, format!("{accepted} from one source accepted (cap {CAP})"));
+    t.peer(format!(
+        "{accepted} of {N} accepted, {refused} closed before the SP header"
+    ));
+    t.check(
+        accepted <= CAP,
+        format!("{accepted} from one source accepted (cap {CAP})"),
+    );
     t.check(refused >= N - CAP, format!("only {refused} refused"));
     t.expect_refused("sub", "source_cap", (N - CAP) as u64);
 }
@@ -360,7 +443,9 @@ fn port_cap_http(t: &mut Trial) {
             match wire::ws_connect(wire::src(i % 5), to, "/sub?topic=idle%2F", None, None, None) {
                 Ok(Upgraded::Yes(ws)) => held.push(ws),
                 Ok(Upgraded::No(h)) => {
-                    *statuses.entry((h.status, h.header("retry-after"))).or_insert(0usize) += 1;
+                    *statuses
+                        .entry((h.status, h.header("retry-after")))
+                        .or_insert(0usize) += 1;
                 }
                 Err(_) => errors += 1,
             }
@@ -373,10 +458,18 @@ fn port_cap_http(t: &mut Trial) {
         .filter(|((s, r), _)| *s == 503 && r.as_deref() == Some("1"))
         .map(|(_, n)| n)
         .sum::<usize>();
-    t.peer(format!("{ok} upgraded, refused: {statuses:?}, errors {errors}"));
+    t.peer(format!(
+        "{ok} upgraded, refused: {statuses:?}, errors {errors}"
+    ));
     // The legitimate subscriber holds one of the port's connections.
-    t.check(ok < CAP, format!("{ok} attacker connections upgraded (port cap {CAP}, one taken)"));
-    t.check(refused_503 >= N - CAP + 1, format!("expected ≥{} 503 with Retry-After: 1", N - CAP + 1));
+    t.check(
+        ok < CAP,
+        format!("{ok} attacker connections upgraded (port cap {CAP}, one taken)"),
+    );
+    t.check(
+        refused_503 >= N - CAP + 1,
+        format!("expected ≥{} 503 with Retry-After: 1", N - CAP + 1),
+    );
     t.expect_refused("http", "port_cap", (N - CAP + 1) as u64);
 }
 
@@ -397,9 +490,18 @@ fn churn(t: &mut Trial) {
         (n, took, errors)
     });
     let rate = n as f64 / took.as_secs_f64();
-    t.peer(format!("{n} connections in {:.2} s ({rate:.0}/s), {errors} failed to connect", took.as_secs_f64()));
-    t.check(rate >= 0.9 * RATE as f64, format!("the attacker reached only {rate:.0} connects/s"));
-    t.check(errors <= n / 1000, format!("{errors} of {n} connects failed"));
+    t.peer(format!(
+        "{n} connections in {:.2} s ({rate:.0}/s), {errors} failed to connect",
+        took.as_secs_f64()
+    ));
+    t.check(
+        rate >= 0.9 * RATE as f64,
+        format!("the attacker reached only {rate:.0} connects/s"),
+    );
+    t.check(
+        errors <= n / 1000,
+        format!("{errors} of {n} connects failed"),
+    );
     // Every one of them is gone from the hub's books a moment later.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut now = open_gauges(t);
@@ -407,16 +509,26 @@ fn churn(t: &mut Trial) {
         std::thread::sleep(Duration::from_millis(100));
         now = open_gauges(t);
     }
-    t.check(now == open_before, format!("connections open per port {now:?} 5 s later (before: {open_before:?})"));
+    t.check(
+        now == open_before,
+        format!("connections open per port {now:?} 5 s later (before: {open_before:?})"),
+    );
     for p in ["pub", "sub", "http"] {
-        t.expect(hub::refused_any(p), Cmp::AtLeast(0.0), format!("refused ({p}, any reason)"));
+        t.expect(
+            hub::refused_any(p),
+            Cmp::AtLeast(0.0),
+            format!("refused ({p}, any reason)"),
+        );
     }
 }
 
 /// `pinion_connections_open` per port (pub, sub, http).
 fn open_gauges(t: &Trial) -> Vec<Option<f64>> {
     match t.metrics() {
-        Ok(m) => ["pub", "sub", "http"].iter().map(|p| m.get(&hub::open(p))).collect(),
+        Ok(m) => ["pub", "sub", "http"]
+            .iter()
+            .map(|p| m.get(&hub::open(p)))
+            .collect(),
         Err(_) => vec![None; 3],
     }
 }

@@ -57,7 +57,14 @@ pub fn cases() -> Vec<Case> {
 /// An attacker-side publisher: `rate` publishes per second of `payload`
 /// bytes on `topic`, reading (and discarding) its acks, until `stop`.
 /// Returns how many it sent.
-fn flood_publisher(to: SocketAddr, from: Ipv4Addr, topic: &[u8], payload: usize, rate: u64, stop: &AtomicBool) -> u64 {
+fn flood_publisher(
+    to: SocketAddr,
+    from: Ipv4Addr,
+    topic: &[u8],
+    payload: usize,
+    rate: u64,
+    stop: &AtomicBool,
+) -> u64 {
     let Ok(s) = wire::sp_connect(from, to, wire::sp::REQ, wire::sp::REP) else {
         return 0;
     };
@@ -115,23 +122,38 @@ fn never_read_subs(t: &mut Trial, tcp: bool) {
                 if let Ok(s) = sp_sub_small(wire::src(0), a.sub) {
                     tcp_subs.push(s);
                 }
-            } else if let Ok(Upgraded::Yes(ws)) =
-                wire::ws_connect(wire::src(0), a.http, "/sub?topic=flood%2F", None, None, Some(2048))
-            {
+            } else if let Ok(Upgraded::Yes(ws)) = wire::ws_connect(
+                wire::src(0),
+                a.http,
+                "/sub?topic=flood%2F",
+                None,
+                None,
+                Some(2048),
+            ) {
                 ws_subs.push(ws);
             }
         }
-        let base = ctx.metrics().ok().and_then(|m| m.get("pinion_slow_disconnects_total")).unwrap_or(0.0);
+        let base = ctx
+            .metrics()
+            .ok()
+            .and_then(|m| m.get("pinion_slow_disconnects_total"))
+            .unwrap_or(0.0);
         let stop = AtomicBool::new(false);
         let start = Instant::now();
         let mut counted = 0.0;
         let flooded = std::thread::scope(|sc| {
-            let h = sc.spawn(|| flood_publisher(a.publ, wire::src(1), b"flood/x", 256, 2000, &stop));
+            let h =
+                sc.spawn(|| flood_publisher(a.publ, wire::src(1), b"flood/x", 256, 2000, &stop));
             // Until every one of them has been cut (at most 15 s), and at
             // least as long as the window.
             while start.elapsed() < Duration::from_secs(15) {
                 std::thread::sleep(Duration::from_millis(200));
-                counted = ctx.metrics().ok().and_then(|m| m.get("pinion_slow_disconnects_total")).unwrap_or(0.0) - base;
+                counted = ctx
+                    .metrics()
+                    .ok()
+                    .and_then(|m| m.get("pinion_slow_disconnects_total"))
+                    .unwrap_or(0.0)
+                    - base;
                 if counted >= N as f64 && ctx.stopped() {
                     break;
                 }
@@ -150,7 +172,11 @@ fn never_read_subs(t: &mut Trial, tcp: bool) {
                 closed += 1;
             }
             let k = match c {
-                Closing::Frame(code, reason) if code == 4008 && reason.contains("resume from offset") => "4008 resume from offset N".to_string(),
+                Closing::Frame(code, reason)
+                    if code == 4008 && reason.contains("resume from offset") =>
+                {
+                    "4008 resume from offset N".to_string()
+                }
                 Closing::Frame(code, reason) => format!("{code} {reason}"),
                 other => format!("{other:?}"),
             };
@@ -161,7 +187,13 @@ fn never_read_subs(t: &mut Trial, tcp: bool) {
             if e.closed() {
                 closed += 1;
             }
-            *codes.entry(if e.closed() { "closed".into() } else { "still open".into() }).or_insert(0) += 1;
+            *codes
+                .entry(if e.closed() {
+                    "closed".into()
+                } else {
+                    "still open".into()
+                })
+                .or_insert(0) += 1;
         }
         (closed, codes, flooded, counted, took)
     });
@@ -169,8 +201,15 @@ fn never_read_subs(t: &mut Trial, tcp: bool) {
         "{subs_closed} of {N} cut ({counted} counted within {:.1} s of a {flooded}-publish flood): {codes:?}",
         took.as_secs_f64()
     ));
-    t.check(subs_closed == N, format!("only {subs_closed} of {N} non-reading subscribers were cut"));
-    t.expect("pinion_slow_disconnects_total", Cmp::AtLeast(N as f64), "slow_disconnects");
+    t.check(
+        subs_closed == N,
+        format!("only {subs_closed} of {N} non-reading subscribers were cut"),
+    );
+    t.expect(
+        "pinion_slow_disconnects_total",
+        Cmp::AtLeast(N as f64),
+        "slow_disconnects",
+    );
 }
 
 /// An SP SUB connection with a 2 KiB receive buffer.
@@ -189,7 +228,8 @@ fn sp_sub_small(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
 /// Fills the log with `n` records on `fill/` (200-byte payloads), fast.
 fn prefill(to: SocketAddr, n: u64) -> Result<Duration, String> {
     let start = Instant::now();
-    let mut s = wire::sp_connect(wire::src(200), to, wire::sp::REQ, wire::sp::REP).map_err(|e| e.to_string())?;
+    let mut s = wire::sp_connect(wire::src(200), to, wire::sp::REQ, wire::sp::REP)
+        .map_err(|e| e.to_string())?;
     let mut rd = s.try_clone().unwrap();
     let _ = rd.set_read_timeout(Some(Duration::from_secs(30)));
     let answered = AtomicU64::new(0);
@@ -245,7 +285,10 @@ fn replays(t: &mut Trial) {
     const N: usize = 100;
     const MAX_REPLAYS: f64 = 16.0;
     match prefill(t.addrs.publ, LOG) {
-        Ok(d) => t.note(format!("prefilled {LOG} records in {:.1} s", d.as_secs_f64())),
+        Ok(d) => t.note(format!(
+            "prefilled {LOG} records in {:.1} s",
+            d.as_secs_f64()
+        )),
         Err(e) => {
             t.check(false, e);
             return;
@@ -255,7 +298,14 @@ fn replays(t: &mut Trial) {
     let open_batch = || -> Vec<Ws> {
         (0..N)
             .filter_map(|i| {
-                match wire::ws_connect(wire::src(i % 4), a.http, "/sub?topic=nomatch%2F&from=0", None, None, None) {
+                match wire::ws_connect(
+                    wire::src(i % 4),
+                    a.http,
+                    "/sub?topic=nomatch%2F&from=0",
+                    None,
+                    None,
+                    None,
+                ) {
                     Ok(Upgraded::Yes(ws)) => Some(ws),
                     _ => None,
                 }
@@ -264,7 +314,10 @@ fn replays(t: &mut Trial) {
     };
     let gauges = |ctx: &Ctx<'_>| -> Option<(f64, f64)> {
         let m = ctx.metrics().ok()?;
-        Some((m.get("pinion_replays_active")?, m.get("pinion_replays_waiting")?))
+        Some((
+            m.get("pinion_replays_active")?,
+            m.get("pinion_replays_waiting")?,
+        ))
     };
     let r = t.attack(|ctx| {
         let (mut max_active, mut max_waiting) = (0.0f64, 0.0f64);
@@ -279,7 +332,9 @@ fn replays(t: &mut Trial) {
             let start = Instant::now();
             loop {
                 std::thread::sleep(Duration::from_millis(100));
-                let Some((act, wait)) = gauges(ctx) else { continue };
+                let Some((act, wait)) = gauges(ctx) else {
+                    continue;
+                };
                 seen = true;
                 max_active = max_active.max(act);
                 max_waiting = max_waiting.max(wait);
@@ -298,7 +353,14 @@ fn replays(t: &mut Trial) {
                     sc.spawn(move || {
                         (0..N / 4)
                             .filter_map(|_| {
-                                match wire::ws_connect(wire::src(4 + k), a.http, "/sub?topic=nomatch%2F&from=0", None, None, None) {
+                                match wire::ws_connect(
+                                    wire::src(4 + k),
+                                    a.http,
+                                    "/sub?topic=nomatch%2F&from=0",
+                                    None,
+                                    None,
+                                    None,
+                                ) {
                                     Ok(Upgraded::Yes(ws)) => Some(ws),
                                     _ => None,
                                 }
@@ -312,19 +374,42 @@ fn replays(t: &mut Trial) {
         opened += batch.len();
         let waiting_at_drop = gauges(ctx).map(|g| g.1).unwrap_or(0.0);
         drop(batch);
-        (rounds, opened, max_active, max_waiting, waiting_at_drop, seen)
+        (
+            rounds,
+            opened,
+            max_active,
+            max_waiting,
+            waiting_at_drop,
+            seen,
+        )
     });
     let (rounds, opened, max_active, max_waiting, waiting_at_drop, seen) = r;
     t.peer(format!(
         "{opened} replays in {rounds} rounds + 1 dropped; at most {max_active} active and {max_waiting} waiting; {waiting_at_drop} waiting when the last 100 left"
     ));
-    t.check(seen, "pinion_replays_active / pinion_replays_waiting not in /metrics");
-    t.check(opened == (rounds + 1) * N, format!("only {opened} of {} subscribers upgraded", (rounds + 1) * N));
-    t.check(max_active <= MAX_REPLAYS, format!("{max_active} replays read at once (max_replays {MAX_REPLAYS})"));
-    t.check(max_waiting >= 1.0, "no replay ever waited for a turn: the cap was not reached");
+    t.check(
+        seen,
+        "pinion_replays_active / pinion_replays_waiting not in /metrics",
+    );
+    t.check(
+        opened == (rounds + 1) * N,
+        format!("only {opened} of {} subscribers upgraded", (rounds + 1) * N),
+    );
+    t.check(
+        max_active <= MAX_REPLAYS,
+        format!("{max_active} replays read at once (max_replays {MAX_REPLAYS})"),
+    );
+    t.check(
+        max_waiting >= 1.0,
+        "no replay ever waited for a turn: the cap was not reached",
+    );
     // Subscribers that leave while their replay is unfinished (waiting,
     // reading, or catching up with the moving head) have it cancelled.
-    t.expect("pinion_replays_cancelled_total", Cmp::AtLeast(1.0), "replays_cancelled");
+    t.expect(
+        "pinion_replays_cancelled_total",
+        Cmp::AtLeast(1.0),
+        "replays_cancelled",
+    );
 }
 
 fn many_filters(t: &mut Trial) {
@@ -337,7 +422,9 @@ fn many_filters(t: &mut Trial) {
         let query = |rng: &mut wire::Lcg, k: usize| -> String {
             let mut q = String::from("/sub?");
             for j in 0..k {
-                let name: String = (0..100).map(|_| (b'a' + (rng.next_u64() % 26) as u8) as char).collect();
+                let name: String = (0..100)
+                    .map(|_| (b'a' + (rng.next_u64() % 26) as u8) as char)
+                    .collect();
                 if j > 0 {
                     q.push('&');
                 }
@@ -365,9 +452,17 @@ fn many_filters(t: &mut Trial) {
         while ctx.sleep(Duration::from_millis(50)) {}
         (held.len(), refused, too_many)
     });
-    t.peer(format!("{ok} of {N} subscribed with 64 filters (refused: {refused:?}); 65 filters: {too_many}"));
-    t.check(ok == N, format!("only {ok} of {N} subscribers with 64 filters were accepted: {refused:?}"));
-    t.check(too_many == 400, format!("65 filters got {too_many}, not 400"));
+    t.peer(format!(
+        "{ok} of {N} subscribed with 64 filters (refused: {refused:?}); 65 filters: {too_many}"
+    ));
+    t.check(
+        ok == N,
+        format!("only {ok} of {N} subscribers with 64 filters were accepted: {refused:?}"),
+    );
+    t.check(
+        too_many == 400,
+        format!("65 filters got {too_many}, not 400"),
+    );
     t.expect_refused("http", "malformed", 1);
 }
 
@@ -384,11 +479,18 @@ fn invalid_filters(t: &mut Trial) {
         let mut half = sub("/sub?topic=%C3")?;
         let mut never = sub("/sub?topic=%FF%FE")?;
         // Churn of subscribers with other broken filters.
-        let filters = ["%FF", "%C3%28", "%ED%A0%80", "%F4%90%80%80", "%FF%FE&topic=%C3"];
+        let filters = [
+            "%FF",
+            "%C3%28",
+            "%ED%A0%80",
+            "%F4%90%80%80",
+            "%FF%FE&topic=%C3",
+        ];
         let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
         let stop = AtomicBool::new(false);
         let published = std::thread::scope(|sc| {
-            let h = sc.spawn(|| flood_publisher(a.publ, wire::src(1), "é/x".as_bytes(), 16, 200, &stop));
+            let h = sc
+                .spawn(|| flood_publisher(a.publ, wire::src(1), "é/x".as_bytes(), 16, 200, &stop));
             let (n, _) = crate::attack::paced(ctx, 100, 20_000, |i| {
                 let q = format!("/sub?topic={}", filters[i as usize % filters.len()]);
                 let st = match wire::ws_connect(wire::src(2), a.http, &q, None, None, None) {
@@ -429,8 +531,14 @@ fn invalid_filters(t: &mut Trial) {
             t.peer(format!(
                 "published {published} on é/x: %C3 got {got_half} {topics_half:?}, %FF%FE got {got_never}; other broken filters: {statuses:?}"
             ));
-            t.check(got_half == published, format!("the %C3 subscriber got {got_half} of {published}"));
-            t.check(got_never == 0, format!("the %FF%FE subscriber got {got_never}"));
+            t.check(
+                got_half == published,
+                format!("the %C3 subscriber got {got_half} of {published}"),
+            );
+            t.check(
+                got_never == 0,
+                format!("the %FF%FE subscriber got {got_never}"),
+            );
             t.check(
                 statuses.keys().all(|&s| s == 101),
                 format!("byte-prefix filters must be accepted: {statuses:?}"),
@@ -447,7 +555,14 @@ fn silent_subs(t: &mut Trial) {
     let (ends, pinged) = t.attack(|_ctx| {
         let mut subs: Vec<(Ws, Instant)> = Vec::new();
         for _ in 0..N {
-            if let Ok(Upgraded::Yes(ws)) = wire::ws_connect(wire::src(0), a.http, "/sub?topic=legit%2F", None, None, None) {
+            if let Ok(Upgraded::Yes(ws)) = wire::ws_connect(
+                wire::src(0),
+                a.http,
+                "/sub?topic=legit%2F",
+                None,
+                None,
+                None,
+            ) {
                 subs.push((ws, Instant::now()));
             }
         }
@@ -495,8 +610,17 @@ fn silent_subs(t: &mut Trial) {
         latest,
         pinged.iter().filter(|&&p| p).count()
     ));
-    t.check(closed.len() == N, format!("only {} of {N} silent subscribers were dropped", closed.len()));
-    t.check(pinged.iter().all(|&p| p), "a silent subscriber was dropped without a ping first");
+    t.check(
+        closed.len() == N,
+        format!(
+            "only {} of {N} silent subscribers were dropped",
+            closed.len()
+        ),
+    );
+    t.check(
+        pinged.iter().all(|&p| p),
+        "a silent subscriber was dropped without a ping first",
+    );
     // Pinged after 500 ms of silence, dropped 500 ms later: about 1 s.
     t.check(
         latest.is_some_and(|d| d <= Duration::from_millis(2500)),

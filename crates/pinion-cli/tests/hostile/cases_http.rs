@@ -120,18 +120,43 @@ fn cross_origin(t: &mut Trial, route: &str) {
     let (n, statuses, own_status) = t.attack(|ctx| {
         // The hub's own pages (same origin) are served: the rule refuses
         // foreign pages, not everything with an Origin.
-        let own_status = upgrade_status(wire::ws_connect(wire::src(0), to, target, Some(&own), proto, None));
+        let own_status = upgrade_status(wire::ws_connect(
+            wire::src(0),
+            to,
+            target,
+            Some(&own),
+            proto,
+            None,
+        ));
         let mut statuses = BTreeMap::new();
         let (n, _) = paced(ctx, 200, 20_000, |i| {
             let o = &evil[i as usize % evil.len()];
-            tally(&mut statuses, upgrade_status(wire::ws_connect(wire::src(1), to, target, Some(o), proto, None)));
+            tally(
+                &mut statuses,
+                upgrade_status(wire::ws_connect(
+                    wire::src(1),
+                    to,
+                    target,
+                    Some(o),
+                    proto,
+                    None,
+                )),
+            );
             true
         });
         (n, statuses, own_status)
     });
-    t.peer(format!("{n} foreign upgrades: {statuses:?}; same-origin upgrade: {own_status}"));
-    t.check(own_status == 101, format!("the hub's own origin got {own_status}, not 101"));
-    t.check(statuses.get(&403) == Some(&n), format!("expected 403 Forbidden on all {n}: {statuses:?}"));
+    t.peer(format!(
+        "{n} foreign upgrades: {statuses:?}; same-origin upgrade: {own_status}"
+    ));
+    t.check(
+        own_status == 101,
+        format!("the hub's own origin got {own_status}, not 101"),
+    );
+    t.check(
+        statuses.get(&403) == Some(&n),
+        format!("expected 403 Forbidden on all {n}: {statuses:?}"),
+    );
     t.expect_refused("http", "bad_origin", n);
 }
 
@@ -146,17 +171,23 @@ fn bad_host(t: &mut Trial) {
     let (n, statuses, controls) = t.attack(|ctx| {
         // The hub's own names (with its port, as a browser sends them) are
         // served.
-        let controls: Vec<(String, u16)> = [format!("127.0.0.1:{port}"), format!("localhost:{port}")]
-            .into_iter()
-            .map(|h| {
-                let req = format!("GET /healthz HTTP/1.1\r\nHost: {h}\r\n\r\n");
-                let st = wire::http_exchange(wire::src(0), to, req.as_bytes(), Duration::from_secs(5))
+        let controls: Vec<(String, u16)> =
+            [format!("127.0.0.1:{port}"), format!("localhost:{port}")]
+                .into_iter()
+                .map(|h| {
+                    let req = format!("GET /healthz HTTP/1.1\r\nHost: {h}\r\n\r\n");
+                    let st = wire::http_exchange(
+                        wire::src(0),
+                        to,
+                        req.as_bytes(),
+                        Duration::from_secs(5),
+                    )
                     .ok()
                     .and_then(|e| e.http_status())
                     .unwrap_or(0);
-                (h, st)
-            })
-            .collect();
+                    (h, st)
+                })
+                .collect();
         let mut statuses = BTreeMap::new();
         let (n, _) = paced(ctx, 200, 20_000, |i| {
             let host = &hosts[i as usize % hosts.len()];
@@ -184,12 +215,17 @@ fn bad_host(t: &mut Trial) {
         });
         (n, statuses, controls)
     });
-    t.peer(format!("{n} requests: {statuses:?}; own names: {controls:?}"));
+    t.peer(format!(
+        "{n} requests: {statuses:?}; own names: {controls:?}"
+    ));
     t.check(
         controls.iter().all(|(_, s)| *s == 200),
         format!("the hub's own names must be served: {controls:?}"),
     );
-    t.check(statuses.get(&421) == Some(&n), format!("expected 421 Misdirected Request on all {n}: {statuses:?}"));
+    t.check(
+        statuses.get(&421) == Some(&n),
+        format!("expected 421 Misdirected Request on all {n}: {statuses:?}"),
+    );
     t.expect_refused("http", "bad_host", n);
 }
 
@@ -234,7 +270,9 @@ fn big_head(t: &mut Trial, kind: HeadKind) {
                     if s.write_all(req.as_bytes()).is_ok() {
                         wrote_all += 1;
                     }
-                    wire::read_until_closed(&mut s, Duration::from_secs(3)).http_status().unwrap_or(0)
+                    wire::read_until_closed(&mut s, Duration::from_secs(3))
+                        .http_status()
+                        .unwrap_or(0)
                 }
                 Err(_) => 0,
             };
@@ -262,17 +300,21 @@ fn garbage_http(t: &mut Trial) {
         let (n, _) = paced(ctx, 200, 20_000, |i| {
             let mut junk = rng.bytes(64);
             junk[0] = 0x01; // never a method's first letter
-            let st = wire::http_exchange(wire::src(i as usize % 4), to, &junk, Duration::from_secs(5))
-                .ok()
-                .and_then(|e| e.http_status())
-                .unwrap_or(0);
+            let st =
+                wire::http_exchange(wire::src(i as usize % 4), to, &junk, Duration::from_secs(5))
+                    .ok()
+                    .and_then(|e| e.http_status())
+                    .unwrap_or(0);
             tally(&mut statuses, st);
             true
         });
         (n, statuses)
     });
     t.peer(format!("{n} connections: {statuses:?}"));
-    t.check(statuses.get(&400) == Some(&n), format!("expected 400 on all {n}: {statuses:?}"));
+    t.check(
+        statuses.get(&400) == Some(&n),
+        format!("expected 400 on all {n}: {statuses:?}"),
+    );
     t.expect_refused("http", "malformed", n);
 }
 
@@ -283,7 +325,9 @@ fn metrics_loop(t: &mut Trial) {
         let mut statuses = BTreeMap::new();
         let mut n = 0u64;
         while !ctx.stopped() && n < 1_000_000 {
-            let st = wire::http_get(wire::src(0), to, "/metrics").map(|(s, _)| s).unwrap_or(0);
+            let st = wire::http_get(wire::src(0), to, "/metrics")
+                .map(|(s, _)| s)
+                .unwrap_or(0);
             tally(&mut statuses, st);
             n += 1;
         }
@@ -294,8 +338,15 @@ fn metrics_loop(t: &mut Trial) {
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     ));
-    t.check(statuses.get(&200) == Some(&n), format!("every scrape must be served: {statuses:?}"));
-    t.expect(hub::refused_any("http"), Cmp::AtMost(0.0), "refused (http, any reason)");
+    t.check(
+        statuses.get(&200) == Some(&n),
+        format!("every scrape must be served: {statuses:?}"),
+    );
+    t.expect(
+        hub::refused_any("http"),
+        Cmp::AtMost(0.0),
+        "refused (http, any reason)",
+    );
 }
 
 /// `/stats` readers that never read: they neither take the frames nor
@@ -313,7 +364,9 @@ fn stats_never_read(t: &mut Trial) {
         hub::refused("http", "dead_peer")
     );
     let (conns, waited, counted) = t.attack(|ctx| {
-        let conns: Vec<_> = (0..N).filter_map(|_| open_unread(to, "/stats").ok()).collect();
+        let conns: Vec<_> = (0..N)
+            .filter_map(|_| open_unread(to, "/stats").ok())
+            .collect();
         let start = Instant::now();
         let base = ctx.metrics().ok().and_then(|m| m.sum(&keys)).unwrap_or(0.0);
         let mut counted = 0.0;
@@ -335,12 +388,19 @@ fn stats_never_read(t: &mut Trial) {
         "{closed} of {N} closed by the hub; {counted} counted {:.1} s after they stopped reading",
         waited.as_secs_f64()
     ));
-    t.check(closed == N, format!("only {closed} of {N} were closed by the hub"));
+    t.check(
+        closed == N,
+        format!("only {closed} of {N} were closed by the hub"),
+    );
     t.check(
         waited <= Duration::from_millis(3000),
         format!("the hub took {waited:?} to drop them (ping interval 500 ms, write_timeout 1 s)"),
     );
-    t.expect(keys, Cmp::AtLeast(N as f64), "`write_timeout` + `dead_peer` (http)");
+    t.expect(
+        keys,
+        Cmp::AtLeast(N as f64),
+        "`write_timeout` + `dead_peer` (http)",
+    );
 }
 
 /// Downloads of /pinion.js that are never read: within `write_timeout`
@@ -357,7 +417,9 @@ fn pinion_js_never_read(t: &mut Trial) {
         let m0 = ctx.metrics().ok();
         let open_before = m0.as_ref().and_then(|m| m.get(&open_key));
         let base = m0.as_ref().and_then(|m| m.get(&key)).unwrap_or(0.0);
-        let conns: Vec<_> = (0..N).filter_map(|_| open_unread(to, "/pinion.js").ok()).collect();
+        let conns: Vec<_> = (0..N)
+            .filter_map(|_| open_unread(to, "/pinion.js").ok())
+            .collect();
         // write_timeout, and a second for the books.
         std::thread::sleep(Duration::from_secs(2));
         let m1 = ctx.metrics().ok();
@@ -369,13 +431,18 @@ fn pinion_js_never_read(t: &mut Trial) {
     watch(&mut held, Duration::from_secs(3), Duration::from_millis(50));
     let whole = held
         .iter()
-        .filter(|h| matches!(h.ended, Some((wire::Ended::Eof(_), _))) && complete_response(h.received()))
+        .filter(|h| {
+            matches!(h.ended, Some((wire::Ended::Eof(_), _))) && complete_response(h.received())
+        })
         .count();
     let closed = held.iter().filter(|h| h.ended.is_some()).count();
     t.peer(format!(
         "{whole} of {N} served whole into the kernel's buffers, {counted} timed out; {closed} closed; HTTP connections open before/2 s later: {open_before:?}/{open_after:?}"
     ));
-    t.check(closed == N, format!("only {closed} of {N} closed by the hub"));
+    t.check(
+        closed == N,
+        format!("only {closed} of {N} closed by the hub"),
+    );
     t.check(
         open_after.is_some() && open_after <= open_before,
         format!("the hub still holds connections 2 s later: {open_before:?} → {open_after:?}"),
@@ -395,7 +462,9 @@ fn complete_response(b: &[u8]) -> bool {
     let head = String::from_utf8_lossy(&b[..at]);
     let len = head.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok())?
+        k.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| v.trim().parse::<usize>().ok())?
     });
     len == Some(b.len() - at - 4)
 }

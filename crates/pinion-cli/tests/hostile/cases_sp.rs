@@ -91,26 +91,31 @@ fn sp_frame_max(t: &mut Trial) {
     let (n, outcomes) = t.attack(|ctx| {
         let mut outcomes: BTreeMap<&'static str, u64> = BTreeMap::new();
         let (n, _) = paced(ctx, 100, 10_000, |i| {
-            let k = match wire::sp_connect(wire::src(i as usize % 4), to, wire::sp::REQ, wire::sp::REP) {
-                Ok(mut s) => {
-                    let mut b = u64::MAX.to_be_bytes().to_vec();
-                    b.extend_from_slice(&[0x41; 256]);
-                    let _ = s.write_all(&b);
-                    if wire::read_until_closed(&mut s, Duration::from_secs(3)).closed() {
-                        "closed"
-                    } else {
-                        "still open after 3 s"
+            let k =
+                match wire::sp_connect(wire::src(i as usize % 4), to, wire::sp::REQ, wire::sp::REP)
+                {
+                    Ok(mut s) => {
+                        let mut b = u64::MAX.to_be_bytes().to_vec();
+                        b.extend_from_slice(&[0x41; 256]);
+                        let _ = s.write_all(&b);
+                        if wire::read_until_closed(&mut s, Duration::from_secs(3)).closed() {
+                            "closed"
+                        } else {
+                            "still open after 3 s"
+                        }
                     }
-                }
-                Err(_) => "SP header refused",
-            };
+                    Err(_) => "SP header refused",
+                };
             *outcomes.entry(k).or_insert(0) += 1;
             true
         });
         (n, outcomes)
     });
     t.peer(format!("{n} connections: {outcomes:?}"));
-    t.check(outcomes.get("closed") == Some(&n), format!("expected every connection closed: {outcomes:?}"));
+    t.check(
+        outcomes.get("closed") == Some(&n),
+        format!("expected every connection closed: {outcomes:?}"),
+    );
     t.expect_refused("pub", "oversize", n);
 }
 
@@ -139,7 +144,10 @@ fn garbage_sp(t: &mut Trial, port: Port) {
         (n, outcomes)
     });
     t.peer(format!("{n} connections: {outcomes:?}"));
-    t.check(outcomes.get("closed") == Some(&n), format!("expected every connection closed: {outcomes:?}"));
+    t.check(
+        outcomes.get("closed") == Some(&n),
+        format!("expected every connection closed: {outcomes:?}"),
+    );
     t.expect_refused(port.label(), "malformed", n);
 }
 
@@ -169,7 +177,10 @@ fn wrong_protocol(t: &mut Trial, port: Port) {
         (n, outcomes)
     });
     t.peer(format!("{n} connections: {outcomes:?}"));
-    t.check(outcomes.get("closed") == Some(&n), format!("expected every connection closed: {outcomes:?}"));
+    t.check(
+        outcomes.get("closed") == Some(&n),
+        format!("expected every connection closed: {outcomes:?}"),
+    );
     t.expect_refused(port.label(), "malformed", n);
 }
 
@@ -222,7 +233,9 @@ fn count_replies(conns: &mut [TcpStream]) -> u64 {
                 any = true;
                 buf.extend_from_slice(&chunk[..k]);
             }
-            n += wire::take_sp_frames(buf, 1 << 20).map(|f| f.len() as u64).unwrap_or(0);
+            n += wire::take_sp_frames(buf, 1 << 20)
+                .map(|f| f.len() as u64)
+                .unwrap_or(0);
         }
         if any {
             last_new = Instant::now();
@@ -237,7 +250,11 @@ fn pipeline_unread(t: &mut Trial) {
     const N: u64 = 100_000;
     let to = t.addrs.publ;
     let r = t.attack(|ctx| -> Result<(u64, bool, Duration, u64, f64), String> {
-        let paused = |m: Result<Metrics, String>| m.ok().and_then(|m| m.get("pinion_paused_total")).unwrap_or(0.0);
+        let paused = |m: Result<Metrics, String>| {
+            m.ok()
+                .and_then(|m| m.get("pinion_paused_total"))
+                .unwrap_or(0.0)
+        };
         let paused_before = paused(ctx.metrics());
         let mut s = req_conn_small_rcvbuf(wire::src(0), to).map_err(|e| e.to_string())?;
         s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -281,7 +298,11 @@ fn pipeline_unread(t: &mut Trial) {
         }
         Err(e) => t.check(false, format!("attacker: {e}")),
     }
-    t.expect("pinion_paused_total", Cmp::AtLeast(0.0), "paused (back-pressure)");
+    t.expect(
+        "pinion_paused_total",
+        Cmp::AtLeast(0.0),
+        "paused (back-pressure)",
+    );
 }
 
 fn req_never_read(t: &mut Trial) {
@@ -448,19 +469,31 @@ fn million_ids(t: &mut Trial) {
                 let per = count / CONNS;
                 let range = c * per..if c == CONNS - 1 { count } else { (c + 1) * per };
                 sc.spawn(move || {
-                    run_pipelined(wire::src(c as usize), to, range, 512, |i| {
-                        let mut id = [0u8; 16];
-                        id[..8].copy_from_slice(b"million-");
-                        id[8..].copy_from_slice(&i.to_be_bytes());
-                        wire::req_body(i as u32, &wire::publish(&id, 1, b"hostile/ids", &i.to_be_bytes()))
-                    }, p)
+                    run_pipelined(
+                        wire::src(c as usize),
+                        to,
+                        range,
+                        512,
+                        |i| {
+                            let mut id = [0u8; 16];
+                            id[..8].copy_from_slice(b"million-");
+                            id[8..].copy_from_slice(&i.to_be_bytes());
+                            wire::req_body(
+                                i as u32,
+                                &wire::publish(&id, 1, b"hostile/ids", &i.to_be_bytes()),
+                            )
+                        },
+                        p,
+                    )
                 });
             }
             // Watch the hub's session count while they publish.
             sc.spawn(|| {
                 while !finished.load(Ordering::Acquire) {
                     if let Ok(m) = ctx.metrics() {
-                        if let (Some(l), Some(s)) = (m.get("pinion_logged_total"), m.get("pinion_sessions")) {
+                        if let (Some(l), Some(s)) =
+                            (m.get("pinion_logged_total"), m.get("pinion_sessions"))
+                        {
                             samples.lock().unwrap().push((Instant::now(), l, s));
                         }
                     }
@@ -476,7 +509,13 @@ fn million_ids(t: &mut Trial) {
         });
         let nacks = p.nacks.lock().unwrap().clone();
         let failed = p.failed.lock().unwrap().clone();
-        (start.elapsed(), p.acks.load(Ordering::Acquire), nacks, failed, samples.into_inner().unwrap())
+        (
+            start.elapsed(),
+            p.acks.load(Ordering::Acquire),
+            nacks,
+            failed,
+            samples.into_inner().unwrap(),
+        )
     });
     let rate = acks as f64 / took.as_secs_f64();
     // The cap is applied at checkpoints (every second), so between two of
@@ -513,11 +552,19 @@ fn million_ids(t: &mut Trial) {
         format!("{largest_bound:.0} sessions × 1 KiB + 2 × 4 MiB fan-out backlog + 32 MiB"),
     );
     t.check(failed.is_none(), format!("attacker: {failed:?}"));
-    t.check(acks == count, format!("only {acks} of {count} acked: {nacks:?}"));
-    t.check(samples.len() >= 4, format!("only {} samples of pinion_sessions", samples.len()));
+    t.check(
+        acks == count,
+        format!("only {acks} of {count} acked: {nacks:?}"),
+    );
+    t.check(
+        samples.len() >= 4,
+        format!("only {} samples of pinion_sessions", samples.len()),
+    );
     t.check(
         worst.is_none(),
-        format!("pinion_sessions {worst:?} (sessions, bound): over max_sessions plus 2 s of arrivals"),
+        format!(
+            "pinion_sessions {worst:?} (sessions, bound): over max_sessions plus 2 s of arrivals"
+        ),
     );
     // Every client beyond the cap was forgotten (the legitimate one is a
     // session too).
@@ -532,104 +579,146 @@ fn invalid_topic(t: &mut Trial, over_ws: bool) {
     const RATE: u64 = 500;
     let a = t.addrs;
     let bad_topic: &[u8] = b"bad/\xff\xfe";
-    let r = t.attack(|ctx| -> Result<(u64, BTreeMap<String, u64>, bool, u64), String> {
-        // A subscriber of `bad/` sees whether anything got through.
-        let mut watcher = match wire::ws_connect(wire::src(1), a.http, "/sub?topic=bad%2F&from=0", None, None, None) {
-            Ok(Upgraded::Yes(ws)) => ws,
-            _ => return Err("watcher subscriber refused".into()),
-        };
-        let mut answers: BTreeMap<String, u64> = BTreeMap::new();
-        let mut tally = |a: Answer| {
-            let k = match a {
-                Answer::Nack { code, .. } if code == wire::MALFORMED => "NACK MALFORMED".to_string(),
-                other => format!("{other:?}"),
-            };
-            *answers.entry(k).or_insert(0) += 1;
-        };
-        let sent;
-        let still_open;
-        if over_ws {
-            let mut ws = match wire::ws_connect(wire::src(0), a.http, "/pub", None, Some("rep.sp.nanomsg.org"), None) {
+    let r = t.attack(
+        |ctx| -> Result<(u64, BTreeMap<String, u64>, bool, u64), String> {
+            // A subscriber of `bad/` sees whether anything got through.
+            let mut watcher = match wire::ws_connect(
+                wire::src(1),
+                a.http,
+                "/sub?topic=bad%2F&from=0",
+                None,
+                None,
+                None,
+            ) {
                 Ok(Upgraded::Yes(ws)) => ws,
-                _ => return Err("/pub upgrade refused".into()),
+                _ => return Err("watcher subscriber refused".into()),
             };
-            let (n, _) = paced(ctx, RATE, 100_000, |i| {
-                let body = wire::req_body(i as u32 + 1, &wire::publish(&[0xcd; 16], i + 1, bad_topic, b"x"));
-                if ws.send(true, 0x2, &body).is_err() {
-                    return false;
-                }
-                // One at a time: read its answer.
-                match ws.read_frame(1 << 20) {
-                    Ok(f) if f.opcode == 0x2 => {
-                        if let Ok((_, a)) = wire::decode_reply(&f.payload) {
-                            tally(a);
-                        }
-                        true
+            let mut answers: BTreeMap<String, u64> = BTreeMap::new();
+            let mut tally = |a: Answer| {
+                let k = match a {
+                    Answer::Nack { code, .. } if code == wire::MALFORMED => {
+                        "NACK MALFORMED".to_string()
                     }
-                    _ => false,
-                }
-            });
-            sent = n;
-            still_open = ws.send(true, 0x9, b"still there?").is_ok()
-                && matches!(ws.read_frame(1 << 20), Ok(f) if f.opcode == 0xA);
-        } else {
-            let mut s = wire::sp_connect(wire::src(0), a.publ, wire::sp::REQ, wire::sp::REP).map_err(|e| e.to_string())?;
-            let mut buf = Vec::new();
-            let mut chunk = vec![0u8; 64 << 10];
-            let (n, _) = paced(ctx, RATE, 100_000, |i| {
-                let body = wire::req_body(i as u32 + 1, &wire::publish(&[0xcd; 16], i + 1, bad_topic, b"x"));
-                if s.write_all(&wire::sp_frame(&body)).is_err() {
-                    return false;
-                }
-                // One at a time: read its answer.
-                loop {
-                    if let Ok(mut f) = wire::take_sp_frames(&mut buf, 1 << 20) {
-                        if let Some(f) = f.pop() {
-                            if let Ok((_, a)) = wire::decode_reply(&f) {
+                    other => format!("{other:?}"),
+                };
+                *answers.entry(k).or_insert(0) += 1;
+            };
+            let sent;
+            let still_open;
+            if over_ws {
+                let mut ws = match wire::ws_connect(
+                    wire::src(0),
+                    a.http,
+                    "/pub",
+                    None,
+                    Some("rep.sp.nanomsg.org"),
+                    None,
+                ) {
+                    Ok(Upgraded::Yes(ws)) => ws,
+                    _ => return Err("/pub upgrade refused".into()),
+                };
+                let (n, _) = paced(ctx, RATE, 100_000, |i| {
+                    let body = wire::req_body(
+                        i as u32 + 1,
+                        &wire::publish(&[0xcd; 16], i + 1, bad_topic, b"x"),
+                    );
+                    if ws.send(true, 0x2, &body).is_err() {
+                        return false;
+                    }
+                    // One at a time: read its answer.
+                    match ws.read_frame(1 << 20) {
+                        Ok(f) if f.opcode == 0x2 => {
+                            if let Ok((_, a)) = wire::decode_reply(&f.payload) {
                                 tally(a);
                             }
-                            return true;
+                            true
+                        }
+                        _ => false,
+                    }
+                });
+                sent = n;
+                still_open = ws.send(true, 0x9, b"still there?").is_ok()
+                    && matches!(ws.read_frame(1 << 20), Ok(f) if f.opcode == 0xA);
+            } else {
+                let mut s = wire::sp_connect(wire::src(0), a.publ, wire::sp::REQ, wire::sp::REP)
+                    .map_err(|e| e.to_string())?;
+                let mut buf = Vec::new();
+                let mut chunk = vec![0u8; 64 << 10];
+                let (n, _) = paced(ctx, RATE, 100_000, |i| {
+                    let body = wire::req_body(
+                        i as u32 + 1,
+                        &wire::publish(&[0xcd; 16], i + 1, bad_topic, b"x"),
+                    );
+                    if s.write_all(&wire::sp_frame(&body)).is_err() {
+                        return false;
+                    }
+                    // One at a time: read its answer.
+                    loop {
+                        if let Ok(mut f) = wire::take_sp_frames(&mut buf, 1 << 20) {
+                            if let Some(f) = f.pop() {
+                                if let Ok((_, a)) = wire::decode_reply(&f) {
+                                    tally(a);
+                                }
+                                return true;
+                            }
+                        }
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return false,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
                         }
                     }
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return false,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                });
+                sent = n;
+                // A NACK never closes the connection: a good publish still works.
+                let body = wire::req_body(
+                    999_999,
+                    &wire::publish(&[0xcd; 16], 999_999, b"good/topic", b"x"),
+                );
+                still_open = s.write_all(&wire::sp_frame(&body)).is_ok() && {
+                    let mut got = None;
+                    while got.is_none() {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                        got = wire::take_sp_frames(&mut buf, 1 << 20)
+                            .ok()
+                            .and_then(|mut f| f.pop());
                     }
-                }
-            });
-            sent = n;
-            // A NACK never closes the connection: a good publish still works.
-            let body = wire::req_body(999_999, &wire::publish(&[0xcd; 16], 999_999, b"good/topic", b"x"));
-            still_open = s.write_all(&wire::sp_frame(&body)).is_ok() && {
-                let mut got = None;
-                while got.is_none() {
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                    }
-                    got = wire::take_sp_frames(&mut buf, 1 << 20).ok().and_then(|mut f| f.pop());
-                }
-                matches!(got.map(|f| wire::decode_reply(&f)), Some(Ok((_, Answer::Ack { .. }))))
-            };
-        }
-        // Nothing reached the `bad/` subscriber.
-        let _ = watcher.s.set_read_timeout(Some(Duration::from_millis(300)));
-        let mut leaked = 0;
-        while let Ok(f) = watcher.read_frame(1 << 20) {
-            if f.opcode == 0x2 {
-                leaked += 1;
+                    matches!(
+                        got.map(|f| wire::decode_reply(&f)),
+                        Some(Ok((_, Answer::Ack { .. })))
+                    )
+                };
             }
-        }
-        Ok((sent, answers, still_open, leaked))
-    });
+            // Nothing reached the `bad/` subscriber.
+            let _ = watcher.s.set_read_timeout(Some(Duration::from_millis(300)));
+            let mut leaked = 0;
+            while let Ok(f) = watcher.read_frame(1 << 20) {
+                if f.opcode == 0x2 {
+                    leaked += 1;
+                }
+            }
+            Ok((sent, answers, still_open, leaked))
+        },
+    );
     match r {
         Ok((n, answers, still_open, leaked)) => {
             t.peer(format!(
                 "{n} publishes: {answers:?}; connection still usable after: {still_open}; delivered to a bad/ subscriber: {leaked}"
             ));
-            t.check(answers.get("NACK MALFORMED") == Some(&n), format!("expected NACK MALFORMED for all {n}"));
-            t.check(still_open, "the connection did not survive its NACKs (a NACK never closes it)");
-            t.check(leaked == 0, format!("{leaked} invalid topics were delivered"));
+            t.check(
+                answers.get("NACK MALFORMED") == Some(&n),
+                format!("expected NACK MALFORMED for all {n}"),
+            );
+            t.check(
+                still_open,
+                "the connection did not survive its NACKs (a NACK never closes it)",
+            );
+            t.check(
+                leaked == 0,
+                format!("{leaked} invalid topics were delivered"),
+            );
             t.expect("pinion_nacks_total", Cmp::AtLeast(n as f64), "nacks");
         }
         Err(e) => t.check(false, format!("attacker: {e}")),

@@ -84,7 +84,14 @@ fn target_of(route: &str) -> &'static str {
 }
 
 fn upgrade(to: SocketAddr, route: &str, rcvbuf: Option<usize>) -> io::Result<Ws> {
-    match wire::ws_connect(wire::src(0), to, target_of(route), None, proto_of(route), rcvbuf)? {
+    match wire::ws_connect(
+        wire::src(0),
+        to,
+        target_of(route),
+        None,
+        proto_of(route),
+        rcvbuf,
+    )? {
         Upgraded::Yes(ws) => Ok(ws),
         Upgraded::No(h) => Err(io::Error::other(format!("upgrade refused: {}", h.status))),
     }
@@ -173,14 +180,28 @@ fn empty_flood(t: &mut Trial, route: &str, kind: Flood) {
                 }
                 format!("close {code} before the million")
             }
-            Ok(e) => format!("{:?} after {} frames{}", e.closing, e.frames, if e.stalled { " (hub stopped reading)" } else { "" }),
+            Ok(e) => format!(
+                "{:?} after {} frames{}",
+                e.closing,
+                e.frames,
+                if e.stalled {
+                    " (hub stopped reading)"
+                } else {
+                    ""
+                }
+            ),
             Err(e) => format!("error: {e}"),
         };
         *outcomes.entry(k).or_insert(0) += 1;
     }
-    let frames: Vec<u64> = ends.iter().filter_map(|e| e.as_ref().ok().map(|e| e.frames)).collect();
+    let frames: Vec<u64> = ends
+        .iter()
+        .filter_map(|e| e.as_ref().ok().map(|e| e.frames))
+        .collect();
     t.peer(format!("{} connections: {outcomes:?}", ends.len()));
-    t.note(format!("frames sent per connection before the end: {frames:?}"));
+    t.note(format!(
+        "frames sent per connection before the end: {frames:?}"
+    ));
     t.check(
         cut == ends.len() as u64,
         format!("expected every flood cut short with close 1009: {outcomes:?}"),
@@ -212,7 +233,10 @@ fn announce(t: &mut Trial, route: &str, len: u64, code: u16, reason: &str) {
     });
     t.peer(format!("{n} connections: {outcomes:?}"));
     let want = format!("close {code}");
-    t.check(outcomes.get(&want) == Some(&n), format!("expected {want} on all {n}: {outcomes:?}"));
+    t.check(
+        outcomes.get(&want) == Some(&n),
+        format!("expected {want} on all {n}: {outcomes:?}"),
+    );
     t.expect_refused("http", reason, n);
 }
 
@@ -225,7 +249,9 @@ fn over_limit_pub(t: &mut Trial) {
             let k = match upgrade(to, "/pub", None) {
                 Ok(mut ws) => {
                     // Each frame is under the limit; the message is not.
-                    let _ = ws.send(false, 0x2, &part).and_then(|_| ws.send(true, 0x0, &part));
+                    let _ = ws
+                        .send(false, 0x2, &part)
+                        .and_then(|_| ws.send(true, 0x0, &part));
                     match ws.await_close(Duration::from_secs(3)) {
                         Closing::Frame(c, _) => format!("close {c}"),
                         other => format!("{other:?}"),
@@ -239,7 +265,10 @@ fn over_limit_pub(t: &mut Trial) {
         (n, outcomes)
     });
     t.peer(format!("{n} connections: {outcomes:?}"));
-    t.check(outcomes.get("close 1009") == Some(&n), format!("expected close 1009 on all {n}"));
+    t.check(
+        outcomes.get("close 1009") == Some(&n),
+        format!("expected close 1009 on all {n}"),
+    );
     t.expect_refused("http", "oversize", n);
 }
 
@@ -250,7 +279,8 @@ fn unmasked_sub(t: &mut Trial) {
         let (n, _) = paced(ctx, 100, 5000, |_| {
             let k = match upgrade(to, "/sub", None) {
                 Ok(mut ws) => {
-                    let _ = ws.s.write_all(&wire::ws_frame(true, 0x9, b"unmasked", None));
+                    let _ =
+                        ws.s.write_all(&wire::ws_frame(true, 0x9, b"unmasked", None));
                     match ws.await_close(Duration::from_secs(3)) {
                         Closing::Frame(c, _) => format!("close {c}"),
                         other => format!("{other:?}"),
@@ -264,7 +294,10 @@ fn unmasked_sub(t: &mut Trial) {
         (n, outcomes)
     });
     t.peer(format!("{n} connections: {outcomes:?}"));
-    t.check(outcomes.get("close 1002") == Some(&n), format!("expected close 1002 on all {n}"));
+    t.check(
+        outcomes.get("close 1002") == Some(&n),
+        format!("expected close 1002 on all {n}"),
+    );
     t.expect_refused("http", "malformed", n);
 }
 
@@ -289,7 +322,9 @@ fn ping_flood(t: &mut Trial) {
                         }
                         match w.write_all(&chunk) {
                             Ok(()) => pings += 100,
-                            Err(e) if wire::is_timeout(&e) => break "the hub stopped reading".into(),
+                            Err(e) if wire::is_timeout(&e) => {
+                                break "the hub stopped reading".into()
+                            }
                             Err(e) => break format!("write failed: {:?}", e.kind()),
                         }
                     };
@@ -299,9 +334,15 @@ fn ping_flood(t: &mut Trial) {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect::<Vec<_>>()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
     });
-    let closed = ends.iter().filter(|e| matches!(e, Ok((_, _, true)))).count();
+    let closed = ends
+        .iter()
+        .filter(|e| matches!(e, Ok((_, _, true))))
+        .count();
     t.peer(format!(
         "{closed} of {N} closed by the hub: {:?}",
         ends.iter()
@@ -311,6 +352,13 @@ fn ping_flood(t: &mut Trial) {
             })
             .collect::<Vec<_>>()
     ));
-    t.check(closed == N, format!("only {closed} of {N} ping flooders were closed"));
-    t.expect("pinion_slow_disconnects_total", Cmp::AtLeast(N as f64), "slow_disconnects");
+    t.check(
+        closed == N,
+        format!("only {closed} of {N} ping flooders were closed"),
+    );
+    t.expect(
+        "pinion_slow_disconnects_total",
+        Cmp::AtLeast(N as f64),
+        "slow_disconnects",
+    );
 }

@@ -37,7 +37,8 @@ pub fn binary() -> PathBuf {
 ///   session cap is applied at checkpoints, sets it back to 1 s.
 /// * `preallocate = 0`: the default pre-zeroes 64 MiB of log at start (a
 ///   64 MiB write per case); plain appends keep the cases quick.
-pub const BASE_TOML: &str = "fsync = \"never\"\ncheckpoint_interval_ms = 3600000\npreallocate = 0\n";
+pub const BASE_TOML: &str =
+    "fsync = \"never\"\ncheckpoint_interval_ms = 3600000\npreallocate = 0\n";
 
 /// [`BASE_TOML`] with the case's `toml` on top (a key the case sets
 /// replaces the base's line).
@@ -100,7 +101,9 @@ fn addr_after(log: &str, marker: &str, scheme: &str) -> Option<SocketAddr> {
     let at = log.find(marker)?;
     let rest = &log[at + marker.len()..];
     let rest = rest.strip_prefix(scheme)?;
-    let end = rest.find(|c: char| c == '/' || c.is_whitespace()).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| c == '/' || c.is_whitespace())
+        .unwrap_or(rest.len());
     rest[..end].parse().ok()
 }
 
@@ -142,7 +145,8 @@ impl Hub {
             .spawn()
             .expect("spawn pinion serve");
         let stderr = collect(child.stderr.take().unwrap());
-        let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
+        let text =
+            |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
         let deadline = Instant::now() + Duration::from_secs(30);
         let addrs = loop {
             if let Ok(Some(st)) = child.try_wait() {
@@ -162,7 +166,10 @@ impl Hub {
                     pid: child.id(),
                 };
             }
-            assert!(Instant::now() < deadline, "pinion serve not listening in 30 s:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "pinion serve not listening in 30 s:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         };
         let hub = Hub {
@@ -175,7 +182,11 @@ impl Hub {
             if let Ok((200, _)) = wire::http_get(wire::LEGIT, hub.addrs.http, "/healthz") {
                 break;
             }
-            assert!(Instant::now() < deadline, "/healthz not ok in 30 s:\n{}", hub.log());
+            assert!(
+                Instant::now() < deadline,
+                "/healthz not ok in 30 s:\n{}",
+                hub.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         hub
@@ -243,14 +254,17 @@ pub struct Metrics(pub BTreeMap<String, f64>);
 impl Metrics {
     /// Scrapes `/metrics` from the legitimate source address.
     pub fn scrape(http: SocketAddr) -> Result<Metrics, String> {
-        let (status, body) =
-            wire::http_get(wire::LEGIT, http, "/metrics").map_err(|e| format!("GET /metrics: {e}"))?;
+        let (status, body) = wire::http_get(wire::LEGIT, http, "/metrics")
+            .map_err(|e| format!("GET /metrics: {e}"))?;
         if status != 200 {
             return Err(format!("GET /metrics: {status}"));
         }
         let text = String::from_utf8_lossy(&body);
         let mut m = BTreeMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             if let Some((k, v)) = line.rsplit_once(' ') {
                 if let Ok(v) = v.parse::<f64>() {
                     m.insert(k.to_string(), v);

@@ -125,7 +125,9 @@ impl Legit {
         };
         {
             let (sh, stop_all) = (sh.clone(), stop_all.clone());
-            l.threads.push(std::thread::spawn(move || subscriber(addrs.http, &sh, &stop_all)));
+            l.threads.push(std::thread::spawn(move || {
+                subscriber(addrs.http, &sh, &stop_all)
+            }));
         }
         let deadline = Instant::now() + Duration::from_secs(15);
         while !sh.sub_ready.load(Ordering::Acquire) {
@@ -138,8 +140,9 @@ impl Legit {
         }
         {
             let (sh, stop_sending, stop_all) = (sh.clone(), stop_sending.clone(), stop_all.clone());
-            l.threads
-                .push(std::thread::spawn(move || publisher(addrs.publ, sh, &stop_sending, &stop_all)));
+            l.threads.push(std::thread::spawn(move || {
+                publisher(addrs.publ, sh, &stop_sending, &stop_all)
+            }));
         }
         while sh.deliveries.load(Ordering::Acquire) == 0 {
             if Instant::now() > deadline || !sh.failures.lock().unwrap().is_empty() {
@@ -237,7 +240,12 @@ impl Drop for Legit {
     }
 }
 
-fn publisher(to: SocketAddr, sh: Arc<Shared>, stop_sending: &AtomicBool, stop_all: &Arc<AtomicBool>) {
+fn publisher(
+    to: SocketAddr,
+    sh: Arc<Shared>,
+    stop_sending: &AtomicBool,
+    stop_all: &Arc<AtomicBool>,
+) {
     use std::io::{Read, Write};
     let mut s = match wire::sp_connect(LEGIT, to, wire::sp::REQ, wire::sp::REP) {
         Ok(s) => s,
@@ -253,7 +261,10 @@ fn publisher(to: SocketAddr, sh: Arc<Shared>, stop_sending: &AtomicBool, stop_al
             let mut chunk = [0u8; 16 << 10];
             while !stop_all.load(Ordering::Acquire) {
                 match rd.read(&mut chunk) {
-                    Ok(0) => return sh.fail("the hub closed the legitimate publisher's connection".into()),
+                    Ok(0) => {
+                        return sh
+                            .fail("the hub closed the legitimate publisher's connection".into())
+                    }
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
                     Err(e) if wire::is_timeout(&e) => continue,
                     Err(e) => return sh.fail(format!("legitimate publisher: read: {e}")),
@@ -308,16 +319,21 @@ fn publisher(to: SocketAddr, sh: Arc<Shared>, stop_sending: &AtomicBool, stop_al
         seq += 1;
     }
     if (seq as usize) >= CAPACITY {
-        sh.fail(format!("legitimate publisher ran out of seqs ({CAPACITY}): case too long"));
+        sh.fail(format!(
+            "legitimate publisher ran out of seqs ({CAPACITY}): case too long"
+        ));
     }
     let _ = reader.join();
 }
 
 fn subscriber(http: SocketAddr, sh: &Shared, stop_all: &AtomicBool) {
     use pinion_proto::{Delivery, Message};
-    let mut ws = match wire::ws_connect(LEGIT, http, "/sub?topic=legit%2F&from=0", None, None, None) {
+    let mut ws = match wire::ws_connect(LEGIT, http, "/sub?topic=legit%2F&from=0", None, None, None)
+    {
         Ok(Upgraded::Yes(ws)) => ws,
-        Ok(Upgraded::No(h)) => return sh.fail(format!("legitimate subscriber refused: {}", h.text)),
+        Ok(Upgraded::No(h)) => {
+            return sh.fail(format!("legitimate subscriber refused: {}", h.text))
+        }
         Err(e) => return sh.fail(format!("legitimate subscriber cannot connect: {e}")),
     };
     let _ = ws.s.set_read_timeout(Some(Duration::from_millis(100)));

@@ -184,7 +184,10 @@ fn proc_jiffies(pid: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces) start after ')'.
     let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     // utime and stime are fields 14 and 15 (1-based), 12 and 13 here.
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
@@ -216,7 +219,9 @@ fn cpu_snap(hub_pid: u32) -> CpuSnap {
 
 /// Cores' worth of CPU the hub used between two snapshots.
 fn hub_cores(a: CpuSnap, b: CpuSnap) -> f64 {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let all = b.all.saturating_sub(a.all) as f64;
     if all == 0.0 {
         return 0.0;
@@ -226,7 +231,9 @@ fn hub_cores(a: CpuSnap, b: CpuSnap) -> f64 {
 
 /// Cores' worth of CPU used by other processes between two snapshots.
 fn foreign_cores(a: CpuSnap, b: CpuSnap) -> f64 {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
     let all = b.all.saturating_sub(a.all) as f64;
     if all == 0.0 {
         return 0.0;
@@ -490,8 +497,9 @@ impl Trial {
                 return (a, b);
             }
             if start.elapsed() > Duration::from_secs(30) {
-                self.failures
-                    .push(format!("{what} window: fewer than {MIN_SAMPLES} legitimate messages in 30 s"));
+                self.failures.push(format!(
+                    "{what} window: fewer than {MIN_SAMPLES} legitimate messages in 30 s"
+                ));
                 return (a, b);
             }
         }
@@ -525,8 +533,8 @@ impl Trial {
             let h = sc.spawn(move || attack(&ctx));
             loop {
                 std::thread::sleep(Duration::from_millis(20));
-                let enough =
-                    started.elapsed() >= MIN_WINDOW && legit.sent_between(a, now_ns()) >= MIN_SAMPLES;
+                let enough = started.elapsed() >= MIN_WINDOW
+                    && legit.sent_between(a, now_ns()) >= MIN_SAMPLES;
                 if enough || started.elapsed() > HARD_LIMIT {
                     stop.store(true, Ordering::Release);
                 }
@@ -547,7 +555,9 @@ impl Trial {
             loop {
                 let now = Metrics::scrape(addrs.http).ok().map(|m| open_now(&m));
                 let shed = now.as_ref().is_some_and(|n| {
-                    n.iter().zip(&before).all(|(x, b)| x.unwrap_or(0.0) <= b.unwrap_or(0.0))
+                    n.iter()
+                        .zip(&before)
+                        .all(|(x, b)| x.unwrap_or(0.0) <= b.unwrap_or(0.0))
                 });
                 if shed {
                     break;
@@ -566,7 +576,10 @@ impl Trial {
         let cpu1 = cpu_snap(self.addrs.pid);
         self.foreign[1] = foreign_cores(cpu0, cpu1);
         self.hub_cpu[1] = hub_cores(cpu0, cpu1);
-        println!("    attack window: {:.1} s", started.elapsed().as_secs_f64());
+        println!(
+            "    attack window: {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
         match result {
             Ok(r) => r,
             Err(p) => std::panic::resume_unwind(p),
@@ -586,11 +599,15 @@ impl Trial {
                 let mx = g.finish(a, b);
                 if !mx.is_empty() {
                     let parts: Vec<String> = mx.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                    self.note(format!("hub gauges at most, during the attack: {}", parts.join(", ")));
+                    self.note(format!(
+                        "hub gauges at most, during the attack: {}",
+                        parts.join(", ")
+                    ));
                 }
             }
         } else {
-            self.failures.push("the case did not reach its attack".into());
+            self.failures
+                .push("the case did not reach its attack".into());
         }
         let m_after = self.metrics();
         let rss_peak = self.rss.peak();
@@ -617,8 +634,20 @@ impl Trial {
             let dr = f(a.del_p99_ns) / f(b.del_p99_ns).max(f(r.del_p99_ns));
             ack_ratio = Some(ar);
             del_ratio = Some(dr);
-            self.check(ar <= MAX_RATIO, format!("publish→ack p99 {:.2}x the baseline (over {MAX_RATIO}x)", ar));
-            self.check(dr <= MAX_RATIO, format!("publish→deliver p99 {:.2}x the baseline (over {MAX_RATIO}x)", dr));
+            self.check(
+                ar <= MAX_RATIO,
+                format!(
+                    "publish→ack p99 {:.2}x the baseline (over {MAX_RATIO}x)",
+                    ar
+                ),
+            );
+            self.check(
+                dr <= MAX_RATIO,
+                format!(
+                    "publish→deliver p99 {:.2}x the baseline (over {MAX_RATIO}x)",
+                    dr
+                ),
+            );
             let rec_a = f(r.ack_p99_ns) / f(b.ack_p99_ns);
             let rec_d = f(r.del_p99_ns) / f(b.del_p99_ns);
             self.check(

@@ -28,7 +28,11 @@ pub fn src(n: usize) -> Ipv4Addr {
 /// Opens a TCP connection from `from` (an ephemeral port on that address).
 /// `rcvbuf`, when given, is set before connecting, so the window the
 /// client advertises stays that small for the connection's life.
-pub fn connect_from(from: Ipv4Addr, to: SocketAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
+pub fn connect_from(
+    from: Ipv4Addr,
+    to: SocketAddr,
+    rcvbuf: Option<usize>,
+) -> io::Result<TcpStream> {
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     if let Some(n) = rcvbuf {
         s.set_recv_buffer_size(n)?;
@@ -156,8 +160,15 @@ pub fn publish(client_id: &[u8; 16], seq: u64, topic: &[u8], payload: &[u8]) -> 
 /// What a `Reply` said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    Ack { seq: u64, offset: u64 },
-    Nack { seq: Option<u64>, code: i32, reason: String },
+    Ack {
+        seq: u64,
+        offset: u64,
+    },
+    Nack {
+        seq: Option<u64>,
+        code: i32,
+        reason: String,
+    },
 }
 
 /// Decodes a REP message body (request id, then a `Reply`): the request
@@ -195,7 +206,12 @@ pub const WS_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 /// A WebSocket upgrade request for `target` (path and query), with `Host`
 /// `host` and, when given, `Origin` and an offered subprotocol.
-pub fn upgrade_request(target: &str, host: &str, origin: Option<&str>, protocol: Option<&str>) -> String {
+pub fn upgrade_request(
+    target: &str,
+    host: &str,
+    origin: Option<&str>,
+    protocol: Option<&str>,
+) -> String {
     let mut r = format!(
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n"
     );
@@ -320,7 +336,9 @@ impl Head {
     pub fn header(&self, name: &str) -> Option<String> {
         self.text.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
         })
     }
 }
@@ -488,7 +506,10 @@ pub enum Closing {
 }
 
 pub fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 /// How a raw connection ended, seen by a client that only reads.
@@ -555,7 +576,12 @@ pub fn read_until_closed(s: &mut TcpStream, within: Duration) -> Ended {
 
 /// An HTTP exchange from `from`: sends `request` (whole), reads until the
 /// hub closes (the hub answers one request per connection) or `within`.
-pub fn http_exchange(from: Ipv4Addr, to: SocketAddr, request: &[u8], within: Duration) -> io::Result<Ended> {
+pub fn http_exchange(
+    from: Ipv4Addr,
+    to: SocketAddr,
+    request: &[u8],
+    within: Duration,
+) -> io::Result<Ended> {
     let mut s = connect_from(from, to, None)?;
     s.set_nodelay(true)?;
     s.write_all(request)?;
@@ -567,7 +593,8 @@ pub fn http_get(from: Ipv4Addr, to: SocketAddr, path: &str) -> io::Result<(u16, 
     let req = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n\r\n");
     let ended = http_exchange(from, to, req.as_bytes(), Duration::from_secs(10))?;
     let b = ended.bytes();
-    let status = http_status(b).ok_or_else(|| io::Error::other(format!("no HTTP answer to GET {path}: {ended:?}")))?;
+    let status = http_status(b)
+        .ok_or_else(|| io::Error::other(format!("no HTTP answer to GET {path}: {ended:?}")))?;
     let body = b
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
