@@ -264,7 +264,9 @@ async function run() {
   await screenshot(d, 'dashboard.png');
   await screenshot(d, 'dashboard-full.png', { fullPage: true });
   await d.emulateMedia({ colorScheme: 'dark' });
-  await d.waitForTimeout(200);
+  // Up to 5 s, not a fixed 200 ms: under load the page's media-query
+  // listener can run later (seen failing as "light" on a busy machine).
+  await d.waitForFunction(() => document.documentElement.dataset.theme === 'dark', null, { timeout: 5000, polling: 50 }).catch(() => {});
   const theme = await d.evaluate(() => document.documentElement.dataset.theme);
   check('dashboard: follows a dark colour scheme', theme === 'dark', theme);
   await screenshot(d, 'dashboard-dark.png');
