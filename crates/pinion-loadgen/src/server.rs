@@ -176,7 +176,8 @@ pub(crate) fn bench_hub_config(dir: &std::path::Path) -> Result<std::path::PathB
                 max_connections = 1000000\n\
                 max_connections_per_source = 0\n\
                 max_handshakes = 1000000\n\
-                max_handshakes_per_source = 1000000\n";
+                max_handshakes_per_source = 1000000\n\
+                max_fanout_backlog = 1073741824\n";
     std::fs::write(&path, text)
         .map_err(|e| LoadgenError::io(format!("writing {}", path.display()), e))?;
     Ok(path)
