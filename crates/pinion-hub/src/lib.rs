@@ -660,7 +660,8 @@ impl Hub {
 fn record_limit(max_payload: usize) -> u32 {
     let want = pinion_journal::RECORD_HEADER_LEN + pinion_proto::MAX_TOPIC_LEN + max_payload;
     let default = JournalOptions::default().max_record_bytes as usize;
-    want.max(default).min(pinion_journal::MAX_RECORD_LEN as usize) as u32
+    want.max(default)
+        .min(pinion_journal::MAX_RECORD_LEN as usize) as u32
 }
 
 /// Waits for a facade future from this (non-core) thread: the futures only

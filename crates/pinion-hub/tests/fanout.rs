@@ -368,14 +368,9 @@ fn a_slow_subscriber_is_disconnected_with_its_resume_offset_and_nobody_else_wait
     // 50 publishes: the fast subscriber is a test thread on a busy 2-core
     // machine and must not fall 64 KiB behind; the slow one reads nothing,
     // so the ~2 MB sent to it gets it cut at any rate.)
-    let offsets = publish_with(
-        &url,
-        7,
-        N,
-        16,
-        Some(Duration::from_millis(1)),
-        |_| "x".into(),
-    );
+    let offsets = publish_with(&url, 7, N, 16, Some(Duration::from_millis(1)), |_| {
+        "x".into()
+    });
     assert_eq!(offsets.len(), N as usize);
     assert_eq!(
         fast.join().unwrap(),
