@@ -6,7 +6,9 @@
 //! or an HTTP 400/404 and never reads past the head; the decoder gives the
 //! same events and the same error whether the input comes whole or in
 //! chunks, never delivers a message over the limit, and takes nothing more
-//! after a close or an error; whatever pinion encodes decodes back.
+//! after a close or an error; whatever pinion encodes decodes back. With a
+//! flood limit (and no time passing), no more frames without data than its
+//! burst are taken before the `WsFlood` error.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -15,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use pinion_core::protocol::ProtocolKind;
 use pinion_core::rng::Rng;
 use pinion_core::{Message, PeerError};
-use pinion_runtime::transport::ws::frame::{encode_message, Decoder, Event, Side};
+use pinion_runtime::transport::ws::frame::{encode_message, Decoder, Event, FloodLimit, Side};
 use pinion_runtime::transport::ws::handshake::{client_response, server_request, Request, MAX_HEAD};
 
 #[derive(Debug, Arbitrary)]
@@ -28,11 +30,25 @@ struct Input {
     chunk: u8,
     /// Decode as the client (server frames) instead of the server.
     client: bool,
+    /// A flood limit's burst (none: no limit).
+    flood: Option<u8>,
     data: Vec<u8>,
 }
 
-fn decode_all<'a>(side: Side, max: u64, chunks: impl Iterator<Item = &'a [u8]>) -> (Vec<Event>, Option<PeerError>) {
+fn decode_all<'a>(
+    side: Side,
+    max: u64,
+    flood: Option<FloodLimit>,
+    chunks: impl Iterator<Item = &'a [u8]>,
+) -> (Vec<Event>, Option<PeerError>) {
     let mut d = Decoder::new(side, max);
+    if let Some(f) = flood {
+        d = d.limit_floods(f);
+        // One instant for every call: no tokens are added.
+        let now = std::time::Instant::now();
+        d.refill(now);
+        d.refill(now);
+    }
     let mut events = Vec::new();
     for mut c in chunks {
         loop {
@@ -75,9 +91,26 @@ fuzz_target!(|inp: Input| {
     // Frames, whole and in chunks.
     let side = if inp.client { Side::Client } else { Side::Server };
     let max = u64::from(inp.max);
-    let whole = decode_all(side, max, std::iter::once(data));
-    let chunked = decode_all(side, max, data.chunks(usize::from(inp.chunk) + 1));
+    let flood = inp.flood.map(|b| FloodLimit {
+        burst: u32::from(b),
+        per_sec: 1,
+    });
+    let whole = decode_all(side, max, flood, std::iter::once(data));
+    let chunked = decode_all(side, max, flood, data.chunks(usize::from(inp.chunk) + 1));
     assert_eq!(whole, chunked);
+    if let Some(f) = flood {
+        // Pings and pongs are frames without data counted whole; empty
+        // messages too (continuations cannot be told apart here).
+        let light = whole
+            .0
+            .iter()
+            .filter(|e| matches!(e, Event::Ping(_) | Event::Pong))
+            .count();
+        assert!(light <= f.burst as usize, "{light} light frames over a burst of {}", f.burst);
+        if let Some(PeerError::WsFlood { burst, .. }) = whole.1 {
+            assert_eq!(burst, f.burst);
+        }
+    }
     let (events, _) = &whole;
     for (i, e) in events.iter().enumerate() {
         match e {
@@ -98,7 +131,7 @@ fuzz_target!(|inp: Input| {
     encode_message(&msg, masks, &mut out, &mut chunks);
     chunks.push(out.freeze());
     let wire: Vec<u8> = chunks.concat();
-    let (events, err) = decode_all(side, 0, wire.chunks(usize::from(inp.chunk) + 1));
+    let (events, err) = decode_all(side, 0, None, wire.chunks(usize::from(inp.chunk) + 1));
     assert_eq!(err, None);
     assert_eq!(events, vec![Event::Message(msg.body)]);
 });

@@ -69,6 +69,17 @@ pub enum PeerError {
     /// with status 1003 (unsupported data), as NNG does.
     #[error("WebSocket text frame (SP needs binary frames)")]
     WsText,
+    /// More WebSocket frames that carry no data (control frames and empty
+    /// data frames) than the connection's allowance: a flood that costs the
+    /// reader work per frame with no bytes to bound it. Closed with status
+    /// 1008 (policy violation).
+    #[error("WebSocket flood: over {burst} frames without data at once, or over {per_sec} a second")]
+    WsFlood {
+        /// Frames allowed at once.
+        burst: u32,
+        /// Frames allowed per second, sustained.
+        per_sec: u32,
+    },
 }
 
 /// What is wrong with a WebSocket opening handshake.

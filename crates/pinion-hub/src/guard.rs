@@ -228,6 +228,14 @@ impl Drop for ConnGuard {
     }
 }
 
+/// A connection handed to a core's socket (publishers over TCP, `/pub`
+/// over WebSocket) counts the peer's fault that ended it on its port.
+impl pinion::Adopted for ConnGuard {
+    fn peer_fault(&mut self, e: &pinion_core::PeerError) {
+        self.gate.refuse(Refusal::of_peer_error(e));
+    }
+}
+
 impl Drop for HandshakeGuard {
     fn drop(&mut self) {
         self.gate.release(self.source, false);
@@ -323,18 +331,9 @@ pub(crate) async fn serve_rep(
                 continue;
             }
         };
-        let g = gate.clone();
-        let on_handshake = move |r: Result<(), pinion::Error>| {
-            drop(hs);
-            match r {
-                Err(pinion::Error::Peer(pinion_core::PeerError::HandshakeTimeout)) => {
-                    g.refuse(Refusal::HandshakeTimeout)
-                }
-                Err(pinion::Error::Peer(_)) => g.refuse(Refusal::Malformed),
-                // Up, or the peer left (nothing to count).
-                _ => {}
-            }
-        };
+        // A refused header (or none in time) is counted by the pipe's
+        // end, through `conn` (`peer_fault`), like any later fault.
+        let on_handshake = move |_: Result<(), pinion::Error>| drop(hs);
         if let Err(e) = sock.adopt_tcp(std, Box::new(conn), Box::new(on_handshake)) {
             tracing::warn!(error = %e, "cannot adopt a publisher connection");
         }

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, Bytes, BytesMut};
 use pinion::Socket;
 use pinion_core::protocol::ProtocolKind;
-use pinion_runtime::transport::ws::frame::Event;
+use pinion_runtime::transport::ws::frame::{close_code, Event};
 use pinion_runtime::transport::ws::handshake;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -812,23 +812,36 @@ async fn stats_stream(
     write_timed(&mut s, &ws_frame(0x81, first.as_bytes()), web).await?;
     let mut input: Vec<u8> = rest.to_vec();
     loop {
-        // What the peer sent: pings are answered, a close ends the stream.
+        // What the peer sent: the last ping of it is answered (RFC 6455
+        // §5.5.3), a close ends the stream, and so does a violation (with
+        // its close code, counted).
         let mut out = BytesMut::new();
         let mut end = false;
+        let mut ping = None;
         let mut slice = &input[..];
+        if !slice.is_empty() {
+            dec.refill(std::time::Instant::now());
+        }
         loop {
             match dec.decode(&mut slice) {
-                Ok(Some(Event::Ping(p))) => {
-                    out.put_slice(&ws_frame(0x8A, &p[..p.len().min(125)]));
-                }
-                Ok(Some(Event::Close(_))) | Err(_) => {
+                Ok(Some(Event::Ping(p))) => ping = Some(p),
+                Ok(Some(Event::Close(_))) => {
                     crate::fanout::ws_close(1000, "", &mut out);
+                    end = true;
+                    break;
+                }
+                Err(e) => {
+                    web.gate.refuse(Refusal::of_peer_error(&e));
+                    crate::fanout::ws_close(close_code(&e), subs::reason(&e), &mut out);
                     end = true;
                     break;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
             }
+        }
+        if let Some(p) = ping.filter(|_| !end) {
+            out.put_slice(&ws_frame(0x8A, &p[..p.len().min(125)]));
         }
         input.clear();
         if !out.is_empty() {

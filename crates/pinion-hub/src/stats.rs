@@ -103,11 +103,14 @@ pub enum Refusal {
     DeadPeer = 9,
     /// A frame or message over a size or count limit.
     Oversize = 10,
+    /// A flood of WebSocket frames without data (pings, pongs, empty
+    /// frames) over the connection's allowance.
+    Flood = 11,
 }
 
 impl Refusal {
     /// Number of reasons.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
     /// Every reason, in index order.
     pub const ALL: [Refusal; Refusal::COUNT] = [
         Refusal::PortCap,
@@ -121,6 +124,7 @@ impl Refusal {
         Refusal::WriteTimeout,
         Refusal::DeadPeer,
         Refusal::Oversize,
+        Refusal::Flood,
     ];
     /// The `reason` label in `/metrics`.
     pub fn label(self) -> &'static str {
@@ -136,6 +140,19 @@ impl Refusal {
             Refusal::WriteTimeout => "write_timeout",
             Refusal::DeadPeer => "dead_peer",
             Refusal::Oversize => "oversize",
+            Refusal::Flood => "flood",
+        }
+    }
+
+    /// The reason a connection closed for the peer's fault `e` is counted
+    /// under.
+    pub fn of_peer_error(e: &pinion_core::PeerError) -> Refusal {
+        use pinion_core::PeerError as P;
+        match e {
+            P::TooLarge { .. } => Refusal::Oversize,
+            P::WsFlood { .. } => Refusal::Flood,
+            P::HandshakeTimeout => Refusal::HandshakeTimeout,
+            _ => Refusal::Malformed,
         }
     }
 }

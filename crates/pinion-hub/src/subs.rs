@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use pinion_core::protocol::ProtocolKind;
 use pinion_core::wire::{decode_header, encode_header, HEADER_LEN};
-use pinion_runtime::transport::ws::frame::{Decoder, Event, Side};
+use pinion_core::PeerError;
+use pinion_runtime::transport::ws::frame::{self, Decoder, Event, FloodLimit, Side};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::UnboundedSender;
@@ -176,9 +177,13 @@ pub(crate) async fn read_until_gone(
     let mut silent_until = every.map(|e| tokio::time::Instant::now() + e);
     let mut pinged = false;
     // Frames that came with the upgrade request are decoded first.
-    let mut done = dec
-        .as_mut()
-        .is_some_and(|d| !first.is_empty() && !feed(id, d, &first, &fan));
+    let mut done = match dec.as_mut() {
+        Some(d) if !first.is_empty() => {
+            d.refill(std::time::Instant::now());
+            !feed(id, d, &first, &fan, gate)
+        }
+        _ => false,
+    };
     while !done {
         let ready = match silent_until {
             Some(t) => tokio::time::timeout_at(t, io.readable()).await,
@@ -208,25 +213,48 @@ pub(crate) async fn read_until_gone(
         pinged = false;
         silent_until = every.map(|e| tokio::time::Instant::now() + e);
         if let Some(d) = dec.as_mut() {
-            done = !feed(id, d, &buf[..n], &fan);
+            d.refill(std::time::Instant::now());
+            done = !feed(id, d, &buf[..n], &fan, gate);
         }
     }
-    let _ = fan.send(FanIn::Gone(id));
+    // After a violation the fan-out drops it once its close frame is out.
+    if !violated(&dec) {
+        let _ = fan.send(FanIn::Gone(id));
+    }
+}
+
+/// Whether the reader stopped on a protocol violation (the fan-out was
+/// told to close with a frame saying so).
+fn violated(dec: &Option<Decoder>) -> bool {
+    dec.as_ref().is_some_and(|d| d.fault().is_some())
 }
 
 /// Decodes what a WebSocket subscriber sent: pings are handed to the
 /// fan-out to answer; `false` when the subscriber is done (a close frame,
-/// or a protocol violation).
+/// or a protocol violation: then the fan-out is told to close with the
+/// matching code, and the refusal is counted on `gate`'s port).
 ///
 /// Only the last ping of what one read brought is answered (RFC 6455
 /// §5.5.3 allows answering only the latest): a flood of pings costs the
-/// fan-out one pong per read (256 bytes), not one per 6-byte ping.
-fn feed(id: u64, dec: &mut Decoder, mut input: &[u8], fan: &UnboundedSender<FanIn>) -> bool {
+/// fan-out one pong per read (256 bytes), not one per 6-byte ping; past
+/// the decoder's [`FloodLimit`] it is cut.
+fn feed(
+    id: u64,
+    dec: &mut Decoder,
+    mut input: &[u8],
+    fan: &UnboundedSender<FanIn>,
+    gate: &Gate,
+) -> bool {
     let mut ping = None;
     let alive = loop {
         match dec.decode(&mut input) {
             Ok(Some(Event::Ping(p))) => ping = Some(p),
-            Ok(Some(Event::Close(_))) | Err(_) => break false,
+            Ok(Some(Event::Close(_))) => break false,
+            Err(e) => {
+                gate.refuse(Refusal::of_peer_error(&e));
+                let _ = fan.send(FanIn::Violation(id, frame::close_code(&e), reason(&e)));
+                break false;
+            }
             Ok(Some(_)) => {}
             Ok(None) => break true,
         }
@@ -237,7 +265,19 @@ fn feed(id: u64, dec: &mut Decoder, mut input: &[u8], fan: &UnboundedSender<FanI
     alive
 }
 
-/// A decoder for what a WebSocket subscriber sends.
+/// A decoder for what a WebSocket subscriber (or `/stats` reader) sends,
+/// with the flood limit.
 pub(crate) fn ws_decoder() -> Decoder {
-    Decoder::new(Side::Server, WS_SUB_MAX_MESSAGE)
+    Decoder::new(Side::Server, WS_SUB_MAX_MESSAGE).limit_floods(FloodLimit::DEFAULT)
+}
+
+/// The close frame's reason for a peer error (short: a close frame's
+/// payload is at most 125 bytes).
+pub(crate) fn reason(e: &PeerError) -> &'static str {
+    match e {
+        PeerError::TooLarge { .. } => "message too large",
+        PeerError::WsFlood { .. } => "too many frames without data",
+        PeerError::WsText => "text frames are not accepted",
+        _ => "protocol error",
+    }
 }

@@ -538,11 +538,13 @@ fn accepted_sockets_have_tcp_keepalive() {
 }
 
 #[test]
-fn a_stats_reader_that_never_reads_is_cut_after_the_write_timeout() {
+fn a_stats_reader_flooding_pings_is_cut_as_a_flood() {
     let f = Fixture::start("wtimeout", |c| c.write_timeout = Duration::from_secs(1));
     let host = f.http.to_string();
-    // A /stats reader that never reads while flooding pings: the pongs
-    // back up, and the hub cuts it instead of holding them. (A small
+    // A /stats reader that never reads while flooding pings: past the
+    // flood allowance (256 frames without data at once) it is cut with
+    // 1008 and counted `flood`, before its unread pongs could pile up (a
+    // slower one would be cut by `write_timeout` instead). (A small
     // receive buffer, set before connecting so the window is small from
     // the start; shrinking it later makes loopback TCP drop segments and
     // stall in retransmit backoff instead.)
@@ -562,7 +564,7 @@ fn a_stats_reader_that_never_reads_is_cut_after_the_write_timeout() {
             return; // cut by the hub
         }
     });
-    f.wait_refused(Port::Http, Refusal::WriteTimeout, 1);
+    f.wait_refused(Port::Http, Refusal::Flood, 1);
     // The hub closed it: the flood's writes fail soon.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !flood.is_finished() {

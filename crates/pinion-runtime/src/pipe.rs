@@ -210,25 +210,28 @@ fn next_chunk(last_read: usize) -> usize {
 }
 
 /// Runs a pipe to its end. `handshake` learns how the handshake went (dialers
-/// use it to report the first connection's outcome).
+/// use it to report the first connection's outcome). Returns the peer's
+/// fault that ended the pipe, if one did (it is counted in the socket's
+/// stats too).
 pub async fn run(
     conn: Conn,
     pipe: PipeId,
     link: PipeLink,
     handshake: Option<oneshot::Sender<Result<(), Error>>>,
-) {
+) -> Option<PeerError> {
     let mut guard = LostGuard {
         link: &link,
         pipe,
         armed: true,
     };
-    match conn {
+    let fault = match conn {
         Conn::Tcp(s) => run_stream(StreamIo::Tcp(s), Framing::Tcp, pipe, &link, handshake).await,
         Conn::Ipc(s) => run_stream(StreamIo::Ipc(s), Framing::Ipc, pipe, &link, handshake).await,
         Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
         Conn::Ws(ws) => crate::transport::ws::run_pipe(ws, pipe, &link, handshake).await,
-    }
+    };
     guard.armed = false;
+    fault
 }
 
 fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) {
@@ -262,7 +265,7 @@ async fn run_stream(
     pipe: PipeId,
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
-) {
+) -> Option<PeerError> {
     let io = Arc::new(io);
     let peer = match handshake(&io, link).await {
         Ok(p) => p,
@@ -270,14 +273,14 @@ async fn run_stream(
             link.stats.count_peer_error(&pe);
             tracing::debug!(pipe = pipe.0, error = %pe, "handshake refused");
             report(hs, Err(Error::Peer(pe)));
-            return;
+            return Some(pe);
         }
         Err(Err(e)) => {
             link.stats
                 .io_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             report(hs, Err(Error::io("handshake", "peer", e)));
-            return;
+            return None;
         }
     };
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
@@ -300,7 +303,7 @@ async fn run_stream(
         .is_err()
     {
         report(hs, Err(Error::Closed));
-        return;
+        return None;
     }
     report(hs, Ok(()));
 
@@ -464,21 +467,24 @@ async fn run_stream(
         w = writer => w.map_err(Err),
         _ = link.closed.cancelled() => Ok(()),
     };
-    match outcome {
+    let fault = match outcome {
         Err(Ok(pe)) => {
             tracing::debug!(pipe = pipe.0, error = %pe, "closing pipe: peer error");
             link.stats.count_peer_error(&pe);
+            Some(pe)
         }
         Err(Err(e)) if e.kind() != io::ErrorKind::UnexpectedEof => {
             tracing::debug!(pipe = pipe.0, error = %e, "closing pipe: I/O error");
             link.stats
                 .io_errors
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            None
         }
-        _ => {}
-    }
+        _ => None,
+    };
     io.shutdown_write();
     let _ = link.events.send(PipeEvent::Down(pipe)).await;
+    fault
 }
 
 async fn run_inproc(
@@ -486,13 +492,13 @@ async fn run_inproc(
     pipe: PipeId,
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
-) {
+) -> Option<PeerError> {
     let InprocEnd { peer_proto, tx, rx } = end;
     if peer_proto != link.kind.peer_id() {
         let pe = PeerError::WrongProtocol(peer_proto);
         link.stats.count_peer_error(&pe);
         report(hs, Err(Error::Peer(pe)));
-        return;
+        return Some(pe);
     }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let credits = link.opts.pipe_buffer;
@@ -511,7 +517,7 @@ async fn run_inproc(
         .is_err()
     {
         report(hs, Err(Error::Closed));
-        return;
+        return None;
     }
     report(hs, Ok(()));
     let reader = async {
@@ -562,4 +568,5 @@ async fn run_inproc(
         _ = link.closed.cancelled() => {},
     }
     let _ = link.events.send(PipeEvent::Down(pipe)).await;
+    None
 }

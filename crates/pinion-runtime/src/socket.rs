@@ -28,7 +28,7 @@ use pinion_core::backoff::Backoff;
 use pinion_core::protocol::{self, CtxId, Op, OpId, Output, PipeId, Protocol, ProtocolKind};
 use pinion_core::rng::Rng;
 use pinion_core::wire::encode_frame;
-use pinion_core::{CallerError, Message, OpError, Options};
+use pinion_core::{CallerError, Message, OpError, Options, PeerError};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -121,6 +121,22 @@ impl Drop for Shared {
         self.close();
     }
 }
+
+/// What the application attaches to a connection it hands to a socket
+/// ([`SocketHandle::adopt_tcp`], [`SocketHandle::adopt_ws_read`]): kept
+/// for the pipe's life and dropped when it ends (a count of open
+/// connections, say), and told of the peer's fault if one ended it, so
+/// that the application can count its refusals as its own.
+pub trait Adopted: Send + 'static {
+    /// The pipe, or its handshake, ended on the peer's fault `e` (also
+    /// counted in the socket's [`Stats`](crate::stats::Stats)). Called at
+    /// most once, before the value is dropped. By default, nothing.
+    fn peer_fault(&mut self, e: &PeerError) {
+        let _ = e;
+    }
+}
+
+impl Adopted for () {}
 
 /// The application's handle on a socket. Cloning shares the socket; the
 /// socket closes when the last handle is dropped or [`SocketHandle::close`]
@@ -497,13 +513,16 @@ impl SocketHandle {
     /// and answered as by a listener on `path`.
     ///
     /// `hold` is kept as long as the pipe runs and dropped when it ends
-    /// (say, the application's count of open connections).
+    /// (say, the application's count of open connections); it is told the
+    /// peer's fault if one ends the pipe ([`Adopted::peer_fault`]: a
+    /// refused upgrade, a framing violation, an oversize message, a
+    /// flood).
     pub fn adopt_ws_read(
         &self,
         tcp: std::net::TcpStream,
         path: &str,
         read: Vec<u8>,
-        hold: Box<dyn Send>,
+        mut hold: Box<dyn Adopted>,
     ) -> Result<(), Error> {
         let (core, sh) = self.adopting("adopt_ws called outside a core")?;
         let conn = Conn::adopt(crate::transport::Portable::Ws(
@@ -521,8 +540,9 @@ impl SocketHandle {
         let pipe = SocketHandle::new_pipe_id(&sh.next_pipe);
         tokio::spawn(async move {
             let _guard = guard;
-            let _hold = hold;
-            pipe::run(conn, pipe, link, None).await
+            if let Some(e) = pipe::run(conn, pipe, link, None).await {
+                hold.peer_fault(&e);
+            }
         });
         Ok(())
     }
@@ -534,15 +554,16 @@ impl SocketHandle {
     /// core, which must be one of this runtime's. This lets a server decide
     /// who gets in (caps, socket options) before the socket sees them.
     ///
-    /// `hold` is kept as long as the pipe runs and dropped when it ends;
-    /// `on_handshake` is called once, as soon as the header exchange's
+    /// `hold` is kept as long as the pipe runs and dropped when it ends,
+    /// and is told the peer's fault if one ends the pipe or its handshake
+    /// ([`Adopted::peer_fault`]); `on_handshake` is called once, as soon as the header exchange's
     /// outcome is known (`Ok`: the pipe is up; a peer error such as
     /// [`PeerError::HandshakeTimeout`](pinion_core::PeerError) or a wrong
     /// protocol; an I/O error).
     pub fn adopt_tcp(
         &self,
         tcp: std::net::TcpStream,
-        hold: Box<dyn Send>,
+        mut hold: Box<dyn Adopted>,
         on_handshake: Box<dyn FnOnce(Result<(), Error>) + Send>,
     ) -> Result<(), Error> {
         let (core, sh) = self.adopting("adopt_tcp called outside a core")?;
@@ -557,12 +578,14 @@ impl SocketHandle {
         let pipe = SocketHandle::new_pipe_id(&sh.next_pipe);
         tokio::spawn(async move {
             let _guard = guard;
-            let _hold = hold;
             let (tx, rx) = oneshot::channel();
             // In this task rather than another: once reported, this future
             // is done and holds nothing.
             let report = async move { on_handshake(rx.await.unwrap_or(Err(Error::Closed))) };
-            tokio::join!(pipe::run(conn, pipe, link, Some(tx)), report);
+            let (fault, ()) = tokio::join!(pipe::run(conn, pipe, link, Some(tx)), report);
+            if let Some(e) = fault {
+                hold.peer_fault(&e);
+            }
         });
         Ok(())
     }
@@ -744,7 +767,9 @@ impl SocketHandle {
                     match transport::connect(&url3, link2.kind.id(), depth, link2.opts.tcp_nodelay)
                         .await
                     {
-                        Ok(conn) => pipe::run(conn, pipe, link2, Some(hs_tx)).await,
+                        Ok(conn) => {
+                            pipe::run(conn, pipe, link2, Some(hs_tx)).await;
+                        }
                         Err(e) => {
                             let _ = hs_tx.send(Err(e));
                         }
@@ -826,7 +851,9 @@ impl Acceptor {
                     let run = async move {
                         let _guard = guard;
                         match Conn::adopt(portable) {
-                            Ok(conn) => pipe::run(conn, pipe, link, None).await,
+                            Ok(conn) => {
+                                pipe::run(conn, pipe, link, None).await;
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "cannot register accepted connection")
                             }

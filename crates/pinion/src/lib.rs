@@ -64,7 +64,7 @@ pub use pinion_core::protocol::ProtocolKind as Protocol;
 pub use pinion_core::{
     CallerError, Header, Message, OpError, Options, PeerError, UpgradeFault, WsViolation,
 };
-pub use pinion_runtime::socket::Endpoint;
+pub use pinion_runtime::socket::{Adopted, Endpoint};
 pub use pinion_runtime::stats::StatsSnapshot;
 pub use pinion_runtime::{Error, Fault, Runtime, RuntimeBuilder, Url};
 pub use socket::{Context, Socket};

@@ -133,7 +133,7 @@ impl Socket {
         tcp: std::net::TcpStream,
         path: &str,
         read: Vec<u8>,
-        hold: Box<dyn Send>,
+        hold: Box<dyn crate::Adopted>,
     ) -> crate::Result<()> {
         self.h.adopt_ws_read(tcp, path, read, hold)
     }
@@ -147,7 +147,7 @@ impl Socket {
     pub fn adopt_tcp(
         &self,
         tcp: std::net::TcpStream,
-        hold: Box<dyn Send>,
+        hold: Box<dyn crate::Adopted>,
         on_handshake: Box<dyn FnOnce(crate::Result<()>) + Send>,
     ) -> crate::Result<()> {
         self.h.adopt_tcp(tcp, hold, on_handshake)

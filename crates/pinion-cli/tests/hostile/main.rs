@@ -210,16 +210,6 @@ fn table(rows: &[Row], cases: &[&Case]) -> String {
 /// CI. A known case that passes is reported as such: take it off the list.
 const KNOWN_FAILING: &[(&str, &str)] = &[
     ("req_never_read_replies", "what a non-reading connection's pipeline already read is held and served: RSS over the case's bound"),
-    ("sp_frame_2pow64_minus_1_pub", "closed, but REP pipes' peer errors are counted in the runtime's socket stats, not in pinion_connections_refused_total"),
-    ("ws_frame_2pow63_sub", "closed without a close frame (EOF, not 1002) and not counted: /sub's reader does not report WebSocket violations"),
-    ("ws_frame_2pow63_pub", "closed with 1002 as RFC 6455 wants, but not counted: the runtime's pipe does not report it to the hub's refusals"),
-    ("ws_frame_2pow63_minus_1_stats", "/stats answers a decoder error with 1000, not 1009, and does not count it"),
-    ("ws_message_over_limit_pub", "closed with 1009 by the runtime's pipe, not counted in the hub's refusals"),
-    ("ws_unmasked_sub", "closed, without a 1002 frame, not counted"),
-    ("ws_million_empty_frames_sub", "no rule cuts a flood of empty frames yet"),
-    ("ws_million_empty_frames_pub", "no rule cuts a flood of empty frames yet"),
-    ("ws_continuation_flood_pub", "no rule cuts a flood of empty continuation frames yet"),
-    ("ws_ping_flood_unread_sub", "pongs queue for a subscriber (one per 256-byte read, over an unbounded channel) faster than the fan-out drains them: 1-3 of 8 cut, RSS 140-190 MiB over its 66 MiB bound"),
 ];
 
 fn known_failing(name: &str) -> Option<&'static str> {

@@ -313,6 +313,10 @@ pub(crate) enum FanIn<S = TcpStream> {
     Writable(u64),
     /// Answer a WebSocket ping.
     Pong(u64, Bytes),
+    /// The WebSocket subscriber broke the protocol (or flooded): send it a
+    /// close frame with this code and reason, then drop it (at once if the
+    /// frame went out, else once it has or after [`CLOSE_GRACE`]).
+    Violation(u64, u16, &'static str),
     /// Ping a WebSocket subscriber that has been silent (its reader task
     /// asks; it drops the subscriber if no answer comes).
     Ping(u64),
@@ -477,6 +481,17 @@ impl<S: SubSocket> Fanout<S> {
                 let pong = ws_frame(0x8A, &payload[..payload.len().min(125)]);
                 let r = self.send(id, s, &mut vec![(CONTROL, pong)]);
                 self.settle(id, r, subs);
+            }
+            FanIn::Violation(id, code, why) => {
+                let Some(s) = subs.get_mut(&id) else { return };
+                if s.closing {
+                    self.drop_sub(id, subs);
+                    return;
+                }
+                self.close_with(id, s, code, why);
+                if s.queue.is_empty() {
+                    self.drop_sub(id, subs);
+                }
             }
             FanIn::Ping(id) => {
                 let Some(s) = subs.get_mut(&id) else { return };

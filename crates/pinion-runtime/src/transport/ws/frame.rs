@@ -27,9 +27,16 @@
 //! * a server expects masked frames and a client unmasked ones; reserved
 //!   bits, reserved opcodes, fragmented or long control frames, stray
 //!   continuations, 1-byte close payloads and invalid close codes →
-//!   [`PeerError::WsFrame`] (close 1002).
+//!   [`PeerError::WsFrame`] (close 1002);
+//! * with a [`FloodLimit`] ([`Decoder::limit_floods`]), frames that carry
+//!   no data — control frames and empty data frames — draw on a token
+//!   bucket refilled by [`Decoder::refill`] (the caller brings the time);
+//!   past it → [`PeerError::WsFlood`] (close 1008). Frames with data need
+//!   no such rule: their bytes are bounded like any other input, while a
+//!   stream of 6-byte empty frames costs a frame's work per 6 bytes.
 
 use std::io::Cursor;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pinion_core::rng::Rng;
@@ -57,8 +64,43 @@ pub mod close {
     pub const PROTOCOL: u16 = 1002;
     /// Unsupported data (a text frame in SP mode).
     pub const UNSUPPORTED: u16 = 1003;
+    /// Policy violation (a flood of frames without data).
+    pub const POLICY: u16 = 1008;
     /// Message too big.
     pub const TOO_BIG: u16 = 1009;
+}
+
+/// How many frames without data (control frames, empty data frames) a
+/// connection may send: `burst` at once, `per_sec` sustained. No client
+/// pinion knows of comes near it (browsers send no pings; libraries ping
+/// every few seconds; pongs follow our own pings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodLimit {
+    /// Frames allowed at once (the bucket's size).
+    pub burst: u32,
+    /// Frames allowed per second (its refill rate).
+    pub per_sec: u32,
+}
+
+impl FloodLimit {
+    /// The limit pinion's WebSocket endpoints apply: 256 at once, 128 a
+    /// second.
+    pub const DEFAULT: FloodLimit = FloodLimit {
+        burst: 256,
+        per_sec: 128,
+    };
+}
+
+/// The token bucket behind a [`FloodLimit`].
+#[derive(Debug, Clone, Copy)]
+struct Flood {
+    limit: FloodLimit,
+    /// Frames still allowed.
+    left: u32,
+    /// When `left` was last topped up (`None`: not yet).
+    at: Option<Instant>,
+    /// Time not yet turned into a whole token.
+    carry: Duration,
 }
 
 /// The close code that answers a peer error found by the decoder.
@@ -66,6 +108,7 @@ pub fn close_code(e: &PeerError) -> u16 {
     match e {
         PeerError::WsText => close::UNSUPPORTED,
         PeerError::TooLarge { .. } => close::TOO_BIG,
+        PeerError::WsFlood { .. } => close::POLICY,
         _ => close::PROTOCOL,
     }
 }
@@ -133,6 +176,10 @@ pub struct Decoder {
     msg_len: u64,
     /// A control frame's payload.
     ctrl: Vec<u8>,
+    /// Frames without data allowed (none: no limit).
+    flood: Option<Flood>,
+    /// The error that stopped it, if one did.
+    fault: Option<PeerError>,
 }
 
 impl Decoder {
@@ -148,7 +195,47 @@ impl Decoder {
             msg: BytesMut::new(),
             msg_len: 0,
             ctrl: Vec::new(),
+            flood: None,
+            fault: None,
         }
+    }
+
+    /// The peer error that stopped the decoder, if one did.
+    pub fn fault(&self) -> Option<PeerError> {
+        self.fault
+    }
+
+    /// Limits frames without data (control frames and empty data frames)
+    /// to `limit`; the bucket starts full. The caller tops it up with
+    /// [`Decoder::refill`] (once per read is enough).
+    pub fn limit_floods(mut self, limit: FloodLimit) -> Self {
+        self.flood = Some(Flood {
+            limit,
+            left: limit.burst,
+            at: None,
+            carry: Duration::ZERO,
+        });
+        self
+    }
+
+    /// Tops the flood bucket up for the time passed since the last call
+    /// (`now` is the caller's clock; the decoder reads none).
+    pub fn refill(&mut self, now: Instant) {
+        let Some(f) = self.flood.as_mut() else { return };
+        let Some(at) = f.at.replace(now) else { return };
+        if f.limit.per_sec == 0 {
+            return;
+        }
+        let per = Duration::from_secs(1) / f.limit.per_sec;
+        let t = f.carry + now.saturating_duration_since(at);
+        let whole = t.as_nanos() / per.as_nanos().max(1);
+        let add = u32::try_from(whole).unwrap_or(u32::MAX);
+        f.left = f.left.saturating_add(add).min(f.limit.burst);
+        f.carry = if f.left == f.limit.burst {
+            Duration::ZERO
+        } else {
+            t.saturating_sub(per * add)
+        };
     }
 
     /// Heap bytes the decoder holds now (a partial message).
@@ -263,6 +350,17 @@ impl Decoder {
         if len >> 63 != 0 {
             return Err(self.fail(PeerError::WsFrame(WsViolation::BadLength)));
         }
+        let light = len == 0 || matches!(h.opcode, OpCode::Control(_));
+        if let Some(f) = self.flood.as_mut().filter(|_| light) {
+            // A close frame ends the connection: never refused for this.
+            if h.opcode != OpCode::Control(Control::Close) {
+                if f.left == 0 {
+                    let FloodLimit { burst, per_sec } = f.limit;
+                    return Err(self.fail(PeerError::WsFlood { burst, per_sec }));
+                }
+                f.left -= 1;
+            }
+        }
         match (self.side, h.mask.is_some()) {
             (Side::Server, false) => {
                 return Err(self.fail(PeerError::WsFrame(WsViolation::Unmasked)))
@@ -355,6 +453,7 @@ impl Decoder {
     }
 
     fn fail(&mut self, e: PeerError) -> PeerError {
+        self.fault = Some(e);
         self.state = State::Done;
         self.msg = BytesMut::new();
         self.ctrl = Vec::new();
@@ -526,6 +625,64 @@ mod tests {
     }
 
     const K: Option<[u8; 4]> = Some([0x12, 0x34, 0x56, 0x78]);
+
+    const SMALL: FloodLimit = FloodLimit {
+        burst: 4,
+        per_sec: 10,
+    };
+
+    #[test]
+    fn frames_without_data_draw_on_the_flood_bucket() {
+        // Pings, pongs, empty binary messages and empty continuations all
+        // count; the fifth at once is refused with 1008.
+        let mut d = Decoder::new(Side::Server, 1024).limit_floods(SMALL);
+        let t0 = Instant::now();
+        d.refill(t0);
+        let mut input = frame(0x9, true, b"p", K);
+        input.extend(frame(0xA, true, b"", K));
+        input.extend(frame(0x2, false, b"", K));
+        input.extend(frame(0x0, true, b"", K));
+        let ev = all(&mut d, &input).unwrap();
+        assert_eq!(ev, vec![Event::Ping(Bytes::from_static(b"p")), Event::Pong, Event::Message(Bytes::new())]);
+        let e = all(&mut d, &frame(0xA, true, b"", K)).unwrap_err();
+        assert_eq!(e, PeerError::WsFlood { burst: 4, per_sec: 10 });
+        assert_eq!(close_code(&e), close::POLICY);
+        assert_eq!(d.fault(), Some(e));
+        // Nothing after the error.
+        let after = frame(0x2, true, b"x", K);
+        let mut input = &after[..];
+        assert_eq!(d.decode(&mut input), Ok(None));
+    }
+
+    #[test]
+    fn the_flood_bucket_refills_with_time_and_data_frames_are_free() {
+        let mut d = Decoder::new(Side::Server, 1024).limit_floods(SMALL);
+        let t0 = Instant::now();
+        d.refill(t0);
+        let pongs = |n: usize| frame(0xA, true, b"", K).repeat(n);
+        assert_eq!(all(&mut d, &pongs(4)).unwrap().len(), 4);
+        // Frames with data cost nothing.
+        let data = frame(0x2, true, b"data", K).repeat(1000);
+        assert_eq!(all(&mut d, &data).unwrap().len(), 1000);
+        // 0.25 s at 10 a second: 2 more (a half left over for later).
+        d.refill(t0 + Duration::from_millis(250));
+        assert_eq!(all(&mut d, &pongs(2)).unwrap().len(), 2);
+        d.refill(t0 + Duration::from_millis(300));
+        assert_eq!(all(&mut d, &pongs(1)).unwrap().len(), 1);
+        // Never more than the burst, however long it was idle; a close
+        // frame is always taken.
+        d.refill(t0 + Duration::from_secs(3600));
+        assert_eq!(all(&mut d, &pongs(4)).unwrap().len(), 4);
+        let ev = all(&mut d, &frame(0x8, true, &1000u16.to_be_bytes(), K)).unwrap();
+        assert_eq!(ev, vec![Event::Close(Some(1000))]);
+    }
+
+    #[test]
+    fn without_a_flood_limit_empty_frames_are_not_counted() {
+        let mut d = Decoder::new(Side::Server, 1024);
+        let pongs = frame(0xA, true, b"", K).repeat(10_000);
+        assert_eq!(all(&mut d, &pongs).unwrap().len(), 10_000);
+    }
 
     #[test]
     fn one_binary_frame_is_one_message_fed_byte_by_byte() {

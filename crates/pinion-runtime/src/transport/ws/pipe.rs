@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tungstenite::protocol::frame::coding::Control;
 
-use super::frame::{self, close, Decoder, Event, Side};
+use super::frame::{self, close, Decoder, Event, FloodLimit, Side};
 use super::handshake::{self, Request};
 use super::{Role, WsConn};
 use crate::error::Error;
@@ -98,7 +98,7 @@ pub(crate) async fn run_pipe(
     pipe: PipeId,
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
-) {
+) -> Option<PeerError> {
     let WsConn { tcp, role, read } = ws;
     let side = match role {
         Role::Server { .. } => Side::Server,
@@ -115,18 +115,18 @@ pub(crate) async fn run_pipe(
             tracing::debug!(pipe = pipe.0, error = %pe, "websocket upgrade refused");
             report(hs, Err(Error::Peer(pe)));
             linger(&tcp, false, None).await;
-            return;
+            return Some(pe);
         }
         Ok(Err(Failed::Io(e))) => {
             link.stats.io_errors.fetch_add(1, Ordering::Relaxed);
             report(hs, Err(Error::io("handshake", "peer", e)));
-            return;
+            return None;
         }
         Err(_) => {
             let pe = PeerError::HandshakeTimeout;
             link.stats.count_peer_error(&pe);
             report(hs, Err(Error::Peer(pe)));
-            return;
+            return Some(pe);
         }
     };
     drop(role);
@@ -147,14 +147,14 @@ pub(crate) async fn run_pipe(
         .is_err()
     {
         report(hs, Err(Error::Closed));
-        return;
+        return None;
     }
     report(hs, Ok(()));
 
     let shared = Shared::default();
     let mut masks =
         (side == Side::Client).then(|| Rng::new(crate::sys::seed() ^ u64::from(pipe.0)));
-    let mut dec = Decoder::new(side, link.opts.recv_max_size);
+    let mut dec = Decoder::new(side, link.opts.recv_max_size).limit_floods(FloodLimit::DEFAULT);
     let reader = read_loop(&tcp, &mut dec, pipe, link, &gate, &shared, leftover);
     let writer = write_loop(&tcp, pipe, link, &mut out_rx, &shared, masks.as_mut());
     let end = tokio::select! {
@@ -197,6 +197,10 @@ pub(crate) async fn run_pipe(
         linger(&tcp, sent, wait_close.then_some(&mut dec)).await;
     } else {
         let _ = socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write);
+    }
+    match end {
+        End::Violation(pe) => Some(pe),
+        _ => None,
     }
 }
 
@@ -387,6 +391,7 @@ async fn read_loop(
             let r = SCRATCH.with_borrow_mut(|s| match tcp.try_read(s) {
                 Ok(0) => Err(Some(End::Eof)),
                 Ok(n) => {
+                    dec.refill(std::time::Instant::now());
                     let (used, end) = feed(dec, &s[..n], &mut batch, shared);
                     if end.is_none() && used < n {
                         pending.extend_from_slice(&s[used..n]);
