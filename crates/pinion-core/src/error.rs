@@ -73,7 +73,9 @@ pub enum PeerError {
     /// data frames) than the connection's allowance: a flood that costs the
     /// reader work per frame with no bytes to bound it. Closed with status
     /// 1008 (policy violation).
-    #[error("WebSocket flood: over {burst} frames without data at once, or over {per_sec} a second")]
+    #[error(
+        "WebSocket flood: over {burst} frames without data at once, or over {per_sec} a second"
+    )]
     WsFlood {
         /// Frames allowed at once.
         burst: u32,

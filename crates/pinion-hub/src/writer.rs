@@ -71,7 +71,10 @@ pub(crate) struct ToStore {
 }
 
 pub(crate) enum ToWriter {
-    Batch(Vec<Item>),
+    /// Requests of one core, and that core's token: dropped (here, as soon
+    /// as the batch joins a group) to tell the core it may send the next
+    /// (see `intake`).
+    Batch(Vec<Item>, Arc<()>),
     /// Final sync and checkpoint, then stop; reports when done.
     Shutdown(mpsc::Sender<()>),
 }
@@ -146,7 +149,7 @@ impl Writer {
             }
             let timeout = next.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(timeout) {
-                Ok(ToWriter::Batch(b)) => group.extend(b),
+                Ok(ToWriter::Batch(b, _taken)) => group.extend(b),
                 Ok(ToWriter::Shutdown(done)) => stop = Some(done),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -154,7 +157,7 @@ impl Writer {
             // Take what else is queued, up to MAX_GROUP: that is the group.
             while stop.is_none() && group.len() < MAX_GROUP {
                 match self.rx.try_recv() {
-                    Ok(ToWriter::Batch(b)) => group.extend(b),
+                    Ok(ToWriter::Batch(b, _taken)) => group.extend(b),
                     Ok(ToWriter::Shutdown(done)) => stop = Some(done),
                     Err(_) => break,
                 }

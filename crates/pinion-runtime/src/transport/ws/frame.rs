@@ -643,9 +643,22 @@ mod tests {
         input.extend(frame(0x2, false, b"", K));
         input.extend(frame(0x0, true, b"", K));
         let ev = all(&mut d, &input).unwrap();
-        assert_eq!(ev, vec![Event::Ping(Bytes::from_static(b"p")), Event::Pong, Event::Message(Bytes::new())]);
+        assert_eq!(
+            ev,
+            vec![
+                Event::Ping(Bytes::from_static(b"p")),
+                Event::Pong,
+                Event::Message(Bytes::new())
+            ]
+        );
         let e = all(&mut d, &frame(0xA, true, b"", K)).unwrap_err();
-        assert_eq!(e, PeerError::WsFlood { burst: 4, per_sec: 10 });
+        assert_eq!(
+            e,
+            PeerError::WsFlood {
+                burst: 4,
+                per_sec: 10
+            }
+        );
         assert_eq!(close_code(&e), close::POLICY);
         assert_eq!(d.fault(), Some(e));
         // Nothing after the error.
