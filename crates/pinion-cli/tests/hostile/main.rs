@@ -208,9 +208,7 @@ fn table(rows: &[Row], cases: &[&Case]) -> String {
 /// print their failures like every case, marked KNOWN; the run fails only
 /// on a failure of any *other* case, so a regression elsewhere still fails
 /// CI. A known case that passes is reported as such: take it off the list.
-const KNOWN_FAILING: &[(&str, &str)] = &[
-    ("req_never_read_replies", "what a non-reading connection's pipeline already read is held and served: RSS over the case's bound"),
-];
+const KNOWN_FAILING: &[(&str, &str)] = &[];
 
 fn known_failing(name: &str) -> Option<&'static str> {
     KNOWN_FAILING
