@@ -177,13 +177,14 @@ pub(crate) async fn read_until_gone(
     let mut silent_until = every.map(|e| tokio::time::Instant::now() + e);
     let mut pinged = false;
     // Frames that came with the upgrade request are decoded first.
-    let mut done = match dec.as_mut() {
+    let mut fed = match dec.as_mut() {
         Some(d) if !first.is_empty() => {
             d.refill(std::time::Instant::now());
-            !feed(id, d, &first, &fan, gate)
+            feed(id, d, &first, &fan, gate)
         }
-        _ => false,
+        _ => Fed::Alive,
     };
+    let mut done = fed != Fed::Alive;
     while !done {
         let ready = match silent_until {
             Some(t) => tokio::time::timeout_at(t, io.readable()).await,
@@ -214,25 +215,32 @@ pub(crate) async fn read_until_gone(
         silent_until = every.map(|e| tokio::time::Instant::now() + e);
         if let Some(d) = dec.as_mut() {
             d.refill(std::time::Instant::now());
-            done = !feed(id, d, &buf[..n], &fan, gate);
+            fed = feed(id, d, &buf[..n], &fan, gate);
+            done = fed != Fed::Alive;
         }
     }
     // After a violation the fan-out drops it once its close frame is out.
-    if !violated(&dec) {
+    if fed != Fed::Violation {
         let _ = fan.send(FanIn::Gone(id));
     }
 }
 
-/// Whether the reader stopped on a protocol violation (the fan-out was
-/// told to close with a frame saying so).
-fn violated(dec: &Option<Decoder>) -> bool {
-    dec.as_ref().is_some_and(|d| d.fault().is_some())
+/// What a subscriber's input came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fed {
+    /// Nothing final: read on.
+    Alive,
+    /// A close frame: the subscriber is done.
+    Closed,
+    /// A protocol violation: the fan-out was told to close with a frame
+    /// saying so.
+    Violation,
 }
 
 /// Decodes what a WebSocket subscriber sent: pings are handed to the
-/// fan-out to answer; `false` when the subscriber is done (a close frame,
-/// or a protocol violation: then the fan-out is told to close with the
-/// matching code, and the refusal is counted on `gate`'s port).
+/// fan-out to answer. The subscriber is done after a close frame, or after
+/// a protocol violation: then the fan-out is told to close with the
+/// matching code, and the refusal is counted on `gate`'s port.
 ///
 /// Only the last ping of what one read brought is answered (RFC 6455
 /// §5.5.3 allows answering only the latest): a flood of pings costs the
@@ -244,25 +252,25 @@ fn feed(
     mut input: &[u8],
     fan: &UnboundedSender<FanIn>,
     gate: &Gate,
-) -> bool {
+) -> Fed {
     let mut ping = None;
-    let alive = loop {
+    let fed = loop {
         match dec.decode(&mut input) {
             Ok(Some(Event::Ping(p))) => ping = Some(p),
-            Ok(Some(Event::Close(_))) => break false,
+            Ok(Some(Event::Close(_))) => break Fed::Closed,
             Err(e) => {
                 gate.refuse(Refusal::of_peer_error(&e));
                 let _ = fan.send(FanIn::Violation(id, frame::close_code(&e), reason(&e)));
-                break false;
+                break Fed::Violation;
             }
             Ok(Some(_)) => {}
-            Ok(None) => break true,
+            Ok(None) => break Fed::Alive,
         }
     };
-    if let Some(p) = ping.filter(|_| alive) {
+    if let Some(p) = ping.filter(|_| fed == Fed::Alive) {
         let _ = fan.send(FanIn::Pong(id, p));
     }
-    alive
+    fed
 }
 
 /// A decoder for what a WebSocket subscriber (or `/stats` reader) sends,

@@ -90,10 +90,12 @@ pub enum PipeEvent {
 /// that connection's requests) without touching the others: while closed,
 /// the pipe's reader does not read, so TCP pushes back on that peer alone.
 ///
-/// Two parties may close it for their own reasons, the application
-/// ([`ReadGate::set_paused`]) and the pattern (REP holding replies the peer
-/// does not read, [`ReadGate::set_paused_by`] with [`ReadGate::PATTERN`]);
-/// it is open only when neither holds it closed.
+/// Three parties may close it for their own reasons, the application
+/// ([`ReadGate::set_paused`]), the pattern (REP holding replies the peer
+/// does not read, [`ReadGate::set_paused_by`] with [`ReadGate::PATTERN`])
+/// and the pipe itself until the socket has taken its last event of
+/// messages ([`ReadGate::EVENT`]); it is open only when none holds it
+/// closed.
 #[derive(Debug, Default)]
 pub struct ReadGate {
     closed: std::sync::atomic::AtomicU8,
@@ -105,6 +107,14 @@ impl ReadGate {
     pub const APP: u8 = 1;
     /// The pattern's reason (`Output::PausePipe`).
     pub const PATTERN: u8 = 2;
+    /// The pipe's last event of messages waits for the socket to take it.
+    /// A pipe reads and decodes nothing more meanwhile, so the socket's
+    /// event queue holds at most one event (≤ [`MAX_EVENT_MSGS`]
+    /// messages) per pipe, and pipes are taken in turn: a connection that
+    /// sends one message is behind at most one event of each other
+    /// connection, not behind everything a fast one could read ahead (it
+    /// was up to 64 events, 8,192 messages, of one connection).
+    pub const EVENT: u8 = 4;
 
     /// Stops (`true`) or resumes (`false`) reading, for the application.
     pub fn set_paused(&self, paused: bool) {
@@ -406,6 +416,7 @@ async fn run_stream(
                 None => None,
             };
             if let Some(ev) = ev {
+                gate.set_paused_by(ReadGate::EVENT, true);
                 if link.events.send(ev).await.is_err() {
                     return Ok(());
                 }
@@ -533,6 +544,7 @@ async fn run_inproc(
                     Err(_) => break,
                 }
             }
+            gate.set_paused_by(ReadGate::EVENT, true);
             if link
                 .events
                 .send(PipeEvent::Messages(pipe, batch))

@@ -1214,6 +1214,7 @@ impl Driver {
             PipeEvent::Message(pipe, m) => {
                 self.stats.msgs_received.fetch_add(1, Ordering::Relaxed);
                 self.proto.handle_message(pipe, m, now);
+                self.event_taken(pipe);
             }
             PipeEvent::Messages(pipe, batch) => {
                 self.stats
@@ -1222,8 +1223,17 @@ impl Driver {
                 for m in batch {
                     self.proto.handle_message(pipe, m, now);
                 }
+                self.event_taken(pipe);
             }
             PipeEvent::Down(pipe) => self.pipe_gone(pipe),
+        }
+    }
+
+    /// Lets `pipe` read and decode its next event (see
+    /// [`ReadGate::EVENT`](crate::pipe::ReadGate::EVENT)).
+    fn event_taken(&self, pipe: PipeId) {
+        if let Some(p) = self.pipes.get(&pipe) {
+            p.gate.set_paused_by(crate::pipe::ReadGate::EVENT, false);
         }
     }
 

@@ -36,7 +36,7 @@
 //!   stream of 6-byte empty frames costs a frame's work per 6 bytes.
 
 use std::io::Cursor;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use pinion_core::rng::Rng;
@@ -99,8 +99,9 @@ struct Flood {
     left: u32,
     /// When `left` was last topped up (`None`: not yet).
     at: Option<Instant>,
-    /// Time not yet turned into a whole token.
-    carry: Duration,
+    /// Nanoseconds not yet turned into a whole token (under one token's
+    /// period, at most a second).
+    carry_ns: u32,
 }
 
 /// The close code that answers a peer error found by the decoder.
@@ -178,8 +179,6 @@ pub struct Decoder {
     ctrl: Vec<u8>,
     /// Frames without data allowed (none: no limit).
     flood: Option<Flood>,
-    /// The error that stopped it, if one did.
-    fault: Option<PeerError>,
 }
 
 impl Decoder {
@@ -196,13 +195,7 @@ impl Decoder {
             msg_len: 0,
             ctrl: Vec::new(),
             flood: None,
-            fault: None,
         }
-    }
-
-    /// The peer error that stopped the decoder, if one did.
-    pub fn fault(&self) -> Option<PeerError> {
-        self.fault
     }
 
     /// Limits frames without data (control frames and empty data frames)
@@ -213,7 +206,7 @@ impl Decoder {
             limit,
             left: limit.burst,
             at: None,
-            carry: Duration::ZERO,
+            carry_ns: 0,
         });
         self
     }
@@ -226,15 +219,18 @@ impl Decoder {
         if f.limit.per_sec == 0 {
             return;
         }
-        let per = Duration::from_secs(1) / f.limit.per_sec;
-        let t = f.carry + now.saturating_duration_since(at);
-        let whole = t.as_nanos() / per.as_nanos().max(1);
-        let add = u32::try_from(whole).unwrap_or(u32::MAX);
+        // One token's period, in nanoseconds (≥ 1, ≤ 10^9).
+        let per = (1_000_000_000 / u64::from(f.limit.per_sec)).max(1);
+        let elapsed =
+            u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+        let t = elapsed.saturating_add(u64::from(f.carry_ns));
+        let add = u32::try_from(t / per).unwrap_or(u32::MAX);
         f.left = f.left.saturating_add(add).min(f.limit.burst);
-        f.carry = if f.left == f.limit.burst {
-            Duration::ZERO
+        f.carry_ns = if f.left == f.limit.burst {
+            0
         } else {
-            t.saturating_sub(per * add)
+            // Under `per`, itself at most 10^9.
+            u32::try_from(t % per).unwrap_or(0)
         };
     }
 
@@ -453,7 +449,6 @@ impl Decoder {
     }
 
     fn fail(&mut self, e: PeerError) -> PeerError {
-        self.fault = Some(e);
         self.state = State::Done;
         self.msg = BytesMut::new();
         self.ctrl = Vec::new();
@@ -588,6 +583,7 @@ pub fn encode_close(code: u16, masks: Option<&mut Rng>, out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     /// Frames `payload` as a client would (masked) or a server (not).
     fn frame(op: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
@@ -660,7 +656,6 @@ mod tests {
             }
         );
         assert_eq!(close_code(&e), close::POLICY);
-        assert_eq!(d.fault(), Some(e));
         // Nothing after the error.
         let after = frame(0x2, true, b"x", K);
         let mut input = &after[..];
