@@ -432,6 +432,7 @@ impl Hub {
             checkpoint_every: cfg.checkpoint_interval,
             horizon: cfg.dedup_horizon,
             max_sessions: cfg.max_sessions,
+            evicted: 0,
             rx: writer_rx,
             cores: answer_txs,
             store_tx,

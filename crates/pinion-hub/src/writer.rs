@@ -87,6 +87,9 @@ pub(crate) struct Writer {
     pub horizon: u64,
     /// Sessions held at most (the horizon shortens past it).
     pub max_sessions: usize,
+    /// Sessions forgotten over `max_sessions` since the last checkpoint
+    /// (reported there).
+    pub evicted: usize,
     pub rx: mpsc::Receiver<ToWriter>,
     pub cores: Vec<UnboundedSender<Vec<Answer>>>,
     pub store_tx: mpsc::Sender<ToStore>,
@@ -118,6 +121,10 @@ pub(crate) struct Writer {
 /// commit is far past where grouping stops paying (an fdatasync covers them
 /// all either way).
 const MAX_GROUP: usize = 16 * 1024;
+
+/// Heap entries the writer may visit evicting sessions after a group,
+/// beyond one per request of the group (see [`Sessions::evict_toward`]).
+const EVICT_SLACK: usize = 1024;
 
 pub(crate) fn now_us() -> u64 {
     SystemTime::now()
@@ -163,7 +170,14 @@ impl Writer {
                 }
             }
             if !group.is_empty() {
+                let n = group.len();
                 self.commit_group(&mut group, &mut outbox, &mut durable, &mut last_sync);
+                // Over max_sessions: evict as fast as new clients come (at
+                // most one new session per request), a little at a time.
+                let e = self
+                    .sessions
+                    .evict_toward(self.max_sessions, n + EVICT_SLACK);
+                self.evicted += e.sessions;
                 for (core, answers) in outbox.iter_mut().enumerate() {
                     if !answers.is_empty() {
                         let _ = self.cores[core].send(std::mem::take(answers));
@@ -238,11 +252,13 @@ impl Writer {
             .evict_before(head.saturating_sub(self.horizon));
         // More clients within the horizon than the hub holds sessions for
         // (a flood of ids): the oldest entries go first, as if the horizon
-        // were shorter.
-        let shortened = self.sessions.evict_to(self.max_sessions);
-        if shortened.sessions > 0 {
+        // were shorter. Most were evicted after each group already (see
+        // `commit_group`'s caller); what is left goes now.
+        let shortened = self.sessions.evict_to(self.max_sessions).sessions + self.evicted;
+        self.evicted = 0;
+        if shortened > 0 {
             tracing::warn!(
-                forgotten = shortened.sessions,
+                forgotten = shortened,
                 max_sessions = self.max_sessions,
                 "more clients than max_sessions within the dedup horizon: forgot the oldest"
             );
