@@ -34,7 +34,7 @@ pub fn binary() -> PathBuf {
 ///   a stall of a few milliseconds once a second that lands right around
 ///   the p99 of a 1,500-message window whether or not anything attacks.
 ///   Cases last seconds, so none checkpoints; `million_client_ids`, whose
-///   session cap is applied at checkpoints, sets it back to 1 s.
+///   session cap's remainder is applied at checkpoints, sets it back to 1 s.
 /// * `preallocate = 0`: the default pre-zeroes 64 MiB of log at start (a
 ///   64 MiB write per case); plain appends keep the cases quick.
 pub const BASE_TOML: &str =
