@@ -1122,6 +1122,10 @@ fn publish_phase(
     Ok(out)
 }
 
+/// How long the slow phase waits, after its last message, for the hub to
+/// cut the subscribers that never read (see where it is used).
+const SLOW_CUT_WAIT: Duration = Duration::from_secs(5);
+
 fn phase_result(
     p: &PhasePlan<'_>,
     pubd: &Published,
@@ -1323,6 +1327,19 @@ fn one_run(
             &bar,
         )?);
         bar.finish_and_clear();
+        // The last round of filler is still on its way to the stalled
+        // subscribers when the phase ends (kernel buffers first, then the
+        // hub's queue), so the hub's cut of them can land after it: give it
+        // up to SLOW_CUT_WAIT, outside every timed figure, before counting.
+        let until = Instant::now() + SLOW_CUT_WAIT;
+        while Instant::now() < until {
+            match hub::metrics(addrs.http) {
+                Ok(m) if m.slow_disconnects.saturating_sub(cut0) >= args.slow as u64 => break,
+                _ => {}
+            }
+            check_interrupted()?;
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     let rss2 = hub_pid.and_then(hub::rss_bytes);
     let after = hub::metrics(addrs.http).ok();
