@@ -217,8 +217,8 @@ fn cpu_snap(hub_pid: u32) -> CpuSnap {
     }
 }
 
-/// Cores' worth of CPU the hub used between two snapshots.
-fn hub_cores(a: CpuSnap, b: CpuSnap) -> f64 {
+/// `used` jiffies between two snapshots, in cores' worth of CPU.
+fn cores_of(a: CpuSnap, b: CpuSnap, used: f64) -> f64 {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1) as f64;
@@ -226,20 +226,18 @@ fn hub_cores(a: CpuSnap, b: CpuSnap) -> f64 {
     if all == 0.0 {
         return 0.0;
     }
-    b.hub.saturating_sub(a.hub) as f64 * cpus / all
+    used * cpus / all
+}
+
+/// Cores' worth of CPU the hub used between two snapshots.
+fn hub_cores(a: CpuSnap, b: CpuSnap) -> f64 {
+    cores_of(a, b, b.hub.saturating_sub(a.hub) as f64)
 }
 
 /// Cores' worth of CPU used by other processes between two snapshots.
 fn foreign_cores(a: CpuSnap, b: CpuSnap) -> f64 {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1) as f64;
-    let all = b.all.saturating_sub(a.all) as f64;
-    if all == 0.0 {
-        return 0.0;
-    }
     let foreign = b.busy.saturating_sub(a.busy) as f64 - b.ours.saturating_sub(a.ours) as f64;
-    (foreign.max(0.0) * cpus / all).max(0.0)
+    cores_of(a, b, foreign.max(0.0)).max(0.0)
 }
 
 /// A window during which other processes used more than this many cores'
