@@ -27,17 +27,20 @@
 //! core hands the writer one batch at a time: the next only once the
 //! writer has taken the previous one into a group (the batch's token is
 //! dropped then), made of at most [`QUANTUM`] requests of each connection
-//! in turn, [`MAX_SEND`] in all. So what waits ahead of a request *in
-//! the intake* is at most the group being committed and one batch, not
-//! everything every other connection has in flight: a client that sends
-//! one request at a time gets it into the next batch however many
-//! requests 200 pipelining clients have queued here. (What reaches the
-//! intake first is another matter: the hostile suite's
-//! `req_never_read_replies` went from a median p99 ×41.8 to ×29.7 with
-//! this; where the rest of its wait is spent is not traced yet,
-//! docs/HARDENING.md.) The
-//! writer still always has the next batch when it finishes a group, so a
-//! single pipelining client loses nothing.
+//! in turn, [`MAX_SEND`] in all, connections that were idle first. So
+//! what waits ahead of a request *in the intake* is at most the group
+//! being committed and one batch, not everything every other connection
+//! has in flight: a client that sends one request at a time gets it into
+//! the next batch however many requests 200 pipelining clients have
+//! queued here. The writer still always has the next batch when it
+//! finishes a group, so a single pipelining client loses nothing.
+//!
+//! Under a burst of 100,000 requests from 200 connections (the hostile
+//! suite's `req_never_read_replies`) an instrumented build showed where a
+//! light client's request waits: before the intake takes it (its pipe's
+//! turn on a saturated core), between the intake and its answer (the
+//! batch ahead of it and its own group), and on the way back; the first
+//! two about equally. docs/HARDENING.md has the figures.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
@@ -63,35 +66,59 @@ const BATCH: usize = 512;
 /// made.
 const QUANTUM: usize = 16;
 
-/// Requests in one batch for the writer, at most.
-const MAX_SEND: usize = 4096;
+/// Requests in one batch for the writer, at most. A group is about one
+/// batch per core, and a request that arrives while one is being
+/// committed waits for it and its own: under a burst, groups of 8,192
+/// took 5-25 ms to commit, groups of 2,048 take 0.5-2 ms. Throughput does
+/// not need more: with 50 clients pipelining 16 each, groups hold about
+/// 220 requests.
+const MAX_SEND: usize = 1024;
 
 /// Admitted requests not yet handed to the writer: a queue per connection,
-/// served in turn.
+/// served in turn, newly active connections first.
+///
+/// A connection whose queue was empty joins `fresh`, which is served
+/// before the round of busy connections (`order`), as in DRR++ and
+/// FQ-CoDel's new flows: a client with one request in flight gets it into
+/// the very next batch, not behind one quantum of each of 100 pipelining
+/// connections (1,600 requests, more than a batch holds). A fresh
+/// connection then joins the back of `order`, even with nothing left, so
+/// it is fresh again only after a whole round of the others: sending a
+/// little at a time does not buy a permanent head of the line.
 #[derive(Default)]
 struct Fair {
     queues: HashMap<u32, VecDeque<Item>>,
-    /// Connections with a non-empty queue, in serving order.
+    /// Connections that were idle, in arrival order; served first.
+    fresh: VecDeque<u32>,
+    /// The round of connections with requests (or just served fresh), in
+    /// serving order.
     order: VecDeque<u32>,
     len: usize,
 }
 
 impl Fair {
     fn push(&mut self, pipe: u32, it: Item) {
-        let q = self.queues.entry(pipe).or_default();
-        if q.is_empty() {
-            self.order.push_back(pipe);
+        match self.queues.get_mut(&pipe) {
+            Some(q) => q.push_back(it),
+            None => {
+                self.queues.insert(pipe, VecDeque::from([it]));
+                self.fresh.push_back(pipe);
+            }
         }
-        q.push_back(it);
         self.len += 1;
     }
 
     /// Moves up to `max` requests into `out`, at most `quantum` of one
-    /// connection per turn; a connection with more goes to the back.
+    /// connection per turn; fresh connections first, then the round, a
+    /// connection with more going to the back of the round.
     fn take(&mut self, max: usize, quantum: usize, out: &mut Vec<Item>) {
         while out.len() < max {
-            let Some(pipe) = self.order.pop_front() else {
-                break;
+            let (pipe, was_fresh) = match self.fresh.pop_front() {
+                Some(p) => (p, true),
+                None => match self.order.pop_front() {
+                    Some(p) => (p, false),
+                    None => break,
+                },
             };
             let Some(q) = self.queues.get_mut(&pipe) else {
                 continue;
@@ -99,7 +126,7 @@ impl Fair {
             let n = quantum.min(max - out.len()).min(q.len());
             out.extend(q.drain(..n));
             self.len -= n;
-            if q.is_empty() {
+            if q.is_empty() && !was_fresh {
                 self.queues.remove(&pipe);
             } else {
                 self.order.push_back(pipe);
@@ -384,7 +411,7 @@ mod tests {
             ]
         );
         assert_eq!(f.len, 0);
-        assert!(f.queues.is_empty() && f.order.is_empty());
+        assert!(f.queues.is_empty() && f.order.is_empty() && f.fresh.is_empty());
     }
 
     #[test]
@@ -398,9 +425,7 @@ mod tests {
         let mut first = Vec::new();
         f.take(4096, 32, &mut first);
         assert_eq!(first.len(), 4096);
-        // 128 turns of 32: every connection once, the first 28 twice. A
-        // newcomer joins the back of the turn order: behind at most one
-        // turn of each of the others.
+        // 128 turns of 32: every connection once, the first 28 twice.
         f.push(999, item(999, 0));
         let mut second = Vec::new();
         f.take(4096, 32, &mut second);
@@ -408,7 +433,8 @@ mod tests {
             .iter()
             .position(|i| i.pipe == 999)
             .expect("in the next batch");
-        assert!(pos <= 100 * 32, "at {pos}");
+        // A newly active connection goes first.
+        assert_eq!(pos, 0);
         assert_eq!(f.len, 100 * 500 + 1 - 2 * 4096);
         // Order within a connection is kept.
         let mut all = first;
@@ -422,5 +448,34 @@ mod tests {
                 .collect();
             assert_eq!(s, (0..500).collect::<Vec<_>>());
         }
+    }
+
+    #[test]
+    fn a_connection_is_fresh_again_only_after_a_round_of_the_others() {
+        let mut f = Fair::default();
+        for n in 0..100 {
+            f.push(1, item(1, n));
+            f.push(2, item(2, n));
+        }
+        let mut out = Vec::new();
+        f.take(8, 4, &mut out);
+        // Connection 3 sends one request: first in the next batch.
+        f.push(3, item(3, 0));
+        out.clear();
+        f.take(1, 4, &mut out);
+        assert_eq!(seqs(&out), vec![(3, 0)]);
+        // It sends another at once: now it waits its turn behind the
+        // round (1 and 2 go first), it does not jump the line again.
+        f.push(3, item(3, 1));
+        out.clear();
+        f.take(12, 4, &mut out);
+        let order: Vec<u32> = out.iter().map(|i| i.pipe).collect();
+        assert_eq!(order, vec![1, 1, 1, 1, 2, 2, 2, 2, 3, 1, 1, 1]);
+        // Once it has been served and the round has passed, a new
+        // request of it is fresh again.
+        f.push(3, item(3, 2));
+        out.clear();
+        f.take(4, 4, &mut out);
+        assert_eq!(seqs(&out)[0], (3, 2));
     }
 }

@@ -20,6 +20,7 @@
 //! and TCP flow control pushes back on the peer.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -198,6 +199,51 @@ const READ_CHUNK_MIN: usize = 4 * 1024;
 /// Past this many the rest of the buffer is decoded after the event is
 /// taken, before reading more.
 pub const MAX_EVENT_MSGS: usize = 128;
+/// Fewest messages in one event: the cap when many pipes have events
+/// waiting (see [`event_cap`]).
+pub const MIN_EVENT_MSGS: usize = 16;
+/// Messages that other busy pipes' events may hold ahead of a newcomer,
+/// about: [`event_cap`] shrinks events toward it.
+const EVENT_BUDGET: usize = 1024;
+
+/// Messages a pipe may put in its next event, given how many pipes of its
+/// socket are reading back to back (`Stats::busy_pipes`). The socket's
+/// driver takes one event per pipe in turn ([`ReadGate::EVENT`]), so a
+/// connection that sends one message waits behind about one event of
+/// each busy pipe: a lone busy pipe gets [`MAX_EVENT_MSGS`] (fewer task
+/// switches), and with many each gets less, down to [`MIN_EVENT_MSGS`],
+/// keeping that wait near [`EVENT_BUDGET`] messages rather than 128 per
+/// busy pipe (12,800 with 100 pipelining peers on a core; the hostile
+/// suite's `req_never_read_replies`).
+pub fn event_cap(busy: u64) -> usize {
+    let busy = usize::try_from(busy).unwrap_or(usize::MAX).max(1);
+    (EVENT_BUDGET / busy).clamp(MIN_EVENT_MSGS, MAX_EVENT_MSGS)
+}
+
+/// This pipe's place in `Stats::busy_pipes`; leaves it when dropped.
+struct Busy<'a> {
+    stats: &'a Stats,
+    counted: bool,
+}
+
+impl Busy<'_> {
+    fn set(&mut self, busy: bool) {
+        if busy != self.counted {
+            self.counted = busy;
+            if busy {
+                self.stats.busy_pipes.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.stats.busy_pipes.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.set(false);
+    }
+}
 /// A read buffer with less spare room than this gets a new chunk.
 const MIN_SPARE: usize = 4 * 1024;
 /// Bodies at least this long are written with a vectored write from their
@@ -327,6 +373,10 @@ async fn run_stream(
         // The previous event stopped at MAX_EVENT_MSGS: decode the rest of
         // the buffer before reading more.
         let mut more = false;
+        let mut busy = Busy {
+            stats: &link.stats,
+            counted: false,
+        };
         loop {
             gate.wait_open().await;
             if !more {
@@ -364,6 +414,7 @@ async fn run_stream(
                     Ok(0) => return Err(Err(io::Error::from(io::ErrorKind::UnexpectedEof))),
                     Ok(n) => last_read = n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        busy.set(false);
                         if buf.is_empty() {
                             // Going idle: give the buffer back (messages
                             // split off it keep their own part of the
@@ -386,8 +437,9 @@ async fn run_stream(
             let mut batch = Vec::new();
             let mut bad = None;
             more = false;
+            let cap = event_cap(link.stats.busy_pipes.load(Ordering::Relaxed));
             loop {
-                if batch.len() + usize::from(first.is_some()) >= MAX_EVENT_MSGS {
+                if batch.len() + usize::from(first.is_some()) >= cap {
                     more = true;
                     break;
                 }
@@ -409,6 +461,10 @@ async fn run_stream(
                         break;
                     }
                 }
+            }
+            // More than one message in a read: the peer is pipelining.
+            if more || !batch.is_empty() {
+                busy.set(true);
             }
             let ev = match first {
                 Some(m) => Some(PipeEvent::Message(pipe, m)),

@@ -61,6 +61,11 @@ counters! {
     msgs_sent,
     /// Messages received from pipes.
     msgs_received,
+    /// Pipes reading back to back right now (a gauge, not a counter): a
+    /// pipe counts from a read that holds more than one message until a
+    /// read finds nothing waiting. It sizes their events
+    /// ([`event_cap`](crate::pipe::event_cap)).
+    busy_pipes,
 }
 
 impl Stats {

@@ -73,6 +73,12 @@ pub fn cases() -> Vec<Case> {
             run: source_cap_http,
         },
         Case {
+            name: "control_1024_idle_elsewhere",
+            what: "control, no attack on the hub: 1,024 idle TCP connections (1,000/s, one source) to a listener of the test process, held like source_cap_*'s; what open sockets alone do to loopback latency on this machine",
+            spec: || Spec::new("", 16),
+            run: idle_elsewhere,
+        },
+        Case {
             name: "source_cap_sub",
             what: "64 SP subscribers from one source with max_connections_per_source = 32",
             spec: || Spec::new("max_connections_per_source = 32", 32),
@@ -95,6 +101,57 @@ pub fn cases() -> Vec<Case> {
 
 fn control(t: &mut Trial) {
     t.attack(|ctx| while ctx.sleep(Duration::from_millis(50)) {});
+    t.expect(
+        "pinion_connections_refused_total*",
+        Cmp::AtMost(0.0),
+        "any refusal",
+    );
+}
+
+/// The `source_cap_*` cases' connections without the hub: as many idle
+/// connections, opened at the same pace from one source, to a listener of
+/// the test process that accepts and holds them. The hub sees none of
+/// them, so whatever this does to the legitimate traffic's latency is the
+/// machine's (open sockets on loopback), not the hub's handling of them.
+fn idle_elsewhere(t: &mut Trial) {
+    const N: usize = 1024;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let to = listener.local_addr().expect("local addr");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (opened, accepted) = std::thread::scope(|sc| {
+        let acceptor = sc.spawn(|| {
+            let _ = listener.set_nonblocking(true);
+            let mut held = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match listener.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+            held.len()
+        });
+        let opened = t.attack(|ctx| {
+            let mut held = Vec::new();
+            let pace = Pacer::new(1000);
+            for i in 0..N {
+                pace.wait(i);
+                if let Ok(s) = wire::connect_from(wire::src(0), to, None) {
+                    held.push(s);
+                }
+            }
+            while ctx.sleep(Duration::from_millis(50)) {}
+            held.len()
+        });
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        (opened, acceptor.join().unwrap_or(0))
+    });
+    t.peer(format!(
+        "{opened} of {N} opened, {accepted} accepted by the test's listener (none to the hub)"
+    ));
+    t.check(
+        opened == N && accepted == N,
+        format!("{opened} opened, {accepted} accepted of {N}"),
+    );
     t.expect(
         "pinion_connections_refused_total*",
         Cmp::AtMost(0.0),
