@@ -318,6 +318,12 @@ impl Hub {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
+        // And make the descriptor table that large now, before the cores'
+        // threads start: growing it later stalls every core at once (see
+        // `reserve_fd_table`).
+        if let Err(e) = pinion_runtime::sys::reserve_fd_table(1 << 16) {
+            tracing::warn!(error = %e, "cannot size the descriptor table up front");
+        }
 
         // Cores and their sockets.
         let mut rb = Runtime::builder().name("pinion-hub");
