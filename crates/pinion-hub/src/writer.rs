@@ -62,12 +62,14 @@ pub(crate) struct Answer {
     pub received: Instant,
 }
 
-/// One checkpoint on its way to the checkpoint thread.
+/// Changes on their way to the checkpoint thread: a checkpoint (`ck`
+/// set), or part of the next one taken early (`ck` None: held by the
+/// thread, written with the next checkpoint, never before it).
 pub(crate) struct ToStore {
     /// Rows to write and to delete.
     pub changes: Changes,
     /// The offsets they cover.
-    pub ck: Checkpoint,
+    pub ck: Option<Checkpoint>,
 }
 
 pub(crate) enum ToWriter {
@@ -126,6 +128,12 @@ const MAX_GROUP: usize = 16 * 1024;
 /// beyond one per request of the group (see [`Sessions::evict_toward`]).
 const EVICT_SLACK: usize = 1024;
 
+/// Clients changed since the last checkpoint past which the writer hands
+/// some of their rows to the checkpoint thread after each group, instead
+/// of all at the next checkpoint (see [`Sessions::take_dirty_some`]). A
+/// few busy clients never get there.
+const DIRTY_EARLY: usize = 8192;
+
 pub(crate) fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -178,6 +186,13 @@ impl Writer {
                     .sessions
                     .evict_toward(self.max_sessions, n + EVICT_SLACK);
                 self.evicted += e.sessions;
+                // Many clients changed (a flood of new ids): hand some rows
+                // over now. Each request changes two clients at most (its
+                // own, and one evicted for it), so this keeps up.
+                if self.sessions.dirty_len() > DIRTY_EARLY {
+                    let changes = self.sessions.take_dirty_some(2 * n + EVICT_SLACK);
+                    let _ = self.store_tx.send(ToStore { changes, ck: None });
+                }
                 for (core, answers) in outbox.iter_mut().enumerate() {
                     if !answers.is_empty() {
                         let _ = self.cores[core].send(std::mem::take(answers));
@@ -269,7 +284,10 @@ impl Writer {
             replay_from: self.sessions.replay_from(head),
         };
         publish_session_stats(&self.sessions, &self.shared.stats);
-        let _ = self.store_tx.send(ToStore { changes, ck });
+        let _ = self.store_tx.send(ToStore {
+            changes,
+            ck: Some(ck),
+        });
     }
 
     fn commit_group(
@@ -584,15 +602,19 @@ pub(crate) fn release(backlog: &AtomicUsize, stats: &HubStats, b: &FanBatch) {
 /// The checkpoint thread: writes what the writer hands it to SQLite,
 /// keeping changes whose write failed for the next attempt.
 ///
-/// Checkpoints that queued up meanwhile (or failed) are coalesced per
-/// client, the later change winning: a client forgotten and then back
-/// before the write is written, one back and then forgotten again is
-/// deleted.
+/// Changes are merged per client in the order they come, the later change
+/// winning: a client forgotten and then back is written, one back and
+/// then forgotten again is deleted. They are written only with a
+/// checkpoint, and only changes taken before that checkpoint: what the
+/// writer handed over early (no checkpoint) waits for the next one, so
+/// the store never holds a row newer than its checkpoint. Checkpoints that
+/// queued up meanwhile (SQLite was slow, or a write failed) are coalesced
+/// into one write.
 pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
     // Per client: `Some(row)` to write, `None` to delete.
     let mut pending: HashMap<ClientId, Option<SessionRow>> = HashMap::new();
     let merge = |pending: &mut HashMap<ClientId, Option<SessionRow>>, c: Changes| {
-        // One checkpoint names a client once, so the order within it does
+        // One message names a client once, so the order within it does
         // not matter.
         for id in c.forgotten {
             pending.insert(id, None);
@@ -601,15 +623,10 @@ pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
             pending.insert(r.client_id, Some(r));
         }
     };
-    while let Ok(ToStore { changes, mut ck }) = rx.recv() {
-        merge(&mut pending, changes);
-        while let Ok(next) = rx.try_recv() {
-            merge(&mut pending, next.changes);
-            ck = next.ck;
-        }
+    let mut write = |pending: &mut HashMap<ClientId, Option<SessionRow>>, ck: Checkpoint| {
         let mut rows = Vec::new();
         let mut forgotten = Vec::new();
-        for (id, change) in &pending {
+        for (id, change) in pending.iter() {
             match change {
                 Some(r) => rows.push(r.clone()),
                 None => forgotten.push(*id),
@@ -617,8 +634,30 @@ pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
         }
         match store.write_checkpoint(&rows, &forgotten, ck, now_us()) {
             // A new table: the one a burst grew is not kept.
-            Ok(()) => pending = HashMap::new(),
+            Ok(()) => *pending = HashMap::new(),
+            // Kept, and written with the next checkpoint (which covers
+            // everything merged until then).
             Err(e) => tracing::error!(error = %e, "session checkpoint failed; will retry"),
+        }
+    };
+    while let Ok(first) = rx.recv() {
+        merge(&mut pending, first.changes);
+        let mut ck = first.ck;
+        while let Ok(next) = rx.try_recv() {
+            if next.ck.is_none() {
+                // Taken after the checkpoint in hand: that one is written
+                // first, without them.
+                if let Some(c) = ck.take() {
+                    write(&mut pending, c);
+                }
+            }
+            merge(&mut pending, next.changes);
+            if next.ck.is_some() {
+                ck = next.ck;
+            }
+        }
+        if let Some(c) = ck {
+            write(&mut pending, c);
         }
     }
 }
@@ -648,6 +687,43 @@ mod tests {
     }
 
     #[test]
+    fn run_store_writes_early_changes_only_with_a_later_checkpoint() {
+        let dir = temp_dir("store-early");
+        let path = dir.join("s.sqlite");
+        let store = Store::open(&path).unwrap();
+        let ck = |o| Checkpoint {
+            log_offset: o,
+            replay_from: o,
+        };
+        let (tx, rx) = mpsc::channel();
+        let send = |rows: Vec<SessionRow>, gone: Vec<ClientId>, o: Option<u64>| {
+            tx.send(ToStore {
+                changes: Changes {
+                    rows,
+                    forgotten: gone,
+                },
+                ck: o.map(ck),
+            })
+            .unwrap()
+        };
+        // Taken early, then the checkpoint they belong to: written with it
+        // (1 updated by the checkpoint's own change, 2 as taken early).
+        send(vec![row(1, 1), row(2, 1)], vec![], None);
+        send(vec![row(1, 2)], vec![], Some(5));
+        // Taken after that checkpoint, and no checkpoint follows: never
+        // written (the store must not hold rows newer than its checkpoint).
+        send(vec![row(3, 1)], vec![[2; 16]], None);
+        drop(tx);
+        run_store(store, rx);
+        let store = Store::open(&path).unwrap();
+        let mut rows = store.sessions().unwrap();
+        rows.sort_by_key(|r| r.client_id);
+        assert_eq!(rows, vec![row(1, 2), row(2, 1)]);
+        assert_eq!(store.checkpoint().unwrap(), ck(5));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn run_store_coalesces_per_client_the_later_change_winning() {
         let dir = temp_dir("store");
         let path = dir.join("s.sqlite");
@@ -667,7 +743,7 @@ mod tests {
                     rows,
                     forgotten: gone,
                 },
-                ck: ck(o),
+                ck: Some(ck(o)),
             })
             .unwrap()
         };
