@@ -212,7 +212,7 @@ const EVENT_BUDGET: usize = 1024;
 /// connection that sends one message waits behind about one event of
 /// each busy pipe: a lone busy pipe gets [`MAX_EVENT_MSGS`] (fewer task
 /// switches), and with many each gets less, down to [`MIN_EVENT_MSGS`],
-/// keeping that wait near [`EVENT_BUDGET`] messages rather than 128 per
+/// keeping that wait near 1,024 messages (`EVENT_BUDGET`) rather than 128 per
 /// busy pipe (12,800 with 100 pipelining peers on a core; the hostile
 /// suite's `req_never_read_replies`).
 pub fn event_cap(busy: u64) -> usize {

@@ -129,7 +129,7 @@ impl Drop for Shared {
 /// that the application can count its refusals as its own.
 pub trait Adopted: Send + 'static {
     /// The pipe, or its handshake, ended on the peer's fault `e` (also
-    /// counted in the socket's [`Stats`](crate::stats::Stats)). Called at
+    /// counted in the socket's [`Stats`]). Called at
     /// most once, before the value is dropped. By default, nothing.
     fn peer_fault(&mut self, e: &PeerError) {
         let _ = e;
