@@ -213,6 +213,25 @@ pub struct Changes {
     pub forgotten: Vec<ClientId>,
 }
 
+/// Changes merged per client, the later winning: `Some(row)` to write,
+/// `None` to delete.
+pub type MergedChanges = HashMap<ClientId, Option<SessionRow>>;
+
+impl Changes {
+    /// Merges these changes into `pending`, each client's replacing what
+    /// `pending` held for it: a client forgotten and then back is written,
+    /// one back and then forgotten again is deleted. One `Changes` names a
+    /// client once, so the order within it does not matter.
+    pub fn merge_into(self, pending: &mut MergedChanges) {
+        for id in self.forgotten {
+            pending.insert(id, None);
+        }
+        for r in self.rows {
+            pending.insert(r.client_id, Some(r));
+        }
+    }
+}
+
 /// What [`Sessions::evict_before`] dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Evicted {
@@ -1017,15 +1036,7 @@ mod tests {
         ) {
             let mut one = Sessions::new(2);
             let mut early = Sessions::new(2);
-            let mut merged: HashMap<ClientId, Option<SessionRow>> = HashMap::new();
-            let merge = |m: &mut HashMap<ClientId, Option<SessionRow>>, c: Changes| {
-                for f in c.forgotten {
-                    m.insert(f, None);
-                }
-                for r in c.rows {
-                    m.insert(r.client_id, Some(r));
-                }
-            };
+            let mut merged = MergedChanges::new();
             let mut offset = 0u64;
             let mut seqs: HashMap<u32, u64> = HashMap::new();
             for (op, client, k) in ops {
@@ -1042,12 +1053,12 @@ mod tests {
                         one.evict_to(k);
                         early.evict_to(k);
                     }
-                    _ => merge(&mut merged, early.take_dirty_some(k)),
+                    _ => early.take_dirty_some(k).merge_into(&mut merged),
                 }
             }
-            merge(&mut merged, early.take_dirty());
-            let mut want: HashMap<ClientId, Option<SessionRow>> = HashMap::new();
-            merge(&mut want, one.take_dirty());
+            early.take_dirty().merge_into(&mut merged);
+            let mut want = MergedChanges::new();
+            one.take_dirty().merge_into(&mut want);
             prop_assert_eq!(merged, want);
         }
     }

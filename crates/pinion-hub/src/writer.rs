@@ -31,7 +31,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::config::FsyncPolicy;
 use crate::envelope::Checked;
 use crate::fanout::{self, Durable, Entry, FanBatch, FanIn};
-use crate::sessions::{Changes, ClientId, SessionRow, Sessions, Verdict};
+use crate::sessions::{Changes, ClientId, MergedChanges, Sessions, Verdict};
 use crate::stats::HubStats;
 use crate::store::{Checkpoint, Store};
 use crate::Shared;
@@ -611,19 +611,8 @@ pub(crate) fn release(backlog: &AtomicUsize, stats: &HubStats, b: &FanBatch) {
 /// queued up meanwhile (SQLite was slow, or a write failed) are coalesced
 /// into one write.
 pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
-    // Per client: `Some(row)` to write, `None` to delete.
-    let mut pending: HashMap<ClientId, Option<SessionRow>> = HashMap::new();
-    let merge = |pending: &mut HashMap<ClientId, Option<SessionRow>>, c: Changes| {
-        // One message names a client once, so the order within it does
-        // not matter.
-        for id in c.forgotten {
-            pending.insert(id, None);
-        }
-        for r in c.rows {
-            pending.insert(r.client_id, Some(r));
-        }
-    };
-    let mut write = |pending: &mut HashMap<ClientId, Option<SessionRow>>, ck: Checkpoint| {
+    let mut pending = MergedChanges::new();
+    let mut write = |pending: &mut MergedChanges, ck: Checkpoint| {
         let mut rows = Vec::new();
         let mut forgotten = Vec::new();
         for (id, change) in pending.iter() {
@@ -634,14 +623,14 @@ pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
         }
         match store.write_checkpoint(&rows, &forgotten, ck, now_us()) {
             // A new table: the one a burst grew is not kept.
-            Ok(()) => *pending = HashMap::new(),
+            Ok(()) => *pending = MergedChanges::new(),
             // Kept, and written with the next checkpoint (which covers
             // everything merged until then).
             Err(e) => tracing::error!(error = %e, "session checkpoint failed; will retry"),
         }
     };
     while let Ok(first) = rx.recv() {
-        merge(&mut pending, first.changes);
+        first.changes.merge_into(&mut pending);
         let mut ck = first.ck;
         while let Ok(next) = rx.try_recv() {
             if next.ck.is_none() {
@@ -651,7 +640,7 @@ pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
                     write(&mut pending, c);
                 }
             }
-            merge(&mut pending, next.changes);
+            next.changes.merge_into(&mut pending);
             if next.ck.is_some() {
                 ck = next.ck;
             }
@@ -665,6 +654,7 @@ pub(crate) fn run_store(mut store: Store, rx: mpsc::Receiver<ToStore>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sessions::SessionRow;
     use bytes::Bytes;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
@@ -686,26 +676,29 @@ mod tests {
         }
     }
 
+    fn ck(o: u64) -> Checkpoint {
+        Checkpoint {
+            log_offset: o,
+            replay_from: o,
+        }
+    }
+
+    /// Changes for the checkpoint thread: with the checkpoint at `at`, or
+    /// taken early (`None`).
+    fn to_store(rows: Vec<SessionRow>, forgotten: Vec<ClientId>, at: Option<u64>) -> ToStore {
+        ToStore {
+            changes: Changes { rows, forgotten },
+            ck: at.map(ck),
+        }
+    }
+
     #[test]
     fn run_store_writes_early_changes_only_with_a_later_checkpoint() {
         let dir = temp_dir("store-early");
         let path = dir.join("s.sqlite");
         let store = Store::open(&path).unwrap();
-        let ck = |o| Checkpoint {
-            log_offset: o,
-            replay_from: o,
-        };
         let (tx, rx) = mpsc::channel();
-        let send = |rows: Vec<SessionRow>, gone: Vec<ClientId>, o: Option<u64>| {
-            tx.send(ToStore {
-                changes: Changes {
-                    rows,
-                    forgotten: gone,
-                },
-                ck: o.map(ck),
-            })
-            .unwrap()
-        };
+        let send = |rows, gone, at| tx.send(to_store(rows, gone, at)).unwrap();
         // Taken early, then the checkpoint they belong to: written with it
         // (1 updated by the checkpoint's own change, 2 as taken early).
         send(vec![row(1, 1), row(2, 1)], vec![], None);
@@ -729,24 +722,11 @@ mod tests {
         let path = dir.join("s.sqlite");
         let mut store = Store::open(&path).unwrap();
         // Rows from an earlier checkpoint: 1 and 2.
-        let ck = |o| Checkpoint {
-            log_offset: o,
-            replay_from: o,
-        };
         store
             .write_checkpoint(&[row(1, 1), row(2, 1)], &[], ck(1), 0)
             .unwrap();
         let (tx, rx) = mpsc::channel();
-        let send = |rows: Vec<SessionRow>, gone: Vec<ClientId>, o| {
-            tx.send(ToStore {
-                changes: Changes {
-                    rows,
-                    forgotten: gone,
-                },
-                ck: Some(ck(o)),
-            })
-            .unwrap()
-        };
+        let send = |rows, gone, at| tx.send(to_store(rows, gone, Some(at))).unwrap();
         // 1: forgotten, then back (present, newest row). 2: updated, then
         // forgotten (absent). 3: new, then forgotten (absent). 4: forgotten
         // then back then forgotten (absent). 5: new (present).
