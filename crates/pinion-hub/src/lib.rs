@@ -665,7 +665,7 @@ impl Hub {
 /// the longest topic, the payload (never below the journal's default, so
 /// records written under a larger `max_payload` stay readable).
 fn record_limit(max_payload: usize) -> u32 {
-    let want = pinion_journal::RECORD_HEADER_LEN + pinion_proto::MAX_TOPIC_LEN + max_payload;
+    let want = pinion_journal::RECORD_HEADER_LEN_V2 + pinion_proto::MAX_TOPIC_LEN + max_payload;
     let default = JournalOptions::default().max_record_bytes as usize;
     want.max(default)
         .min(pinion_journal::MAX_RECORD_LEN as usize) as u32

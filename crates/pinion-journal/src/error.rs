@@ -28,6 +28,10 @@ pub enum CorruptKind {
     OffsetMismatch,
     /// The end marker (length 0) is followed by non-zero bytes in its slot.
     DirtyEndMarker,
+    /// A version-2 record has a kind this build does not know.
+    UnknownKind,
+    /// Neither Raft state slot of a version-2 header is intact.
+    StateSlots,
 }
 
 impl CorruptKind {
@@ -44,6 +48,8 @@ impl CorruptKind {
             Self::Checksum => "record checksum mismatch",
             Self::OffsetMismatch => "record carries an unexpected offset",
             Self::DirtyEndMarker => "non-zero bytes after the end marker",
+            Self::UnknownKind => "unknown record kind",
+            Self::StateSlots => "both Raft state slots of the header are damaged",
         }
     }
 }
@@ -89,7 +95,7 @@ pub enum JournalError {
         reason: &'static str,
     },
     /// The file is a journal of a format this build cannot read.
-    #[error("unsupported journal format version {version} (flags {flags:#06x}); this build reads version 1 with flags 0")]
+    #[error("unsupported journal format version {version} (flags {flags:#06x}); this build reads versions 1 and 2 with flags 0")]
     UnsupportedVersion {
         /// Version found in the header.
         version: u16,
@@ -144,6 +150,31 @@ pub enum JournalError {
     /// Another `Journal` (in this or another process) holds the writer lock.
     #[error("journal is already open for writing by another Journal")]
     Locked,
+    /// A Raft operation on a version-1 journal, which has no terms and no
+    /// Raft state. `pinion log upgrade` rewrites a version-1 file as
+    /// version 2.
+    #[error("this journal is format version 1, which cannot hold a Raft log; upgrade it with `pinion log upgrade FILE` first")]
+    NeedsVersion2,
+    /// An entry was appended (or the log cut or reset) at an index that
+    /// does not follow the log.
+    #[error("log index {index} does not follow the journal (expected {expected})")]
+    OutOfOrder {
+        /// The index given.
+        index: u64,
+        /// The index the journal expected.
+        expected: u64,
+    },
+    /// A truncation would remove an entry at or below the committed index.
+    /// Raft never does this; it is refused, and nothing is modified.
+    #[error(
+        "refusing to truncate the log from index {index}: entries up to {committed} are committed"
+    )]
+    TruncateCommitted {
+        /// The first index that would have been removed.
+        index: u64,
+        /// The committed index recorded in the header.
+        committed: u64,
+    },
 }
 
 impl JournalError {
@@ -178,7 +209,10 @@ impl JournalError {
             | Self::TopicTooLong { .. }
             | Self::OffsetOutOfRange { .. }
             | Self::InvalidOptions(_)
-            | Self::Locked => Fault::Caller,
+            | Self::Locked
+            | Self::NeedsVersion2
+            | Self::OutOfOrder { .. }
+            | Self::TruncateCommitted { .. } => Fault::Caller,
         }
     }
 }

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::path::Path;
 
 use crate::error::JournalError;
-use crate::format::HeaderInfo;
+use crate::format::{Fmt, HeaderInfo, RaftState};
 use crate::journal::{cut_tail, file_len_of, Truncation};
 use crate::scan::{self, Tail};
 
@@ -63,6 +63,8 @@ pub struct Stat {
     pub distinct_clients: u64,
     /// A torn tail that `Journal::open` would cut.
     pub torn_tail: Option<Truncation>,
+    /// The Raft state in the header (version 2; the default for version 1).
+    pub raft: RaftState,
 }
 
 /// Scans a whole journal read-only and reports what it holds. Never
@@ -105,6 +107,7 @@ pub fn stat(path: &Path) -> Result<Stat, JournalError> {
         last: i.last,
         distinct_clients: i.clients,
         torn_tail: i.torn_tail,
+        raft: i.raft,
     })
 }
 
@@ -137,7 +140,11 @@ pub fn repair(path: &Path) -> Result<Option<Truncation>, JournalError> {
     }
     let file_len = file_len_of(&file)?;
     let header = scan::read_header(&file, file_len)?;
-    let s = scan::scan(&file, file_len, header.header_len, 0, |_, _| {})
+    let fmt = Fmt {
+        version: header.version,
+    };
+    let base = scan::read_state(&file, file_len, fmt)?.2.first_index;
+    let s = scan::scan(&file, file_len, header.header_len, base, fmt, |_, _| {})
         .map_err(JournalError::io("read"))?;
     let (at, offset, reason) = match s.tail {
         Tail::Clean => {
@@ -173,26 +180,38 @@ struct Inspection {
     last: Option<RecordSummary>,
     clients: u64,
     torn_tail: Option<Truncation>,
+    raft: RaftState,
 }
 
 fn inspect(path: &Path, count_clients: bool) -> Result<Inspection, JournalError> {
     let file = File::open(path).map_err(JournalError::io("open"))?;
     let file_len = file_len_of(&file)?;
     let header = scan::read_header(&file, file_len)?;
+    let fmt = Fmt {
+        version: header.version,
+    };
+    let raft = scan::read_state(&file, file_len, fmt)?.2;
     let mut first = None;
     let mut last = None;
     let mut clients = HashSet::new();
-    let s = scan::scan(&file, file_len, header.header_len, 0, |_, v| {
-        let r = RecordSummary {
-            offset: v.offset,
-            timestamp_us: v.timestamp_us,
-        };
-        first.get_or_insert(r);
-        last = Some(r);
-        if count_clients {
-            clients.insert(v.client_id);
-        }
-    })
+    let s = scan::scan(
+        &file,
+        file_len,
+        header.header_len,
+        raft.first_index,
+        fmt,
+        |_, v| {
+            let r = RecordSummary {
+                offset: v.offset,
+                timestamp_us: v.timestamp_us,
+            };
+            first.get_or_insert(r);
+            last = Some(r);
+            if count_clients {
+                clients.insert(v.client_id);
+            }
+        },
+    )
     .map_err(JournalError::io("read"))?;
     if let Some(e) = s.tail.corrupt_error() {
         return Err(e);
@@ -219,10 +238,11 @@ fn inspect(path: &Path, count_clients: bool) -> Result<Inspection, JournalError>
     };
     Ok(Inspection {
         header,
-        records: s.next_offset,
+        records: s.next_offset - raft.first_index,
         valid_bytes: s.valid_end,
         file_bytes: file_len,
         zero_tail,
+        raft,
         first,
         last,
         clients: clients.len() as u64,

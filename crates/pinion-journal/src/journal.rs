@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{CorruptKind, JournalError};
-use crate::format::{self, HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN};
+use crate::format::{self, Fields, Fmt, LogPos, RaftState, RecordKind, MAX_RECORD_LEN};
 use crate::reader::Reader;
 use crate::scan::{self, Tail};
 
@@ -32,6 +32,9 @@ pub struct JournalOptions {
     /// pays (about `extend_step` / disk bandwidth); smaller steps spread the
     /// same work over more commits. Default 1 MiB.
     pub extend_step: u64,
+    /// Format version of a journal this call creates (1 or 2; default 2,
+    /// [`VERSION`](crate::VERSION)). An existing file keeps its version.
+    pub create_version: u16,
 }
 
 impl Default for JournalOptions {
@@ -41,6 +44,7 @@ impl Default for JournalOptions {
             index_interval: 1024,
             max_record_bytes: 1 << 20,
             extend_step: 1 << 20,
+            create_version: crate::VERSION,
         }
     }
 }
@@ -52,11 +56,16 @@ impl JournalOptions {
                 "index_interval must be at least 1",
             ));
         }
-        if (self.max_record_bytes as usize) < RECORD_HEADER_LEN
+        if (self.max_record_bytes as usize) < format::RECORD_HEADER_LEN_V2
             || self.max_record_bytes > MAX_RECORD_LEN
         {
             return Err(JournalError::InvalidOptions(
-                "max_record_bytes must be between 56 and 64 MiB",
+                "max_record_bytes must be between 64 and 64 MiB",
+            ));
+        }
+        if !(self.create_version == 1 || self.create_version == 2) {
+            return Err(JournalError::InvalidOptions(
+                "create_version must be 1 or 2",
             ));
         }
         Ok(())
@@ -79,10 +88,33 @@ pub struct NewRecord<'a> {
     pub payload: &'a [u8],
 }
 
+/// A Raft log entry to append with [`Journal::append_entry`] (version 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEntry<'a> {
+    /// The entry's Raft index, which is its offset.
+    pub index: u64,
+    /// The entry's Raft term.
+    pub term: u64,
+    /// What the entry holds.
+    pub kind: RecordKind,
+    /// For messages: time of the publish, µs since the Unix epoch; else 0.
+    pub timestamp_us: u64,
+    /// For messages: the publisher's client id; else zeros.
+    pub client_id: [u8; 16],
+    /// For messages: the publisher's sequence number; else 0.
+    pub seq: u64,
+    /// For messages: the topic; else empty.
+    pub topic: &'a [u8],
+    /// For messages: the payload; for membership entries the encoded
+    /// membership; for blank entries empty.
+    pub payload: &'a [u8],
+}
+
 /// What [`Journal::open`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenReport {
-    /// Number of records in the journal (= the next offset).
+    /// Number of records in the journal (the next offset minus the first
+    /// record's offset, which is 0 unless the log was reset).
     pub records: u64,
     /// Bytes of header and valid records (where the next record goes).
     pub valid_bytes: u64,
@@ -131,8 +163,14 @@ pub(crate) struct Published {
     pub(crate) offset: u64,
     /// Byte position after the last committed record.
     pub(crate) bytes: u64,
-    /// `index[i]` = byte position of offset `i * interval`.
+    /// Offset of the first record in the file.
+    pub(crate) base: u64,
+    /// `index[i]` = byte position of offset `base + i * interval`.
     pub(crate) index: Vec<u64>,
+    /// Bumped whenever records are removed from the end (Raft truncation,
+    /// reset): readers drop buffered bytes and step back if they were past
+    /// the new end.
+    pub(crate) cuts: u64,
 }
 
 impl Shared {
@@ -168,7 +206,13 @@ pub struct Journal {
     path: PathBuf,
     file: File,
     opts: JournalOptions,
+    fmt: Fmt,
     header_len: u64,
+    /// The Raft state in the header (version 2), its generation and the
+    /// slot it was read from or last written to.
+    state: RaftState,
+    state_gen: u64,
+    state_slot: u64,
     /// Records `< committed_offset` live in `[header_len, committed_bytes)`.
     committed_offset: u64,
     committed_bytes: u64,
@@ -234,10 +278,15 @@ impl Journal {
         lock(&file)?;
         let mut file_len = file_len_of(&file)?;
         let header = scan::read_header(&file, file_len)?;
+        let fmt = Fmt {
+            version: header.version,
+        };
+        let (state_gen, state_slot, state) = scan::read_state(&file, file_len, fmt)?;
+        let base = state.first_index;
         let interval = u64::from(opts.index_interval);
         let mut index = Vec::new();
-        let s = scan::scan(&file, file_len, header.header_len, 0, |pos, v| {
-            if v.offset.is_multiple_of(interval) {
+        let s = scan::scan(&file, file_len, header.header_len, base, fmt, |pos, v| {
+            if (v.offset - base).is_multiple_of(interval) {
                 index.push(pos);
             }
         })
@@ -268,14 +317,20 @@ impl Journal {
             state: Mutex::new(Published {
                 offset: s.next_offset,
                 bytes: s.valid_end,
+                base,
                 index,
+                cuts: 0,
             }),
         });
         let mut j = Self {
             path: path.to_path_buf(),
             file,
             opts,
+            fmt,
             header_len: header.header_len,
+            state,
+            state_gen,
+            state_slot,
             committed_offset: s.next_offset,
             committed_bytes: s.valid_end,
             synced_offset: s.next_offset,
@@ -294,7 +349,7 @@ impl Journal {
         // Top up the pre-zeroed region now, while nothing waits for an ACK.
         j.extend_preallocation()?;
         let report = OpenReport {
-            records: s.next_offset,
+            records: s.next_offset - base,
             valid_bytes: s.valid_end,
             truncated,
             created,
@@ -348,39 +403,307 @@ impl Journal {
     /// `max_record_bytes`, [`JournalError::TopicTooLong`] above 65535 topic
     /// bytes, [`JournalError::Poisoned`]. Nothing is appended on error.
     pub fn append(&mut self, rec: &NewRecord<'_>) -> Result<u64, JournalError> {
+        let offset = self.next_offset;
+        self.encode(&Fields {
+            offset,
+            term: 0,
+            kind: RecordKind::Message,
+            timestamp_us: rec.timestamp_us,
+            client_id: &rec.client_id,
+            seq: rec.seq,
+            topic: rec.topic,
+            payload: rec.payload,
+        })?;
+        Ok(offset)
+    }
+
+    /// Encodes a Raft log entry into the pending buffer, like
+    /// [`append`](Self::append) (no I/O), at `entry.index`, which must be
+    /// [`next_offset`](Self::next_offset).
+    ///
+    /// One exception: when the journal holds no record at all, an index
+    /// beyond `next_offset` is accepted (a follower's log that restarts
+    /// after a snapshot). The header's first index is then moved there and
+    /// made durable at once (one header write and one fdatasync) before the
+    /// entry is encoded.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::NeedsVersion2`] on a version-1 file,
+    /// [`JournalError::OutOfOrder`] for any other index, and the errors of
+    /// `append`.
+    pub fn append_entry(&mut self, e: &NewEntry<'_>) -> Result<(), JournalError> {
+        self.require_v2()?;
         if self.poisoned {
             return Err(JournalError::Poisoned);
         }
-        if rec.topic.len() > usize::from(u16::MAX) {
-            return Err(JournalError::TopicTooLong {
-                len: rec.topic.len(),
-            });
+        if e.index != self.next_offset {
+            let empty = self.next_offset == self.state.first_index;
+            if !(empty && e.index > self.next_offset) {
+                return Err(JournalError::OutOfOrder {
+                    index: e.index,
+                    expected: self.next_offset,
+                });
+            }
+            self.move_base(e.index)?;
         }
-        let len = RECORD_HEADER_LEN
-            .saturating_add(rec.topic.len())
-            .saturating_add(rec.payload.len());
+        self.encode(&Fields {
+            offset: e.index,
+            term: e.term,
+            kind: e.kind,
+            timestamp_us: e.timestamp_us,
+            client_id: &e.client_id,
+            seq: e.seq,
+            topic: e.topic,
+            payload: e.payload,
+        })
+    }
+
+    fn encode(&mut self, f: &Fields<'_>) -> Result<(), JournalError> {
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        if f.topic.len() > usize::from(u16::MAX) {
+            return Err(JournalError::TopicTooLong { len: f.topic.len() });
+        }
+        let len = self
+            .fmt
+            .rec_header()
+            .saturating_add(f.topic.len())
+            .saturating_add(f.payload.len());
         if len > self.opts.max_record_bytes as usize {
             return Err(JournalError::RecordTooLarge {
                 len,
                 max: self.opts.max_record_bytes,
             });
         }
-        let offset = self.next_offset;
-        if offset.is_multiple_of(u64::from(self.opts.index_interval)) {
+        debug_assert_eq!(f.offset, self.next_offset);
+        if (f.offset - self.state.first_index).is_multiple_of(u64::from(self.opts.index_interval)) {
             self.pending_index
                 .push(self.committed_bytes + self.pending.len() as u64);
         }
-        format::encode_record(
-            &mut self.pending,
-            offset,
-            rec.timestamp_us,
-            &rec.client_id,
-            rec.seq,
-            rec.topic,
-            rec.payload,
-        );
+        format::encode_record(&mut self.pending, self.fmt, f);
         self.next_offset += 1;
-        Ok(offset)
+        Ok(())
+    }
+
+    /// The file's format version (1 or 2).
+    pub fn version(&self) -> u16 {
+        self.fmt.version
+    }
+
+    /// The Raft state kept in the header (the default for version 1).
+    pub fn raft_state(&self) -> &RaftState {
+        &self.state
+    }
+
+    /// Offset of the first record in the file (0 unless the log was reset).
+    pub fn first_offset(&self) -> u64 {
+        self.state.first_index
+    }
+
+    /// Writes the Raft state (vote, committed, purged) into the header's
+    /// older slot, so that a torn write leaves the newer one intact; with
+    /// `sync`, one fdatasync makes it durable before this returns. Without
+    /// `sync` the next `commit(true)` covers it. The header and the records
+    /// are separate regions, so the state never overwrites a record.
+    ///
+    /// `first_index` cannot be changed here (see
+    /// [`reset`](Self::reset)). A failed fdatasync poisons the journal.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::NeedsVersion2`], [`JournalError::InvalidOptions`]
+    /// if `first_index` differs, [`JournalError::Poisoned`], I/O errors.
+    pub fn set_raft_state(&mut self, st: &RaftState, sync: bool) -> Result<(), JournalError> {
+        self.require_v2()?;
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        if st.first_index != self.state.first_index {
+            return Err(JournalError::InvalidOptions(
+                "set_raft_state cannot move the first index; use reset",
+            ));
+        }
+        self.write_state(st, sync)
+    }
+
+    fn write_state(&mut self, st: &RaftState, sync: bool) -> Result<(), JournalError> {
+        let slot = 1 - self.state_slot;
+        let generation = self.state_gen + 1;
+        self.file
+            .write_all_at(
+                &format::encode_state(st, generation),
+                format::state_slot_pos(slot),
+            )
+            .map_err(JournalError::io("write"))?;
+        self.state = *st;
+        self.state_gen = generation;
+        self.state_slot = slot;
+        if sync {
+            if let Err(e) = self.fdatasync() {
+                self.poisoned = true;
+                return Err(JournalError::Io {
+                    op: "fdatasync",
+                    source: e,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the records from offset `index` on: a Raft follower's
+    /// conflicting, uncommitted tail. Pending records must have been
+    /// committed first. The records are zeroed (inside the pre-zeroed
+    /// region) or the file is truncated, then one fdatasync makes the cut
+    /// durable. Readers past the cut step back to the new end.
+    ///
+    /// This is not torn-tail recovery (which only ever removes bytes that
+    /// were never fully written) and never touches committed entries: an
+    /// index at or below the header's committed index is refused.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::NeedsVersion2`], [`JournalError::TruncateCommitted`],
+    /// [`JournalError::OutOfOrder`] below the first record or with pending
+    /// records, [`JournalError::Poisoned`], I/O errors (an fdatasync
+    /// failure poisons).
+    pub fn truncate(&mut self, index: u64) -> Result<(), JournalError> {
+        self.require_v2()?;
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        if let Some(c) = self.state.committed {
+            if index <= c.index {
+                return Err(JournalError::TruncateCommitted {
+                    index,
+                    committed: c.index,
+                });
+            }
+        }
+        if !self.pending.is_empty() || index < self.state.first_index {
+            return Err(JournalError::OutOfOrder {
+                index,
+                expected: self.committed_offset,
+            });
+        }
+        if index >= self.committed_offset {
+            return Ok(());
+        }
+        let pos = self.position_of(index)?;
+        self.cut_records(pos, index)?;
+        self.fdatasync_or_poison()
+    }
+
+    /// Empties the log and makes `first_index` the offset of the next
+    /// record: used when a Raft log is purged past its end (a snapshot
+    /// covers every record). The records are cut and synced first, then the
+    /// header's first index and `purged` are written and synced, so a crash
+    /// in between leaves an empty log that `append_entry` can restart
+    /// anywhere.
+    ///
+    /// # Errors
+    ///
+    /// [`JournalError::NeedsVersion2`], [`JournalError::OutOfOrder`] if
+    /// `first_index` is below the next offset or records are pending,
+    /// [`JournalError::Poisoned`], I/O errors.
+    pub fn reset(&mut self, first_index: u64, purged: Option<LogPos>) -> Result<(), JournalError> {
+        self.require_v2()?;
+        if self.poisoned {
+            return Err(JournalError::Poisoned);
+        }
+        if !self.pending.is_empty() || first_index < self.next_offset {
+            return Err(JournalError::OutOfOrder {
+                index: first_index,
+                expected: self.next_offset,
+            });
+        }
+        if self.committed_offset > self.state.first_index {
+            self.cut_records(self.header_len, self.state.first_index)?;
+            self.fdatasync_or_poison()?;
+        }
+        let mut st = self.state;
+        st.purged = purged.or(st.purged);
+        self.set_base(first_index, st)
+    }
+
+    /// Moves the first index of an empty journal (durably).
+    fn move_base(&mut self, first_index: u64) -> Result<(), JournalError> {
+        debug_assert_eq!(self.next_offset, self.state.first_index);
+        let st = self.state;
+        self.set_base(first_index, st)
+    }
+
+    fn set_base(&mut self, first_index: u64, mut st: RaftState) -> Result<(), JournalError> {
+        st.first_index = first_index;
+        self.write_state(&st, true)?;
+        self.next_offset = first_index;
+        self.committed_offset = first_index;
+        self.synced_offset = first_index;
+        let mut sh = self.shared.lock();
+        sh.base = first_index;
+        sh.offset = first_index;
+        sh.index.clear();
+        sh.cuts += 1;
+        Ok(())
+    }
+
+    /// Byte position of committed record `index` (first ≤ index < committed).
+    fn position_of(&self, index: u64) -> Result<u64, JournalError> {
+        let mut r = self.reader()?;
+        r.seek(index)?;
+        Ok(r.byte_pos())
+    }
+
+    /// Removes committed records from byte `pos` (record `index`) on:
+    /// zeros inside the pre-zeroed region, truncation otherwise. Not synced.
+    fn cut_records(&mut self, pos: u64, index: u64) -> Result<(), JournalError> {
+        if self.file_len > self.committed_bytes {
+            write_zeros(&self.file, pos, self.committed_bytes)
+                .map_err(JournalError::io("write"))?;
+        } else {
+            self.file
+                .set_len(pos)
+                .map_err(JournalError::io("truncate"))?;
+            self.file_len = pos;
+        }
+        self.committed_bytes = pos;
+        self.committed_offset = index;
+        self.next_offset = index;
+        self.synced_bytes = self.synced_bytes.min(pos);
+        self.synced_offset = self.synced_offset.min(index);
+        let interval = u64::from(self.opts.index_interval);
+        let mut sh = self.shared.lock();
+        sh.offset = index;
+        sh.bytes = pos;
+        let keep = (index - sh.base).div_ceil(interval) as usize;
+        sh.index.truncate(keep);
+        sh.cuts += 1;
+        Ok(())
+    }
+
+    fn fdatasync_or_poison(&mut self) -> Result<(), JournalError> {
+        match self.fdatasync() {
+            Ok(()) => {
+                self.mark_synced();
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = true;
+                Err(JournalError::Io {
+                    op: "fdatasync",
+                    source: e,
+                })
+            }
+        }
+    }
+
+    fn require_v2(&self) -> Result<(), JournalError> {
+        if self.fmt.version == 1 {
+            Err(JournalError::NeedsVersion2)
+        } else {
+            Ok(())
+        }
     }
 
     /// Writes all pending records with one positioned write (looping on
@@ -514,6 +837,7 @@ impl Journal {
             self.committed_bytes,
             self.synced_bytes,
             self.synced_offset,
+            self.fmt,
             |_, _| {},
         )
         .map_err(JournalError::io("read"))?;
@@ -595,8 +919,20 @@ impl Journal {
         Ok(Reader::from_shared(
             file,
             self.header_len,
+            self.fmt,
             Arc::clone(&self.shared),
         ))
+    }
+
+    /// A handle that opens readers of this journal from any thread, also
+    /// after the `Journal` has moved to its writer thread.
+    pub fn reader_source(&self) -> ReaderSource {
+        ReaderSource {
+            path: self.path.clone(),
+            header_len: self.header_len,
+            fmt: self.fmt,
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Makes the test hook fail the next `n` fdatasync calls with an I/O error.
@@ -689,6 +1025,33 @@ impl Journal {
     }
 }
 
+/// Opens [`Reader`]s that follow one [`Journal`]'s commits (from
+/// [`Journal::reader_source`]); cheap to clone and `Send`.
+#[derive(Debug, Clone)]
+pub struct ReaderSource {
+    path: PathBuf,
+    header_len: u64,
+    fmt: Fmt,
+    shared: Arc<Shared>,
+}
+
+impl ReaderSource {
+    /// A reader positioned at the first record, as [`Journal::reader`].
+    ///
+    /// # Errors
+    ///
+    /// If the file cannot be opened.
+    pub fn reader(&self) -> Result<Reader, JournalError> {
+        let file = File::open(&self.path).map_err(JournalError::io("open"))?;
+        Ok(Reader::from_shared(
+            file,
+            self.header_len,
+            self.fmt,
+            Arc::clone(&self.shared),
+        ))
+    }
+}
+
 impl Drop for Journal {
     /// Releases the writer lock explicitly: a child process forked by
     /// another thread may briefly hold a copy of the descriptor (until its
@@ -736,13 +1099,28 @@ fn create_file(path: &Path, opts: &JournalOptions) -> Result<(), JournalError> {
             .truncate(true)
             .open(&tmp)
             .map_err(JournalError::io("create"))?;
-        f.write_all_at(&format::encode_header(now_us()), 0)
+        let fmt = Fmt {
+            version: opts.create_version,
+        };
+        f.write_all_at(&format::encode_header(now_us(), fmt), 0)
             .map_err(JournalError::io("write"))?;
+        let header_len = fmt.header_len();
+        if fmt.version == 2 {
+            // Both slots hold the initial state (generations 1 and 2), so
+            // that damage to either one leaves a valid state.
+            for slot in 0..2 {
+                f.write_all_at(
+                    &format::encode_state(&RaftState::default(), slot + 1),
+                    format::state_slot_pos(slot),
+                )
+                .map_err(JournalError::io("write"))?;
+            }
+        }
         if opts.preallocate > 0 {
-            let target = (HEADER_LEN + opts.preallocate).next_multiple_of(EXTEND_ALIGN);
-            if write_zeros(&f, HEADER_LEN, target).is_err() {
+            let target = (header_len + opts.preallocate).next_multiple_of(EXTEND_ALIGN);
+            if write_zeros(&f, header_len, target).is_err() {
                 // No space for the region: start with plain appends.
-                f.set_len(HEADER_LEN)
+                f.set_len(header_len)
                     .map_err(JournalError::io("truncate"))?;
             }
         }

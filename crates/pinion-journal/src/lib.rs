@@ -48,25 +48,57 @@
 //! # Ok::<(), pinion_journal::JournalError>(())
 //! ```
 //!
-//! # File format (version 1)
+//! # File format
 //!
-//! All integers are little-endian. The file is a 32-byte header followed by
+//! Two versions exist. **Version 2** is what new journals are created with
+//! (and what a cluster node needs: it carries Raft terms and state);
+//! **version 1** files, written by earlier builds, are still opened, read
+//! and appended to by the single-node hub, and refused by every Raft
+//! operation with [`JournalError::NeedsVersion2`] (whose message names
+//! `pinion log upgrade`). The version is fixed per file.
+//!
+//! All integers are little-endian. The file is a header followed by
 //! records, each starting on a multiple of 8 bytes, followed by zero bytes
 //! (the pre-zeroed region) or nothing.
 //!
-//! File header:
+//! File header (the first 32 bytes, both versions):
 //!
 //! | bytes  | field            | value |
 //! |--------|------------------|-------|
 //! | 0..8   | magic            | `PINIONLG` |
-//! | 8..10  | version          | u16 = 1 |
+//! | 8..10  | version          | u16 = 1 or 2 |
 //! | 10..12 | flags            | u16 = 0 (a reader refuses unknown flags) |
-//! | 12..16 | header length    | u32 = 32; the first record starts here |
+//! | 12..16 | header length    | u32: 32 in version 1, 288 in version 2; the first record starts here |
 //! | 16..24 | created          | u64, µs since the Unix epoch |
 //! | 24..28 | reserved         | 0 |
 //! | 28..32 | header CRC       | CRC32C (Castagnoli) of bytes 0..28 |
 //!
-//! Record (56-byte header, then topic and payload):
+//! In version 2 two **Raft state slots** of 128 bytes follow, at bytes
+//! 32..160 and 160..288. They hold what Raft needs besides the entries
+//! ([`RaftState`]):
+//!
+//! | bytes    | field | value |
+//! |----------|-------|-------|
+//! | 0..8     | generation | u64 ≥ 1, incremented by every write |
+//! | 8..16    | first index | u64, the offset of the first record in the file |
+//! | 16..24   | vote term | u64 |
+//! | 24..32   | voted for | u64, node id |
+//! | 32       | flags | bit 0 a vote is present, bit 1 the vote is committed, bit 2 a committed position is present, bit 3 a purged position is present, bit 4 a voted-for node is present; other bits 0 |
+//! | 33..40   | reserved | 0 |
+//! | 40..56   | committed | term u64, index u64 |
+//! | 56..72   | purged | term u64, index u64 |
+//! | 72..124  | reserved | 0 |
+//! | 124..128 | CRC | CRC32C of bytes 0..124 |
+//!
+//! A write goes to the slot *not* holding the current state, so a torn
+//! write damages only the slot being written; at open the intact slot with
+//! the higher generation wins. Both slots damaged is corruption
+//! ([`CorruptKind::StateSlots`]). A new file gets the empty state in both
+//! slots (generations 1 and 2). The header and the records are separate
+//! regions, so writing the state never overwrites a record, and cutting
+//! records never loses a vote.
+//!
+//! Record, version 1 (56-byte header, then topic and payload):
 //!
 //! | bytes     | field          | value |
 //! |-----------|----------------|-------|
@@ -82,16 +114,33 @@
 //! | 56..      | topic, payload | |
 //! | length..  | padding        | zeros up to the next multiple of 8 |
 //!
+//! Record, version 2 (64-byte header): bytes 0..54 as in version 1, then
+//!
+//! | bytes     | field          | value |
+//! |-----------|----------------|-------|
+//! | 54        | kind           | u8: 0 a published message, 1 a Raft blank entry (no topic, no payload), 2 a Raft membership entry (the payload is the encoded membership; the journal does not interpret it) |
+//! | 55        | reserved       | 0 |
+//! | 56..64    | term           | u64, the Raft term (0 in a single-node log) |
+//! | 64..      | topic, payload | |
+//!
+//! and the length is 64 + topic length + payload length. In a Raft log the
+//! offset *is* the entry's Raft index, so an offset names the same entry on
+//! every node; blank and membership entries take offsets too (readers that
+//! serve subscribers skip them). The first record's offset is the header's
+//! first index (0 unless the log was reset past its end, see
+//! [`Journal::reset`]).
+//!
 //! The length field is not under the CRC but is cross-checked: it must equal
-//! 56 + topic length + payload length (both CRC-covered), lie between 56
-//! and [`MAX_RECORD_LEN`] (64 MiB), and the record must fit in the file.
-//! Padding must be zero. A record is *valid* when all of these hold, the CRC
+//! the record header length + topic length + payload length (both
+//! CRC-covered), lie between the header length and [`MAX_RECORD_LEN`]
+//! (64 MiB), and the record must fit in the file. Padding, reserved bytes
+//! and unknown kinds are damage. A record is *valid* when all of these hold, the CRC
 //! matches and its offset is the one expected at that position; a stale or
 //! misplaced record (right CRC, wrong offset) is damage.
 //!
 //! # Finding the end, torn tails and corruption
 //!
-//! A scan starts after the header expecting offset 0 and follows valid
+//! A scan starts after the header expecting the first index and follows valid
 //! records. The first position that is not a valid record ends the log;
 //! the bytes from there to the end of the file decide what happened:
 //!
@@ -118,6 +167,20 @@
 //! being written back, its pages may reach the disk out of order; a hole
 //! followed by a later record of the same batch then looks like corruption
 //! and needs `repair` (that batch was never acknowledged).
+//!
+//! # Raft truncation is not torn-tail recovery
+//!
+//! [`Journal::truncate`] removes a follower's conflicting, *uncommitted*
+//! tail, as Raft requires: the records are zeroed (in the pre-zeroed
+//! region) or the file is truncated, and one fdatasync makes the cut
+//! durable, leaving a clean end, never a torn tail. It refuses any index at
+//! or below the committed position recorded in the header
+//! ([`JournalError::TruncateCommitted`]): cutting a committed entry is a
+//! bug, and nothing is modified. Torn-tail recovery at open only removes
+//! bytes no commit ever completed; corruption still stops the node.
+//! [`Journal::reset`] empties the log when Raft purges past its end (a
+//! snapshot covers everything), cutting the records first and then moving
+//! the header's first index.
 //!
 //! # What `commit` guarantees
 //!
@@ -190,9 +253,14 @@ mod reader;
 mod scan;
 
 pub use error::{CorruptKind, Fault, JournalError};
-pub use format::{HeaderInfo, HEADER_LEN, MAGIC, MAX_RECORD_LEN, RECORD_HEADER_LEN, VERSION};
+pub use format::{
+    HeaderInfo, LogPos, RaftState, RecordKind, StoredVote, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
+    RECORD_HEADER_LEN, RECORD_HEADER_LEN_V2, STATE_SLOT_LEN, VERSION,
+};
 pub use inspect::{repair, stat, verify, RecordSummary, Stat, VerifyReport};
-pub use journal::{Journal, JournalOptions, NewRecord, OpenReport, Truncation};
+pub use journal::{
+    Journal, JournalOptions, NewEntry, NewRecord, OpenReport, ReaderSource, Truncation,
+};
 pub use reader::{Reader, Record};
 
 #[cfg(test)]

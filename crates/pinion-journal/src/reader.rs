@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::error::{CorruptKind, JournalError};
-use crate::format::{self, RECORD_HEADER_LEN};
+use crate::format::{self, Fmt, RecordKind};
 use crate::journal::{file_len_of, Shared};
 use crate::scan::{self, Tail};
 
@@ -21,8 +21,12 @@ const STANDALONE_INDEX_INTERVAL: u32 = 1024;
 /// One record read back from the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// Logical record number (0, 1, 2, …).
+    /// Logical record number (0, 1, 2, …; in a Raft log, the entry's index).
     pub offset: u64,
+    /// The Raft term (0 in a single-node log and in version 1).
+    pub term: u64,
+    /// What the record holds (always a message in version 1).
+    pub kind: RecordKind,
     /// As appended.
     pub timestamp_us: u64,
     /// As appended.
@@ -52,6 +56,7 @@ enum Source {
 #[derive(Debug)]
 struct Standalone {
     interval: u32,
+    base: u64,
     index: Vec<u64>,
     /// Damage followed by valid records, found by `Reader::open`.
     damage: Option<(u64, u64, CorruptKind)>,
@@ -73,6 +78,9 @@ struct Standalone {
 pub struct Reader {
     file: File,
     header_len: u64,
+    fmt: Fmt,
+    /// The writer's cut counter when this reader last looked.
+    cuts: u64,
     source: Source,
     /// Next record to return.
     pos: u64,
@@ -86,17 +94,19 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub(crate) fn from_shared(file: File, header_len: u64, shared: Arc<Shared>) -> Self {
-        let (end_pos, end_offset) = {
+    pub(crate) fn from_shared(file: File, header_len: u64, fmt: Fmt, shared: Arc<Shared>) -> Self {
+        let (end_pos, end_offset, base, cuts) = {
             let st = shared.lock();
-            (st.bytes, st.offset)
+            (st.bytes, st.offset, st.base, st.cuts)
         };
         Self {
             file,
             header_len,
+            fmt,
+            cuts,
             source: Source::Shared(shared),
             pos: header_len,
-            offset: 0,
+            offset: base,
             end_pos,
             end_offset,
             chunk: Bytes::new(),
@@ -104,7 +114,8 @@ impl Reader {
         }
     }
 
-    /// Opens a journal read-only, positioned at offset 0. Scans the whole
+    /// Opens a journal read-only, positioned at its first record (offset
+    /// 0 unless the log was reset). Scans the whole
     /// file once (verifying checksums) to build a sparse index and find the
     /// end; the file is never modified.
     ///
@@ -122,13 +133,17 @@ impl Reader {
         let file = File::open(path).map_err(JournalError::io("open"))?;
         let mut file_len = file_len_of(&file)?;
         let header = scan::read_header(&file, file_len)?;
+        let fmt = Fmt {
+            version: header.version,
+        };
+        let base = scan::read_state(&file, file_len, fmt)?.2.first_index;
         let interval = u64::from(STANDALONE_INDEX_INTERVAL);
         let mut index = Vec::new();
-        let (mut pos, mut offset) = (header.header_len, 0);
+        let (mut pos, mut offset) = (header.header_len, base);
         let mut damage = None;
         for attempt in 0..4 {
-            let s = scan::scan(&file, file_len, pos, offset, |p, v| {
-                if v.offset.is_multiple_of(interval) {
+            let s = scan::scan(&file, file_len, pos, offset, fmt, |p, v| {
+                if (v.offset - base).is_multiple_of(interval) {
                     index.push(p);
                 }
             })
@@ -154,13 +169,16 @@ impl Reader {
         Ok(Self {
             file,
             header_len: header.header_len,
+            fmt,
+            cuts: 0,
             source: Source::Standalone(Standalone {
                 interval: STANDALONE_INDEX_INTERVAL,
+                base,
                 index,
                 damage,
             }),
             pos: header.header_len,
-            offset: 0,
+            offset: base,
             end_pos: pos,
             end_offset: offset,
             chunk: Bytes::new(),
@@ -171,6 +189,19 @@ impl Reader {
     /// The offset of the record the next call to [`next`](Self::next) returns.
     pub fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Byte position of the record the next call to [`next`](Self::next) returns.
+    pub(crate) fn byte_pos(&self) -> u64 {
+        self.pos
+    }
+
+    /// The offset of the first record in the file.
+    pub fn first_offset(&self) -> u64 {
+        match &self.source {
+            Source::Shared(sh) => sh.lock().base,
+            Source::Standalone(st) => st.base,
+        }
     }
 
     /// One past the last record this reader can currently see.
@@ -185,11 +216,16 @@ impl Reader {
     /// `offset`. Uses the sparse index, then skips forward over record
     /// headers. `offset` equal to the end is allowed.
     ///
+    /// An offset below the first record (after a reset) positions the
+    /// reader at the first record.
+    ///
     /// # Errors
     ///
     /// [`JournalError::OffsetOutOfRange`] beyond the end,
     /// [`JournalError::Corrupt`] if a skipped record header is damaged, I/O errors.
     pub fn seek(&mut self, offset: u64) -> Result<(), JournalError> {
+        self.refresh_end();
+        let offset = offset.max(self.first_offset());
         if offset > self.end_offset {
             self.refresh_end();
             while offset > self.end_offset && self.extend_end()? {}
@@ -204,14 +240,15 @@ impl Reader {
         if self.offset <= offset && self.offset >= off {
             (off, pos) = (self.offset, self.pos);
         }
+        let hl = self.fmt.rec_header();
         while off < offset {
-            let head = self.bytes_at(pos, RECORD_HEADER_LEN, self.end_pos, off)?;
+            let head = self.bytes_at(pos, hl, self.end_pos, off)?;
             let corrupt = |reason| JournalError::Corrupt {
                 byte_pos: pos,
                 offset: off,
                 reason,
             };
-            let slot = format::check_header(&head).map_err(corrupt)?;
+            let slot = format::check_header(&head, self.fmt).map_err(corrupt)?;
             if format::offset_field(&head) != off {
                 return Err(corrupt(CorruptKind::OffsetMismatch));
             }
@@ -257,21 +294,38 @@ impl Reader {
             let st = sh.lock();
             self.end_pos = st.bytes;
             self.end_offset = st.offset;
+            if st.cuts != self.cuts {
+                // Records were cut from the end (Raft truncation or reset):
+                // buffered bytes may be stale, and a position past the new
+                // end steps back to it.
+                self.cuts = st.cuts;
+                self.chunk = Bytes::new();
+                if self.offset < st.base {
+                    self.offset = st.base;
+                    self.pos = self.header_len;
+                } else if self.offset > st.offset || self.pos > st.bytes {
+                    self.offset = st.offset;
+                    self.pos = st.bytes;
+                }
+            }
         }
     }
 
     /// Sparse-index entry at or before `offset`: (offset, byte position).
     fn index_lookup(&self, offset: u64) -> (u64, u64) {
-        let pick = |index: &[u64], interval: u32| match index.len() {
-            0 => (0, self.header_len),
+        let pick = |index: &[u64], interval: u32, base: u64| match index.len() {
+            0 => (base, self.header_len),
             n => {
-                let i = (offset / u64::from(interval)).min(n as u64 - 1);
-                (i * u64::from(interval), index[i as usize])
+                let i = (offset.saturating_sub(base) / u64::from(interval)).min(n as u64 - 1);
+                (base + i * u64::from(interval), index[i as usize])
             }
         };
         match &self.source {
-            Source::Shared(sh) => pick(&sh.lock().index, sh.interval),
-            Source::Standalone(st) => pick(&st.index, st.interval),
+            Source::Shared(sh) => {
+                let st = sh.lock();
+                pick(&st.index, sh.interval, st.base)
+            }
+            Source::Standalone(st) => pick(&st.index, st.interval, st.base),
         }
     }
 
@@ -283,15 +337,17 @@ impl Reader {
             offset,
             reason,
         };
-        let head = self.bytes_at(pos, RECORD_HEADER_LEN, self.end_pos, offset)?;
-        let slot = format::check_header(&head).map_err(corrupt)?;
+        let head = self.bytes_at(pos, self.fmt.rec_header(), self.end_pos, offset)?;
+        let slot = format::check_header(&head, self.fmt).map_err(corrupt)?;
         if slot > self.end_pos - pos {
             return Err(corrupt(CorruptKind::Truncated));
         }
         let bytes = self.bytes_at(pos, slot as usize, self.end_pos, offset)?;
-        let v = format::validate_at(&bytes, offset).map_err(corrupt)?;
+        let v = format::validate_at(&bytes, offset, self.fmt).map_err(corrupt)?;
         let rec = Record {
             offset,
+            term: v.term,
+            kind: v.kind,
             timestamp_us: v.timestamp_us,
             client_id: v.client_id,
             seq: v.seq,
@@ -316,20 +372,21 @@ impl Reader {
             return Ok(false);
         }
         let file_len = file_len_of(&self.file)?;
+        let hl = self.fmt.rec_header();
         let mut moved = false;
         loop {
             let pos = self.end_pos;
-            if file_len.saturating_sub(pos) < RECORD_HEADER_LEN as u64 {
+            if file_len.saturating_sub(pos) < hl as u64 {
                 break;
             }
             if !moved {
                 // Never trust buffered bytes beyond the known end.
                 self.chunk = Bytes::new();
-            } else if pos + RECORD_HEADER_LEN as u64 > self.chunk_pos + self.chunk.len() as u64 {
+            } else if pos + hl as u64 > self.chunk_pos + self.chunk.len() as u64 {
                 break;
             }
-            let head = self.bytes_at(pos, RECORD_HEADER_LEN, file_len, self.end_offset)?;
-            let Ok(slot) = format::check_header(&head) else {
+            let head = self.bytes_at(pos, hl, file_len, self.end_offset)?;
+            let Ok(slot) = format::check_header(&head, self.fmt) else {
                 break;
             };
             if slot > file_len - pos
@@ -338,14 +395,13 @@ impl Reader {
                 break;
             }
             let bytes = self.bytes_at(pos, slot as usize, file_len, self.end_offset)?;
-            if format::validate_at(&bytes, self.end_offset).is_err() {
+            if format::validate_at(&bytes, self.end_offset, self.fmt).is_err() {
                 break;
             }
             if let Source::Standalone(st) = &mut self.source {
                 let interval = u64::from(st.interval);
-                if self.end_offset.is_multiple_of(interval)
-                    && self.end_offset / interval == st.index.len() as u64
-                {
+                let rel = self.end_offset - st.base;
+                if rel.is_multiple_of(interval) && rel / interval == st.index.len() as u64 {
                     st.index.push(pos);
                 }
             }

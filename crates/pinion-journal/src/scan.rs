@@ -10,7 +10,9 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use crate::error::{CorruptKind, JournalError};
-use crate::format::{self, Head, RecordView, HEADER_LEN, RECORD_ALIGN, RECORD_HEADER_LEN};
+use crate::format::{
+    self, Fmt, Head, RaftState, RecordView, HEADER_LEN, RECORD_ALIGN, STATE_SLOT_LEN,
+};
 
 /// Bytes read per `pread` while scanning.
 const SCAN_CHUNK: usize = 1 << 20;
@@ -113,6 +115,7 @@ pub(crate) fn scan(
     file_len: u64,
     mut pos: u64,
     mut offset: u64,
+    fmt: Fmt,
     mut visit: impl FnMut(u64, &RecordView),
 ) -> io::Result<Scan> {
     let mut r = ChunkReader::new(file, file_len);
@@ -128,22 +131,24 @@ pub(crate) fn scan(
         let reason = if avail < 4 {
             CorruptKind::Truncated
         } else {
-            match format::head(r.get(pos, 4)?) {
+            match format::head(r.get(pos, 4)?, fmt) {
                 Head::Zero => CorruptKind::DirtyEndMarker,
                 Head::Bad(k) => k,
                 Head::Slot(slot) if slot > avail => CorruptKind::Truncated,
-                Head::Slot(slot) => match format::validate_at(r.get(pos, slot as usize)?, offset) {
-                    Ok(v) => {
-                        visit(pos, &v);
-                        pos += slot;
-                        offset += 1;
-                        continue;
+                Head::Slot(slot) => {
+                    match format::validate_at(r.get(pos, slot as usize)?, offset, fmt) {
+                        Ok(v) => {
+                            visit(pos, &v);
+                            pos += slot;
+                            offset += 1;
+                            continue;
+                        }
+                        Err(k) => k,
                     }
-                    Err(k) => k,
-                },
+                }
             }
         };
-        let tail = classify_tail(&mut r, pos, offset, reason)?;
+        let tail = classify_tail(&mut r, pos, offset, reason, fmt)?;
         return Ok(Scan {
             next_offset: offset,
             valid_end: pos,
@@ -167,7 +172,9 @@ fn classify_tail(
     at: u64,
     offset: u64,
     reason: CorruptKind,
+    fmt: Fmt,
 ) -> io::Result<Tail> {
+    let hl = fmt.rec_header();
     let file_len = r.file_len;
     if reason == CorruptKind::OffsetMismatch {
         // An intact record with the wrong offset is never a torn write.
@@ -175,8 +182,8 @@ fn classify_tail(
     }
     // Where candidates may start: after the damaged record's slot if its
     // header is plausible, else right after `at`.
-    let skip_to = if file_len - at >= RECORD_HEADER_LEN as u64 {
-        match format::check_header(r.get(at, RECORD_HEADER_LEN)?) {
+    let skip_to = if file_len - at >= hl as u64 {
+        match format::check_header(r.get(at, hl)?, fmt) {
             Ok(slot) => at + slot,
             Err(_) => at + RECORD_ALIGN,
         }
@@ -206,7 +213,7 @@ fn classify_tail(
             if w.iter().any(|&b| b != 0) {
                 let p = q + i as u64;
                 nonzero_end = p + w.len() as u64;
-                if p >= skip_to && plausible(&chunk[i..], p, file_len, at, offset) {
+                if p >= skip_to && plausible(&chunk[i..], p, file_len, at, offset, fmt) {
                     candidate = Some(p);
                     break;
                 }
@@ -216,10 +223,10 @@ fn classify_tail(
         match candidate {
             Some(p) => {
                 // `plausible` guarantees a whole record header fits in the file.
-                let header = r.get(p, RECORD_HEADER_LEN)?;
-                if plausible(header, p, file_len, at, offset) {
-                    if let Ok(slot) = format::check_header(header) {
-                        if format::validate(r.get(p, slot as usize)?).is_ok() {
+                let header = r.get(p, hl)?;
+                if plausible(header, p, file_len, at, offset, fmt) {
+                    if let Ok(slot) = format::check_header(header, fmt) {
+                        if format::validate(r.get(p, slot as usize)?, fmt).is_ok() {
                             return Ok(Tail::Corrupt { at, offset, reason });
                         }
                     }
@@ -243,20 +250,22 @@ fn classify_tail(
 
 /// Cheap pre-filter for a record candidate at file position `p` whose bytes
 /// start `rest` (possibly cut short by the chunk end).
-fn plausible(rest: &[u8], p: u64, file_len: u64, at: u64, offset: u64) -> bool {
-    if rest.len() < RECORD_HEADER_LEN {
+fn plausible(rest: &[u8], p: u64, file_len: u64, at: u64, offset: u64, fmt: Fmt) -> bool {
+    let hl = fmt.rec_header();
+    if rest.len() < hl {
         // Header straddles the chunk end: let the caller look closer.
         // (`Head::Slot` implies at least a record header's length.)
-        return rest.len() >= 4 && matches!(format::head(rest), Head::Slot(s) if s <= file_len - p);
+        return rest.len() >= 4
+            && matches!(format::head(rest, fmt), Head::Slot(s) if s <= file_len - p);
     }
-    let Ok(slot) = format::check_header(rest) else {
+    let Ok(slot) = format::check_header(rest, fmt) else {
         return false;
     };
     if slot > file_len - p {
         return false;
     }
     let o = format::offset_field(rest);
-    let max_skipped = (p - at) / RECORD_HEADER_LEN as u64;
+    let max_skipped = (p - at) / hl as u64;
     o >= offset && o - offset <= max_skipped + 1
 }
 
@@ -267,6 +276,44 @@ pub(crate) fn read_header(file: &File, file_len: u64) -> Result<format::HeaderIn
     file.read_exact_at(&mut buf[..n], 0)
         .map_err(JournalError::io("read"))?;
     format::decode_header(&buf[..n])
+}
+
+/// Reads the Raft state slots of a version-2 header: the intact slot with
+/// the higher generation wins. Returns (generation, slot number, state);
+/// version 1 has no slots and gives generation 0 and the default state.
+///
+/// # Errors
+///
+/// [`CorruptKind::StateSlots`] if neither slot is intact (a torn write
+/// damages at most the slot being written, so this is damage, not a crash).
+pub(crate) fn read_state(
+    file: &File,
+    file_len: u64,
+    fmt: Fmt,
+) -> Result<(u64, u64, RaftState), JournalError> {
+    if fmt.version == 1 {
+        return Ok((0, 1, RaftState::default()));
+    }
+    if file_len < fmt.header_len() {
+        return Err(JournalError::NotAJournal {
+            reason: "file shorter than the journal header",
+        });
+    }
+    let mut buf = [0u8; 2 * STATE_SLOT_LEN as usize];
+    file.read_exact_at(&mut buf, HEADER_LEN)
+        .map_err(JournalError::io("read"))?;
+    let a = format::decode_state(&buf[..STATE_SLOT_LEN as usize]);
+    let b = format::decode_state(&buf[STATE_SLOT_LEN as usize..]);
+    match (a, b) {
+        (Some((ga, sa)), Some((gb, _))) if ga > gb => Ok((ga, 0, sa)),
+        (Some((ga, sa)), None) => Ok((ga, 0, sa)),
+        (_, Some((gb, sb))) => Ok((gb, 1, sb)),
+        (None, None) => Err(JournalError::Corrupt {
+            byte_pos: HEADER_LEN,
+            offset: 0,
+            reason: CorruptKind::StateSlots,
+        }),
+    }
 }
 
 /// End (exclusive, rounded up to 8 bytes) of the last non-zero byte in

@@ -200,14 +200,14 @@ fn recover_refuses_committed_records_that_no_longer_verify() {
     assert!(j.commit(true).is_err());
     // Damage an unsynced committed record behind the journal's back.
     let mut bytes = std::fs::read(&path).unwrap();
-    bytes[32 + 60] ^= 0x40;
+    bytes[288 + 68] ^= 0x40; // inside record 0 of a version-2 file
     std::fs::write(&path, &bytes).unwrap();
     let e = j.recover().unwrap_err();
     assert!(
         matches!(
             e,
             JournalError::Corrupt {
-                byte_pos: 32,
+                byte_pos: 288,
                 offset: 0,
                 ..
             }

@@ -83,7 +83,7 @@ fn flipped_bytes_in_an_early_record() {
     let dir = TempDir::new("corrupt");
     for prealloc in [0, 256 << 10] {
         // length field (low and high byte), CRC, offset, timestamp, seq,
-        // topic length, payload byte.
+        // topic length, term, payload byte (version-2 layout).
         assert_eq!(
             flip_and_check(&dir, prealloc, 0, 0x08),
             CorruptKind::LengthMismatch
@@ -96,7 +96,7 @@ fn flipped_bytes_in_an_early_record() {
             flip_and_check(&dir, prealloc, 0, 0xFF),
             CorruptKind::LengthMismatch
         );
-        for delta in [4, 9, 20, 44, 57, 60] {
+        for delta in [4, 9, 20, 44, 57, 63, 66] {
             let mask = 1 << (delta % 8);
             assert_eq!(
                 flip_and_check(&dir, prealloc, delta, mask),
@@ -109,8 +109,17 @@ fn flipped_bytes_in_an_early_record() {
             CorruptKind::LengthMismatch
         );
         assert_eq!(
-            flip_and_check(&dir, prealloc, 54, 0x01),
+            flip_and_check(&dir, prealloc, 55, 0x01),
             CorruptKind::ReservedBits
+        );
+        assert_eq!(
+            flip_and_check(&dir, prealloc, 54, 0x04),
+            CorruptKind::UnknownKind
+        );
+        // Kind 1 (blank) with a topic and payload.
+        assert_eq!(
+            flip_and_check(&dir, prealloc, 54, 0x01),
+            CorruptKind::LengthMismatch
         );
     }
 }

@@ -5,8 +5,13 @@ mod support;
 
 use std::path::Path;
 
-use pinion_journal::{stat, verify, Fault, Journal, JournalError, Reader, HEADER_LEN};
+use pinion_journal::{
+    stat, verify, CorruptKind, Fault, Journal, JournalError, Reader, HEADER_LEN, STATE_SLOT_LEN,
+};
 use support::{append_range, build, opts, TempDir};
+
+/// The version-2 header: the fixed part and two Raft state slots.
+const H: u64 = HEADER_LEN + 2 * STATE_SLOT_LEN;
 
 /// Every entry point refuses the file with `want`, and nothing is modified.
 #[track_caller]
@@ -49,8 +54,8 @@ fn not_a_journal_files() {
     std::fs::remove_file(&path).unwrap();
     build(&path, opts(0), 0, 1);
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes.len() as u64, HEADER_LEN);
-    for cut in [8, 11, 12, 20, 31] {
+    assert_eq!(bytes.len() as u64, H);
+    for cut in [8, 11, 12, 20, 31, 32, 100, 287] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
         refused(&path, not_a_journal);
     }
@@ -63,13 +68,13 @@ fn unsupported_version_or_flags() {
     build(&path, opts(0), 2, 2);
     let bytes = std::fs::read(&path).unwrap();
     let mut b = bytes.clone();
-    b[8] = 2;
+    b[8] = 3;
     std::fs::write(&path, &b).unwrap();
     refused(&path, |e| {
         matches!(
             e,
             JournalError::UnsupportedVersion {
-                version: 2,
+                version: 3,
                 flags: 0
             }
         )
@@ -81,7 +86,7 @@ fn unsupported_version_or_flags() {
         matches!(
             e,
             JournalError::UnsupportedVersion {
-                version: 1,
+                version: 2,
                 flags: 1
             }
         )
@@ -98,11 +103,11 @@ fn header_only_file_is_an_empty_journal() {
     let dir = TempDir::new("header-only");
     let path = dir.join("j");
     build(&path, opts(0), 0, 1);
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), HEADER_LEN);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), H);
     let v = verify(&path).unwrap();
     assert_eq!(
         (v.records, v.valid_bytes, v.torn_tail, v.first_timestamp_us),
-        (0, 32, None, None)
+        (0, H, None, None)
     );
     let s = stat(&path).unwrap();
     assert_eq!(
@@ -116,9 +121,9 @@ fn header_only_file_is_an_empty_journal() {
     let (mut j, rep) = Journal::open(&path, opts(128 << 10)).unwrap();
     assert_eq!(
         (rep.records, rep.valid_bytes, rep.truncated, rep.created),
-        (0, 32, None, false)
+        (0, H, None, false)
     );
-    assert!(std::fs::metadata(&path).unwrap().len() >= 32 + (128 << 10));
+    assert!(std::fs::metadata(&path).unwrap().len() >= H + (128 << 10));
     append_range(&mut j, 0, 2);
     j.commit(true).unwrap();
     assert_eq!(
@@ -144,4 +149,36 @@ fn missing_file_is_an_io_error_for_readers() {
         assert!(!e.is_out_of_space());
     }
     assert!(!path.exists());
+}
+
+/// One damaged Raft state slot is survivable (a torn header write damages
+/// only the slot being written; the other one holds the previous state);
+/// both damaged is corruption, refused everywhere.
+#[test]
+fn damaged_state_slots() {
+    let dir = TempDir::new("header-slots");
+    let path = dir.join("j");
+    build(&path, opts(0), 3, 3);
+    let bytes = std::fs::read(&path).unwrap();
+    for slot in [0u64, 1] {
+        let mut b = bytes.clone();
+        b[(HEADER_LEN + slot * STATE_SLOT_LEN + 9) as usize] ^= 0x10;
+        std::fs::write(&path, &b).unwrap();
+        let (j, rep) = Journal::open(&path, opts(0)).unwrap();
+        assert_eq!(rep.records, 3, "slot {slot}");
+        drop(j);
+    }
+    let mut b = bytes.clone();
+    b[(HEADER_LEN + 9) as usize] ^= 0x10;
+    b[(HEADER_LEN + STATE_SLOT_LEN + 9) as usize] ^= 0x10;
+    std::fs::write(&path, &b).unwrap();
+    refused(&path, |e| {
+        matches!(
+            e,
+            JournalError::Corrupt {
+                reason: CorruptKind::StateSlots,
+                ..
+            }
+        )
+    });
 }

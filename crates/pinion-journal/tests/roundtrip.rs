@@ -10,12 +10,17 @@ use support::{append_range, build, check, opts, read_all, TempDir};
 
 #[test]
 fn round_trip_all_fields_plain_and_preallocated() {
-    for prealloc in [0, 1 << 20] {
+    // Both format versions: version 1 files stay readable and appendable.
+    for (prealloc, version, h) in [(0, 2, 288), (1 << 20, 2, 288), (0, 1, 32), (1 << 20, 1, 32)] {
+        let o = JournalOptions {
+            create_version: version,
+            ..opts(prealloc)
+        };
         let dir = TempDir::new("roundtrip");
         let path = dir.join("j");
-        let (mut j, rep) = Journal::open(&path, opts(prealloc)).unwrap();
+        let (mut j, rep) = Journal::open(&path, o).unwrap();
         assert!(rep.created);
-        assert_eq!((rep.records, rep.valid_bytes, rep.truncated), (0, 32, None));
+        assert_eq!((rep.records, rep.valid_bytes, rep.truncated), (0, h, None));
         // Edge sizes: empty topic and payload, max topic.
         let big_topic = vec![b't'; 65535];
         for (t, p) in [(&b""[..], &b""[..]), (&big_topic[..], &b"x"[..])] {
@@ -37,7 +42,7 @@ fn round_trip_all_fields_plain_and_preallocated() {
         );
         drop(j);
 
-        let (j, rep) = Journal::open(&path, opts(prealloc)).unwrap();
+        let (j, rep) = Journal::open(&path, o).unwrap();
         assert!(!rep.created);
         assert_eq!((rep.records, rep.truncated), (102, None));
         assert_eq!(j.next_offset(), 102);
@@ -48,7 +53,8 @@ fn round_trip_all_fields_plain_and_preallocated() {
             (&b""[..], &b""[..], u64::MAX)
         );
         assert_eq!(all[1].topic.len(), 65535);
-        assert_eq!(all[0].byte_pos, 32);
+        assert_eq!(all[0].byte_pos, h);
+        assert_eq!(j.version(), version);
         for w in all.windows(2) {
             assert_eq!(w[0].byte_pos + u64::from(w[0].byte_len), w[1].byte_pos);
             assert_eq!(w[1].byte_pos % 8, 0);
@@ -81,7 +87,7 @@ fn round_trip_all_fields_plain_and_preallocated() {
         let s = pinion_journal::stat(&path).unwrap();
         assert_eq!(
             (s.version, s.records, s.file_bytes),
-            (1, 102, std::fs::metadata(&path).unwrap().len())
+            (version, 102, std::fs::metadata(&path).unwrap().len())
         );
         assert_eq!(s.preallocated_bytes, s.file_bytes - s.valid_bytes);
         assert_eq!(s.distinct_clients, 6, "[0xFF;16] plus client(i) for i % 5");
@@ -290,7 +296,7 @@ fn caller_errors_append_nothing() {
         ..opts(0)
     };
     let (mut j, _) = Journal::open(&path, o).unwrap();
-    let payload = vec![0u8; 200 - 56 - 3 + 1];
+    let payload = vec![0u8; 200 - 64 - 3 + 1];
     let rec = NewRecord {
         timestamp_us: 0,
         client_id: [0; 16],

@@ -35,6 +35,13 @@ mod generated {
 pub use generated::*;
 pub use prost::Message;
 
+/// Node-to-node messages of a cluster and the membership encoding, from
+/// `proto/pinion/raft/v1/raft.proto` (documented there).
+#[allow(missing_docs, rustdoc::bare_urls, rustdoc::invalid_html_tags)]
+pub mod raft {
+    include!(concat!(env!("OUT_DIR"), "/pinion.raft.v1.rs"));
+}
+
 /// Length in bytes of a client id.
 pub const CLIENT_ID_LEN: usize = 16;
 /// Longest topic the hub accepts, in bytes.

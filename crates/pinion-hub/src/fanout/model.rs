@@ -330,9 +330,11 @@ impl Harness {
                     // As the journal lays it out (header, topic, 8 bytes of
                     // payload, padded to 8), for the read budget.
                     let byte_len =
-                        (pinion_journal::RECORD_HEADER_LEN + t.len() + 8).next_multiple_of(8);
+                        (pinion_journal::RECORD_HEADER_LEN_V2 + t.len() + 8).next_multiple_of(8);
                     let rec = Record {
                         offset,
+                        term: 0,
+                        kind: pinion_journal::RecordKind::Message,
                         timestamp_us: 1000 + offset,
                         client_id: [7; 16],
                         seq: offset,

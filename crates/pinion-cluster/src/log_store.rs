@@ -1,0 +1,614 @@
+//! The journal as openraft's log storage ([`LogStore`]).
+//!
+//! One **I/O thread** owns the [`Journal`]. openraft's core calls
+//! [`append`](RaftLogStorage::append) once per client write (0.9 does not
+//! batch them), so group commit lives here: `append` puts the entries in an
+//! in-memory tail (readable at once, as the contract requires) and queues
+//! them; the I/O thread takes everything queued, encodes it, writes it with
+//! one `pwrite` and one `fdatasync`, and only then fires the callbacks that
+//! tell openraft the entries are durable. Votes, truncations and resets go
+//! through the same queue, so every write reaches the file in the order
+//! openraft issued it; a vote is synced before `save_vote` returns.
+//!
+//! The committed position openraft reports with `save_committed` is
+//! written into the journal header with the next batch (no extra sync: a
+//! stale value is a safe lower bound). The journal refuses to truncate at
+//! or below it.
+//!
+//! Purging is logical (the single file keeps its records); a purge past the
+//! last entry resets the journal, which then restarts at the next index.
+
+use std::collections::VecDeque;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
+use pinion_journal::{Journal, JournalError, JournalOptions, LogPos, ReaderSource, StoredVote};
+
+use crate::codec;
+use crate::types::{log_id, Entry, LogId, StorageError, TypeConfig, Vote};
+
+/// Entries kept in memory after they are written (for replication to
+/// followers that are slightly behind), at most.
+const TAIL_KEEP: usize = 16 * 1024;
+
+/// Why the log store could not open.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The journal could not be opened (damaged, locked, I/O error, or a
+    /// version-1 file, which must be upgraded first).
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A membership record in the journal does not decode.
+    #[error("membership record at offset {offset} does not decode: {source}")]
+    Membership {
+        /// The record's offset.
+        offset: u64,
+        /// Why.
+        source: codec::DecodeError,
+    },
+    /// The I/O thread could not be started.
+    #[error("could not start the journal I/O thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// What the Raft core side keeps in memory (authoritative for reads; the
+/// I/O thread makes it durable in order).
+#[derive(Debug)]
+struct Meta {
+    vote: Option<Vote>,
+    last_log: Option<LogId>,
+    purged: Option<LogId>,
+    committed: Option<LogId>,
+}
+
+/// Entries appended recently: `entries[i]` has index `first + i`.
+#[derive(Debug, Default)]
+struct Tail {
+    first: u64,
+    entries: VecDeque<Entry>,
+    /// Entries below this index are written to the file.
+    written: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    tail: Mutex<Tail>,
+    source: ReaderSource,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum Cmd {
+    Append(Vec<Entry>, LogFlushed<TypeConfig>),
+    Committed(Option<LogId>),
+    Vote(Vote, tokio::sync::oneshot::Sender<Result<(), JournalError>>),
+    Truncate(u64, tokio::sync::oneshot::Sender<Result<(), JournalError>>),
+    Purge(
+        LogId,
+        tokio::sync::oneshot::Sender<Result<(), JournalError>>,
+    ),
+}
+
+/// openraft's log storage on a pinion journal (format version 2).
+pub struct LogStore {
+    meta: Meta,
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Cmd>,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("meta", &self.meta)
+            .finish()
+    }
+}
+
+/// Reads entries for openraft's replication tasks: recent ones from memory,
+/// older ones from the file with its own descriptor.
+pub struct LogReader {
+    shared: Arc<Shared>,
+    reader: Option<pinion_journal::Reader>,
+}
+
+fn pos(id: &LogId) -> LogPos {
+    LogPos {
+        term: id.leader_id.term,
+        index: id.index,
+    }
+}
+
+fn from_pos(p: LogPos) -> LogId {
+    log_id(p.term, p.index)
+}
+
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
+    StorageIOError::new(subject, verb, openraft::AnyError::new(&e)).into()
+}
+
+fn stored_vote(v: &Vote) -> StoredVote {
+    StoredVote {
+        term: v.leader_id.term,
+        node_id: v.leader_id.voted_for,
+        committed: v.committed,
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the journal at `path` as a Raft log and starts
+    /// its I/O thread. The thread stops when the store and all its readers
+    /// are dropped.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: a damaged or version-1 journal, a membership record
+    /// that does not decode, I/O.
+    pub fn open(path: &Path, opts: JournalOptions) -> Result<Self, OpenError> {
+        let (journal, report) = Journal::open(path, opts)?;
+        if let Some(t) = &report.truncated {
+            tracing::warn!(path = %path.display(), "{}", t.reason);
+        }
+        if journal.version() == 1 {
+            return Err(JournalError::NeedsVersion2.into());
+        }
+        let st = *journal.raft_state();
+        let source = journal.reader_source();
+        // The last entry's id: read the last record (if any).
+        let next = journal.next_offset();
+        let last_log = if next > journal.first_offset() {
+            let mut r = source.reader()?;
+            r.seek(next - 1)?;
+            match r.next() {
+                Some(Ok(rec)) => Some(log_id(rec.term, rec.offset)),
+                Some(Err(e)) => return Err(e.into()),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let purged = st.purged.map(from_pos);
+        let meta = Meta {
+            vote: st.vote.map(|v| {
+                let mut vote = Vote {
+                    leader_id: openraft::LeaderId {
+                        term: v.term,
+                        voted_for: v.node_id,
+                    },
+                    committed: false,
+                };
+                if v.committed {
+                    vote.commit();
+                }
+                vote
+            }),
+            last_log: last_log.or(purged),
+            purged,
+            committed: st.committed.map(from_pos),
+        };
+        let shared = Arc::new(Shared {
+            tail: Mutex::new(Tail {
+                first: next,
+                entries: VecDeque::new(),
+                written: next,
+            }),
+            source,
+        });
+        let (tx, rx) = mpsc::channel();
+        let sh = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("pinion-raft-log".into())
+            .spawn(move || io_thread(journal, rx, sh))
+            .map_err(OpenError::Thread)?;
+        Ok(Self { meta, shared, tx })
+    }
+
+    // openraft's error type, as its traits return it.
+    #[allow(clippy::result_large_err)]
+    fn send(&self, cmd: Cmd) -> Result<(), StorageError> {
+        self.tx.send(cmd).map_err(|_| {
+            io_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Write,
+                std::io::Error::other("the journal I/O thread has stopped"),
+            )
+        })
+    }
+
+    /// The log id of entry `index` (which must be in the log).
+    async fn id_at(&mut self, index: u64) -> Result<Option<LogId>, StorageError> {
+        if let Some(p) = self.meta.purged {
+            if index <= p.index {
+                return Ok((index == p.index).then_some(p));
+            }
+        }
+        let mut r = self.get_log_reader().await;
+        let e = r.try_get_log_entries(index..=index).await?;
+        Ok(e.first().map(|e| e.log_id))
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let mut r = self.get_log_reader().await;
+        let purged = self.meta.purged.map(|p| p.index);
+        let mut out = r.try_get_log_entries(range).await?;
+        if let Some(p) = purged {
+            out.retain(|e| e.log_id.index > p);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        let mut out = Vec::new();
+        if start >= end {
+            return Ok(out);
+        }
+        // What memory has, and where it starts.
+        let (mem_first, mem): (u64, Vec<Entry>) = {
+            let t = lock(&self.shared.tail);
+            let last = t.first + t.entries.len() as u64;
+            let from = start.max(t.first);
+            let to = end.min(last);
+            let v = if from < to {
+                t.entries
+                    .range((from - t.first) as usize..(to - t.first) as usize)
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (t.first, v)
+        };
+        if start < mem_first {
+            let disk_end = end.min(mem_first);
+            let read_err = |e: JournalError| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+            let r = match &mut self.reader {
+                Some(r) => r,
+                None => self
+                    .reader
+                    .insert(self.shared.source.reader().map_err(read_err)?),
+            };
+            r.seek(start).map_err(read_err)?;
+            while r.offset() < disk_end {
+                match r.next() {
+                    None => break,
+                    Some(Err(e)) => return Err(read_err(e)),
+                    Some(Ok(rec)) => {
+                        let index = rec.offset;
+                        let e = codec::entry_from_record(rec).map_err(|e| {
+                            io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e)
+                        })?;
+                        out.push(e);
+                    }
+                }
+            }
+        }
+        out.extend(mem);
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        Ok(LogState {
+            last_purged_log_id: self.meta.purged,
+            last_log_id: self.meta.last_log,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> LogReader {
+        LogReader {
+            shared: Arc::clone(&self.shared),
+            reader: None,
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Cmd::Vote(*vote, tx))?;
+        wait(rx, ErrorSubject::Vote, ErrorVerb::Write).await?;
+        self.meta.vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(self.meta.vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.meta.committed = committed;
+        self.send(Cmd::Committed(committed))
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta.committed)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        // Entries at or below the purged index are covered by a snapshot
+        // and need not be stored (openraft never sends them; the storage
+        // suite does, after purging on an empty log).
+        let purged = self.meta.purged.map(|p| p.index);
+        let entries: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
+            .collect();
+        if let Some(last) = entries.last() {
+            let mut t = lock(&self.shared.tail);
+            for e in &entries {
+                let next = t.first + t.entries.len() as u64;
+                if e.log_id.index != next {
+                    if t.entries.is_empty() && e.log_id.index > next {
+                        // An empty log restarting later (after a purge).
+                        t.first = e.log_id.index;
+                        t.written = t.written.max(t.first);
+                    } else {
+                        return Err(io_err(
+                            ErrorSubject::LogIndex(e.log_id.index),
+                            ErrorVerb::Write,
+                            JournalError::OutOfOrder {
+                                index: e.log_id.index,
+                                expected: next,
+                            },
+                        ));
+                    }
+                }
+                t.entries.push_back(e.clone());
+            }
+            self.meta.last_log = Some(last.log_id);
+        }
+        self.send(Cmd::Append(entries, callback))
+    }
+
+    async fn truncate(&mut self, id: LogId) -> Result<(), StorageError> {
+        let before = if id.index == 0 {
+            None
+        } else {
+            self.id_at(id.index - 1).await?
+        };
+        {
+            let mut t = lock(&self.shared.tail);
+            if id.index < t.first {
+                t.entries.clear();
+                t.first = id.index;
+            } else {
+                let keep = (id.index - t.first) as usize;
+                t.entries.truncate(keep);
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Cmd::Truncate(id.index, tx))?;
+        wait(rx, ErrorSubject::Logs, ErrorVerb::Delete).await?;
+        {
+            let mut t = lock(&self.shared.tail);
+            t.written = t.written.min(id.index);
+            if t.entries.is_empty() {
+                t.first = id.index;
+            }
+        }
+        self.meta.last_log = before.or(self.meta.purged);
+        Ok(())
+    }
+
+    async fn purge(&mut self, id: LogId) -> Result<(), StorageError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(Cmd::Purge(id, tx))?;
+        wait(rx, ErrorSubject::Logs, ErrorVerb::Delete).await?;
+        {
+            let mut t = lock(&self.shared.tail);
+            let last = t.first + t.entries.len() as u64;
+            if id.index + 1 >= last {
+                t.entries.clear();
+                t.first = id.index + 1;
+                t.written = t.first;
+            } else {
+                while t.first <= id.index && t.entries.pop_front().is_some() {
+                    t.first += 1;
+                }
+            }
+        }
+        self.meta.purged = Some(id);
+        if self.meta.last_log.is_none_or(|l| l.index < id.index) {
+            self.meta.last_log = Some(id);
+        }
+        Ok(())
+    }
+}
+
+async fn wait(
+    rx: tokio::sync::oneshot::Receiver<Result<(), JournalError>>,
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+) -> Result<(), StorageError> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(io_err(subject, verb, e)),
+        Err(_) => Err(io_err(
+            subject,
+            verb,
+            std::io::Error::other("the journal I/O thread has stopped"),
+        )),
+    }
+}
+
+/// The I/O thread: applies queued commands in order, batching appends.
+fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
+    // The committed position to write with the next batch.
+    let mut committed = j.raft_state().committed;
+    let mut scratch = Vec::new();
+    let mut callbacks: Vec<LogFlushed<TypeConfig>> = Vec::new();
+    let mut state_dirty = false;
+    let mut failed: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut cmds = vec![first];
+        while cmds.len() < 4096 {
+            match rx.try_recv() {
+                Ok(c) => cmds.push(c),
+                Err(_) => break,
+            }
+        }
+        for cmd in cmds {
+            match cmd {
+                Cmd::Append(entries, cb) => {
+                    if failed.is_none() {
+                        for e in &entries {
+                            let r = codec::with_new_entry(e, &mut scratch, |ne| j.append_entry(ne));
+                            if let Err(e) = r {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    callbacks.push(cb);
+                }
+                Cmd::Committed(c) => {
+                    committed = c.as_ref().map(pos);
+                    state_dirty = true;
+                }
+                Cmd::Vote(v, done) => {
+                    flush(
+                        &mut j,
+                        committed,
+                        &mut state_dirty,
+                        &mut callbacks,
+                        &mut failed,
+                        &shared,
+                    );
+                    let mut st = *j.raft_state();
+                    st.vote = Some(stored_vote(&v));
+                    let r = j.set_raft_state(&st, true);
+                    let _ = done.send(r);
+                }
+                Cmd::Truncate(index, done) => {
+                    flush(
+                        &mut j,
+                        committed,
+                        &mut state_dirty,
+                        &mut callbacks,
+                        &mut failed,
+                        &shared,
+                    );
+                    let r = j.truncate(index);
+                    if r.is_ok() {
+                        tracing::warn!(
+                            from = index,
+                            "raft: conflicting uncommitted log tail truncated"
+                        );
+                    }
+                    let _ = done.send(r);
+                }
+                Cmd::Purge(id, done) => {
+                    flush(
+                        &mut j,
+                        committed,
+                        &mut state_dirty,
+                        &mut callbacks,
+                        &mut failed,
+                        &shared,
+                    );
+                    let r = if id.index + 1 >= j.next_offset() {
+                        j.reset(id.index + 1, Some(pos(&id)))
+                    } else {
+                        let mut st = *j.raft_state();
+                        st.purged = Some(pos(&id));
+                        j.set_raft_state(&st, true)
+                    };
+                    let _ = done.send(r);
+                }
+            }
+        }
+        flush(
+            &mut j,
+            committed,
+            &mut state_dirty,
+            &mut callbacks,
+            &mut failed,
+            &shared,
+        );
+    }
+}
+
+/// Writes what is pending (entries and, if changed, the header state) with
+/// one fdatasync, then tells openraft.
+fn flush(
+    j: &mut Journal,
+    committed: Option<LogPos>,
+    state_dirty: &mut bool,
+    callbacks: &mut Vec<LogFlushed<TypeConfig>>,
+    failed: &mut Option<String>,
+    shared: &Shared,
+) {
+    if callbacks.is_empty() && !*state_dirty {
+        return;
+    }
+    let mut r = Ok(());
+    if failed.is_none() && *state_dirty {
+        let mut st = *j.raft_state();
+        st.committed = committed;
+        r = j.set_raft_state(&st, false);
+    }
+    if failed.is_none() && r.is_ok() {
+        r = j.commit(true);
+    }
+    *state_dirty = false;
+    let result = match (failed.take(), r) {
+        (Some(msg), _) => Err(msg),
+        (None, Err(e)) => Err(e.to_string()),
+        (None, Ok(())) => Ok(()),
+    };
+    if result.is_ok() {
+        let mut t = lock(&shared.tail);
+        t.written = j.committed_offset();
+        // Keep a bounded tail of written entries for replication.
+        while t.entries.len() > TAIL_KEEP && t.first < t.written {
+            t.entries.pop_front();
+            t.first += 1;
+        }
+    }
+    for cb in callbacks.drain(..) {
+        match &result {
+            Ok(()) => cb.log_io_completed(Ok(())),
+            Err(msg) => cb.log_io_completed(Err(std::io::Error::other(msg.clone()))),
+        }
+    }
+}
