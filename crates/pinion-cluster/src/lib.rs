@@ -40,6 +40,8 @@
 
 pub mod codec;
 mod log_store;
+pub mod network;
+pub mod rpc;
 mod state_machine;
 mod types;
 
