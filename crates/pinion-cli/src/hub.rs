@@ -399,11 +399,13 @@ impl LogFile {
 /// How `pinion log cat` prints records.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum CatFormat {
-    /// `offset time client seq topic payload` (payload escaped).
+    /// `offset time client seq topic payload` (payload escaped); messages
+    /// only (a cluster log's Raft blank and membership entries are skipped).
     Text,
-    /// One JSON object per record (payload as an escaped string and in hex).
+    /// One JSON object per record, with its `term` and `kind` (`message`,
+    /// `blank`, `membership`); payload as an escaped string and in hex.
     Json,
-    /// Only the payloads, raw, one per line.
+    /// Only the payloads, raw, one per line (messages only).
     Payload,
 }
 
@@ -437,6 +439,14 @@ pub enum LogCommand {
     },
     /// Header, size, record count, first and last records, clients.
     Stat {
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        file: LogFile,
+    },
+    /// Rewrite a format-1 log as format 2 (needed before the node joins a
+    /// cluster): offsets and records unchanged, the old file kept as
+    /// FILE.v1. Run it with the hub stopped.
+    Upgrade {
         #[command(flatten)]
         #[allow(missing_docs)]
         file: LogFile,
@@ -520,6 +530,15 @@ pub fn log(c: LogCommand) -> Result<(), Failure> {
                     }
                     None => break,
                 };
+                let kind = match rec.kind {
+                    pinion_journal::RecordKind::Message => "message",
+                    pinion_journal::RecordKind::Blank => "blank",
+                    pinion_journal::RecordKind::Membership => "membership",
+                };
+                let message = rec.kind == pinion_journal::RecordKind::Message;
+                if !message && !matches!(format, CatFormat::Json) {
+                    continue;
+                }
                 let line = match format {
                     CatFormat::Text => format!(
                         "{} {} {} {} {} {}\n",
@@ -531,8 +550,10 @@ pub fn log(c: LogCommand) -> Result<(), Failure> {
                         escape(&rec.payload)
                     ),
                     CatFormat::Json => format!(
-                        "{{\"offset\":{},\"timestamp_us\":{},\"time\":\"{}\",\"client_id\":\"{}\",\"seq\":{},\"topic\":{},\"payload\":{},\"payload_hex\":\"{}\"}}\n",
+                        "{{\"offset\":{},\"term\":{},\"kind\":\"{}\",\"timestamp_us\":{},\"time\":\"{}\",\"client_id\":\"{}\",\"seq\":{},\"topic\":{},\"payload\":{},\"payload_hex\":\"{}\"}}\n",
                         rec.offset,
+                        rec.term,
+                        kind,
                         rec.timestamp_us,
                         time_str(rec.timestamp_us),
                         uuid(&rec.client_id),
@@ -607,6 +628,51 @@ pub fn log(c: LogCommand) -> Result<(), Failure> {
                     t.bytes_cut, t.at_byte, t.reason
                 );
             }
+            if s.version >= 2 {
+                let r = s.raft;
+                let pos = |p: Option<pinion_journal::LogPos>| {
+                    p.map(|p| format!("term {} index {}", p.term, p.index))
+                        .unwrap_or_else(|| "-".into())
+                };
+                let vote = r
+                    .vote
+                    .map(|v| {
+                        format!(
+                            "term {}, for {}{}",
+                            v.term,
+                            v.node_id
+                                .map_or("nobody".to_string(), |n| format!("node {n}")),
+                            if v.committed { " (committed)" } else { "" }
+                        )
+                    })
+                    .unwrap_or_else(|| "-".into());
+                println!("raft vote:     {vote}");
+                println!("raft commit:   {}", pos(r.committed));
+                println!("raft purged:   {}", pos(r.purged));
+                println!("first offset:  {}", r.first_index);
+            }
+            Ok(())
+        }
+        LogCommand::Upgrade { file } => {
+            let path = file.path();
+            let r = pinion_journal::upgrade(&path).map_err(|e| jfail(&path, e))?;
+            if r.already {
+                println!("{}: already format v2, nothing to do", path.display());
+                return Ok(());
+            }
+            if let Some(t) = &r.torn_tail {
+                println!(
+                    "{}: a torn tail of {} bytes (never acknowledged) was not copied",
+                    path.display(),
+                    t.bytes_cut
+                );
+            }
+            println!(
+                "{}: upgraded to format v2, {} records, offsets unchanged; the format-1 file is kept at {}",
+                path.display(),
+                r.records,
+                r.kept_at.map(|p| p.display().to_string()).unwrap_or_default()
+            );
             Ok(())
         }
     }

@@ -249,3 +249,160 @@ fn inspect(path: &Path, count_clients: bool) -> Result<Inspection, JournalError>
         torn_tail,
     })
 }
+
+/// What [`upgrade`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeReport {
+    /// The file was already version 2: nothing was done.
+    pub already: bool,
+    /// Records copied (offsets unchanged, term 0, kind message).
+    pub records: u64,
+    /// Where the version-1 file was kept (never deleted).
+    pub kept_at: Option<std::path::PathBuf>,
+    /// A torn tail of the version-1 file that was not copied (never
+    /// acknowledged data, as `Journal::open` would have cut it).
+    pub torn_tail: Option<Truncation>,
+}
+
+/// Rewrites a version-1 journal as version 2, so that it can become a Raft
+/// log: every record keeps its offset, timestamp, client id, seq, topic
+/// and payload, with term 0 and kind "message". The new file is written
+/// next to the old one (`<file>.upgrading`), fdatasynced and checked
+/// record by record against the old one; then the old file is renamed to
+/// `<file>.v1` (kept, never deleted) and the new one takes its name, and
+/// the directory is fsynced. A crash at any point leaves either the old
+/// file in place or both files complete.
+///
+/// # Errors
+///
+/// [`JournalError::Locked`] while a `Journal` (a running hub) has the file
+/// open, [`JournalError::Corrupt`] if the old file is damaged (repair it
+/// first), `<file>.v1` already existing (as an I/O error, nothing done),
+/// header and I/O errors.
+pub fn upgrade(path: &Path) -> Result<UpgradeReport, JournalError> {
+    use crate::journal::{Journal, JournalOptions, NewRecord};
+    use crate::reader::Reader;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(JournalError::io("open"))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(JournalError::Io {
+                op: "lock",
+                source: e,
+            })
+        }
+    }
+    let file_len = file_len_of(&file)?;
+    let header = scan::read_header(&file, file_len)?;
+    if header.version == 2 {
+        return Ok(UpgradeReport {
+            already: true,
+            records: 0,
+            kept_at: None,
+            torn_tail: None,
+        });
+    }
+    let v = verify(path)?;
+    let with_suffix = |suffix: &str| {
+        let mut n = path
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        n.push(suffix);
+        path.with_file_name(n)
+    };
+    let kept = with_suffix(".v1");
+    if kept.exists() {
+        return Err(JournalError::Io {
+            op: "upgrade",
+            source: std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} already exists; move it away first", kept.display()),
+            ),
+        });
+    }
+    let tmp = with_suffix(".upgrading");
+    let _ = std::fs::remove_file(&tmp);
+    let opts = JournalOptions {
+        preallocate: 0,
+        create_version: 2,
+        ..JournalOptions::default()
+    };
+    let (mut j, _) = Journal::open(&tmp, opts)?;
+    let mut r = Reader::open(path)?;
+    let mut n = 0u64;
+    while let Some(rec) = r.next() {
+        let rec = rec?;
+        let off = j.append(&NewRecord {
+            timestamp_us: rec.timestamp_us,
+            client_id: rec.client_id,
+            seq: rec.seq,
+            topic: &rec.topic,
+            payload: &rec.payload,
+        })?;
+        debug_assert_eq!(off, rec.offset);
+        n += 1;
+        if j.pending_records() >= 4096 {
+            j.commit(false)?;
+        }
+    }
+    j.commit(true)?;
+    drop(j);
+    // Check the copy record by record before anything is renamed.
+    let mut a = Reader::open(path)?;
+    let mut b = Reader::open(&tmp)?;
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => break,
+            (Some(x), Some(y)) => {
+                let (x, y) = (x?, y?);
+                let same = x.offset == y.offset
+                    && x.timestamp_us == y.timestamp_us
+                    && x.client_id == y.client_id
+                    && x.seq == y.seq
+                    && x.topic == y.topic
+                    && x.payload == y.payload;
+                if !same {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(JournalError::Io {
+                        op: "upgrade",
+                        source: std::io::Error::other(format!(
+                            "the copy of record {} differs; nothing was changed",
+                            x.offset
+                        )),
+                    });
+                }
+            }
+            _ => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(JournalError::Io {
+                    op: "upgrade",
+                    source: std::io::Error::other(
+                        "the copy has another number of records; nothing was changed",
+                    ),
+                });
+            }
+        }
+    }
+    std::fs::rename(path, &kept).map_err(JournalError::io("rename"))?;
+    std::fs::rename(&tmp, path).map_err(JournalError::io("rename"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(JournalError::io("fsync directory"))?;
+    let _ = file.unlock();
+    Ok(UpgradeReport {
+        already: false,
+        records: n,
+        kept_at: Some(kept),
+        torn_tail: v.torn_tail,
+    })
+}

@@ -257,7 +257,9 @@ pub use format::{
     HeaderInfo, LogPos, RaftState, RecordKind, StoredVote, HEADER_LEN, MAGIC, MAX_RECORD_LEN,
     RECORD_HEADER_LEN, RECORD_HEADER_LEN_V2, STATE_SLOT_LEN, VERSION,
 };
-pub use inspect::{repair, stat, verify, RecordSummary, Stat, VerifyReport};
+pub use inspect::{
+    repair, stat, upgrade, verify, RecordSummary, Stat, UpgradeReport, VerifyReport,
+};
 pub use journal::{
     Journal, JournalOptions, NewEntry, NewRecord, OpenReport, ReaderSource, Truncation,
 };

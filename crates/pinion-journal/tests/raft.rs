@@ -373,3 +373,50 @@ proptest! {
         prop_assert_eq!(read_all(&j), model);
     }
 }
+
+#[test]
+fn upgrade_rewrites_version_1_keeps_the_old_file_and_is_idempotent() {
+    let dir = TempDir::new("raft-upgrade");
+    let path = dir.join("pinion.log");
+    let o = JournalOptions {
+        create_version: 1,
+        ..opts(64 << 10)
+    };
+    let (mut j, _) = Journal::open(&path, o).unwrap();
+    support::append_range(&mut j, 0, 300);
+    j.commit(true).unwrap();
+    // While the hub holds the file, nothing happens.
+    assert!(matches!(
+        pinion_journal::upgrade(&path),
+        Err(JournalError::Locked)
+    ));
+    drop(j);
+    let before = std::fs::read(&path).unwrap();
+    let rep = pinion_journal::upgrade(&path).unwrap();
+    assert_eq!(
+        (rep.already, rep.records, rep.torn_tail),
+        (false, 300, None)
+    );
+    let kept = rep.kept_at.unwrap();
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        before,
+        "the version-1 file is kept as it was"
+    );
+    let (mut j, open) = Journal::open(&path, opts(0)).unwrap();
+    assert_eq!((j.version(), open.records), (2, 300));
+    let mut r = j.reader().unwrap();
+    for i in 0..300 {
+        let rec = r.next().unwrap().unwrap();
+        support::check(&rec, i);
+        assert_eq!((rec.term, rec.kind), (0, RecordKind::Message));
+    }
+    // The upgraded log goes on, and can now hold Raft state.
+    j.set_raft_state(&RaftState::default(), true).unwrap();
+    drop(j);
+    assert!(pinion_journal::upgrade(&path).unwrap().already);
+    // A second version-1 file cannot be upgraded over a kept one.
+    std::fs::copy(&kept, &path).unwrap();
+    assert!(pinion_journal::upgrade(&path).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing changed");
+}

@@ -179,7 +179,9 @@ pub(crate) fn replay_chunk<L: LogSource>(
             }
             let out = &mut outs[i];
             out.next = rec.offset + 1;
-            if matches(&r.filter, &rec.topic) {
+            // A cluster log's Raft blank and membership entries take
+            // offsets but are not messages: subscribers never see them.
+            if rec.kind == pinion_journal::RecordKind::Message && matches(&r.filter, &rec.topic) {
                 let e = frames.get_or_insert_with(|| {
                     encode(
                         &Durable {
@@ -575,6 +577,60 @@ pub(crate) fn run_replay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Vec2(Vec<pinion_journal::Record>, usize);
+
+    impl LogSource for Vec2 {
+        type Error = String;
+        fn seek(&mut self, offset: u64) -> Result<(), String> {
+            self.1 = offset as usize;
+            Ok(())
+        }
+        fn next_record(&mut self) -> Option<Result<pinion_journal::Record, String>> {
+            let r = self.0.get(self.1)?.clone();
+            self.1 += 1;
+            Some(Ok(r))
+        }
+    }
+
+    /// A cluster log's Raft entries (blank, membership) take offsets but
+    /// are never delivered; the replay moves past them.
+    #[test]
+    fn raft_entries_are_skipped() {
+        use pinion_journal::RecordKind as K;
+        let kinds = [K::Membership, K::Blank, K::Message, K::Blank, K::Message];
+        let log = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| pinion_journal::Record {
+                offset: i as u64,
+                term: 1,
+                kind,
+                timestamp_us: 0,
+                client_id: [0; 16],
+                seq: i as u64,
+                topic: Bytes::from_static(b"t"),
+                payload: Bytes::from_static(b"p"),
+                byte_pos: 0,
+                byte_len: 72,
+            })
+            .collect();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let group = [ReplayReq {
+            core: 0,
+            sub: 1,
+            from: 0,
+            upto: 5,
+            framing: Framing::Sp,
+            filter: Vec::new(),
+            budget: 1 << 20,
+            cancel,
+        }];
+        let outs = replay_chunk(&group, &mut Vec2(log, 0), &mut BytesMut::new());
+        let offsets: Vec<u64> = outs[0].frames.iter().map(|f| f.0).collect();
+        assert_eq!(offsets, vec![2, 4]);
+        assert_eq!(outs[0].next, 5);
+    }
 
     fn flags(n: usize) -> Vec<Arc<AtomicBool>> {
         (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect()
