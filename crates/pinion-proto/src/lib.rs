@@ -66,6 +66,19 @@ impl Reply {
                 seq,
                 code: Some(code as i32),
                 reason: Some(reason.into()),
+                leader: None,
+            })),
+        }
+    }
+
+    /// A NACK `NOT_LEADER`, naming the leader's publisher URL when known.
+    pub fn not_leader(seq: Option<u64>, leader: Option<String>, reason: impl Into<String>) -> Reply {
+        Reply {
+            result: Some(reply::Result::Nack(Nack {
+                seq,
+                code: Some(Code::NotLeader as i32),
+                reason: Some(reason.into()),
+                leader,
             })),
         }
     }
@@ -195,6 +208,7 @@ mod tests {
             seq: None,
             code: Some(99),
             reason: None,
+            leader: None,
         };
         assert_eq!(n.code(), Code::Unspecified);
         let r = Reply::nack(Some(4), Code::TooLarge, "payload 300 bytes > max 256");
