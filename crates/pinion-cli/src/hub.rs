@@ -59,6 +59,21 @@ pub struct ServeArgs {
     /// Connections per source address and port (0: no cap) [default: 1024].
     #[arg(long, value_name = "N")]
     pub max_connections_per_source: Option<usize>,
+    /// Cluster mode: this node's id (with --raft and --peer; see
+    /// docs/CLUSTER.md). Absent: a single node.
+    #[arg(long, value_name = "ID", requires = "raft")]
+    pub node_id: Option<u64>,
+    /// Cluster mode: this node's Raft endpoint (tcp://host:port).
+    #[arg(long, value_name = "URL", requires = "node_id")]
+    pub raft: Option<String>,
+    /// Cluster mode: an initial voter, this node included, as
+    /// ID=RAFT_URL[,PUBLISH_URL[,SUBSCRIBE_URL[,HTTP_ADDR]]] (repeat).
+    #[arg(long, value_name = "SPEC", requires = "node_id")]
+    pub peer: Vec<String>,
+    /// Cluster mode: how long a publish waits for a quorum before NACK
+    /// UNAVAILABLE, ms [default: 2000].
+    #[arg(long, value_name = "MS", requires = "node_id")]
+    pub cluster_write_timeout_ms: Option<u64>,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -138,6 +153,19 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
     }
     if let Some(n) = a.max_connections_per_source {
         cfg.max_connections_per_source = n;
+    }
+    if let (Some(id), Some(raft)) = (a.node_id, &a.raft) {
+        let mut peers = std::collections::BTreeMap::new();
+        for p in &a.peer {
+            let (pid, node) = pinion_hub::cluster::parse_peer(p)
+                .map_err(|e| Failure::usage(format!("--peer {p:?}: {e}")))?;
+            peers.insert(pid, node);
+        }
+        let mut c = pinion_hub::cluster::ClusterConfig::new(id, raft.clone(), peers);
+        if let Some(ms) = a.cluster_write_timeout_ms {
+            c.write_timeout = Duration::from_millis(ms);
+        }
+        cfg.cluster = Some(c);
     }
     cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;
     Ok(cfg)

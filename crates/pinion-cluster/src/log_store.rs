@@ -214,6 +214,19 @@ impl LogStore {
         Ok(Self { meta, shared, tx })
     }
 
+    /// Readers of the journal (for subscribers' catch-up), which follow
+    /// what the I/O thread writes. They see records that are written but
+    /// not yet committed by Raft: a reader must stop at the applied index.
+    pub fn reader_source(&self) -> ReaderSource {
+        self.shared.source.clone()
+    }
+
+    /// The committed position the journal header recorded (where a
+    /// restarted node knows every entry is committed).
+    pub fn committed(&self) -> Option<LogId> {
+        self.meta.committed
+    }
+
     // openraft's error type, as its traits return it.
     #[allow(clippy::result_large_err)]
     fn send(&self, cmd: Cmd) -> Result<(), StorageError> {

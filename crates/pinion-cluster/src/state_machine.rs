@@ -24,6 +24,12 @@ use crate::types::{
 pub trait Machine: Send + Sync + 'static {
     /// Applies the committed message at `index` (its offset).
     fn apply(&mut self, index: u64, msg: &Publish) -> Applied;
+    /// Called after each batch of applied entries: every entry below
+    /// `next` (messages, blank and membership entries) is applied. The
+    /// hub hands the batch to its subscribers here.
+    fn applied(&mut self, next: u64) {
+        let _ = next;
+    }
     /// The state as bytes (a snapshot as of the last applied entry).
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's.
@@ -121,7 +127,9 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
+        let mut last = None;
         for e in entries {
+            last = Some(e.log_id.index);
             self.applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::None,
@@ -131,6 +139,9 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
                     Applied::None
                 }
             });
+        }
+        if let Some(last) = last {
+            self.machine.applied(last + 1);
         }
         Ok(out)
     }

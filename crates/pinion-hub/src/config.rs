@@ -33,6 +33,17 @@
 //! ws_ping_interval_ms = 30000         # idle WebSocket subscribers are pinged
 //! max_replays = 16                    # catch-up replays read at once
 //! max_fanout_backlog = 67108864       # bytes of batches queued per core
+//!
+//! # Cluster mode (see docs/CLUSTER.md); absent = a single node
+//! [cluster]
+//! node_id = 1                         # this node (ids start at 1, never reused)
+//! raft = "tcp://127.0.0.1:7460"       # this node's Raft endpoint
+//! # every initial voter, this one too: ID=RAFT[,PUBLISH[,SUBSCRIBE[,HTTP]]]
+//! peers = ["1=tcp://127.0.0.1:7460,tcp://127.0.0.1:7450", "2=tcp://127.0.0.2:7460,tcp://127.0.0.2:7450"]
+//! write_timeout_ms = 2000             # no commit by then: NACK UNAVAILABLE
+//! heartbeat_ms = 50
+//! election_timeout_min_ms = 300
+//! election_timeout_max_ms = 600
 //! ```
 
 use std::path::PathBuf;
@@ -213,6 +224,8 @@ pub struct HubConfig {
     /// Bytes of live batches queued for one core's fan-out; past it that
     /// core's subscribers are switched to catching up from the log.
     pub max_fanout_backlog: usize,
+    /// Cluster mode (`[cluster]`): `None` is the single node.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// Longest duration a setting may hold (a day): longer ones overflow
@@ -249,6 +262,7 @@ impl Default for HubConfig {
             ws_ping_interval: Duration::from_secs(30),
             max_replays: 16,
             max_fanout_backlog: 64 << 20,
+            cluster: None,
         }
     }
 }
@@ -306,6 +320,21 @@ struct FileConfig {
     ws_ping_interval_ms: Option<u64>,
     max_replays: Option<usize>,
     max_fanout_backlog: Option<usize>,
+    cluster: Option<FileCluster>,
+}
+
+/// `[cluster]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    node_id: u64,
+    raft: String,
+    /// `ID=RAFT_URL[,PUBLISH_URL[,SUBSCRIBE_URL[,HTTP_ADDR]]]` per voter.
+    peers: Vec<String>,
+    write_timeout_ms: Option<u64>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_min_ms: Option<u64>,
+    election_timeout_max_ms: Option<u64>,
 }
 
 impl HubConfig {
@@ -417,6 +446,28 @@ impl HubConfig {
         }
         if let Some(v) = f.max_fanout_backlog {
             self.max_fanout_backlog = v;
+        }
+        if let Some(c) = f.cluster {
+            let mut peers = std::collections::BTreeMap::new();
+            for p in &c.peers {
+                let (id, node) = crate::cluster::parse_peer(p)
+                    .map_err(|e| format!("cluster.peers {p:?}: {e}"))?;
+                peers.insert(id, node);
+            }
+            let mut cc = crate::cluster::ClusterConfig::new(c.node_id, c.raft, peers);
+            if let Some(v) = c.write_timeout_ms {
+                cc.write_timeout = ms("cluster.write_timeout_ms", v)?;
+            }
+            if let Some(v) = c.heartbeat_ms {
+                cc.heartbeat = ms("cluster.heartbeat_ms", v)?;
+            }
+            if let Some(v) = c.election_timeout_min_ms {
+                cc.election_timeout.0 = ms("cluster.election_timeout_min_ms", v)?;
+            }
+            if let Some(v) = c.election_timeout_max_ms {
+                cc.election_timeout.1 = ms("cluster.election_timeout_max_ms", v)?;
+            }
+            self.cluster = Some(cc);
         }
         Ok(())
     }
@@ -551,6 +602,18 @@ impl HubConfig {
         ] {
             if v == 0 {
                 return inv(key, "0".into(), "at least 1");
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if let Err(why) = c.validate() {
+                return inv("cluster", format!("node {}", c.node_id), why);
+            }
+            if self.fsync != FsyncPolicy::Always {
+                return inv(
+                    "fsync",
+                    self.fsync.to_string(),
+                    "\"always\" in a cluster (an ACK means fdatasync'ed on a majority)",
+                );
             }
         }
         if self.max_fanout_backlog < 1 << 20 {

@@ -348,6 +348,7 @@ mod tests {
 
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
+            cluster: None,
             inflight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             head: AtomicU64::new(0),

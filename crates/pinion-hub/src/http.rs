@@ -542,10 +542,41 @@ async fn connection(
             respond(&mut s, web, "200 OK", ctype, "", js).await
         }
         "/metrics" => {
-            let body = web.metrics_text();
+            let mut body = web.metrics_text().to_string();
+            if let Some(c) = &web.shared.cluster {
+                body.push_str(&c.metrics_text());
+            }
             let ctype = "text/plain; version=0.0.4; charset=utf-8";
             respond(&mut s, web, "200 OK", ctype, "", body.as_bytes()).await
         }
+        // 200 only on a leader that has heard from a quorum within the
+        // election timeout and has applied its own term's first entry:
+        // what a load balancer's health check sends publishers to. A
+        // single node always leads.
+        "/leader" => {
+            let leads = web
+                .shared
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.serving_leader.load(std::sync::atomic::Ordering::Relaxed));
+            if leads && web.shared.health().is_ok() {
+                respond(&mut s, web, "200 OK", "text/plain", "", b"leader\n").await
+            } else {
+                let status = "503 Service Unavailable";
+                respond(&mut s, web, status, "text/plain", "", b"not the leader\n").await
+            }
+        }
+        "/cluster" => match &web.shared.cluster {
+            Some(c) => {
+                let body = c.json();
+                let ctype = "application/json";
+                respond(&mut s, web, "200 OK", ctype, "", body.as_bytes()).await
+            }
+            None => {
+                let body = b"{\"single_node\":true}";
+                respond(&mut s, web, "200 OK", "application/json", "", body).await
+            }
+        },
         "/healthz" => match web.shared.health() {
             Ok(()) => respond(&mut s, web, "200 OK", "text/plain", "", b"ok\n").await,
             Err(why) => {

@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster;
 pub mod config;
 pub mod envelope;
 pub mod fanout;
@@ -123,10 +124,17 @@ pub enum HubError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Cluster mode: the Raft node could not start (its endpoint could not
+    /// be bound, a membership record of the log does not decode, …).
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// State shared by the cores and the writer (atomics only).
 pub(crate) struct Shared {
+    /// Cluster mode: the node's Raft status (for `/leader`, `/cluster`,
+    /// `/metrics`).
+    pub cluster: Option<Arc<cluster::Status>>,
     pub inflight: AtomicUsize,
     pub shutting_down: AtomicBool,
     pub head: AtomicU64,
@@ -170,6 +178,24 @@ pub struct StartReport {
     pub rebuilt: bool,
 }
 
+/// Where the log and the sessions live (one value per hub, moved once:
+/// the size difference between the variants does not matter).
+#[allow(clippy::large_enum_variant)]
+enum Backend {
+    /// One node: the journal, the SQLite checkpoint, the sessions.
+    Single {
+        journal: Journal,
+        store: store::Store,
+        sessions: sessions::Sessions,
+    },
+    /// A cluster node: the journal as the Raft log.
+    Cluster {
+        log: pinion_cluster::LogStore,
+        source: pinion_journal::ReaderSource,
+        cfg: cluster::ClusterConfig,
+    },
+}
+
 /// A running hub.
 pub struct Hub {
     rt: Runtime,
@@ -193,58 +219,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Opens the data directory (log, sessions, replay), binds the
-    /// endpoints and starts serving.
-    pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
-        cfg.validate()?;
-        let dir = cfg.data_dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
-            op: "create data directory",
-            path: dir.clone(),
-            source,
-        })?;
-        let lock_path = dir.join("LOCK");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| HubError::Io {
-                op: "open",
-                path: lock_path.clone(),
-                source,
-            })?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(HubError::Locked(dir)),
-            Err(std::fs::TryLockError::Error(source)) => {
-                return Err(HubError::Io {
-                    op: "lock",
-                    path: lock_path,
-                    source,
-                })
-            }
-        }
-
-        // The log, then the sessions: checkpoint + replay of the tail.
-        let log_path = dir.join(LOG_FILE);
+    /// The single node's log and sessions: the journal, then the SQLite
+    /// checkpoint and a replay of the log's tail.
+    fn open_single(
+        cfg: &HubConfig,
+        dir: &std::path::Path,
+        log_path: &std::path::Path,
+        jopts: JournalOptions,
+    ) -> Result<(Backend, u64, StartReport), HubError> {
         let jerr = |source| HubError::Journal {
-            path: log_path.clone(),
+            path: log_path.to_path_buf(),
             source,
         };
-        let (journal, opened) = Journal::open(
-            &log_path,
-            JournalOptions {
-                preallocate: cfg.preallocate,
-                // Every payload the hub accepts fits (validate caps
-                // max_payload at 16 MiB, far below the format's limit), so
-                // an oversize publish is TOO_LARGE at the door, never an
-                // UNAVAILABLE from the journal.
-                max_record_bytes: record_limit(cfg.max_payload),
-                ..JournalOptions::default()
-            },
-        )
-        .map_err(jerr)?;
+        let (journal, opened) = Journal::open(log_path, jopts).map_err(jerr)?;
         let truncated = opened.truncated.as_ref().map(|t| {
             format!(
                 "cut a torn tail of {} bytes at byte {} ({})",
@@ -305,6 +292,98 @@ impl Hub {
             replayed,
             rebuilt,
         };
+        Ok((
+            Backend::Single {
+                journal,
+                store,
+                sessions,
+            },
+            end,
+            report,
+        ))
+    }
+
+    /// Opens the data directory (log, sessions, replay), binds the
+    /// endpoints and starts serving.
+    pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
+        cfg.validate()?;
+        let dir = cfg.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
+            op: "create data directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| HubError::Io {
+                op: "open",
+                path: lock_path.clone(),
+                source,
+            })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(HubError::Locked(dir)),
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(HubError::Io {
+                    op: "lock",
+                    path: lock_path,
+                    source,
+                })
+            }
+        }
+
+        let log_path = dir.join(LOG_FILE);
+        let jerr = |source| HubError::Journal {
+            path: log_path.clone(),
+            source,
+        };
+        let jopts = JournalOptions {
+            preallocate: cfg.preallocate,
+            // Every payload the hub accepts fits (validate caps
+            // max_payload at 16 MiB, far below the format's limit), so
+            // an oversize publish is TOO_LARGE at the door, never an
+            // UNAVAILABLE from the journal.
+            max_record_bytes: record_limit(cfg.max_payload),
+            ..JournalOptions::default()
+        };
+        let (backend, end, report) = match &cfg.cluster {
+            None => Self::open_single(&cfg, &dir, &log_path, jopts)?,
+            Some(c) => {
+                // The journal as the Raft log; the sessions are rebuilt by
+                // applying the committed log (openraft re-applies it at
+                // start), so no SQLite checkpoint is read.
+                let log =
+                    pinion_cluster::LogStore::open(&log_path, jopts).map_err(|e| match e {
+                        pinion_cluster::OpenError::Journal(source) => HubError::Journal {
+                            path: log_path.clone(),
+                            source,
+                        },
+                        other => HubError::Cluster(other.to_string()),
+                    })?;
+                let source = log.reader_source();
+                let first = source.reader().map_err(jerr)?.first_offset();
+                let report = StartReport {
+                    records: first,
+                    truncated: None,
+                    clients: 0,
+                    replayed: 0,
+                    rebuilt: false,
+                };
+                (
+                    Backend::Cluster {
+                        log,
+                        source,
+                        cfg: c.clone(),
+                    },
+                    first,
+                    report,
+                )
+            }
+        };
 
         // One descriptor per connection: 100,000 subscribers need more
         // than the usual 1,024.
@@ -336,6 +415,10 @@ impl Hub {
             source,
         })?;
         let shared = Arc::new(Shared {
+            cluster: cfg
+                .cluster
+                .as_ref()
+                .map(|_| Arc::new(cluster::Status::default())),
             inflight: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             head: AtomicU64::new(end),
@@ -417,46 +500,140 @@ impl Hub {
             fan_rxs.push(rx);
         }
         let (replay_tx, replay_rx) = mpsc::channel();
-        let replay_reader = journal.reader().map_err(jerr)?;
-        // The sessions gauges are right from the start (the writer keeps
-        // them so after each commit and checkpoint).
-        writer::publish_session_stats(&sessions, &shared.stats);
-        // The writer bounds each core's fan-out backlog in bytes (never
-        // waiting on a core); each core takes what it processed off it.
-        let fan_gate = writer::FanGate::new(n, end, cfg.max_fanout_backlog);
-        let fan_backlogs: Vec<_> = (0..n).map(|core| fan_gate.counter(core)).collect();
-        let w = writer::Writer {
-            fan: fan_txs.clone(),
-            fan_gate,
-            fan_pending: Vec::new(),
-            fan_first: end,
-            fan_encoded: true,
-            fan_buf: bytes::BytesMut::new(),
-            journal,
-            sessions,
-            fsync: cfg.fsync,
-            checkpoint_every: cfg.checkpoint_interval,
-            horizon: cfg.dedup_horizon,
-            max_sessions: cfg.max_sessions,
-            evicted: 0,
-            rx: writer_rx,
-            cores: answer_txs,
-            store_tx,
-            shared: shared.clone(),
-        };
         let spawn_err = |source| HubError::Io {
             op: "spawn thread",
             path: dir.clone(),
             source,
         };
-        let store_thread = std::thread::Builder::new()
-            .name("pinion-hub-ckpt".into())
-            .spawn(move || writer::run_store(store, store_rx))
-            .map_err(spawn_err)?;
-        let writer_thread = std::thread::Builder::new()
-            .name("pinion-hub-writer".into())
-            .spawn(move || w.run())
-            .map_err(spawn_err)?;
+        // The writer bounds each core's fan-out backlog in bytes (never
+        // waiting on a core); each core takes what it processed off it.
+        let fan_gate = writer::FanGate::new(n, end, cfg.max_fanout_backlog);
+        let fan_backlogs: Vec<_> = (0..n).map(|core| fan_gate.counter(core)).collect();
+        let (replay_reader, writer_thread, store_thread, raft_thread) = match backend {
+            Backend::Single {
+                journal,
+                store,
+                sessions,
+            } => {
+                let replay_reader = journal.reader().map_err(jerr)?;
+                // The sessions gauges are right from the start (the writer
+                // keeps them so after each commit and checkpoint).
+                writer::publish_session_stats(&sessions, &shared.stats);
+                let w = writer::Writer {
+                    fan: fan_txs.clone(),
+                    fan_gate,
+                    fan_pending: Vec::new(),
+                    fan_first: end,
+                    fan_encoded: true,
+                    fan_buf: bytes::BytesMut::new(),
+                    journal,
+                    sessions,
+                    fsync: cfg.fsync,
+                    checkpoint_every: cfg.checkpoint_interval,
+                    horizon: cfg.dedup_horizon,
+                    max_sessions: cfg.max_sessions,
+                    evicted: 0,
+                    rx: writer_rx,
+                    cores: answer_txs,
+                    store_tx,
+                    shared: shared.clone(),
+                };
+                let store_thread = std::thread::Builder::new()
+                    .name("pinion-hub-ckpt".into())
+                    .spawn(move || writer::run_store(store, store_rx))
+                    .map_err(spawn_err)?;
+                let writer_thread = std::thread::Builder::new()
+                    .name("pinion-hub-writer".into())
+                    .spawn(move || w.run())
+                    .map_err(spawn_err)?;
+                (replay_reader, Some(writer_thread), Some(store_thread), None)
+            }
+            Backend::Cluster {
+                log,
+                source,
+                cfg: ccfg,
+            } => {
+                drop((store_tx, store_rx));
+                let replay_reader = source.reader().map_err(jerr)?;
+                let sessions = Arc::new(std::sync::Mutex::new(sessions::Sessions::new(
+                    cfg.dedup_window,
+                )));
+                let (fan_tx, fan_rx) = mpsc::channel();
+                let machine = cluster::HubMachine {
+                    sessions: sessions.clone(),
+                    fan_tx,
+                    shared: shared.clone(),
+                    fan_first: end,
+                    pending: Vec::new(),
+                    encoded: true,
+                    buf: bytes::BytesMut::new(),
+                    horizon: cfg.dedup_horizon,
+                    max_sessions: cfg.max_sessions,
+                };
+                let (fan, sh) = (fan_txs.clone(), shared.clone());
+                std::thread::Builder::new()
+                    .name("pinion-hub-fan".into())
+                    .spawn(move || cluster::run_fan(fan_rx, fan_gate, fan, sh, end))
+                    .map_err(spawn_err)?;
+                // The intakes send on a std channel; the Raft writer is a
+                // task: one thread bridges them.
+                let (bridge_tx, bridge_rx) = tokio::sync::mpsc::unbounded_channel();
+                std::thread::Builder::new()
+                    .name("pinion-hub-bridge".into())
+                    .spawn(move || {
+                        while let Ok(m) = writer_rx.recv() {
+                            if bridge_tx.send(m).is_err() {
+                                break;
+                            }
+                        }
+                    })
+                    .map_err(spawn_err)?;
+                let status = shared
+                    .cluster
+                    .clone()
+                    .expect("cluster status is set in cluster mode");
+                let (ready_tx, ready_rx) = mpsc::channel();
+                let sh = shared.clone();
+                let raft_thread = std::thread::Builder::new()
+                    .name("pinion-raft".into())
+                    .spawn(move || {
+                        let rt = match tokio::runtime::Builder::new_multi_thread()
+                            .worker_threads(1)
+                            .thread_name("pinion-raft")
+                            .enable_all()
+                            .build()
+                        {
+                            Ok(rt) => rt,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e.to_string()));
+                                return;
+                            }
+                        };
+                        rt.block_on(async move {
+                            let (raft, server) =
+                                match cluster::start_raft(&ccfg, log, machine).await {
+                                    Ok(r) => r,
+                                    Err(e) => {
+                                        let _ = ready_tx.send(Err(e));
+                                        return;
+                                    }
+                                };
+                            let _ = ready_tx.send(Ok(()));
+                            tokio::spawn(cluster::run_status(raft.clone(), status, ccfg.clone()));
+                            cluster::run_writer(raft, ccfg, sessions, bridge_rx, answer_txs, sh)
+                                .await;
+                            server.close();
+                        });
+                    })
+                    .map_err(spawn_err)?;
+                match ready_rx.recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(HubError::Cluster(e)),
+                    Err(_) => return Err(HubError::Cluster("the Raft thread stopped".into())),
+                }
+                (replay_reader, None, None, Some(raft_thread))
+            }
+        };
         let (fan_cores, sh, max_replays) = (fan_txs.clone(), shared.clone(), cfg.max_replays);
         std::thread::Builder::new()
             .name("pinion-hub-replay".into())
@@ -562,8 +739,8 @@ impl Hub {
             fan: fan_txs,
             stop_sampler,
             to_writer,
-            writer: Some(writer_thread),
-            store: Some(store_thread),
+            writer: writer_thread.or(raft_thread),
+            store: store_thread,
             shared,
             report,
             _lock: lock,

@@ -72,7 +72,11 @@ impl Reply {
     }
 
     /// A NACK `NOT_LEADER`, naming the leader's publisher URL when known.
-    pub fn not_leader(seq: Option<u64>, leader: Option<String>, reason: impl Into<String>) -> Reply {
+    pub fn not_leader(
+        seq: Option<u64>,
+        leader: Option<String>,
+        reason: impl Into<String>,
+    ) -> Reply {
         Reply {
             result: Some(reply::Result::Nack(Nack {
                 seq,

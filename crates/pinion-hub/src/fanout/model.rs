@@ -140,6 +140,7 @@ impl LogSource for MemLog<'_> {
 
 fn shared() -> Arc<Shared> {
     Arc::new(Shared {
+        cluster: None,
         inflight: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         head: AtomicU64::new(0),

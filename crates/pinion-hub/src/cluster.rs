@@ -1,0 +1,714 @@
+//! Cluster mode: the hub replicated over Raft (`pinion-cluster`, openraft
+//! 0.9.25). See `docs/CLUSTER.md`.
+//!
+//! What changes against the single node, and nothing else does (intake,
+//! envelope checks, fan-out, HTTP, subscribers are the same code):
+//!
+//! * the **log** is the node's journal as openraft's log
+//!   ([`pinion_cluster::LogStore`]): the offset of a message is its Raft
+//!   index, the same on every node;
+//! * the **writer** ([`run_writer`]) replaces the single node's writer
+//!   thread: on the leader, each fresh request becomes one Raft entry, and
+//!   its ACK leaves only once the entry is committed (fdatasync'ed on a
+//!   majority) and applied; elsewhere the answer is NACK `NOT_LEADER`
+//!   naming the leader's publisher URL; with no quorum, NACK `UNAVAILABLE`
+//!   after `write_timeout` (default 2 s);
+//! * the **sessions** (the (client id, seq) table) are the replicated state
+//!   machine ([`HubMachine`]): every node applies committed entries to its
+//!   own table in log order, so a new leader answers a resend of a message
+//!   committed before a failover with its original offset. A leader takes
+//!   no write before it has applied an entry of its own term (its blank
+//!   entry), so its table then holds everything committed before it;
+//! * the **fan-out** is fed from applied entries only, on every node, so a
+//!   subscriber of any node sees exactly the committed prefix, in the
+//!   leader's order and offsets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use openraft::{Config, Raft, ServerState, SnapshotPolicy};
+use pinion_cluster::{Applied, Machine, NodeId, NodeInfo, Publish, StateMachineStore, TypeConfig};
+use pinion_proto::{Code, Reply};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::fanout::{self, Durable, Entry, FanBatch, FanIn};
+use crate::sessions::{ClientId, Sessions, Verdict};
+use crate::writer::{now_us, Answer, FanGate, Item, ToWriter};
+use crate::Shared;
+
+/// A node's cluster settings (`[cluster]` in the TOML file, or flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This node's id (1, 2, 3, …; never reused for another node).
+    pub node_id: NodeId,
+    /// This node's Raft endpoint (SP REP over tcp://).
+    pub raft: String,
+    /// The initial voters, this node included: id → endpoints. The node
+    /// with the smallest id forms the cluster when every log is empty.
+    pub peers: BTreeMap<NodeId, NodeInfo>,
+    /// How long a publish may wait for its entry to commit before it is
+    /// answered NACK `UNAVAILABLE` (no quorum). Default 2 s.
+    pub write_timeout: Duration,
+    /// Raft heartbeat interval. Default 50 ms.
+    pub heartbeat: Duration,
+    /// Raft election timeout range. Default 300–600 ms.
+    pub election_timeout: (Duration, Duration),
+}
+
+impl ClusterConfig {
+    /// A config for node `node_id` with default timings.
+    pub fn new(node_id: NodeId, raft: String, peers: BTreeMap<NodeId, NodeInfo>) -> Self {
+        Self {
+            node_id,
+            raft,
+            peers,
+            write_timeout: Duration::from_secs(2),
+            heartbeat: Duration::from_millis(50),
+            election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+        }
+    }
+
+    /// Checks the settings together.
+    ///
+    /// # Errors
+    ///
+    /// A description of what is wrong (for [`crate::ConfigError`]).
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if self.node_id == 0 {
+            return Err("node ids start at 1");
+        }
+        if !self.raft.starts_with("tcp://") {
+            return Err("the Raft endpoint must be tcp://host:port");
+        }
+        if !self.peers.contains_key(&self.node_id) {
+            return Err("the peers must include this node");
+        }
+        if self.peers.values().any(|n| !n.raft.starts_with("tcp://")) {
+            return Err("every peer needs a tcp:// Raft endpoint");
+        }
+        if self.write_timeout.is_zero() || self.write_timeout > Duration::from_secs(60) {
+            return Err("write_timeout must be between 1 ms and 60 s");
+        }
+        let (lo, hi) = self.election_timeout;
+        if self.heartbeat.is_zero() || lo <= self.heartbeat || hi <= lo {
+            return Err("need 0 < heartbeat < election timeout min < max");
+        }
+        Ok(())
+    }
+}
+
+/// Parses a peer: `ID=RAFT_URL[,PUBLISH_URL[,SUBSCRIBE_URL[,HTTP_ADDR]]]`.
+///
+/// # Errors
+///
+/// A description of what is wrong.
+pub fn parse_peer(spec: &str) -> Result<(NodeId, NodeInfo), &'static str> {
+    let (id, rest) = spec
+        .split_once('=')
+        .ok_or("expected ID=RAFT_URL[,PUBLISH[,SUBSCRIBE[,HTTP]]]")?;
+    let id: NodeId = id
+        .trim()
+        .parse()
+        .map_err(|_| "the node id must be a number")?;
+    let mut parts = rest.split(',').map(str::trim);
+    let raft = parts.next().unwrap_or("").to_string();
+    if !raft.starts_with("tcp://") {
+        return Err("the Raft endpoint must be tcp://host:port");
+    }
+    let node = NodeInfo {
+        raft,
+        publish: parts.next().unwrap_or("").to_string(),
+        subscribe: parts.next().unwrap_or("").to_string(),
+        http: parts.next().unwrap_or("").to_string(),
+    };
+    if parts.next().is_some() {
+        return Err("too many fields");
+    }
+    Ok((id, node))
+}
+
+/// What `/leader`, `/cluster` and `/metrics` show, updated from openraft's
+/// metrics.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// This node leads and has heard from a quorum within the election
+    /// timeout (what `/leader` answers 200 for).
+    pub serving_leader: AtomicBool,
+    /// This node's id.
+    pub node_id: AtomicU64,
+    /// The current term.
+    pub term: AtomicU64,
+    /// The leader's id (0: none known).
+    pub leader: AtomicU64,
+    /// Last log index + 1 (0: empty).
+    pub log_next: AtomicU64,
+    /// Last applied index + 1 (0: nothing).
+    pub applied_next: AtomicU64,
+    /// Role: 0 learner, 1 follower, 2 candidate, 3 leader, 4 shut down.
+    pub role: AtomicU64,
+    /// Per-peer matched index + 1 (leader only), and the status as JSON.
+    pub detail: Mutex<(BTreeMap<NodeId, u64>, String)>,
+}
+
+impl Status {
+    /// The role's name.
+    pub fn role_name(&self) -> &'static str {
+        match self.role.load(Ordering::Relaxed) {
+            0 => "learner",
+            1 => "follower",
+            2 => "candidate",
+            3 => "leader",
+            _ => "shutdown",
+        }
+    }
+
+    /// The status as JSON (for `/cluster` and `pinion cluster status`).
+    pub fn json(&self) -> String {
+        self.detail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .1
+            .clone()
+    }
+
+    /// Prometheus lines for `/metrics`.
+    pub fn metrics_text(&self) -> String {
+        let mut s = String::new();
+        let role = self.role.load(Ordering::Relaxed);
+        s.push_str("# HELP pinion_cluster_role 0 learner, 1 follower, 2 candidate, 3 leader, 4 shut down.\n# TYPE pinion_cluster_role gauge\n");
+        s.push_str(&format!("pinion_cluster_role {role}\n"));
+        s.push_str(&format!(
+            "# TYPE pinion_cluster_is_leader gauge\npinion_cluster_is_leader {}\n",
+            u8::from(self.serving_leader.load(Ordering::Relaxed))
+        ));
+        s.push_str(&format!(
+            "# TYPE pinion_cluster_term gauge\npinion_cluster_term {}\n",
+            self.term.load(Ordering::Relaxed)
+        ));
+        s.push_str(&format!(
+            "# TYPE pinion_cluster_leader_id gauge\npinion_cluster_leader_id {}\n",
+            self.leader.load(Ordering::Relaxed)
+        ));
+        s.push_str(&format!(
+            "# TYPE pinion_cluster_log_next gauge\npinion_cluster_log_next {}\n",
+            self.log_next.load(Ordering::Relaxed)
+        ));
+        let applied = self.applied_next.load(Ordering::Relaxed);
+        s.push_str(&format!(
+            "# TYPE pinion_cluster_applied_next gauge\npinion_cluster_applied_next {applied}\n"
+        ));
+        let peers = self
+            .detail
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .clone();
+        if !peers.is_empty() {
+            s.push_str("# HELP pinion_cluster_peer_match_next Per peer (as seen by the leader): matched index + 1.\n# TYPE pinion_cluster_peer_match_next gauge\n");
+            for (id, m) in &peers {
+                s.push_str(&format!(
+                    "pinion_cluster_peer_match_next{{peer=\"{id}\"}} {m}\n"
+                ));
+            }
+            s.push_str("# TYPE pinion_cluster_peer_lag gauge\n");
+            let head = self.log_next.load(Ordering::Relaxed);
+            for (id, m) in &peers {
+                s.push_str(&format!(
+                    "pinion_cluster_peer_lag{{peer=\"{id}\"}} {}\n",
+                    head.saturating_sub(*m)
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// The hub's replicated state: the session table, and the hand-off of
+/// applied messages to the fan-out.
+pub(crate) struct HubMachine {
+    pub sessions: Arc<Mutex<Sessions>>,
+    pub fan_tx: mpsc::Sender<FanBatch>,
+    pub shared: Arc<Shared>,
+    /// First index not yet handed to the fan-out.
+    pub fan_first: u64,
+    pub pending: Vec<Entry>,
+    pub encoded: bool,
+    pub buf: BytesMut,
+    pub horizon: u64,
+    pub max_sessions: usize,
+}
+
+/// Sessions are evicted (deterministically, so on every node alike) every
+/// this many applied indexes.
+const EVICT_EVERY: u64 = 4096;
+
+impl Machine for HubMachine {
+    fn apply(&mut self, index: u64, msg: &Publish) -> Applied {
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let verdict = sessions.check(&msg.client_id, msg.seq);
+        let applied = match verdict {
+            Verdict::Duplicate { offset } => return Applied::Duplicate { offset },
+            Verdict::Fresh => {
+                sessions.record(&msg.client_id, msg.seq, index, msg.timestamp_us, true);
+                Applied::Logged { offset: index }
+            }
+            // Below the client's window: the leader refuses these, so one
+            // can only be here after a race; it is in the log, so it is
+            // delivered, but the window is not moved backwards.
+            Verdict::Stale { .. } => Applied::Logged { offset: index },
+        };
+        if index.is_multiple_of(EVICT_EVERY) {
+            sessions.evict_before(index.saturating_sub(self.horizon));
+            sessions.evict_to(self.max_sessions);
+        }
+        drop(sessions);
+        let subscribers = self.shared.stats.subscribers_tcp.load(Ordering::Relaxed)
+            + self.shared.stats.subscribers_ws.load(Ordering::Relaxed);
+        if subscribers > 0 {
+            let e = fanout::encode(
+                &Durable {
+                    offset: index,
+                    timestamp_us: msg.timestamp_us,
+                    client_id: &msg.client_id,
+                    seq: msg.seq,
+                    topic: &msg.topic,
+                    payload: &msg.payload,
+                },
+                &mut self.buf,
+            );
+            self.pending.push(e);
+        } else {
+            self.encoded = false;
+        }
+        self.shared.stats.logged.fetch_add(1, Ordering::Relaxed);
+        applied
+    }
+
+    fn applied(&mut self, next: u64) {
+        if next <= self.fan_first {
+            return;
+        }
+        let batch = FanBatch {
+            first: self.fan_first,
+            next,
+            encoded: self.encoded,
+            entries: std::mem::take(&mut self.pending),
+        };
+        self.fan_first = next;
+        self.encoded = true;
+        self.shared.head.store(next, Ordering::Release);
+        let _ = self.fan_tx.send(batch);
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        // Snapshots are off (the log is never purged: every node can be
+        // rebuilt by replication from the start of the leader's log).
+        Vec::new()
+    }
+
+    fn restore(&mut self, _data: &[u8]) -> Result<(), String> {
+        Err("pinion nodes do not install snapshots yet (the log is never purged)".into())
+    }
+}
+
+/// The fan-out hand-off thread: what the state machine applied goes to
+/// every core, each within its backlog bound (the single node's
+/// [`FanGate`]).
+pub(crate) fn run_fan(
+    rx: mpsc::Receiver<FanBatch>,
+    mut gate: FanGate,
+    fan: Vec<UnboundedSender<FanIn>>,
+    shared: Arc<Shared>,
+    start: u64,
+) {
+    let mut head = start;
+    loop {
+        let timeout = if gate.lagging(head) {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_secs(3600)
+        };
+        let batch = match rx.recv_timeout(timeout) {
+            Ok(b) => Some(b),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // Batches that queued meanwhile are merged (offsets continue).
+        let mut batch = batch;
+        while let Ok(b) = rx.try_recv() {
+            batch = Some(match batch {
+                None => b,
+                Some(mut a) => {
+                    a.entries.extend(b.entries);
+                    a.next = b.next;
+                    a.encoded &= b.encoded;
+                    a
+                }
+            });
+        }
+        let batch = batch.map(Arc::new);
+        if let Some(b) = &batch {
+            head = b.next;
+        }
+        for (core, tx) in fan.iter().enumerate() {
+            gate.offer(core, tx, batch.as_ref(), head, &shared.stats);
+        }
+    }
+}
+
+/// The Raft configuration of a hub node.
+pub(crate) fn raft_config(c: &ClusterConfig) -> Result<Arc<Config>, String> {
+    let cfg = Config {
+        cluster_name: "pinion".into(),
+        heartbeat_interval: c.heartbeat.as_millis() as u64,
+        election_timeout_min: c.election_timeout.0.as_millis() as u64,
+        election_timeout_max: c.election_timeout.1.as_millis() as u64,
+        // The log is never purged (see HubMachine::snapshot).
+        snapshot_policy: SnapshotPolicy::Never,
+        max_in_snapshot_log_to_keep: u64::MAX,
+        ..Config::default()
+    };
+    cfg.validate().map(Arc::new).map_err(|e| e.to_string())
+}
+
+/// A request waiting for its entry.
+struct Waiter {
+    item: Item,
+    deadline: Instant,
+}
+
+type Key = (ClientId, u64);
+
+/// The result of one proposal, back from its task.
+type Outcome = (Key, Result<Applied, Reply>);
+
+/// The writer of a cluster node: answers every request the intakes send.
+pub(crate) async fn run_writer(
+    raft: Raft<TypeConfig>,
+    cfg: ClusterConfig,
+    sessions: Arc<Mutex<Sessions>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<ToWriter>,
+    cores: Vec<UnboundedSender<Vec<Answer>>>,
+    shared: Arc<Shared>,
+) {
+    let me = cfg.node_id;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let mut inflight: HashMap<Key, Vec<Waiter>> = HashMap::new();
+    let mut outbox: Vec<Vec<Answer>> = (0..cores.len()).map(|_| Vec::new()).collect();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let answer = |outbox: &mut Vec<Vec<Answer>>, it: Item, reply: Reply| {
+        outbox[it.core].push(Answer {
+            req: it.req,
+            header: it.header,
+            pipe: it.pipe,
+            cost: it.cost,
+            reply,
+            received: it.received,
+        });
+    };
+    loop {
+        tokio::select! {
+            msg = rx.recv() => {
+                let items = match msg {
+                    Some(ToWriter::Batch(b, token)) => {
+                        drop(token);
+                        b
+                    }
+                    Some(ToWriter::Shutdown(done)) => {
+                        let _ = raft.shutdown().await;
+                        for (_, ws) in inflight.drain() {
+                            for w in ws {
+                                let seq = w.item.req.seq;
+                                answer(&mut outbox, w.item, Reply::nack(Some(seq), Code::ShuttingDown, "the node is shutting down"));
+                            }
+                        }
+                        flush(&mut outbox, &cores);
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                };
+                let m = raft.metrics().borrow().clone();
+                let leads = m.state == ServerState::Leader && m.current_leader == Some(me);
+                // A new leader first applies an entry of its own term (its
+                // blank entry): every entry committed before it is then in
+                // its session table.
+                let ready = leads && m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+                let leader_url = m.current_leader.and_then(|l| {
+                    m.membership_config.membership().get_node(&l).map(|n| n.publish.clone())
+                }).filter(|u| !u.is_empty());
+                for it in items {
+                    let seq = it.req.seq;
+                    if !ready {
+                        let why = if leads {
+                            format!("node {me} was just elected and is applying the previous terms' entries; retry shortly")
+                        } else {
+                            match m.current_leader {
+                                Some(l) => format!("node {me} does not lead; node {l} does"),
+                                None => format!("node {me} does not lead and no leader is known (election under way)"),
+                            }
+                        };
+                        let url = if leads { None } else { leader_url.clone() };
+                        answer(&mut outbox, it, Reply::not_leader(Some(seq), url, why));
+                        continue;
+                    }
+                    let key = (it.req.client_id, seq);
+                    if let Some(ws) = inflight.get_mut(&key) {
+                        // The same message is being committed: one entry,
+                        // both requests get its answer.
+                        ws.push(Waiter { item: it, deadline: Instant::now() + cfg.write_timeout });
+                        continue;
+                    }
+                    let verdict = sessions.lock().unwrap_or_else(PoisonError::into_inner).check(&key.0, seq);
+                    match verdict {
+                        Verdict::Duplicate { offset } => {
+                            answer(&mut outbox, it, Reply::ack(seq, offset, true));
+                        }
+                        Verdict::Stale { floor } => {
+                            answer(&mut outbox, it, Reply::nack(
+                                Some(seq),
+                                Code::Stale,
+                                format!("seq {seq} is below this client's duplicate window (floor {floor}); not logged"),
+                            ));
+                        }
+                        Verdict::Fresh => {
+                            let publish = Publish {
+                                timestamp_us: now_us(),
+                                client_id: key.0,
+                                seq,
+                                topic: Bytes::copy_from_slice(&it.req.topic),
+                                payload: it.req.payload.clone(),
+                            };
+                            match raft.client_write_ff(publish).await {
+                                Err(e) => {
+                                    answer(&mut outbox, it, Reply::nack(Some(seq), Code::Unavailable, format!("raft: {e}")));
+                                }
+                                Ok(rx) => {
+                                    inflight.insert(key, vec![Waiter { item: it, deadline: Instant::now() + cfg.write_timeout }]);
+                                    let done = done_tx.clone();
+                                    tokio::spawn(async move {
+                                        let r = match rx.await {
+                                            Ok(Ok(resp)) => Ok(resp.data),
+                                            Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                                                let url = f.leader_node.map(|n| n.publish).filter(|u| !u.is_empty());
+                                                Err(Reply::not_leader(Some(key.1), url, "leadership changed before the message was committed; it may or may not be in the log: resend it with the same seq".to_string()))
+                                            }
+                                            Ok(Err(e)) => Err(Reply::nack(Some(key.1), Code::Unavailable, format!("raft: {e}"))),
+                                            Err(_) => Err(Reply::nack(Some(key.1), Code::Unavailable, "raft stopped".to_string())),
+                                        };
+                                        let _ = done.send((key, r));
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Some((key, r)) = done_rx.recv() => {
+                let waiters = inflight.remove(&key).unwrap_or_default();
+                for w in waiters {
+                    let seq = w.item.req.seq;
+                    let reply = match &r {
+                        Ok(Applied::Logged { offset }) => Reply::ack(seq, *offset, false),
+                        Ok(Applied::Duplicate { offset }) => Reply::ack(seq, *offset, true),
+                        Ok(Applied::None) => Reply::nack(Some(seq), Code::Unavailable, "not a message"),
+                        Err(reply) => reply.clone(),
+                    };
+                    answer(&mut outbox, w.item, reply);
+                }
+                if r.is_ok() {
+                    shared.log_ok.store(true, Ordering::Relaxed);
+                }
+            }
+            _ = tick.tick() => {
+                // No quorum within write_timeout: the requests are answered
+                // UNAVAILABLE, but the entry stays tracked, so a resend
+                // attaches to it instead of being proposed a second time.
+                let now = Instant::now();
+                for ws in inflight.values_mut() {
+                    let mut i = 0;
+                    while i < ws.len() {
+                        if ws[i].deadline <= now {
+                            let w = ws.swap_remove(i);
+                            let seq = w.item.req.seq;
+                            answer(&mut outbox, w.item, Reply::nack(
+                                Some(seq),
+                                Code::Unavailable,
+                                "not committed within the cluster write timeout (no quorum?); it may still be: resend with the same seq".to_string(),
+                            ));
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+            }
+        }
+        flush(&mut outbox, &cores);
+    }
+}
+
+fn flush(outbox: &mut [Vec<Answer>], cores: &[UnboundedSender<Vec<Answer>>]) {
+    for (core, answers) in outbox.iter_mut().enumerate() {
+        if !answers.is_empty() {
+            let _ = cores[core].send(std::mem::take(answers));
+        }
+    }
+}
+
+/// Keeps [`Status`] current from openraft's metrics.
+pub(crate) async fn run_status(raft: Raft<TypeConfig>, status: Arc<Status>, cfg: ClusterConfig) {
+    let mut rx = raft.metrics();
+    let quorum_window = cfg.election_timeout.0.as_millis() as u64;
+    loop {
+        let m = rx.borrow_and_update().clone();
+        let role = match m.state {
+            ServerState::Learner => 0,
+            ServerState::Follower => 1,
+            ServerState::Candidate => 2,
+            ServerState::Leader => 3,
+            ServerState::Shutdown => 4,
+        };
+        let leads = m.state == ServerState::Leader;
+        let fresh = m
+            .millis_since_quorum_ack
+            .is_some_and(|ms| ms < quorum_window);
+        let caught_up = m
+            .last_applied
+            .is_some_and(|l| l.leader_id.term == m.current_term);
+        status
+            .serving_leader
+            .store(leads && fresh && caught_up, Ordering::Relaxed);
+        status.node_id.store(cfg.node_id, Ordering::Relaxed);
+        status.role.store(role, Ordering::Relaxed);
+        status.term.store(m.current_term, Ordering::Relaxed);
+        status
+            .leader
+            .store(m.current_leader.unwrap_or(0), Ordering::Relaxed);
+        status
+            .log_next
+            .store(m.last_log_index.map_or(0, |i| i + 1), Ordering::Relaxed);
+        let applied = m.last_applied.map_or(0, |l| l.index + 1);
+        status.applied_next.store(applied, Ordering::Relaxed);
+        let peers: BTreeMap<NodeId, u64> = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index + 1)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let members = m.membership_config.membership();
+        let nodes: Vec<String> = members
+            .nodes()
+            .map(|(id, n)| {
+                let voter = members.voter_ids().any(|v| v == *id);
+                format!(
+                    "{{\"id\":{id},\"voter\":{voter},\"raft\":\"{}\",\"publish\":\"{}\",\"subscribe\":\"{}\",\"http\":\"{}\"{}}}",
+                    n.raft,
+                    n.publish,
+                    n.subscribe,
+                    n.http,
+                    peers.get(id).map(|m| format!(",\"match_next\":{m}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        let json = format!(
+            "{{\"id\":{},\"role\":\"{}\",\"term\":{},\"leader\":{},\"serving_leader\":{},\"log_next\":{},\"applied_next\":{},\"millis_since_quorum_ack\":{},\"nodes\":[{}]}}",
+            cfg.node_id,
+            status.role_name(),
+            m.current_term,
+            m.current_leader.map_or("null".to_string(), |l| l.to_string()),
+            leads && fresh && caught_up,
+            m.last_log_index.map_or(0, |i| i + 1),
+            applied,
+            m.millis_since_quorum_ack.map_or("null".to_string(), |v| v.to_string()),
+            nodes.join(",")
+        );
+        *status.detail.lock().unwrap_or_else(PoisonError::into_inner) = (peers, json);
+        // Metrics change on every commit; the quorum-ack age is only
+        // reported on changes, so look at least every 100 ms.
+        let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+        if m.state == ServerState::Shutdown {
+            return;
+        }
+    }
+}
+
+/// Starts the Raft node: its state machine, its Raft endpoint, and forms
+/// the cluster when this node has the smallest id and every log is empty.
+pub(crate) async fn start_raft(
+    cfg: &ClusterConfig,
+    log: pinion_cluster::LogStore,
+    machine: HubMachine,
+) -> Result<(Raft<TypeConfig>, pinion::Socket), String> {
+    let rc = raft_config(cfg)?;
+    let sm = StateMachineStore::new(machine);
+    let raft = Raft::new(
+        cfg.node_id,
+        rc,
+        pinion_cluster::network::Network::new(cfg.node_id),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| format!("raft: {e}"))?;
+    let (server, _) = pinion_cluster::network::serve(raft.clone(), cfg.node_id, &cfg.raft)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", cfg.raft))?;
+    let first = cfg.peers.keys().next().copied();
+    if first == Some(cfg.node_id) && !raft.is_initialized().await.map_err(|e| e.to_string())? {
+        match raft.initialize(cfg.peers.clone()).await {
+            Ok(()) => {
+                tracing::info!(voters = ?cfg.peers.keys().collect::<Vec<_>>(), "cluster formed")
+            }
+            Err(e) => tracing::info!(error = %e, "cluster already formed"),
+        }
+    }
+    Ok((raft, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_specs() {
+        let (id, n) = parse_peer(
+            "2=tcp://127.0.0.2:7460,tcp://127.0.0.2:7450,tcp://127.0.0.2:7451,127.0.0.2:7452",
+        )
+        .unwrap();
+        assert_eq!(id, 2);
+        assert_eq!(n.publish, "tcp://127.0.0.2:7450");
+        assert_eq!(n.http, "127.0.0.2:7452");
+        let (_, n) = parse_peer("3=tcp://h:1").unwrap();
+        assert_eq!((n.raft.as_str(), n.publish.as_str()), ("tcp://h:1", ""));
+        for bad in ["", "x=tcp://h:1", "1", "1=http://h", "1=tcp://a,b,c,d,e"] {
+            assert!(parse_peer(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn config_checks() {
+        let peers: BTreeMap<_, _> = [parse_peer("1=tcp://a:1").unwrap()].into();
+        let ok = ClusterConfig::new(1, "tcp://a:1".into(), peers.clone());
+        assert!(ok.validate().is_ok());
+        assert!(ClusterConfig::new(2, "tcp://a:1".into(), peers.clone())
+            .validate()
+            .is_err());
+        assert!(ClusterConfig::new(0, "tcp://a:1".into(), peers.clone())
+            .validate()
+            .is_err());
+        let mut slow = ok.clone();
+        slow.election_timeout = (Duration::from_millis(10), Duration::from_millis(20));
+        assert!(
+            slow.validate().is_err(),
+            "heartbeat must be below the election timeout"
+        );
+    }
+}
