@@ -49,6 +49,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use pinion::{blocking::Socket, Protocol};
 
+pub mod cluster;
 mod commands;
 pub mod failure;
 pub mod format;
@@ -412,6 +413,14 @@ pub enum Command {
     /// Benchmarks (publish: the hub against Redis, NATS and the disk).
     #[command(subcommand)]
     Bench(hub::BenchCommand),
+    /// A cluster of hubs: start one locally, show a node's view.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  pinion cluster local --nodes 3 --data-dir ./pinion-cluster
+  pinion cluster status --http 127.0.0.2:7452"
+    )]
+    Cluster(cluster::ClusterCommand),
     /// REQ: send --data as a request, print the reply (repeat with --count,
     /// --interval).
     #[command(after_help = subcommand_help!(
@@ -540,6 +549,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
         Command::Publish(a) => hub::publish(a),
         Command::Log(c) => hub::log(c),
         Command::Bench(c) => hub::bench(c),
+        Command::Cluster(c) => cluster::run(c),
         Command::Req(a) => commands::ask(Protocol::Req0, a, None),
         Command::Surveyor(a) => commands::ask(Protocol::Surveyor0, a.ask, Some(a.survey_time)),
         Command::Rep(a) => commands::answer(Protocol::Rep0, a),

@@ -200,6 +200,24 @@ pub fn seed() -> u64 {
     h.finish()
 }
 
+/// Sends SIGTERM to process `pid` (for a parent that stops its children
+/// gracefully: `pinion cluster local`). `std::process::Child::kill` only
+/// sends SIGKILL.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    if pid <= 0 {
+        return Err(io::Error::other("not a single process id"));
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours;
+    // pid > 0 names exactly one process (never a process group).
+    let r = unsafe { libc::kill(pid, libc::SIGTERM) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The kernel's descriptor table size (`FDSize` in /proc/self/status).

@@ -1,0 +1,352 @@
+//! `pinion cluster …`: a local cluster for development and tests
+//! (`local`), and a node's view of its cluster (`status`).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+
+use crate::exit;
+use crate::failure::Failure;
+
+/// `pinion cluster …`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ClusterCommand {
+    /// Start an N-node cluster on this machine (node i on 127.0.0.i, the
+    /// default ports), as child processes; print one JSON object per node
+    /// once every node is up; stay in the foreground. Ctrl-C or SIGTERM
+    /// stops every node gracefully; a node killed meanwhile is not
+    /// restarted (run the `pinion serve` line printed for it in the log).
+    Local(LocalArgs),
+    /// Show a node's view of the cluster: leader, term, each node's log
+    /// head and applied index, and (from the leader) each peer's match
+    /// index and lag.
+    Status(StatusArgs),
+}
+
+/// `pinion cluster local`.
+#[derive(Debug, Clone, Args)]
+pub struct LocalArgs {
+    /// Number of nodes (1 to 9).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u8,
+    /// Directory for the nodes' data (node i in DIR/node-i) and logs
+    /// (DIR/node-i.log).
+    #[arg(long, value_name = "DIR", default_value = "./pinion-cluster")]
+    pub data_dir: PathBuf,
+    /// Extra flags for every node's `pinion serve` (repeat), e.g.
+    /// `--serve-arg=--max-payload=1024`.
+    #[arg(long, value_name = "FLAG", allow_hyphen_values = true)]
+    pub serve_arg: Vec<String>,
+}
+
+/// `pinion cluster status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Any node's HTTP address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:7452")]
+    pub http: String,
+    /// Print the node's JSON as it is.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `pinion cluster …`.
+pub fn run(c: ClusterCommand) -> Result<(), Failure> {
+    match c {
+        ClusterCommand::Local(a) => local(a),
+        ClusterCommand::Status(a) => status(a),
+    }
+}
+
+/// Node `i`'s addresses.
+struct Addrs {
+    raft: String,
+    publish: String,
+    subscribe: String,
+    http: String,
+}
+
+fn addrs(i: u8) -> Addrs {
+    let ip = format!("127.0.0.{i}");
+    Addrs {
+        raft: format!("tcp://{ip}:7460"),
+        publish: format!("tcp://{ip}:7450"),
+        subscribe: format!("tcp://{ip}:7451"),
+        http: format!("{ip}:7452"),
+    }
+}
+
+/// A plain HTTP GET (the hub's own port; no client library needed).
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let sa = addr
+        .parse()
+        .or_else(|_| {
+            use std::net::ToSocketAddrs;
+            addr.to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::other("no address"))
+        })
+        .map_err(|e: std::io::Error| e)?;
+    let mut s = TcpStream::connect_timeout(&sa, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((code, body))
+}
+
+fn local(a: LocalArgs) -> Result<(), Failure> {
+    if !(1..=9).contains(&a.nodes) {
+        return Err(Failure::usage("--nodes must be between 1 and 9"));
+    }
+    std::fs::create_dir_all(&a.data_dir).map_err(|e| {
+        Failure::new(
+            exit::IO,
+            format!("cannot create {}: {e}", a.data_dir.display()),
+        )
+    })?;
+    // Block the signals before the children exist; wait for them below.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| Failure::new(exit::IO, format!("cannot install signal handlers: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::new(exit::IO, format!("cannot find this program: {e}")))?;
+    let peers: Vec<String> = (1..=a.nodes)
+        .map(|i| {
+            let x = addrs(i);
+            format!(
+                "--peer={i}={},{},{},{}",
+                x.raft, x.publish, x.subscribe, x.http
+            )
+        })
+        .collect();
+    let mut children: Vec<(u8, Child, PathBuf)> = Vec::new();
+    let stop_all = |children: &mut Vec<(u8, Child, PathBuf)>| {
+        for (_, c, _) in children.iter() {
+            // SIGTERM: each node shuts down gracefully (std only has SIGKILL).
+            let _ = pinion_runtime::sys::terminate(c.id());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (_, c, _) in children.iter_mut() {
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(None) => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    for i in 1..=a.nodes {
+        let x = addrs(i);
+        let dir = a.data_dir.join(format!("node-{i}"));
+        let log = a.data_dir.join(format!("node-{i}.log"));
+        let out = std::fs::File::create(&log)
+            .map_err(|e| Failure::new(exit::IO, format!("cannot create {}: {e}", log.display())))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Failure::new(exit::IO, e.to_string()))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg(format!("--listen={}", x.publish))
+            .arg(format!("--subscribe={}", x.subscribe))
+            .arg(format!("--http={}", x.http))
+            .arg(format!("--node-id={i}"))
+            .arg(format!("--raft={}", x.raft))
+            .args(&peers)
+            .arg("--stats-every=0")
+            .args(&a.serve_arg)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        match cmd.spawn() {
+            Ok(c) => children.push((i, c, dir)),
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(Failure::new(
+                    exit::IO,
+                    format!("cannot start node {i}: {e}"),
+                ));
+            }
+        }
+    }
+    // Up = its HTTP port answers /healthz; then a leader must exist.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for k in 0..children.len() {
+        let i = children[k].0;
+        loop {
+            if let Ok(Some(st)) = children[k].1.try_wait() {
+                let log = a.data_dir.join(format!("node-{i}.log"));
+                let msg = format!("node {i} exited at start ({st}); see {}", log.display());
+                stop_all(&mut children);
+                return Err(Failure::new(exit::IO, msg));
+            }
+            if http_get(&addrs(i).http, "/healthz", Duration::from_millis(500))
+                .is_ok_and(|r| r.0 == 200)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                stop_all(&mut children);
+                return Err(Failure::new(
+                    exit::IO,
+                    format!("node {i} did not come up within 30 s"),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    loop {
+        let leader = (1..=a.nodes).any(|i| {
+            http_get(&addrs(i).http, "/leader", Duration::from_millis(500))
+                .is_ok_and(|r| r.0 == 200)
+        });
+        if leader {
+            break;
+        }
+        if Instant::now() > deadline {
+            stop_all(&mut children);
+            return Err(Failure::new(exit::IO, "no leader was elected within 30 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for (i, c, dir) in &children {
+            let x = addrs(*i);
+            let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+            let _ = writeln!(
+                out,
+                "{{\"id\":{i},\"pid\":{},\"publish\":\"{}\",\"subscribe\":\"{}\",\"http\":\"{}\",\"raft\":\"{}\",\"data_dir\":\"{}\"}}",
+                c.id(),
+                x.publish,
+                x.subscribe,
+                x.http,
+                x.raft,
+                dir.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
+        let _ = out.flush();
+    }
+    // Foreground until a signal; a node that dies is reported, not restarted.
+    let mut reported = vec![false; children.len()];
+    loop {
+        if signals.pending().next().is_some() {
+            break;
+        }
+        for (k, (i, c, _)) in children.iter_mut().enumerate() {
+            if !reported[k] {
+                if let Ok(Some(st)) = c.try_wait() {
+                    eprintln!("pinion: node {i} exited ({st}); not restarted");
+                    reported[k] = true;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop_all(&mut children);
+    Ok(())
+}
+
+fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let k = format!("\"{key}\":");
+    let at = json.find(&k)? + k.len();
+    let rest = &json[at..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"'))
+}
+
+fn status(a: StatusArgs) -> Result<(), Failure> {
+    let (code, body) = http_get(&a.http, "/cluster", Duration::from_secs(3))
+        .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", a.http)))?;
+    if code != 200 {
+        return Err(Failure::new(exit::IO, format!("{}: HTTP {code}", a.http)));
+    }
+    if a.json {
+        println!("{body}");
+        return Ok(());
+    }
+    if body.contains("\"single_node\":true") {
+        println!("{}: a single node (no cluster settings)", a.http);
+        return Ok(());
+    }
+    // Per-peer match and lag are known to the leader: ask it when this
+    // node does not lead.
+    let mut body = body;
+    if json_field(&body, "role") != Some("leader") {
+        if let Some(leader) = json_field(&body, "leader").and_then(|l| l.parse::<u64>().ok()) {
+            let key = format!("{{\"id\":{leader},");
+            let http = body
+                .split("\"nodes\":")
+                .nth(1)
+                .and_then(|nodes| nodes.find(&key).map(|at| &nodes[at..]))
+                .and_then(|n| json_field(n, "http"))
+                .map(str::to_string);
+            if let Some(Ok((200, b))) =
+                http.map(|h| http_get(&h, "/cluster", Duration::from_secs(1)))
+            {
+                body = b;
+            }
+        }
+    }
+    let f = |k| json_field(&body, k).unwrap_or("?").to_string();
+    println!("node:     {} ({})", f("id"), f("role"));
+    println!("term:     {}", f("term"));
+    println!("leader:   {}", f("leader"));
+    println!("log head: {} (next index)", f("log_next"));
+    println!("applied:  {} (next index)", f("applied_next"));
+    // The nodes, each asked for its own view.
+    let nodes = body.split("{\"id\":").skip(2);
+    println!(
+        "{:<4} {:<8} {:<24} {:>10} {:>10} {:>8}",
+        "id", "role", "http", "log_next", "applied", "lag"
+    );
+    let log_next: u64 = f("log_next").parse().unwrap_or(0);
+    for n in nodes {
+        let n = format!("{{\"id\":{n}");
+        let id = json_field(&n, "id").unwrap_or("?").to_string();
+        let http = json_field(&n, "http").unwrap_or("").to_string();
+        let lag = json_field(&n, "match_next")
+            .and_then(|m| m.parse::<u64>().ok())
+            .map(|m| log_next.saturating_sub(m).to_string())
+            .unwrap_or_else(|| "-".into());
+        let (role, ln, ap) = match http_get(&http, "/cluster", Duration::from_secs(1)) {
+            Ok((200, b)) => (
+                json_field(&b, "role").unwrap_or("?").to_string(),
+                json_field(&b, "log_next").unwrap_or("?").to_string(),
+                json_field(&b, "applied_next").unwrap_or("?").to_string(),
+            ),
+            _ => ("down".into(), "-".into(), "-".into()),
+        };
+        println!("{id:<4} {role:<8} {http:<24} {ln:>10} {ap:>10} {lag:>8}");
+    }
+    Ok(())
+}

@@ -1,0 +1,428 @@
+//! The hub as a three-node cluster of real `pinion serve` processes on
+//! loopback addresses (127.0.0.11-13, free ports): ACK from the leader only,
+//! NOT_LEADER naming the leader from the others, a subscriber on a
+//! follower seeing every committed message once and in order, kill -9 of
+//! the leader and a new one elected, resends answered as duplicates at
+//! their original offsets, the old leader restarted and caught up,
+//! identical logs that verify. And `pinion cluster local`.
+//!
+//! The network-namespace + HAProxy nemesis test is separate (issue 12).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pinion::blocking::Socket;
+use pinion::Protocol;
+use pinion_proto::{reply, Code, Delivery, Message, Publish, Reply};
+
+const PINION: &str = env!("CARGO_BIN_EXE_pinion");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pinion-cli-cluster-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let t = String::from_utf8_lossy(&buf).into_owned();
+    let code = t.split_whitespace().nth(1)?.parse().ok()?;
+    Some((
+        code,
+        t.split_once("\r\n\r\n").map_or("", |x| x.1).to_string(),
+    ))
+}
+
+struct NodeSpec {
+    id: u64,
+    publish: String,
+    subscribe: String,
+    http: String,
+    raft: String,
+    dir: PathBuf,
+}
+
+struct Node {
+    spec: NodeSpec,
+    child: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn start(spec: &NodeSpec, peers: &[String], dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node-{}.out", spec.id)))
+        .unwrap();
+    Command::new(PINION)
+        .arg("serve")
+        .arg(format!("--data-dir={}", spec.dir.display()))
+        .arg(format!("--listen={}", spec.publish))
+        .arg(format!("--subscribe={}", spec.subscribe))
+        .arg(format!("--http={}", spec.http))
+        .arg(format!("--node-id={}", spec.id))
+        .arg(format!("--raft={}", spec.raft))
+        .args(peers)
+        .args(["--threads=1", "--stats-every=0"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn pinion serve")
+}
+
+/// The node answering `/leader` 200 (waits up to `within`).
+fn leader(nodes: &BTreeMap<u64, Node>, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        for (id, n) in nodes {
+            if n.child.is_some() && http_get(&n.spec.http, "/leader").is_some_and(|r| r.0 == 200) {
+                return *id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn publish(req: &Socket, client: [u8; 16], seq: u64, payload: &str) -> Reply {
+    let p = Publish {
+        client_id: Some(client.to_vec().into()),
+        seq: Some(seq),
+        topic: Some("orders".into()),
+        payload: Some(payload.as_bytes().to_vec().into()),
+    };
+    req.send(p.encode_to_vec()).unwrap();
+    Reply::decode(req.recv().unwrap()).unwrap()
+}
+
+fn ack(r: &Reply) -> Option<(u64, bool)> {
+    match &r.result {
+        Some(reply::Result::Ack(a)) => Some((a.offset(), a.duplicate())),
+        _ => None,
+    }
+}
+
+fn timeout_opts() -> pinion::Options {
+    pinion::Options {
+        recv_timeout: Some(Duration::from_secs(10)),
+        ..pinion::Options::default()
+    }
+}
+
+fn req_to(url: &str) -> Socket {
+    let s = Socket::with_options(Protocol::Req0, timeout_opts()).unwrap();
+    s.dial(url).unwrap();
+    s
+}
+
+/// Every message in a node's log: (offset, client, seq, payload).
+fn log_messages(dir: &Path) -> Vec<(u64, [u8; 16], u64, Vec<u8>)> {
+    let mut r = pinion_journal::Reader::open(&dir.join("pinion.log")).unwrap();
+    let mut out = Vec::new();
+    while let Some(rec) = r.next() {
+        let rec = rec.unwrap();
+        if rec.kind == pinion_journal::RecordKind::Message {
+            out.push((rec.offset, rec.client_id, rec.seq, rec.payload.to_vec()));
+        }
+    }
+    out
+}
+
+#[test]
+fn three_processes_ack_on_commit_fail_over_and_agree() {
+    let dir = temp_dir("three");
+    let mut nodes = BTreeMap::new();
+    for id in 1..=3u64 {
+        let ip = format!("127.0.0.{}", 10 + id);
+        let spec = NodeSpec {
+            id,
+            publish: format!("tcp://{ip}:{}", free_port(&ip)),
+            subscribe: format!("tcp://{ip}:{}", free_port(&ip)),
+            http: format!("{ip}:{}", free_port(&ip)),
+            raft: format!("tcp://{ip}:{}", free_port(&ip)),
+            dir: dir.join(format!("node-{id}")),
+        };
+        nodes.insert(id, Node { spec, child: None });
+    }
+    let peers: Vec<String> = nodes
+        .values()
+        .map(|n| {
+            let s = &n.spec;
+            format!(
+                "--peer={}={},{},{},{}",
+                s.id, s.raft, s.publish, s.subscribe, s.http
+            )
+        })
+        .collect();
+    for n in nodes.values_mut() {
+        n.child = Some(start(&n.spec, &peers, &dir));
+    }
+    // Every node up (its HTTP port answers), then a leader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in nodes.values() {
+        while http_get(&n.spec.http, "/healthz").is_none_or(|r| r.0 != 200) {
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not come up",
+                n.spec.id
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let first = leader(&nodes, Duration::from_secs(30));
+    let follower = *nodes.keys().find(|&&id| id != first).unwrap();
+
+    // A subscriber on a follower, from the start of the log.
+    // Read only at the end: a SUB socket drops what does not fit its
+    // receive queue (as NNG's does), so make it hold every delivery.
+    let sub_opts = pinion::Options {
+        recv_buffer: 4096,
+        ..timeout_opts()
+    };
+    let sub = Socket::with_options(Protocol::Sub0, sub_opts).unwrap();
+    sub.subscribe("").unwrap();
+    sub.dial(&nodes[&follower].spec.subscribe).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    // A follower refuses and names the leader.
+    let to_follower = req_to(&nodes[&follower].spec.publish);
+    let r = publish(&to_follower, [9; 16], 1, "refused");
+    match &r.result {
+        Some(reply::Result::Nack(n)) => {
+            assert_eq!(n.code(), Code::NotLeader);
+            assert_eq!(
+                n.leader.as_deref(),
+                Some(nodes[&first].spec.publish.as_str())
+            );
+        }
+        other => panic!("a follower answered {other:?}"),
+    }
+
+    // The leader acknowledges; offsets increase.
+    let client = [7u8; 16];
+    let to_leader = req_to(&nodes[&first].spec.publish);
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new(); // seq -> offset
+    for seq in 1..=200u64 {
+        let r = publish(&to_leader, client, seq, &format!("m{seq}"));
+        let (offset, dup) = ack(&r).unwrap_or_else(|| panic!("seq {seq}: {r:?}"));
+        assert!(!dup);
+        acked.insert(seq, offset);
+    }
+
+    // kill -9 of the leader; another node takes over.
+    let t0 = Instant::now();
+    {
+        let n = nodes.get_mut(&first).unwrap();
+        let mut c = n.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let second = leader(&nodes, Duration::from_secs(30));
+    let failover = t0.elapsed();
+    assert_ne!(second, first);
+    let to_leader = req_to(&nodes[&second].spec.publish);
+    // Resends of committed messages: duplicates at their original offsets.
+    for (&seq, &offset) in &acked {
+        let r = publish(&to_leader, client, seq, &format!("m{seq}"));
+        assert_eq!(ack(&r), Some((offset, true)), "resend of seq {seq}: {r:?}");
+    }
+    for seq in 201..=250u64 {
+        let r = publish(&to_leader, client, seq, &format!("m{seq}"));
+        let (offset, dup) = ack(&r).unwrap_or_else(|| panic!("seq {seq}: {r:?}"));
+        assert!(!dup);
+        acked.insert(seq, offset);
+    }
+
+    // The old leader comes back with the same flags and catches up.
+    {
+        let n = nodes.get_mut(&first).unwrap();
+        n.child = Some(start(&n.spec, &peers, &dir));
+    }
+    let last = *acked.values().max().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let caught_up = nodes.values().all(|n| {
+            http_get(&n.spec.http, "/cluster").is_some_and(|(_, b)| {
+                let k = "\"applied_next\":";
+                b.find(k)
+                    .and_then(|at| {
+                        b[at + k.len()..]
+                            .split([',', '}'])
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .is_some_and(|a| a > last)
+            })
+        });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node did not catch up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The subscriber on the follower (which never went down) saw every
+    // committed message once, in order, at its offset.
+    let mut seen = Vec::new();
+    while seen.len() < acked.len() {
+        let m = sub
+            .recv()
+            .unwrap_or_else(|e| panic!("a delivery after {} of {}: {e}", seen.len(), acked.len()));
+        let at = m
+            .iter()
+            .position(|&b| b == 0)
+            .expect("topic, NUL, delivery");
+        let d = Delivery::decode(&m[at + 1..]).unwrap();
+        seen.push((d.seq(), d.offset()));
+    }
+    let want: Vec<(u64, u64)> = acked.iter().map(|(s, o)| (*s, *o)).collect();
+    assert_eq!(seen, want);
+
+    // Stop everything gracefully; the logs are identical and verify.
+    for n in nodes.values_mut() {
+        if let Some(c) = &n.child {
+            pinion_runtime_terminate(c.id());
+        }
+    }
+    for n in nodes.values_mut() {
+        if let Some(mut c) = n.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while c.try_wait().unwrap().is_none() {
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} did not stop on SIGTERM",
+                    n.spec.id
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let logs: Vec<_> = nodes.values().map(|n| log_messages(&n.spec.dir)).collect();
+    assert_eq!(
+        logs[0].len(),
+        acked.len(),
+        "each acked message exactly once"
+    );
+    for (seq, off) in &acked {
+        let hits: Vec<_> = logs[0]
+            .iter()
+            .filter(|m| m.1 == client && m.2 == *seq)
+            .collect();
+        assert_eq!(hits.len(), 1, "seq {seq}");
+        assert_eq!(hits[0].0, *off);
+        assert_eq!(hits[0].3, format!("m{seq}").into_bytes());
+    }
+    assert!(logs.iter().all(|l| *l == logs[0]), "the three logs differ");
+    for n in nodes.values() {
+        let out = Command::new(PINION)
+            .args(["log", "verify"])
+            .arg(n.spec.dir.join("pinion.log"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!("failover: kill -9 of the leader to /leader 200 elsewhere in {failover:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn pinion_runtime_terminate(pid: u32) {
+    pinion_runtime::sys::terminate(pid).unwrap();
+}
+
+#[test]
+fn cluster_local_prints_every_node_and_stops_them_all() {
+    let dir = temp_dir("local");
+    let mut parent = Command::new(PINION)
+        .args(["cluster", "local", "--nodes", "3", "--data-dir"])
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
+    let mut pids = Vec::new();
+    for id in 1..=3 {
+        let line = lines.next().expect("a line per node").unwrap();
+        for key in [
+            "\"id\"",
+            "\"pid\"",
+            "\"publish\"",
+            "\"subscribe\"",
+            "\"http\"",
+            "\"data_dir\"",
+        ] {
+            assert!(line.contains(key), "{line}");
+        }
+        assert!(line.contains(&format!("\"id\":{id},")), "{line}");
+        assert!(line.contains(&format!("tcp://127.0.0.{id}:7450")), "{line}");
+        let pid: u32 = line
+            .split("\"pid\":")
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        pids.push(pid);
+    }
+    // Exactly one leader.
+    let leaders = (1..=3)
+        .filter(|i| http_get(&format!("127.0.0.{i}:7452"), "/leader").is_some_and(|r| r.0 == 200))
+        .count();
+    assert_eq!(leaders, 1);
+    pinion_runtime_terminate(parent.id());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while parent.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "cluster local did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for pid in pids {
+        // Gone, or a zombie of a parent that exited (reaped by init).
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        assert!(
+            stat.is_empty() || stat.contains(") Z "),
+            "node {pid} still runs: {stat}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
