@@ -22,7 +22,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 PYNNG_VERSION="0.9.0"
 APT_PACKAGES=(libnng-dev nng-utils nanomsg-utils cmake pkg-config python3-venv
-              protobuf-compiler redis-server redis-tools nats-server chromium)
+              protobuf-compiler redis-server redis-tools nats-server chromium
+              haproxy iproute2)
 
 say() { printf 'setup-test-env: %s\n' "$*"; }
 die() { printf 'setup-test-env: ERROR: %s\n' "$*" >&2; exit 1; }

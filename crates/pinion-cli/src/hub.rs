@@ -290,6 +290,11 @@ pub struct PublishArgs {
     /// Messages in flight at most.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub window: usize,
+    /// Retry messages NACKed NOT_LEADER, UNAVAILABLE or SHUTTING_DOWN (a
+    /// cluster failing over) with the same seq for up to SECS before
+    /// reporting the NACK [default: report at once].
+    #[arg(long, value_name = "SECS")]
+    pub retry_for: Option<f64>,
     /// Print only the summary, not one line per message.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -327,6 +332,10 @@ pub fn publish(a: PublishArgs) -> Result<(), Failure> {
     let mut opts = PublisherOptions {
         first_seq: a.first_seq,
         window: a.window.max(1),
+        retry_transient: a
+            .retry_for
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Duration::from_secs_f64(s.min(86_400.0))),
         ..PublisherOptions::default()
     };
     if let Some(id) = a.client_id {

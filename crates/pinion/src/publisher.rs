@@ -50,6 +50,15 @@ pub struct PublisherOptions {
     pub window: usize,
     /// Resend a request unanswered for this long. Default 1 s.
     pub resend_after: Duration,
+    /// Retry a message NACKed `NOT_LEADER`, `UNAVAILABLE` or
+    /// `SHUTTING_DOWN` (a cluster electing a leader, a load balancer not
+    /// yet switched, a node restarting) with the same seq, every
+    /// [`retry_backoff`](Self::retry_backoff), until it is answered
+    /// otherwise or this long after it was first sent; then the NACK is
+    /// returned. `None` (the default): such NACKs are returned at once.
+    pub retry_transient: Option<Duration>,
+    /// Pause before a transient NACK's retry. Default 100 ms.
+    pub retry_backoff: Duration,
 }
 
 impl Default for PublisherOptions {
@@ -59,6 +68,8 @@ impl Default for PublisherOptions {
             first_seq: 1,
             window: 64,
             resend_after: Duration::from_secs(1),
+            retry_transient: None,
+            retry_backoff: Duration::from_millis(100),
         }
     }
 }
@@ -125,6 +136,8 @@ struct Pending {
     seq: u64,
     body: Bytes,
     sent: Instant,
+    /// When the message was first sent (for `retry_transient`).
+    first: Instant,
 }
 
 /// A pipelined, retrying publisher (see the [module docs](self)).
@@ -213,12 +226,14 @@ impl Publisher {
         .into();
         let id = self.alloc_id();
         self.transmit(id, body.clone()).await?;
+        let now = Instant::now();
         self.pending.insert(
             id,
             Pending {
                 seq,
                 body,
-                sent: Instant::now(),
+                sent: now,
+                first: now,
             },
         );
         Ok(seq)
@@ -290,7 +305,32 @@ impl Publisher {
                     let Some(p) = self.pending.remove(&id) else {
                         continue; // a late answer to a request already answered
                     };
-                    return Ok(decode_outcome(p.seq, &m.body));
+                    let o = decode_outcome(p.seq, &m.body);
+                    let transient = matches!(
+                        o,
+                        Outcome::Nack {
+                            code: Code::NotLeader | Code::Unavailable | Code::ShuttingDown,
+                            ..
+                        }
+                    );
+                    if transient
+                        && self
+                            .opts
+                            .retry_transient
+                            .is_some_and(|t| p.first.elapsed() < t)
+                    {
+                        // Resent (same seq, new request id) by the
+                        // resend path once the backoff has passed.
+                        let id = self.alloc_id();
+                        let backoff = self.opts.retry_backoff.min(self.opts.resend_after);
+                        let sent = Instant::now()
+                            .checked_sub(self.opts.resend_after - backoff)
+                            .unwrap_or_else(Instant::now);
+                        tracing::debug!(seq = p.seq, "transient NACK: retrying with the same seq");
+                        self.pending.insert(id, Pending { sent, ..p });
+                        continue;
+                    }
+                    return Ok(o);
                 }
                 Err(crate::Error::TimedOut) => {
                     let now = Instant::now();
