@@ -36,7 +36,7 @@ async fn scripted_hub(
             let seq = Publish::decode(&m.body[..]).unwrap().seq();
             seqs.push(seq);
             let mut out = Message::from_body(script(n, seq).encode_to_vec());
-            out.header = m.header.clone();
+            out.header = m.header;
             if rep.send_msg(out).await.is_err() {
                 break;
             }
