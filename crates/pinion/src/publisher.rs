@@ -55,7 +55,9 @@ pub struct PublisherOptions {
     /// yet switched, a node restarting) with the same seq, every
     /// [`retry_backoff`](Self::retry_backoff), until it is answered
     /// otherwise or this long after it was first sent; then the NACK is
-    /// returned. `None` (the default): such NACKs are returned at once.
+    /// returned. A `NOT_LEADER` that names the leader's URL makes the
+    /// publisher send there from then on. `None` (the default): such NACKs
+    /// are returned at once.
     pub retry_transient: Option<Duration>,
     /// Pause before a transient NACK's retry. Default 100 ms.
     pub retry_backoff: Duration,
@@ -143,6 +145,8 @@ struct Pending {
 /// A pipelined, retrying publisher (see the [module docs](self)).
 pub struct Publisher {
     sock: Socket,
+    /// The endpoint dialed (the leader's, after a NOT_LEADER that named it).
+    url: String,
     opts: PublisherOptions,
     next_seq: u64,
     next_id: u32,
@@ -154,22 +158,33 @@ impl Publisher {
     /// Dials the hub (waiting for the first connection; reconnects in the
     /// background afterwards).
     pub async fn connect(url: &str, opts: PublisherOptions) -> crate::Result<Publisher> {
-        let sock = Socket::with_options(
-            Protocol::Req0,
-            Options {
-                raw: true,
-                ..Options::default()
-            },
-        )?;
+        let sock = Self::socket()?;
         sock.dial(url).await?;
         Ok(Publisher {
             sock,
+            url: url.to_string(),
             next_seq: opts.first_seq,
             next_id: 0,
             opts,
             pending: HashMap::new(),
             ready: VecDeque::new(),
         })
+    }
+
+    fn socket() -> crate::Result<Socket> {
+        Socket::with_options(
+            Protocol::Req0,
+            Options {
+                raw: true,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// The endpoint this publisher sends to: the one it was given, or the
+    /// leader a `NOT_LEADER` answer named (with `retry_transient`).
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The client id.
@@ -328,6 +343,22 @@ impl Publisher {
                             .unwrap_or_else(Instant::now);
                         tracing::debug!(seq = p.seq, "transient NACK: retrying with the same seq");
                         self.pending.insert(id, Pending { sent, ..p });
+                        // A follower that names its leader: send there
+                        // from now on (every message in flight is resent
+                        // to it, with its seq, after the backoff).
+                        if let Some(leader) = leader_hint(&m.body).filter(|l| *l != self.url) {
+                            if let Ok(sock) = Self::socket() {
+                                if sock.dial_background(&leader).await.is_ok() {
+                                    tracing::info!(%leader, "following the leader a NOT_LEADER answer named");
+                                    self.sock.close();
+                                    self.sock = sock;
+                                    self.url = leader;
+                                    for q in self.pending.values_mut() {
+                                        q.sent = q.sent.min(sent);
+                                    }
+                                }
+                            }
+                        }
                         continue;
                     }
                     return Ok(o);
@@ -351,6 +382,16 @@ impl Publisher {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// The leader's URL a NACK `NOT_LEADER` names, if any.
+fn leader_hint(body: &[u8]) -> Option<String> {
+    match Reply::decode(body) {
+        Ok(Reply {
+            result: Some(reply::Result::Nack(n)),
+        }) if n.code() == Code::NotLeader => n.leader.filter(|l| !l.is_empty()),
+        _ => None,
     }
 }
 

@@ -130,3 +130,28 @@ async fn without_retries_or_for_other_codes_the_nack_is_returned() {
     );
     assert!(t0.elapsed() >= Duration::from_millis(200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_not_leader_naming_the_leader_is_followed() {
+    // The "leader" ACKs everything; the "follower" names it.
+    let (leader_url, _leader) = scripted_hub(|_, seq| Reply::ack(seq, 7, false)).await;
+    static LEADER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LEADER.set(leader_url.clone()).unwrap();
+    let (follower_url, _follower) =
+        scripted_hub(|_, seq| Reply::not_leader(Some(seq), LEADER.get().cloned(), "not me")).await;
+    let mut p = Publisher::connect(&follower_url, opts(Some(Duration::from_secs(5))))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        p.send("t", &b"x"[..]).await.unwrap();
+    }
+    let outcomes = p.flush().await.unwrap();
+    assert_eq!(outcomes.len(), 3);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Ack { offset: 7, .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(p.url(), leader_url);
+}
