@@ -74,6 +74,11 @@ pub struct ServeArgs {
     /// UNAVAILABLE, ms [default: 2000].
     #[arg(long, value_name = "MS", requires = "node_id")]
     pub cluster_write_timeout_ms: Option<u64>,
+    /// Cluster mode: if this node's log is damaged, move it aside (kept as
+    /// pinion.log.damaged-<time>) and rejoin with an empty log that the
+    /// leader fills again, instead of refusing to start.
+    #[arg(long, requires = "node_id")]
+    pub rebuild_damaged_log: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -165,6 +170,7 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
         if let Some(ms) = a.cluster_write_timeout_ms {
             c.write_timeout = Duration::from_millis(ms);
         }
+        c.rebuild_damaged_log = a.rebuild_damaged_log;
         cfg.cluster = Some(c);
     }
     cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;

@@ -57,6 +57,11 @@ pub struct ClusterConfig {
     pub heartbeat: Duration,
     /// Raft election timeout range. Default 300–600 ms.
     pub election_timeout: (Duration, Duration),
+    /// When the journal is damaged (corruption it will not skip): move it
+    /// aside as `pinion.log.damaged-<unix seconds>`, keep only its vote
+    /// (as not committed), and start with an empty log that the leader
+    /// fills again. Off by default: an operator decides.
+    pub rebuild_damaged_log: bool,
 }
 
 impl ClusterConfig {
@@ -69,6 +74,7 @@ impl ClusterConfig {
             write_timeout: Duration::from_secs(2),
             heartbeat: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(300), Duration::from_millis(600)),
+            rebuild_damaged_log: false,
         }
     }
 
@@ -99,6 +105,62 @@ impl ClusterConfig {
         }
         Ok(())
     }
+}
+
+/// Moves a damaged journal aside and starts an empty one that keeps the
+/// damaged one's vote (not committed: the node promises not to vote twice
+/// in that term, and claims no leadership). Returns where the damaged file
+/// went. The node then catches up from the leader, whose log is complete
+/// (the cluster never purges).
+///
+/// # Errors
+///
+/// I/O errors moving the file or creating the new one.
+pub fn rebuild_damaged_log(
+    path: &std::path::Path,
+    opts: pinion_journal::JournalOptions,
+) -> Result<std::path::PathBuf, pinion_journal::JournalError> {
+    use pinion_journal::{Journal, JournalError, RaftState};
+    let vote = pinion_journal::read_raft_state(path)
+        .ok()
+        .and_then(|s| s.vote)
+        .map(|mut v| {
+            v.committed = false;
+            v
+        });
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(format!(".damaged-{secs}"));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside).map_err(|source| JournalError::Io {
+        op: "move the damaged log aside",
+        source,
+    })?;
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(dir) = parent {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|source| JournalError::Io {
+                op: "fsync directory",
+                source,
+            })?;
+    }
+    let (mut j, _) = Journal::open(path, opts)?;
+    if vote.is_some() {
+        j.set_raft_state(
+            &RaftState {
+                vote,
+                ..RaftState::default()
+            },
+            true,
+        )?;
+    }
+    Ok(aside)
 }
 
 /// Parses a peer: `ID=RAFT_URL[,PUBLISH_URL[,SUBSCRIBE_URL[,HTTP_ADDR]]]`.

@@ -44,6 +44,7 @@
 //! heartbeat_ms = 50
 //! election_timeout_min_ms = 300
 //! election_timeout_max_ms = 600
+//! rebuild_damaged_log = false         # true: move a damaged log aside, refill from the leader
 //! ```
 
 use std::path::PathBuf;
@@ -335,6 +336,7 @@ struct FileCluster {
     heartbeat_ms: Option<u64>,
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
+    rebuild_damaged_log: Option<bool>,
 }
 
 impl HubConfig {
@@ -467,6 +469,7 @@ impl HubConfig {
             if let Some(v) = c.election_timeout_max_ms {
                 cc.election_timeout.1 = ms("cluster.election_timeout_max_ms", v)?;
             }
+            cc.rebuild_damaged_log = c.rebuild_damaged_log.unwrap_or(false);
             self.cluster = Some(cc);
         }
         Ok(())

@@ -356,14 +356,28 @@ impl Hub {
                 // The journal as the Raft log; the sessions are rebuilt by
                 // applying the committed log (openraft re-applies it at
                 // start), so no SQLite checkpoint is read.
-                let log =
-                    pinion_cluster::LogStore::open(&log_path, jopts).map_err(|e| match e {
-                        pinion_cluster::OpenError::Journal(source) => HubError::Journal {
-                            path: log_path.clone(),
-                            source,
-                        },
-                        other => HubError::Cluster(other.to_string()),
-                    })?;
+                let open = || pinion_cluster::LogStore::open(&log_path, jopts);
+                let opened = match open() {
+                    Err(pinion_cluster::OpenError::Journal(e))
+                        if c.rebuild_damaged_log && e.fault() == pinion_journal::Fault::Data =>
+                    {
+                        let aside = cluster::rebuild_damaged_log(&log_path, jopts).map_err(jerr)?;
+                        tracing::error!(
+                            damage = %e,
+                            moved_to = %aside.display(),
+                            "THE LOG IS DAMAGED: moved aside (kept, never deleted); starting with an empty log that the leader fills again (--rebuild-damaged-log)"
+                        );
+                        open()
+                    }
+                    r => r,
+                };
+                let log = opened.map_err(|e| match e {
+                    pinion_cluster::OpenError::Journal(source) => HubError::Journal {
+                        path: log_path.clone(),
+                        source,
+                    },
+                    other => HubError::Cluster(other.to_string()),
+                })?;
                 let source = log.reader_source();
                 let first = source.reader().map_err(jerr)?.first_offset();
                 let report = StartReport {

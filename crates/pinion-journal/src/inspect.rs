@@ -406,3 +406,25 @@ pub fn upgrade(path: &Path) -> Result<UpgradeReport, JournalError> {
         torn_tail: v.torn_tail,
     })
 }
+
+/// The Raft state in a journal's header (version 2), read without scanning
+/// the records: what survives of a journal whose records are damaged (for
+/// rebuilding a cluster node while keeping its vote).
+///
+/// # Errors
+///
+/// Header errors, [`JournalError::NeedsVersion2`] for a version-1 file,
+/// [`CorruptKind::StateSlots`](crate::CorruptKind::StateSlots) if both slots
+/// are damaged, I/O errors.
+pub fn read_raft_state(path: &Path) -> Result<RaftState, JournalError> {
+    let file = File::open(path).map_err(JournalError::io("open"))?;
+    let file_len = file_len_of(&file)?;
+    let header = scan::read_header(&file, file_len)?;
+    if header.version == 1 {
+        return Err(JournalError::NeedsVersion2);
+    }
+    let fmt = Fmt {
+        version: header.version,
+    };
+    Ok(scan::read_state(&file, file_len, fmt)?.2)
+}

@@ -258,7 +258,8 @@ pub use format::{
     RECORD_HEADER_LEN, RECORD_HEADER_LEN_V2, STATE_SLOT_LEN, VERSION,
 };
 pub use inspect::{
-    repair, stat, upgrade, verify, RecordSummary, Stat, UpgradeReport, VerifyReport,
+    read_raft_state, repair, stat, upgrade, verify, RecordSummary, Stat, UpgradeReport,
+    VerifyReport,
 };
 pub use journal::{
     Journal, JournalOptions, NewEntry, NewRecord, OpenReport, ReaderSource, Truncation,
