@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use pinion_proto::raft as pb;
 
 use crate::exit;
 use crate::failure::Failure;
@@ -25,6 +26,55 @@ pub enum ClusterCommand {
     /// head and applied index, and (from the leader) each peer's match
     /// index and lag.
     Status(StatusArgs),
+    /// Add a running node (started with its own --node-id and --raft) as a
+    /// learner; waits until it has caught up, then with --voter makes it a
+    /// voter. Ask any node: a follower names the leader, which is asked.
+    Add(AddArgs),
+    /// Remove a node (voter or learner) from the cluster.
+    Remove(RemoveArgs),
+}
+
+/// `pinion cluster add`.
+#[derive(Debug, Clone, Args)]
+pub struct AddArgs {
+    /// Any member's Raft endpoint.
+    #[arg(long, value_name = "URL")]
+    pub raft: String,
+    /// The new node's id.
+    #[arg(long)]
+    pub id: u64,
+    /// The new node's Raft endpoint.
+    #[arg(long, value_name = "URL")]
+    pub node_raft: String,
+    /// The new node's publisher endpoint (named by NOT_LEADER answers).
+    #[arg(long, value_name = "URL", default_value = "")]
+    pub publish: String,
+    /// The new node's subscriber endpoint.
+    #[arg(long, value_name = "URL", default_value = "")]
+    pub subscribe: String,
+    /// The new node's HTTP address.
+    #[arg(long, value_name = "HOST:PORT", default_value = "")]
+    pub http: String,
+    /// Make it a voter once it has caught up.
+    #[arg(long)]
+    pub voter: bool,
+    /// Give up after this long, seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+}
+
+/// `pinion cluster remove`.
+#[derive(Debug, Clone, Args)]
+pub struct RemoveArgs {
+    /// Any member's Raft endpoint.
+    #[arg(long, value_name = "URL")]
+    pub raft: String,
+    /// The node to remove.
+    #[arg(long)]
+    pub id: u64,
+    /// Give up after this long, seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
 }
 
 /// `pinion cluster local`.
@@ -59,7 +109,84 @@ pub fn run(c: ClusterCommand) -> Result<(), Failure> {
     match c {
         ClusterCommand::Local(a) => local(a),
         ClusterCommand::Status(a) => status(a),
+        ClusterCommand::Add(a) => {
+            let op = pb::admin_request::Op::Add(pb::AddNode {
+                id: a.id,
+                node: Some(pb::Node {
+                    raft: a.node_raft,
+                    publish: a.publish,
+                    subscribe: a.subscribe,
+                    http: a.http,
+                }),
+                voter: a.voter,
+            });
+            admin(&a.raft, op, Duration::from_secs(a.timeout))
+        }
+        ClusterCommand::Remove(a) => admin(
+            &a.raft,
+            pb::admin_request::Op::Remove(a.id),
+            Duration::from_secs(a.timeout),
+        ),
     }
+}
+
+/// Sends a membership change to `raft` (following the leader it names,
+/// at most three times) and prints the membership in effect after it.
+fn admin(raft: &str, op: pb::admin_request::Op, timeout: Duration) -> Result<(), Failure> {
+    use pinion_proto::Message as _;
+    let mut url = raft.to_string();
+    for _ in 0..3 {
+        let opts = pinion::Options {
+            recv_timeout: Some(timeout),
+            req_resend: None,
+            ..pinion::Options::default()
+        };
+        let io =
+            |e: pinion::Error| Failure::new(crate::failure::code_for(&e), format!("{url}: {e}"));
+        let s = pinion::blocking::Socket::with_options(pinion::Protocol::Req0, opts).map_err(io)?;
+        s.dial(&url).map_err(io)?;
+        let req = pb::RaftRequest {
+            from: 0,
+            to: 0,
+            rpc: Some(pb::raft_request::Rpc::Admin(pb::AdminRequest {
+                op: Some(op.clone()),
+            })),
+        };
+        s.send(req.encode_to_vec()).map_err(io)?;
+        let body = s.recv().map_err(io)?;
+        let reply = pb::RaftReply::decode(body)
+            .map_err(|e| Failure::new(exit::IO, format!("{url}: malformed reply: {e}")))?;
+        let a = match reply.result {
+            Some(pb::raft_reply::Result::Admin(a)) => a,
+            Some(pb::raft_reply::Result::Error(e)) => {
+                return Err(Failure::new(exit::IO, format!("{url}: {e}")))
+            }
+            _ => return Err(Failure::new(exit::IO, format!("{url}: unexpected reply"))),
+        };
+        if let Some(e) = a.error {
+            return Err(Failure::new(exit::IO, format!("{url}: {e}")));
+        }
+        if let Some(leader) = a.leader_raft {
+            if leader.is_empty() {
+                return Err(Failure::new(
+                    exit::IO,
+                    format!("{url}: no leader right now; retry"),
+                ));
+            }
+            url = leader;
+            continue;
+        }
+        let m = a.membership.unwrap_or_default();
+        let voters: Vec<Vec<u64>> = m.configs.iter().map(|c| c.ids.clone()).collect();
+        let mut all: Vec<u64> = m.nodes.iter().map(|n| n.id).collect();
+        all.sort_unstable();
+        println!("done (asked {url}); voters {voters:?}, nodes {all:?}");
+        return Ok(());
+    }
+    Err(Failure::new(
+        exit::IO,
+        "the leader moved three times; retry",
+    ))
 }
 
 /// Node `i`'s addresses.

@@ -589,3 +589,104 @@ fn try_count(dir: &Path) -> Option<usize> {
     }
     Some(n)
 }
+
+fn run_pinion(args: &[String]) -> (bool, String) {
+    let out = Command::new(PINION).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `pinion cluster add` (learner, caught up, then voter) and `remove` on a
+/// live cluster, with publishing before and after each change and no ACK
+/// lost.
+#[test]
+fn membership_changes_on_a_live_cluster() {
+    let dir = temp_dir("members");
+    let (mut nodes, mut peers) = cluster(&dir, 30);
+    let mut acked: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut publish_some = |nodes: &BTreeMap<u64, Node>, from: u64, n: u64| {
+        let l = leader(nodes, Duration::from_secs(30));
+        let req = req_to(&nodes[&l].spec.publish);
+        for seq in from..from + n {
+            let r = publish(&req, [3; 16], seq, &format!("m{seq}"));
+            let (off, _) = ack(&r).unwrap_or_else(|| panic!("seq {seq}: {r:?}"));
+            acked.insert(seq, off);
+        }
+    };
+    publish_some(&nodes, 1, 100);
+
+    // Node 4, started on its own (its log empty; it does not form a cluster).
+    let ip = "127.0.0.34";
+    let spec = NodeSpec {
+        id: 4,
+        publish: format!("tcp://{ip}:{}", free_port(ip)),
+        subscribe: format!("tcp://{ip}:{}", free_port(ip)),
+        http: format!("{ip}:{}", free_port(ip)),
+        raft: format!("tcp://{ip}:{}", free_port(ip)),
+        dir: dir.join("node-4"),
+    };
+    peers.push(format!(
+        "--peer=4={},{},{},{}",
+        spec.raft, spec.publish, spec.subscribe, spec.http
+    ));
+    let child = start(&spec, &peers, &dir);
+    nodes.insert(
+        4,
+        Node {
+            spec,
+            child: Some(child),
+        },
+    );
+    let s4 = &nodes[&4].spec;
+    let (ok, text) = run_pinion(&[
+        "cluster".into(),
+        "add".into(),
+        format!("--raft={}", nodes[&2].spec.raft),
+        "--id=4".into(),
+        format!("--node-raft={}", s4.raft),
+        format!("--publish={}", s4.publish),
+        format!("--subscribe={}", s4.subscribe),
+        format!("--http={}", s4.http),
+        "--voter".into(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("voters [[1, 2, 3, 4]]"), "{text}");
+    let mut r = pinion_journal::Reader::open(&nodes[&4].spec.dir.join("pinion.log")).unwrap();
+    let mut n4 = 0;
+    while let Some(rec) = r.next() {
+        let rec = rec.unwrap();
+        if rec.kind == pinion_journal::RecordKind::Message {
+            n4 += 1;
+        }
+    }
+    assert_eq!(n4, 100, "the learner caught up before it votes");
+    publish_some(&nodes, 101, 100);
+
+    // Remove node 2 (whatever its role).
+    let (ok, text) = run_pinion(&[
+        "cluster".into(),
+        "remove".into(),
+        format!("--raft={}", nodes[&3].spec.raft),
+        "--id=2".into(),
+    ]);
+    assert!(ok, "{text}");
+    assert!(text.contains("voters [[1, 3, 4]]"), "{text}");
+    stop(nodes.get_mut(&2).unwrap());
+    nodes.remove(&2);
+    publish_some(&nodes, 201, 100);
+
+    // Every ACK is in the logs of 1, 3 and 4, at its offset; they agree.
+    std::thread::sleep(Duration::from_millis(500));
+    for n in nodes.values_mut() {
+        stop(n);
+    }
+    let logs: Vec<_> = nodes.values().map(|n| log_messages(&n.spec.dir)).collect();
+    assert!(logs.iter().all(|l| *l == logs[0]), "the logs differ");
+    let got: BTreeMap<u64, u64> = logs[0].iter().map(|m| (m.2, m.0)).collect();
+    assert_eq!(got, acked);
+    let _ = std::fs::remove_dir_all(&dir);
+}

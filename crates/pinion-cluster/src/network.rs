@@ -295,7 +295,8 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return error_reply(format!("malformed request: {e}")),
     };
-    if req.to != node_id {
+    let is_admin = matches!(req.rpc, Some(pb::raft_request::Rpc::Admin(_)));
+    if req.to != node_id && !(is_admin && req.to == 0) {
         return error_reply(format!("this is node {node_id}, not node {}", req.to));
     }
     let result = match req.rpc {
@@ -314,6 +315,7 @@ pub async fn handle(
                 Err(e) => return error_reply(e.to_string()),
             },
         },
+        Some(pb::raft_request::Rpc::Admin(a)) => R::Admin(admin(raft, node_id, a).await),
         Some(pb::raft_request::Rpc::Snapshot(s)) => match rpc::snapshot_from_pb(s) {
             Err(e) => return error_reply(format!("malformed snapshot: {e}")),
             Ok((vote, snap)) => match raft.install_full_snapshot(vote, snap).await {
@@ -324,5 +326,111 @@ pub async fn handle(
     };
     pb::RaftReply {
         result: Some(result),
+    }
+}
+
+/// Performs a membership change on the leader (see `AdminRequest`).
+async fn admin(raft: &Raft<TypeConfig>, me: NodeId, a: pb::AdminRequest) -> pb::AdminReply {
+    use openraft::ChangeMembers;
+    use std::collections::BTreeSet;
+    let fail = |e: String| pb::AdminReply {
+        membership: None,
+        leader_raft: None,
+        error: Some(e),
+    };
+    let m = raft.metrics().borrow().clone();
+    if m.current_leader != Some(me) {
+        let url = m
+            .current_leader
+            .and_then(|l| {
+                m.membership_config
+                    .membership()
+                    .get_node(&l)
+                    .map(|n| n.raft.clone())
+            })
+            .unwrap_or_default();
+        return pb::AdminReply {
+            membership: None,
+            leader_raft: Some(url),
+            error: None,
+        };
+    }
+    let result = match a.op {
+        None => return fail("admin request without an operation".into()),
+        Some(pb::admin_request::Op::Add(add)) => {
+            let Some(node) = add.node.map(crate::codec::node_from_pb) else {
+                return fail("add: missing node".into());
+            };
+            if add.id == 0 || !node.raft.starts_with("tcp://") {
+                return fail("add: the node needs an id > 0 and a tcp:// Raft endpoint".into());
+            }
+            // openraft's `blocking` only waits until the learner is
+            // within `replication_lag_threshold`; wait here until it holds
+            // every entry the leader had when it was added.
+            let target = raft.metrics().borrow().last_log_index;
+            match raft.add_learner(add.id, node, true).await {
+                Err(e) => Err(e.to_string()),
+                Ok(r) => match wait_caught_up(raft, add.id, target).await {
+                    Err(e) => Err(e),
+                    Ok(()) if !add.voter => Ok(r),
+                    Ok(()) => raft
+                        .change_membership(
+                            ChangeMembers::AddVoterIds(BTreeSet::from([add.id])),
+                            false,
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
+                },
+            }
+        }
+        Some(pb::admin_request::Op::Remove(id)) => {
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let r = if voters.contains(&id) {
+                raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    .await
+            } else {
+                raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await
+            };
+            r.map_err(|e| e.to_string())
+        }
+    };
+    match result {
+        Ok(r) => pb::AdminReply {
+            membership: r.membership.as_ref().map(crate::codec::membership_to_pb),
+            leader_raft: None,
+            error: None,
+        },
+        Err(e) => fail(e),
+    }
+}
+
+/// Waits (up to 10 minutes) until the leader sees `id` matching at least
+/// `target`.
+async fn wait_caught_up(
+    raft: &Raft<TypeConfig>,
+    id: NodeId,
+    target: Option<u64>,
+) -> Result<(), String> {
+    let Some(target) = target else { return Ok(()) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let matched = raft
+            .metrics()
+            .borrow()
+            .replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned())
+            .flatten()
+            .map(|l| l.index);
+        if matched.is_some_and(|m| m >= target) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "node {id} did not catch up to index {target} within 10 minutes"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
