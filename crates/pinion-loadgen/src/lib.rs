@@ -69,7 +69,7 @@ pub use server::pid_exists;
 
 use driver::{run_clients, Collected, Mark, Plan, Workload};
 use server::ServerGuard;
-use targets::{disk, nats, pinion, redis};
+use targets::{cluster, disk, nats, pinion, redis};
 
 /// A system to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize)]
@@ -86,6 +86,10 @@ pub enum Target {
     Disk,
     /// Like `disk`, overwriting a pre-zeroed file (not in the default set).
     DiskZeroed,
+    /// Three hubs as a Raft cluster on 127.0.0.1 (`--node-id`), measured
+    /// through the leader: ACK once fdatasync'ed on a majority (not in the
+    /// default set).
+    Cluster,
 }
 
 impl Target {
@@ -96,6 +100,7 @@ impl Target {
             Target::Nats => "nats",
             Target::Disk => "disk",
             Target::DiskZeroed => "disk-zeroed",
+            Target::Cluster => "cluster",
         }
     }
 }
@@ -268,7 +273,9 @@ pub fn run_publish(
             Target::Nats => {
                 server::find_binary("nats-server", &["/usr/sbin/nats-server"], "")?;
             }
-            Target::Pinion if args.hub_url.is_none() && !server::is_executable(pinion_exe) => {
+            Target::Pinion | Target::Cluster
+                if args.hub_url.is_none() && !server::is_executable(pinion_exe) =>
+            {
                 return Err(LoadgenError::MissingBinary {
                     name: "pinion",
                     looked: vec![pinion_exe.to_path_buf()],
@@ -552,6 +559,36 @@ fn run_target(
             drop(guard);
             Ok(vec![(
                 spec(t, "pinion", description, ack, args.hub_url.is_none()),
+                r,
+            )])
+        }
+        Target::Cluster => {
+            let bar = progress_bar(args, label("cluster"));
+            let mut c = cluster::start(pinion_exe, args.size)?;
+            let w = Arc::new(pinion::PinionWorkload {
+                addr: c.leader_addr,
+                payload: payload.clone(),
+            });
+            let leader = c.guards.get(c.leader);
+            let (col, mut r, _) = measure(t, w, plan, &bar, leader, None)?;
+            for g in &mut c.guards {
+                g.check_alive()?;
+            }
+            // Offsets skip Raft's own entries (one membership, one blank
+            // per term): the highest offset + 1 bounds what is stored.
+            check_stored(&mut r, col.max_offset.map(|o| o + 1));
+            drop(c);
+            Ok(vec![(
+                spec(
+                    t,
+                    "cluster (3 nodes)",
+                    format!(
+                        "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25), clients on the leader; server CPU = the leader's only",
+                        pinion_exe.display()
+                    ),
+                    "committed: appended and fdatasync'ed on a majority of the 3 nodes (each with group commit) and applied by the leader",
+                    true,
+                ),
                 r,
             )])
         }

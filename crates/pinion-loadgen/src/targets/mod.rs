@@ -1,5 +1,6 @@
 //! One module per target: how to start it and its client codec.
 
+pub(crate) mod cluster;
 pub(crate) mod disk;
 pub(crate) mod nats;
 pub(crate) mod pinion;
