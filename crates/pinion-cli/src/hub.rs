@@ -731,6 +731,9 @@ pub enum BenchCommand {
     /// WebSocket fan-out at scale: N idle subscribers (hub memory per
     /// connection), then publish→deliver latency to all of them.
     Fanout(Box<pinion_loadgen::FanoutArgs>),
+    /// Failover of a local 3-node cluster: kill -9 of the leader to the
+    /// first ACK from its successor, p50 and max over --kills kills.
+    Failover(pinion_loadgen::FailoverArgs),
 }
 
 /// Runs `pinion bench …`.
@@ -743,6 +746,14 @@ pub fn bench(c: BenchCommand) -> Result<(), Failure> {
             pinion_loadgen::run_publish(&a, &exe)
                 .map(|_| ())
                 .map_err(|e| Failure::new(exit::FAILED, format!("bench publish: {e}")))
+        }
+        BenchCommand::Failover(a) => {
+            let exe = std::env::current_exe().map_err(|e| {
+                Failure::new(exit::IO, format!("cannot find the pinion executable: {e}"))
+            })?;
+            pinion_loadgen::run_failover(&a, &exe)
+                .map(|_| ())
+                .map_err(|e| Failure::new(exit::FAILED, format!("bench failover: {e}")))
         }
         BenchCommand::Fanout(a) => {
             let exe = std::env::current_exe().map_err(|e| {

@@ -57,12 +57,14 @@ use serde::Serialize;
 
 mod driver;
 mod error;
+mod failover;
 mod fanout;
 mod report;
 mod server;
 mod targets;
 
 pub use error::LoadgenError;
+pub use failover::{run_failover, FailoverArgs, FailoverSummary};
 pub use fanout::{run_fanout, FanoutArgs, FanoutRun, FanoutSummary, Phase};
 pub use report::{Latency, RunResult, TargetReport, CONTENDED_PCT};
 pub use server::pid_exists;

@@ -187,6 +187,47 @@ pub(crate) fn bench_hub_config(dir: &std::path::Path) -> Result<std::path::PathB
 
 /// A server started by the benchmark, with its data dir.
 ///
+/// Spawns `cmd` with stdout/stderr to `log_path` (appended or truncated),
+/// in its own process group, dying with the spawning thread.
+fn spawn_child(
+    target: &'static str,
+    mut cmd: Command,
+    log_path: &Path,
+    append: bool,
+) -> Result<Child, LoadgenError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log_path)
+        .map_err(|e| LoadgenError::io(format!("creating {}", log_path.display()), e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| LoadgenError::io("dup of the log fd", e))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes one async-signal-safe syscall (prctl); it touches no locks
+    // or allocations.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Async-signal-safe: one syscall.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| LoadgenError::ServerStart {
+        target,
+        reason: format!("spawning {:?}: {e}", cmd.get_program()),
+        log: String::new(),
+    })
+}
+
 /// Dropping it stops the process by PID (SIGTERM, then SIGKILL after
 /// [`STOP_TIMEOUT`]), reaps it, then removes the data dir: on success, on
 /// error and on Ctrl-C alike. The child also gets `PR_SET_PDEATHSIG =
@@ -210,36 +251,11 @@ impl ServerGuard {
     /// thread.
     pub(crate) fn spawn(
         target: &'static str,
-        mut cmd: Command,
+        cmd: Command,
         dir: tempfile::TempDir,
     ) -> Result<ServerGuard, LoadgenError> {
         let log_path = dir.path().join("server.log");
-        let log = File::create(&log_path)
-            .map_err(|e| LoadgenError::io(format!("creating {}", log_path.display()), e))?;
-        let log2 = log
-            .try_clone()
-            .map_err(|e| LoadgenError::io("dup of the log fd", e))?;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log2))
-            .process_group(0);
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes one async-signal-safe syscall (prctl); it touches no locks
-        // or allocations.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Async-signal-safe: one syscall.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| LoadgenError::ServerStart {
-            target,
-            reason: format!("spawning {:?}: {e}", cmd.get_program()),
-            log: String::new(),
-        })?;
+        let child = spawn_child(target, cmd, &log_path, false)?;
         Ok(ServerGuard {
             target,
             pid: child.id(),
@@ -247,6 +263,24 @@ impl ServerGuard {
             log_path,
             dir: Some(dir),
         })
+    }
+
+    /// SIGKILLs the process now and reaps it (the data dir stays).
+    pub(crate) fn kill_now(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts `cmd` again in the same data dir (after [`kill_now`]), its
+    /// output appended to the same log.
+    pub(crate) fn respawn(&mut self, cmd: Command) -> Result<(), LoadgenError> {
+        self.kill_now();
+        let child = spawn_child(self.target, cmd, &self.log_path, true)?;
+        self.pid = child.id();
+        self.child = Some(child);
+        Ok(())
     }
 
     pub(crate) fn pid(&self) -> u32 {
