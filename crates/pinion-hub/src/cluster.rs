@@ -7,14 +7,14 @@
 //! * the **log** is the node's journal as openraft's log
 //!   ([`pinion_cluster::LogStore`]): the offset of a message is its Raft
 //!   index, the same on every node;
-//! * the **writer** ([`run_writer`]) replaces the single node's writer
+//! * the **writer** (`run_writer`) replaces the single node's writer
 //!   thread: on the leader, each fresh request becomes one Raft entry, and
 //!   its ACK leaves only once the entry is committed (fdatasync'ed on a
 //!   majority) and applied; elsewhere the answer is NACK `NOT_LEADER`
 //!   naming the leader's publisher URL; with no quorum, NACK `UNAVAILABLE`
 //!   after `write_timeout` (default 2 s);
 //! * the **sessions** (the (client id, seq) table) are the replicated state
-//!   machine ([`HubMachine`]): every node applies committed entries to its
+//!   machine (`HubMachine`): every node applies committed entries to its
 //!   own table in log order, so a new leader answers a resend of a message
 //!   committed before a failover with its original offset. A leader takes
 //!   no write before it has applied an entry of its own term (its blank
@@ -82,7 +82,7 @@ impl ClusterConfig {
     ///
     /// # Errors
     ///
-    /// A description of what is wrong (for [`crate::ConfigError`]).
+    /// A description of what is wrong (for [`crate::config::ConfigError`]).
     pub fn validate(&self) -> Result<(), &'static str> {
         if self.node_id == 0 {
             return Err("node ids start at 1");

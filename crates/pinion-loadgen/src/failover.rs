@@ -109,12 +109,16 @@ impl Conn {
 ///
 /// If the cluster cannot start, elects no leader, or no ACK follows a kill
 /// within 30 s.
-pub fn run_failover(args: &FailoverArgs, exe: &std::path::Path) -> Result<FailoverSummary, LoadgenError> {
+pub fn run_failover(
+    args: &FailoverArgs,
+    exe: &std::path::Path,
+) -> Result<FailoverSummary, LoadgenError> {
     crate::server::install_signal_handlers();
     let mut c = cluster::start(exe, 64)?;
     let stop = Arc::new(AtomicBool::new(false));
     // Per node: the instant of its last ACK.
-    let last_ack: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; cluster::NODES]));
+    let last_ack: Arc<Mutex<Vec<Option<Instant>>>> =
+        Arc::new(Mutex::new(vec![None; cluster::NODES]));
     let mut threads = Vec::new();
     for i in 0..cluster::NODES {
         let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, c.ports[i].0));
@@ -135,7 +139,8 @@ pub fn run_failover(args: &FailoverArgs, exe: &std::path::Path) -> Result<Failov
                 };
                 match cn.publish(client, seq) {
                     Some(true) => {
-                        last_ack.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(Instant::now());
+                        last_ack.lock().unwrap_or_else(|e| e.into_inner())[i] =
+                            Some(Instant::now());
                         seq += 1;
                     }
                     Some(false) => std::thread::sleep(Duration::from_millis(1)),
@@ -156,7 +161,9 @@ pub fn run_failover(args: &FailoverArgs, exe: &std::path::Path) -> Result<Failov
                     break;
                 }
                 if t.elapsed() > Duration::from_secs(30) {
-                    return Err(LoadgenError::Args("no ACK from the leader within 30 s".into()));
+                    return Err(LoadgenError::Args(
+                        "no ACK from the leader within 30 s".into(),
+                    ));
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -175,17 +182,29 @@ pub fn run_failover(args: &FailoverArgs, exe: &std::path::Path) -> Result<Failov
                     break a;
                 }
                 if killed_at.elapsed() > Duration::from_secs(30) {
-                    return Err(LoadgenError::Args(format!("kill {}: no ACK from a new leader within 30 s", k + 1)));
+                    return Err(LoadgenError::Args(format!(
+                        "kill {}: no ACK from a new leader within 30 s",
+                        k + 1
+                    )));
                 }
                 std::thread::sleep(Duration::from_millis(1));
             };
             let dt = first.duration_since(killed_at);
-            println!("kill {:>2}/{}: node {} killed; first ACK from its successor after {:.0} ms", k + 1, args.kills, l + 1, dt.as_secs_f64() * 1000.0);
+            println!(
+                "kill {:>2}/{}: node {} killed; first ACK from its successor after {:.0} ms",
+                k + 1,
+                args.kills,
+                l + 1,
+                dt.as_secs_f64() * 1000.0
+            );
             times.push(dt);
             let dir = c.guards[l].dir().to_path_buf();
             let cmd = c.command(l, &dir)?;
             c.guards[l].respawn(cmd)?;
-            c.guards[l].wait_listening(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, c.ports[l].0)))?;
+            c.guards[l].wait_listening(SocketAddr::from((
+                std::net::Ipv4Addr::LOCALHOST,
+                c.ports[l].0,
+            )))?;
             crate::server::sleep_interruptible(Duration::from_secs_f64(args.settle))?;
         }
         Ok(())

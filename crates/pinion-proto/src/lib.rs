@@ -3,7 +3,7 @@
 //! documented there).
 //!
 //! A publisher sends a [`Publish`] as the body of an SP REQ message and gets
-//! one [`Reply`] back. Protobuf `bytes` fields are [`bytes::Bytes`]
+//! one [`Reply`] back. Protobuf `bytes` fields are [`Bytes`]
 //! (re-exported as [`Bytes`]): decoding from a `Bytes` buffer slices it
 //! instead of copying the payload.
 //!
