@@ -161,44 +161,8 @@ fn log_messages(dir: &Path) -> Vec<(u64, [u8; 16], u64, Vec<u8>)> {
 #[test]
 fn three_processes_ack_on_commit_fail_over_and_agree() {
     let dir = temp_dir("three");
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        let ip = format!("127.0.0.{}", 10 + id);
-        let spec = NodeSpec {
-            id,
-            publish: format!("tcp://{ip}:{}", free_port(&ip)),
-            subscribe: format!("tcp://{ip}:{}", free_port(&ip)),
-            http: format!("{ip}:{}", free_port(&ip)),
-            raft: format!("tcp://{ip}:{}", free_port(&ip)),
-            dir: dir.join(format!("node-{id}")),
-        };
-        nodes.insert(id, Node { spec, child: None });
-    }
-    let peers: Vec<String> = nodes
-        .values()
-        .map(|n| {
-            let s = &n.spec;
-            format!(
-                "--peer={}={},{},{},{}",
-                s.id, s.raft, s.publish, s.subscribe, s.http
-            )
-        })
-        .collect();
-    for n in nodes.values_mut() {
-        n.child = Some(start(&n.spec, &peers, &dir));
-    }
     // Every node up (its HTTP port answers), then a leader.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for n in nodes.values() {
-        while http_get(&n.spec.http, "/healthz").is_none_or(|r| r.0 != 200) {
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not come up",
-                n.spec.id
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    let (mut nodes, peers) = cluster(&dir, 10);
     let first = leader(&nodes, Duration::from_secs(30));
     let follower = *nodes.keys().find(|&&id| id != first).unwrap();
 

@@ -486,12 +486,13 @@ async fn wait(
 
 /// The I/O thread: applies queued commands in order, batching appends.
 fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
-    // The committed position to write with the next batch.
-    let mut committed = j.raft_state().committed;
+    let mut b = Batch {
+        committed: j.raft_state().committed,
+        state_dirty: false,
+        callbacks: Vec::new(),
+        failed: None,
+    };
     let mut scratch = Vec::new();
-    let mut callbacks: Vec<LogFlushed<TypeConfig>> = Vec::new();
-    let mut state_dirty = false;
-    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut cmds = vec![first];
         while cmds.len() < 4096 {
@@ -503,44 +504,30 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
         for cmd in cmds {
             match cmd {
                 Cmd::Append(entries, cb) => {
-                    if failed.is_none() {
+                    if b.failed.is_none() {
                         for e in &entries {
                             let r = codec::with_new_entry(e, &mut scratch, |ne| j.append_entry(ne));
                             if let Err(e) = r {
-                                failed = Some(e.to_string());
+                                b.failed = Some(e.to_string());
                                 break;
                             }
                         }
                     }
-                    callbacks.push(cb);
+                    b.callbacks.push(cb);
                 }
                 Cmd::Committed(c) => {
-                    committed = c.as_ref().map(pos);
-                    state_dirty = true;
+                    b.committed = c.as_ref().map(pos);
+                    b.state_dirty = true;
                 }
                 Cmd::Vote(v, done) => {
-                    flush(
-                        &mut j,
-                        committed,
-                        &mut state_dirty,
-                        &mut callbacks,
-                        &mut failed,
-                        &shared,
-                    );
+                    b.flush(&mut j, &shared);
                     let mut st = *j.raft_state();
                     st.vote = Some(stored_vote(&v));
                     let r = j.set_raft_state(&st, true);
                     let _ = done.send(r);
                 }
                 Cmd::Truncate(index, done) => {
-                    flush(
-                        &mut j,
-                        committed,
-                        &mut state_dirty,
-                        &mut callbacks,
-                        &mut failed,
-                        &shared,
-                    );
+                    b.flush(&mut j, &shared);
                     let r = j.truncate(index);
                     if r.is_ok() {
                         tracing::warn!(
@@ -551,14 +538,7 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                     let _ = done.send(r);
                 }
                 Cmd::Purge(id, done) => {
-                    flush(
-                        &mut j,
-                        committed,
-                        &mut state_dirty,
-                        &mut callbacks,
-                        &mut failed,
-                        &shared,
-                    );
+                    b.flush(&mut j, &shared);
                     let r = if id.index + 1 >= j.next_offset() {
                         j.reset(id.index + 1, Some(pos(&id)))
                     } else {
@@ -570,58 +550,63 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                 }
             }
         }
-        flush(
-            &mut j,
-            committed,
-            &mut state_dirty,
-            &mut callbacks,
-            &mut failed,
-            &shared,
-        );
+        b.flush(&mut j, &shared);
     }
 }
 
-/// Writes what is pending (entries and, if changed, the header state) with
-/// one fdatasync, then tells openraft.
-fn flush(
-    j: &mut Journal,
+/// What the I/O thread has taken in and not yet made durable.
+struct Batch {
+    /// The committed position to write into the header with the next flush.
     committed: Option<LogPos>,
-    state_dirty: &mut bool,
-    callbacks: &mut Vec<LogFlushed<TypeConfig>>,
-    failed: &mut Option<String>,
-    shared: &Shared,
-) {
-    if callbacks.is_empty() && !*state_dirty {
-        return;
-    }
-    let mut r = Ok(());
-    if failed.is_none() && *state_dirty {
-        let mut st = *j.raft_state();
-        st.committed = committed;
-        r = j.set_raft_state(&st, false);
-    }
-    if failed.is_none() && r.is_ok() {
-        r = j.commit(true);
-    }
-    *state_dirty = false;
-    let result = match (failed.take(), r) {
-        (Some(msg), _) => Err(msg),
-        (None, Err(e)) => Err(e.to_string()),
-        (None, Ok(())) => Ok(()),
-    };
-    if result.is_ok() {
-        let mut t = lock(&shared.tail);
-        t.written = j.committed_offset();
-        // Keep a bounded tail of written entries for replication.
-        while t.entries.len() > TAIL_KEEP && t.first < t.written {
-            t.entries.pop_front();
-            t.first += 1;
+    state_dirty: bool,
+    /// openraft's callbacks of the appends since the last flush.
+    callbacks: Vec<LogFlushed<TypeConfig>>,
+    /// An append failed: the batch's callbacks get this error.
+    failed: Option<String>,
+}
+
+impl Batch {
+    /// Writes what is pending (entries and, if changed, the header state)
+    /// with one fdatasync, then tells openraft.
+    fn flush(&mut self, j: &mut Journal, shared: &Shared) {
+        let (committed, state_dirty, callbacks, failed) = (
+            self.committed,
+            &mut self.state_dirty,
+            &mut self.callbacks,
+            &mut self.failed,
+        );
+        if callbacks.is_empty() && !*state_dirty {
+            return;
         }
-    }
-    for cb in callbacks.drain(..) {
-        match &result {
-            Ok(()) => cb.log_io_completed(Ok(())),
-            Err(msg) => cb.log_io_completed(Err(std::io::Error::other(msg.clone()))),
+        let mut r = Ok(());
+        if failed.is_none() && *state_dirty {
+            let mut st = *j.raft_state();
+            st.committed = committed;
+            r = j.set_raft_state(&st, false);
+        }
+        if failed.is_none() && r.is_ok() {
+            r = j.commit(true);
+        }
+        *state_dirty = false;
+        let result = match (failed.take(), r) {
+            (Some(msg), _) => Err(msg),
+            (None, Err(e)) => Err(e.to_string()),
+            (None, Ok(())) => Ok(()),
+        };
+        if result.is_ok() {
+            let mut t = lock(&shared.tail);
+            t.written = j.committed_offset();
+            // Keep a bounded tail of written entries for replication.
+            while t.entries.len() > TAIL_KEEP && t.first < t.written {
+                t.entries.pop_front();
+                t.first += 1;
+            }
+        }
+        for cb in callbacks.drain(..) {
+            match &result {
+                Ok(()) => cb.log_io_completed(Ok(())),
+                Err(msg) => cb.log_io_completed(Err(std::io::Error::other(msg.clone()))),
+            }
         }
     }
 }

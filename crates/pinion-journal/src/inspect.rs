@@ -123,21 +123,7 @@ pub fn stat(path: &Path) -> Result<Stat, JournalError> {
 /// [`JournalError::Locked`] while a `Journal` has the file open, header and
 /// I/O errors.
 pub fn repair(path: &Path) -> Result<Option<Truncation>, JournalError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(JournalError::io("open"))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(JournalError::Io {
-                op: "lock",
-                source: e,
-            })
-        }
-    }
+    let file = open_locked(path)?;
     let file_len = file_len_of(&file)?;
     let header = scan::read_header(&file, file_len)?;
     let fmt = Fmt {
@@ -282,21 +268,7 @@ pub struct UpgradeReport {
 pub fn upgrade(path: &Path) -> Result<UpgradeReport, JournalError> {
     use crate::journal::{Journal, JournalOptions, NewRecord};
     use crate::reader::Reader;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(JournalError::io("open"))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => return Err(JournalError::Locked),
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(JournalError::Io {
-                op: "lock",
-                source: e,
-            })
-        }
-    }
+    let file = open_locked(path)?;
     let file_len = file_len_of(&file)?;
     let header = scan::read_header(&file, file_len)?;
     if header.version == 2 {
@@ -427,4 +399,22 @@ pub fn read_raft_state(path: &Path) -> Result<RaftState, JournalError> {
         version: header.version,
     };
     Ok(scan::read_state(&file, file_len, fmt)?.2)
+}
+
+/// Opens `path` read-write with the writer lock (refused while a `Journal`
+/// has it open).
+fn open_locked(path: &Path) -> Result<File, JournalError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(JournalError::io("open"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(JournalError::Locked),
+        Err(std::fs::TryLockError::Error(e)) => Err(JournalError::Io {
+            op: "lock",
+            source: e,
+        }),
+    }
 }

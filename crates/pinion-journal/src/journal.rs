@@ -541,13 +541,8 @@ impl Journal {
         self.state_gen = generation;
         self.state_slot = slot;
         if sync {
-            if let Err(e) = self.fdatasync() {
-                self.poisoned = true;
-                return Err(JournalError::Io {
-                    op: "fdatasync",
-                    source: e,
-                });
-            }
+            let r = self.fdatasync();
+            self.poison_on(r)?;
         }
         Ok(())
     }
@@ -683,19 +678,21 @@ impl Journal {
     }
 
     fn fdatasync_or_poison(&mut self) -> Result<(), JournalError> {
-        match self.fdatasync() {
-            Ok(()) => {
-                self.mark_synced();
-                Ok(())
+        let r = self.fdatasync();
+        self.poison_on(r)?;
+        self.mark_synced();
+        Ok(())
+    }
+
+    /// A failed fdatasync poisons the journal (see [`Journal::recover`]).
+    fn poison_on(&mut self, r: io::Result<()>) -> Result<(), JournalError> {
+        r.map_err(|source| {
+            self.poisoned = true;
+            JournalError::Io {
+                op: "fdatasync",
+                source,
             }
-            Err(e) => {
-                self.poisoned = true;
-                Err(JournalError::Io {
-                    op: "fdatasync",
-                    source: e,
-                })
-            }
-        }
+        })
     }
 
     fn require_v2(&self) -> Result<(), JournalError> {
@@ -897,14 +894,8 @@ impl Journal {
         if target <= self.file_len || !self.try_extend(target) {
             return Ok(());
         }
-        if let Err(e) = self.fdatasync() {
-            self.poisoned = true;
-            return Err(JournalError::Io {
-                op: "fdatasync",
-                source: e,
-            });
-        }
-        Ok(())
+        let r = self.fdatasync();
+        self.poison_on(r)
     }
 
     /// An independent reader (own file descriptor) positioned at offset 0.
