@@ -37,6 +37,11 @@ fuzz_target!(|data: &[u8]| {
             Some(pb::raft_request::Rpc::Snapshot(s)) => {
                 let _ = rpc::snapshot_from_pb(s);
             }
+            Some(pb::raft_request::Rpc::Admin(a)) => {
+                if let Some(pb::admin_request::Op::Add(add)) = a.op {
+                    let _ = add.node.map(codec::node_from_pb);
+                }
+            }
             None => {}
         }
     }
@@ -50,6 +55,14 @@ fuzz_target!(|data: &[u8]| {
             }
             Some(pb::raft_reply::Result::Snapshot(s)) => {
                 let _ = rpc::snapshot_reply_from_pb(s);
+            }
+            Some(pb::raft_reply::Result::Admin(a)) => {
+                if let Some(m) = a.membership {
+                    if let Ok(m) = codec::membership_from_pb(m) {
+                        let again = codec::decode_membership(&codec::encode_membership(&m));
+                        assert_eq!(again.ok(), Some(m));
+                    }
+                }
             }
             _ => {}
         }
