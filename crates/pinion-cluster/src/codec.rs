@@ -141,17 +141,7 @@ pub fn vote_to_pb(v: &Vote) -> pb::Vote {
 
 /// A vote from a protobuf message.
 pub fn vote_from_pb(v: &pb::Vote) -> Vote {
-    let mut vote = Vote {
-        leader_id: openraft::LeaderId {
-            term: v.term,
-            voted_for: v.voted_for,
-        },
-        committed: false,
-    };
-    if v.committed {
-        vote.commit();
-    }
-    vote
+    crate::types::vote(v.term, v.voted_for, v.committed)
 }
 
 /// An entry as a protobuf message (for replication).

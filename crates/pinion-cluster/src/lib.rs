@@ -48,6 +48,6 @@ mod types;
 pub use log_store::{LogReader, LogStore, OpenError};
 pub use state_machine::{Builder, Machine, StateMachineStore};
 pub use types::{
-    log_id, Applied, Entry, LogId, Membership, NodeId, NodeInfo, Publish, SnapshotData,
+    log_id, vote, Applied, Entry, LogId, Membership, NodeId, NodeInfo, Publish, SnapshotData,
     StorageError, StoredMembership, TypeConfig, Vote,
 };

@@ -180,19 +180,9 @@ impl LogStore {
         };
         let purged = st.purged.map(from_pos);
         let meta = Meta {
-            vote: st.vote.map(|v| {
-                let mut vote = Vote {
-                    leader_id: openraft::LeaderId {
-                        term: v.term,
-                        voted_for: v.node_id,
-                    },
-                    committed: false,
-                };
-                if v.committed {
-                    vote.commit();
-                }
-                vote
-            }),
+            vote: st
+                .vote
+                .map(|v| crate::types::vote(v.term, v.node_id, v.committed)),
             last_log: last_log.or(purged),
             purged,
             committed: st.committed.map(from_pos),

@@ -95,3 +95,15 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub fn log_id(term: u64, index: u64) -> LogId {
     openraft::LogId::new(openraft::CommittedLeaderId::new(term, 0), index)
 }
+
+/// A vote for `voted_for` (if any) in `term`, committed or not.
+pub fn vote(term: u64, voted_for: Option<NodeId>, committed: bool) -> Vote {
+    let mut v = openraft::Vote {
+        leader_id: openraft::LeaderId { term, voted_for },
+        committed: false,
+    };
+    if committed {
+        v.commit();
+    }
+    v
+}

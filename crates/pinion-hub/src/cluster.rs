@@ -464,14 +464,7 @@ pub(crate) async fn run_writer(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let answer = |outbox: &mut Vec<Vec<Answer>>, it: Item, reply: Reply| {
-        outbox[it.core].push(Answer {
-            req: it.req,
-            header: it.header,
-            pipe: it.pipe,
-            cost: it.cost,
-            reply,
-            received: it.received,
-        });
+        outbox[it.core].push(it.answer(reply));
     };
     loop {
         tokio::select! {

@@ -49,6 +49,20 @@ pub(crate) struct Item {
     pub received: Instant,
 }
 
+impl Item {
+    /// Its answer, carrying the request back to its core.
+    pub(crate) fn answer(self, reply: Reply) -> Answer {
+        Answer {
+            req: self.req,
+            header: self.header,
+            pipe: self.pipe,
+            cost: self.cost,
+            reply,
+            received: self.received,
+        }
+    }
+}
+
 /// One answer on its way back to a core.
 pub(crate) struct Answer {
     /// The request, going back to be freed on the core that allocated it
@@ -435,14 +449,7 @@ impl Writer {
             if matches!(reply.result, Some(pinion_proto::reply::Result::Nack(_))) {
                 shared.stats.nacks.fetch_add(1, Ordering::Relaxed);
             }
-            outbox[it.core].push(Answer {
-                req: it.req,
-                header: it.header,
-                pipe: it.pipe,
-                cost: it.cost,
-                reply,
-                received: it.received,
-            });
+            outbox[it.core].push(it.answer(reply));
         }
     }
 }

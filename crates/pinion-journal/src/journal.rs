@@ -906,13 +906,7 @@ impl Journal {
     ///
     /// If the file cannot be opened.
     pub fn reader(&self) -> Result<Reader, JournalError> {
-        let file = File::open(&self.path).map_err(JournalError::io("open"))?;
-        Ok(Reader::from_shared(
-            file,
-            self.header_len,
-            self.fmt,
-            Arc::clone(&self.shared),
-        ))
+        self.reader_source().reader()
     }
 
     /// A handle that opens readers of this journal from any thread, also
