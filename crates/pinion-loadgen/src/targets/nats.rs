@@ -76,8 +76,9 @@ fn create_stream(addr: SocketAddr) -> Result<(), String> {
     let subject = format!("$JS.API.STREAM.CREATE.{STREAM}");
     let deadline = std::time::Instant::now() + crate::server::READY_TIMEOUT;
     loop {
-        let r = crate::driver::block_on(request(addr, &subject, config.as_bytes()))
-            .map_err(|e| e.to_string())?;
+        let r =
+            crate::driver::block_on(request(addr, &subject, config.as_bytes(), REQUEST_TIMEOUT))
+                .map_err(|e| e.to_string())?;
         match r {
             Ok(reply) if !reply.contains("\"error\"") && reply.contains("\"config\"") => {
                 return Ok(())
@@ -97,7 +98,7 @@ fn create_stream(addr: SocketAddr) -> Result<(), String> {
 /// the ACK count.
 pub(crate) fn stream_messages(addr: SocketAddr) -> Option<u64> {
     let subject = format!("$JS.API.STREAM.INFO.{STREAM}");
-    let reply = crate::driver::block_on(request(addr, &subject, b""))
+    let reply = crate::driver::block_on(request(addr, &subject, b"", REQUEST_TIMEOUT))
         .ok()?
         .ok()?;
     let state = &reply[reply.find("\"state\"")?..];
@@ -105,7 +106,7 @@ pub(crate) fn stream_messages(addr: SocketAddr) -> Option<u64> {
 }
 
 /// The unsigned number after `"key":` in `json` (enough for NATS replies).
-fn json_u64(json: &str, key: &str) -> Option<u64> {
+pub(crate) fn json_u64(json: &str, key: &str) -> Option<u64> {
     let pat = format!("\"{key}\":");
     let at = json.find(&pat)? + pat.len();
     let digits: String = json[at..]
@@ -116,13 +117,13 @@ fn json_u64(json: &str, key: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn connect_line() -> &'static [u8] {
+pub(crate) fn connect_line() -> &'static [u8] {
     br#"CONNECT {"verbose":false,"pedantic":false,"tls_required":false,"name":"pinion-loadgen","lang":"rust","version":"0.1.0","protocol":1,"headers":true,"no_responders":true}"#
 }
 
 /// Sends CONNECT, `SUB <inbox>.* 1` and PING; waits for the PONG. Returns
 /// bytes read past it.
-async fn handshake(stream: &mut TcpStream, inbox: &str) -> Result<Vec<u8>, String> {
+pub(crate) async fn handshake(stream: &mut TcpStream, inbox: &str) -> Result<Vec<u8>, String> {
     let mut hello = Vec::with_capacity(256);
     hello.extend_from_slice(connect_line());
     hello.extend_from_slice(format!("\r\nSUB {inbox}.* 1\r\nPING\r\n").as_bytes());
@@ -146,8 +147,25 @@ async fn handshake(stream: &mut TcpStream, inbox: &str) -> Result<Vec<u8>, Strin
     Ok(buf.split_off(used))
 }
 
-/// One request/reply on a fresh connection (setup and checks).
-async fn request(addr: SocketAddr, subject: &str, body: &[u8]) -> Result<String, String> {
+/// How long a setup or check request waits for its reply.
+pub(crate) const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One request/reply on a fresh connection (setup and checks): the reply's
+/// body, or why there is none (`status 503`: no responders; a timeout after
+/// `within`).
+pub(crate) async fn request(
+    addr: SocketAddr,
+    subject: &str,
+    body: &[u8],
+    within: std::time::Duration,
+) -> Result<String, String> {
+    match tokio::time::timeout(within, request_inner(addr, subject, body)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no reply to {subject} within {within:?}")),
+    }
+}
+
+async fn request_inner(addr: SocketAddr, subject: &str, body: &[u8]) -> Result<String, String> {
     let mut s = connect(0, addr).await.map_err(|e| e.to_string())?;
     let inbox = format!("_INBOX.setup{:x}", crate::rand_u64());
     let rest = handshake(&mut s, &inbox).await?;
@@ -182,7 +200,8 @@ async fn request(addr: SocketAddr, subject: &str, body: &[u8]) -> Result<String,
 
 /// The publish workload.
 pub(crate) struct NatsWorkload {
-    pub addr: SocketAddr,
+    /// Servers to connect to: client `i` uses `addrs[i % addrs.len()]`.
+    pub addrs: Vec<SocketAddr>,
     pub payload: Arc<[u8]>,
     /// Random per run: inbox names never collide with another run's.
     pub run_token: u64,
@@ -193,7 +212,8 @@ impl Workload for NatsWorkload {
         let inbox = format!("_INBOX.{:x}.{}", self.run_token, ctx.idx);
         let (stream, rest) = {
             let _permit = ctx.connect_permit().await;
-            let mut stream = match connect(ctx.idx, self.addr).await {
+            let addr = self.addrs[ctx.idx % self.addrs.len()];
+            let mut stream = match connect(ctx.idx, addr).await {
                 Ok(s) => s,
                 Err(e) => return ctx.connect_failed(e.to_string()),
             };
@@ -218,7 +238,7 @@ pub(crate) struct NatsPub {
     heads: Vec<Box<[u8]>>,
 }
 
-enum Raw<'a> {
+pub(crate) enum Raw<'a> {
     Incomplete,
     /// A MSG/HMSG to our inbox: its length, body, and the HMSG status code.
     Msg {
@@ -236,7 +256,7 @@ enum Raw<'a> {
 }
 
 impl NatsPub {
-    fn new(inbox: String, payload: Arc<[u8]>, pipeline: usize) -> Self {
+    pub(crate) fn new(inbox: String, payload: Arc<[u8]>, pipeline: usize) -> Self {
         let heads = (0..pipeline)
             .map(|slot| {
                 format!("PUB {SUBJECT} {inbox}.{slot} {}\r\n", payload.len())
@@ -251,7 +271,7 @@ impl NatsPub {
         }
     }
 
-    fn decode_raw<'a>(&self, buf: &'a [u8]) -> Raw<'a> {
+    pub(crate) fn decode_raw<'a>(&self, buf: &'a [u8]) -> Raw<'a> {
         let Some(eol) = find_crlf(buf) else {
             return Raw::Incomplete;
         };
