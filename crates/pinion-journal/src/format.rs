@@ -37,9 +37,13 @@ const R_SEQ: usize = 40;
 const R_TOPIC_LEN: usize = 48;
 const R_PAYLOAD_LEN: usize = 50;
 /// Version 1: a reserved u16, zero. Version 2: the record kind (u8) and a
-/// reserved zero byte.
+/// flags byte.
 const R_RESERVED: usize = 54;
 const R_KIND: usize = 54;
+const R_FLAGS: usize = 55;
+/// Record flag (version 2): the next record belongs to the same Raft entry
+/// (an entry that carries several messages); messages only.
+const RF_CONTINUED: u8 = 1;
 const R_TERM: usize = 56;
 
 /// The layout of one format version.
@@ -221,6 +225,12 @@ pub struct RaftState {
     pub committed: Option<LogPos>,
     /// The last purged entry: records up to it may be dropped.
     pub purged: Option<LogPos>,
+    /// The Raft index of the entry the first record belongs to. A Raft
+    /// entry may span several records (see [`NewEntry::continued`]), so
+    /// Raft indexes and offsets differ; 0 in a log that was never reset.
+    ///
+    /// [`NewEntry::continued`]: crate::NewEntry::continued
+    pub first_entry: u64,
 }
 
 // State slot field positions (version 2; two slots after the fixed header).
@@ -231,7 +241,8 @@ const S_VOTE_NODE: usize = 24;
 const S_FLAGS: usize = 32;
 const S_COMMITTED: usize = 40;
 const S_PURGED: usize = 56;
-const S_RESERVED: usize = 72;
+const S_FIRST_ENTRY: usize = 72;
+const S_RESERVED: usize = 80;
 const S_CRC: usize = 124;
 const F_VOTE: u8 = 1;
 const F_VOTE_COMMITTED: u8 = 2;
@@ -249,6 +260,7 @@ pub(crate) fn encode_state(st: &RaftState, generation: u64) -> [u8; STATE_SLOT_L
     let mut b = [0u8; STATE_SLOT_LEN as usize];
     b[S_GEN..S_GEN + 8].copy_from_slice(&generation.to_le_bytes());
     b[S_FIRST..S_FIRST + 8].copy_from_slice(&st.first_index.to_le_bytes());
+    b[S_FIRST_ENTRY..S_FIRST_ENTRY + 8].copy_from_slice(&st.first_entry.to_le_bytes());
     let mut flags = 0;
     if let Some(v) = st.vote {
         flags |= F_VOTE;
@@ -309,6 +321,7 @@ pub(crate) fn decode_state(b: &[u8]) -> Option<(u64, RaftState)> {
             vote,
             committed: pos(S_COMMITTED, F_COMMITTED),
             purged: pos(S_PURGED, F_PURGED),
+            first_entry: u64_at(b, S_FIRST_ENTRY),
         },
     ))
 }
@@ -324,6 +337,7 @@ pub(crate) struct RecordView {
     pub offset: u64,
     pub term: u64,
     pub kind: RecordKind,
+    pub continued: bool,
     pub timestamp_us: u64,
     pub client_id: [u8; 16],
     pub seq: u64,
@@ -377,11 +391,16 @@ pub(crate) fn check_header(bytes: &[u8], fmt: Fmt) -> Result<u64, CorruptKind> {
             return Err(CorruptKind::ReservedBits);
         }
     } else {
-        if bytes[R_KIND + 1] != 0 {
+        let flags = bytes[R_FLAGS];
+        if flags & !RF_CONTINUED != 0 {
             return Err(CorruptKind::ReservedBits);
         }
         match RecordKind::from_u8(bytes[R_KIND]) {
             None => return Err(CorruptKind::UnknownKind),
+            // Only messages share an entry.
+            Some(RecordKind::Blank | RecordKind::Membership) if flags != 0 => {
+                return Err(CorruptKind::ReservedBits)
+            }
             // Blank entries have no content at all.
             Some(RecordKind::Blank) if topic_len + payload_len != 0 => {
                 return Err(CorruptKind::LengthMismatch)
@@ -416,17 +435,22 @@ pub(crate) fn validate(bytes: &[u8], fmt: Fmt) -> Result<RecordView, CorruptKind
     let payload = topic.end..len;
     let mut client_id = [0u8; 16];
     client_id.copy_from_slice(&bytes[R_CLIENT..R_CLIENT + 16]);
-    let (term, kind) = if fmt.version == 1 {
-        (0, RecordKind::Message)
+    let (term, kind, continued) = if fmt.version == 1 {
+        (0, RecordKind::Message, false)
     } else {
-        // check_header accepted the kind byte.
+        // check_header accepted the kind and flags bytes.
         let kind = RecordKind::from_u8(bytes[R_KIND]).ok_or(CorruptKind::UnknownKind)?;
-        (u64_at(bytes, R_TERM), kind)
+        (
+            u64_at(bytes, R_TERM),
+            kind,
+            bytes[R_FLAGS] & RF_CONTINUED != 0,
+        )
     };
     Ok(RecordView {
         offset: u64_at(bytes, R_OFFSET),
         term,
         kind,
+        continued,
         timestamp_us: u64_at(bytes, R_TS),
         client_id,
         seq: u64_at(bytes, R_SEQ),
@@ -454,6 +478,7 @@ pub(crate) struct Fields<'a> {
     pub offset: u64,
     pub term: u64,
     pub kind: RecordKind,
+    pub continued: bool,
     pub timestamp_us: u64,
     pub client_id: &'a [u8; 16],
     pub seq: u64,
@@ -469,13 +494,15 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, fmt: Fmt, f: &Fields<'_>) {
         offset,
         term,
         kind,
+        continued,
         timestamp_us,
         client_id,
         seq,
         topic,
         payload,
     } = *f;
-    debug_assert!(fmt.version == 2 || (term == 0 && kind == RecordKind::Message));
+    debug_assert!(fmt.version == 2 || (term == 0 && kind == RecordKind::Message && !continued));
+    debug_assert!(!continued || kind == RecordKind::Message);
     let len = fmt.rec_header() + topic.len() + payload.len();
     debug_assert!(topic.len() <= usize::from(u16::MAX) && len <= MAX_RECORD_LEN as usize);
     let start = out.len();
@@ -492,7 +519,8 @@ pub(crate) fn encode_record(out: &mut Vec<u8>, fmt: Fmt, f: &Fields<'_>) {
     if fmt.version == 1 {
         out.extend_from_slice(&[0; 2]); // reserved
     } else {
-        out.extend_from_slice(&[kind.to_u8(), 0]);
+        let flags = if continued { RF_CONTINUED } else { 0 };
+        out.extend_from_slice(&[kind.to_u8(), flags]);
         out.extend_from_slice(&term.to_le_bytes());
     }
     out.extend_from_slice(topic);
@@ -546,6 +574,7 @@ mod tests {
             offset,
             term: 0,
             kind: RecordKind::Message,
+            continued: false,
             timestamp_us: 11,
             client_id: &[3; 16],
             seq: 13,
@@ -617,6 +646,24 @@ mod tests {
         assert_eq!(check_header(&bad, Fmt::V2), Err(CorruptKind::UnknownKind));
         let mut bad = out.clone();
         bad[55] = 1;
+        assert_eq!(
+            check_header(&bad, Fmt::V2),
+            Err(CorruptKind::ReservedBits),
+            "only messages continue an entry"
+        );
+
+        // A message that the next record continues (same Raft entry).
+        out.clear();
+        let cont = Fields {
+            continued: true,
+            term: 3,
+            ..fields(8, b"t", b"p")
+        };
+        encode_record(&mut out, Fmt::V2, &cont);
+        assert_eq!(out[54..56], [0, 1], "kind 0, flag continued");
+        assert!(validate(&out, Fmt::V2).unwrap().continued);
+        let mut bad = out.clone();
+        bad[55] = 2;
         assert_eq!(check_header(&bad, Fmt::V2), Err(CorruptKind::ReservedBits));
 
         out.clear();
@@ -648,6 +695,7 @@ mod tests {
             }),
             committed: Some(LogPos { term: 5, index: 40 }),
             purged: None,
+            first_entry: 17,
         };
         let b = encode_state(&st, 7);
         assert_eq!(decode_state(&b), Some((7, st)));

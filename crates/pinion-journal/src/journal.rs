@@ -97,6 +97,11 @@ pub struct NewEntry<'a> {
     pub term: u64,
     /// What the entry holds.
     pub kind: RecordKind,
+    /// For messages: the next record belongs to the same Raft entry (an
+    /// entry that carries several messages is written as consecutive
+    /// message records, all but the last with this flag). Ignored for
+    /// other kinds.
+    pub continued: bool,
     /// For messages: time of the publish, µs since the Unix epoch; else 0.
     pub timestamp_us: u64,
     /// For messages: the publisher's client id; else zeros.
@@ -408,6 +413,7 @@ impl Journal {
             offset,
             term: 0,
             kind: RecordKind::Message,
+            continued: false,
             timestamp_us: rec.timestamp_us,
             client_id: &rec.client_id,
             seq: rec.seq,
@@ -451,6 +457,8 @@ impl Journal {
             offset: e.index,
             term: e.term,
             kind: e.kind,
+            // Only messages share an entry.
+            continued: e.continued && e.kind == RecordKind::Message,
             timestamp_us: e.timestamp_us,
             client_id: &e.client_id,
             seq: e.seq,

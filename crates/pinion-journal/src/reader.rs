@@ -21,12 +21,15 @@ const STANDALONE_INDEX_INTERVAL: u32 = 1024;
 /// One record read back from the journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// Logical record number (0, 1, 2, …; in a Raft log, the entry's index).
+    /// Logical record number (0, 1, 2, …).
     pub offset: u64,
     /// The Raft term (0 in a single-node log and in version 1).
     pub term: u64,
     /// What the record holds (always a message in version 1).
     pub kind: RecordKind,
+    /// The next record belongs to the same Raft entry (see
+    /// [`NewEntry::continued`](crate::NewEntry::continued)).
+    pub continued: bool,
     /// As appended.
     pub timestamp_us: u64,
     /// As appended.
@@ -348,6 +351,7 @@ impl Reader {
             offset,
             term: v.term,
             kind: v.kind,
+            continued: v.continued,
             timestamp_us: v.timestamp_us,
             client_id: v.client_id,
             seq: v.seq,

@@ -108,8 +108,14 @@ fn flipped_bytes_in_an_early_record() {
             flip_and_check(&dir, prealloc, 48, 0x01),
             CorruptKind::LengthMismatch
         );
+        // Byte 55 holds flags: bit 0 (continued) is valid on a message,
+        // so only the CRC catches it; other bits are reserved.
         assert_eq!(
             flip_and_check(&dir, prealloc, 55, 0x01),
+            CorruptKind::Checksum
+        );
+        assert_eq!(
+            flip_and_check(&dir, prealloc, 55, 0x02),
             CorruptKind::ReservedBits
         );
         assert_eq!(

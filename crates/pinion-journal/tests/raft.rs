@@ -25,6 +25,12 @@ fn kind_of(index: u64) -> RecordKind {
     }
 }
 
+/// Whether the test marks record `index` as continued by the next one
+/// (messages only; the journal ignores the flag on other kinds).
+fn continued(index: u64) -> bool {
+    kind_of(index) == RecordKind::Message && index % 2 == 0
+}
+
 fn append(j: &mut Journal, index: u64, term: u64) {
     let p = payload(index, term);
     let kind = kind_of(index);
@@ -37,6 +43,7 @@ fn append(j: &mut Journal, index: u64, term: u64) {
         index,
         term,
         kind,
+        continued: continued(index),
         timestamp_us: index,
         client_id: [index as u8; 16],
         seq: index,
@@ -55,6 +62,7 @@ fn read_all(j: &Journal) -> Vec<(u64, u64, RecordKind)> {
         if rec.kind == RecordKind::Message {
             assert_eq!(&rec.payload[..], &payload(rec.offset, rec.term)[..]);
         }
+        assert_eq!(rec.continued, continued(rec.offset), "record {}", rec.offset);
         out.push((rec.offset, rec.term, rec.kind));
     }
     out
@@ -79,6 +87,7 @@ fn entries_keep_term_and_kind_and_the_state_survives_reopen() {
         }),
         committed: Some(LogPos { term: 3, index: 6 }),
         purged: Some(LogPos { term: 1, index: 1 }),
+        first_entry: 0,
     };
     j.set_raft_state(&st, true).unwrap();
     // The wrong index is refused and appends nothing.
@@ -87,6 +96,7 @@ fn entries_keep_term_and_kind_and_the_state_survives_reopen() {
             index: 12,
             term: 3,
             kind: RecordKind::Blank,
+            continued: false,
             timestamp_us: 0,
             client_id: [0; 16],
             seq: 0,
