@@ -11,7 +11,9 @@ use pinion_journal::{NewEntry, Record, RecordKind};
 use pinion_proto::raft as pb;
 use pinion_proto::Message as _;
 
-use crate::types::{log_id, Entry, LogId, Membership, NodeId, NodeInfo, Publish, TypeConfig, Vote};
+use crate::types::{
+    log_id, Batch, Entry, LogId, Membership, NodeId, NodeInfo, Publish, TypeConfig, Vote,
+};
 
 /// Why bytes from a peer or from the disk are not a valid cluster message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,12 +151,18 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
     use openraft::EntryPayload as P;
     let payload = match &e.payload {
         P::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        P::Normal(p) => pb::entry::Payload::Message(pb::Message {
-            timestamp_us: p.timestamp_us,
-            client_id: Bytes::copy_from_slice(&p.client_id),
-            seq: p.seq,
-            topic: p.topic.clone(),
-            payload: p.payload.clone(),
+        P::Normal(b) => pb::entry::Payload::Batch(pb::Batch {
+            messages: b
+                .messages
+                .iter()
+                .map(|p| pb::Message {
+                    timestamp_us: p.timestamp_us,
+                    client_id: Bytes::copy_from_slice(&p.client_id),
+                    seq: p.seq,
+                    topic: p.topic.clone(),
+                    payload: p.payload.clone(),
+                })
+                .collect(),
         }),
         P::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
     };
@@ -168,8 +176,8 @@ pub fn entry_to_pb(e: &Entry) -> pb::Entry {
 ///
 /// # Errors
 ///
-/// [`DecodeError`] for a missing log id or payload, or a client id that is
-/// not 16 bytes.
+/// [`DecodeError`] for a missing log id or payload, an empty batch, or a
+/// client id that is not 16 bytes.
 pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, DecodeError> {
     use openraft::EntryPayload as P;
     let id = e
@@ -178,15 +186,24 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, DecodeError> {
         .ok_or(DecodeError::Missing("entry.log_id"))?;
     let payload = match e.payload.ok_or(DecodeError::Missing("entry.payload"))? {
         pb::entry::Payload::Blank(_) => P::Blank,
-        pb::entry::Payload::Message(m) => P::Normal(Publish {
-            timestamp_us: m.timestamp_us,
-            client_id: m.client_id[..]
-                .try_into()
-                .map_err(|_| DecodeError::Invalid("entry.message.client_id"))?,
-            seq: m.seq,
-            topic: m.topic,
-            payload: m.payload,
-        }),
+        pb::entry::Payload::Batch(b) => {
+            if b.messages.is_empty() {
+                return Err(DecodeError::Invalid("entry.batch.messages"));
+            }
+            let mut messages = Vec::with_capacity(b.messages.len());
+            for m in b.messages {
+                messages.push(Publish {
+                    timestamp_us: m.timestamp_us,
+                    client_id: m.client_id[..]
+                        .try_into()
+                        .map_err(|_| DecodeError::Invalid("entry.message.client_id"))?,
+                    seq: m.seq,
+                    topic: m.topic,
+                    payload: m.payload,
+                });
+            }
+            P::Normal(Batch { messages })
+        }
         pb::entry::Payload::Membership(m) => P::Membership(membership_from_pb(m)?),
     };
     Ok(Entry {
@@ -195,65 +212,127 @@ pub fn entry_from_pb(e: pb::Entry) -> Result<Entry, DecodeError> {
     })
 }
 
-/// Calls `f` with the journal form of `e` (a membership is encoded into
-/// `scratch`).
-pub(crate) fn with_new_entry<R>(
-    e: &Entry,
-    scratch: &mut Vec<u8>,
-    f: impl FnOnce(&NewEntry<'_>) -> R,
-) -> R {
-    use openraft::EntryPayload as P;
-    let (kind, timestamp_us, client_id, seq, topic, payload): (_, _, _, _, &[u8], &[u8]) =
-        match &e.payload {
-            P::Blank => (RecordKind::Blank, 0, [0; 16], 0, b"", b""),
-            P::Normal(p) => (
-                RecordKind::Message,
-                p.timestamp_us,
-                p.client_id,
-                p.seq,
-                &p.topic,
-                &p.payload,
-            ),
-            P::Membership(m) => {
-                scratch.clear();
-                membership_to_pb(m).encode(scratch).expect("a Vec grows");
-                (RecordKind::Membership, 0, [0; 16], 0, b"", &scratch[..])
-            }
-        };
-    f(&NewEntry {
-        index: e.log_id.index,
-        term: e.log_id.leader_id.term,
-        kind,
-        timestamp_us,
-        client_id,
-        seq,
-        topic,
-        payload,
-    })
+/// How many journal records entry `e` takes: one per message of a batch,
+/// one for a blank or membership entry.
+pub fn records(e: &Entry) -> u64 {
+    match &e.payload {
+        openraft::EntryPayload::Normal(b) => b.messages.len().max(1) as u64,
+        _ => 1,
+    }
 }
 
-/// The entry a journal record holds.
-///
-/// # Errors
-///
-/// [`DecodeError`] if a membership record does not decode.
-pub(crate) fn entry_from_record(r: Record) -> Result<Entry, DecodeError> {
+/// Calls `f` with the journal form of each record of `e`, whose first
+/// record goes at `offset` (a membership is encoded into `scratch`). Stops
+/// at the first error.
+pub(crate) fn for_each_record<E>(
+    e: &Entry,
+    offset: u64,
+    scratch: &mut Vec<u8>,
+    mut f: impl FnMut(&NewEntry<'_>) -> Result<(), E>,
+) -> Result<(), E> {
     use openraft::EntryPayload as P;
-    let payload = match r.kind {
-        RecordKind::Blank => P::Blank,
-        RecordKind::Message => P::<TypeConfig>::Normal(Publish {
-            timestamp_us: r.timestamp_us,
-            client_id: r.client_id,
-            seq: r.seq,
-            topic: r.topic,
-            payload: r.payload,
-        }),
-        RecordKind::Membership => P::Membership(decode_membership(&r.payload)?),
-    };
-    Ok(Entry {
-        log_id: log_id(r.term, r.offset),
+    let term = e.log_id.leader_id.term;
+    let other = |index, kind, payload| NewEntry {
+        index,
+        term,
+        kind,
+        continued: false,
+        timestamp_us: 0,
+        client_id: [0; 16],
+        seq: 0,
+        topic: b"",
         payload,
-    })
+    };
+    match &e.payload {
+        P::Blank => f(&other(offset, RecordKind::Blank, b"")),
+        P::Normal(b) => {
+            let n = b.messages.len();
+            for (i, p) in b.messages.iter().enumerate() {
+                f(&NewEntry {
+                    index: offset + i as u64,
+                    term,
+                    kind: RecordKind::Message,
+                    continued: i + 1 < n,
+                    timestamp_us: p.timestamp_us,
+                    client_id: p.client_id,
+                    seq: p.seq,
+                    topic: &p.topic,
+                    payload: &p.payload,
+                })?;
+            }
+            Ok(())
+        }
+        P::Membership(m) => {
+            scratch.clear();
+            membership_to_pb(m).encode(scratch).expect("a Vec grows");
+            f(&other(offset, RecordKind::Membership, &scratch[..]))
+        }
+    }
+}
+
+/// Builds entries from journal records read in order: records of one
+/// entry are consecutive, all but the last marked `continued`.
+#[derive(Debug)]
+pub(crate) struct EntryAssembler {
+    /// The Raft index of the next entry to complete.
+    pub next_index: u64,
+    messages: Vec<Publish>,
+    term: u64,
+}
+
+impl EntryAssembler {
+    /// An assembler whose first entry has Raft index `next_index`.
+    pub(crate) fn new(next_index: u64) -> Self {
+        Self {
+            next_index,
+            messages: Vec::new(),
+            term: 0,
+        }
+    }
+
+    /// Whether records of an unfinished entry are held.
+    pub(crate) fn in_entry(&self) -> bool {
+        !self.messages.is_empty()
+    }
+
+    /// Takes the next record; returns the entry it completes, if any.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError`] if a membership record does not decode, or an
+    /// entry's records mix terms or kinds.
+    pub(crate) fn push(&mut self, r: Record) -> Result<Option<Entry>, DecodeError> {
+        use openraft::EntryPayload as P;
+        if self.in_entry() && (r.kind != RecordKind::Message || r.term != self.term) {
+            return Err(DecodeError::Invalid("record continues an entry of another term or kind"));
+        }
+        let payload = match r.kind {
+            RecordKind::Blank => P::Blank,
+            RecordKind::Membership => P::Membership(decode_membership(&r.payload)?),
+            RecordKind::Message => {
+                self.term = r.term;
+                self.messages.push(Publish {
+                    timestamp_us: r.timestamp_us,
+                    client_id: r.client_id,
+                    seq: r.seq,
+                    topic: r.topic,
+                    payload: r.payload,
+                });
+                if r.continued {
+                    return Ok(None);
+                }
+                P::<TypeConfig>::Normal(Batch {
+                    messages: std::mem::take(&mut self.messages),
+                })
+            }
+        };
+        let e = Entry {
+            log_id: log_id(r.term, self.next_index),
+            payload,
+        };
+        self.next_index += 1;
+        Ok(Some(e))
+    }
 }
 
 #[cfg(test)]
@@ -304,13 +383,22 @@ mod tests {
             },
             Entry {
                 log_id: log_id(3, 11),
-                payload: P::Normal(Publish {
-                    timestamp_us: 5,
-                    client_id: [9; 16],
-                    seq: 77,
-                    topic: Bytes::from_static(b"orders"),
-                    payload: Bytes::from_static(b"hello"),
-                }),
+                payload: P::Normal(Batch::new(vec![
+                    Publish {
+                        timestamp_us: 5,
+                        client_id: [9; 16],
+                        seq: 77,
+                        topic: Bytes::from_static(b"orders"),
+                        payload: Bytes::from_static(b"hello"),
+                    },
+                    Publish {
+                        timestamp_us: 6,
+                        client_id: [8; 16],
+                        seq: 1,
+                        topic: Bytes::new(),
+                        payload: Bytes::from_static(b"world"),
+                    },
+                ])),
             },
             Entry {
                 log_id: log_id(4, 12),
@@ -328,17 +416,25 @@ mod tests {
         }
         let mut bad = entry_to_pb(&Entry {
             log_id: log_id(1, 1),
-            payload: P::Normal(Publish {
+            payload: P::Normal(Batch::new(vec![Publish {
                 timestamp_us: 0,
                 client_id: [0; 16],
                 seq: 0,
                 topic: Bytes::new(),
                 payload: Bytes::new(),
-            }),
+            }])),
         });
-        if let Some(pb::entry::Payload::Message(m)) = &mut bad.payload {
-            m.client_id = Bytes::from_static(b"short");
+        let mut empty = bad.clone();
+        if let Some(pb::entry::Payload::Batch(b)) = &mut bad.payload {
+            b.messages[0].client_id = Bytes::from_static(b"short");
         }
+        if let Some(pb::entry::Payload::Batch(b)) = &mut empty.payload {
+            b.messages.clear();
+        }
+        assert_eq!(
+            entry_from_pb(empty),
+            Err(DecodeError::Invalid("entry.batch.messages"))
+        );
         assert_eq!(
             entry_from_pb(bad),
             Err(DecodeError::Invalid("entry.message.client_id"))

@@ -45,9 +45,9 @@ pub mod rpc;
 mod state_machine;
 mod types;
 
-pub use log_store::{LogReader, LogStore, OpenError};
+pub use log_store::{LogReader, LogStore, OffsetLookup, OpenError};
 pub use state_machine::{Builder, Machine, StateMachineStore};
 pub use types::{
-    log_id, vote, Applied, Entry, LogId, Membership, NodeId, NodeInfo, Publish, SnapshotData,
+    log_id, vote, Applied, Batch, Entry, LogId, Membership, NodeId, NodeInfo, Publish, SnapshotData,
     StorageError, StoredMembership, TypeConfig, Vote,
 };

@@ -17,6 +17,18 @@
 //!
 //! Purging is logical (the single file keeps its records); a purge past the
 //! last entry resets the journal, which then restarts at the next index.
+//!
+//! **Entries and offsets.** A normal entry carries a [`Batch`] of
+//! messages, each written as its own journal record (all but the last
+//! flagged `continued`); blank and membership entries take one record. So
+//! Raft indexes and offsets differ: the store keeps, in memory, the first
+//! offset of every entry ([`Offsets`], 8 bytes per entry, rebuilt at open
+//! by one scan of the file). Every node writes the same entries, so every
+//! node gives a message the same offset. An entry whose records were only
+//! partly written when the process died was never reported durable; it is
+//! cut at open.
+//!
+//! [`Batch`]: crate::Batch
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -29,7 +41,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, OptionalSend, StorageIOError};
 use pinion_journal::{Journal, JournalError, JournalOptions, LogPos, ReaderSource, StoredVote};
 
-use crate::codec;
+use crate::codec::{self, EntryAssembler};
 use crate::types::{log_id, Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Entries kept in memory after they are written (for replication to
@@ -44,9 +56,10 @@ pub enum OpenError {
     /// version-1 file, which must be upgraded first).
     #[error(transparent)]
     Journal(#[from] JournalError),
-    /// A membership record in the journal does not decode.
-    #[error("membership record at offset {offset} does not decode: {source}")]
-    Membership {
+    /// A record in the journal is not part of a valid entry (a membership
+    /// that does not decode, or an entry whose records mix terms or kinds).
+    #[error("record at offset {offset} is not part of a valid Raft entry: {source}")]
+    Entry {
         /// The record's offset.
         offset: u64,
         /// Why.
@@ -74,6 +87,88 @@ struct Tail {
     entries: VecDeque<Entry>,
     /// Entries below this index are written to the file.
     written: u64,
+    /// Where every entry starts in the file.
+    map: Offsets,
+}
+
+/// Raft index → offset of the entry's first record, for every entry in the
+/// file (and every entry appended but not yet written).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Offsets {
+    /// The Raft index of `starts[0]`.
+    first: u64,
+    /// The first offset of entries `first`, `first + 1`, ….
+    starts: Vec<u64>,
+    /// The offset after the last entry.
+    next: u64,
+}
+
+impl Offsets {
+    /// The index after the last entry.
+    fn end(&self) -> u64 {
+        self.first + self.starts.len() as u64
+    }
+
+    /// The first offset of entry `index`, if the map holds it.
+    pub(crate) fn start(&self, index: u64) -> Option<u64> {
+        let i = usize::try_from(index.checked_sub(self.first)?).ok()?;
+        self.starts.get(i).copied()
+    }
+
+    /// Records entry `index` of `records` records after the last one (or,
+    /// in an empty map, anywhere: a log restarting after a purge); returns
+    /// its first offset.
+    fn push(&mut self, index: u64, records: u64) -> Result<u64, u64> {
+        if index != self.end() {
+            if !self.starts.is_empty() || index < self.first {
+                return Err(self.end());
+            }
+            self.first = index;
+        }
+        let at = self.next;
+        self.starts.push(at);
+        self.next += records;
+        Ok(at)
+    }
+
+    /// Forgets entries from `index` on; returns the offset where their
+    /// records start.
+    fn truncate(&mut self, index: u64) -> u64 {
+        match self.start(index) {
+            Some(at) => {
+                self.starts.truncate((index - self.first) as usize);
+                self.next = at;
+            }
+            None if index < self.first => {
+                self.next = self.starts.first().copied().unwrap_or(self.next);
+                self.starts.clear();
+                self.first = index;
+            }
+            None => {}
+        }
+        self.next
+    }
+
+    /// Forgets every entry; the next one is `first` (its records go on at
+    /// the same offset: offsets never go back).
+    fn reset(&mut self, first: u64) {
+        self.starts.clear();
+        self.first = first;
+    }
+}
+
+/// Offsets of entries, for the state machine (a message's offset is its
+/// entry's first offset plus its position in the batch).
+#[derive(Debug, Clone)]
+pub struct OffsetLookup {
+    shared: Arc<Shared>,
+}
+
+impl OffsetLookup {
+    /// The first offset of entry `index`, if the log holds it.
+    pub fn start(&self, index: u64) -> Option<u64> {
+        lock(&self.shared.tail).map.start(index)
+    }
 }
 
 #[derive(Debug)]
@@ -87,12 +182,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 enum Cmd {
-    Append(Vec<Entry>, LogFlushed<TypeConfig>),
+    /// Entries with the offset of their first record.
+    Append(Vec<(Entry, u64)>, LogFlushed<TypeConfig>),
     Committed(Option<LogId>),
     Vote(Vote, tokio::sync::oneshot::Sender<Result<(), JournalError>>),
+    /// Cut at this offset.
     Truncate(u64, tokio::sync::oneshot::Sender<Result<(), JournalError>>),
+    /// Purge up to this entry; `true`: past the last entry (a reset).
     Purge(
         LogId,
+        bool,
         tokio::sync::oneshot::Sender<Result<(), JournalError>>,
     ),
 }
@@ -156,7 +255,7 @@ impl LogStore {
     /// [`OpenError`]: a damaged or version-1 journal, a membership record
     /// that does not decode, I/O.
     pub fn open(path: &Path, opts: JournalOptions) -> Result<Self, OpenError> {
-        let (journal, report) = Journal::open(path, opts)?;
+        let (mut journal, report) = Journal::open(path, opts)?;
         if let Some(t) = &report.truncated {
             tracing::warn!(path = %path.display(), "{}", t.reason);
         }
@@ -165,19 +264,50 @@ impl LogStore {
         }
         let st = *journal.raft_state();
         let source = journal.reader_source();
-        // The last entry's id: read the last record (if any).
-        let next = journal.next_offset();
-        let last_log = if next > journal.first_offset() {
-            let mut r = source.reader()?;
-            r.seek(next - 1)?;
-            match r.next() {
-                Some(Ok(rec)) => Some(log_id(rec.term, rec.offset)),
-                Some(Err(e)) => return Err(e.into()),
-                None => None,
-            }
-        } else {
-            None
+        // One scan: where each entry starts, and the last entry's id.
+        let first_offset = journal.first_offset();
+        let mut map = Offsets {
+            first: st.first_entry,
+            starts: Vec::new(),
+            next: first_offset,
         };
+        let mut last_log = None;
+        if journal.next_offset() > first_offset {
+            let mut r = source.reader()?;
+            r.seek(first_offset)?;
+            let mut asm = EntryAssembler::new(st.first_entry);
+            let mut start = first_offset;
+            while r.offset() < journal.next_offset() {
+                let rec = match r.next() {
+                    None => break,
+                    Some(rec) => rec?,
+                };
+                let offset = rec.offset;
+                if !asm.in_entry() {
+                    start = offset;
+                }
+                if let Some(e) = asm
+                    .push(rec)
+                    .map_err(|source| OpenError::Entry { offset, source })?
+                {
+                    map.starts.push(start);
+                    last_log = Some(e.log_id);
+                }
+                map.next = offset + 1;
+            }
+            if asm.in_entry() {
+                // Only part of the last entry reached the file: it was never
+                // reported durable, so it is not in any quorum. Cut it.
+                tracing::warn!(
+                    path = %path.display(),
+                    from = start,
+                    "raft: the last entry was only partly written (the process stopped \
+                     while writing it); its records are cut"
+                );
+                journal.truncate(start)?;
+                map.next = start;
+            }
+        }
         let purged = st.purged.map(from_pos);
         let meta = Meta {
             vote: st
@@ -187,11 +317,13 @@ impl LogStore {
             purged,
             committed: st.committed.map(from_pos),
         };
+        let end = map.end();
         let shared = Arc::new(Shared {
             tail: Mutex::new(Tail {
-                first: next,
+                first: end,
                 entries: VecDeque::new(),
-                written: next,
+                written: end,
+                map,
             }),
             source,
         });
@@ -209,6 +341,13 @@ impl LogStore {
     /// not yet committed by Raft: a reader must stop at the applied index.
     pub fn reader_source(&self) -> ReaderSource {
         self.shared.source.clone()
+    }
+
+    /// Where entries start in the file (for the state machine).
+    pub fn offsets(&self) -> OffsetLookup {
+        OffsetLookup {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The committed position the journal header recorded (where a
@@ -294,24 +433,34 @@ impl RaftLogReader<TypeConfig> for LogReader {
         };
         if start < mem_first {
             let disk_end = end.min(mem_first);
-            let read_err = |e: JournalError| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
-            let r = match &mut self.reader {
-                Some(r) => r,
-                None => self
-                    .reader
-                    .insert(self.shared.source.reader().map_err(read_err)?),
+            // Entries below the map's first are gone (purged and reset).
+            let (from, at) = {
+                let t = lock(&self.shared.tail);
+                let from = start.max(t.map.first);
+                (from, t.map.start(from))
             };
-            r.seek(start).map_err(read_err)?;
-            while r.offset() < disk_end {
-                match r.next() {
-                    None => break,
-                    Some(Err(e)) => return Err(read_err(e)),
-                    Some(Ok(rec)) => {
-                        let index = rec.offset;
-                        let e = codec::entry_from_record(rec).map_err(|e| {
-                            io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e)
-                        })?;
-                        out.push(e);
+            if let (true, Some(at)) = (from < disk_end, at) {
+                let read_err = |e: JournalError| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+                let r = match &mut self.reader {
+                    Some(r) => r,
+                    None => self
+                        .reader
+                        .insert(self.shared.source.reader().map_err(read_err)?),
+                };
+                r.seek(at).map_err(read_err)?;
+                let mut asm = EntryAssembler::new(from);
+                while asm.next_index < disk_end {
+                    match r.next() {
+                        None => break,
+                        Some(Err(e)) => return Err(read_err(e)),
+                        Some(Ok(rec)) => {
+                            let index = asm.next_index;
+                            if let Some(e) = asm.push(rec).map_err(|e| {
+                                io_err(ErrorSubject::LogIndex(index), ErrorVerb::Read, e)
+                            })? {
+                                out.push(e);
+                            }
+                        }
                     }
                 }
             }
@@ -376,31 +525,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .filter(|e| purged.is_none_or(|p| e.log_id.index > p))
             .collect();
+        let mut placed = Vec::with_capacity(entries.len());
         if let Some(last) = entries.last() {
+            let last = last.log_id;
             let mut t = lock(&self.shared.tail);
-            for e in &entries {
+            for e in entries {
                 let next = t.first + t.entries.len() as u64;
+                let out_of_order = |expected| {
+                    io_err(
+                        ErrorSubject::LogIndex(e.log_id.index),
+                        ErrorVerb::Write,
+                        JournalError::OutOfOrder {
+                            index: e.log_id.index,
+                            expected,
+                        },
+                    )
+                };
                 if e.log_id.index != next {
                     if t.entries.is_empty() && e.log_id.index > next {
                         // An empty log restarting later (after a purge).
                         t.first = e.log_id.index;
                         t.written = t.written.max(t.first);
                     } else {
-                        return Err(io_err(
-                            ErrorSubject::LogIndex(e.log_id.index),
-                            ErrorVerb::Write,
-                            JournalError::OutOfOrder {
-                                index: e.log_id.index,
-                                expected: next,
-                            },
-                        ));
+                        return Err(out_of_order(next));
                     }
                 }
+                let at = t
+                    .map
+                    .push(e.log_id.index, codec::records(&e))
+                    .map_err(out_of_order)?;
                 t.entries.push_back(e.clone());
+                placed.push((e, at));
             }
-            self.meta.last_log = Some(last.log_id);
+            self.meta.last_log = Some(last);
         }
-        self.send(Cmd::Append(entries, callback))
+        self.send(Cmd::Append(placed, callback))
     }
 
     async fn truncate(&mut self, id: LogId) -> Result<(), StorageError> {
@@ -409,7 +568,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         } else {
             self.id_at(id.index - 1).await?
         };
-        {
+        let cut = {
             let mut t = lock(&self.shared.tail);
             if id.index < t.first {
                 t.entries.clear();
@@ -418,9 +577,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let keep = (id.index - t.first) as usize;
                 t.entries.truncate(keep);
             }
-        }
+            t.map.truncate(id.index)
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Cmd::Truncate(id.index, tx))?;
+        self.send(Cmd::Truncate(cut, tx))?;
         wait(rx, ErrorSubject::Logs, ErrorVerb::Delete).await?;
         {
             let mut t = lock(&self.shared.tail);
@@ -434,8 +594,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, id: LogId) -> Result<(), StorageError> {
+        let past_end = {
+            let mut t = lock(&self.shared.tail);
+            let past_end = id.index + 1 >= t.map.end();
+            if past_end {
+                t.map.reset(id.index + 1);
+            }
+            past_end
+        };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.send(Cmd::Purge(id, tx))?;
+        self.send(Cmd::Purge(id, past_end, tx))?;
         wait(rx, ErrorSubject::Logs, ErrorVerb::Delete).await?;
         {
             let mut t = lock(&self.shared.tail);
@@ -479,11 +647,16 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
     let mut b = Batch {
         committed: j.raft_state().committed,
         state_dirty: false,
+        appended: None,
         callbacks: Vec::new(),
         failed: None,
     };
     let mut scratch = Vec::new();
+    let dbg = std::env::var_os("PINION_RAFT_STATS").is_some();
+    let (mut st_t, mut st_n, mut st_e, mut st_f, mut st_busy) = (std::time::Instant::now(), 0u64, 0u64, 0u64, std::time::Duration::ZERO);
     while let Ok(first) = rx.recv() {
+        let t0 = std::time::Instant::now();
+        st_n += 1;
         let mut cmds = vec![first];
         while cmds.len() < 4096 {
             match rx.try_recv() {
@@ -494,14 +667,20 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
         for cmd in cmds {
             match cmd {
                 Cmd::Append(entries, cb) => {
+                    st_e += entries.len() as u64; st_f += 1;
                     if b.failed.is_none() {
-                        for e in &entries {
-                            let r = codec::with_new_entry(e, &mut scratch, |ne| j.append_entry(ne));
+                        for (e, at) in &entries {
+                            let r = first_entry_here(&mut j, e.log_id.index).and_then(|()| {
+                                codec::for_each_record(e, *at, &mut scratch, |ne| j.append_entry(ne))
+                            });
                             if let Err(e) = r {
                                 b.failed = Some(e.to_string());
                                 break;
                             }
                         }
+                    }
+                    if let Some((e, _)) = entries.last() {
+                        b.appended = Some(e.log_id.index + 1);
                     }
                     b.callbacks.push(cb);
                 }
@@ -527,10 +706,15 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                     }
                     let _ = done.send(r);
                 }
-                Cmd::Purge(id, done) => {
+                Cmd::Purge(id, past_end, done) => {
                     b.flush(&mut j, &shared);
-                    let r = if id.index + 1 >= j.next_offset() {
-                        j.reset(id.index + 1, Some(pos(&id)))
+                    let r = if past_end {
+                        let at = j.next_offset();
+                        j.reset(at, Some(pos(&id))).and_then(|()| {
+                            let mut st = *j.raft_state();
+                            st.first_entry = id.index + 1;
+                            j.set_raft_state(&st, true)
+                        })
                     } else {
                         let mut st = *j.raft_state();
                         st.purged = Some(pos(&id));
@@ -541,7 +725,23 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
             }
         }
         b.flush(&mut j, &shared);
+        st_busy += t0.elapsed();
+        if dbg && st_t.elapsed() >= std::time::Duration::from_secs(1) {
+            eprintln!("raftlog: {st_n} loops, {st_f} appends, {st_e} entries, busy {:?}", st_busy);
+            st_t = std::time::Instant::now(); st_n = 0; st_e = 0; st_f = 0; st_busy = std::time::Duration::ZERO;
+        }
     }
+}
+
+/// Notes in the header that the (empty) journal's first entry is `index`,
+/// if it says otherwise (a log restarting after a purge).
+fn first_entry_here(j: &mut Journal, index: u64) -> Result<(), JournalError> {
+    if j.next_offset() == j.first_offset() && j.raft_state().first_entry != index {
+        let mut st = *j.raft_state();
+        st.first_entry = index;
+        j.set_raft_state(&st, false)?;
+    }
+    Ok(())
 }
 
 /// What the I/O thread has taken in and not yet made durable.
@@ -549,6 +749,8 @@ struct Batch {
     /// The committed position to write into the header with the next flush.
     committed: Option<LogPos>,
     state_dirty: bool,
+    /// The index after the last entry appended since the last flush.
+    appended: Option<u64>,
     /// openraft's callbacks of the appends since the last flush.
     callbacks: Vec<LogFlushed<TypeConfig>>,
     /// An append failed: the batch's callbacks get this error.
@@ -565,7 +767,10 @@ impl Batch {
             &mut self.callbacks,
             &mut self.failed,
         );
-        if callbacks.is_empty() && !*state_dirty {
+        // A new committed position alone is no reason to sync: it goes to
+        // the header with the next appends (a stale one is a safe lower
+        // bound), so committing costs no extra fdatasync.
+        if callbacks.is_empty() {
             return;
         }
         let mut r = Ok(());
@@ -585,7 +790,9 @@ impl Batch {
         };
         if result.is_ok() {
             let mut t = lock(&shared.tail);
-            t.written = j.committed_offset();
+            if let Some(a) = self.appended.take() {
+                t.written = a;
+            }
             // Keep a bounded tail of written entries for replication.
             while t.entries.len() > TAIL_KEEP && t.first < t.written {
                 t.entries.pop_front();

@@ -14,6 +14,7 @@ use std::io::Cursor;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 
+use crate::log_store::OffsetLookup;
 use crate::types::{
     Applied, Entry, LogId, NodeId, NodeInfo, Publish, StorageError, StoredMembership, TypeConfig,
 };
@@ -22,11 +23,11 @@ use crate::types::{
 /// Deterministic: every node applies the same entries in the same order and
 /// must reach the same state.
 pub trait Machine: Send + Sync + 'static {
-    /// Applies the committed message at `index` (its offset).
-    fn apply(&mut self, index: u64, msg: &Publish) -> Applied;
-    /// Called after each batch of applied entries: every entry below
+    /// Applies the committed message at `offset`.
+    fn apply(&mut self, offset: u64, msg: &Publish) -> Applied;
+    /// Called after each run of applied entries: every record below offset
     /// `next` (messages, blank and membership entries) is applied. The
-    /// hub hands the batch to its subscribers here.
+    /// hub hands the run to its subscribers here.
     fn applied(&mut self, next: u64) {
         let _ = next;
     }
@@ -44,6 +45,7 @@ pub trait Machine: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct StateMachineStore<M> {
     machine: M,
+    offsets: Option<OffsetLookup>,
     applied: Option<LogId>,
     membership: StoredMembership,
     current: Option<(SnapshotMeta<NodeId, NodeInfo>, Vec<u8>)>,
@@ -51,10 +53,16 @@ pub struct StateMachineStore<M> {
 }
 
 impl<M: Machine> StateMachineStore<M> {
-    /// A state machine store that has applied nothing.
-    pub fn new(machine: M) -> Self {
+    /// A state machine store that has applied nothing. `offsets` tells where
+    /// each entry starts in the log (from [`LogStore::offsets`]); without
+    /// it (tests of the Raft storage contract), an entry's offset is taken
+    /// to be its index.
+    ///
+    /// [`LogStore::offsets`]: crate::LogStore::offsets
+    pub fn new(machine: M, offsets: Option<OffsetLookup>) -> Self {
         Self {
             machine,
+            offsets,
             applied: None,
             membership: StoredMembership::default(),
             current: None,
@@ -121,27 +129,47 @@ impl<M: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<M> {
         Ok((self.applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Applied>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
-        let mut last = None;
+        let mut end = None;
         for e in entries {
-            last = Some(e.log_id.index);
+            let index = e.log_id.index;
+            let at = match &self.offsets {
+                None => index,
+                Some(o) => o.start(index).ok_or_else(|| {
+                    StorageError::from(StorageIOError::read_log_at_index(
+                        index,
+                        openraft::AnyError::error("a committed entry has no offset in the log"),
+                    ))
+                })?,
+            };
             self.applied = Some(e.log_id);
             out.push(match e.payload {
-                EntryPayload::Blank => Applied::None,
-                EntryPayload::Normal(ref p) => self.machine.apply(e.log_id.index, p),
+                EntryPayload::Blank => {
+                    end = Some(at + 1);
+                    Vec::new()
+                }
+                EntryPayload::Normal(ref b) => {
+                    end = Some(at + b.messages.len() as u64);
+                    b.messages
+                        .iter()
+                        .zip(at..)
+                        .map(|(m, offset)| self.machine.apply(offset, m))
+                        .collect()
+                }
                 EntryPayload::Membership(m) => {
+                    end = Some(at + 1);
                     self.membership = StoredMembership::new(Some(e.log_id), m);
-                    Applied::None
+                    Vec::new()
                 }
             });
         }
-        if let Some(last) = last {
-            self.machine.applied(last + 1);
+        if let Some(end) = end {
+            self.machine.applied(end);
         }
         Ok(out)
     }

@@ -43,10 +43,29 @@ pub struct Publish {
     pub payload: Bytes,
 }
 
+/// The messages one Raft entry carries: at least one, in log order. The
+/// leader batches the publishes that arrive while its previous entry is
+/// being written, so one entry (one fdatasync, one replication step, one
+/// apply) serves many publishers. Each message is its own journal record:
+/// its offset is the entry's first offset plus its position in the batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The messages (never empty).
+    pub messages: Vec<Publish>,
+}
+
+impl Batch {
+    /// A batch of `messages` (which must not be empty).
+    pub fn new(messages: Vec<Publish>) -> Self {
+        debug_assert!(!messages.is_empty(), "a batch carries at least one message");
+        Self { messages }
+    }
+}
+
 /// What applying a committed message produced: what the leader answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// The message is in the log at this offset (its Raft index).
+    /// The message is in the log at this offset.
     Logged {
         /// The message's offset.
         offset: u64,
@@ -68,8 +87,8 @@ pub type SnapshotData = std::io::Cursor<Vec<u8>>;
 openraft::declare_raft_types!(
     /// The openraft type configuration of a pinion cluster.
     pub TypeConfig:
-        D = Publish,
-        R = Applied,
+        D = Batch,
+        R = Vec<Applied>,
         NodeId = NodeId,
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,

@@ -59,7 +59,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<Count>, Dir> for Build
             ..JournalOptions::default()
         };
         let log = LogStore::open(&dir.join("pinion.log"), opts).expect("open the log store");
-        Ok((Dir(dir), log, StateMachineStore::new(Count::default())))
+        Ok((Dir(dir), log, StateMachineStore::new(Count::default(), None)))
     }
 }
 

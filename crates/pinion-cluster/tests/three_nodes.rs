@@ -12,7 +12,7 @@ use bytes::Bytes;
 use openraft::{Config, Raft};
 use pinion_cluster::network::{serve, Network};
 use pinion_cluster::{
-    Applied, LogStore, Machine, NodeInfo, Publish, StateMachineStore, TypeConfig,
+    Applied, Batch, LogStore, Machine, NodeInfo, Publish, StateMachineStore, TypeConfig,
 };
 use pinion_journal::{JournalOptions, RecordKind};
 
@@ -71,7 +71,7 @@ async fn start(id: u64, dir: &Path, url: &str) -> Node {
         }
     };
     let seen = Seen::default();
-    let sm = StateMachineStore::new(seen.clone());
+    let sm = StateMachineStore::new(seen.clone(), Some(log.offsets()));
     let raft = Raft::new(id, config(), Network::new(id), log, sm)
         .await
         .unwrap();
@@ -93,24 +93,34 @@ async fn leader_of(nodes: &BTreeMap<u64, Node>, timeout: Duration) -> u64 {
     }
 }
 
-async fn write(raft: &Raft<TypeConfig>, seq: u64) -> u64 {
-    let r = raft
-        .client_write(Publish {
+/// Writes one entry carrying `seqs` (a batch); returns (offset, seq) of
+/// each, checking that a batch's messages take consecutive offsets.
+async fn write(raft: &Raft<TypeConfig>, seqs: &[u64]) -> Vec<(u64, u64)> {
+    let messages = seqs
+        .iter()
+        .map(|&seq| Publish {
             timestamp_us: seq,
             client_id: [1; 16],
             seq,
             topic: Bytes::from_static(b"t"),
             payload: Bytes::from(format!("message {seq}")),
         })
-        .await
-        .unwrap();
-    match r.data {
-        Applied::Logged { offset } => {
-            assert_eq!(offset, r.log_id.index);
-            offset
-        }
-        other => panic!("{other:?}"),
+        .collect();
+    let r = raft.client_write(Batch::new(messages)).await.unwrap();
+    assert_eq!(r.data.len(), seqs.len());
+    let out: Vec<(u64, u64)> = r
+        .data
+        .iter()
+        .zip(seqs)
+        .map(|(a, &seq)| match a {
+            Applied::Logged { offset } => (*offset, seq),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for w in out.windows(2) {
+        assert_eq!(w[0].0 + 1, w[1].0, "a batch's offsets are consecutive");
     }
+    out
 }
 
 /// The messages in a node's journal: (offset, seq), and the terms seen.
@@ -174,8 +184,8 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
 
         // Replicate: every write is acknowledged only once committed.
         let mut acked = Vec::new();
-        for seq in 0..200 {
-            acked.push((write(&nodes[&leader].raft, seq).await, seq));
+        for i in 0..100 {
+            acked.extend(write(&nodes[&leader].raft, &[2 * i, 2 * i + 1]).await);
         }
         // Concurrent writers too (pipelined appends, group commit).
         let mut tasks = Vec::new();
@@ -185,7 +195,7 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
                 let mut mine = Vec::new();
                 for k in 0..100u64 {
                     let seq = 1000 + w * 1000 + k;
-                    mine.push((write(&raft, seq).await, seq));
+                    mine.extend(write(&raft, &[seq]).await);
                 }
                 mine
             }));
@@ -204,18 +214,24 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
         let leader = leader_of(&nodes, Duration::from_secs(10)).await;
         assert_ne!(leader, old);
         let failover = t0.elapsed();
-        for seq in 20_000..20_100 {
-            acked.push((write(&nodes[&leader].raft, seq).await, seq));
+        for seq in (20_000..20_100).step_by(5) {
+            let seqs: Vec<u64> = (seq..seq + 5).collect();
+            acked.extend(write(&nodes[&leader].raft, &seqs).await);
         }
 
         // The old leader comes back from its journal and catches up.
         nodes.insert(old, start(old, &dir.0, &urls[&old]).await);
-        let last = acked.iter().map(|a| a.0).max().unwrap();
+        let last = nodes[&leader]
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map(|l| l.index);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let ok = nodes
                 .values()
-                .all(|n| n.raft.metrics().borrow().last_applied.map(|l| l.index) >= Some(last));
+                .all(|n| n.raft.metrics().borrow().last_applied.map(|l| l.index) >= last);
             if ok {
                 break;
             }
