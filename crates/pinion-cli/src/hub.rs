@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// UNAVAILABLE, ms [default: 2000].
     #[arg(long, value_name = "MS", requires = "node_id")]
     pub cluster_write_timeout_ms: Option<u64>,
+    /// Cluster mode: the leader's heartbeat interval, ms [default: 50].
+    #[arg(long, value_name = "MS", requires = "node_id")]
+    pub heartbeat_ms: Option<u64>,
+    /// Cluster mode: the election timeout range, ms, as MIN,MAX
+    /// [default: 150,300]. A follower that hears no leader for a random
+    /// time in the range starts an election.
+    #[arg(long, value_name = "MIN,MAX", requires = "node_id", value_parser = parse_range_ms)]
+    pub election_timeout_ms: Option<(u64, u64)>,
     /// Cluster mode: if this node's log is damaged, move it aside (kept as
     /// pinion.log.damaged-<time>) and rejoin with an empty log that the
     /// leader fills again, instead of refusing to start.
@@ -167,14 +175,44 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
             peers.insert(pid, node);
         }
         let mut c = pinion_hub::cluster::ClusterConfig::new(id, raft.clone(), peers);
-        if let Some(ms) = a.cluster_write_timeout_ms {
-            c.write_timeout = Duration::from_millis(ms);
+        // Timings set in the config file's [cluster] table still apply.
+        if let Some(t) = &cfg.cluster {
+            c.write_timeout = t.write_timeout;
+            c.heartbeat = t.heartbeat;
+            c.election_timeout = t.election_timeout;
         }
         c.rebuild_damaged_log = a.rebuild_damaged_log;
         cfg.cluster = Some(c);
     }
+    if let Some(c) = cfg.cluster.as_mut() {
+        if let Some(ms) = a.cluster_write_timeout_ms {
+            c.write_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = a.heartbeat_ms {
+            c.heartbeat = Duration::from_millis(ms);
+        }
+        if let Some((lo, hi)) = a.election_timeout_ms {
+            c.election_timeout = (Duration::from_millis(lo), Duration::from_millis(hi));
+        }
+        if a.rebuild_damaged_log {
+            c.rebuild_damaged_log = true;
+        }
+    }
     cfg.validate().map_err(|e| Failure::usage(e.to_string()))?;
     Ok(cfg)
+}
+
+/// `MIN,MAX` in milliseconds.
+fn parse_range_ms(s: &str) -> Result<(u64, u64), String> {
+    let (lo, hi) = s
+        .split_once(',')
+        .ok_or_else(|| format!("{s:?}: expected MIN,MAX (milliseconds)"))?;
+    let n = |v: &str| v.trim().parse::<u64>().map_err(|e| format!("{v:?}: {e}"));
+    let (lo, hi) = (n(lo)?, n(hi)?);
+    if lo == 0 || lo >= hi {
+        return Err(format!("{s:?}: need 0 < MIN < MAX"));
+    }
+    Ok((lo, hi))
 }
 
 /// Runs the hub until SIGINT or SIGTERM, then shuts it down gracefully.

@@ -304,7 +304,9 @@ impl EntryAssembler {
     pub(crate) fn push(&mut self, r: Record) -> Result<Option<Entry>, DecodeError> {
         use openraft::EntryPayload as P;
         if self.in_entry() && (r.kind != RecordKind::Message || r.term != self.term) {
-            return Err(DecodeError::Invalid("record continues an entry of another term or kind"));
+            return Err(DecodeError::Invalid(
+                "record continues an entry of another term or kind",
+            ));
         }
         let payload = match r.kind {
             RecordKind::Blank => P::Blank,

@@ -48,6 +48,6 @@ mod types;
 pub use log_store::{LogReader, LogStore, OffsetLookup, OpenError};
 pub use state_machine::{Builder, Machine, StateMachineStore};
 pub use types::{
-    log_id, vote, Applied, Batch, Entry, LogId, Membership, NodeId, NodeInfo, Publish, SnapshotData,
-    StorageError, StoredMembership, TypeConfig, Vote,
+    log_id, vote, Applied, Batch, Entry, LogId, Membership, NodeId, NodeInfo, Publish,
+    SnapshotData, StorageError, StoredMembership, TypeConfig, Vote,
 };

@@ -652,11 +652,7 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
         failed: None,
     };
     let mut scratch = Vec::new();
-    let dbg = std::env::var_os("PINION_RAFT_STATS").is_some();
-    let (mut st_t, mut st_n, mut st_e, mut st_f, mut st_busy) = (std::time::Instant::now(), 0u64, 0u64, 0u64, std::time::Duration::ZERO);
     while let Ok(first) = rx.recv() {
-        let t0 = std::time::Instant::now();
-        st_n += 1;
         let mut cmds = vec![first];
         while cmds.len() < 4096 {
             match rx.try_recv() {
@@ -667,11 +663,12 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
         for cmd in cmds {
             match cmd {
                 Cmd::Append(entries, cb) => {
-                    st_e += entries.len() as u64; st_f += 1;
                     if b.failed.is_none() {
                         for (e, at) in &entries {
                             let r = first_entry_here(&mut j, e.log_id.index).and_then(|()| {
-                                codec::for_each_record(e, *at, &mut scratch, |ne| j.append_entry(ne))
+                                codec::for_each_record(e, *at, &mut scratch, |ne| {
+                                    j.append_entry(ne)
+                                })
                             });
                             if let Err(e) = r {
                                 b.failed = Some(e.to_string());
@@ -725,11 +722,6 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
             }
         }
         b.flush(&mut j, &shared);
-        st_busy += t0.elapsed();
-        if dbg && st_t.elapsed() >= std::time::Duration::from_secs(1) {
-            eprintln!("raftlog: {st_n} loops, {st_f} appends, {st_e} entries, busy {:?}", st_busy);
-            st_t = std::time::Instant::now(); st_n = 0; st_e = 0; st_f = 0; st_busy = std::time::Duration::ZERO;
-        }
     }
 }
 

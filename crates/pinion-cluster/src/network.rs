@@ -147,19 +147,6 @@ impl Peer {
     }
 }
 
-fn dbg_rpc(to: NodeId, n: usize, d: Duration) {
-    use std::sync::Mutex;
-    static S: Mutex<Option<(std::time::Instant, u64, u64, Duration, Duration)>> = Mutex::new(None);
-    if std::env::var_os("PINION_RAFT_STATS").is_none() { return; }
-    let mut g = S.lock().unwrap();
-    let s = g.get_or_insert((std::time::Instant::now(), 0, 0, Duration::ZERO, Duration::ZERO));
-    s.1 += 1; s.2 += n as u64; s.3 += d; s.4 = s.4.max(d);
-    if s.0.elapsed() >= Duration::from_secs(1) {
-        eprintln!("rpc(last to {to}): {} calls, {} entries, total {:?}, max {:?}", s.1, s.2, s.3, s.4);
-        *s = (std::time::Instant::now(), 0, 0, Duration::ZERO, Duration::ZERO);
-    }
-}
-
 fn rpc_err<E: std::error::Error>(e: CallError) -> RPCError<NodeId, NodeInfo, E> {
     match e {
         CallError::Transport(e) => RPCError::Unreachable(Unreachable::new(&e)),
@@ -188,12 +175,8 @@ impl RaftNetwork<TypeConfig> for Peer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         let ttl = option.hard_ttl();
-        let n = req.entries.len();
         let rpc = pb::raft_request::Rpc::Append(rpc::append_to_pb(&req));
-        let t0 = std::time::Instant::now();
-        let res = self.call(rpc, ttl).await;
-        dbg_rpc(self.to, n, t0.elapsed());
-        match res.map_err(rpc_err)? {
+        match self.call(rpc, ttl).await.map_err(rpc_err)? {
             None => Err(timeout(
                 openraft::network::RPCTypes::AppendEntries,
                 self.from,

@@ -59,7 +59,11 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<Count>, Dir> for Build
             ..JournalOptions::default()
         };
         let log = LogStore::open(&dir.join("pinion.log"), opts).expect("open the log store");
-        Ok((Dir(dir), log, StateMachineStore::new(Count::default(), None)))
+        Ok((
+            Dir(dir),
+            log,
+            StateMachineStore::new(Count::default(), None),
+        ))
     }
 }
 

@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use openraft::{Config, Raft, ServerState, SnapshotPolicy};
-use pinion_cluster::{Applied, Machine, NodeId, NodeInfo, Publish, StateMachineStore, TypeConfig};
+use pinion_cluster::{
+    Applied, Batch, Machine, NodeId, NodeInfo, Publish, StateMachineStore, TypeConfig,
+};
 use pinion_proto::{Code, Reply};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -423,8 +425,14 @@ pub(crate) fn run_fan(
 }
 
 /// The Raft configuration of a hub node.
-pub(crate) fn raft_config(c: &ClusterConfig) -> Result<Arc<Config>, String> {
+pub(crate) fn raft_config(c: &ClusterConfig, max_payload: usize) -> Result<Arc<Config>, String> {
+    // An AppendEntries message carries up to this many entries, each at
+    // most a batch (BATCH_BYTES plus one message): keep it well under the
+    // Raft endpoint's message limit.
+    let entry = (BATCH_BYTES + max_payload + 64 * 1024) as u64;
+    let max_payload_entries = (pinion_cluster::network::MAX_RAFT_MESSAGE / 2 / entry).clamp(1, 64);
     let cfg = Config {
+        max_payload_entries,
         cluster_name: "pinion".into(),
         heartbeat_interval: c.heartbeat.as_millis() as u64,
         election_timeout_min: c.election_timeout.0.as_millis() as u64,
@@ -445,10 +453,25 @@ struct Waiter {
 
 type Key = (ClientId, u64);
 
-/// The result of one proposal, back from its task.
-type Outcome = (Key, Result<Applied, Reply>);
+/// The result of one proposal (a batch), back from its task: the keys of
+/// its messages, in order, and what applying each produced.
+type Outcome = (Vec<Key>, Result<Vec<Applied>, Reply>);
+
+/// Entries the writer keeps proposed but not yet committed, at most. Each
+/// entry costs the Raft core one log write and one fdatasync (openraft 0.9
+/// waits for each), so while they are under way new publishes gather into
+/// the next batch: the busier the node, the bigger the batches.
+const MAX_PROPOSALS: usize = 4;
+
+/// A batch stops growing past this many payload and topic bytes (one
+/// message may exceed it) …
+const BATCH_BYTES: usize = 256 << 10;
+
+/// … or this many messages.
+const BATCH_MESSAGES: usize = 4096;
 
 /// The writer of a cluster node: answers every request the intakes send.
+/// Fresh messages gather into batches; each batch is one Raft entry.
 pub(crate) async fn run_writer(
     raft: Raft<TypeConfig>,
     cfg: ClusterConfig,
@@ -459,7 +482,11 @@ pub(crate) async fn run_writer(
 ) {
     let me = cfg.node_id;
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    // Every message proposed or about to be: its waiters.
     let mut inflight: HashMap<Key, Vec<Waiter>> = HashMap::new();
+    // Fresh messages not yet proposed, in arrival order.
+    let mut pending: Vec<(Key, Publish)> = Vec::new();
+    let mut proposals = 0usize;
     let mut outbox: Vec<Vec<Answer>> = (0..cores.len()).map(|_| Vec::new()).collect();
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -497,6 +524,7 @@ pub(crate) async fn run_writer(
                 let leader_url = m.current_leader.and_then(|l| {
                     m.membership_config.membership().get_node(&l).map(|n| n.publish.clone())
                 }).filter(|u| !u.is_empty());
+                let now = Instant::now();
                 for it in items {
                     let seq = it.req.seq;
                     if !ready {
@@ -516,7 +544,7 @@ pub(crate) async fn run_writer(
                     if let Some(ws) = inflight.get_mut(&key) {
                         // The same message is being committed: one entry,
                         // both requests get its answer.
-                        ws.push(Waiter { item: it, deadline: Instant::now() + cfg.write_timeout });
+                        ws.push(Waiter { item: it, deadline: now + cfg.write_timeout });
                         continue;
                     }
                     let verdict = sessions.lock().unwrap_or_else(PoisonError::into_inner).check(&key.0, seq);
@@ -532,49 +560,37 @@ pub(crate) async fn run_writer(
                             ));
                         }
                         Verdict::Fresh => {
-                            let publish = Publish {
+                            pending.push((key, Publish {
                                 timestamp_us: now_us(),
                                 client_id: key.0,
                                 seq,
                                 topic: Bytes::copy_from_slice(&it.req.topic),
                                 payload: it.req.payload.clone(),
-                            };
-                            match raft.client_write_ff(publish).await {
-                                Err(e) => {
-                                    answer(&mut outbox, it, Reply::nack(Some(seq), Code::Unavailable, format!("raft: {e}")));
-                                }
-                                Ok(rx) => {
-                                    inflight.insert(key, vec![Waiter { item: it, deadline: Instant::now() + cfg.write_timeout }]);
-                                    let done = done_tx.clone();
-                                    tokio::spawn(async move {
-                                        let r = match rx.await {
-                                            Ok(Ok(resp)) => Ok(resp.data),
-                                            Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
-                                                let url = f.leader_node.map(|n| n.publish).filter(|u| !u.is_empty());
-                                                Err(Reply::not_leader(Some(key.1), url, "leadership changed before the message was committed; it may or may not be in the log: resend it with the same seq".to_string()))
-                                            }
-                                            Ok(Err(e)) => Err(Reply::nack(Some(key.1), Code::Unavailable, format!("raft: {e}"))),
-                                            Err(_) => Err(Reply::nack(Some(key.1), Code::Unavailable, "raft stopped".to_string())),
-                                        };
-                                        let _ = done.send((key, r));
-                                    });
-                                }
-                            }
+                            }));
+                            inflight.insert(key, vec![Waiter { item: it, deadline: now + cfg.write_timeout }]);
                         }
                     }
                 }
             }
-            Some((key, r)) = done_rx.recv() => {
-                let waiters = inflight.remove(&key).unwrap_or_default();
-                for w in waiters {
-                    let seq = w.item.req.seq;
-                    let reply = match &r {
-                        Ok(Applied::Logged { offset }) => Reply::ack(seq, *offset, false),
-                        Ok(Applied::Duplicate { offset }) => Reply::ack(seq, *offset, true),
-                        Ok(Applied::None) => Reply::nack(Some(seq), Code::Unavailable, "not a message"),
-                        Err(reply) => reply.clone(),
-                    };
-                    answer(&mut outbox, w.item, reply);
+            Some((keys, r)) = done_rx.recv() => {
+                proposals -= 1;
+                for (i, key) in keys.into_iter().enumerate() {
+                    let waiters = inflight.remove(&key).unwrap_or_default();
+                    let applied = r.as_ref().map(|a| a.get(i).copied());
+                    for w in waiters {
+                        let seq = w.item.req.seq;
+                        let reply = match &applied {
+                            Ok(Some(Applied::Logged { offset })) => Reply::ack(seq, *offset, false),
+                            Ok(Some(Applied::Duplicate { offset })) => Reply::ack(seq, *offset, true),
+                            Ok(_) => Reply::nack(Some(seq), Code::Unavailable, "the entry applied without this message's result"),
+                            Err(reply) => {
+                                let mut reply: Reply = (*reply).clone();
+                                reply.set_seq(seq);
+                                reply
+                            }
+                        };
+                        answer(&mut outbox, w.item, reply);
+                    }
                 }
                 if r.is_ok() {
                     shared.log_ok.store(true, Ordering::Relaxed);
@@ -603,8 +619,63 @@ pub(crate) async fn run_writer(
                 }
             }
         }
+        while proposals < MAX_PROPOSALS && !pending.is_empty() {
+            let take = batch_len(&pending);
+            let rest = pending.split_off(take);
+            let batch = std::mem::replace(&mut pending, rest);
+            let (keys, messages): (Vec<Key>, Vec<Publish>) = batch.into_iter().unzip();
+            match raft.client_write_ff(Batch::new(messages)).await {
+                Err(e) => {
+                    for key in keys {
+                        for w in inflight.remove(&key).unwrap_or_default() {
+                            let seq = w.item.req.seq;
+                            answer(
+                                &mut outbox,
+                                w.item,
+                                Reply::nack(Some(seq), Code::Unavailable, format!("raft: {e}")),
+                            );
+                        }
+                    }
+                }
+                Ok(rx) => {
+                    proposals += 1;
+                    let done = done_tx.clone();
+                    tokio::spawn(async move {
+                        let r = match rx.await {
+                            Ok(Ok(resp)) => Ok(resp.data),
+                            Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                                let url =
+                                    f.leader_node.map(|n| n.publish).filter(|u| !u.is_empty());
+                                Err(Reply::not_leader(None, url, "leadership changed before the message was committed; it may or may not be in the log: resend it with the same seq".to_string()))
+                            }
+                            Ok(Err(e)) => {
+                                Err(Reply::nack(None, Code::Unavailable, format!("raft: {e}")))
+                            }
+                            Err(_) => Err(Reply::nack(
+                                None,
+                                Code::Unavailable,
+                                "raft stopped".to_string(),
+                            )),
+                        };
+                        let _ = done.send((keys, r));
+                    });
+                }
+            }
+        }
         flush(&mut outbox, &cores);
     }
+}
+
+/// How many of the pending messages go into the next batch.
+fn batch_len(pending: &[(Key, Publish)]) -> usize {
+    let mut bytes = 0;
+    for (i, (_, p)) in pending.iter().enumerate() {
+        if i == BATCH_MESSAGES || (i > 0 && bytes >= BATCH_BYTES) {
+            return i;
+        }
+        bytes += p.topic.len() + p.payload.len();
+    }
+    pending.len()
 }
 
 fn flush(outbox: &mut [Vec<Answer>], cores: &[UnboundedSender<Vec<Answer>>]) {
@@ -706,9 +777,10 @@ pub(crate) async fn start_raft(
     cfg: &ClusterConfig,
     log: pinion_cluster::LogStore,
     machine: HubMachine,
+    max_payload: usize,
 ) -> Result<(Raft<TypeConfig>, pinion::Socket), String> {
-    let rc = raft_config(cfg)?;
-    let sm = StateMachineStore::new(machine);
+    let rc = raft_config(cfg, max_payload)?;
+    let sm = StateMachineStore::new(machine, Some(log.offsets()));
     let raft = Raft::new(
         cfg.node_id,
         rc,

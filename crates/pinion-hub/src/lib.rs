@@ -608,6 +608,7 @@ impl Hub {
                     .expect("cluster status is set in cluster mode");
                 let (ready_tx, ready_rx) = mpsc::channel();
                 let sh = shared.clone();
+                let max_payload = cfg.max_payload;
                 let raft_thread = std::thread::Builder::new()
                     .name("pinion-raft".into())
                     .spawn(move || {
@@ -625,7 +626,7 @@ impl Hub {
                         };
                         rt.block_on(async move {
                             let (raft, server) =
-                                match cluster::start_raft(&ccfg, log, machine).await {
+                                match cluster::start_raft(&ccfg, log, machine, max_payload).await {
                                     Ok(r) => r,
                                     Err(e) => {
                                         let _ = ready_tx.send(Err(e));

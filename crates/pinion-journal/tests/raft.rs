@@ -62,7 +62,12 @@ fn read_all(j: &Journal) -> Vec<(u64, u64, RecordKind)> {
         if rec.kind == RecordKind::Message {
             assert_eq!(&rec.payload[..], &payload(rec.offset, rec.term)[..]);
         }
-        assert_eq!(rec.continued, continued(rec.offset), "record {}", rec.offset);
+        assert_eq!(
+            rec.continued,
+            continued(rec.offset),
+            "record {}",
+            rec.offset
+        );
         out.push((rec.offset, rec.term, rec.kind));
     }
     out

@@ -71,6 +71,16 @@ impl Reply {
         }
     }
 
+    /// Sets the seq the reply answers (a reply shared by the messages of
+    /// one batch is given each message's seq).
+    pub fn set_seq(&mut self, seq: u64) {
+        match &mut self.result {
+            Some(reply::Result::Ack(a)) => a.seq = Some(seq),
+            Some(reply::Result::Nack(n)) => n.seq = Some(seq),
+            None => {}
+        }
+    }
+
     /// A NACK `NOT_LEADER`, naming the leader's publisher URL when known.
     pub fn not_leader(
         seq: Option<u64>,

@@ -336,6 +336,7 @@ impl Harness {
                         offset,
                         term: 0,
                         kind: pinion_journal::RecordKind::Message,
+                        continued: false,
                         timestamp_us: 1000 + offset,
                         client_id: [7; 16],
                         seq: offset,

@@ -606,6 +606,8 @@ mod tests {
                 offset: i as u64,
                 term: 1,
                 kind,
+                // Messages of one entry are delivered like any other.
+                continued: kind == pinion_journal::RecordKind::Message && i % 2 == 0,
                 timestamp_us: 0,
                 client_id: [0; 16],
                 seq: i as u64,
