@@ -5,11 +5,13 @@
 //! What is here so far:
 //!
 //! * [`TypeConfig`]: openraft's type configuration (node ids are `u64`,
-//!   nodes carry their endpoints, an entry's data is a checked [`Publish`]);
+//!   nodes carry their endpoints, an entry's data is a [`Batch`] of checked
+//!   [`Publish`]es);
 //! * [`LogStore`]: openraft's log storage **on the node's single journal
-//!   file** (format version 2: every record carries its term and kind, the
-//!   record's offset is its Raft index, the vote and the committed and
-//!   purged positions live in the journal header). Group commit: one
+//!   file** (format version 2: every record carries its term and kind; a
+//!   batch entry is one record per message, so offsets and Raft indexes
+//!   differ and the store maps one to the other; the vote and the committed
+//!   and purged positions live in the journal header). Group commit: one
 //!   `pwrite` and one `fdatasync` per batch of appends, callbacks fired only
 //!   after the sync;
 //! * [`StateMachineStore`]: openraft's state machine around an application

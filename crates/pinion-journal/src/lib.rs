@@ -87,7 +87,8 @@
 //! | 33..40   | reserved | 0 |
 //! | 40..56   | committed | term u64, index u64 |
 //! | 56..72   | purged | term u64, index u64 |
-//! | 72..124  | reserved | 0 |
+//! | 72..80   | first entry | u64, the Raft index of the entry the first record belongs to (0 unless the log was reset) |
+//! | 80..124  | reserved | 0 |
 //! | 124..128 | CRC | CRC32C of bytes 0..124 |
 //!
 //! A write goes to the slot *not* holding the current state, so a torn
@@ -119,16 +120,21 @@
 //! | bytes     | field          | value |
 //! |-----------|----------------|-------|
 //! | 54        | kind           | u8: 0 a published message, 1 a Raft blank entry (no topic, no payload), 2 a Raft membership entry (the payload is the encoded membership; the journal does not interpret it) |
-//! | 55        | reserved       | 0 |
+//! | 55        | flags          | bit 0 *continued*: the next record belongs to the same Raft entry (messages only); other bits 0 |
 //! | 56..64    | term           | u64, the Raft term (0 in a single-node log) |
 //! | 64..      | topic, payload | |
 //!
-//! and the length is 64 + topic length + payload length. In a Raft log the
-//! offset *is* the entry's Raft index, so an offset names the same entry on
-//! every node; blank and membership entries take offsets too (readers that
-//! serve subscribers skip them). The first record's offset is the header's
-//! first index (0 unless the log was reset past its end, see
-//! [`Journal::reset`]).
+//! and the length is 64 + topic length + payload length. In a Raft log an
+//! entry is one record (blank, membership) or several consecutive message
+//! records (a batch), all but the last flagged *continued*; so Raft
+//! indexes and offsets differ, but every node writes the same entries and
+//! an offset names the same record on every node. Blank and membership
+//! entries take offsets too (readers that serve subscribers skip them).
+//! The first record's offset is the header's first index (0 unless the log
+//! was reset past its end, see [`Journal::reset`]); the Raft index of its
+//! entry is the state's *first entry*. The journal itself does not group
+//! records into entries: its Raft user does (and cuts an entry that was
+//! only partly written).
 //!
 //! The length field is not under the CRC but is cross-checked: it must equal
 //! the record header length + topic length + payload length (both
