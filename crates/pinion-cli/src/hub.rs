@@ -547,7 +547,7 @@ fn escape(b: &[u8]) -> String {
     b.escape_ascii().to_string()
 }
 
-fn json_str(b: &[u8]) -> String {
+pub(crate) fn json_str(b: &[u8]) -> String {
     let mut s = String::from("\"");
     for ch in String::from_utf8_lossy(b).chars() {
         match ch {
@@ -561,7 +561,7 @@ fn json_str(b: &[u8]) -> String {
     s
 }
 
-fn time_str(us: u64) -> String {
+pub(crate) fn time_str(us: u64) -> String {
     // UTC, RFC 3339 with microseconds, without a date library.
     let secs = (us / 1_000_000) as i64;
     let days = secs.div_euclid(86_400);

@@ -54,6 +54,7 @@ mod commands;
 pub mod failure;
 pub mod format;
 pub mod hub;
+pub mod subscribe;
 
 pub use failure::Failure;
 pub use format::Format;
@@ -407,6 +408,14 @@ pub enum Command {
   pinion publish --topic orders --data hello --count 10
   seq 1 100 | pinion publish --url ipc://./pinion-data/hub.ipc --topic numbers")]
     Publish(hub::PublishArgs),
+    /// Read a hub's messages (a cluster's: any node) over WebSocket, one
+    /// JSON line each; after a disconnect, resume from the next offset on
+    /// the next --http node, with no gap and no duplicate.
+    #[command(after_help = subcommand_help!(
+        "  pinion subscribe --topic orders --from 0
+  pinion subscribe --http 127.0.0.1:7452 --http 127.0.0.2:7452 --http 127.0.0.3:7452"
+    ))]
+    Subscribe(subscribe::SubscribeArgs),
     /// Inspect a hub log file: cat, verify, stat.
     #[command(subcommand)]
     Log(hub::LogCommand),
@@ -547,6 +556,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             .map_err(|e| Failure::new(failure::code_for(&e), format!("demo failed: {e}"))),
         Command::Serve(a) => hub::serve(a),
         Command::Publish(a) => hub::publish(a),
+        Command::Subscribe(a) => subscribe::run(a),
         Command::Log(c) => hub::log(c),
         Command::Bench(c) => hub::bench(c),
         Command::Cluster(c) => cluster::run(c),
