@@ -411,19 +411,37 @@ fn json_field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
     Some(rest[..end].trim_matches('"'))
 }
 
+/// Appends one formatted line to a `String`.
+macro_rules! outln {
+    ($out:expr, $($arg:tt)*) => {{
+        use std::fmt::Write as _;
+        let _ = writeln!($out, $($arg)*);
+    }};
+}
+
+/// Writes `text` to stdout; a closed stdout (`| head`) ends quietly.
+fn print_all(text: &str) -> Result<(), Failure> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|()| o.flush())
+        .map_err(|_| Failure::quiet())
+}
+
 fn status(a: StatusArgs) -> Result<(), Failure> {
+    let mut out = String::new();
     let (code, body) = http_get(&a.http, "/cluster", Duration::from_secs(3))
         .map_err(|e| Failure::new(exit::IO, format!("{}: {e}", a.http)))?;
     if code != 200 {
         return Err(Failure::new(exit::IO, format!("{}: HTTP {code}", a.http)));
     }
     if a.json {
-        println!("{body}");
-        return Ok(());
+        outln!(out, "{body}");
+        return print_all(&out);
     }
     if body.contains("\"single_node\":true") {
-        println!("{}: a single node (no cluster settings)", a.http);
-        return Ok(());
+        outln!(out, "{}: a single node (no cluster settings)", a.http);
+        return print_all(&out);
     }
     // Per-peer match and lag are known to the leader: ask it when this
     // node does not lead.
@@ -445,14 +463,14 @@ fn status(a: StatusArgs) -> Result<(), Failure> {
         }
     }
     let f = |k| json_field(&body, k).unwrap_or("?").to_string();
-    println!("node:     {} ({})", f("id"), f("role"));
-    println!("term:     {}", f("term"));
-    println!("leader:   {}", f("leader"));
-    println!("log head: {} (next index)", f("log_next"));
-    println!("applied:  {} (next index)", f("applied_next"));
+    outln!(out, "node:     {} ({})", f("id"), f("role"));
+    outln!(out, "term:     {}", f("term"));
+    outln!(out, "leader:   {}", f("leader"));
+    outln!(out, "log head: {} (next Raft index)", f("log_next"));
+    outln!(out, "applied:  {} (next Raft index)", f("applied_next"));
     // The nodes, each asked for its own view.
     let nodes = body.split("{\"id\":").skip(2);
-    println!(
+    outln!(out, 
         "{:<4} {:<8} {:<24} {:>10} {:>10} {:>8}",
         "id", "role", "http", "log_next", "applied", "lag"
     );
@@ -473,7 +491,7 @@ fn status(a: StatusArgs) -> Result<(), Failure> {
             ),
             _ => ("down".into(), "-".into(), "-".into()),
         };
-        println!("{id:<4} {role:<8} {http:<24} {ln:>10} {ap:>10} {lag:>8}");
+        outln!(out, "{id:<4} {role:<8} {http:<24} {ln:>10} {ap:>10} {lag:>8}");
     }
-    Ok(())
+    print_all(&out)
 }
