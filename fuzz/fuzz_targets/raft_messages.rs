@@ -16,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(e) = pb::Entry::decode(data) {
         if let Ok(entry) = codec::entry_from_pb(e) {
+            if let Some(pb::entry::Payload::Batch(b)) = codec::entry_to_pb(&entry).payload {
+                assert!(!b.messages.is_empty(), "an empty batch decoded");
+                assert_eq!(codec::records(&entry), b.messages.len() as u64);
+            }
             let back = codec::entry_from_pb(codec::entry_to_pb(&entry)).expect("round trip");
             assert_eq!(back, entry);
         }

@@ -470,9 +470,15 @@ fn status(a: StatusArgs) -> Result<(), Failure> {
     outln!(out, "applied:  {} (next Raft index)", f("applied_next"));
     // The nodes, each asked for its own view.
     let nodes = body.split("{\"id\":").skip(2);
-    outln!(out, 
+    outln!(
+        out,
         "{:<4} {:<8} {:<24} {:>10} {:>10} {:>8}",
-        "id", "role", "http", "log_next", "applied", "lag"
+        "id",
+        "role",
+        "http",
+        "log_next",
+        "applied",
+        "lag"
     );
     let log_next: u64 = f("log_next").parse().unwrap_or(0);
     for n in nodes {
@@ -491,7 +497,10 @@ fn status(a: StatusArgs) -> Result<(), Failure> {
             ),
             _ => ("down".into(), "-".into(), "-".into()),
         };
-        outln!(out, "{id:<4} {role:<8} {http:<24} {ln:>10} {ap:>10} {lag:>8}");
+        outln!(
+            out,
+            "{id:<4} {role:<8} {http:<24} {ln:>10} {ap:>10} {lag:>8}"
+        );
     }
     print_all(&out)
 }

@@ -631,10 +631,11 @@ pub fn log(c: LogCommand) -> Result<(), Failure> {
                         escape(&rec.payload)
                     ),
                     CatFormat::Json => format!(
-                        "{{\"offset\":{},\"term\":{},\"kind\":\"{}\",\"timestamp_us\":{},\"time\":\"{}\",\"client_id\":\"{}\",\"seq\":{},\"topic\":{},\"payload\":{},\"payload_hex\":\"{}\"}}\n",
+                        "{{\"offset\":{},\"term\":{},\"kind\":\"{}\",\"continued\":{},\"timestamp_us\":{},\"time\":\"{}\",\"client_id\":\"{}\",\"seq\":{},\"topic\":{},\"payload\":{},\"payload_hex\":\"{}\"}}\n",
                         rec.offset,
                         rec.term,
                         kind,
+                        rec.continued,
                         rec.timestamp_us,
                         time_str(rec.timestamp_us),
                         uuid(&rec.client_id),
@@ -731,6 +732,10 @@ pub fn log(c: LogCommand) -> Result<(), Failure> {
                 println!("raft commit:   {}", pos(r.committed));
                 println!("raft purged:   {}", pos(r.purged));
                 println!("first offset:  {}", r.first_index);
+                println!(
+                    "first entry:   {} (the Raft index of the first record's entry)",
+                    r.first_entry
+                );
             }
             Ok(())
         }

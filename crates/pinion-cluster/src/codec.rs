@@ -272,8 +272,15 @@ pub(crate) fn for_each_record<E>(
 
 /// Builds entries from journal records read in order: records of one
 /// entry are consecutive, all but the last marked `continued`.
+///
+/// ```
+/// use pinion_cluster::codec::EntryAssembler;
+/// let asm = EntryAssembler::new(7);
+/// assert_eq!(asm.next_index, 7);
+/// assert!(!asm.in_entry());
+/// ```
 #[derive(Debug)]
-pub(crate) struct EntryAssembler {
+pub struct EntryAssembler {
     /// The Raft index of the next entry to complete.
     pub next_index: u64,
     messages: Vec<Publish>,
@@ -282,7 +289,7 @@ pub(crate) struct EntryAssembler {
 
 impl EntryAssembler {
     /// An assembler whose first entry has Raft index `next_index`.
-    pub(crate) fn new(next_index: u64) -> Self {
+    pub fn new(next_index: u64) -> Self {
         Self {
             next_index,
             messages: Vec::new(),
@@ -291,7 +298,7 @@ impl EntryAssembler {
     }
 
     /// Whether records of an unfinished entry are held.
-    pub(crate) fn in_entry(&self) -> bool {
+    pub fn in_entry(&self) -> bool {
         !self.messages.is_empty()
     }
 
@@ -301,7 +308,7 @@ impl EntryAssembler {
     ///
     /// [`DecodeError`] if a membership record does not decode, or an
     /// entry's records mix terms or kinds.
-    pub(crate) fn push(&mut self, r: Record) -> Result<Option<Entry>, DecodeError> {
+    pub fn push(&mut self, r: Record) -> Result<Option<Entry>, DecodeError> {
         use openraft::EntryPayload as P;
         if self.in_entry() && (r.kind != RecordKind::Message || r.term != self.term) {
             return Err(DecodeError::Invalid(
