@@ -95,7 +95,10 @@ impl Cluster {
 }
 
 /// Starts three nodes (fsync always, the bench's lifted caps) and waits for
-/// a leader.
+/// a leader. Ports are picked free beforehand, so another socket (a node's
+/// own outgoing Raft connection, say) can take one before its node binds
+/// it: a start that fails with "Address already in use" is retried with
+/// new ports (three attempts).
 pub(crate) fn start(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
     if !is_executable(exe) {
         return Err(LoadgenError::MissingBinary {
@@ -104,6 +107,18 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
             hint: "; build the hub with `cargo build --release -p pinion-cli`",
         });
     }
+    let mut attempt = 1;
+    loop {
+        match start_once(exe, size) {
+            Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn start_once(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
     let mut ports = Vec::new();
     for _ in 0..NODES {
         ports.push((free_port()?, free_port()?, free_port()?)); // publish, http, raft
