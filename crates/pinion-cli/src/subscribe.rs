@@ -152,18 +152,15 @@ fn session(
             Err(e) => return Ok(Stop::Closed(e.to_string())),
         };
         match msg {
-            Message::Text(t) => {
-                // The hello: {"next": N}, the first offset this subscription
-                // delivers. A live subscriber keeps it as its resume point.
-                if next.is_none() {
-                    let n = t
-                        .trim()
-                        .trim_start_matches('{')
-                        .trim_end_matches('}')
-                        .split_once(':')
-                        .and_then(|(_, v)| v.trim().parse::<u64>().ok());
-                    *next = n;
-                }
+            // The hello: {"next": N}, the first offset this subscription
+            // delivers. A live subscriber keeps it as its resume point.
+            Message::Text(t) if next.is_none() => {
+                *next = t
+                    .trim()
+                    .trim_start_matches('{')
+                    .trim_end_matches('}')
+                    .split_once(':')
+                    .and_then(|(_, v)| v.trim().parse::<u64>().ok());
             }
             Message::Binary(body) => {
                 let Some(zero) = body.iter().position(|&b| b == 0) else {

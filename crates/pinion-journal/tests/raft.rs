@@ -28,7 +28,7 @@ fn kind_of(index: u64) -> RecordKind {
 /// Whether the test marks record `index` as continued by the next one
 /// (messages only; the journal ignores the flag on other kinds).
 fn continued(index: u64) -> bool {
-    kind_of(index) == RecordKind::Message && index % 2 == 0
+    kind_of(index) == RecordKind::Message && index.is_multiple_of(2)
 }
 
 fn append(j: &mut Journal, index: u64, term: u64) {

@@ -607,7 +607,7 @@ mod tests {
                 term: 1,
                 kind,
                 // Messages of one entry are delivered like any other.
-                continued: kind == pinion_journal::RecordKind::Message && i % 2 == 0,
+                continued: kind == pinion_journal::RecordKind::Message && i.is_multiple_of(2),
                 timestamp_us: 0,
                 client_id: [0; 16],
                 seq: i as u64,
