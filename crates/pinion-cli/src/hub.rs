@@ -67,7 +67,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL", requires = "node_id")]
     pub raft: Option<String>,
     /// Cluster mode: an initial voter, this node included, as
-    /// ID=RAFT_URL[,PUBLISH_URL[,SUBSCRIBE_URL[,HTTP_ADDR]]] (repeat).
+    /// ID=RAFT_URL, optionally followed by ,PUBLISH_URL then ,SUBSCRIBE_URL
+    /// then ,HTTP_ADDR (repeat).
     #[arg(long, value_name = "SPEC", requires = "node_id")]
     pub peer: Vec<String>,
     /// Cluster mode: how long a publish waits for a quorum before NACK
@@ -83,7 +84,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MIN,MAX", requires = "node_id", value_parser = parse_range_ms)]
     pub election_timeout_ms: Option<(u64, u64)>,
     /// Cluster mode: if this node's log is damaged, move it aside (kept as
-    /// pinion.log.damaged-<time>) and rejoin with an empty log that the
+    /// pinion.log.damaged-TIME) and rejoin with an empty log that the
     /// leader fills again, instead of refusing to start.
     #[arg(long, requires = "node_id")]
     pub rebuild_damaged_log: bool,
