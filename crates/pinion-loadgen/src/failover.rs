@@ -217,6 +217,25 @@ pub fn run_failover(
     Ok(out)
 }
 
+/// Stops the publisher threads and, if the kills went through, prints and
+/// returns the summary.
+fn finish(
+    stop: &AtomicBool,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    result: Result<(), LoadgenError>,
+    target: &'static str,
+    times: Vec<Duration>,
+) -> Result<FailoverSummary, LoadgenError> {
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    result?;
+    let s = FailoverSummary { target, times };
+    print_summary(&s);
+    Ok(s)
+}
+
 fn print_summary(s: &FailoverSummary) {
     println!(
         "{} failover over {} kills: p50 {:.0} ms, max {:.0} ms",
@@ -323,17 +342,7 @@ fn run_pinion(args: &FailoverArgs, exe: &std::path::Path) -> Result<FailoverSumm
         }
         Ok(())
     })();
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    result?;
-    let s = FailoverSummary {
-        target: FailoverTarget::Pinion.name(),
-        times,
-    };
-    print_summary(&s);
-    Ok(s)
+    finish(&stop, threads, result, FailoverTarget::Pinion.name(), times)
 }
 
 // ---- NATS JetStream R3 -----------------------------------------------------
@@ -623,15 +632,5 @@ fn run_nats(args: &FailoverArgs, flavor: Flavor) -> Result<FailoverSummary, Load
         }
         Ok(())
     })();
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
-    }
-    result?;
-    let s = FailoverSummary {
-        target: flavor.name(),
-        times,
-    };
-    print_summary(&s);
-    Ok(s)
+    finish(&stop, threads, result, flavor.name(), times)
 }
