@@ -45,8 +45,24 @@ use crate::codec::{self, EntryAssembler};
 use crate::types::{log_id, Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// Entries kept in memory after they are written (for replication to
-/// followers that are slightly behind), at most.
+/// followers that are slightly behind), at most …
 const TAIL_KEEP: usize = 16 * 1024;
+
+/// … and at most this many bytes of them (an entry is a batch of up to a
+/// few hundred KiB). Older entries are read back from the file.
+const TAIL_BYTES: usize = 32 << 20;
+
+/// What an entry costs the in-memory tail, roughly.
+fn entry_bytes(e: &Entry) -> usize {
+    match &e.payload {
+        openraft::EntryPayload::Normal(b) => b
+            .messages
+            .iter()
+            .map(|m| 64 + m.topic.len() + m.payload.len())
+            .sum(),
+        _ => 64,
+    }
+}
 
 /// Why the log store could not open.
 #[derive(Debug, thiserror::Error)]
@@ -85,10 +101,40 @@ struct Meta {
 struct Tail {
     first: u64,
     entries: VecDeque<Entry>,
+    /// [`entry_bytes`] of `entries`.
+    bytes: usize,
     /// Entries below this index are written to the file.
     written: u64,
     /// Where every entry starts in the file.
     map: Offsets,
+}
+
+impl Tail {
+    fn push(&mut self, e: Entry) {
+        self.bytes += entry_bytes(&e);
+        self.entries.push_back(e);
+    }
+
+    fn pop_front(&mut self) -> bool {
+        match self.entries.pop_front() {
+            Some(e) => {
+                self.bytes -= entry_bytes(&e);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn truncate(&mut self, keep: usize) {
+        for e in self.entries.drain(keep.min(self.entries.len())..) {
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
 }
 
 /// Raft index → offset of the entry's first record, for every entry in the
@@ -322,6 +368,7 @@ impl LogStore {
             tail: Mutex::new(Tail {
                 first: end,
                 entries: VecDeque::new(),
+                bytes: 0,
                 written: end,
                 map,
             }),
@@ -341,6 +388,13 @@ impl LogStore {
     /// not yet committed by Raft: a reader must stop at the applied index.
     pub fn reader_source(&self) -> ReaderSource {
         self.shared.source.clone()
+    }
+
+    /// Entries and bytes held in memory for readers (bounded: written
+    /// entries beyond 16 Ki entries or 32 MiB are read back from the file).
+    pub fn tail_size(&self) -> (usize, usize) {
+        let t = lock(&self.shared.tail);
+        (t.entries.len(), t.bytes)
     }
 
     /// Where entries start in the file (for the state machine).
@@ -554,7 +608,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .map
                     .push(e.log_id.index, codec::records(&e))
                     .map_err(out_of_order)?;
-                t.entries.push_back(e.clone());
+                t.push(e.clone());
                 placed.push((e, at));
             }
             self.meta.last_log = Some(last);
@@ -571,11 +625,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let cut = {
             let mut t = lock(&self.shared.tail);
             if id.index < t.first {
-                t.entries.clear();
+                t.clear();
                 t.first = id.index;
             } else {
                 let keep = (id.index - t.first) as usize;
-                t.entries.truncate(keep);
+                t.truncate(keep);
             }
             t.map.truncate(id.index)
         };
@@ -609,11 +663,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut t = lock(&self.shared.tail);
             let last = t.first + t.entries.len() as u64;
             if id.index + 1 >= last {
-                t.entries.clear();
+                t.clear();
                 t.first = id.index + 1;
                 t.written = t.first;
             } else {
-                while t.first <= id.index && t.entries.pop_front().is_some() {
+                while t.first <= id.index && t.pop_front() {
                     t.first += 1;
                 }
             }
@@ -786,8 +840,8 @@ impl Batch {
                 t.written = a;
             }
             // Keep a bounded tail of written entries for replication.
-            while t.entries.len() > TAIL_KEEP && t.first < t.written {
-                t.entries.pop_front();
+            while (t.entries.len() > TAIL_KEEP || t.bytes > TAIL_BYTES) && t.first < t.written {
+                t.pop_front();
                 t.first += 1;
             }
         }

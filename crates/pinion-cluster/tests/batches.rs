@@ -144,3 +144,58 @@ fn an_entry_mixing_kinds_is_refused_at_open() {
         ),
     }
 }
+
+#[test]
+fn big_entries_leave_memory_and_are_read_back_from_the_file() {
+    use bytes::Bytes;
+    use openraft::storage::RaftLogStorageExt;
+    use pinion_cluster::{Batch, Entry, Publish};
+    let d = dir("batches-big");
+    let path = d.0.join("pinion.log");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut log = LogStore::open(&path, JournalOptions::default()).unwrap();
+        // 120 entries of two 150 KiB messages: 36 MiB, more than the
+        // store keeps in memory, so the first ones come from the file.
+        let body = |i: u64, j: u8| Bytes::from(vec![(i as u8) ^ j; 150 << 10]);
+        for i in 0..120u64 {
+            let messages = (0..2u8)
+                .map(|j| Publish {
+                    timestamp_us: i,
+                    client_id: [j; 16],
+                    seq: i * 2 + u64::from(j),
+                    topic: Bytes::from_static(b"big"),
+                    payload: body(i, j),
+                })
+                .collect();
+            log.blocking_append([Entry {
+                log_id: log_id(1, i),
+                payload: EntryPayload::Normal(Batch::new(messages)),
+            }])
+            .await
+            .unwrap();
+        }
+        for range in [0..3u64, 58..61, 117..120] {
+            let got = log.try_get_log_entries(range.clone()).await.unwrap();
+            assert_eq!(got.len(), 3);
+            for (e, i) in got.iter().zip(range) {
+                assert_eq!(e.log_id.index, i);
+                let EntryPayload::Normal(b) = &e.payload else {
+                    panic!("entry {i} is not a batch")
+                };
+                assert_eq!(b.messages.len(), 2);
+                for (j, m) in b.messages.iter().enumerate() {
+                    assert_eq!(m.payload, body(i, j as u8), "entry {i} message {j}");
+                }
+            }
+        }
+        assert_eq!(log.offsets().start(119), Some(238));
+        let (entries, bytes) = log.tail_size();
+        assert!(
+            entries < 120 && bytes <= (32 << 20) + (301 << 10),
+            "{entries} entries, {bytes} bytes kept in memory"
+        );
+    });
+}
