@@ -1,12 +1,15 @@
 //! The journal as openraft's log storage ([`LogStore`]).
 //!
 //! One **I/O thread** owns the [`Journal`]. openraft's core calls
-//! [`append`](RaftLogStorage::append) once per client write (0.9 does not
-//! batch them), so group commit lives here: `append` puts the entries in an
-//! in-memory tail (readable at once, as the contract requires) and queues
-//! them; the I/O thread takes everything queued, encodes it, writes it with
-//! one `pwrite` and one `fdatasync`, and only then fires the callbacks that
-//! tell openraft the entries are durable. Votes, truncations and resets go
+//! [`append`](RaftLogStorage::append) once per client write on a leader
+//! (and waits for its flush before the next: 0.9 does not batch client
+//! writes, which is why an entry carries a [`Batch`] of messages) and once
+//! per AppendEntries on a follower. `append` puts the entries in an
+//! in-memory tail (readable at once, as the contract requires; written
+//! entries beyond 16 Ki entries or 32 MiB leave it and are read back from
+//! the file) and queues them; the I/O thread takes everything queued,
+//! encodes it, writes it with one `pwrite` and one `fdatasync`, and only
+//! then fires the callbacks that tell openraft the entries are durable. Votes, truncations and resets go
 //! through the same queue, so every write reaches the file in the order
 //! openraft issued it; a vote is synced before `save_vote` returns.
 //!
