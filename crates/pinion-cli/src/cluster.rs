@@ -17,8 +17,9 @@ use crate::failure::Failure;
 #[derive(Debug, Clone, Subcommand)]
 pub enum ClusterCommand {
     /// Start an N-node cluster on this machine (node i on 127.0.0.i, the
-    /// default ports), as child processes; print one JSON object per node
-    /// once every node is up; stay in the foreground. Ctrl-C or SIGTERM
+    /// default ports), as child processes, plus --learners non-voting
+    /// nodes; print one JSON object per node once every node is up; stay
+    /// in the foreground. Ctrl-C or SIGTERM
     /// stops every node gracefully; a node killed meanwhile is not
     /// restarted (run the `pinion serve` line printed for it in the log).
     Local(LocalArgs),
@@ -56,8 +57,11 @@ pub struct AddArgs {
     #[arg(long, value_name = "HOST:PORT", default_value = "")]
     pub http: String,
     /// Make it a voter once it has caught up.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "learner")]
     pub voter: bool,
+    /// Keep it a learner (the default; for clarity).
+    #[arg(long)]
+    pub learner: bool,
     /// Give up after this long, seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
@@ -80,9 +84,14 @@ pub struct RemoveArgs {
 /// `pinion cluster local`.
 #[derive(Debug, Clone, Args)]
 pub struct LocalArgs {
-    /// Number of nodes (1 to 9).
+    /// Number of voting nodes (1 to 9).
     #[arg(long, default_value_t = 3)]
     pub nodes: u8,
+    /// Learners to add after the voters (nodes N+1 to N+L; at most 9 nodes
+    /// in all): they replicate the log and serve subscribers, but do not
+    /// vote and are not needed for a commit.
+    #[arg(long, default_value_t = 0)]
+    pub learners: u8,
     /// Directory for the nodes' data (node i in DIR/node-i) and logs
     /// (DIR/node-i.log).
     #[arg(long, value_name = "DIR", default_value = "./pinion-cluster")]
@@ -120,19 +129,25 @@ pub fn run(c: ClusterCommand) -> Result<(), Failure> {
                 }),
                 voter: a.voter,
             });
-            admin(&a.raft, op, Duration::from_secs(a.timeout))
+            print_all(&format!(
+                "{}\n",
+                admin(&a.raft, op, Duration::from_secs(a.timeout))?
+            ))
         }
-        ClusterCommand::Remove(a) => admin(
-            &a.raft,
-            pb::admin_request::Op::Remove(a.id),
-            Duration::from_secs(a.timeout),
-        ),
+        ClusterCommand::Remove(a) => print_all(&format!(
+            "{}\n",
+            admin(
+                &a.raft,
+                pb::admin_request::Op::Remove(a.id),
+                Duration::from_secs(a.timeout),
+            )?
+        )),
     }
 }
 
 /// Sends a membership change to `raft` (following the leader it names,
 /// at most three times) and prints the membership in effect after it.
-fn admin(raft: &str, op: pb::admin_request::Op, timeout: Duration) -> Result<(), Failure> {
+fn admin(raft: &str, op: pb::admin_request::Op, timeout: Duration) -> Result<String, Failure> {
     use pinion_proto::Message as _;
     let mut url = raft.to_string();
     for _ in 0..3 {
@@ -180,8 +195,9 @@ fn admin(raft: &str, op: pb::admin_request::Op, timeout: Duration) -> Result<(),
         let voters: Vec<Vec<u64>> = m.configs.iter().map(|c| c.ids.clone()).collect();
         let mut all: Vec<u64> = m.nodes.iter().map(|n| n.id).collect();
         all.sort_unstable();
-        println!("done (asked {url}); voters {voters:?}, nodes {all:?}");
-        return Ok(());
+        return Ok(format!(
+            "done (asked {url}); voters {voters:?}, nodes {all:?}"
+        ));
     }
     Err(Failure::new(
         exit::IO,
@@ -244,6 +260,10 @@ fn local(a: LocalArgs) -> Result<(), Failure> {
     if !(1..=9).contains(&a.nodes) {
         return Err(Failure::usage("--nodes must be between 1 and 9"));
     }
+    if a.nodes + a.learners > 9 {
+        return Err(Failure::usage("--nodes plus --learners must be at most 9"));
+    }
+    let total = a.nodes + a.learners;
     std::fs::create_dir_all(&a.data_dir).map_err(|e| {
         Failure::new(
             exit::IO,
@@ -290,7 +310,7 @@ fn local(a: LocalArgs) -> Result<(), Failure> {
             }
         }
     };
-    for i in 1..=a.nodes {
+    for i in 1..=total {
         let x = addrs(i);
         let dir = a.data_dir.join(format!("node-{i}"));
         let log = a.data_dir.join(format!("node-{i}.log"));
@@ -308,6 +328,14 @@ fn local(a: LocalArgs) -> Result<(), Failure> {
             .arg(format!("--node-id={i}"))
             .arg(format!("--raft={}", x.raft))
             .args(&peers)
+            // A learner names itself too (a node must be among its
+            // peers), but the voters do not: it is added below.
+            .args((i > a.nodes).then(|| {
+                format!(
+                    "--peer={i}={},{},{},{}",
+                    x.raft, x.publish, x.subscribe, x.http
+                )
+            }))
             .arg("--stats-every=0")
             .args(&a.serve_arg)
             .stdin(Stdio::null())
@@ -364,6 +392,26 @@ fn local(a: LocalArgs) -> Result<(), Failure> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    for i in a.nodes + 1..=total {
+        let x = addrs(i);
+        let op = pb::admin_request::Op::Add(pb::AddNode {
+            id: u64::from(i),
+            node: Some(pb::Node {
+                raft: x.raft.clone(),
+                publish: x.publish.clone(),
+                subscribe: x.subscribe.clone(),
+                http: x.http.clone(),
+            }),
+            voter: false,
+        });
+        if let Err(e) = admin(&addrs(1).raft, op, Duration::from_secs(120)) {
+            stop_all(&mut children);
+            return Err(Failure::new(
+                e.code,
+                format!("cannot add learner {i}: {}", e.message),
+            ));
+        }
+    }
     {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -372,7 +420,8 @@ fn local(a: LocalArgs) -> Result<(), Failure> {
             let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
             let _ = writeln!(
                 out,
-                "{{\"id\":{i},\"pid\":{},\"publish\":\"{}\",\"subscribe\":\"{}\",\"http\":\"{}\",\"raft\":\"{}\",\"data_dir\":\"{}\"}}",
+                "{{\"id\":{i},\"role\":\"{}\",\"pid\":{},\"publish\":\"{}\",\"subscribe\":\"{}\",\"http\":\"{}\",\"raft\":\"{}\",\"data_dir\":\"{}\"}}",
+                if *i > a.nodes { "learner" } else { "voter" },
                 c.id(),
                 x.publish,
                 x.subscribe,

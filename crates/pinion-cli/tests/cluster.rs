@@ -335,7 +335,15 @@ fn pinion_runtime_terminate(pid: u32) {
 fn cluster_local_prints_every_node_and_stops_them_all() {
     let dir = temp_dir("local");
     let mut parent = Command::new(PINION)
-        .args(["cluster", "local", "--nodes", "3", "--data-dir"])
+        .args([
+            "cluster",
+            "local",
+            "--nodes",
+            "3",
+            "--learners",
+            "1",
+            "--data-dir",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -343,8 +351,10 @@ fn cluster_local_prints_every_node_and_stops_them_all() {
         .unwrap();
     let mut lines = BufReader::new(parent.stdout.take().unwrap()).lines();
     let mut pids = Vec::new();
-    for id in 1..=3 {
+    for id in 1..=4 {
         let line = lines.next().expect("a line per node").unwrap();
+        let role = if id == 4 { "learner" } else { "voter" };
+        assert!(line.contains(&format!("\"role\":\"{role}\"")), "{line}");
         for key in [
             "\"id\"",
             "\"pid\"",
@@ -374,6 +384,11 @@ fn cluster_local_prints_every_node_and_stops_them_all() {
         .filter(|i| http_get(&format!("127.0.0.{i}:7452"), "/leader").is_some_and(|r| r.0 == 200))
         .count();
     assert_eq!(leaders, 1);
+    // The learner holds the log (it was added only once caught up) and
+    // never leads.
+    let (code, body) = http_get("127.0.0.4:7452", "/cluster").unwrap();
+    assert_eq!(code, 200);
+    assert!(body.contains("\"role\":\"learner\""), "{body}");
     pinion_runtime_terminate(parent.id());
     let deadline = Instant::now() + Duration::from_secs(30);
     while parent.try_wait().unwrap().is_none() {
