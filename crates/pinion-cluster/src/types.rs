@@ -63,6 +63,7 @@ impl Batch {
 }
 
 /// What applying a committed message produced: what the leader answers.
+/// (A blank or membership entry produces none: its result is empty.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     /// The message is in the log at this offset.
@@ -76,8 +77,6 @@ pub enum Applied {
         /// The original's offset.
         offset: u64,
     },
-    /// Not a message (blank or membership entry).
-    None,
 }
 
 /// The snapshot data: the state machine's own encoding (see
