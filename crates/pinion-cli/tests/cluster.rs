@@ -8,155 +8,19 @@
 //!
 //! The network-namespace + HAProxy nemesis test is separate (issue 12).
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pinion::blocking::Socket;
 use pinion::Protocol;
-use pinion_proto::{reply, Code, Delivery, Message, Publish, Reply};
+use pinion_proto::{reply, Code, Delivery, Message};
 
-const PINION: &str = env!("CARGO_BIN_EXE_pinion");
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pinion-cli-cluster-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind(format!("{ip}:0"))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).ok()?;
-    let t = String::from_utf8_lossy(&buf).into_owned();
-    let code = t.split_whitespace().nth(1)?.parse().ok()?;
-    Some((
-        code,
-        t.split_once("\r\n\r\n").map_or("", |x| x.1).to_string(),
-    ))
-}
-
-struct NodeSpec {
-    id: u64,
-    publish: String,
-    subscribe: String,
-    http: String,
-    raft: String,
-    dir: PathBuf,
-}
-
-struct Node {
-    spec: NodeSpec,
-    child: Option<Child>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn start(spec: &NodeSpec, peers: &[String], dir: &Path) -> Child {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(format!("node-{}.out", spec.id)))
-        .unwrap();
-    Command::new(PINION)
-        .arg("serve")
-        .arg(format!("--data-dir={}", spec.dir.display()))
-        .arg(format!("--listen={}", spec.publish))
-        .arg(format!("--subscribe={}", spec.subscribe))
-        .arg(format!("--http={}", spec.http))
-        .arg(format!("--node-id={}", spec.id))
-        .arg(format!("--raft={}", spec.raft))
-        .args(peers)
-        .args(["--threads=1", "--stats-every=0"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn pinion serve")
-}
-
-/// The node answering `/leader` 200 (waits up to `within`).
-fn leader(nodes: &BTreeMap<u64, Node>, within: Duration) -> u64 {
-    let deadline = Instant::now() + within;
-    loop {
-        for (id, n) in nodes {
-            if n.child.is_some() && http_get(&n.spec.http, "/leader").is_some_and(|r| r.0 == 200) {
-                return *id;
-            }
-        }
-        assert!(Instant::now() < deadline, "no leader within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn publish(req: &Socket, client: [u8; 16], seq: u64, payload: &str) -> Reply {
-    let p = Publish {
-        client_id: Some(client.to_vec().into()),
-        seq: Some(seq),
-        topic: Some("orders".into()),
-        payload: Some(payload.as_bytes().to_vec().into()),
-    };
-    req.send(p.encode_to_vec()).unwrap();
-    Reply::decode(req.recv().unwrap()).unwrap()
-}
-
-fn ack(r: &Reply) -> Option<(u64, bool)> {
-    match &r.result {
-        Some(reply::Result::Ack(a)) => Some((a.offset(), a.duplicate())),
-        _ => None,
-    }
-}
-
-fn timeout_opts() -> pinion::Options {
-    pinion::Options {
-        recv_timeout: Some(Duration::from_secs(10)),
-        ..pinion::Options::default()
-    }
-}
-
-fn req_to(url: &str) -> Socket {
-    let s = Socket::with_options(Protocol::Req0, timeout_opts()).unwrap();
-    s.dial(url).unwrap();
-    s
-}
-
-/// Every message in a node's log: (offset, client, seq, payload).
-fn log_messages(dir: &Path) -> Vec<(u64, [u8; 16], u64, Vec<u8>)> {
-    let mut r = pinion_journal::Reader::open(&dir.join("pinion.log")).unwrap();
-    let mut out = Vec::new();
-    while let Some(rec) = r.next() {
-        let rec = rec.unwrap();
-        if rec.kind == pinion_journal::RecordKind::Message {
-            out.push((rec.offset, rec.client_id, rec.seq, rec.payload.to_vec()));
-        }
-    }
-    out
-}
+use support::*;
 
 #[test]
 fn three_processes_ack_on_commit_fail_over_and_agree() {
@@ -406,59 +270,6 @@ fn cluster_local_prints_every_node_and_stops_them_all() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Three nodes on 127.0.0.{base+1..base+3}, started, every node up.
-fn cluster(dir: &Path, base: u8) -> (BTreeMap<u64, Node>, Vec<String>) {
-    let mut nodes = BTreeMap::new();
-    for id in 1..=3u64 {
-        let ip = format!("127.0.0.{}", u64::from(base) + id);
-        let spec = NodeSpec {
-            id,
-            publish: format!("tcp://{ip}:{}", free_port(&ip)),
-            subscribe: format!("tcp://{ip}:{}", free_port(&ip)),
-            http: format!("{ip}:{}", free_port(&ip)),
-            raft: format!("tcp://{ip}:{}", free_port(&ip)),
-            dir: dir.join(format!("node-{id}")),
-        };
-        nodes.insert(id, Node { spec, child: None });
-    }
-    let peers: Vec<String> = nodes
-        .values()
-        .map(|n| {
-            let s = &n.spec;
-            format!(
-                "--peer={}={},{},{},{}",
-                s.id, s.raft, s.publish, s.subscribe, s.http
-            )
-        })
-        .collect();
-    for n in nodes.values_mut() {
-        n.child = Some(start(&n.spec, &peers, dir));
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for n in nodes.values() {
-        while http_get(&n.spec.http, "/healthz").is_none_or(|r| r.0 != 200) {
-            assert!(
-                Instant::now() < deadline,
-                "node {} did not come up",
-                n.spec.id
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    (nodes, peers)
-}
-
-fn stop(n: &mut Node) {
-    if let Some(mut c) = n.child.take() {
-        pinion_runtime::sys::terminate(c.id()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while c.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "node {} did not stop", n.spec.id);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 /// A byte flipped in the middle of a follower's log: without the flag the
 /// node refuses to start (corruption is never skipped); with
 /// `--rebuild-damaged-log` it moves the file aside (kept, byte for byte)
@@ -557,28 +368,6 @@ fn a_follower_with_a_damaged_log_rebuilds_from_the_leader() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Messages in a node's log, or None while it cannot be read whole.
-fn try_count(dir: &Path) -> Option<usize> {
-    let mut r = pinion_journal::Reader::open(&dir.join("pinion.log")).ok()?;
-    let mut n = 0;
-    while let Some(rec) = r.next() {
-        if rec.ok()?.kind == pinion_journal::RecordKind::Message {
-            n += 1;
-        }
-    }
-    Some(n)
-}
-
-fn run_pinion(args: &[String]) -> (bool, String) {
-    let out = Command::new(PINION).args(args).output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// `pinion cluster add` (learner, caught up, then voter) and `remove` on a
 /// live cluster, with publishing before and after each change and no ACK
 /// lost.
@@ -598,41 +387,9 @@ fn membership_changes_on_a_live_cluster() {
     };
     publish_some(&nodes, 1, 100);
 
-    // Node 4, started on its own (its log empty; it does not form a cluster).
-    let ip = "127.0.0.34";
-    let spec = NodeSpec {
-        id: 4,
-        publish: format!("tcp://{ip}:{}", free_port(ip)),
-        subscribe: format!("tcp://{ip}:{}", free_port(ip)),
-        http: format!("{ip}:{}", free_port(ip)),
-        raft: format!("tcp://{ip}:{}", free_port(ip)),
-        dir: dir.join("node-4"),
-    };
-    peers.push(format!(
-        "--peer=4={},{},{},{}",
-        spec.raft, spec.publish, spec.subscribe, spec.http
-    ));
-    let child = start(&spec, &peers, &dir);
-    nodes.insert(
-        4,
-        Node {
-            spec,
-            child: Some(child),
-        },
-    );
-    let s4 = &nodes[&4].spec;
-    let (ok, text) = run_pinion(&[
-        "cluster".into(),
-        "add".into(),
-        format!("--raft={}", nodes[&2].spec.raft),
-        "--id=4".into(),
-        format!("--node-raft={}", s4.raft),
-        format!("--publish={}", s4.publish),
-        format!("--subscribe={}", s4.subscribe),
-        format!("--http={}", s4.http),
-        "--voter".into(),
-    ]);
-    assert!(ok, "{text}");
+    // Node 4, started on its own (its log empty; it does not form a
+    // cluster), added as a learner, then made a voter.
+    let text = add_node(&mut nodes, &mut peers, &dir, (4, 30, 2), "--voter");
     assert!(text.contains("voters [[1, 2, 3, 4]]"), "{text}");
     let mut r = pinion_journal::Reader::open(&nodes[&4].spec.dir.join("pinion.log")).unwrap();
     let mut n4 = 0;

@@ -12,6 +12,7 @@
 //!   to another node id, is answered with an error reply (the peer is at
 //!   fault; nothing reaches Raft).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -69,6 +70,56 @@ pub enum CallError {
     /// The reply was of another kind than the request.
     #[error("reply of the wrong kind")]
     WrongKind,
+}
+
+/// When this node last heard from a leader, and the commit position that
+/// leader announced: what a follower or learner needs to tell whether it
+/// is current enough to serve subscribers (the hub's `/ready`). openraft
+/// 0.9's metrics carry neither on a non-leader.
+#[derive(Debug)]
+pub struct LeaderContact {
+    epoch: std::time::Instant,
+    /// Milliseconds from `epoch` to the last AppendEntries from a leader
+    /// this node accepted as current (0: never).
+    at_ms: std::sync::atomic::AtomicU64,
+    /// The leader's committed index + 1 in that request (0: nothing).
+    commit_next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for LeaderContact {
+    fn default() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            at_ms: std::sync::atomic::AtomicU64::new(0),
+            commit_next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaderContact {
+    /// Records an AppendEntries accepted from the current leader.
+    pub fn record(&self, leader_commit_next: u64) {
+        use std::sync::atomic::Ordering;
+        let ms = (self.epoch.elapsed().as_millis() as u64).max(1);
+        self.at_ms.store(ms, Ordering::Relaxed);
+        self.commit_next
+            .fetch_max(leader_commit_next, Ordering::Relaxed);
+    }
+
+    /// How long ago the last leader contact was (`None`: never).
+    pub fn since(&self) -> Option<std::time::Duration> {
+        use std::sync::atomic::Ordering;
+        let at = self.at_ms.load(Ordering::Relaxed);
+        (at > 0).then(|| {
+            let now = self.epoch.elapsed().as_millis() as u64;
+            std::time::Duration::from_millis(now.saturating_sub(at))
+        })
+    }
+
+    /// The highest commit position (index + 1) a leader announced.
+    pub fn commit_next(&self) -> u64 {
+        self.commit_next.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// openraft's network factory over pinion REQ sockets.
@@ -257,6 +308,7 @@ pub async fn serve(
     raft: Raft<TypeConfig>,
     node_id: NodeId,
     url: &str,
+    contact: Arc<LeaderContact>,
 ) -> Result<(Socket, String), pinion::Error> {
     let socket = Socket::with_options(Protocol::Rep0, options())?;
     let ep = socket.listen(url).await?;
@@ -264,10 +316,11 @@ pub async fn serve(
     for _ in 0..SERVER_CONTEXTS {
         let mut ctx = socket.context().await?;
         let raft = raft.clone();
+        let contact = contact.clone();
         tokio::spawn(async move {
             loop {
                 let Ok(req) = ctx.recv().await else { break };
-                let reply = handle(&raft, node_id, req).await;
+                let reply = handle(&raft, node_id, req, &contact).await;
                 if ctx.send(reply.encode_to_vec()).await.is_err() {
                     // The requester went away; its context is gone.
                     continue;
@@ -284,11 +337,14 @@ fn error_reply(msg: String) -> pb::RaftReply {
     }
 }
 
-/// Decodes one request, hands it to Raft, encodes the answer.
+/// Decodes one request, hands it to Raft, encodes the answer; an
+/// AppendEntries that Raft takes as coming from the current leader is
+/// recorded in `contact`.
 pub async fn handle(
     raft: &Raft<TypeConfig>,
     node_id: NodeId,
     bytes: bytes::Bytes,
+    contact: &LeaderContact,
 ) -> pb::RaftReply {
     use pb::raft_reply::Result as R;
     let req = match pb::RaftRequest::decode(bytes) {
@@ -303,10 +359,18 @@ pub async fn handle(
         None => return error_reply("request without an rpc".into()),
         Some(pb::raft_request::Rpc::Append(a)) => match rpc::append_from_pb(a) {
             Err(e) => return error_reply(format!("malformed append: {e}")),
-            Ok(a) => match raft.append_entries(a).await {
-                Ok(r) => R::Append(rpc::append_reply_to_pb(&r)),
-                Err(e) => return error_reply(e.to_string()),
-            },
+            Ok(a) => {
+                let commit_next = a.leader_commit.map_or(0, |l| l.index + 1);
+                match raft.append_entries(a).await {
+                    Ok(r) => {
+                        if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                            contact.record(commit_next);
+                        }
+                        R::Append(rpc::append_reply_to_pb(&r))
+                    }
+                    Err(e) => return error_reply(e.to_string()),
+                }
+            }
         },
         Some(pb::raft_request::Rpc::Vote(v)) => match rpc::vote_req_from_pb(v) {
             Err(e) => return error_reply(format!("malformed vote: {e}")),

@@ -57,8 +57,18 @@ pub struct ClusterConfig {
     pub write_timeout: Duration,
     /// Raft heartbeat interval. Default 50 ms.
     pub heartbeat: Duration,
-    /// Raft election timeout range. Default 300–600 ms.
+    /// Raft election timeout range. Default 150–300 ms.
     pub election_timeout: (Duration, Duration),
+    /// `/ready` (may this node serve subscribers?) fails on a follower or
+    /// learner that has applied more than this many entries fewer than the
+    /// leader last said were committed (it is still catching up). Default
+    /// 256.
+    pub ready_max_lag: u64,
+    /// `/ready` fails on a node that has not heard from a leader (or, on
+    /// the leader, from a quorum) for this long: it is cut off, and its
+    /// subscribers get nothing new. Default 5 s: well above an election,
+    /// so a failover does not move every subscriber.
+    pub ready_stale: Duration,
     /// When the journal is damaged (corruption it will not skip): move it
     /// aside as `pinion.log.damaged-<unix seconds>`, keep only its vote
     /// (as not committed), and start with an empty log that the leader
@@ -76,6 +86,8 @@ impl ClusterConfig {
             write_timeout: Duration::from_secs(2),
             heartbeat: Duration::from_millis(50),
             election_timeout: (Duration::from_millis(150), Duration::from_millis(300)),
+            ready_max_lag: 256,
+            ready_stale: Duration::from_secs(5),
             rebuild_damaged_log: false,
         }
     }
@@ -216,6 +228,16 @@ pub struct Status {
     pub role: AtomicU64,
     /// Per-peer matched index + 1 (leader only), and the status as JSON.
     pub detail: Mutex<(BTreeMap<NodeId, u64>, String)>,
+    /// Milliseconds since the leader last heard from a quorum (leader
+    /// only; `u64::MAX` otherwise or unknown).
+    pub quorum_ms: AtomicU64,
+    /// When this node last heard from a leader (filled by the Raft
+    /// endpoint).
+    pub contact: Arc<pinion_cluster::network::LeaderContact>,
+    /// [`ClusterConfig::ready_max_lag`].
+    pub ready_max_lag: AtomicU64,
+    /// [`ClusterConfig::ready_stale`], in milliseconds.
+    pub ready_stale_ms: AtomicU64,
 }
 
 impl Status {
@@ -227,6 +249,49 @@ impl Status {
             2 => "candidate",
             3 => "leader",
             _ => "shutdown",
+        }
+    }
+
+    /// Whether this node is current enough to serve subscribers (`/ready`):
+    /// a leader that heard from a quorum, or a follower or learner that
+    /// heard from a leader and has applied what it announced committed,
+    /// each within [`ClusterConfig::ready_stale`] and
+    /// [`ClusterConfig::ready_max_lag`]. `Err` says why not.
+    pub fn ready(&self) -> Result<(), String> {
+        let stale = self.ready_stale_ms.load(Ordering::Relaxed);
+        match self.role.load(Ordering::Relaxed) {
+            3 => {
+                let q = self.quorum_ms.load(Ordering::Relaxed);
+                if q < stale {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "leader without word from a quorum for {stale} ms or more"
+                    ))
+                }
+            }
+            0 | 1 => {
+                let Some(since) = self.contact.since() else {
+                    return Err("no word from a leader yet".into());
+                };
+                if since.as_millis() as u64 >= stale {
+                    return Err(format!(
+                        "no word from a leader for {} ms",
+                        since.as_millis()
+                    ));
+                }
+                let applied = self.applied_next.load(Ordering::Relaxed);
+                let commit = self.contact.commit_next();
+                let lag = commit.saturating_sub(applied);
+                if lag > self.ready_max_lag.load(Ordering::Relaxed) {
+                    return Err(format!(
+                        "catching up: {lag} entries behind the leader's commit"
+                    ));
+                }
+                Ok(())
+            }
+            2 => Err("candidate: no leader".into()),
+            _ => Err("shutting down".into()),
         }
     }
 
@@ -712,6 +777,18 @@ pub(crate) async fn run_status(raft: Raft<TypeConfig>, status: Arc<Status>, cfg:
             .serving_leader
             .store(leads && fresh && caught_up, Ordering::Relaxed);
         status.node_id.store(cfg.node_id, Ordering::Relaxed);
+        status.quorum_ms.store(
+            m.millis_since_quorum_ack
+                .filter(|_| leads)
+                .unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        status
+            .ready_max_lag
+            .store(cfg.ready_max_lag, Ordering::Relaxed);
+        status
+            .ready_stale_ms
+            .store(cfg.ready_stale.as_millis() as u64, Ordering::Relaxed);
         status.role.store(role, Ordering::Relaxed);
         status.term.store(m.current_term, Ordering::Relaxed);
         status
@@ -778,6 +855,7 @@ pub(crate) async fn start_raft(
     log: pinion_cluster::LogStore,
     machine: HubMachine,
     max_payload: usize,
+    contact: Arc<pinion_cluster::network::LeaderContact>,
 ) -> Result<(Raft<TypeConfig>, pinion::Socket), String> {
     let rc = raft_config(cfg, max_payload)?;
     let sm = StateMachineStore::new(machine, Some(log.offsets()));
@@ -790,7 +868,7 @@ pub(crate) async fn start_raft(
     )
     .await
     .map_err(|e| format!("raft: {e}"))?;
-    let (server, _) = pinion_cluster::network::serve(raft.clone(), cfg.node_id, &cfg.raft)
+    let (server, _) = pinion_cluster::network::serve(raft.clone(), cfg.node_id, &cfg.raft, contact)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.raft))?;
     let first = cfg.peers.keys().next().copied();
@@ -823,6 +901,40 @@ mod tests {
         for bad in ["", "x=tcp://h:1", "1", "1=http://h", "1=tcp://a,b,c,d,e"] {
             assert!(parse_peer(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ready_needs_a_recent_leader_and_a_small_lag() {
+        let s = Status::default();
+        s.ready_max_lag.store(10, Ordering::Relaxed);
+        s.ready_stale_ms.store(60_000, Ordering::Relaxed);
+        // A learner (the default role) that never heard from a leader.
+        assert_eq!(s.ready().unwrap_err(), "no word from a leader yet");
+        s.contact.record(100);
+        s.applied_next.store(89, Ordering::Relaxed);
+        assert!(s.ready().unwrap_err().contains("11 entries behind"));
+        s.applied_next.store(90, Ordering::Relaxed);
+        assert_eq!(s.ready(), Ok(()));
+        // A follower likewise; the announced commit never goes back.
+        s.role.store(1, Ordering::Relaxed);
+        s.contact.record(50);
+        assert_eq!(s.contact.commit_next(), 100);
+        assert_eq!(s.ready(), Ok(()));
+        // Cut off for longer than the window.
+        s.ready_stale_ms.store(0, Ordering::Relaxed);
+        assert!(s
+            .ready()
+            .unwrap_err()
+            .starts_with("no word from a leader for"));
+        // A leader: by its quorum's last word.
+        s.role.store(3, Ordering::Relaxed);
+        s.ready_stale_ms.store(1000, Ordering::Relaxed);
+        s.quorum_ms.store(999, Ordering::Relaxed);
+        assert_eq!(s.ready(), Ok(()));
+        s.quorum_ms.store(u64::MAX, Ordering::Relaxed);
+        assert!(s.ready().is_err());
+        s.role.store(2, Ordering::Relaxed);
+        assert!(s.ready().is_err(), "a candidate");
     }
 
     #[test]

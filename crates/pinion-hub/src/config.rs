@@ -42,8 +42,10 @@
 //! peers = ["1=tcp://127.0.0.1:7460,tcp://127.0.0.1:7450", "2=tcp://127.0.0.2:7460,tcp://127.0.0.2:7450"]
 //! write_timeout_ms = 2000             # no commit by then: NACK UNAVAILABLE
 //! heartbeat_ms = 50
-//! election_timeout_min_ms = 300
-//! election_timeout_max_ms = 600
+//! election_timeout_min_ms = 150
+//! election_timeout_max_ms = 300
+//! ready_max_lag = 256                 # /ready fails further behind the leader's commit (entries)
+//! ready_stale_ms = 5000               # /ready fails after this long without word from a leader
 //! rebuild_damaged_log = false         # true: move a damaged log aside, refill from the leader
 //! ```
 
@@ -336,6 +338,8 @@ struct FileCluster {
     heartbeat_ms: Option<u64>,
     election_timeout_min_ms: Option<u64>,
     election_timeout_max_ms: Option<u64>,
+    ready_max_lag: Option<u64>,
+    ready_stale_ms: Option<u64>,
     rebuild_damaged_log: Option<bool>,
 }
 
@@ -468,6 +472,12 @@ impl HubConfig {
             }
             if let Some(v) = c.election_timeout_max_ms {
                 cc.election_timeout.1 = ms("cluster.election_timeout_max_ms", v)?;
+            }
+            if let Some(v) = c.ready_max_lag {
+                cc.ready_max_lag = v;
+            }
+            if let Some(v) = c.ready_stale_ms {
+                cc.ready_stale = ms("cluster.ready_stale_ms", v)?;
             }
             cc.rebuild_damaged_log = c.rebuild_damaged_log.unwrap_or(false);
             self.cluster = Some(cc);

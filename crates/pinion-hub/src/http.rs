@@ -566,6 +566,24 @@ async fn connection(
                 respond(&mut s, web, status, "text/plain", "", b"not the leader\n").await
             }
         }
+        // 200 on a node current enough to serve subscribers (a single
+        // node: when healthy; in a cluster see `Status::ready`): what a
+        // load balancer's health check for subscribers asks.
+        "/ready" => {
+            let ready = web
+                .shared
+                .health()
+                .map_err(String::from)
+                .and_then(|()| web.shared.cluster.as_ref().map_or(Ok(()), |c| c.ready()));
+            match ready {
+                Ok(()) => respond(&mut s, web, "200 OK", "text/plain", "", b"ready\n").await,
+                Err(why) => {
+                    let body = format!("{why}\n");
+                    let status = "503 Service Unavailable";
+                    respond(&mut s, web, status, "text/plain", "", body.as_bytes()).await
+                }
+            }
+        }
         "/cluster" => match &web.shared.cluster {
             Some(c) => {
                 let body = c.json();

@@ -625,14 +625,21 @@ impl Hub {
                             }
                         };
                         rt.block_on(async move {
-                            let (raft, server) =
-                                match cluster::start_raft(&ccfg, log, machine, max_payload).await {
-                                    Ok(r) => r,
-                                    Err(e) => {
-                                        let _ = ready_tx.send(Err(e));
-                                        return;
-                                    }
-                                };
+                            let (raft, server) = match cluster::start_raft(
+                                &ccfg,
+                                log,
+                                machine,
+                                max_payload,
+                                status.contact.clone(),
+                            )
+                            .await
+                            {
+                                Ok(r) => r,
+                                Err(e) => {
+                                    let _ = ready_tx.send(Err(e));
+                                    return;
+                                }
+                            };
                             let _ = ready_tx.send(Ok(()));
                             tokio::spawn(cluster::run_status(raft.clone(), status, ccfg.clone()));
                             cluster::run_writer(raft, ccfg, sessions, bridge_rx, answer_txs, sh)
