@@ -667,6 +667,8 @@ fn full_disk_nacks_unavailable_never_false_acks_and_recovers() {
     let (status, body) = hub.http_get("/healthz");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("cannot be written"), "{body}");
+    // A single node is ready to serve subscribers exactly when healthy.
+    assert_eq!(hub.http_get("/ready"), (503, body.clone()));
     // Space returns: service resumes without a restart.
     std::fs::remove_file(&filler).unwrap();
     let resumed = block(async {
@@ -680,6 +682,7 @@ fn full_disk_nacks_unavailable_never_false_acks_and_recovers() {
     });
     assert!(resumed.is_ack(), "{resumed:?}\n{}", hub.log());
     assert_eq!(hub.http_get("/healthz"), (200, "ok\n".to_string()));
+    assert_eq!(hub.http_get("/ready"), (200, "ready\n".to_string()));
     hub.terminate();
     // Every ACK is in the log, exactly once; nothing NACKed is.
     let recs = log_records(&data.join("pinion.log"));
