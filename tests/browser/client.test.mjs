@@ -694,6 +694,51 @@ test('urls: NOT_LEADER naming the leader goes to the URL on the leader\'s host',
   two.hub.close();
 });
 
+test('urls: a NOT_LEADER hint naming the node that just failed is not followed (the next URL is tried)', async () => {
+  const { hub, ws, timers } = setupMulti();
+  const p = hub.publish('t', 'x');
+  const a = ws.last();
+  a.accept(); // on A, the leader
+  a.drop(1006); // killed
+  timers.advance(100);
+  const b = ws.last();
+  assert.equal(nodeOf(b), B);
+  b.accept();
+  b.deliver(notLeaderFrame(reqIdOf(b.sent[0]), 1, 'tcp://a.test:7450')); // B still believes A leads
+  timers.advance(100);
+  const c = ws.last();
+  assert.equal(nodeOf(c), C, 'not back to A, which just failed');
+  c.accept();
+  c.deliver(notLeaderFrame(reqIdOf(c.sent[0]), 1, 'tcp://b.test:7450')); // the election is over: B leads
+  timers.advance(200);
+  const b2 = ws.last();
+  assert.equal(nodeOf(b2), B, 'a hint to a node that did not fail is followed');
+  b2.accept();
+  b2.deliver(ackFrame(reqIdOf(b2.sent[0]), 1, 4));
+  assert.equal((await p).offset, 4);
+  hub.close();
+});
+
+test('urls: once the failed node is reached again, hints naming it are followed again', async () => {
+  const { hub, ws, timers } = setupMulti({ random: () => 0 }); // no backoff delays
+  const p = hub.publish('t', 'x');
+  const step = () => timers.advance(0);
+  ws.last().drop(1006); // A refuses
+  step();
+  const nack = (leader) => { const s = ws.last(); s.accept(); s.deliver(notLeaderFrame(reqIdOf(s.sent[0]), 1, leader)); step(); };
+  nack(); // B, during the election
+  nack(); // C
+  assert.equal(nodeOf(ws.last()), A);
+  nack(); // A is back (as a follower for now)
+  assert.equal(nodeOf(ws.last()), B);
+  nack('tcp://a.test:7450'); // B: A won the election
+  assert.equal(nodeOf(ws.last()), A, 'A opened since it failed: its hint counts');
+  ws.last().accept();
+  ws.last().deliver(ackFrame(reqIdOf(ws.last().sent[0]), 1, 8));
+  assert.equal((await p).offset, 8);
+  hub.close();
+});
+
 test('urls: NOT_LEADER everywhere: bounded by the publish timeout (TIMEOUT, the NACK as cause), else by notLeaderTimeout', async () => {
   const { hub, ws, timers } = setupMulti({ notLeaderTimeout: 2000, backoff: { min: 10, max: 40 } });
   const withTimeout = hub.publish('t', 'a', { timeout: 5000 });

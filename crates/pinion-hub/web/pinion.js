@@ -94,7 +94,8 @@
  *   one). With one URL the publish rejects with that NackError, as any
  *   NACK. With several, the publish stays pending and the `/pub`
  *   connection moves on: to the URL on the leader's host if exactly one
- *   of them is on it, else to the next URL, where every unanswered publish
+ *   of them is on it (and it is not the node that just failed), else to
+ *   the next URL, where every unanswered publish
  *   is sent again with the same client id and seq (so nothing is logged
  *   twice). This goes on until an ack, bounded by the publish's `timeout`
  *   (then TIMEOUT, the last NOT_LEADER in `e.cause`) or, without one, by
@@ -512,6 +513,8 @@ class Link {
     this.nextIndex = null;
     /** Ends the current socket as if it had dropped (set while there is one). */
     this.endCurrent = null;
+    /** Index of the node whose connection last dropped or failed (not left by moveOn), until it opens again. */
+    this.downIndex = null;
   }
 
   /** The base URL of the node this link is on (or is trying). */
@@ -550,7 +553,7 @@ class Link {
     const { setTimeout, clearTimeout } = this.hub._timers;
     let opened = false;
     // The end of this socket, whichever event tells first (once).
-    const fail = (ev) => {
+    const fail = (ev, moved = false) => {
       if (this.ws !== ws) return;
       this.ws = null;
       this.endCurrent = null;
@@ -560,11 +563,11 @@ class Link {
       this.stableTimer = null;
       if (this.closed) return;
       this.h.onClose?.(ev);
-      this.retry(ev);
+      this.retry(ev, moved);
     };
     this.endCurrent = (ev) => {
       try { ws.close(1000, 'moving to another node'); } catch { /* not open */ }
-      fail(ev);
+      fail(ev, true);
     };
     // A connection attempt that hangs is given up (and closed) after
     // connectTimeout ms.
@@ -578,6 +581,7 @@ class Link {
       opened = true;
       clearTimeout(connectTimer);
       this.opens++;
+      if (this.downIndex === this.index) this.downIndex = null;
       this.setState('open');
       this.stableTimer = setTimeout(() => { this.attempt = 0; }, this.hub._stableMs);
       this.h.onOpen?.();
@@ -604,10 +608,11 @@ class Link {
    * (round robin; or `nextIndex`), after a backoff delay whose ceiling
    * doubles with each full round of failures (with one URL: each failure).
    */
-  retry(ev) {
+  retry(ev, moved = false) {
     if (this.closed) return;
     const n = this.hub.urls.length;
     const from = this.node;
+    if (!moved) this.downIndex = this.index;
     this.index = this.nextIndex ?? (this.index + 1) % n;
     this.nextIndex = null;
     this.setState('connecting');
@@ -853,7 +858,7 @@ export class Hub {
     checkUint(this._notLeaderTimeout, 'notLeaderTimeout');
     // Where every connection starts: spread over the nodes, so that many
     // clients given the same list do not all land on the first one.
-    const start = opts.startIndex ?? Math.floor(this._random() * urls.length) % urls.length;
+    const start = opts.startIndex ?? (urls.length === 1 ? 0 : Math.floor(this._random() * urls.length) % urls.length);
     if (!Number.isInteger(start) || start < 0 || start >= urls.length) {
       throw new PinionError(`connect: startIndex must be an integer in [0, ${urls.length}), got ${start}`, 'INVALID');
     }
@@ -1071,7 +1076,12 @@ export class Hub {
     link.moveOn(this._leaderIndex(nack.leader), `NOT_LEADER${nack.leader ? ` (leader ${nack.leader})` : ''}`);
   }
 
-  /** The index in `urls` of the one URL on the host of a NOT_LEADER's leader URL, else null. */
+  /**
+   * The index in `urls` of the one URL on the host of a NOT_LEADER's leader
+   * URL, else null; null too when that node's connection was the last to
+   * fail (a follower names a dead leader until the next election: the
+   * next URL may be the new one).
+   */
   _leaderIndex(leader) {
     if (!leader) return null;
     let host;
@@ -1083,7 +1093,7 @@ export class Hub {
     if (!host) return null;
     const found = [];
     this.urls.forEach((u, i) => { if (new URL(u).hostname === host) found.push(i); });
-    return found.length === 1 ? found[0] : null;
+    return found.length === 1 && found[0] !== this._pub.downIndex ? found[0] : null;
   }
 
   /**
