@@ -426,3 +426,355 @@ test('publish: a close with 1009 (message too big) fails the largest request; th
   assert.equal((await small).offset, 3);
   hub.close();
 });
+
+// ---- several URLs (a cluster's nodes) -------------------------------------------
+
+const A = 'ws://a.test:7452';
+const B = 'ws://b.test:7452';
+const C = 'ws://c.test:7452';
+/** A hub object on three nodes, starting on `startIndex` (default 0). */
+function setupMulti(extra = {}) {
+  return setup({ url: undefined, urls: [A, B, `${C}/`], startIndex: 0, ...extra });
+}
+const nodeOf = (s) => s.url.replace(/\/(sub|pub|stats)(\?.*)?$/, '');
+/** A NOT_LEADER reply (code 6), with the leader's publisher URL when given. */
+function notLeaderFrame(reqId, seq, leader) {
+  const nack = [...field(1, 0, seq), ...field(2, 0, 6), ...field(3, 2, [...new TextEncoder().encode('node 2 does not lead')])];
+  if (leader) nack.push(...field(4, 2, [...new TextEncoder().encode(leader)]));
+  const r = Uint8Array.from(field(2, 2, nack));
+  const out = new Uint8Array(4 + r.length);
+  new DataView(out.buffer).setUint32(0, reqId);
+  out.set(r, 4);
+  return out;
+}
+
+test('urls: normalized like url; url and urls together, an empty list, a bad entry or startIndex are INVALID', () => {
+  const { FakeWS } = fakeWebSocket();
+  const hub = connect({ urls: ['http://a:1/', 'wss://b/x/'], WebSocket: FakeWS });
+  assert.deepEqual(hub.urls, ['ws://a:1', 'wss://b/x']);
+  assert.equal(hub.url, 'ws://a:1', 'url is the first of urls');
+  assert.deepEqual(connect({ url: 'http://h:1', WebSocket: FakeWS }).urls, ['ws://h:1']);
+  const invalid = (opts, re) => assert.throws(() => connect({ WebSocket: FakeWS, ...opts }),
+    (e) => e instanceof PinionError && e.code === 'INVALID' && re.test(e.message));
+  invalid({ url: 'ws://a', urls: ['ws://b'] }, /either url or urls, not both/);
+  invalid({ url: 'ws://a', urls: [] }, /either url or urls/);
+  invalid({ urls: [] }, /non-empty array/);
+  invalid({ urls: 'ws://a' }, /non-empty array/);
+  invalid({ urls: ['ws://a', 'ftp://b'] }, /ws:\/\/, wss:\/\//);
+  invalid({ urls: ['ws://a', 'nope'] }, /not a URL: nope/);
+  invalid({ urls: ['ws://a', 'ws://b?x=1'] }, /without query/);
+  invalid({ urls: ['ws://a', 'ws://b'], startIndex: 2 }, /startIndex must be an integer in \[0, 2\)/);
+  invalid({ urls: ['ws://a', 'ws://b'], startIndex: 0.5 }, /startIndex/);
+});
+
+test('urls: the start index spreads hub objects over the nodes (random by default, injectable)', () => {
+  const starts = [0, 0.2, 0.34, 0.5, 0.67, 0.99].map((r) => {
+    const { hub, ws } = setupMulti({ startIndex: undefined, random: () => r });
+    hub.subscribe({}, () => {});
+    const node = nodeOf(ws.last());
+    hub.close();
+    return node;
+  });
+  assert.deepEqual(starts, [A, A, B, B, C, C]);
+  // Math.random (the default): 60 hub objects land on every node.
+  const { FakeWS, sockets } = fakeWebSocket();
+  for (let i = 0; i < 60; i++) {
+    const hub = connect({ urls: [A, B, C], WebSocket: FakeWS });
+    hub.subscribe({}, () => {});
+    hub.close();
+  }
+  const counts = new Map();
+  for (const s of sockets) counts.set(nodeOf(s), (counts.get(nodeOf(s)) ?? 0) + 1);
+  assert.deepEqual([...counts.keys()].sort(), [A, B, C], JSON.stringify([...counts]));
+  // Every connection of one hub object starts at its start index.
+  const { hub, ws } = setupMulti({ startIndex: 2 });
+  hub.subscribe({}, () => {});
+  hub.watchStats(() => {});
+  hub.publish('t', 'x').catch(() => {}); // rejected by the close below
+  assert.deepEqual(ws.sockets.map((s) => s.url), [`${C}/sub`, `${C}/stats`, `${C}/pub`]);
+  assert.equal(hub.publishNode, C);
+  hub.close();
+});
+
+test('urls: each drop or failed attempt moves to the next URL, round robin, from the start index', () => {
+  const { hub, ws, timers } = setupMulti({ startIndex: 1, connectTimeout: 3000 });
+  const sub = hub.subscribe({ from: 0 }, () => {});
+  const moves = [];
+  sub.onreconnect = (i) => moves.push([i.node, i.next, i.code]);
+  const nodes = [];
+  const step = (end) => { nodes.push(nodeOf(ws.last())); end(ws.last()); timers.advance(timers.pending().find((d) => d <= 10000)); };
+  assert.equal(sub.node, B);
+  step((s) => { s.accept(); s.drop(1006); }); // up, then dropped
+  step((s) => s.onerror?.({})); // refused (Node 20: an error, no close)
+  step((s) => s.drop(1006)); // refused
+  step((s) => { s.accept(); s.drop(1001, 'going away'); }); // node shutting down
+  step(() => timers.advance(3000)); // hangs: abandoned after connectTimeout
+  nodes.push(nodeOf(ws.last()));
+  assert.deepEqual(nodes, [B, C, A, B, C, A]);
+  assert.deepEqual(moves, [[B, C, 1006], [C, A, 1006], [A, B, 1006], [B, C, 1001], [C, A, 1006]]);
+  assert.equal(sub.node, A);
+  hub.close();
+});
+
+test('urls: backoff grows per full round of failures; a stable connection resets it', () => {
+  const { hub, ws, timers } = setupMulti();
+  hub.subscribe({}, () => {});
+  const delays = [];
+  for (let i = 0; i < 12; i++) {
+    ws.last().drop(1006); // every node refuses
+    delays.push(...timers.pending());
+    timers.advance(timers.pending()[0]);
+  }
+  assert.deepEqual(delays, [100, 100, 100, 200, 200, 200, 400, 400, 400, 800, 800, 800]);
+  ws.last().accept();
+  timers.advance(5000); // stable: reset
+  ws.last().drop(1006);
+  assert.deepEqual(timers.pending(), [100]);
+  hub.close();
+});
+
+test('urls: a subscription with from resumes at last + 1 on the next node; nothing below it reaches the app', () => {
+  const { hub, ws, timers } = setupMulti();
+  const got = [];
+  const nodes = [];
+  const sub = hub.subscribe({ topics: ['t/'], from: 5 }, (m) => { got.push(m.offset); nodes.push(sub.node); });
+  const a = ws.last();
+  assert.equal(a.url, `${A}/sub?topic=t%2F&from=5`);
+  a.accept();
+  a.text('{"next":5}');
+  a.deliver(subFrame('t/x', 3)); // below from: a node that ignored it
+  for (const o of [5, 6, 8]) a.deliver(subFrame('t/x', o));
+  a.drop(1006);
+  timers.advance(100);
+  const b = ws.last();
+  assert.equal(b.url, `${B}/sub?topic=t%2F&from=9`);
+  b.accept();
+  b.text('{"next":9}');
+  // A node that replays what the app already has: dropped, counted.
+  for (const o of [6, 8, 9, 10]) b.deliver(subFrame('t/x', o));
+  b.drop(4008, 'slow consumer: resume from offset 11');
+  timers.advance(100);
+  const c = ws.last();
+  assert.equal(c.url, `${C}/sub?topic=t%2F&from=11`);
+  c.accept();
+  c.deliver(subFrame('t/x', 10)); // again
+  c.deliver(subFrame('t/x', 12)); // 11 was a Raft entry: offsets skip numbers
+  assert.deepEqual(got, [5, 6, 8, 9, 10, 12]);
+  assert.deepEqual(nodes, [A, A, A, B, B, C]);
+  assert.equal(sub.duplicatesDropped, 4);
+  assert.equal(sub.received, 6);
+  hub.close();
+});
+
+test('urls: a live subscription moving before its first message resumes from the hello\'s next on the next node', () => {
+  const { hub, ws, timers } = setupMulti();
+  const got = [];
+  const sub = hub.subscribe({ topics: ['live/'] }, (m) => got.push([m.offset, sub.node]));
+  const resumes = [];
+  sub.onreconnect = (i) => resumes.push([i.next, i.from]);
+  const a = ws.last();
+  assert.equal(a.url, `${A}/sub?topic=live%2F`, 'live: no from');
+  a.accept();
+  a.text('{"next":40}');
+  assert.equal(sub.from, 40);
+  a.drop(1006); // before any message
+  timers.advance(100);
+  const b = ws.last();
+  assert.equal(b.url, `${B}/sub?topic=live%2F&from=40`, 'the new node is asked from the hello\'s offset');
+  b.accept();
+  b.text('{"next":40}');
+  b.deliver(subFrame('live/x', 39)); // below it: never delivered
+  b.deliver(subFrame('live/x', 40));
+  b.deliver(subFrame('live/x', 41));
+  // And after receiving messages: from last + 1.
+  b.drop(1006);
+  timers.advance(200);
+  const c = ws.last();
+  assert.equal(c.url, `${C}/sub?topic=live%2F&from=42`);
+  c.accept();
+  c.text('{"next":42}');
+  c.deliver(subFrame('live/x', 41));
+  c.deliver(subFrame('live/x', 42));
+  assert.deepEqual(got, [[40, B], [41, B], [42, C]]);
+  assert.deepEqual(resumes, [[B, 40], [C, 42]]);
+  assert.equal(sub.duplicatesDropped, 2);
+  hub.close();
+});
+
+test('urls: a hello from a later node does not move a live subscription\'s start', () => {
+  const { hub, ws, timers } = setupMulti();
+  hub.subscribe({}, () => {});
+  ws.last().accept();
+  ws.last().text('{"next":7}');
+  ws.last().drop();
+  timers.advance(100);
+  ws.last().accept();
+  ws.last().text('{"next":9}'); // a node further ahead would say more; the client keeps 7
+  ws.last().drop();
+  timers.advance(200);
+  assert.equal(ws.last().url, `${C}/sub?from=7`);
+  hub.close();
+});
+
+test('urls: sub.node, onstate(state, node) and hub.onreconnect tell where a connection is', () => {
+  const seen = [];
+  const { hub, ws, timers } = setupMulti({ onreconnect: (i) => seen.push(['hub', i.link, i.node, i.next, i.delay]) });
+  const sub = hub.subscribe({}, () => {});
+  sub.onstate = (s, node) => seen.push(['state', s, node]);
+  ws.last().accept();
+  ws.last().drop(1006, 'gone');
+  timers.advance(100);
+  ws.last().accept();
+  const stats = hub.watchStats(() => {});
+  assert.equal(stats.node, A);
+  ws.last().drop(); // the stats connection
+  assert.equal(stats.node, B);
+  assert.deepEqual(seen, [
+    ['state', 'open', A], ['state', 'connecting', B], ['hub', 'subscribe', A, B, 100], ['state', 'open', B],
+    ['hub', 'stats', A, B, 100],
+  ]);
+  assert.equal(sub.node, B);
+  hub.close();
+});
+
+test('urls: a publish answered NOT_LEADER is sent again on the next node, same request id and seq', async () => {
+  const { hub, ws, timers, errors } = setupMulti();
+  const p1 = hub.publish('t', 'one');
+  const p2 = hub.publish('t', 'two');
+  const a = ws.last();
+  assert.equal(a.url, `${A}/pub`);
+  a.accept();
+  assert.equal(a.sent.length, 2);
+  const frames = a.sent.map(toHex);
+  a.deliver(notLeaderFrame(reqIdOf(a.sent[0]), 1)); // no leader known (an election)
+  assert.ok(a.closedByClient, 'the connection to the follower is closed');
+  a.deliver(notLeaderFrame(reqIdOf(a.sent[1]), 2)); // late: from the old socket, ignored
+  assert.equal(hub.pendingCount, 2, 'still pending, not rejected');
+  timers.advance(100);
+  const b = ws.last();
+  assert.equal(b.url, `${B}/pub`);
+  assert.equal(hub.publishNode, B);
+  b.accept();
+  assert.deepEqual(b.sent.map(toHex), frames, 'the same frames: same client id, seq and request id');
+  b.deliver(ackFrame(reqIdOf(b.sent[0]), 1, 50));
+  b.deliver(ackFrame(reqIdOf(b.sent[1]), 2, 51));
+  assert.deepEqual(await p1, { seq: 1, offset: 50, duplicate: false });
+  assert.deepEqual(await p2, { seq: 2, offset: 51, duplicate: false });
+  assert.equal(errors.length, 0);
+  // The next publish stays on the leader.
+  const p3 = hub.publish('t', 'three');
+  assert.equal(b.sent.length, 3);
+  b.deliver(ackFrame(reqIdOf(b.sent[2]), 3, 52));
+  assert.equal((await p3).offset, 52);
+  assert.deepEqual(timers.pending().filter((d) => d > 5000), [], 'no NOT_LEADER window left running');
+  hub.close();
+});
+
+test('urls: NOT_LEADER naming the leader goes to the URL on the leader\'s host', async () => {
+  const { hub, ws, timers } = setupMulti();
+  const p = hub.publish('t', 'x');
+  const a = ws.last();
+  a.accept();
+  a.deliver(notLeaderFrame(reqIdOf(a.sent[0]), 1, 'tcp://c.test:7450'));
+  timers.advance(100);
+  const c = ws.last();
+  assert.equal(c.url, `${C}/pub`, 'straight to the leader, not the next URL');
+  c.accept();
+  assert.deepEqual(c.sent.map(toHex), a.sent.map(toHex));
+  c.deliver(ackFrame(reqIdOf(c.sent[0]), 1, 9, true));
+  assert.deepEqual(await p, { seq: 1, offset: 9, duplicate: true });
+  hub.close();
+  // A leader host shared by several URLs (or none of them): the next URL.
+  const two = setup({ url: undefined, urls: ['ws://h:1', 'ws://h:2', 'ws://h:3'], startIndex: 0 });
+  two.hub.publish('t', 'x').catch(() => {});
+  two.ws.last().accept();
+  two.ws.last().deliver(notLeaderFrame(reqIdOf(two.ws.last().sent[0]), 1, 'tcp://h:7450'));
+  two.timers.advance(100);
+  assert.equal(two.ws.last().url, 'ws://h:2/pub');
+  two.hub.close();
+});
+
+test('urls: a NOT_LEADER hint naming the node that just failed is not followed (the next URL is tried)', async () => {
+  const { hub, ws, timers } = setupMulti();
+  const p = hub.publish('t', 'x');
+  const a = ws.last();
+  a.accept(); // on A, the leader
+  a.drop(1006); // killed
+  timers.advance(100);
+  const b = ws.last();
+  assert.equal(nodeOf(b), B);
+  b.accept();
+  b.deliver(notLeaderFrame(reqIdOf(b.sent[0]), 1, 'tcp://a.test:7450')); // B still believes A leads
+  timers.advance(100);
+  const c = ws.last();
+  assert.equal(nodeOf(c), C, 'not back to A, which just failed');
+  c.accept();
+  c.deliver(notLeaderFrame(reqIdOf(c.sent[0]), 1, 'tcp://b.test:7450')); // the election is over: B leads
+  timers.advance(200);
+  const b2 = ws.last();
+  assert.equal(nodeOf(b2), B, 'a hint to a node that did not fail is followed');
+  b2.accept();
+  b2.deliver(ackFrame(reqIdOf(b2.sent[0]), 1, 4));
+  assert.equal((await p).offset, 4);
+  hub.close();
+});
+
+test('urls: once the failed node is reached again, hints naming it are followed again', async () => {
+  const { hub, ws, timers } = setupMulti({ random: () => 0 }); // no backoff delays
+  const p = hub.publish('t', 'x');
+  const step = () => timers.advance(0);
+  ws.last().drop(1006); // A refuses
+  step();
+  const nack = (leader) => { const s = ws.last(); s.accept(); s.deliver(notLeaderFrame(reqIdOf(s.sent[0]), 1, leader)); step(); };
+  nack(); // B, during the election
+  nack(); // C
+  assert.equal(nodeOf(ws.last()), A);
+  nack(); // A is back (as a follower for now)
+  assert.equal(nodeOf(ws.last()), B);
+  nack('tcp://a.test:7450'); // B: A won the election
+  assert.equal(nodeOf(ws.last()), A, 'A opened since it failed: its hint counts');
+  ws.last().accept();
+  ws.last().deliver(ackFrame(reqIdOf(ws.last().sent[0]), 1, 8));
+  assert.equal((await p).offset, 8);
+  hub.close();
+});
+
+test('urls: NOT_LEADER everywhere: bounded by the publish timeout (TIMEOUT, the NACK as cause), else by notLeaderTimeout', async () => {
+  const { hub, ws, timers } = setupMulti({ notLeaderTimeout: 2000, backoff: { min: 10, max: 40 } });
+  const withTimeout = hub.publish('t', 'a', { timeout: 5000 });
+  const without = hub.publish('t', 'b');
+  const visited = [];
+  // Every node answers NOT_LEADER, naming a leader none of the URLs is on.
+  const answer = () => {
+    const s = ws.last();
+    visited.push(nodeOf(s));
+    s.accept();
+    s.deliver(notLeaderFrame(reqIdOf(s.sent[0]), s.sent.length === 2 ? 1 : 2, 'tcp://elsewhere:7450'));
+  };
+  answer();
+  let t = 0;
+  while (t < 1900) { const d = Math.min(...timers.pending()); timers.advance(d); t += d; answer(); }
+  assert.ok(visited.length >= 40, `kept moving: ${visited.length} attempts`);
+  assert.deepEqual(visited.slice(0, 6), [A, B, C, A, B, C]);
+  assert.equal(hub.pendingCount, 2);
+  timers.advance(2000 - t);
+  await assert.rejects(without, (e) => e instanceof NackError && e.codeName === 'NOT_LEADER' && e.code === 6 && e.seq === 2
+    && e.leader === 'tcp://elsewhere:7450' && e.retryable);
+  assert.equal(hub.pendingCount, 1);
+  timers.advance(3000);
+  await assert.rejects(withTimeout, (e) => e instanceof PinionError && e.code === 'TIMEOUT'
+    && /last answer was NOT_LEADER/.test(e.message) && e.cause instanceof NackError && e.cause.seq === 1);
+  hub.close();
+});
+
+test('one URL: NOT_LEADER rejects at once with the NackError and its leader (no retry)', async () => {
+  const { hub, ws, timers } = setup();
+  const p = hub.publish('t', 'x');
+  ws.last().accept();
+  ws.last().deliver(notLeaderFrame(reqIdOf(ws.last().sent[0]), 1, 'tcp://10.0.0.1:7450'));
+  await assert.rejects(p, (e) => e instanceof NackError && e.codeName === 'NOT_LEADER' && e.leader === 'tcp://10.0.0.1:7450');
+  assert.equal(ws.last().closedByClient, null, 'the connection stays');
+  timers.advance(60000);
+  assert.equal(ws.sockets.length, 1);
+  hub.close();
+});

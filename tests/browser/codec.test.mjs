@@ -143,6 +143,23 @@ test('NackError carries code, codeName, reason, retryable', () => {
   assert.equal(new NackError({ seq: 1, code: 3, reason: '' }).retryable, true);
   assert.equal(new NackError({ seq: 1, code: 4, reason: '' }).codeName, 'SHUTTING_DOWN');
   assert.equal(new NackError({ seq: 1, code: 99, reason: '' }).codeName, 'CODE_99');
+  const nl = new NackError({ seq: 1, code: 6, reason: 'node 2 does not lead', leader: 'tcp://10.0.0.1:7450' });
+  assert.equal(nl.codeName, 'NOT_LEADER');
+  assert.equal(nl.leader, 'tcp://10.0.0.1:7450');
+  assert.equal(nl.retryable, true);
+  assert.equal(new NackError({ seq: 1, code: 1, reason: '' }).leader, '');
+});
+
+test('Nack.leader (field 4): hand-computed bytes; absent stays absent', () => {
+  // seq 5 | code 6 (NOT_LEADER) | reason "r" | leader "tcp://h:1"
+  const leader = new TextEncoder().encode('tcp://h:1');
+  const nack = cat(hex('0805' + '1006' + '1a0172' + '22'), Uint8Array.of(leader.length), leader);
+  assert.deepEqual(decodeReply(cat(Uint8Array.of(0x12, nack.length), nack)),
+    { nack: { seq: 5, code: 6, reason: 'r', leader: 'tcp://h:1' } });
+  const plain = hex('08051006');
+  assert.deepEqual(decodeReply(cat(Uint8Array.of(0x12, plain.length), plain)), { nack: { seq: 5, code: 6, reason: '' } });
+  const wrong = hex('08052006'); // field 4 as a varint
+  assert.throws(() => decodeReply(cat(Uint8Array.of(0x12, wrong.length), wrong)), /Nack.leader: protobuf wire type 0, expected 2/);
 });
 
 test('backoff: full jitter under an exponential ceiling, capped', () => {

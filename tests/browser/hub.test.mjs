@@ -1,7 +1,8 @@
 // pinion.js against a real hub (`pinion serve`), in Node: publish with
 // acks, subscribe with replay, the hub's duplicate answer to a same-seq
 // retry, reconnects in the middle of a stream (no gap, no duplicate, nothing
-// logged twice), NACKs, the /stats feed and the /pub subprotocol.
+// logged twice), NACKs, the /stats feed, the /pub subprotocol, and
+// connect({ urls }) (and edge_sub.mjs) moving past a dead URL to the hub.
 //
 //   PINION_HUB_URL=ws://127.0.0.1:7452 node --experimental-websocket --test tests/browser/hub.test.mjs
 //
@@ -10,7 +11,9 @@
 // skipped, saying so.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
 
 import { connect, NackError, toHex } from '../../crates/pinion-hub/web/pinion.js';
 
@@ -279,4 +282,65 @@ test('a live subscription that drops before its first message misses nothing (th
   assert.ok(sockets.length >= 2, 'it reconnected');
   assert.ok(acks[0].offset >= start, `start ${start} is not past the first publish ${acks[0].offset}`);
   assert.deepEqual(got, acks.map((a) => a.offset));
+});
+
+/** A loopback port nothing listens on (bound, then released). */
+async function deadPort() {
+  const srv = createServer();
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  const { port } = srv.address();
+  await new Promise((r) => srv.close(r));
+  return port;
+}
+
+test('urls: a dead URL first, then the hub: subscribe, publish and /stats move on to the hub', { skip, timeout: 20000 }, async (t) => {
+  const dead = `ws://127.0.0.1:${await deadPort()}`;
+  const moves = [];
+  const hub = open(t, { urls: [dead, URL_], startIndex: 0, WebSocket: WS, ...fast, onreconnect: (i) => moves.push(i) });
+  const prefix = unique('urls');
+  const got = [];
+  const sub = hub.subscribe({ topics: [prefix] }, (m) => got.push([m.offset, sub.node]));
+  const stats = [];
+  const w = hub.watchStats((s) => stats.push(s));
+  // Live from now: publish once the hub has said where the subscription starts.
+  await until('the hello, on the hub', () => sub.from !== null);
+  const acks = [];
+  for (let i = 0; i < 5; i++) acks.push(await hub.publish(`${prefix}x`, `m${i}`, { timeout: 5000 }));
+  await until('5 messages', () => got.length >= 5);
+  await until('a stats frame', () => stats.length >= 1);
+  assert.deepEqual(got, acks.map((a) => [a.offset, URL_.replace(/\/+$/, '')]));
+  assert.equal(hub.publishNode, URL_.replace(/\/+$/, ''));
+  assert.equal(w.node, URL_.replace(/\/+$/, ''));
+  for (const link of ['subscribe', 'publish', 'stats']) {
+    assert.ok(moves.some((m) => m.link === link && m.node === dead), `${link} tried the dead URL first: ${JSON.stringify(moves)}`);
+  }
+  hub.close();
+});
+
+test('edge_sub.mjs: moves past a dead URL, prints one exact JSON line per message, exits 0 after --count', { skip, timeout: 20000 }, async (t) => {
+  const pubHub = open(t, { url: URL_, WebSocket: WS });
+  const prefix = unique('edge');
+  const acks = [];
+  for (let i = 0; i < 4; i++) acks.push(await pubHub.publish(`${prefix}t${i}`, Uint8Array.of(i, 0xff, 0x22)));
+  const dead = `ws://127.0.0.1:${await deadPort()}`;
+  const script = fileURLToPath(new URL('./edge_sub.mjs', import.meta.url));
+  const flags = Number(process.versions.node.split('.')[0]) < 22 ? ['--experimental-websocket'] : [];
+  const child = spawn(process.execPath, [...flags, script, '--url', dead, '--url', URL_, '--start-index', '0', '--topic', prefix,
+    '--from', String(acks[0].offset), '--count', '6', '--for', '15'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => child.kill());
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  // Two more, live, once it printed the replayed four.
+  await until('the replay', () => out.split('\n').length > 4, 10000);
+  for (let i = 4; i < 6; i++) acks.push(await pubHub.publish(`${prefix}t${i}`, Uint8Array.of(i, 0xff, 0x22)));
+  const code = await new Promise((r) => child.on('exit', r));
+  assert.equal(code, 0, err);
+  const node = URL_.replace(/\/+$/, '');
+  const want = acks.map((a, i) => `{"offset":${a.offset},"topic":"${prefix}t${i}","payload_hex":"0${i}ff22","node":"${node}"}`);
+  assert.deepEqual(out.trimEnd().split('\n'), want, err);
+  assert.match(err, new RegExp(`${dead}: connection ended .*; moving to ${node}`));
+  assert.match(err, /--count 6 reached/);
+  pubHub.close();
 });

@@ -11,6 +11,8 @@
  *
  * const hub = connect();                 // ws(s)://<this page's host>
  * // or connect({ url: 'ws://127.0.0.1:7452' })
+ * // or, a cluster's nodes (voters and edge nodes alike):
+ * // connect({ urls: ['ws://10.0.0.1:7452', 'ws://10.0.0.2:7452', 'ws://10.0.0.3:7452'] })
  * hub.onstate = s => console.log(s);     // 'connecting' | 'open' | 'closed'
  *
  * // Every message whose topic starts with 'chat/', from offset 0 on, then
@@ -73,6 +75,40 @@
  *   the connection with 1009) rejects with 'MESSAGE_TOO_BIG' instead of
  *   being resent forever.
  *
+ * - Several nodes (`connect({ urls })`, a cluster: every node applies the
+ *   same log and delivers the same offsets). Each connection starts on
+ *   one of the URLs (`startIndex`, random by default, so that clients
+ *   spread over the nodes) and, after a drop or a failed attempt, moves to
+ *   the next one in the list (round robin). The delay before each attempt
+ *   is the backoff above, whose ceiling doubles after each full round of
+ *   failures rather than after each one. A subscription resumes on the
+ *   next node at `from = last + 1` (or at its `from`, or the hello's `N`
+ *   when it has received nothing yet): no gap; a node that has not yet
+ *   applied that offset holds it until it has. It drops any message below
+ *   the next offset it expects (counted in `duplicatesDropped`), so none
+ *   reaches the app twice. `sub.node` (and `sub.onstate(state, node)`,
+ *   `sub.onreconnect(info)`, `hub.publishNode`, `stats.node`) tell which
+ *   node a connection is on.
+ * - A cluster follower answers a publish with NACK NOT_LEADER (nothing
+ *   logged; `e.leader` names the leader's publisher URL when it knows
+ *   one). With one URL the publish rejects with that NackError, as any
+ *   NACK. With several, the publish stays pending and the `/pub`
+ *   connection moves on: to the URL on the leader's host if exactly one
+ *   of them is on it (and it is not the node that just failed), else to
+ *   the next URL, where every unanswered publish
+ *   is sent again with the same client id and seq (so nothing is logged
+ *   twice). This goes on until an ack, bounded by the publish's `timeout`
+ *   (then TIMEOUT, the last NOT_LEADER in `e.cause`) or, without one, by
+ *   `connect({ notLeaderTimeout })` (default 10 s, then the last NOT_LEADER
+ *   NackError).
+ *
+ * ```js
+ * const hub = connect({ urls: ['ws://10.0.0.1:7452', 'ws://10.0.0.4:7452', 'ws://10.0.0.5:7452'] });
+ * const sub = hub.subscribe({ topics: ['chat/'] }, (msg) => show(msg, sub.node));
+ * sub.onreconnect = (i) => console.log(`${i.node} lost (${i.code}); to ${i.next} from offset ${i.from}`);
+ * await hub.publish('chat/room1', 'hi', { timeout: 5000 }); // reaches the leader, wherever it is
+ * ```
+ *
  * In Node (>= 20) pass a WebSocket implementation:
  * `connect({ url, WebSocket })` (Node 20's `--experimental-websocket`
  * global, or the `ws` package); Node 22 and later have one built in.
@@ -106,15 +142,19 @@ export const NACK_CODES = Object.freeze({
   3: 'UNAVAILABLE',
   4: 'SHUTTING_DOWN',
   5: 'STALE',
+  6: 'NOT_LEADER',
 });
+
+/** `pinion.v1.Code.NOT_LEADER`: a cluster node that does not lead (see `Nack.leader`). */
+const NOT_LEADER = 6;
 
 /** The hub refused to log a message (a `pinion.v1.Nack`). */
 export class NackError extends PinionError {
-  constructor({ seq, code, reason }) {
+  constructor({ seq, code, reason, leader }) {
     const codeName = NACK_CODES[code] ?? `CODE_${code}`;
     super(`pinion hub refused the message (seq ${seq}): ${codeName}${reason ? `: ${reason}` : ''}`, codeName);
     this.name = 'NackError';
-    /** @type {number} the enum value (1 TOO_LARGE, 2 MALFORMED, 3 UNAVAILABLE, 4 SHUTTING_DOWN, 5 STALE) */
+    /** @type {number} the enum value (1 TOO_LARGE, 2 MALFORMED, 3 UNAVAILABLE, 4 SHUTTING_DOWN, 5 STALE, 6 NOT_LEADER) */
     this.code = code;
     /** @type {string} */
     this.codeName = codeName;
@@ -122,8 +162,14 @@ export class NackError extends PinionError {
     this.reason = reason;
     /** @type {number} */
     this.seq = seq;
-    /** True for UNAVAILABLE and SHUTTING_DOWN: the same message may be published again later. */
-    this.retryable = code === 3 || code === 4;
+    /**
+     * With NOT_LEADER: the leading node's publisher URL (e.g.
+     * `tcp://10.0.0.1:7450`) when the answering node knows one, else ''.
+     * @type {string}
+     */
+    this.leader = leader ?? '';
+    /** True for UNAVAILABLE, SHUTTING_DOWN and NOT_LEADER: the same message may be published again later (or elsewhere). */
+    this.retryable = code === 3 || code === 4 || code === NOT_LEADER;
   }
 }
 
@@ -280,7 +326,8 @@ function expectWire(actual, expected, what) {
  * Decodes a `pinion.v1.Reply`: exactly one of `ack` or `nack` (absent
  * scalar fields are 0 / false / '').
  * @param {Uint8Array} bytes
- * @returns {{ack: {seq: number, offset: number, duplicate: boolean}} | {nack: {seq: number, code: number, reason: string}}}
+ * `nack.leader` (a NOT_LEADER's leader URL) is there only when the reply carries it.
+ * @returns {{ack: {seq: number, offset: number, duplicate: boolean}} | {nack: {seq: number, code: number, reason: string, leader?: string}}}
  */
 export function decodeReply(bytes) {
   const r = new ProtoReader(bytes);
@@ -307,6 +354,7 @@ export function decodeReply(bytes) {
         if (f === 1) { expectWire(w, 0, 'Nack.seq'); nack.seq = n.varint(); return true; }
         if (f === 2) { expectWire(w, 0, 'Nack.code'); nack.code = n.enumValue(); return true; }
         if (f === 3) { expectWire(w, 2, 'Nack.reason'); nack.reason = utf8Decoder.decode(n.bytes()); return true; }
+        if (f === 4) { expectWire(w, 2, 'Nack.leader'); nack.leader = utf8Decoder.decode(n.bytes()); return true; }
         return false;
       });
       result = { nack };
@@ -440,9 +488,10 @@ function toBytes(data) {
 }
 
 /**
- * One WebSocket that reconnects by itself. `handlers`: `url()` (called at
- * every attempt), `protocol`, `onOpen()`, `onMessage(data)`,
- * `onClose(event)`.
+ * One WebSocket that reconnects by itself, moving to the next of the hub's
+ * URLs after each drop or failed attempt. `handlers`: `url(node)` (called
+ * at every attempt with the node's base URL), `protocol`, `onOpen()`,
+ * `onMessage(data)`, `onClose(event)`, `onState(state)`, `onRetry(info)`.
  */
 class Link {
   constructor(hub, name, handlers) {
@@ -451,12 +500,26 @@ class Link {
     this.h = handlers;
     this.ws = null;
     this.state = 'connecting';
+    /** Connections lost or attempts failed in a row (reset once one stays up `stableMs`). */
     this.attempt = 0;
     this.retryTimer = null;
     this.stableTimer = null;
     this.closed = false;
     /** Connections opened so far (1 after the first). */
     this.opens = 0;
+    /** Index in `hub.urls` of the node this link is on, or trying. */
+    this.index = hub._startIndex;
+    /** Where the next attempt goes instead of index + 1 (a NOT_LEADER's leader), or null. */
+    this.nextIndex = null;
+    /** Ends the current socket as if it had dropped (set while there is one). */
+    this.endCurrent = null;
+    /** Index of the node whose connection last dropped or failed (not left by moveOn), until it opens again. */
+    this.downIndex = null;
+  }
+
+  /** The base URL of the node this link is on (or is trying). */
+  get node() {
+    return this.hub.urls[this.index];
   }
 
   start() {
@@ -467,7 +530,7 @@ class Link {
   setState(s) {
     if (this.state === s) return;
     this.state = s;
-    this.h.onState?.(s);
+    this.h.onState?.(s, this.node);
     this.hub._updateState();
   }
 
@@ -478,10 +541,11 @@ class Link {
     const WS = this.hub._WebSocket;
     let ws;
     try {
-      ws = this.h.protocol ? new WS(this.h.url(), this.h.protocol) : new WS(this.h.url());
+      const url = this.h.url(this.node);
+      ws = this.h.protocol ? new WS(url, this.h.protocol) : new WS(url);
     } catch (e) {
-      this.hub._error(new PinionError(`${this.name}: cannot open a WebSocket: ${e.message}`, 'PROTOCOL'));
-      this.scheduleRetry();
+      this.hub._error(new PinionError(`${this.name}: cannot open a WebSocket to ${this.node}: ${e.message}`, 'PROTOCOL'));
+      this.retry({ code: 1006, reason: `cannot open a WebSocket: ${e.message}` });
       return;
     }
     ws.binaryType = 'arraybuffer';
@@ -489,16 +553,21 @@ class Link {
     const { setTimeout, clearTimeout } = this.hub._timers;
     let opened = false;
     // The end of this socket, whichever event tells first (once).
-    const fail = (ev) => {
+    const fail = (ev, moved = false) => {
       if (this.ws !== ws) return;
       this.ws = null;
+      this.endCurrent = null;
       opened = true; // no more connect timeout
       clearTimeout(connectTimer);
       if (this.stableTimer !== null) clearTimeout(this.stableTimer);
       this.stableTimer = null;
       if (this.closed) return;
       this.h.onClose?.(ev);
-      this.scheduleRetry();
+      this.retry(ev, moved);
+    };
+    this.endCurrent = (ev) => {
+      try { ws.close(1000, 'moving to another node'); } catch { /* not open */ }
+      fail(ev, true);
     };
     // A connection attempt that hangs is given up (and closed) after
     // connectTimeout ms.
@@ -512,6 +581,7 @@ class Link {
       opened = true;
       clearTimeout(connectTimer);
       this.opens++;
+      if (this.downIndex === this.index) this.downIndex = null;
       this.setState('open');
       this.stableTimer = setTimeout(() => { this.attempt = 0; }, this.hub._stableMs);
       this.h.onOpen?.();
@@ -533,13 +603,38 @@ class Link {
     ws.onclose = (ev) => fail(ev);
   }
 
-  scheduleRetry() {
+  /**
+   * After a drop or a failed attempt: the next attempt goes to the next URL
+   * (round robin; or `nextIndex`), after a backoff delay whose ceiling
+   * doubles with each full round of failures (with one URL: each failure).
+   */
+  retry(ev, moved = false) {
     if (this.closed) return;
+    const n = this.hub.urls.length;
+    const from = this.node;
+    if (!moved) this.downIndex = this.index;
+    this.index = this.nextIndex ?? (this.index + 1) % n;
+    this.nextIndex = null;
     this.setState('connecting');
-    const delay = backoffDelay(this.attempt, this.hub._backoff, this.hub._random);
+    const delay = backoffDelay(Math.floor(this.attempt / n), this.hub._backoff, this.hub._random);
     this.attempt++;
     this.lastDelay = delay;
     this.retryTimer = this.hub._timers.setTimeout(() => this.open(), delay);
+    const info = {
+      link: this.name, node: from, next: this.node, code: ev?.code ?? 1006, reason: ev?.reason ?? '', delay, attempt: this.attempt,
+    };
+    this.h.onRetry?.(info);
+    this.hub.onreconnect?.(info);
+  }
+
+  /**
+   * Leaves the current node now (as after a drop: same backoff), for
+   * `index` if given and not the current one, else the next.
+   */
+  moveOn(index, reason) {
+    if (this.closed || !this.endCurrent) return;
+    if (index !== null && index !== undefined && index !== this.index) this.nextIndex = index;
+    this.endCurrent({ code: 1000, reason });
   }
 
   /** Sends if open; returns whether it did. */
@@ -558,6 +653,7 @@ class Link {
     this.retryTimer = this.stableTimer = null;
     const ws = this.ws;
     this.ws = null;
+    this.endCurrent = null;
     if (ws) {
       try { ws.close(code, reason); } catch { /* already closing */ }
     }
@@ -575,39 +671,50 @@ export class Subscription {
     this.hub = hub;
     /** @type {string[]} topic prefixes ([] = every topic) */
     this.topics = topics;
-    /** @type {number|null} the `from` asked for (null = live from now) */
+    /** @type {number|null} the `from` asked for (null = live from now; set by the hub's hello) */
     this.from = from;
     /** @type {number|null} offset of the last message received */
     this.lastOffset = null;
     /** Messages received. */
     this.received = 0;
-    /** Frames dropped because their offset was not above `lastOffset` (the hub promises none). */
+    /** Frames dropped because their offset was below the next one expected (the hub promises none). */
     this.duplicatesDropped = 0;
     /** @type {(msg: Message) => void} */
     this.onmessage = onmessage;
-    /** @type {((state: string) => void) | null} */
+    /** @type {((state: string, node: string) => void) | null} 'connecting' | 'open' | 'closed', and the node's base URL */
     this.onstate = null;
     /** @type {((err: PinionError) => void) | null} */
     this.onerror = null;
-    /** Set after a close with code 4008 (slow consumer): its reason text. */
+    /**
+     * @type {((info: {node: string, next: string, code: number, reason: string, delay: number, attempt: number, from: number|null}) => void) | null}
+     * Called when the connection to `node` ended (or an attempt failed):
+     * the next attempt goes to `next` in `delay` ms, resuming at `from`.
+     */
+    this.onreconnect = null;
+    /** Set after the connection ends: its close code and reason. */
     this.lastClose = null;
     this.link = new Link(hub, 'subscribe', {
-      url: () => this.url(),
+      url: (node) => this.url(node),
       protocol: SUB_PROTOCOL,
-      onState: (s) => this.onstate?.(s),
+      onState: (s, node) => this.onstate?.(s, node),
       onMessage: (data) => this.deliver(data),
       onClose: (ev) => this.closedBy(ev),
+      onRetry: (info) => this.onreconnect?.({ ...info, from: this.nextFrom() }),
     });
     hub._links.add(this.link);
     this.link.start();
   }
 
-  /** Where the next (re)connection goes: `from` is last + 1 once anything was received. */
-  url() {
+  /**
+   * Where the next (re)connection goes: the node's `/sub` with the topics
+   * and `from` (last + 1 once anything was received).
+   * @param {string} [node] a base URL (default: the node it is on or trying)
+   */
+  url(node = this.link.node) {
     const q = this.topics.map((t) => `topic=${encodeURIComponent(t)}`);
     const from = this.nextFrom();
     if (from !== null) q.push(`from=${from}`);
-    return `${this.hub.url}/sub${q.length ? `?${q.join('&')}` : ''}`;
+    return `${node}/sub${q.length ? `?${q.join('&')}` : ''}`;
   }
 
   /** The `from` of the next (re)connection, or null for live. */
@@ -619,11 +726,16 @@ export class Subscription {
     return this.link.state;
   }
 
+  /** The base URL of the node this subscription is on (or trying, while 'connecting'). */
+  get node() {
+    return this.link.node;
+  }
+
   deliver(data) {
     if (typeof data === 'string') {
       // The hello: the first offset this subscription can get. Pin a
       // "live from now" subscription there, so a reconnection before its
-      // first message still misses nothing.
+      // first message, to this node or another, still misses nothing.
       let hello;
       try {
         hello = JSON.parse(data);
@@ -638,7 +750,11 @@ export class Subscription {
     const bytes = toBytes(data);
     if (!bytes) throw new PinionError('subscribe: frame from the hub is neither text nor binary', 'PROTOCOL');
     const msg = parseSubFrame(bytes);
-    if (this.lastOffset !== null && msg.offset <= this.lastOffset) {
+    // Every node delivers the same offsets; one that sends something below
+    // the next offset expected (already delivered, or before `from`) is
+    // not believed.
+    const expected = this.nextFrom();
+    if (expected !== null && msg.offset < expected) {
       this.duplicatesDropped++;
       return;
     }
@@ -703,10 +819,28 @@ const PUB_PROTOCOL = 'rep.sp.nanomsg.org';
 const SUB_PROTOCOL = 'pinion.v1';
 const MAX_TOPIC_BYTES = 255;
 
-/** A connection to one hub: publish, subscribe, watch its stats. Made by `connect()`. */
+/**
+ * A connection to one hub, or to a cluster's nodes: publish, subscribe,
+ * watch its stats. Made by `connect()`.
+ */
 export class Hub {
   constructor(opts = {}) {
-    this.url = normalizeBaseUrl(opts.url ?? defaultBaseUrl());
+    let urls;
+    if (opts.urls !== undefined && opts.urls !== null) {
+      if (opts.url !== undefined && opts.url !== null) {
+        throw new PinionError('connect: pass either url or urls, not both', 'INVALID');
+      }
+      if (!Array.isArray(opts.urls) || opts.urls.length === 0) {
+        throw new PinionError('connect: urls must be a non-empty array of base URLs', 'INVALID');
+      }
+      urls = opts.urls.map(normalizeBaseUrl);
+    } else {
+      urls = [normalizeBaseUrl(opts.url ?? defaultBaseUrl())];
+    }
+    /** @type {readonly string[]} the nodes' base URLs, normalized, in the order given */
+    this.urls = Object.freeze(urls);
+    /** @type {string} the first of `urls` (the only one when connected with `url`) */
+    this.url = urls[0];
     this._WebSocket = opts.WebSocket ?? globalThis.WebSocket;
     if (typeof this._WebSocket !== 'function') {
       throw new PinionError(
@@ -720,6 +854,16 @@ export class Hub {
     this._stableMs = opts.stableMs ?? 5000;
     this._connectTimeout = opts.connectTimeout ?? 10000;
     this._publishTimeout = opts.publishTimeout ?? 0;
+    this._notLeaderTimeout = opts.notLeaderTimeout ?? 10000;
+    checkUint(this._notLeaderTimeout, 'notLeaderTimeout');
+    // Where every connection starts: spread over the nodes, so that many
+    // clients given the same list do not all land on the first one.
+    const start = opts.startIndex ?? (urls.length === 1 ? 0 : Math.floor(this._random() * urls.length) % urls.length);
+    if (!Number.isInteger(start) || start < 0 || start >= urls.length) {
+      throw new PinionError(`connect: startIndex must be an integer in [0, ${urls.length}), got ${start}`, 'INVALID');
+    }
+    /** @type {number} index in `urls` where each new connection starts */
+    this._startIndex = start;
     /** @type {Uint8Array} this hub object's 16-byte client id */
     this.clientId = opts.clientId ? Uint8Array.from(opts.clientId) : randomBytes(16);
     if (this.clientId.length !== 16) throw new PinionError(`clientId must be 16 bytes, got ${this.clientId.length}`, 'INVALID');
@@ -736,6 +880,12 @@ export class Hub {
     this.onstate = opts.onstate ?? null;
     /** @type {((err: PinionError) => void) | null} errors not tied to one call (protocol errors, replay failures) */
     this.onerror = opts.onerror ?? null;
+    /**
+     * @type {((info: {link: string, node: string, next: string, code: number, reason: string, delay: number, attempt: number}) => void) | null}
+     * Called whenever one of its connections ('publish', 'subscribe',
+     * 'stats') ended or failed to open: the next attempt goes to `next` in `delay` ms.
+     */
+    this.onreconnect = opts.onreconnect ?? null;
     this._updateState();
   }
 
@@ -746,6 +896,11 @@ export class Hub {
   /** Publishes not yet acked. */
   get pendingCount() {
     return this._pending.size;
+  }
+
+  /** The base URL the publish connection is on (or trying), null before the first publish. */
+  get publishNode() {
+    return this._pub ? this._pub.node : null;
   }
 
   _error(err) {
@@ -811,12 +966,16 @@ export class Hub {
       const requestId = (0x80000000 | this._nextRequest) >>> 0;
       const frame = encodePubRequest(requestId, { clientId: this.clientId, seq, topic: topicBytes, payload: body });
       return new Promise((resolve, reject) => {
-        const p = { seq, frame, resolve, reject, timer: null };
+        // lastNack: the last NOT_LEADER answer while it moves between nodes.
+        const p = { seq, frame, resolve, reject, timer: null, lastNack: null };
         const timeout = opts.timeout ?? this._publishTimeout;
         if (timeout > 0) {
           p.timer = this._timers.setTimeout(() => {
             this._pending.delete(requestId);
-            reject(new PinionError(`publish seq ${seq}: no ack within ${timeout} ms (it may still be logged)`, 'TIMEOUT'));
+            const last = p.lastNack ? `; the last answer was ${p.lastNack.codeName} from ${p.lastNack.node}` : '';
+            const err = new PinionError(`publish seq ${seq}: no ack within ${timeout} ms (it may still be logged)${last}`, 'TIMEOUT');
+            if (p.lastNack) err.cause = p.lastNack;
+            reject(err);
           }, timeout);
         }
         this._pending.set(requestId, p);
@@ -830,7 +989,7 @@ export class Hub {
   _pubLink() {
     if (!this._pub) {
       this._pub = new Link(this, 'publish', {
-        url: () => `${this.url}/pub`,
+        url: (node) => `${node}/pub`,
         protocol: PUB_PROTOCOL,
         // Requests unanswered on the previous connection go again, same
         // request id and same seq: the hub answers a retry with the
@@ -874,6 +1033,10 @@ export class Hub {
     const { requestId, reply } = decodePubReply(bytes);
     const p = this._pending.get(requestId);
     if (!p) return; // answered already (a resend's second answer), or timed out
+    if (reply.nack && reply.nack.code === NOT_LEADER && this.urls.length > 1) {
+      this._notLeader(reply.nack);
+      return;
+    }
     this._pending.delete(requestId);
     if (p.timer !== null) this._timers.clearTimeout(p.timer);
     if (reply.ack) {
@@ -889,14 +1052,59 @@ export class Hub {
   }
 
   /**
+   * A node answered NOT_LEADER (nothing was logged there): with several
+   * URLs, every unanswered publish stays pending and the `/pub` connection
+   * moves on, to the leader if its URL names the host of exactly one of
+   * ours, else to the next URL; there the publishes are sent again with
+   * the same request ids and seqs. A publish's `timeout` bounds this;
+   * without one, `notLeaderTimeout` (from the first NOT_LEADER) does, and
+   * the publish then rejects with the last NOT_LEADER NackError.
+   */
+  _notLeader(nack) {
+    const link = this._pub;
+    const node = link.node;
+    for (const [id, q] of this._pending) {
+      q.lastNack = new NackError({ ...nack, seq: q.seq });
+      q.lastNack.node = node;
+      if (q.timer === null) {
+        q.timer = this._timers.setTimeout(() => {
+          this._pending.delete(id);
+          q.reject(q.lastNack);
+        }, this._notLeaderTimeout);
+      }
+    }
+    link.moveOn(this._leaderIndex(nack.leader), `NOT_LEADER${nack.leader ? ` (leader ${nack.leader})` : ''}`);
+  }
+
+  /**
+   * The index in `urls` of the one URL on the host of a NOT_LEADER's leader
+   * URL, else null; null too when that node's connection was the last to
+   * fail (a follower names a dead leader until the next election: the
+   * next URL may be the new one).
+   */
+  _leaderIndex(leader) {
+    if (!leader) return null;
+    let host;
+    try {
+      host = new URL(leader).hostname;
+    } catch {
+      return null;
+    }
+    if (!host) return null;
+    const found = [];
+    this.urls.forEach((u, i) => { if (new URL(u).hostname === host) found.push(i); });
+    return found.length === 1 && found[0] !== this._pub.downIndex ? found[0] : null;
+  }
+
+  /**
    * Calls `onstats(object)` with each `/stats` JSON frame (every 500 ms),
-   * reconnecting like the other connections.
-   * @returns {{close(): void, readonly state: string}}
+   * reconnecting (and moving between `urls`) like the other connections.
+   * @returns {{close(): void, readonly state: string, readonly node: string}}
    */
   watchStats(onstats) {
     if (this._closed) throw new PinionError('watchStats on a closed hub', 'CLOSED');
     const link = new Link(this, 'stats', {
-      url: () => `${this.url}/stats`,
+      url: (node) => `${node}/stats`,
       onMessage: (data) => {
         if (typeof data !== 'string') throw new PinionError('stats: binary frame from the hub, expected JSON text', 'PROTOCOL');
         onstats(JSON.parse(data));
@@ -907,6 +1115,7 @@ export class Hub {
     return {
       close: () => link.close(1000, 'done'),
       get state() { return link.state; },
+      get node() { return link.node; },
     };
   }
 
@@ -931,6 +1140,12 @@ export class Hub {
  * Connects to a pinion hub's HTTP port.
  * @param {object} [opts]
  * @param {string} [opts.url] the hub's base URL (ws://, wss://, http:// or https://; default: this page's host)
+ * @param {string[]} [opts.urls] instead of `url`: the base URLs of several nodes of one cluster (each
+ *   connection moves to the next after a drop; publishes answered NOT_LEADER are sent again elsewhere)
+ * @param {number} [opts.startIndex] where in `urls` connections start (default: random, to spread clients)
+ * @param {number} [opts.notLeaderTimeout] with several urls and no publish timeout: how long (ms) a publish
+ *   answered NOT_LEADER is retried on other nodes before it rejects with that NackError (default 10000)
+ * @param {(info: object) => void} [opts.onreconnect] called when a connection ends or fails (see `Hub.onreconnect`)
  * @param {Function} [opts.WebSocket] WebSocket constructor (default: globalThis.WebSocket)
  * @param {{min?: number, max?: number}} [opts.backoff] reconnect delays in ms (default 100 .. 10000)
  * @param {number} [opts.publishTimeout] default `timeout` of publish(), ms (0 = none)
