@@ -516,6 +516,32 @@ test('urls: each drop or failed attempt moves to the next URL, round robin, from
   hub.close();
 });
 
+test('urls: without startIndex each hub object tries the others in its own random order, so a dead node\'s clients spread', () => {
+  const D = 'ws://d.test:7452';
+  // 200 hub objects all starting on A (random() = 0 picks index 0 and
+  // keeps the shuffle's first draws at 0), then Math.random for the order.
+  const seconds = new Map();
+  for (let i = 0; i < 200; i++) {
+    let first = true;
+    const random = () => { if (first) { first = false; return 0; } return Math.random(); };
+    const { hub, ws, timers } = setup({ url: undefined, urls: [A, B, C, D], startIndex: undefined, random });
+    const sub = hub.subscribe({ from: 0 }, () => {});
+    assert.equal(sub.node, A);
+    // Each tries every node once per round, A first.
+    const round = [nodeOf(ws.last())];
+    for (let k = 0; k < 3; k++) {
+      ws.last().drop(1006);
+      timers.advance(timers.pending().find((d) => d <= 10000));
+      round.push(nodeOf(ws.last()));
+    }
+    assert.deepEqual([...round].sort(), [A, B, C, D], round.join(' '));
+    seconds.set(round[1], (seconds.get(round[1]) ?? 0) + 1);
+    hub.close();
+  }
+  // A dies: where its 200 clients go next. Round robin would send all to B.
+  for (const n of [B, C, D]) assert.ok((seconds.get(n) ?? 0) >= 30, JSON.stringify([...seconds]));
+});
+
 test('urls: backoff grows per full round of failures; a stable connection resets it', () => {
   const { hub, ws, timers } = setupMulti();
   hub.subscribe({}, () => {});

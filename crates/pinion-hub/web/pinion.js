@@ -79,7 +79,9 @@
  *   same log and delivers the same offsets). Each connection starts on
  *   one of the URLs (`startIndex`, random by default, so that clients
  *   spread over the nodes) and, after a drop or a failed attempt, moves to
- *   the next one in the list (round robin). The delay before each attempt
+ *   the next one in this hub object's own order of the others (a random
+ *   permutation, so that the clients of a node that dies spread over the
+ *   rest; with `startIndex` given: round robin from it). The delay before each attempt
  *   is the backoff above, whose ceiling doubles after each full round of
  *   failures rather than after each one. A subscription resumes on the
  *   next node at `from = last + 1` (or at its `from`, or the hello's `N`
@@ -508,7 +510,9 @@ class Link {
     /** Connections opened so far (1 after the first). */
     this.opens = 0;
     /** Index in `hub.urls` of the node this link is on, or trying. */
-    this.index = hub._startIndex;
+    this.index = hub._order[0];
+    /** Position of `index` in `hub._order`. */
+    this.pos = 0;
     /** Where the next attempt goes instead of index + 1 (a NOT_LEADER's leader), or null. */
     this.nextIndex = null;
     /** Ends the current socket as if it had dropped (set while there is one). */
@@ -605,7 +609,7 @@ class Link {
 
   /**
    * After a drop or a failed attempt: the next attempt goes to the next URL
-   * (round robin; or `nextIndex`), after a backoff delay whose ceiling
+   * in `hub._order` (or `nextIndex`), after a backoff delay whose ceiling
    * doubles with each full round of failures (with one URL: each failure).
    */
   retry(ev, moved = false) {
@@ -613,7 +617,13 @@ class Link {
     const n = this.hub.urls.length;
     const from = this.node;
     if (!moved) this.downIndex = this.index;
-    this.index = this.nextIndex ?? (this.index + 1) % n;
+    if (this.nextIndex !== null && this.nextIndex !== undefined) {
+      this.index = this.nextIndex;
+      this.pos = Math.max(0, this.hub._order.indexOf(this.index));
+    } else {
+      this.pos = (this.pos + 1) % n;
+      this.index = this.hub._order[this.pos];
+    }
     this.nextIndex = null;
     this.setState('connecting');
     const delay = backoffDelay(Math.floor(this.attempt / n), this.hub._backoff, this.hub._random);
@@ -864,6 +874,20 @@ export class Hub {
     }
     /** @type {number} index in `urls` where each new connection starts */
     this._startIndex = start;
+    // The order connections try the URLs in: from the start on, the others
+    // in a random order of this hub's own (with startIndex given: round
+    // robin from it). So when a node dies, the clients it served spread
+    // over the others instead of all moving to the same next one.
+    const rest = [];
+    for (let k = 1; k < urls.length; k++) rest.push((start + k) % urls.length);
+    if (opts.startIndex === undefined || opts.startIndex === null) {
+      for (let k = rest.length - 1; k > 0; k--) {
+        const j = Math.floor(this._random() * (k + 1)) % (k + 1);
+        [rest[k], rest[j]] = [rest[j], rest[k]];
+      }
+    }
+    /** @type {number[]} */
+    this._order = Object.freeze([start, ...rest]);
     /** @type {Uint8Array} this hub object's 16-byte client id */
     this.clientId = opts.clientId ? Uint8Array.from(opts.clientId) : randomBytes(16);
     if (this.clientId.length !== 16) throw new PinionError(`clientId must be 16 bytes, got ${this.clientId.length}`, 'INVALID');
