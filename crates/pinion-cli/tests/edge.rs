@@ -407,6 +407,11 @@ fn an_edge_node_killed_mid_stream_its_subscribers_resume_elsewhere() {
     add_node(&mut nodes, &mut peers, &dir, (4, 50, l), "--learner");
     add_node(&mut nodes, &mut peers, &dir, (5, 50, l), "--learner");
 
+    for n in nodes.values() {
+        wait_for("every node ready", Duration::from_secs(10), || {
+            http_get(&n.spec.http, "/ready").is_some_and(|r| r.0 == 200)
+        });
+    }
     // HAProxy in front of all five.
     let ports = (free_port(ip), free_port(ip), free_port(ip));
     let cfg = haproxy_config(&dir, ip, ports, &nodes);
