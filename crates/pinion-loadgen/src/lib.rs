@@ -159,6 +159,15 @@ pub struct PublishArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// `--target cluster`: also start L non-voting nodes (learners, added
+    /// once caught up), to measure commit latency with edge nodes present.
+    #[arg(long, default_value_t = 0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub learners: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Parses command-line style arguments (the first is the program name)
@@ -201,6 +210,16 @@ impl PublishArgs {
         }
         if self.size > 64 << 20 {
             return bad(format!("--size {}: at most 64 MiB", self.size));
+        }
+        if self.learners > 0 && !self.targets.contains(&Target::Cluster) {
+            return bad("--learners is for --target cluster".into());
+        }
+        if cluster::NODES + self.learners > cluster::MAX_NODES {
+            return bad(format!(
+                "--learners {}: at most {}",
+                self.learners,
+                cluster::MAX_NODES - cluster::NODES
+            ));
         }
         if !(self.duration > 0.0 && self.duration <= 86_400.0) {
             return bad(format!("--duration {}: must be > 0", self.duration));
@@ -607,7 +626,8 @@ fn run_target(
         }
         Target::Cluster => {
             let bar = progress_bar(args, label("cluster"));
-            let mut c = cluster::start(pinion_exe, args.size)?;
+            let mut c =
+                cluster::start_spec(pinion_exe, &cluster::Spec::publish_bench(args.size, args.learners))?;
             let w = Arc::new(pinion::PinionWorkload {
                 addr: c.leader_addr,
                 payload: payload.clone(),
@@ -628,10 +648,19 @@ fn run_target(
             Ok(vec![(
                 spec(
                     t,
-                    "cluster (3 nodes)",
+                    &if args.learners == 0 {
+                        "cluster (3 nodes)".to_string()
+                    } else {
+                        format!("cluster (3 voters + {} learners)", args.learners)
+                    },
                     format!(
-                        "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25), clients on the leader; server CPU = the leader's only (the followers' is not counted as other processes)",
-                        pinion_exe.display()
+                        "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25){}, clients on the leader; server CPU = the leader's only (the other nodes' is not counted as other processes)",
+                        pinion_exe.display(),
+                        if args.learners == 0 {
+                            String::new()
+                        } else {
+                            format!(", plus {} non-voting learners added and caught up before measuring", args.learners)
+                        }
                     ),
                     "committed: appended and fdatasync'ed on a majority of the 3 nodes (each with group commit) and applied by the leader",
                     true,
