@@ -114,7 +114,7 @@ pub(crate) struct Metrics {
 }
 
 /// `GET path` on the hub's HTTP port; returns the body.
-fn http_get(http: SocketAddr, path: &str) -> Result<String, String> {
+pub(crate) fn http_get(http: SocketAddr, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(5))
         .map_err(|e| format!("connecting to {http}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -168,6 +168,58 @@ pub(crate) fn parse_metrics(body: &str) -> Result<Metrics, String> {
         return Err("no pinion_subscribers{transport=\"ws\"} in /metrics".into());
     }
     Ok(m)
+}
+
+/// Reads every node's `/metrics` and adds them up.
+pub(crate) fn metrics_sum(https: &[SocketAddr]) -> Result<Metrics, String> {
+    let mut sum = Metrics::default();
+    for &h in https {
+        let m = metrics(h).map_err(|e| format!("{h}: {e}"))?;
+        sum.subscribers_ws += m.subscribers_ws;
+        sum.slow_disconnects += m.slow_disconnects;
+        sum.delivered += m.delivered;
+    }
+    Ok(sum)
+}
+
+/// A cluster node's Raft figures from its `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ClusterMetrics {
+    pub role: Option<u64>,
+    pub is_leader: bool,
+    pub log_next: Option<u64>,
+    pub applied_next: Option<u64>,
+    /// The leader's view: (peer id, entries behind).
+    pub peer_lag: Vec<(u64, u64)>,
+}
+
+pub(crate) fn parse_cluster_metrics(body: &str) -> ClusterMetrics {
+    let mut m = ClusterMetrics::default();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let v = v.max(0.0) as u64;
+        match name {
+            "pinion_cluster_role" => m.role = Some(v),
+            "pinion_cluster_is_leader" => m.is_leader = v == 1,
+            "pinion_cluster_log_next" => m.log_next = Some(v),
+            "pinion_cluster_applied_next" => m.applied_next = Some(v),
+            _ => {
+                if let Some(peer) = name
+                    .strip_prefix("pinion_cluster_peer_lag{peer=\"")
+                    .and_then(|r| r.strip_suffix("\"}"))
+                    .and_then(|p| p.parse().ok())
+                {
+                    m.peer_lag.push((peer, v));
+                }
+            }
+        }
+    }
+    m
 }
 
 /// Resident memory of a process (`VmRSS` of `/proc/<pid>/status`), bytes.
@@ -305,6 +357,20 @@ mod tests {
             (100_000, 3, 12)
         );
         assert!(parse_metrics("pinion_delivered_total 1\n").is_err());
+    }
+
+    #[test]
+    fn cluster_metrics_text() {
+        let body = "# TYPE x\npinion_cluster_role 3\npinion_cluster_is_leader 1\n\
+                    pinion_cluster_log_next 120\npinion_cluster_applied_next 118\n\
+                    pinion_cluster_peer_lag{peer=\"2\"} 0\npinion_cluster_peer_lag{peer=\"4\"} 17\n\
+                    pinion_cluster_peer_lag{peer=\"x\"} 3\npinion_cluster_term nan\n";
+        let m = parse_cluster_metrics(body);
+        assert_eq!(m.role, Some(3));
+        assert!(m.is_leader);
+        assert_eq!((m.log_next, m.applied_next), (Some(120), Some(118)));
+        assert_eq!(m.peer_lag, vec![(2, 0), (4, 17)]);
+        assert_eq!(parse_cluster_metrics(""), ClusterMetrics::default());
     }
 
     #[test]

@@ -56,18 +56,26 @@ use serde::Serialize;
 use crate::driver::new_histogram;
 use crate::error::LoadgenError;
 use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
-use crate::server::{self, check_interrupted, ServerGuard};
+use crate::server::{self, check_interrupted};
 
 mod clients;
 mod hub;
 mod paced;
 mod per_topic;
+mod nodes;
 mod topics;
+mod workers;
 mod ws;
 
 use clients::{ClientPlan, Clients, Outcome, Target};
 use hub::{HubAddrs, Publisher};
+pub use nodes::NodeRun;
 pub use per_topic::{TopicsRun, TopicsSummary};
+pub use workers::run_fanout_worker;
+
+use crate::targets::cluster;
+use nodes::Site;
+use workers::{Subs, Workers};
 pub use topics::Topics;
 
 /// Connections per 127.0.0.x source address (see `driver::source_addr`).
@@ -208,6 +216,22 @@ pub struct FanoutArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Start a local cluster of N voters (each `pinion serve --node-id` its
+    /// own process on 127.0.0.1) instead of one hub, spread the subscribers
+    /// evenly over every node and hold them in worker processes (each at
+    /// most --worker-connections); publish to the leader. Absent: one hub.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
+    /// With --nodes: also L non-voting learners (edge nodes), added once a
+    /// leader exists and caught up before subscribers connect.
+    #[arg(long, value_name = "L", default_value_t = 0, requires = "nodes")]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub learners: usize,
+    /// With --nodes: most subscribers one worker process holds.
+    #[arg(long, value_name = "K", default_value_t = workers::MAX_PER_WORKER, hide = true)]
+    #[serde(skip)]
+    pub worker_connections: usize,
 }
 
 fn no_idle(v: &[usize]) -> bool {
@@ -296,6 +320,28 @@ impl FanoutArgs {
         }
         if let Some(i) = self.idle.iter().find(|&&i| i > 1_000_000) {
             return bad(format!("--idle {i}: at most 1000000"));
+        }
+        if let Some(nodes) = self.nodes {
+            if nodes == 0 || nodes + self.learners > cluster::MAX_NODES {
+                return bad(format!(
+                    "--nodes {nodes} --learners {}: 1 to {} nodes in all",
+                    self.learners,
+                    cluster::MAX_NODES
+                ));
+            }
+            if self.hub_url.is_some() {
+                return bad("--nodes starts its own cluster: it does not go with --hub-url".into());
+            }
+            if self.slow > 0 || !no_idle(&self.idle) {
+                return bad("--slow and --idle are not supported with --nodes (yet)".into());
+            }
+            if !(1..=workers::MAX_PER_WORKER).contains(&self.worker_connections) {
+                return bad(format!(
+                    "--worker-connections {}: must be 1..={}",
+                    self.worker_connections,
+                    workers::MAX_PER_WORKER
+                ));
+            }
         }
         let Some(topics) = self.topics else {
             for (flag, given) in [
@@ -521,6 +567,18 @@ pub struct FanoutRun {
     /// latencies, ACK times and CPU).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_topic: Option<TopicsRun>,
+    /// Deliveries a subscriber received more than once (broadcast: beyond
+    /// the messages published; per-topic: see `per_topic`).
+    pub duplicates: u64,
+    /// `--nodes`: per node, its role, subscribers, CPU per delivery,
+    /// memory per idle connection, replication lag, missing and duplicate
+    /// deliveries (the top-level memory and CPU figures are the nodes'
+    /// sums).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeRun>,
+    /// `--nodes`: subscriber worker processes.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub workers: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -540,6 +598,7 @@ impl FanoutRun {
     /// failed or got anything.
     pub fn complete(&self) -> bool {
         self.missing == 0
+            && self.duplicates == 0
             && self.out_of_order == 0
             && self.closed_by_hub.is_empty()
             && self.dropped_by_hub == 0
@@ -606,6 +665,16 @@ impl FanoutSummary {
             .filter(|r| r.per_topic.is_some() && !r.complete())
             .count()
     }
+
+    /// Runs that must be complete and were not: per-topic runs, and every
+    /// multi-node run (`--nodes`; missing or duplicate deliveries anywhere).
+    /// `pinion bench fanout` exits non-zero when there is any.
+    pub fn failures(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|r| (r.per_topic.is_some() || !r.nodes.is_empty()) && !r.complete())
+            .count()
+    }
 }
 
 /// Runs the fan-out bench for every `--connections` value, `--runs` times
@@ -622,7 +691,17 @@ pub fn run_fanout(
     server::install_signal_handlers();
     let configs = args.configs();
     let most = configs.iter().map(|&(n, i)| n + i).max().unwrap_or(0) + args.slow;
-    let need = most as u64 + FD_MARGIN;
+    if let Some(voters) = args.nodes {
+        check_capacity(most, voters + args.learners, args.worker_connections)?;
+    }
+    // With --nodes the subscribers live in worker processes (which inherit
+    // this limit), at most --worker-connections each.
+    let in_process = if args.nodes.is_some() {
+        most.min(args.worker_connections)
+    } else {
+        most
+    };
+    let need = in_process as u64 + FD_MARGIN;
     let limit = pinion_runtime::sys::raise_fd_limit(need.max(1 << 20))
         .map_err(|e| LoadgenError::io("raising the open-file limit", e))?;
     if limit < need {
@@ -747,6 +826,73 @@ fn conn_label(n: usize, idle: usize) -> String {
     }
 }
 
+/// Memory the machine needs per subscriber in a multi-node run, bytes: the
+/// hub's (≤ 8 KiB), the worker's (about 3 KiB) and both ends' kernel
+/// socket memory (about 8 KiB), rounded up.
+const BYTES_PER_SUBSCRIBER: u64 = 24 * 1024;
+
+/// Checks up front that `n` subscribers fit on `nodes` nodes (at most
+/// [`nodes::MAX_PER_NODE`] each: one process holds at most ~19,950 open
+/// files here), in workers of `per_worker`, and in the memory available.
+fn check_capacity(n: usize, nodes: usize, per_worker: usize) -> Result<(), LoadgenError> {
+    let per_node = n.div_ceil(nodes.max(1));
+    if per_node > nodes::MAX_PER_NODE {
+        return Err(LoadgenError::Capacity {
+            what: format!("{n} subscribers over {nodes} nodes: {per_node} connections on one node"),
+            need: per_node as u64,
+            limit: nodes::MAX_PER_NODE as u64,
+            advice: format!(
+                "one process may hold at most about 19,950 open files here; use at least {} nodes \
+                 (--nodes + --learners)",
+                n.div_ceil(nodes::MAX_PER_NODE)
+            ),
+        });
+    }
+    let hard = fd_hard_limit();
+    if let Some(h) = hard.filter(|&h| h < per_worker as u64 + FD_MARGIN) {
+        return Err(LoadgenError::Capacity {
+            what: format!("a worker process holding {per_worker} subscribers (open files)"),
+            need: per_worker as u64 + FD_MARGIN,
+            limit: h,
+            advice: format!("lower --worker-connections, or {}", fd_limit_hint()),
+        });
+    }
+    if let Some(avail) = mem_available() {
+        let need = n as u64 * BYTES_PER_SUBSCRIBER;
+        if need > avail {
+            return Err(LoadgenError::Capacity {
+                what: format!("{n} subscribers (memory, about 24 KiB each: hub, worker and kernel)"),
+                need,
+                limit: avail,
+                advice: "ask for fewer --connections, or free memory (MemAvailable)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// This process's hard open-file limit.
+fn fd_hard_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_max)
+}
+
+/// `MemAvailable` of `/proc/meminfo`, bytes.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line["MemAvailable:".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
 /// Checks the hub may open files enough for `conns` connections.
 fn check_hub_fds(hub_pid: Option<u32>, conns: usize) -> Result<(), LoadgenError> {
     if let Some(limit) = hub_pid.and_then(fd_limit_of) {
@@ -788,6 +934,7 @@ fn open_idle(
     let bar = progress(args, idle as u64, format!("idle {label}"));
     let plan = ClientPlan {
         http,
+        target_offset: 0,
         target: Target::Idle,
         first_idx: n.next_multiple_of(PER_SOURCE_ADDR),
         count: idle,
@@ -800,7 +947,7 @@ fn open_idle(
         key_seed: crate::rand_u64(),
     };
     let (c, _) = connect_all(plan, &bar)?;
-    wait_hub_count(http, before + idle as u64, true, idle)?;
+    wait_hub_count(&[http], before + idle as u64, true, idle)?;
     bar.finish_and_clear();
     Ok(Some(c))
 }
@@ -828,23 +975,44 @@ fn progress(args: &FanoutArgs, len: u64, prefix: String) -> ProgressBar {
     bar
 }
 
+/// The processes whose CPU a phase reads: the hubs (one, or every node of
+/// a cluster) and the bench's own worker processes (counted with the
+/// bench, not as other processes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pids {
+    pub hubs: Vec<u32>,
+    pub bench: Vec<u32>,
+}
+
 /// CPU readings at a phase's edges.
-struct Cpu {
+pub(crate) struct Cpu {
     at: Instant,
-    hub: Option<Duration>,
+    /// Per hub PID.
+    hubs: Vec<Option<Duration>>,
+    /// This process and its workers.
     me: Option<Duration>,
     /// Machine-wide (task time, interrupt + softirq time).
     machine: Option<(Duration, Duration)>,
 }
 
 impl Cpu {
-    fn now(hub_pid: Option<u32>) -> Cpu {
+    pub(crate) fn now(p: &Pids) -> Cpu {
+        let of = |pid: &u32| server::cpu_time_of(&format!("/proc/{pid}/stat"));
+        let workers: Option<Duration> = p.bench.iter().map(of).sum();
         Cpu {
             at: Instant::now(),
-            hub: hub_pid.and_then(|p| server::cpu_time_of(&format!("/proc/{p}/stat"))),
-            me: server::self_cpu_time(),
+            hubs: p.hubs.iter().map(of).collect(),
+            me: server::self_cpu_time().and_then(|m| Some(m + workers?)),
             machine: machine_times(),
         }
+    }
+
+    /// The hubs' CPU time together (`None` if any could not be read).
+    fn hub(&self) -> Option<Duration> {
+        if self.hubs.is_empty() {
+            return None;
+        }
+        self.hubs.iter().copied().sum()
     }
 }
 
@@ -873,7 +1041,7 @@ fn machine_times() -> Option<(Duration, Duration)> {
 }
 
 /// CPU over a phase, % of one core.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct CpuUse {
     hub: Option<f64>,
     me: Option<f64>,
@@ -884,6 +1052,8 @@ struct CpuUse {
     /// The hub's and the bench's CPU seconds.
     hub_secs: Option<f64>,
     me_secs: Option<f64>,
+    /// Per hub PID, its CPU seconds.
+    per_hub_secs: Vec<Option<f64>>,
 }
 
 fn cpu_between(a: &Cpu, b: &Cpu) -> CpuUse {
@@ -892,7 +1062,8 @@ fn cpu_between(a: &Cpu, b: &Cpu) -> CpuUse {
         Some(y?.checked_sub(x?)?.as_secs_f64())
     };
     let pct = |s: Option<f64>| s.filter(|_| wall > 0.0).map(|s| 100.0 * s / wall);
-    let (hub_secs, me_secs) = (d(a.hub, b.hub), d(a.me, b.me));
+    let (hub_secs, me_secs) = (d(a.hub(), b.hub()), d(a.me, b.me));
+    let per_hub_secs = a.hubs.iter().zip(&b.hubs).map(|(x, y)| d(*x, *y)).collect();
     let (hub, me) = (pct(hub_secs), pct(me_secs));
     let tasks = pct(d(a.machine.map(|m| m.0), b.machine.map(|m| m.0)));
     let softirq = pct(d(a.machine.map(|m| m.1), b.machine.map(|m| m.1)));
@@ -904,6 +1075,7 @@ fn cpu_between(a: &Cpu, b: &Cpu) -> CpuUse {
         softirq,
         hub_secs,
         me_secs,
+        per_hub_secs,
     }
 }
 
@@ -916,7 +1088,7 @@ fn count_deadline(n: usize) -> Instant {
 /// Waits until the hub's `/metrics` counts `want` WebSocket subscribers
 /// (`at_least`: or more; else: at most).
 fn wait_hub_count(
-    http: std::net::SocketAddr,
+    https: &[std::net::SocketAddr],
     want: u64,
     at_least: bool,
     n: usize,
@@ -925,7 +1097,7 @@ fn wait_hub_count(
     let mut last = None;
     loop {
         check_interrupted()?;
-        match hub::metrics(http) {
+        match hub::metrics_sum(https) {
             Ok(m) => {
                 if (at_least && m.subscribers_ws >= want) || (!at_least && m.subscribers_ws <= want)
                 {
@@ -960,7 +1132,56 @@ fn wait_hub_count(
 fn connect_all(plan: ClientPlan, bar: &ProgressBar) -> Result<(Clients, f64), LoadgenError> {
     let n = plan.count;
     let t0 = Instant::now();
-    let c = Clients::start(plan)?;
+    let mut c = Clients::start(plan)?;
+    wait_connected(&mut c, n, t0, bar)?;
+    Ok((c, t0.elapsed().as_secs_f64()))
+}
+
+/// Opens the run's `plan.count` subscribers: in this process for one hub;
+/// for a cluster spread evenly over every node and held by worker
+/// processes (`spec` tells them what to subscribe to). Shows progress
+/// until every one is connected.
+fn open_subscribers(
+    args: &FanoutArgs,
+    site: &Site,
+    pinion_exe: &Path,
+    plan: ClientPlan,
+    spec: workers::TargetSpec,
+    base_mono_ns: u64,
+    bar: &ProgressBar,
+) -> Result<Subs, LoadgenError> {
+    let n = plan.count;
+    let t0 = Instant::now();
+    let mut subs = if site.multi() {
+        let plans = workers::layout(n, &site.https(), args.worker_connections)
+            .into_iter()
+            .map(|assignments| workers::WorkerPlan {
+                assignments,
+                target: spec.clone(),
+                threads: args.threads,
+                messages: plan.messages,
+                phase_split: plan.phase_split,
+                base_mono_ns,
+                concurrency: args.connect_concurrency,
+                key_seed: plan.key_seed,
+            })
+            .collect();
+        Subs::Remote(Workers::start(pinion_exe, plans)?)
+    } else {
+        Subs::Local(Clients::start(plan)?)
+    };
+    wait_connected(&mut subs, n, t0, bar)?;
+    Ok(subs)
+}
+
+/// Waits, showing progress, until `n` subscribers are connected (or one
+/// failed, or the deadline passed).
+fn wait_connected(
+    c: &mut impl workers::Counts,
+    n: usize,
+    t0: Instant,
+    bar: &ProgressBar,
+) -> Result<(), LoadgenError> {
     let deadline = count_deadline(n) + Duration::from_millis(n as u64);
     let mut last = (Instant::now(), 0usize);
     let mut rate = 0.0;
@@ -970,7 +1191,7 @@ fn connect_all(plan: ClientPlan, bar: &ProgressBar) -> Result<(Clients, f64), Lo
         let now = Instant::now();
         let dt = now.duration_since(last.0).as_secs_f64();
         if dt >= 0.5 {
-            rate = (ok - last.1) as f64 / dt;
+            rate = ok.saturating_sub(last.1) as f64 / dt;
             last = (now, ok);
         }
         let total_rate = ok as f64 / now.duration_since(t0).as_secs_f64().max(1e-9);
@@ -993,7 +1214,7 @@ fn connect_all(plan: ClientPlan, bar: &ProgressBar) -> Result<(Clients, f64), Lo
                     first: c.first_error().unwrap_or_default(),
                 });
             }
-            return Ok((c, t0.elapsed().as_secs_f64()));
+            return Ok(());
         }
         if server::interrupted() {
             return Err(LoadgenError::Interrupted);
@@ -1045,9 +1266,9 @@ fn publish_phase(
     args: &FanoutArgs,
     p: &PhasePlan<'_>,
     publisher: &mut Publisher,
-    clients: &Clients,
+    clients: &Subs,
     base: Instant,
-    hub_pid: Option<u32>,
+    pids: &Pids,
     bar: &ProgressBar,
 ) -> Result<Published, LoadgenError> {
     let publish_err = |e: String| LoadgenError::Setup {
@@ -1068,7 +1289,7 @@ fn publish_phase(
     };
     bar.set_length(p.count as u64);
     bar.set_position(0);
-    let c0 = Cpu::now(hub_pid);
+    let c0 = Cpu::now(pids);
     let mut attached = p.slow.map(|(k, _)| k as u64);
     for k in 0..p.count {
         check_interrupted()?;
@@ -1118,7 +1339,7 @@ fn publish_phase(
         ));
         server::sleep_interruptible(Duration::from_millis(args.interval_ms))?;
     }
-    out.cpu = cpu_between(&c0, &Cpu::now(hub_pid));
+    out.cpu = cpu_between(&c0, &Cpu::now(pids));
     Ok(out)
 }
 
@@ -1149,7 +1370,7 @@ fn phase_result(
     let delivered: u64 = (p.first..p.first + pubd.sent_ns.len())
         .map(|i| arrivals[i])
         .sum();
-    let c = pubd.cpu;
+    let c = &pubd.cpu;
     Phase {
         messages: pubd.sent_ns.len(),
         subscribers: p.subscribers,
@@ -1191,15 +1412,14 @@ fn one_run(
     } else {
         conn_label(n, idle)
     };
-    let (mut guard, addrs): (Option<ServerGuard>, HubAddrs) = match external {
-        Some(a) => (None, a),
-        None => {
-            let (g, a) = hub::start(pinion_exe, &args.fsync, args.max_payload())?;
-            (Some(g), a)
-        }
-    };
-    let hub_pid = guard.as_ref().map(|g| g.pid()).or(args.hub_pid);
-    check_hub_fds(hub_pid, n + idle + args.slow)?;
+    let mut site = Site::start(args, pinion_exe, external)?;
+    let addrs = site.addrs;
+    let https = site.https();
+    let hub_pid = site.leader_pid();
+    for (j, node) in site.nodes.iter().enumerate() {
+        let on_node = nodes::node_range(j, n, https.len()).len();
+        check_hub_fds(node.pid, on_node + idle + args.slow)?;
+    }
     let setup = |e: String| LoadgenError::Setup {
         target: "pinion",
         reason: e,
@@ -1213,12 +1433,14 @@ fn one_run(
         .publish(&format!("warmup-{tag}"), vec![b'w'; 16])
         .map_err(setup)?;
     server::sleep_interruptible(Duration::from_millis(500))?;
-    let base = Instant::now();
+    let base_mono = workers::mono_ns();
+    let base = workers::instant_at(base_mono);
     // Idle subscribers first: the memory figures below are the measured
     // subscribers' alone.
     let idle_clients = open_idle(args, addrs.http, n, idle, base, &label)?;
-    let baseline = hub::metrics(addrs.http).map_err(setup)?;
-    let rss0 = hub_pid.and_then(hub::rss_bytes);
+    let baseline = hub::metrics_sum(&https).map_err(setup)?;
+    let rss0s = node_rss(&site);
+    let rss0 = sum_opt(&rss0s);
     let slab0 = hub::slab_bytes();
 
     // Connect.
@@ -1227,6 +1449,7 @@ fn one_run(
     let bar = progress(args, n as u64, format!("connect {label}"));
     let plan = ClientPlan {
         http: addrs.http,
+        target_offset: 0,
         target: Target::Fixed(format!("/sub?topic={topic}")),
         first_idx: 0,
         count: n,
@@ -1239,14 +1462,20 @@ fn one_run(
         key_seed: crate::rand_u64(),
     };
     let t_connect = Instant::now();
-    let (clients, _) = connect_all(plan, &bar)?;
-    wait_hub_count(addrs.http, baseline.subscribers_ws + n as u64, true, n)?;
+    let spec = workers::TargetSpec::Fixed(format!("/sub?topic={topic}"));
+    let clients = open_subscribers(args, &site, pinion_exe, plan, spec, base_mono, &bar)?;
+    wait_hub_count(&https, baseline.subscribers_ws + n as u64, true, n)?;
     let connect_secs = t_connect.elapsed().as_secs_f64();
     bar.finish_and_clear();
     // Let the hub settle (accept-path buffers freed), then read its memory.
     server::sleep_interruptible(Duration::from_secs(1))?;
-    let rss1 = hub_pid.and_then(hub::rss_bytes);
+    let rss1s = node_rss(&site);
+    let rss1 = sum_opt(&rss1s);
     let slab1 = hub::slab_bytes();
+    let pids = Pids {
+        hubs: site.hub_pids(),
+        bench: clients.pids(),
+    };
 
     // Steady phase.
     let bar = progress(args, args.messages as u64, format!("publish {label}"));
@@ -1260,15 +1489,17 @@ fn one_run(
         topic: &topic,
         fill_topic: &fill_topic,
     };
+    let lag = site.multi().then(|| nodes::LagSampler::start(&site.nodes));
     let steady_pub = publish_phase(
         args,
         &steady_plan,
         &mut publisher,
         &clients,
         base,
-        hub_pid,
+        &pids,
         &bar,
     )?;
+    let lags = lag.map(nodes::LagSampler::finish).unwrap_or_default();
     bar.finish_and_clear();
 
     // Slow phase.
@@ -1290,6 +1521,7 @@ fn one_run(
         let bar = progress(args, args.slow as u64, format!("slow {label}"));
         let plan = ClientPlan {
             http: addrs.http,
+            target_offset: 0,
             target: Target::Fixed(format!("/sub?topic={topic}&topic={fill_topic}")),
             first_idx: if idle > 0 {
                 (n.next_multiple_of(PER_SOURCE_ADDR) + idle).next_multiple_of(PER_SOURCE_ADDR)
@@ -1307,7 +1539,7 @@ fn one_run(
         };
         let (c, _) = connect_all(plan, &bar)?;
         wait_hub_count(
-            addrs.http,
+            &https,
             baseline.subscribers_ws + (n + args.slow) as u64,
             true,
             n + args.slow,
@@ -1323,7 +1555,7 @@ fn one_run(
             &mut publisher,
             &clients,
             base,
-            hub_pid,
+            &pids,
             &bar,
         )?);
         bar.finish_and_clear();
@@ -1341,17 +1573,16 @@ fn one_run(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let rss2 = hub_pid.and_then(hub::rss_bytes);
-    let after = hub::metrics(addrs.http).ok();
-    if let Some(g) = guard.as_mut() {
-        g.check_alive()?;
-    }
+    let rss2 = sum_opt(&node_rss(&site));
+    let after = hub::metrics_sum(&https).ok();
+    site.check_alive()?;
 
     // Close everything; the hub should count them all gone.
     let t_close = Instant::now();
-    let outcome = clients.finish();
+    let workers = clients.pids().len();
+    let (outcome, per_assignment) = clients.finish();
     drop(slow_clients);
-    let close_secs = wait_hub_count(addrs.http, baseline.subscribers_ws, false, n + args.slow)
+    let close_secs = wait_hub_count(&https, baseline.subscribers_ws, false, n + args.slow)
         .ok()
         .map(|_| t_close.elapsed().as_secs_f64());
     drop(publisher);
@@ -1383,8 +1614,40 @@ fn one_run(
         .iter()
         .filter(|&&g| (g as usize) < expected_each)
         .count();
+    let duplicates: u64 = outcome
+        .got
+        .iter()
+        .map(|&g| u64::from(g).saturating_sub(expected_each as u64))
+        .sum();
     let per = |a: Option<u64>, b: Option<u64>| -> Option<f64> {
         Some((b? as f64 - a? as f64) / n as f64)
+    };
+    let node_figures = if site.multi() {
+        let k = site.nodes.len();
+        let due = |j: usize| -> (u64, u64) {
+            outcome.got[nodes::node_range(j, n, k)]
+                .iter()
+                .fold((0, 0), |(m, d), &g| {
+                    let g = u64::from(g);
+                    let e = expected_each as u64;
+                    (m + e.saturating_sub(g), d + g.saturating_sub(e))
+                })
+        };
+        node_runs(
+            &site,
+            n,
+            &NodeInputs {
+                rss0: &rss0s,
+                rss1: &rss1s,
+                cpu: &steady_pub.cpu,
+                lags: &lags,
+                per_assignment: &per_assignment,
+                measured_share: 1.0,
+                due: &due,
+            },
+        )
+    } else {
+        Vec::new()
     };
     let mut r = FanoutRun {
         connections: n,
@@ -1392,7 +1655,10 @@ fn one_run(
         connect_secs,
         connects_per_sec: n as f64 / connect_secs,
         hub_pid,
-        data_dir: guard.as_ref().map(|g| g.dir().to_path_buf()),
+        data_dir: site.data_dir(),
+        nodes: node_figures,
+        workers,
+        duplicates,
         hub_rss_before: rss0,
         hub_rss_connected: rss1,
         hub_rss_after_messages: rss2,
@@ -1413,11 +1679,94 @@ fn one_run(
         ..FanoutRun::default()
     };
     finish_idle(idle_clients, &mut r);
-    if let Some(g) = guard.as_mut() {
-        g.check_alive()?;
-    }
-    drop(guard);
+    site.check_alive()?;
+    drop(site);
     Ok(r)
+}
+
+/// Every node's RSS, bytes.
+fn node_rss(site: &Site) -> Vec<Option<u64>> {
+    site.nodes
+        .iter()
+        .map(|n| n.pid.and_then(hub::rss_bytes))
+        .collect()
+}
+
+/// The sum, if every value is known (and there is one).
+fn sum_opt(v: &[Option<u64>]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().copied().sum()
+}
+
+/// What [`node_runs`] is made from.
+struct NodeInputs<'a> {
+    rss0: &'a [Option<u64>],
+    rss1: &'a [Option<u64>],
+    /// The measured phase's CPU (per hub, in node order).
+    cpu: &'a CpuUse,
+    lags: &'a [nodes::NodeLag],
+    /// Per worker assignment, all the deliveries its subscribers got.
+    per_assignment: &'a [(workers::Assignment, u64)],
+    /// The share of those deliveries that fell in the measured phase.
+    measured_share: f64,
+    /// Per node: (missing, duplicate) deliveries.
+    due: &'a dyn Fn(usize) -> (u64, u64),
+}
+
+/// The per-node figures of a multi-node run.
+fn node_runs(site: &Site, n: usize, x: &NodeInputs<'_>) -> Vec<NodeRun> {
+    let k = site.nodes.len();
+    site.nodes
+        .iter()
+        .enumerate()
+        .map(|(j, node)| {
+            let subscribers = nodes::node_range(j, n, k).len();
+            let all: u64 = x
+                .per_assignment
+                .iter()
+                .filter(|(a, _)| a.node == j)
+                .map(|(_, d)| d)
+                .sum();
+            let deliveries = (all as f64 * x.measured_share).round() as u64;
+            let cpu_secs = x.cpu.per_hub_secs.get(j).copied().flatten();
+            let (rss_before, rss_connected) = (
+                x.rss0.get(j).copied().flatten(),
+                x.rss1.get(j).copied().flatten(),
+            );
+            let lag = x.lags.get(j).copied().unwrap_or_default();
+            let (missing, duplicates) = (x.due)(j);
+            NodeRun {
+                id: node.id,
+                role: if site.leader() == Some(j) {
+                    "leader".to_string()
+                } else {
+                    nodes::role_name(lag.role, node.learner)
+                },
+                http: node.http.to_string(),
+                pid: node.pid,
+                subscribers,
+                deliveries,
+                cpu_secs,
+                cpu_us_per_delivery: cpu_secs
+                    .filter(|_| deliveries > 0)
+                    .map(|s| s * 1e6 / deliveries as f64),
+                rss_before,
+                rss_connected,
+                bytes_per_conn: match (rss_before, rss_connected) {
+                    (Some(a), Some(b)) if subscribers > 0 => {
+                        Some((b as f64 - a as f64) / subscribers as f64)
+                    }
+                    _ => None,
+                },
+                max_replication_lag: lag.replication,
+                max_apply_lag: lag.apply,
+                missing,
+                duplicates,
+            }
+        })
+        .collect()
 }
 
 fn ms(us: f64) -> String {
