@@ -628,8 +628,10 @@ fn run_target(
         }
         Target::Cluster => {
             let bar = progress_bar(args, label("cluster"));
-            let mut c =
-                cluster::start_spec(pinion_exe, &cluster::Spec::publish_bench(args.size, args.learners))?;
+            let mut c = cluster::start_spec(
+                pinion_exe,
+                &cluster::Spec::publish_bench(args.size, args.learners),
+            )?;
             let w = Arc::new(pinion::PinionWorkload {
                 addr: c.leader_addr,
                 payload: payload.clone(),

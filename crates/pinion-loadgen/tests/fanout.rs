@@ -453,3 +453,122 @@ fn per_topic_checks_catch_missing_duplicate_and_misrouted_deliveries() {
     assert_eq!(s.per_topic.as_ref().unwrap().incomplete_runs, 1);
     assert!(r.hub_pid.is_none(), "nothing started");
 }
+
+/// `--nodes 3 --learners 1`: a local cluster of three voters and one
+/// learner, 300 subscribers spread over all four nodes and held by three
+/// worker processes (at most 100 each, forced with the hidden
+/// `--worker-connections`). Every subscriber gets every message, in order,
+/// once; every node held its share and delivered it; the leader and the
+/// learner are told apart; the nodes and the workers are gone afterwards.
+#[test]
+fn multi_node_broadcast_reaches_every_subscriber_on_every_node() {
+    let exe = pinion_exe();
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let args = FanoutArgs::parse_from([
+        "fanout",
+        "--connections",
+        "300",
+        "--nodes",
+        "3",
+        "--learners",
+        "1",
+        "--worker-connections",
+        "100",
+        "--messages",
+        "5",
+        "--interval-ms",
+        "10",
+        "--deliver-timeout",
+        "20",
+        "--no-progress",
+        "--json",
+        json.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let summaries = run_fanout(&args, &exe).unwrap_or_else(|e| panic!("bench fanout failed: {e}"));
+    let s = &summaries[0];
+    assert_eq!(s.failures(), 0, "{s:#?}");
+    let r = &s.runs[0];
+    assert!(
+        r.complete(),
+        "not every subscriber got every message: {r:#?}"
+    );
+    assert_eq!((r.missing, r.duplicates, r.out_of_order), (0, 0, 0));
+    assert_eq!(r.steady.delivered, 5 * 300, "{r:#?}");
+    assert!(r.steady.to_all_ms.iter().all(Option::is_some), "{r:#?}");
+    assert_eq!(r.workers, 3, "300 subscribers at most 100 per worker");
+    assert_eq!(r.nodes.len(), 4, "{r:#?}");
+    for n in &r.nodes {
+        assert_eq!(n.subscribers, 75, "node {}: {n:#?}", n.id);
+        assert_eq!(n.deliveries, 5 * 75, "node {}: {n:#?}", n.id);
+        assert_eq!((n.missing, n.duplicates), (0, 0), "node {}", n.id);
+        assert!(n.rss_connected.is_some(), "node {}: no RSS", n.id);
+    }
+    let roles: Vec<&str> = r.nodes.iter().map(|n| n.role.as_str()).collect();
+    assert_eq!(
+        roles.iter().filter(|x| **x == "leader").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(r.nodes[3].role, "learner", "{roles:?}");
+    for pid in r
+        .nodes
+        .iter()
+        .filter_map(|n| n.pid)
+        .chain(r.worker_pids.clone())
+    {
+        assert!(!pid_exists(pid), "pid {pid} still exists");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json.path()).unwrap()).unwrap();
+    assert_eq!(v["results"][0]["runs"][0]["nodes"][3]["role"], "learner");
+    assert_eq!(v["results"][0]["runs"][0]["duplicates"], 0);
+}
+
+/// Per-topic mode over `--nodes 3`: one topic per subscriber, two workers;
+/// every subscriber gets exactly its topic's messages on whichever node it
+/// is.
+#[test]
+fn multi_node_per_topic_delivers_exactly_each_topic() {
+    let exe = pinion_exe();
+    let args = FanoutArgs::parse_from([
+        "fanout",
+        "--connections",
+        "120",
+        "--nodes",
+        "3",
+        "--worker-connections",
+        "60",
+        "--topics",
+        "all",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--no-progress",
+    ])
+    .unwrap();
+    let summaries = run_fanout(&args, &exe).unwrap_or_else(|e| panic!("bench fanout failed: {e}"));
+    let s = &summaries[0];
+    assert_eq!(s.failures(), 0, "{s:#?}");
+    let r = &s.runs[0];
+    let t = r.per_topic.as_ref().expect("per-topic figures");
+    assert!(r.complete(), "{r:#?}");
+    assert_eq!(t.published, 200);
+    assert_eq!(t.delivered_all, t.expected_all);
+    assert_eq!(r.workers, 2);
+    assert_eq!(r.nodes.len(), 3);
+    assert!(
+        r.nodes.iter().all(|n| n.subscribers == 40),
+        "{:#?}",
+        r.nodes
+    );
+    let delivered: u64 = r.nodes.iter().map(|n| n.deliveries).sum();
+    assert!(
+        delivered > 0 && delivered <= t.delivered_all,
+        "{:#?}",
+        r.nodes
+    );
+}

@@ -60,9 +60,9 @@ use crate::server::{self, check_interrupted};
 
 mod clients;
 mod hub;
+mod nodes;
 mod paced;
 mod per_topic;
-mod nodes;
 mod topics;
 mod workers;
 mod ws;
@@ -75,8 +75,8 @@ pub use workers::run_fanout_worker;
 
 use crate::targets::cluster;
 use nodes::Site;
-use workers::{Subs, Workers};
 pub use topics::Topics;
+use workers::{Subs, Workers};
 
 /// Connections per 127.0.0.x source address (see `driver::source_addr`).
 const PER_SOURCE_ADDR: usize = 10_000;
@@ -579,6 +579,9 @@ pub struct FanoutRun {
     /// `--nodes`: subscriber worker processes.
     #[serde(skip_serializing_if = "is_zero")]
     pub workers: usize,
+    /// `--nodes`: their PIDs (gone when the run returns).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub worker_pids: Vec<u32>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -791,6 +794,22 @@ pub fn run_fanout(
 
 /// The header's hub part: started by the bench, or given.
 fn hub_text(args: &FanoutArgs, pinion_exe: &Path, external: Option<HubAddrs>) -> String {
+    if let Some(voters) = args.nodes {
+        return format!(
+            "a local cluster of {voters} voter{}{} ({} serve --node-id N --fsync {} --max-payload {} on 127.0.0.1, free ports), \
+             publishing to the leader, subscribers spread evenly over every node's HTTP port and held by worker processes of at most {} each",
+            if voters == 1 { "" } else { "s" },
+            if args.learners > 0 {
+                format!(" + {} learner{}", args.learners, if args.learners == 1 { "" } else { "s" })
+            } else {
+                String::new()
+            },
+            pinion_exe.display(),
+            args.fsync,
+            args.max_payload(),
+            thousands(args.worker_connections as u64)
+        );
+    }
     match (&args.hub_url, external) {
         (Some(u), Some(_)) => format!("at {u} (not started by the bench)"),
         _ => format!(
@@ -861,7 +880,9 @@ fn check_capacity(n: usize, nodes: usize, per_worker: usize) -> Result<(), Loadg
         let need = n as u64 * BYTES_PER_SUBSCRIBER;
         if need > avail {
             return Err(LoadgenError::Capacity {
-                what: format!("{n} subscribers (memory, about 24 KiB each: hub, worker and kernel)"),
+                what: format!(
+                    "{n} subscribers (memory, about 24 KiB each: hub, worker and kernel)"
+                ),
                 need,
                 limit: avail,
                 advice: "ask for fewer --connections, or free memory (MemAvailable)".into(),
@@ -1579,7 +1600,7 @@ fn one_run(
 
     // Close everything; the hub should count them all gone.
     let t_close = Instant::now();
-    let workers = clients.pids().len();
+    let worker_pids = clients.pids();
     let (outcome, per_assignment) = clients.finish();
     drop(slow_clients);
     let close_secs = wait_hub_count(&https, baseline.subscribers_ws, false, n + args.slow)
@@ -1657,7 +1678,8 @@ fn one_run(
         hub_pid,
         data_dir: site.data_dir(),
         nodes: node_figures,
-        workers,
+        workers: worker_pids.len(),
+        worker_pids,
         duplicates,
         hub_rss_before: rss0,
         hub_rss_connected: rss1,
@@ -1894,7 +1916,47 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
                 .unwrap_or_default()
         ));
     }
+    s.push_str(&nodes_text(r));
     s
+}
+
+/// A multi-node run's per-node table (empty for one hub).
+fn nodes_text(r: &FanoutRun) -> String {
+    if r.nodes.is_empty() {
+        return String::new();
+    }
+    let mut o = format!(
+        "\n\n| node | role | subscribers | deliveries | hub CPU per delivery | memory per idle connection | max replication lag (entries) | max apply lag | missing | duplicates |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    for n in &r.nodes {
+        o.push_str(&format!(
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            n.id,
+            n.http,
+            n.role,
+            thousands(n.subscribers as u64),
+            thousands(n.deliveries),
+            n.cpu_us_per_delivery
+                .map(|u| format!("{u:.1} µs"))
+                .unwrap_or_else(|| "?".into()),
+            kib(n.bytes_per_conn),
+            opt(n.max_replication_lag),
+            opt(n.max_apply_lag),
+            thousands(n.missing),
+            thousands(n.duplicates),
+        ));
+    }
+    o.push_str(&format!(
+        "\n{} subscribers over {} nodes, held by {} worker processes; missing deliveries {}, duplicates {}\n",
+        thousands(r.connections as u64),
+        r.nodes.len(),
+        r.workers,
+        thousands(r.missing),
+        thousands(r.duplicates),
+    ));
+    o
 }
 
 /// " (+ 15,000 idle)" or nothing.

@@ -37,8 +37,8 @@ use super::workers::{self, TargetSpec};
 use super::{
     check_hub_fds, conn_label, cpu_between, finish_idle, hub_text, idle_problems, idle_text, kib,
     ms, node_rss, node_runs, nodes, open_idle, open_subscribers, pct, progress, ratio, sum_opt,
-    wait_hub_count, write_json, Cpu, FanoutArgs, FanoutRun, FanoutSummary, NodeInputs, Phase,
-    Pids, Site, PER_SOURCE_ADDR,
+    wait_hub_count, write_json, Cpu, FanoutArgs, FanoutRun, FanoutSummary, NodeInputs, Phase, Pids,
+    Site, PER_SOURCE_ADDR,
 };
 use crate::error::LoadgenError;
 use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
@@ -360,7 +360,7 @@ fn one_run(
 
     // Close everything.
     let t_close = Instant::now();
-    let workers = clients.pids().len();
+    let worker_pids = clients.pids();
     let (outcome, per_assignment) = clients.finish();
     let close_secs = wait_hub_count(&https, baseline.subscribers_ws, false, n)
         .ok()
@@ -520,7 +520,8 @@ fn one_run(
         hub_pid,
         data_dir: site.data_dir(),
         nodes: node_figures,
-        workers,
+        workers: worker_pids.len(),
+        worker_pids,
         duplicates,
         hub_rss_before: rss0,
         hub_rss_connected: rss1,
@@ -646,6 +647,7 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
             pct(p.other_cpu_pct)
         ));
     }
+    s.push_str(&super::nodes_text(r));
     s
 }
 

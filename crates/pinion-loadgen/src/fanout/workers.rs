@@ -98,7 +98,11 @@ pub(crate) enum TargetSpec {
     Fixed(String),
     /// Per-topic mode: subscriber `i` on topic `i % k` of the seeded
     /// schedule of `messages` messages (rebuilt in the worker).
-    Topic { seed: u64, k: usize, messages: usize },
+    Topic {
+        seed: u64,
+        k: usize,
+        messages: usize,
+    },
 }
 
 /// What one worker is told to do.
@@ -216,7 +220,9 @@ pub fn run_fanout_worker() -> Result<(), LoadgenError> {
     let out = Arc::new(Mutex::new(std::io::stdout()));
     let send = |r: &Report| {
         let line = serde_json::to_string(r).expect("plain data serializes");
-        let mut o = out.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut o = out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = writeln!(o, "{line}");
         let _ = o.flush();
     };
@@ -394,9 +400,9 @@ impl Workers {
                     Ok(())
                 });
             }
-            let mut child = cmd
-                .spawn()
-                .map_err(|e| LoadgenError::io(format!("starting worker {k} ({})", exe.display()), e))?;
+            let mut child = cmd.spawn().map_err(|e| {
+                LoadgenError::io(format!("starting worker {k} ({})", exe.display()), e)
+            })?;
             let mut stdin = child.stdin.take();
             let stdout = child.stdout.take();
             let state = Arc::new(State::default());
@@ -449,7 +455,8 @@ impl Workers {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .is_some();
                 if !done {
-                    p.state.error(format!("worker pid {} exited early", p.child.id()));
+                    p.state
+                        .error(format!("worker pid {} exited early", p.child.id()));
                     n += planned - p.state.connected.load(Ordering::Acquire).min(planned);
                     continue;
                 }
@@ -552,7 +559,9 @@ impl Workers {
 /// Adds one assignment's outcome to the run's; returns its deliveries.
 fn merge_into(o: &mut Outcome, a: &Assignment, w: WireOutcome) -> u64 {
     let bad = |o: &mut Outcome, what: &str| {
-        *o.errors.entry(format!("worker result: {what}")).or_insert(0) += 1;
+        *o.errors
+            .entry(format!("worker result: {what}"))
+            .or_insert(0) += 1;
     };
     for (h, b) in o.hist.iter_mut().zip(&w.hist) {
         for &(v, c) in b {
@@ -816,7 +825,10 @@ mod tests {
         assert_eq!(o.hist[0].len(), 4);
         assert!(o.hist[0].value_at_quantile(0.99) >= 1_990_000);
         assert_eq!(o.got, vec![0, 0, 1, 1]);
-        assert_eq!((o.arrivals[0], o.offsets[0], o.last_ns[0]), (2, Some(7), 10));
+        assert_eq!(
+            (o.arrivals[0], o.offsets[0], o.last_ns[0]),
+            (2, Some(7), 10)
+        );
         assert!(o.errors.is_empty());
         // A result of the wrong shape is an error, not a panic.
         let short = WireOutcome {
