@@ -1925,7 +1925,7 @@ fn nodes_text(r: &FanoutRun) -> String {
     if r.nodes.is_empty() {
         return String::new();
     }
-    let mut o = format!(
+    let mut o = String::from(
         "\n\n| node | role | subscribers | deliveries | hub CPU per delivery | memory per idle connection | max replication lag (entries) | max apply lag | missing | duplicates |\n\
          |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     );
