@@ -655,7 +655,11 @@ fn run_target(
                     &if args.learners == 0 {
                         "cluster (3 nodes)".to_string()
                     } else {
-                        format!("cluster (3 voters + {} learners)", args.learners)
+                        format!(
+                            "cluster (3 voters + {} learner{})",
+                            args.learners,
+                            if args.learners == 1 { "" } else { "s" }
+                        )
                     },
                     format!(
                         "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25){}, clients on the leader; server CPU = the leader's only (the other nodes' is not counted as other processes)",
@@ -663,7 +667,11 @@ fn run_target(
                         if args.learners == 0 {
                             String::new()
                         } else {
-                            format!(", plus {} non-voting learners added and caught up before measuring", args.learners)
+                            format!(
+                                ", plus {} non-voting learner{} added and caught up before measuring",
+                                args.learners,
+                                if args.learners == 1 { "" } else { "s" }
+                            )
                         }
                     ),
                     "committed: appended and fdatasync'ed on a majority of the 3 nodes (each with group commit) and applied by the leader",

@@ -2329,6 +2329,57 @@ mod tests {
     }
 
     #[test]
+    fn multi_node_args_and_capacity() {
+        let p =
+            |a: &[&str]| FanoutArgs::parse_from(std::iter::once("fanout").chain(a.iter().copied()));
+        let a = p(&["--connections", "100000", "--nodes", "3", "--learners", "3"]).unwrap();
+        a.validate().unwrap();
+        assert_eq!(
+            (a.nodes, a.learners, a.worker_connections),
+            (Some(3), 3, 19_000)
+        );
+        // --learners needs --nodes; --slow, --idle and --hub-url do not go with it.
+        assert!(p(&["--learners", "2"]).is_err());
+        for bad in [
+            &["--nodes", "3", "--slow", "5"][..],
+            &["--nodes", "3", "--idle", "10"],
+            &["--nodes", "0"],
+            &["--nodes", "30", "--learners", "5"],
+            &["--nodes", "3", "--worker-connections", "0"],
+            &["--nodes", "3", "--worker-connections", "19001"],
+            &[
+                "--nodes",
+                "3",
+                "--hub-url",
+                "tcp://127.0.0.1:1",
+                "--http-url",
+                "127.0.0.1:2",
+            ],
+        ] {
+            let refused = p(bad).map(|a| a.validate().is_err()).unwrap_or(true);
+            assert!(refused, "{bad:?} accepted");
+        }
+        // 100,000 on 3 nodes is 33,334 on one: more than a process may open.
+        match check_capacity(100_000, 3, 19_000) {
+            Err(LoadgenError::Capacity { need, limit, .. }) => {
+                assert_eq!((need, limit), (33_334, 19_000))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A worker larger than the hard open-file limit.
+        if let Some(h) = fd_hard_limit().filter(|&h| h < 1 << 30) {
+            assert!(matches!(
+                check_capacity(10, 1, h as usize),
+                Err(LoadgenError::Capacity { .. })
+            ));
+        }
+        assert!(check_capacity(300, 4, 100).is_ok());
+        // The JSON of a one-hub run is as before.
+        let j = serde_json::to_value(FanoutArgs::default()).unwrap();
+        assert!(j.get("nodes").is_none() && j.get("learners").is_none());
+    }
+
+    #[test]
     fn fd_limits() {
         let mine = fd_limit_of(std::process::id()).unwrap();
         assert!(mine > 0);
