@@ -44,6 +44,29 @@
 //! **`--idle M`** (both modes; comma-separated for a series): M more
 //! subscribers, each on its own topic `idle.<i>/` that nobody publishes to,
 //! opened before anything is measured and held (reading) to the end.
+//!
+//! **Multi-node mode** (`--nodes N [--learners L]`, both modes; module
+//! `nodes`): instead of one hub the bench starts a local cluster, N voters
+//! then L learners (each `pinion serve --node-id` its own process on
+//! 127.0.0.1 with free ports and the bench's lifted connection caps;
+//! learners added with `pinion cluster add --learner` once a leader exists,
+//! caught up before anyone subscribes). Subscriber `i` of `n` goes to node
+//! `⌊i·(N+L)/n⌋`'s HTTP port (an even, contiguous split over every node),
+//! and the subscribers live in worker processes (module `workers`: the
+//! hidden `pinion bench fanout-worker`, at most `--worker-connections`,
+//! 19,000 by default, each), because one process here may open at most
+//! ~19,950 files; the parent talks to them in JSON lines over their
+//! stdin/stdout and merges their histograms and tallies. Send times are
+//! nanoseconds since a base read on `CLOCK_MONOTONIC`, the same clock in
+//! every process. Publishing goes to the leader. The figures gain a
+//! per-node table: role, subscribers, hub CPU per delivery, memory per
+//! idle connection, replication lag (sampled from `/metrics` during the
+//! measured phase) and missing/duplicate deliveries; a multi-node run with
+//! any missing or duplicate delivery makes `pinion bench fanout` fail. The
+//! limits are checked first: at most 19,000 subscribers per node, a worker
+//! within the open-file hard limit, about 24 KiB of available memory per
+//! subscriber ([`LoadgenError::Capacity`] otherwise). `--slow`, `--idle`
+//! and `--hub-url` are single-hub only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
