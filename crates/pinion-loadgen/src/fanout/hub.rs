@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pinion_core::wire::handshake::{decode_header, encode_header, HEADER_LEN};
-use pinion_proto::{reply, Message, Publish, Reply};
+use pinion_proto::{reply, Code, Message, Publish, Reply};
 
 use crate::error::LoadgenError;
 use crate::server::{free_port, is_executable, temp_dir, ServerGuard};
@@ -261,11 +261,27 @@ pub(crate) fn sp_connect(addr: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// One publisher connection (SP REQ over TCP), one request at a time.
+///
+/// In a cluster it follows the leader: a `NOT_LEADER` answer that names
+/// the leader moves the connection there and the request is sent again
+/// with the same client id and seq (idempotent); `NOT_LEADER` without a
+/// name and `UNAVAILABLE` are retried after a pause, for up to
+/// [`ACK_TIMEOUT`].
 pub(crate) struct Publisher {
     s: TcpStream,
+    addr: SocketAddr,
     msg: Publish,
     next_id: u32,
     out: Vec<u8>,
+    /// Times the connection moved to a new leader.
+    pub leader_moves: u32,
+}
+
+/// What one request got back.
+enum Answer {
+    Ack(u64),
+    /// Not now: `NOT_LEADER` (and who leads, if known) or `UNAVAILABLE`.
+    Retry(Option<String>),
 }
 
 impl Publisher {
@@ -273,6 +289,7 @@ impl Publisher {
         let s = sp_connect(addr)?;
         Ok(Publisher {
             s,
+            addr,
             msg: Publish {
                 client_id: Some(crate::rand_bytes16().to_vec().into()),
                 seq: Some(0),
@@ -281,6 +298,7 @@ impl Publisher {
             },
             next_id: (crate::rand_u64() as u32) & 0x7fff_ffff,
             out: Vec::with_capacity(256),
+            leader_moves: 0,
         })
     }
 
@@ -292,6 +310,34 @@ impl Publisher {
         self.msg.seq = Some(seq);
         self.msg.topic = Some(topic.to_string());
         self.msg.payload = Some(payload.into());
+        let deadline = std::time::Instant::now() + ACK_TIMEOUT;
+        loop {
+            let leader = match self.send_once()? {
+                Answer::Ack(offset) => return Ok(offset),
+                Answer::Retry(leader) => leader,
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "publish: no leader accepted it within {ACK_TIMEOUT:?}"
+                ));
+            }
+            let moved = leader
+                .as_deref()
+                .and_then(|l| l.strip_prefix("tcp://"))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .filter(|a| *a != self.addr);
+            match moved {
+                Some(a) => {
+                    self.s = sp_connect(a)?;
+                    self.addr = a;
+                    self.leader_moves += 1;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn send_once(&mut self) -> Result<Answer, String> {
         self.next_id = (self.next_id + 1) & 0x7fff_ffff;
         let id = 0x8000_0000 | self.next_id;
         let body_len = 4 + self.msg.encoded_len();
@@ -318,7 +364,17 @@ impl Publisher {
         if got != id {
             return Err(format!("publish: reply to request {got:#x}, sent {id:#x}"));
         }
-        reply_offset(&body[4..])
+        if let Ok(Reply {
+            result: Some(reply::Result::Nack(n)),
+        }) = Reply::decode(&body[4..])
+        {
+            match n.code() {
+                Code::NotLeader => return Ok(Answer::Retry(n.leader.filter(|l| !l.is_empty()))),
+                Code::Unavailable => return Ok(Answer::Retry(None)),
+                _ => {}
+            }
+        }
+        reply_offset(&body[4..]).map(Answer::Ack)
     }
 }
 
