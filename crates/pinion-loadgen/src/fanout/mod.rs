@@ -2128,7 +2128,9 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             ));
         }
     }
-    if no_idle(&args.idle) {
+    if args.nodes.is_some() {
+        o.push_str(&cluster_targets_text(ss));
+    } else if no_idle(&args.idle) {
         o.push_str(&targets_text(ss));
     } else {
         // The issue-5 targets are about subscribers alone: judged on the
@@ -2150,6 +2152,69 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             "\nwarning: {contended} run(s) were contended (other processes used > {CONTENDED_PCT}% of a core); \
              they are left out of the medians when clean runs exist. Rerun on an idle machine.\n"
         ));
+    }
+    o
+}
+
+/// The issue-13 targets a multi-node run can judge (broadcast and
+/// per-topic), only where measured: medians over the runs in the medians,
+/// the worst node's memory.
+fn cluster_targets_text(ss: &[FanoutSummary]) -> String {
+    let verdict = |ok: bool| if ok { "**met**" } else { "**not met**" };
+    let mut o = String::from(
+        "\n### Targets (issue 13, multi-node)\n\n| target | measured | verdict |\n|---|---|---|\n",
+    );
+    for s in ss {
+        let all_complete = s.runs.iter().all(FanoutRun::complete);
+        let nodes = s.runs.first().map_or(0, |r| r.nodes.len());
+        let label = format!(
+            "{} subscribers over {nodes} nodes",
+            thousands(s.connections as u64)
+        );
+        if s.per_topic.is_none() {
+            let big = s.connections >= 100_000 && nodes >= 6;
+            o.push_str(&format!(
+                "| one publish to all 100,000 over ≥ 6 nodes, every subscriber, in order, p99 ≤ 1 s | {label}: {}; publish→deliver p99 {} | {} |\n",
+                if all_complete { "every subscriber got every message, in order" } else { "NOT every subscriber got every message" },
+                ms(s.latency_us.p99),
+                if big {
+                    verdict(all_complete && s.latency_us.p99 <= 1_000_000.0)
+                } else {
+                    "not measured (needs 100,000 over ≥ 6 nodes)"
+                }
+            ));
+            o.push_str(&format!(
+                "| hub CPU per broadcast delivery ≤ 4 µs | {label}: {} (all nodes' CPU ÷ all deliveries) | {} |\n",
+                s.hub_cpu_us_per_delivery
+                    .map(|u| format!("{u:.1} µs"))
+                    .unwrap_or_else(|| "?".into()),
+                match s.hub_cpu_us_per_delivery {
+                    Some(u) => verdict(u <= 4.0),
+                    None => "not measured",
+                }
+            ));
+        }
+        let worst = s
+            .runs
+            .iter()
+            .flat_map(|r| &r.nodes)
+            .filter_map(|n| n.bytes_per_conn)
+            .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.max(b))));
+        o.push_str(&format!(
+            "| memory per idle connection ≤ 8 KiB on every node | {label}: worst node {} | {} |\n",
+            kib(worst),
+            match worst {
+                Some(b) => verdict(b <= 8192.0),
+                None => "not measured",
+            }
+        ));
+        if s.per_topic.is_some() {
+            o.push_str(&format!(
+                "| per topic over ≥ 3 nodes: publish→deliver and publish→ack p99 ≤ 1.5× the same at 1,000 on one node | {label}: publish→deliver p99 {}, publish→ack p99 {} | compare with `--connections 1000 --topics all` without --nodes (same --rate) |\n",
+                ms(s.latency_us.p99),
+                ms(s.per_topic.as_ref().map_or(0.0, |t| t.ack_us.p99)),
+            ));
+        }
     }
     o
 }
@@ -2400,6 +2465,52 @@ mod tests {
         // The JSON of a one-hub run is as before.
         let j = serde_json::to_value(FanoutArgs::default()).unwrap();
         assert!(j.get("nodes").is_none() && j.get("learners").is_none());
+    }
+
+    #[test]
+    fn cluster_targets_are_judged_only_where_measured() {
+        let s = |n: usize, nodes: usize, p99: f64, mem: f64| FanoutSummary {
+            connections: n,
+            latency_us: Latency {
+                p99,
+                ..Latency::default()
+            },
+            hub_cpu_us_per_delivery: Some(8.3),
+            runs: vec![FanoutRun {
+                connections: n,
+                nodes: (0..nodes)
+                    .map(|_| NodeRun {
+                        bytes_per_conn: Some(mem),
+                        ..NodeRun::default()
+                    })
+                    .collect(),
+                ..FanoutRun::default()
+            }],
+            ..FanoutSummary::default()
+        };
+        let t = cluster_targets_text(&[s(100_000, 6, 706_000.0, 5478.0)]);
+        assert!(t.contains("p99 706 ms | **met**"), "{t}");
+        assert!(
+            t.contains("8.3 µs (all nodes' CPU ÷ all deliveries) | **not met**"),
+            "{t}"
+        );
+        assert!(t.contains("worst node 5.35 KiB | **met**"), "{t}");
+        let t = cluster_targets_text(&[s(100_000, 6, 1_200_000.0, 9000.0)]);
+        assert!(t.contains("p99 1200 ms | **not met**"), "{t}");
+        assert!(t.contains("8.79 KiB | **not met**"), "{t}");
+        let t = cluster_targets_text(&[s(300, 4, 10_000.0, 5000.0)]);
+        assert!(
+            t.contains("not measured (needs 100,000 over ≥ 6 nodes)"),
+            "{t}"
+        );
+        // Missing deliveries never meet the broadcast target.
+        let mut bad = s(100_000, 6, 500_000.0, 5000.0);
+        bad.runs[0].missing = 1;
+        let t = cluster_targets_text(&[bad]);
+        assert!(
+            t.contains("NOT every subscriber") && t.contains("p99 500 ms | **not met**"),
+            "{t}"
+        );
     }
 
     #[test]

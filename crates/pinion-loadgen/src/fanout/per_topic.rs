@@ -760,7 +760,11 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             thousands(t.misrouted),
         ));
     }
-    o.push_str(&targets_text(ss));
+    if args.nodes.is_some() {
+        o.push_str(&super::cluster_targets_text(ss));
+    } else {
+        o.push_str(&targets_text(ss));
+    }
     let runs = || ss.iter().flat_map(|s| &s.runs);
     let behind = runs()
         .filter(|r| r.per_topic.as_ref().is_some_and(|t| t.behind_schedule))
