@@ -773,7 +773,8 @@ pub enum BenchCommand {
     /// own group-commit ceiling.
     Publish(pinion_loadgen::PublishArgs),
     /// WebSocket fan-out at scale: N idle subscribers (hub memory per
-    /// connection), then publish→deliver latency to all of them.
+    /// connection), then publish→deliver latency to all of them; with
+    /// --nodes N [--learners L], over a local cluster.
     Fanout(Box<pinion_loadgen::FanoutArgs>),
     /// Failover of a local 3-node cluster: kill -9 of the leader to the
     /// first ACK from its successor, p50 and max over --kills kills.

@@ -241,8 +241,8 @@ pub struct FanoutArgs {
     pub seed: Option<u64>,
     /// Start a local cluster of N voters (each `pinion serve --node-id` its
     /// own process on 127.0.0.1) instead of one hub, spread the subscribers
-    /// evenly over every node and hold them in worker processes (each at
-    /// most --worker-connections); publish to the leader. Absent: one hub.
+    /// evenly over every node and hold them in worker processes of at most
+    /// 19,000 each; publish to the leader. Absent: one hub.
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nodes: Option<usize>,
@@ -1784,10 +1784,10 @@ fn node_runs(site: &Site, n: usize, x: &NodeInputs<'_>) -> Vec<NodeRun> {
             let (missing, duplicates) = (x.due)(j);
             NodeRun {
                 id: node.id,
-                role: if site.leader() == Some(j) {
-                    "leader".to_string()
-                } else {
-                    nodes::role_name(lag.role, node.learner)
+                // As the node itself last said; else as the bench started it.
+                role: match (lag.role, site.leader() == Some(j)) {
+                    (None, true) => "leader".to_string(),
+                    (role, _) => nodes::role_name(role, node.learner),
                 },
                 http: node.http.to_string(),
                 pid: node.pid,
