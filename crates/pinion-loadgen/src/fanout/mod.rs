@@ -2514,6 +2514,25 @@ mod tests {
     }
 
     #[test]
+    fn multi_node_runs_with_missing_or_duplicate_deliveries_fail() {
+        let run = |nodes: usize, missing: u64, duplicates: u64| FanoutRun {
+            nodes: vec![NodeRun::default(); nodes],
+            missing,
+            duplicates,
+            ..FanoutRun::default()
+        };
+        let s = |runs: Vec<FanoutRun>| FanoutSummary {
+            runs,
+            ..FanoutSummary::default()
+        };
+        assert_eq!(s(vec![run(4, 0, 0)]).failures(), 0);
+        assert_eq!(s(vec![run(4, 1, 0), run(4, 0, 0)]).failures(), 1);
+        assert_eq!(s(vec![run(6, 0, 2)]).failures(), 1);
+        // One hub, broadcast: reported, not a failure (as before).
+        assert_eq!(s(vec![run(0, 3, 0)]).failures(), 0);
+    }
+
+    #[test]
     fn fd_limits() {
         let mine = fd_limit_of(std::process::id()).unwrap();
         assert!(mine > 0);
