@@ -7,6 +7,8 @@
 mod support;
 use support::pinion_exe;
 
+use std::time::{Duration, Instant};
+
 use pinion_loadgen::{pid_exists, run_fanout, FanoutArgs};
 
 #[test]
@@ -571,4 +573,113 @@ fn multi_node_per_topic_delivers_exactly_each_topic() {
         "{:#?}",
         r.nodes
     );
+}
+
+/// The `pinion` children of `parent`: (pid, whether it is a subscriber
+/// worker, `bench fanout-worker`).
+fn pinion_children(parent: u32) -> Vec<(u32, bool)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if field("PPid:").as_deref() == Some(&parent.to_string())
+            && field("Name:").as_deref() == Some("pinion")
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let worker = String::from_utf8_lossy(&cmd).contains("fanout-worker");
+            out.push((pid, worker));
+        }
+    }
+    out
+}
+
+/// Ctrl-C during a multi-node run: the bench stops every node and every
+/// subscriber worker by PID and ends with `Interrupted`. Runs in a child
+/// process (this test binary again) so the signal hits only that process.
+#[test]
+fn sigint_stops_every_node_and_worker() {
+    if std::env::var_os("PINION_LOADGEN_FANOUT_SIGINT_CHILD").is_some() {
+        let args = FanoutArgs::parse_from([
+            "fanout",
+            "--connections",
+            "200",
+            "--nodes",
+            "3",
+            "--worker-connections",
+            "100",
+            "--messages",
+            "1000",
+            "--interval-ms",
+            "100",
+            "--no-progress",
+        ])
+        .unwrap();
+        let e = run_fanout(&args, &pinion_exe()).unwrap_err();
+        assert!(
+            matches!(e, pinion_loadgen::LoadgenError::Interrupted),
+            "{e}"
+        );
+        std::process::exit(42);
+    }
+    pinion_exe(); // built before the child looks for it
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigint_stops_every_node_and_worker",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PINION_LOADGEN_FANOUT_SIGINT_CHILD", "1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for its 3 nodes and 2 workers (publishing has begun by then).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let seen = loop {
+        let c = pinion_children(child.id());
+        if c.iter().filter(|(_, w)| *w).count() == 2 && c.len() == 5 {
+            break c;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no 3 nodes + 2 workers appeared: {c:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: kill sends a signal to our own child; no memory involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the bench did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "child should see Interrupted: {status}"
+    );
+    for (pid, worker) in seen {
+        assert!(
+            !pid_exists(pid),
+            "{} {pid} survived",
+            if worker { "worker" } else { "node" }
+        );
+    }
 }
