@@ -773,11 +773,16 @@ pub enum BenchCommand {
     /// own group-commit ceiling.
     Publish(pinion_loadgen::PublishArgs),
     /// WebSocket fan-out at scale: N idle subscribers (hub memory per
-    /// connection), then publish→deliver latency to all of them.
+    /// connection), then publish→deliver latency to all of them; with
+    /// --nodes N [--learners L], over a local cluster.
     Fanout(Box<pinion_loadgen::FanoutArgs>),
     /// Failover of a local 3-node cluster: kill -9 of the leader to the
     /// first ACK from its successor, p50 and max over --kills kills.
     Failover(pinion_loadgen::FailoverArgs),
+    /// Internal: a subscriber worker process of `bench fanout --nodes`
+    /// (plan on stdin, JSON lines on stdout).
+    #[command(hide = true)]
+    FanoutWorker,
 }
 
 /// Runs `pinion bench …`.
@@ -805,15 +810,20 @@ pub fn bench(c: BenchCommand) -> Result<(), Failure> {
             })?;
             let summaries = pinion_loadgen::run_fanout(&a, &exe)
                 .map_err(|e| Failure::new(exit::FAILED, format!("bench fanout: {e}")))?;
-            // Per-topic mode: missing or duplicate deliveries fail the command.
-            let failed: usize = summaries.iter().map(|s| s.per_topic_failures()).sum();
+            // Per-topic and multi-node runs: missing or duplicate
+            // deliveries fail the command.
+            let failed: usize = summaries.iter().map(|s| s.failures()).sum();
             if failed > 0 {
                 return Err(Failure::new(
                     exit::FAILED,
-                    format!("bench fanout: {failed} per-topic run(s) incomplete (see above)"),
+                    format!(
+                        "bench fanout: {failed} run(s) incomplete: missing or duplicate deliveries (see above)"
+                    ),
                 ));
             }
             Ok(())
         }
+        BenchCommand::FanoutWorker => pinion_loadgen::run_fanout_worker()
+            .map_err(|e| Failure::new(exit::FAILED, format!("bench fanout-worker: {e}"))),
     }
 }

@@ -62,6 +62,20 @@ pub enum LoadgenError {
         /// The cause.
         source: std::io::Error,
     },
+    /// The requested connections do not fit this machine's limits: per
+    /// node, per process (open files) or in memory. Spread them over more
+    /// nodes (or workers), or ask for fewer.
+    #[error("{what}: needs {need}, the limit is {limit}; {advice}")]
+    Capacity {
+        /// What does not fit.
+        what: String,
+        /// How much it needs (connections, files or bytes, as `what` says).
+        need: u64,
+        /// How much there is.
+        limit: u64,
+        /// What to do instead.
+        advice: String,
+    },
     /// Interrupted (SIGINT/SIGTERM); the servers started so far were stopped.
     #[error("interrupted")]
     Interrupted,

@@ -68,7 +68,9 @@ mod targets;
 
 pub use error::LoadgenError;
 pub use failover::{run_failover, FailoverArgs, FailoverSummary, FailoverTarget};
-pub use fanout::{run_fanout, FanoutArgs, FanoutRun, FanoutSummary, Phase};
+pub use fanout::{
+    run_fanout, run_fanout_worker, FanoutArgs, FanoutRun, FanoutSummary, NodeRun, Phase,
+};
 pub use report::{Latency, RunResult, TargetReport, CONTENDED_PCT};
 pub use server::pid_exists;
 
@@ -159,6 +161,15 @@ pub struct PublishArgs {
     /// No progress bars.
     #[arg(long)]
     pub no_progress: bool,
+    /// `--target cluster`: also start L non-voting nodes (learners, added
+    /// once caught up), to measure commit latency with edge nodes present.
+    #[arg(long, default_value_t = 0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub learners: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Parses command-line style arguments (the first is the program name)
@@ -201,6 +212,16 @@ impl PublishArgs {
         }
         if self.size > 64 << 20 {
             return bad(format!("--size {}: at most 64 MiB", self.size));
+        }
+        if self.learners > 0 && !self.targets.contains(&Target::Cluster) {
+            return bad("--learners is for --target cluster".into());
+        }
+        if cluster::NODES + self.learners > cluster::MAX_NODES {
+            return bad(format!(
+                "--learners {}: at most {}",
+                self.learners,
+                cluster::MAX_NODES - cluster::NODES
+            ));
         }
         if !(self.duration > 0.0 && self.duration <= 86_400.0) {
             return bad(format!("--duration {}: must be > 0", self.duration));
@@ -607,7 +628,10 @@ fn run_target(
         }
         Target::Cluster => {
             let bar = progress_bar(args, label("cluster"));
-            let mut c = cluster::start(pinion_exe, args.size)?;
+            let mut c = cluster::start_spec(
+                pinion_exe,
+                &cluster::Spec::publish_bench(args.size, args.learners),
+            )?;
             let w = Arc::new(pinion::PinionWorkload {
                 addr: c.leader_addr,
                 payload: payload.clone(),
@@ -628,10 +652,27 @@ fn run_target(
             Ok(vec![(
                 spec(
                     t,
-                    "cluster (3 nodes)",
+                    &if args.learners == 0 {
+                        "cluster (3 nodes)".to_string()
+                    } else {
+                        format!(
+                            "cluster (3 voters + {} learner{})",
+                            args.learners,
+                            if args.learners == 1 { "" } else { "s" }
+                        )
+                    },
                     format!(
-                        "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25), clients on the leader; server CPU = the leader's only (the followers' is not counted as other processes)",
-                        pinion_exe.display()
+                        "3 x {} serve --fsync always --node-id N --raft ... on 127.0.0.1 (openraft 0.9.25){}, clients on the leader; server CPU = the leader's only (the other nodes' is not counted as other processes)",
+                        pinion_exe.display(),
+                        if args.learners == 0 {
+                            String::new()
+                        } else {
+                            format!(
+                                ", plus {} non-voting learner{} added and caught up before measuring",
+                                args.learners,
+                                if args.learners == 1 { "" } else { "s" }
+                            )
+                        }
                     ),
                     "committed: appended and fdatasync'ed on a majority of the 3 nodes (each with group commit) and applied by the leader",
                     true,

@@ -7,6 +7,8 @@
 mod support;
 use support::pinion_exe;
 
+use std::time::{Duration, Instant};
+
 use pinion_loadgen::{pid_exists, run_fanout, FanoutArgs};
 
 #[test]
@@ -452,4 +454,232 @@ fn per_topic_checks_catch_missing_duplicate_and_misrouted_deliveries() {
     assert_eq!(s.per_topic_failures(), 1);
     assert_eq!(s.per_topic.as_ref().unwrap().incomplete_runs, 1);
     assert!(r.hub_pid.is_none(), "nothing started");
+}
+
+/// `--nodes 3 --learners 1`: a local cluster of three voters and one
+/// learner, 300 subscribers spread over all four nodes and held by three
+/// worker processes (at most 100 each, forced with the hidden
+/// `--worker-connections`). Every subscriber gets every message, in order,
+/// once; every node held its share and delivered it; the leader and the
+/// learner are told apart; the nodes and the workers are gone afterwards.
+#[test]
+fn multi_node_broadcast_reaches_every_subscriber_on_every_node() {
+    let exe = pinion_exe();
+    let json = tempfile::NamedTempFile::new().unwrap();
+    let args = FanoutArgs::parse_from([
+        "fanout",
+        "--connections",
+        "300",
+        "--nodes",
+        "3",
+        "--learners",
+        "1",
+        "--worker-connections",
+        "100",
+        "--messages",
+        "5",
+        "--interval-ms",
+        "10",
+        "--deliver-timeout",
+        "20",
+        "--no-progress",
+        "--json",
+        json.path().to_str().unwrap(),
+    ])
+    .unwrap();
+    let summaries = run_fanout(&args, &exe).unwrap_or_else(|e| panic!("bench fanout failed: {e}"));
+    let s = &summaries[0];
+    assert_eq!(s.failures(), 0, "{s:#?}");
+    let r = &s.runs[0];
+    assert!(
+        r.complete(),
+        "not every subscriber got every message: {r:#?}"
+    );
+    assert_eq!((r.missing, r.duplicates, r.out_of_order), (0, 0, 0));
+    assert_eq!(r.steady.delivered, 5 * 300, "{r:#?}");
+    assert!(r.steady.to_all_ms.iter().all(Option::is_some), "{r:#?}");
+    assert_eq!(r.workers, 3, "300 subscribers at most 100 per worker");
+    assert_eq!(r.nodes.len(), 4, "{r:#?}");
+    for n in &r.nodes {
+        assert_eq!(n.subscribers, 75, "node {}: {n:#?}", n.id);
+        assert_eq!(n.deliveries, 5 * 75, "node {}: {n:#?}", n.id);
+        assert_eq!((n.missing, n.duplicates), (0, 0), "node {}", n.id);
+        assert!(n.rss_connected.is_some(), "node {}: no RSS", n.id);
+    }
+    let roles: Vec<&str> = r.nodes.iter().map(|n| n.role.as_str()).collect();
+    assert_eq!(
+        roles.iter().filter(|x| **x == "leader").count(),
+        1,
+        "{roles:?}"
+    );
+    assert_eq!(r.nodes[3].role, "learner", "{roles:?}");
+    for pid in r
+        .nodes
+        .iter()
+        .filter_map(|n| n.pid)
+        .chain(r.worker_pids.clone())
+    {
+        assert!(!pid_exists(pid), "pid {pid} still exists");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json.path()).unwrap()).unwrap();
+    assert_eq!(v["results"][0]["runs"][0]["nodes"][3]["role"], "learner");
+    assert_eq!(v["results"][0]["runs"][0]["duplicates"], 0);
+}
+
+/// Per-topic mode over `--nodes 3`: one topic per subscriber, two workers;
+/// every subscriber gets exactly its topic's messages on whichever node it
+/// is.
+#[test]
+fn multi_node_per_topic_delivers_exactly_each_topic() {
+    let exe = pinion_exe();
+    let args = FanoutArgs::parse_from([
+        "fanout",
+        "--connections",
+        "120",
+        "--nodes",
+        "3",
+        "--worker-connections",
+        "60",
+        "--topics",
+        "all",
+        "--rate",
+        "200",
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--no-progress",
+    ])
+    .unwrap();
+    let summaries = run_fanout(&args, &exe).unwrap_or_else(|e| panic!("bench fanout failed: {e}"));
+    let s = &summaries[0];
+    assert_eq!(s.failures(), 0, "{s:#?}");
+    let r = &s.runs[0];
+    let t = r.per_topic.as_ref().expect("per-topic figures");
+    assert!(r.complete(), "{r:#?}");
+    assert_eq!(t.published, 200);
+    assert_eq!(t.delivered_all, t.expected_all);
+    assert_eq!(r.workers, 2);
+    assert_eq!(r.nodes.len(), 3);
+    assert!(
+        r.nodes.iter().all(|n| n.subscribers == 40),
+        "{:#?}",
+        r.nodes
+    );
+    let delivered: u64 = r.nodes.iter().map(|n| n.deliveries).sum();
+    assert!(
+        delivered > 0 && delivered <= t.delivered_all,
+        "{:#?}",
+        r.nodes
+    );
+}
+
+/// The `pinion` children of `parent`: (pid, whether it is a subscriber
+/// worker, `bench fanout-worker`).
+fn pinion_children(parent: u32) -> Vec<(u32, bool)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if field("PPid:").as_deref() == Some(&parent.to_string())
+            && field("Name:").as_deref() == Some("pinion")
+        {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let worker = String::from_utf8_lossy(&cmd).contains("fanout-worker");
+            out.push((pid, worker));
+        }
+    }
+    out
+}
+
+/// Ctrl-C during a multi-node run: the bench stops every node and every
+/// subscriber worker by PID and ends with `Interrupted`. Runs in a child
+/// process (this test binary again) so the signal hits only that process.
+#[test]
+fn sigint_stops_every_node_and_worker() {
+    if std::env::var_os("PINION_LOADGEN_FANOUT_SIGINT_CHILD").is_some() {
+        let args = FanoutArgs::parse_from([
+            "fanout",
+            "--connections",
+            "200",
+            "--nodes",
+            "3",
+            "--worker-connections",
+            "100",
+            "--messages",
+            "1000",
+            "--interval-ms",
+            "100",
+            "--no-progress",
+        ])
+        .unwrap();
+        let e = run_fanout(&args, &pinion_exe()).unwrap_err();
+        assert!(
+            matches!(e, pinion_loadgen::LoadgenError::Interrupted),
+            "{e}"
+        );
+        std::process::exit(42);
+    }
+    pinion_exe(); // built before the child looks for it
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigint_stops_every_node_and_worker",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PINION_LOADGEN_FANOUT_SIGINT_CHILD", "1")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for its 3 nodes and 2 workers (publishing has begun by then).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let seen = loop {
+        let c = pinion_children(child.id());
+        if c.iter().filter(|(_, w)| *w).count() == 2 && c.len() == 5 {
+            break c;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("no 3 nodes + 2 workers appeared: {c:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: kill sends a signal to our own child; no memory involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the bench did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        status.code(),
+        Some(42),
+        "child should see Interrupted: {status}"
+    );
+    for (pid, worker) in seen {
+        assert!(
+            !pid_exists(pid),
+            "{} {pid} survived",
+            if worker { "worker" } else { "node" }
+        );
+    }
 }

@@ -235,6 +235,8 @@ fn bad_arguments_are_refused_before_starting_anything() {
         &["--duration", "0"],
         &["--runs", "0"],
         &["--target", "redis", "--hub-url", "tcp://127.0.0.1:1"],
+        &["--target", "pinion", "--learners", "3"],
+        &["--target", "cluster", "--learners", "40"],
     ] {
         let e = run_publish(&args(bad), no_pinion()).unwrap_err();
         assert!(

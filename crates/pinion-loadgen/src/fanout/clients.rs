@@ -88,6 +88,10 @@ pub(crate) struct ClientPlan {
     /// Index of the first connection (picks its source address: 10,000
     /// connections per 127.0.0.x).
     pub first_idx: usize,
+    /// The target index of the plan's first connection: connection `j` of
+    /// the plan subscribes as subscriber `target_offset + j` of the run
+    /// (a worker process holds a slice of the run's subscribers).
+    pub target_offset: usize,
     pub count: usize,
     pub threads: usize,
     /// False: never read after the upgrade (a stalled subscriber).
@@ -201,7 +205,7 @@ impl TopicRec {
 }
 
 /// Per-topic mode: one connection's tally, as [`Outcome`] reports it.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct TopicTally {
     pub topic: usize,
     pub unique: u32,
@@ -525,7 +529,8 @@ fn worker(
         topic_recs: RefCell::new(match plan.target.schedule() {
             Some(s) => (w..plan.count)
                 .step_by(plan.threads)
-                .map(|i| TopicRec::new(i % s.k, s.by_topic[i % s.k].len()))
+                .map(|i| (plan.target_offset + i) % s.k)
+                .map(|t| TopicRec::new(t, s.by_topic[t].len()))
                 .collect(),
             None => Vec::new(),
         }),
@@ -653,7 +658,7 @@ async fn open(th: &Thread, idx: usize) -> Result<(TcpStream, Vec<u8>, usize), St
         .map_err(|e| format!("connect: {e}"))?;
     let key = ws::key_from(plan.key_seed, idx as u64);
     let host = plan.http.to_string();
-    let target = plan.target.path(idx - plan.first_idx);
+    let target = plan.target.path(plan.target_offset + idx - plan.first_idx);
     stream
         .write_all(&ws::upgrade_request(&host, &target, &key))
         .await

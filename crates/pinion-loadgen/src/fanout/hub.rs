@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use pinion_core::wire::handshake::{decode_header, encode_header, HEADER_LEN};
-use pinion_proto::{reply, Message, Publish, Reply};
+use pinion_proto::{reply, Code, Message, Publish, Reply};
 
 use crate::error::LoadgenError;
 use crate::server::{free_port, is_executable, temp_dir, ServerGuard};
@@ -114,7 +114,7 @@ pub(crate) struct Metrics {
 }
 
 /// `GET path` on the hub's HTTP port; returns the body.
-fn http_get(http: SocketAddr, path: &str) -> Result<String, String> {
+pub(crate) fn http_get(http: SocketAddr, path: &str) -> Result<String, String> {
     let mut s = TcpStream::connect_timeout(&http, Duration::from_secs(5))
         .map_err(|e| format!("connecting to {http}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -170,6 +170,58 @@ pub(crate) fn parse_metrics(body: &str) -> Result<Metrics, String> {
     Ok(m)
 }
 
+/// Reads every node's `/metrics` and adds them up.
+pub(crate) fn metrics_sum(https: &[SocketAddr]) -> Result<Metrics, String> {
+    let mut sum = Metrics::default();
+    for &h in https {
+        let m = metrics(h).map_err(|e| format!("{h}: {e}"))?;
+        sum.subscribers_ws += m.subscribers_ws;
+        sum.slow_disconnects += m.slow_disconnects;
+        sum.delivered += m.delivered;
+    }
+    Ok(sum)
+}
+
+/// A cluster node's Raft figures from its `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ClusterMetrics {
+    pub role: Option<u64>,
+    pub is_leader: bool,
+    pub log_next: Option<u64>,
+    pub applied_next: Option<u64>,
+    /// The leader's view: (peer id, entries behind).
+    pub peer_lag: Vec<(u64, u64)>,
+}
+
+pub(crate) fn parse_cluster_metrics(body: &str) -> ClusterMetrics {
+    let mut m = ClusterMetrics::default();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let v = v.max(0.0) as u64;
+        match name {
+            "pinion_cluster_role" => m.role = Some(v),
+            "pinion_cluster_is_leader" => m.is_leader = v == 1,
+            "pinion_cluster_log_next" => m.log_next = Some(v),
+            "pinion_cluster_applied_next" => m.applied_next = Some(v),
+            _ => {
+                if let Some(peer) = name
+                    .strip_prefix("pinion_cluster_peer_lag{peer=\"")
+                    .and_then(|r| r.strip_suffix("\"}"))
+                    .and_then(|p| p.parse().ok())
+                {
+                    m.peer_lag.push((peer, v));
+                }
+            }
+        }
+    }
+    m
+}
+
 /// Resident memory of a process (`VmRSS` of `/proc/<pid>/status`), bytes.
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -209,11 +261,27 @@ pub(crate) fn sp_connect(addr: SocketAddr) -> Result<TcpStream, String> {
 }
 
 /// One publisher connection (SP REQ over TCP), one request at a time.
+///
+/// In a cluster it follows the leader: a `NOT_LEADER` answer that names
+/// the leader moves the connection there and the request is sent again
+/// with the same client id and seq (idempotent); `NOT_LEADER` without a
+/// name and `UNAVAILABLE` are retried after a pause, for up to
+/// [`ACK_TIMEOUT`].
 pub(crate) struct Publisher {
     s: TcpStream,
+    addr: SocketAddr,
     msg: Publish,
     next_id: u32,
     out: Vec<u8>,
+    /// Times the connection moved to a new leader.
+    pub leader_moves: u32,
+}
+
+/// What one request got back.
+enum Answer {
+    Ack(u64),
+    /// Not now: `NOT_LEADER` (and who leads, if known) or `UNAVAILABLE`.
+    Retry(Option<String>),
 }
 
 impl Publisher {
@@ -221,6 +289,7 @@ impl Publisher {
         let s = sp_connect(addr)?;
         Ok(Publisher {
             s,
+            addr,
             msg: Publish {
                 client_id: Some(crate::rand_bytes16().to_vec().into()),
                 seq: Some(0),
@@ -229,6 +298,7 @@ impl Publisher {
             },
             next_id: (crate::rand_u64() as u32) & 0x7fff_ffff,
             out: Vec::with_capacity(256),
+            leader_moves: 0,
         })
     }
 
@@ -240,6 +310,34 @@ impl Publisher {
         self.msg.seq = Some(seq);
         self.msg.topic = Some(topic.to_string());
         self.msg.payload = Some(payload.into());
+        let deadline = std::time::Instant::now() + ACK_TIMEOUT;
+        loop {
+            let leader = match self.send_once()? {
+                Answer::Ack(offset) => return Ok(offset),
+                Answer::Retry(leader) => leader,
+            };
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "publish: no leader accepted it within {ACK_TIMEOUT:?}"
+                ));
+            }
+            let moved = leader
+                .as_deref()
+                .and_then(|l| l.strip_prefix("tcp://"))
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .filter(|a| *a != self.addr);
+            match moved {
+                Some(a) => {
+                    self.s = sp_connect(a)?;
+                    self.addr = a;
+                    self.leader_moves += 1;
+                }
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn send_once(&mut self) -> Result<Answer, String> {
         self.next_id = (self.next_id + 1) & 0x7fff_ffff;
         let id = 0x8000_0000 | self.next_id;
         let body_len = 4 + self.msg.encoded_len();
@@ -266,7 +364,17 @@ impl Publisher {
         if got != id {
             return Err(format!("publish: reply to request {got:#x}, sent {id:#x}"));
         }
-        reply_offset(&body[4..])
+        if let Ok(Reply {
+            result: Some(reply::Result::Nack(n)),
+        }) = Reply::decode(&body[4..])
+        {
+            match n.code() {
+                Code::NotLeader => return Ok(Answer::Retry(n.leader.filter(|l| !l.is_empty()))),
+                Code::Unavailable => return Ok(Answer::Retry(None)),
+                _ => {}
+            }
+        }
+        reply_offset(&body[4..]).map(Answer::Ack)
     }
 }
 
@@ -305,6 +413,20 @@ mod tests {
             (100_000, 3, 12)
         );
         assert!(parse_metrics("pinion_delivered_total 1\n").is_err());
+    }
+
+    #[test]
+    fn cluster_metrics_text() {
+        let body = "# TYPE x\npinion_cluster_role 3\npinion_cluster_is_leader 1\n\
+                    pinion_cluster_log_next 120\npinion_cluster_applied_next 118\n\
+                    pinion_cluster_peer_lag{peer=\"2\"} 0\npinion_cluster_peer_lag{peer=\"4\"} 17\n\
+                    pinion_cluster_peer_lag{peer=\"x\"} 3\npinion_cluster_term nan\n";
+        let m = parse_cluster_metrics(body);
+        assert_eq!(m.role, Some(3));
+        assert!(m.is_leader);
+        assert_eq!((m.log_next, m.applied_next), (Some(120), Some(118)));
+        assert_eq!(m.peer_lag, vec![(2, 0), (4, 17)]);
+        assert_eq!(parse_cluster_metrics(""), ClusterMetrics::default());
     }
 
     #[test]

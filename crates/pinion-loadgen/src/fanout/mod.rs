@@ -44,6 +44,29 @@
 //! **`--idle M`** (both modes; comma-separated for a series): M more
 //! subscribers, each on its own topic `idle.<i>/` that nobody publishes to,
 //! opened before anything is measured and held (reading) to the end.
+//!
+//! **Multi-node mode** (`--nodes N [--learners L]`, both modes; module
+//! `nodes`): instead of one hub the bench starts a local cluster, N voters
+//! then L learners (each `pinion serve --node-id` its own process on
+//! 127.0.0.1 with free ports and the bench's lifted connection caps;
+//! learners added with `pinion cluster add --learner` once a leader exists,
+//! caught up before anyone subscribes). Subscriber `i` of `n` goes to node
+//! `⌊i·(N+L)/n⌋`'s HTTP port (an even, contiguous split over every node),
+//! and the subscribers live in worker processes (module `workers`: the
+//! hidden `pinion bench fanout-worker`, at most `--worker-connections`,
+//! 19,000 by default, each), because one process here may open at most
+//! ~19,950 files; the parent talks to them in JSON lines over their
+//! stdin/stdout and merges their histograms and tallies. Send times are
+//! nanoseconds since a base read on `CLOCK_MONOTONIC`, the same clock in
+//! every process. Publishing goes to the leader. The figures gain a
+//! per-node table: role, subscribers, hub CPU per delivery, memory per
+//! idle connection, replication lag (sampled from `/metrics` during the
+//! measured phase) and missing/duplicate deliveries; a multi-node run with
+//! any missing or duplicate delivery makes `pinion bench fanout` fail. The
+//! limits are checked first: at most 19,000 subscribers per node, a worker
+//! within the open-file hard limit, about 24 KiB of available memory per
+//! subscriber ([`LoadgenError::Capacity`] otherwise). `--slow`, `--idle`
+//! and `--hub-url` are single-hub only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,19 +79,27 @@ use serde::Serialize;
 use crate::driver::new_histogram;
 use crate::error::LoadgenError;
 use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
-use crate::server::{self, check_interrupted, ServerGuard};
+use crate::server::{self, check_interrupted};
 
 mod clients;
 mod hub;
+mod nodes;
 mod paced;
 mod per_topic;
 mod topics;
+mod workers;
 mod ws;
 
 use clients::{ClientPlan, Clients, Outcome, Target};
 use hub::{HubAddrs, Publisher};
+pub use nodes::NodeRun;
 pub use per_topic::{TopicsRun, TopicsSummary};
+pub use workers::run_fanout_worker;
+
+use crate::targets::cluster;
+use nodes::Site;
 pub use topics::Topics;
+use workers::{Subs, Workers};
 
 /// Connections per 127.0.0.x source address (see `driver::source_addr`).
 const PER_SOURCE_ADDR: usize = 10_000;
@@ -208,6 +239,22 @@ pub struct FanoutArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// Start a local cluster of N voters (each `pinion serve --node-id` its
+    /// own process on 127.0.0.1) instead of one hub, spread the subscribers
+    /// evenly over every node and hold them in worker processes of at most
+    /// 19,000 each; publish to the leader. Absent: one hub.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<usize>,
+    /// With --nodes: also L non-voting learners (edge nodes), added once a
+    /// leader exists and caught up before subscribers connect.
+    #[arg(long, value_name = "L", default_value_t = 0, requires = "nodes")]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub learners: usize,
+    /// With --nodes: most subscribers one worker process holds.
+    #[arg(long, value_name = "K", default_value_t = workers::MAX_PER_WORKER, hide = true)]
+    #[serde(skip)]
+    pub worker_connections: usize,
 }
 
 fn no_idle(v: &[usize]) -> bool {
@@ -296,6 +343,28 @@ impl FanoutArgs {
         }
         if let Some(i) = self.idle.iter().find(|&&i| i > 1_000_000) {
             return bad(format!("--idle {i}: at most 1000000"));
+        }
+        if let Some(nodes) = self.nodes {
+            if nodes == 0 || nodes + self.learners > cluster::MAX_NODES {
+                return bad(format!(
+                    "--nodes {nodes} --learners {}: 1 to {} nodes in all",
+                    self.learners,
+                    cluster::MAX_NODES
+                ));
+            }
+            if self.hub_url.is_some() {
+                return bad("--nodes starts its own cluster: it does not go with --hub-url".into());
+            }
+            if self.slow > 0 || !no_idle(&self.idle) {
+                return bad("--slow and --idle are not supported with --nodes (yet)".into());
+            }
+            if !(1..=workers::MAX_PER_WORKER).contains(&self.worker_connections) {
+                return bad(format!(
+                    "--worker-connections {}: must be 1..={}",
+                    self.worker_connections,
+                    workers::MAX_PER_WORKER
+                ));
+            }
         }
         let Some(topics) = self.topics else {
             for (flag, given) in [
@@ -521,6 +590,21 @@ pub struct FanoutRun {
     /// latencies, ACK times and CPU).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_topic: Option<TopicsRun>,
+    /// Deliveries a subscriber received more than once (broadcast: beyond
+    /// the messages published; per-topic: see `per_topic`).
+    pub duplicates: u64,
+    /// `--nodes`: per node, its role, subscribers, CPU per delivery,
+    /// memory per idle connection, replication lag, missing and duplicate
+    /// deliveries (the top-level memory and CPU figures are the nodes'
+    /// sums).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeRun>,
+    /// `--nodes`: subscriber worker processes.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub workers: usize,
+    /// `--nodes`: their PIDs (gone when the run returns).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub worker_pids: Vec<u32>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -540,6 +624,7 @@ impl FanoutRun {
     /// failed or got anything.
     pub fn complete(&self) -> bool {
         self.missing == 0
+            && self.duplicates == 0
             && self.out_of_order == 0
             && self.closed_by_hub.is_empty()
             && self.dropped_by_hub == 0
@@ -606,6 +691,16 @@ impl FanoutSummary {
             .filter(|r| r.per_topic.is_some() && !r.complete())
             .count()
     }
+
+    /// Runs that must be complete and were not: per-topic runs, and every
+    /// multi-node run (`--nodes`; missing or duplicate deliveries anywhere).
+    /// `pinion bench fanout` exits non-zero when there is any.
+    pub fn failures(&self) -> usize {
+        self.runs
+            .iter()
+            .filter(|r| (r.per_topic.is_some() || !r.nodes.is_empty()) && !r.complete())
+            .count()
+    }
 }
 
 /// Runs the fan-out bench for every `--connections` value, `--runs` times
@@ -622,7 +717,17 @@ pub fn run_fanout(
     server::install_signal_handlers();
     let configs = args.configs();
     let most = configs.iter().map(|&(n, i)| n + i).max().unwrap_or(0) + args.slow;
-    let need = most as u64 + FD_MARGIN;
+    if let Some(voters) = args.nodes {
+        check_capacity(most, voters + args.learners, args.worker_connections)?;
+    }
+    // With --nodes the subscribers live in worker processes (which inherit
+    // this limit), at most --worker-connections each.
+    let in_process = if args.nodes.is_some() {
+        most.min(args.worker_connections)
+    } else {
+        most
+    };
+    let need = in_process as u64 + FD_MARGIN;
     let limit = pinion_runtime::sys::raise_fd_limit(need.max(1 << 20))
         .map_err(|e| LoadgenError::io("raising the open-file limit", e))?;
     if limit < need {
@@ -712,6 +817,22 @@ pub fn run_fanout(
 
 /// The header's hub part: started by the bench, or given.
 fn hub_text(args: &FanoutArgs, pinion_exe: &Path, external: Option<HubAddrs>) -> String {
+    if let Some(voters) = args.nodes {
+        return format!(
+            "a local cluster of {voters} voter{}{} ({} serve --node-id N --fsync {} --max-payload {} on 127.0.0.1, free ports), \
+             publishing to the leader, subscribers spread evenly over every node's HTTP port and held by worker processes of at most {} each",
+            if voters == 1 { "" } else { "s" },
+            if args.learners > 0 {
+                format!(" + {} learner{}", args.learners, if args.learners == 1 { "" } else { "s" })
+            } else {
+                String::new()
+            },
+            pinion_exe.display(),
+            args.fsync,
+            args.max_payload(),
+            thousands(args.worker_connections as u64)
+        );
+    }
     match (&args.hub_url, external) {
         (Some(u), Some(_)) => format!("at {u} (not started by the bench)"),
         _ => format!(
@@ -745,6 +866,75 @@ fn conn_label(n: usize, idle: usize) -> String {
     } else {
         thousands(n as u64)
     }
+}
+
+/// Memory the machine needs per subscriber in a multi-node run, bytes: the
+/// hub's (≤ 8 KiB), the worker's (about 3 KiB) and both ends' kernel
+/// socket memory (about 8 KiB), rounded up.
+const BYTES_PER_SUBSCRIBER: u64 = 24 * 1024;
+
+/// Checks up front that `n` subscribers fit on `nodes` nodes (at most
+/// [`nodes::MAX_PER_NODE`] each: one process holds at most ~19,950 open
+/// files here), in workers of `per_worker`, and in the memory available.
+fn check_capacity(n: usize, nodes: usize, per_worker: usize) -> Result<(), LoadgenError> {
+    let per_node = n.div_ceil(nodes.max(1));
+    if per_node > nodes::MAX_PER_NODE {
+        return Err(LoadgenError::Capacity {
+            what: format!("{n} subscribers over {nodes} nodes: {per_node} connections on one node"),
+            need: per_node as u64,
+            limit: nodes::MAX_PER_NODE as u64,
+            advice: format!(
+                "one process may hold at most about 19,950 open files here; use at least {} nodes \
+                 (--nodes + --learners)",
+                n.div_ceil(nodes::MAX_PER_NODE)
+            ),
+        });
+    }
+    let hard = fd_hard_limit();
+    if let Some(h) = hard.filter(|&h| h < per_worker as u64 + FD_MARGIN) {
+        return Err(LoadgenError::Capacity {
+            what: format!("a worker process holding {per_worker} subscribers (open files)"),
+            need: per_worker as u64 + FD_MARGIN,
+            limit: h,
+            advice: format!("lower --worker-connections, or {}", fd_limit_hint()),
+        });
+    }
+    if let Some(avail) = mem_available() {
+        let need = n as u64 * BYTES_PER_SUBSCRIBER;
+        if need > avail {
+            return Err(LoadgenError::Capacity {
+                what: format!(
+                    "{n} subscribers (memory, about 24 KiB each: hub, worker and kernel)"
+                ),
+                need,
+                limit: avail,
+                advice: "ask for fewer --connections, or free memory (MemAvailable)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// This process's hard open-file limit.
+fn fd_hard_limit() -> Option<u64> {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0).then_some(r.rlim_max)
+}
+
+/// `MemAvailable` of `/proc/meminfo`, bytes.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line["MemAvailable:".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Checks the hub may open files enough for `conns` connections.
@@ -788,6 +978,7 @@ fn open_idle(
     let bar = progress(args, idle as u64, format!("idle {label}"));
     let plan = ClientPlan {
         http,
+        target_offset: 0,
         target: Target::Idle,
         first_idx: n.next_multiple_of(PER_SOURCE_ADDR),
         count: idle,
@@ -800,7 +991,7 @@ fn open_idle(
         key_seed: crate::rand_u64(),
     };
     let (c, _) = connect_all(plan, &bar)?;
-    wait_hub_count(http, before + idle as u64, true, idle)?;
+    wait_hub_count(&[http], before + idle as u64, true, idle)?;
     bar.finish_and_clear();
     Ok(Some(c))
 }
@@ -828,23 +1019,44 @@ fn progress(args: &FanoutArgs, len: u64, prefix: String) -> ProgressBar {
     bar
 }
 
+/// The processes whose CPU a phase reads: the hubs (one, or every node of
+/// a cluster) and the bench's own worker processes (counted with the
+/// bench, not as other processes).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Pids {
+    pub hubs: Vec<u32>,
+    pub bench: Vec<u32>,
+}
+
 /// CPU readings at a phase's edges.
-struct Cpu {
+pub(crate) struct Cpu {
     at: Instant,
-    hub: Option<Duration>,
+    /// Per hub PID.
+    hubs: Vec<Option<Duration>>,
+    /// This process and its workers.
     me: Option<Duration>,
     /// Machine-wide (task time, interrupt + softirq time).
     machine: Option<(Duration, Duration)>,
 }
 
 impl Cpu {
-    fn now(hub_pid: Option<u32>) -> Cpu {
+    pub(crate) fn now(p: &Pids) -> Cpu {
+        let of = |pid: &u32| server::cpu_time_of(&format!("/proc/{pid}/stat"));
+        let workers: Option<Duration> = p.bench.iter().map(of).sum();
         Cpu {
             at: Instant::now(),
-            hub: hub_pid.and_then(|p| server::cpu_time_of(&format!("/proc/{p}/stat"))),
-            me: server::self_cpu_time(),
+            hubs: p.hubs.iter().map(of).collect(),
+            me: server::self_cpu_time().and_then(|m| Some(m + workers?)),
             machine: machine_times(),
         }
+    }
+
+    /// The hubs' CPU time together (`None` if any could not be read).
+    fn hub(&self) -> Option<Duration> {
+        if self.hubs.is_empty() {
+            return None;
+        }
+        self.hubs.iter().copied().sum()
     }
 }
 
@@ -873,7 +1085,7 @@ fn machine_times() -> Option<(Duration, Duration)> {
 }
 
 /// CPU over a phase, % of one core.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct CpuUse {
     hub: Option<f64>,
     me: Option<f64>,
@@ -884,6 +1096,8 @@ struct CpuUse {
     /// The hub's and the bench's CPU seconds.
     hub_secs: Option<f64>,
     me_secs: Option<f64>,
+    /// Per hub PID, its CPU seconds.
+    per_hub_secs: Vec<Option<f64>>,
 }
 
 fn cpu_between(a: &Cpu, b: &Cpu) -> CpuUse {
@@ -892,7 +1106,8 @@ fn cpu_between(a: &Cpu, b: &Cpu) -> CpuUse {
         Some(y?.checked_sub(x?)?.as_secs_f64())
     };
     let pct = |s: Option<f64>| s.filter(|_| wall > 0.0).map(|s| 100.0 * s / wall);
-    let (hub_secs, me_secs) = (d(a.hub, b.hub), d(a.me, b.me));
+    let (hub_secs, me_secs) = (d(a.hub(), b.hub()), d(a.me, b.me));
+    let per_hub_secs = a.hubs.iter().zip(&b.hubs).map(|(x, y)| d(*x, *y)).collect();
     let (hub, me) = (pct(hub_secs), pct(me_secs));
     let tasks = pct(d(a.machine.map(|m| m.0), b.machine.map(|m| m.0)));
     let softirq = pct(d(a.machine.map(|m| m.1), b.machine.map(|m| m.1)));
@@ -904,6 +1119,7 @@ fn cpu_between(a: &Cpu, b: &Cpu) -> CpuUse {
         softirq,
         hub_secs,
         me_secs,
+        per_hub_secs,
     }
 }
 
@@ -916,7 +1132,7 @@ fn count_deadline(n: usize) -> Instant {
 /// Waits until the hub's `/metrics` counts `want` WebSocket subscribers
 /// (`at_least`: or more; else: at most).
 fn wait_hub_count(
-    http: std::net::SocketAddr,
+    https: &[std::net::SocketAddr],
     want: u64,
     at_least: bool,
     n: usize,
@@ -925,7 +1141,7 @@ fn wait_hub_count(
     let mut last = None;
     loop {
         check_interrupted()?;
-        match hub::metrics(http) {
+        match hub::metrics_sum(https) {
             Ok(m) => {
                 if (at_least && m.subscribers_ws >= want) || (!at_least && m.subscribers_ws <= want)
                 {
@@ -960,7 +1176,56 @@ fn wait_hub_count(
 fn connect_all(plan: ClientPlan, bar: &ProgressBar) -> Result<(Clients, f64), LoadgenError> {
     let n = plan.count;
     let t0 = Instant::now();
-    let c = Clients::start(plan)?;
+    let mut c = Clients::start(plan)?;
+    wait_connected(&mut c, n, t0, bar)?;
+    Ok((c, t0.elapsed().as_secs_f64()))
+}
+
+/// Opens the run's `plan.count` subscribers: in this process for one hub;
+/// for a cluster spread evenly over every node and held by worker
+/// processes (`spec` tells them what to subscribe to). Shows progress
+/// until every one is connected.
+fn open_subscribers(
+    args: &FanoutArgs,
+    site: &Site,
+    pinion_exe: &Path,
+    plan: ClientPlan,
+    spec: workers::TargetSpec,
+    base_mono_ns: u64,
+    bar: &ProgressBar,
+) -> Result<Subs, LoadgenError> {
+    let n = plan.count;
+    let t0 = Instant::now();
+    let mut subs = if site.multi() {
+        let plans = workers::layout(n, &site.https(), args.worker_connections)
+            .into_iter()
+            .map(|assignments| workers::WorkerPlan {
+                assignments,
+                target: spec.clone(),
+                threads: args.threads,
+                messages: plan.messages,
+                phase_split: plan.phase_split,
+                base_mono_ns,
+                concurrency: args.connect_concurrency,
+                key_seed: plan.key_seed,
+            })
+            .collect();
+        Subs::Remote(Workers::start(pinion_exe, plans)?)
+    } else {
+        Subs::Local(Clients::start(plan)?)
+    };
+    wait_connected(&mut subs, n, t0, bar)?;
+    Ok(subs)
+}
+
+/// Waits, showing progress, until `n` subscribers are connected (or one
+/// failed, or the deadline passed).
+fn wait_connected(
+    c: &mut impl workers::Counts,
+    n: usize,
+    t0: Instant,
+    bar: &ProgressBar,
+) -> Result<(), LoadgenError> {
     let deadline = count_deadline(n) + Duration::from_millis(n as u64);
     let mut last = (Instant::now(), 0usize);
     let mut rate = 0.0;
@@ -970,7 +1235,7 @@ fn connect_all(plan: ClientPlan, bar: &ProgressBar) -> Result<(Clients, f64), Lo
         let now = Instant::now();
         let dt = now.duration_since(last.0).as_secs_f64();
         if dt >= 0.5 {
-            rate = (ok - last.1) as f64 / dt;
+            rate = ok.saturating_sub(last.1) as f64 / dt;
             last = (now, ok);
         }
         let total_rate = ok as f64 / now.duration_since(t0).as_secs_f64().max(1e-9);
@@ -993,7 +1258,7 @@ fn connect_all(plan: ClientPlan, bar: &ProgressBar) -> Result<(Clients, f64), Lo
                     first: c.first_error().unwrap_or_default(),
                 });
             }
-            return Ok((c, t0.elapsed().as_secs_f64()));
+            return Ok(());
         }
         if server::interrupted() {
             return Err(LoadgenError::Interrupted);
@@ -1045,9 +1310,9 @@ fn publish_phase(
     args: &FanoutArgs,
     p: &PhasePlan<'_>,
     publisher: &mut Publisher,
-    clients: &Clients,
+    clients: &Subs,
     base: Instant,
-    hub_pid: Option<u32>,
+    pids: &Pids,
     bar: &ProgressBar,
 ) -> Result<Published, LoadgenError> {
     let publish_err = |e: String| LoadgenError::Setup {
@@ -1068,7 +1333,7 @@ fn publish_phase(
     };
     bar.set_length(p.count as u64);
     bar.set_position(0);
-    let c0 = Cpu::now(hub_pid);
+    let c0 = Cpu::now(pids);
     let mut attached = p.slow.map(|(k, _)| k as u64);
     for k in 0..p.count {
         check_interrupted()?;
@@ -1118,7 +1383,7 @@ fn publish_phase(
         ));
         server::sleep_interruptible(Duration::from_millis(args.interval_ms))?;
     }
-    out.cpu = cpu_between(&c0, &Cpu::now(hub_pid));
+    out.cpu = cpu_between(&c0, &Cpu::now(pids));
     Ok(out)
 }
 
@@ -1149,7 +1414,7 @@ fn phase_result(
     let delivered: u64 = (p.first..p.first + pubd.sent_ns.len())
         .map(|i| arrivals[i])
         .sum();
-    let c = pubd.cpu;
+    let c = &pubd.cpu;
     Phase {
         messages: pubd.sent_ns.len(),
         subscribers: p.subscribers,
@@ -1191,15 +1456,14 @@ fn one_run(
     } else {
         conn_label(n, idle)
     };
-    let (mut guard, addrs): (Option<ServerGuard>, HubAddrs) = match external {
-        Some(a) => (None, a),
-        None => {
-            let (g, a) = hub::start(pinion_exe, &args.fsync, args.max_payload())?;
-            (Some(g), a)
-        }
-    };
-    let hub_pid = guard.as_ref().map(|g| g.pid()).or(args.hub_pid);
-    check_hub_fds(hub_pid, n + idle + args.slow)?;
+    let mut site = Site::start(args, pinion_exe, external)?;
+    let addrs = site.addrs;
+    let https = site.https();
+    let hub_pid = site.leader_pid();
+    for (j, node) in site.nodes.iter().enumerate() {
+        let on_node = nodes::node_range(j, n, https.len()).len();
+        check_hub_fds(node.pid, on_node + idle + args.slow)?;
+    }
     let setup = |e: String| LoadgenError::Setup {
         target: "pinion",
         reason: e,
@@ -1213,12 +1477,14 @@ fn one_run(
         .publish(&format!("warmup-{tag}"), vec![b'w'; 16])
         .map_err(setup)?;
     server::sleep_interruptible(Duration::from_millis(500))?;
-    let base = Instant::now();
+    let base_mono = workers::mono_ns();
+    let base = workers::instant_at(base_mono);
     // Idle subscribers first: the memory figures below are the measured
     // subscribers' alone.
     let idle_clients = open_idle(args, addrs.http, n, idle, base, &label)?;
-    let baseline = hub::metrics(addrs.http).map_err(setup)?;
-    let rss0 = hub_pid.and_then(hub::rss_bytes);
+    let baseline = hub::metrics_sum(&https).map_err(setup)?;
+    let rss0s = node_rss(&site);
+    let rss0 = sum_opt(&rss0s);
     let slab0 = hub::slab_bytes();
 
     // Connect.
@@ -1227,6 +1493,7 @@ fn one_run(
     let bar = progress(args, n as u64, format!("connect {label}"));
     let plan = ClientPlan {
         http: addrs.http,
+        target_offset: 0,
         target: Target::Fixed(format!("/sub?topic={topic}")),
         first_idx: 0,
         count: n,
@@ -1239,14 +1506,20 @@ fn one_run(
         key_seed: crate::rand_u64(),
     };
     let t_connect = Instant::now();
-    let (clients, _) = connect_all(plan, &bar)?;
-    wait_hub_count(addrs.http, baseline.subscribers_ws + n as u64, true, n)?;
+    let spec = workers::TargetSpec::Fixed(format!("/sub?topic={topic}"));
+    let clients = open_subscribers(args, &site, pinion_exe, plan, spec, base_mono, &bar)?;
+    wait_hub_count(&https, baseline.subscribers_ws + n as u64, true, n)?;
     let connect_secs = t_connect.elapsed().as_secs_f64();
     bar.finish_and_clear();
     // Let the hub settle (accept-path buffers freed), then read its memory.
     server::sleep_interruptible(Duration::from_secs(1))?;
-    let rss1 = hub_pid.and_then(hub::rss_bytes);
+    let rss1s = node_rss(&site);
+    let rss1 = sum_opt(&rss1s);
     let slab1 = hub::slab_bytes();
+    let pids = Pids {
+        hubs: site.hub_pids(),
+        bench: clients.pids(),
+    };
 
     // Steady phase.
     let bar = progress(args, args.messages as u64, format!("publish {label}"));
@@ -1260,15 +1533,17 @@ fn one_run(
         topic: &topic,
         fill_topic: &fill_topic,
     };
+    let lag = site.multi().then(|| nodes::LagSampler::start(&site.nodes));
     let steady_pub = publish_phase(
         args,
         &steady_plan,
         &mut publisher,
         &clients,
         base,
-        hub_pid,
+        &pids,
         &bar,
     )?;
+    let lags = lag.map(nodes::LagSampler::finish).unwrap_or_default();
     bar.finish_and_clear();
 
     // Slow phase.
@@ -1290,6 +1565,7 @@ fn one_run(
         let bar = progress(args, args.slow as u64, format!("slow {label}"));
         let plan = ClientPlan {
             http: addrs.http,
+            target_offset: 0,
             target: Target::Fixed(format!("/sub?topic={topic}&topic={fill_topic}")),
             first_idx: if idle > 0 {
                 (n.next_multiple_of(PER_SOURCE_ADDR) + idle).next_multiple_of(PER_SOURCE_ADDR)
@@ -1307,7 +1583,7 @@ fn one_run(
         };
         let (c, _) = connect_all(plan, &bar)?;
         wait_hub_count(
-            addrs.http,
+            &https,
             baseline.subscribers_ws + (n + args.slow) as u64,
             true,
             n + args.slow,
@@ -1323,7 +1599,7 @@ fn one_run(
             &mut publisher,
             &clients,
             base,
-            hub_pid,
+            &pids,
             &bar,
         )?);
         bar.finish_and_clear();
@@ -1341,17 +1617,16 @@ fn one_run(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let rss2 = hub_pid.and_then(hub::rss_bytes);
-    let after = hub::metrics(addrs.http).ok();
-    if let Some(g) = guard.as_mut() {
-        g.check_alive()?;
-    }
+    let rss2 = sum_opt(&node_rss(&site));
+    let after = hub::metrics_sum(&https).ok();
+    site.check_alive()?;
 
     // Close everything; the hub should count them all gone.
     let t_close = Instant::now();
-    let outcome = clients.finish();
+    let worker_pids = clients.pids();
+    let (outcome, per_assignment) = clients.finish();
     drop(slow_clients);
-    let close_secs = wait_hub_count(addrs.http, baseline.subscribers_ws, false, n + args.slow)
+    let close_secs = wait_hub_count(&https, baseline.subscribers_ws, false, n + args.slow)
         .ok()
         .map(|_| t_close.elapsed().as_secs_f64());
     drop(publisher);
@@ -1383,8 +1658,40 @@ fn one_run(
         .iter()
         .filter(|&&g| (g as usize) < expected_each)
         .count();
+    let duplicates: u64 = outcome
+        .got
+        .iter()
+        .map(|&g| u64::from(g).saturating_sub(expected_each as u64))
+        .sum();
     let per = |a: Option<u64>, b: Option<u64>| -> Option<f64> {
         Some((b? as f64 - a? as f64) / n as f64)
+    };
+    let node_figures = if site.multi() {
+        let k = site.nodes.len();
+        let due = |j: usize| -> (u64, u64) {
+            outcome.got[nodes::node_range(j, n, k)]
+                .iter()
+                .fold((0, 0), |(m, d), &g| {
+                    let g = u64::from(g);
+                    let e = expected_each as u64;
+                    (m + e.saturating_sub(g), d + g.saturating_sub(e))
+                })
+        };
+        node_runs(
+            &site,
+            n,
+            &NodeInputs {
+                rss0: &rss0s,
+                rss1: &rss1s,
+                cpu: &steady_pub.cpu,
+                lags: &lags,
+                per_assignment: &per_assignment,
+                measured_share: 1.0,
+                due: &due,
+            },
+        )
+    } else {
+        Vec::new()
     };
     let mut r = FanoutRun {
         connections: n,
@@ -1392,7 +1699,11 @@ fn one_run(
         connect_secs,
         connects_per_sec: n as f64 / connect_secs,
         hub_pid,
-        data_dir: guard.as_ref().map(|g| g.dir().to_path_buf()),
+        data_dir: site.data_dir(),
+        nodes: node_figures,
+        workers: worker_pids.len(),
+        worker_pids,
+        duplicates,
         hub_rss_before: rss0,
         hub_rss_connected: rss1,
         hub_rss_after_messages: rss2,
@@ -1413,11 +1724,94 @@ fn one_run(
         ..FanoutRun::default()
     };
     finish_idle(idle_clients, &mut r);
-    if let Some(g) = guard.as_mut() {
-        g.check_alive()?;
-    }
-    drop(guard);
+    site.check_alive()?;
+    drop(site);
     Ok(r)
+}
+
+/// Every node's RSS, bytes.
+fn node_rss(site: &Site) -> Vec<Option<u64>> {
+    site.nodes
+        .iter()
+        .map(|n| n.pid.and_then(hub::rss_bytes))
+        .collect()
+}
+
+/// The sum, if every value is known (and there is one).
+fn sum_opt(v: &[Option<u64>]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().copied().sum()
+}
+
+/// What [`node_runs`] is made from.
+struct NodeInputs<'a> {
+    rss0: &'a [Option<u64>],
+    rss1: &'a [Option<u64>],
+    /// The measured phase's CPU (per hub, in node order).
+    cpu: &'a CpuUse,
+    lags: &'a [nodes::NodeLag],
+    /// Per worker assignment, all the deliveries its subscribers got.
+    per_assignment: &'a [(workers::Assignment, u64)],
+    /// The share of those deliveries that fell in the measured phase.
+    measured_share: f64,
+    /// Per node: (missing, duplicate) deliveries.
+    due: &'a dyn Fn(usize) -> (u64, u64),
+}
+
+/// The per-node figures of a multi-node run.
+fn node_runs(site: &Site, n: usize, x: &NodeInputs<'_>) -> Vec<NodeRun> {
+    let k = site.nodes.len();
+    site.nodes
+        .iter()
+        .enumerate()
+        .map(|(j, node)| {
+            let subscribers = nodes::node_range(j, n, k).len();
+            let all: u64 = x
+                .per_assignment
+                .iter()
+                .filter(|(a, _)| a.node == j)
+                .map(|(_, d)| d)
+                .sum();
+            let deliveries = (all as f64 * x.measured_share).round() as u64;
+            let cpu_secs = x.cpu.per_hub_secs.get(j).copied().flatten();
+            let (rss_before, rss_connected) = (
+                x.rss0.get(j).copied().flatten(),
+                x.rss1.get(j).copied().flatten(),
+            );
+            let lag = x.lags.get(j).copied().unwrap_or_default();
+            let (missing, duplicates) = (x.due)(j);
+            NodeRun {
+                id: node.id,
+                // As the node itself last said; else as the bench started it.
+                role: match (lag.role, site.leader() == Some(j)) {
+                    (None, true) => "leader".to_string(),
+                    (role, _) => nodes::role_name(role, node.learner),
+                },
+                http: node.http.to_string(),
+                pid: node.pid,
+                subscribers,
+                deliveries,
+                cpu_secs,
+                cpu_us_per_delivery: cpu_secs
+                    .filter(|_| deliveries > 0)
+                    .map(|s| s * 1e6 / deliveries as f64),
+                rss_before,
+                rss_connected,
+                bytes_per_conn: match (rss_before, rss_connected) {
+                    (Some(a), Some(b)) if subscribers > 0 => {
+                        Some((b as f64 - a as f64) / subscribers as f64)
+                    }
+                    _ => None,
+                },
+                max_replication_lag: lag.replication,
+                max_apply_lag: lag.apply,
+                missing,
+                duplicates,
+            }
+        })
+        .collect()
 }
 
 fn ms(us: f64) -> String {
@@ -1545,7 +1939,47 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
                 .unwrap_or_default()
         ));
     }
+    s.push_str(&nodes_text(r));
     s
+}
+
+/// A multi-node run's per-node table (empty for one hub).
+fn nodes_text(r: &FanoutRun) -> String {
+    if r.nodes.is_empty() {
+        return String::new();
+    }
+    let mut o = String::from(
+        "\n\n| node | role | subscribers | deliveries | hub CPU per delivery | memory per idle connection | max replication lag (entries) | max apply lag | missing | duplicates |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    );
+    let opt = |v: Option<u64>| v.map(|x| x.to_string()).unwrap_or_else(|| "-".into());
+    for n in &r.nodes {
+        o.push_str(&format!(
+            "| {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            n.id,
+            n.http,
+            n.role,
+            thousands(n.subscribers as u64),
+            thousands(n.deliveries),
+            n.cpu_us_per_delivery
+                .map(|u| format!("{u:.1} µs"))
+                .unwrap_or_else(|| "?".into()),
+            kib(n.bytes_per_conn),
+            opt(n.max_replication_lag),
+            opt(n.max_apply_lag),
+            thousands(n.missing),
+            thousands(n.duplicates),
+        ));
+    }
+    o.push_str(&format!(
+        "\n{} subscribers over {} nodes, held by {} worker processes; missing deliveries {}, duplicates {}\n",
+        thousands(r.connections as u64),
+        r.nodes.len(),
+        r.workers,
+        thousands(r.missing),
+        thousands(r.duplicates),
+    ));
+    o
 }
 
 /// " (+ 15,000 idle)" or nothing.
@@ -1694,7 +2128,9 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             ));
         }
     }
-    if no_idle(&args.idle) {
+    if args.nodes.is_some() {
+        o.push_str(&cluster_targets_text(ss));
+    } else if no_idle(&args.idle) {
         o.push_str(&targets_text(ss));
     } else {
         // The issue-5 targets are about subscribers alone: judged on the
@@ -1716,6 +2152,69 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             "\nwarning: {contended} run(s) were contended (other processes used > {CONTENDED_PCT}% of a core); \
              they are left out of the medians when clean runs exist. Rerun on an idle machine.\n"
         ));
+    }
+    o
+}
+
+/// The issue-13 targets a multi-node run can judge (broadcast and
+/// per-topic), only where measured: medians over the runs in the medians,
+/// the worst node's memory.
+fn cluster_targets_text(ss: &[FanoutSummary]) -> String {
+    let verdict = |ok: bool| if ok { "**met**" } else { "**not met**" };
+    let mut o = String::from(
+        "\n### Targets (issue 13, multi-node)\n\n| target | measured | verdict |\n|---|---|---|\n",
+    );
+    for s in ss {
+        let all_complete = s.runs.iter().all(FanoutRun::complete);
+        let nodes = s.runs.first().map_or(0, |r| r.nodes.len());
+        let label = format!(
+            "{} subscribers over {nodes} nodes",
+            thousands(s.connections as u64)
+        );
+        if s.per_topic.is_none() {
+            let big = s.connections >= 100_000 && nodes >= 6;
+            o.push_str(&format!(
+                "| one publish to all 100,000 over ≥ 6 nodes, every subscriber, in order, p99 ≤ 1 s | {label}: {}; publish→deliver p99 {} | {} |\n",
+                if all_complete { "every subscriber got every message, in order" } else { "NOT every subscriber got every message" },
+                ms(s.latency_us.p99),
+                if big {
+                    verdict(all_complete && s.latency_us.p99 <= 1_000_000.0)
+                } else {
+                    "not measured (needs 100,000 over ≥ 6 nodes)"
+                }
+            ));
+            o.push_str(&format!(
+                "| hub CPU per broadcast delivery ≤ 4 µs | {label}: {} (all nodes' CPU ÷ all deliveries) | {} |\n",
+                s.hub_cpu_us_per_delivery
+                    .map(|u| format!("{u:.1} µs"))
+                    .unwrap_or_else(|| "?".into()),
+                match s.hub_cpu_us_per_delivery {
+                    Some(u) => verdict(u <= 4.0),
+                    None => "not measured",
+                }
+            ));
+        }
+        let worst = s
+            .runs
+            .iter()
+            .flat_map(|r| &r.nodes)
+            .filter_map(|n| n.bytes_per_conn)
+            .fold(None, |m: Option<f64>, b| Some(m.map_or(b, |m| m.max(b))));
+        o.push_str(&format!(
+            "| memory per idle connection ≤ 8 KiB on every node | {label}: worst node {} | {} |\n",
+            kib(worst),
+            match worst {
+                Some(b) => verdict(b <= 8192.0),
+                None => "not measured",
+            }
+        ));
+        if s.per_topic.is_some() {
+            o.push_str(&format!(
+                "| per topic over ≥ 3 nodes: publish→deliver and publish→ack p99 ≤ 1.5× the same at 1,000 on one node | {label}: publish→deliver p99 {}, publish→ack p99 {} | compare with `--connections 1000 --topics all` without --nodes (same --rate) |\n",
+                ms(s.latency_us.p99),
+                ms(s.per_topic.as_ref().map_or(0.0, |t| t.ack_us.p99)),
+            ));
+        }
     }
     o
 }
@@ -1915,6 +2414,122 @@ mod tests {
         let j = serde_json::to_value(ok(&["--topics", "all", "--idle", "0,5"])).unwrap();
         assert_eq!(j["topics"], "all");
         assert_eq!(j["idle"], serde_json::json!([0, 5]));
+    }
+
+    #[test]
+    fn multi_node_args_and_capacity() {
+        let p =
+            |a: &[&str]| FanoutArgs::parse_from(std::iter::once("fanout").chain(a.iter().copied()));
+        let a = p(&["--connections", "100000", "--nodes", "3", "--learners", "3"]).unwrap();
+        a.validate().unwrap();
+        assert_eq!(
+            (a.nodes, a.learners, a.worker_connections),
+            (Some(3), 3, 19_000)
+        );
+        // --learners needs --nodes; --slow, --idle and --hub-url do not go with it.
+        assert!(p(&["--learners", "2"]).is_err());
+        for bad in [
+            &["--nodes", "3", "--slow", "5"][..],
+            &["--nodes", "3", "--idle", "10"],
+            &["--nodes", "0"],
+            &["--nodes", "30", "--learners", "5"],
+            &["--nodes", "3", "--worker-connections", "0"],
+            &["--nodes", "3", "--worker-connections", "19001"],
+            &[
+                "--nodes",
+                "3",
+                "--hub-url",
+                "tcp://127.0.0.1:1",
+                "--http-url",
+                "127.0.0.1:2",
+            ],
+        ] {
+            let refused = p(bad).map(|a| a.validate().is_err()).unwrap_or(true);
+            assert!(refused, "{bad:?} accepted");
+        }
+        // 100,000 on 3 nodes is 33,334 on one: more than a process may open.
+        match check_capacity(100_000, 3, 19_000) {
+            Err(LoadgenError::Capacity { need, limit, .. }) => {
+                assert_eq!((need, limit), (33_334, 19_000))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A worker larger than the hard open-file limit.
+        if let Some(h) = fd_hard_limit().filter(|&h| h < 1 << 30) {
+            assert!(matches!(
+                check_capacity(10, 1, h as usize),
+                Err(LoadgenError::Capacity { .. })
+            ));
+        }
+        assert!(check_capacity(300, 4, 100).is_ok());
+        // The JSON of a one-hub run is as before.
+        let j = serde_json::to_value(FanoutArgs::default()).unwrap();
+        assert!(j.get("nodes").is_none() && j.get("learners").is_none());
+    }
+
+    #[test]
+    fn cluster_targets_are_judged_only_where_measured() {
+        let s = |n: usize, nodes: usize, p99: f64, mem: f64| FanoutSummary {
+            connections: n,
+            latency_us: Latency {
+                p99,
+                ..Latency::default()
+            },
+            hub_cpu_us_per_delivery: Some(8.3),
+            runs: vec![FanoutRun {
+                connections: n,
+                nodes: (0..nodes)
+                    .map(|_| NodeRun {
+                        bytes_per_conn: Some(mem),
+                        ..NodeRun::default()
+                    })
+                    .collect(),
+                ..FanoutRun::default()
+            }],
+            ..FanoutSummary::default()
+        };
+        let t = cluster_targets_text(&[s(100_000, 6, 706_000.0, 5478.0)]);
+        assert!(t.contains("p99 706 ms | **met**"), "{t}");
+        assert!(
+            t.contains("8.3 µs (all nodes' CPU ÷ all deliveries) | **not met**"),
+            "{t}"
+        );
+        assert!(t.contains("worst node 5.35 KiB | **met**"), "{t}");
+        let t = cluster_targets_text(&[s(100_000, 6, 1_200_000.0, 9000.0)]);
+        assert!(t.contains("p99 1200 ms | **not met**"), "{t}");
+        assert!(t.contains("8.79 KiB | **not met**"), "{t}");
+        let t = cluster_targets_text(&[s(300, 4, 10_000.0, 5000.0)]);
+        assert!(
+            t.contains("not measured (needs 100,000 over ≥ 6 nodes)"),
+            "{t}"
+        );
+        // Missing deliveries never meet the broadcast target.
+        let mut bad = s(100_000, 6, 500_000.0, 5000.0);
+        bad.runs[0].missing = 1;
+        let t = cluster_targets_text(&[bad]);
+        assert!(
+            t.contains("NOT every subscriber") && t.contains("p99 500 ms | **not met**"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn multi_node_runs_with_missing_or_duplicate_deliveries_fail() {
+        let run = |nodes: usize, missing: u64, duplicates: u64| FanoutRun {
+            nodes: vec![NodeRun::default(); nodes],
+            missing,
+            duplicates,
+            ..FanoutRun::default()
+        };
+        let s = |runs: Vec<FanoutRun>| FanoutSummary {
+            runs,
+            ..FanoutSummary::default()
+        };
+        assert_eq!(s(vec![run(4, 0, 0)]).failures(), 0);
+        assert_eq!(s(vec![run(4, 1, 0), run(4, 0, 0)]).failures(), 1);
+        assert_eq!(s(vec![run(6, 0, 2)]).failures(), 1);
+        // One hub, broadcast: reported, not a failure (as before).
+        assert_eq!(s(vec![run(0, 3, 0)]).failures(), 0);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use pinion_proto::{Message, Publish};
 use super::hub::{reply_offset, sp_connect, ACK_TIMEOUT};
 use super::topics::{topic_name, Schedule};
 use super::ws;
-use super::Cpu;
+use super::{Cpu, Pids};
 use crate::driver::new_histogram;
 use crate::server;
 
@@ -54,7 +54,8 @@ pub(crate) struct PacedPlan<'a> {
     pub inflight: usize,
     /// Payload times are nanoseconds since this instant.
     pub base: Instant,
-    pub hub_pid: Option<u32>,
+    /// The hubs (and the bench's workers) whose CPU is read.
+    pub pids: &'a Pids,
 }
 
 /// What the publisher saw.
@@ -164,7 +165,7 @@ pub(crate) fn publish(p: &PacedPlan<'_>, bar: &ProgressBar) -> Result<PacedOut, 
             std::thread::sleep(at - now);
         }
         if m == warmup {
-            cpu0 = Some(Cpu::now(p.hub_pid));
+            cpu0 = Some(Cpu::now(p.pids));
         }
         match credits.recv_timeout(ACK_TIMEOUT) {
             Ok(()) => {}

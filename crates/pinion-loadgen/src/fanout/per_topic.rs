@@ -33,14 +33,16 @@ use super::clients::{ClientPlan, Target};
 use super::hub::{self, HubAddrs, Publisher};
 use super::paced::{self, PacedPlan, LATE};
 use super::topics::{subscribers_on, Schedule, Topics};
+use super::workers::{self, TargetSpec};
 use super::{
-    check_hub_fds, conn_label, connect_all, cpu_between, finish_idle, hub_text, idle_problems,
-    idle_text, kib, ms, open_idle, pct, progress, ratio, wait_hub_count, write_json, Cpu,
-    FanoutArgs, FanoutRun, FanoutSummary, Phase, PER_SOURCE_ADDR,
+    check_hub_fds, conn_label, cpu_between, finish_idle, hub_text, idle_problems, idle_text, kib,
+    ms, node_rss, node_runs, nodes, open_idle, open_subscribers, pct, progress, ratio, sum_opt,
+    wait_hub_count, write_json, Cpu, FanoutArgs, FanoutRun, FanoutSummary, NodeInputs, Phase, Pids,
+    Site, PER_SOURCE_ADDR,
 };
 use crate::error::LoadgenError;
 use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
-use crate::server::{self, check_interrupted, ServerGuard};
+use crate::server::{self, check_interrupted};
 
 /// A run's per-topic figures.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -236,15 +238,14 @@ fn one_run(
     } else {
         conn_label(n, idle)
     };
-    let (mut guard, addrs): (Option<ServerGuard>, HubAddrs) = match external {
-        Some(a) => (None, a),
-        None => {
-            let (g, a) = hub::start(pinion_exe, &args.fsync, args.max_payload())?;
-            (Some(g), a)
-        }
-    };
-    let hub_pid = guard.as_ref().map(|g| g.pid()).or(args.hub_pid);
-    check_hub_fds(hub_pid, n + idle)?;
+    let mut site = Site::start(args, pinion_exe, external)?;
+    let addrs = site.addrs;
+    let https = site.https();
+    let hub_pid = site.leader_pid();
+    for (j, node) in site.nodes.iter().enumerate() {
+        let on_node = nodes::node_range(j, n, https.len()).len();
+        check_hub_fds(node.pid, on_node + idle)?;
+    }
     let setup = |e: String| LoadgenError::Setup {
         target: "pinion",
         reason: e,
@@ -258,10 +259,12 @@ fn one_run(
             .map_err(setup)?;
     }
     server::sleep_interruptible(Duration::from_millis(500))?;
-    let base = Instant::now();
+    let base_mono = workers::mono_ns();
+    let base = workers::instant_at(base_mono);
     let idle_clients = open_idle(args, addrs.http, n, idle, base, &label)?;
-    let baseline = hub::metrics(addrs.http).map_err(setup)?;
-    let rss0 = hub_pid.and_then(hub::rss_bytes);
+    let baseline = hub::metrics_sum(&https).map_err(setup)?;
+    let rss0s = node_rss(&site);
+    let rss0 = sum_opt(&rss0s);
     let slab0 = hub::slab_bytes();
 
     // The subscribers, each on its topic.
@@ -271,6 +274,7 @@ fn one_run(
     let bar = progress(args, n as u64, format!("connect {label}"));
     let plan = ClientPlan {
         http: addrs.http,
+        target_offset: 0,
         target: Target::Topic(schedule.clone()),
         first_idx: 0,
         count: n,
@@ -283,17 +287,28 @@ fn one_run(
         key_seed: crate::rand_u64(),
     };
     let t_connect = Instant::now();
-    let (clients, _) = connect_all(plan, &bar)?;
-    wait_hub_count(addrs.http, baseline.subscribers_ws + n as u64, true, n)?;
+    let spec = TargetSpec::Topic {
+        seed: args.seed(),
+        k,
+        messages: total,
+    };
+    let clients = open_subscribers(args, &site, pinion_exe, plan, spec, base_mono, &bar)?;
+    wait_hub_count(&https, baseline.subscribers_ws + n as u64, true, n)?;
     let connect_secs = t_connect.elapsed().as_secs_f64();
     bar.finish_and_clear();
     server::sleep_interruptible(Duration::from_secs(1))?;
-    let rss1 = hub_pid.and_then(hub::rss_bytes);
+    let rss1s = node_rss(&site);
+    let rss1 = sum_opt(&rss1s);
+    let pids = Pids {
+        hubs: site.hub_pids(),
+        bench: clients.pids(),
+    };
     let slab1 = hub::slab_bytes();
 
     // Publish on schedule.
     let bar = progress(args, total as u64, format!("publish {label}"));
     let rate = args.rate();
+    let lag = site.multi().then(|| nodes::LagSampler::start(&site.nodes));
     let out = paced::publish(
         &PacedPlan {
             addr: addrs.publish,
@@ -303,7 +318,7 @@ fn one_run(
             size: args.size,
             inflight: args.inflight(),
             base,
-            hub_pid,
+            pids: &pids,
         },
         &bar,
     )
@@ -336,18 +351,18 @@ fn one_run(
         check_interrupted()?;
         std::thread::sleep(Duration::from_micros(200));
     }
-    let cpu1 = Cpu::now(hub_pid);
+    let cpu1 = Cpu::now(&pids);
+    let lags = lag.map(nodes::LagSampler::finish).unwrap_or_default();
     bar.finish_and_clear();
-    let rss2 = hub_pid.and_then(hub::rss_bytes);
-    let after = hub::metrics(addrs.http).ok();
-    if let Some(g) = guard.as_mut() {
-        g.check_alive()?;
-    }
+    let rss2 = sum_opt(&node_rss(&site));
+    let after = hub::metrics_sum(&https).ok();
+    site.check_alive()?;
 
     // Close everything.
     let t_close = Instant::now();
-    let outcome = clients.finish();
-    let close_secs = wait_hub_count(addrs.http, baseline.subscribers_ws, false, n)
+    let worker_pids = clients.pids();
+    let (outcome, per_assignment) = clients.finish();
+    let close_secs = wait_hub_count(&https, baseline.subscribers_ws, false, n)
         .ok()
         .map(|_| t_close.elapsed().as_secs_f64());
 
@@ -456,6 +471,44 @@ fn one_run(
         offset_mismatches,
         published_per_topic,
     };
+    let node_figures = if site.multi() {
+        let nk = site.nodes.len();
+        let per_topic_due = &topics_run.published_per_topic;
+        let due = |j: usize| -> (u64, u64) {
+            let range = nodes::node_range(j, n, nk);
+            outcome
+                .topics
+                .get(range)
+                .unwrap_or_default()
+                .iter()
+                .fold((0, 0), |(m, d), t| {
+                    let want = per_topic_due.get(t.topic).copied().unwrap_or(0);
+                    (
+                        m + want.saturating_sub(u64::from(t.unique)),
+                        d + u64::from(t.duplicates),
+                    )
+                })
+        };
+        node_runs(
+            &site,
+            n,
+            &NodeInputs {
+                rss0: &rss0s,
+                rss1: &rss1s,
+                cpu: &cpu,
+                lags: &lags,
+                per_assignment: &per_assignment,
+                measured_share: if delivered_all > 0 {
+                    delivered as f64 / delivered_all as f64
+                } else {
+                    0.0
+                },
+                due: &due,
+            },
+        )
+    } else {
+        Vec::new()
+    };
     let bytes_per = |a: Option<u64>, b: Option<u64>| -> Option<f64> {
         Some((b? as f64 - a? as f64) / n as f64)
     };
@@ -465,7 +518,11 @@ fn one_run(
         connect_secs,
         connects_per_sec: n as f64 / connect_secs,
         hub_pid,
-        data_dir: guard.as_ref().map(|g| g.dir().to_path_buf()),
+        data_dir: site.data_dir(),
+        nodes: node_figures,
+        workers: worker_pids.len(),
+        worker_pids,
+        duplicates,
         hub_rss_before: rss0,
         hub_rss_connected: rss1,
         hub_rss_after_messages: rss2,
@@ -485,10 +542,8 @@ fn one_run(
         ..FanoutRun::default()
     };
     finish_idle(idle_clients, &mut r);
-    if let Some(g) = guard.as_mut() {
-        g.check_alive()?;
-    }
-    drop(guard);
+    site.check_alive()?;
+    drop(site);
     Ok(r)
 }
 
@@ -592,6 +647,7 @@ fn run_line(r: &FanoutRun, run: usize, runs: usize) -> String {
             pct(p.other_cpu_pct)
         ));
     }
+    s.push_str(&super::nodes_text(r));
     s
 }
 
@@ -704,7 +760,11 @@ fn summary_text(ss: &[FanoutSummary], args: &FanoutArgs) -> String {
             thousands(t.misrouted),
         ));
     }
-    o.push_str(&targets_text(ss));
+    if args.nodes.is_some() {
+        o.push_str(&super::cluster_targets_text(ss));
+    } else {
+        o.push_str(&targets_text(ss));
+    }
     let runs = || ss.iter().flat_map(|s| &s.runs);
     let behind = runs()
         .filter(|r| r.per_topic.as_ref().is_some_and(|t| t.behind_schedule))

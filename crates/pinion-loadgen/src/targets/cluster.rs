@@ -1,6 +1,12 @@
-//! A local three-node cluster of hubs (`pinion serve --node-id …`), all on
-//! 127.0.0.1 with free ports, measured through its leader with the same
-//! workload as the single hub (`pinion`).
+//! A local cluster of hubs (`pinion serve --node-id …`), all on 127.0.0.1
+//! with free ports: three voters for `pinion bench publish --target
+//! cluster` (measured through its leader with the same workload as the
+//! single hub), plus `--learners L` non-voting nodes; any number of voters
+//! for `pinion bench fanout --nodes N --learners L`.
+//!
+//! Learners are started like voters (each naming itself among its peers)
+//! once a leader exists, then added one at a time with `pinion cluster add
+//! --learner`, which returns once the learner has caught up with the log.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -12,8 +18,40 @@ use crate::error::LoadgenError;
 use crate::server::{free_port, is_executable, temp_dir, ServerGuard};
 
 pub(crate) const NAME: &str = "cluster";
-/// Voters in the benchmark's cluster.
+/// Voters in the publish benchmark's cluster.
 pub(crate) const NODES: usize = 3;
+/// Most nodes (voters + learners) a local cluster may have.
+pub(crate) const MAX_NODES: usize = 32;
+/// How long adding one learner (and its catching up) may take.
+const ADD_TIMEOUT_SECS: u64 = 120;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub(crate) struct Spec {
+    /// Voting nodes (1..).
+    pub voters: usize,
+    /// Non-voting nodes, added once a leader exists.
+    pub learners: usize,
+    /// `--max-payload` of every node.
+    pub size: usize,
+    /// `--fsync` of every node.
+    pub fsync: String,
+    /// `--stats-every` of every node, seconds.
+    pub stats_every: u32,
+}
+
+impl Spec {
+    /// Three voters, `learners` learners, fsync always.
+    pub(crate) fn publish_bench(size: usize, learners: usize) -> Spec {
+        Spec {
+            voters: NODES,
+            learners,
+            size,
+            fsync: "always".into(),
+            stats_every: 1,
+        }
+    }
+}
 
 /// The running cluster: its nodes and which one leads.
 pub(crate) struct Cluster {
@@ -22,8 +60,10 @@ pub(crate) struct Cluster {
     pub leader_addr: SocketAddr,
     /// Per node: (publish, http, raft) ports.
     pub ports: Vec<(u16, u16, u16)>,
+    /// Voters (nodes `0..voters`; the rest are learners).
+    pub voters: usize,
     exe: std::path::PathBuf,
-    size: usize,
+    spec: Spec,
     peers: Vec<String>,
 }
 
@@ -51,6 +91,9 @@ impl Cluster {
     pub(crate) fn command(&self, i: usize, dir: &Path) -> Result<Command, LoadgenError> {
         let (p, h, r) = self.ports[i];
         let conf = crate::server::bench_hub_config(dir)?;
+        // A learner names itself among its peers too (a node must be one
+        // of them); the voters do not know it until it is added.
+        let me = (i >= self.voters).then(|| peer_arg(i, self.ports[i]));
         let mut cmd = Command::new(&self.exe);
         cmd.arg("serve")
             .arg("-c")
@@ -59,24 +102,66 @@ impl Cluster {
             .arg(dir)
             .arg("--listen")
             .arg(format!("tcp://{LO}:{p}"))
-            .args(["--fsync", "always"])
+            .arg("--fsync")
+            .arg(&self.spec.fsync)
             .args(["--subscribe", "tcp://127.0.0.1:0"])
             .arg("--http")
             .arg(format!("{LO}:{h}"))
             .arg("--max-payload")
-            .arg(self.size.to_string())
+            .arg(self.spec.size.to_string())
             .arg(format!("--node-id={}", i + 1))
             .arg(format!("--raft=tcp://{LO}:{r}"))
             .args(&self.peers)
-            .args(["--stats-every", "1"]);
+            .args(me)
+            .arg("--stats-every")
+            .arg(self.spec.stats_every.to_string());
         Ok(cmd)
+    }
+
+    /// Node `i`'s HTTP address.
+    pub(crate) fn http(&self, i: usize) -> SocketAddr {
+        SocketAddr::from((LO, self.ports[i].1))
+    }
+
+    /// Whether node `i` is a learner.
+    pub(crate) fn is_learner(&self, i: usize) -> bool {
+        i >= self.voters
+    }
+
+    /// Adds node `i` (running) as a learner through `pinion cluster add
+    /// --learner`, asking voter `ask`; returns once it has caught up.
+    fn add_learner(&self, i: usize, ask: usize) -> Result<(), LoadgenError> {
+        let (p, h, r) = self.ports[i];
+        let mut cmd = Command::new(&self.exe);
+        cmd.args(["cluster", "add", "--learner"])
+            .arg(format!("--raft=tcp://{LO}:{}", self.ports[ask].2))
+            .arg(format!("--id={}", i + 1))
+            .arg(format!("--node-raft=tcp://{LO}:{r}"))
+            .arg(format!("--publish=tcp://{LO}:{p}"))
+            .arg(format!("--http={LO}:{h}"))
+            .arg(format!("--timeout={ADD_TIMEOUT_SECS}"));
+        let out = cmd
+            .output()
+            .map_err(|e| LoadgenError::io("running `pinion cluster add`", e))?;
+        if !out.status.success() {
+            return Err(LoadgenError::Setup {
+                target: NAME,
+                reason: format!(
+                    "adding learner {} failed ({}): {}",
+                    i + 1,
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The node serving as leader (`/leader` 200), waiting up to `within`.
     pub(crate) fn find_leader(&mut self, within: Duration) -> Result<usize, LoadgenError> {
         let deadline = Instant::now() + within;
         loop {
-            for (i, (p, h, _)) in self.ports.iter().enumerate() {
+            for (i, (p, h, _)) in self.ports.iter().enumerate().take(self.voters) {
                 if http_status(SocketAddr::from((LO, *h)), "/leader") == Some(200) {
                     self.leader = i;
                     self.leader_addr = SocketAddr::from((LO, *p));
@@ -94,12 +179,23 @@ impl Cluster {
     }
 }
 
+fn peer_arg(i: usize, (p, h, r): (u16, u16, u16)) -> String {
+    format!("--peer={}=tcp://{LO}:{r},tcp://{LO}:{p},,{LO}:{h}", i + 1)
+}
+
 /// Starts three nodes (fsync always, the bench's lifted caps) and waits for
-/// a leader. Ports are picked free beforehand, so another socket (a node's
-/// own outgoing Raft connection, say) can take one before its node binds
-/// it: a start that fails with "Address already in use" is retried with
-/// new ports (three attempts).
+/// a leader (`pinion bench failover`).
 pub(crate) fn start(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
+    start_spec(exe, &Spec::publish_bench(size, 0))
+}
+
+/// Starts `spec.voters` voters (the bench's lifted caps), waits for a
+/// leader, then starts and adds `spec.learners` learners, each caught up
+/// when this returns. Ports are picked free beforehand, so another socket
+/// (a node's own outgoing Raft connection, say) can take one before its
+/// node binds it: a start that fails with "Address already in use" is
+/// retried with new ports (three attempts).
+pub(crate) fn start_spec(exe: &Path, spec: &Spec) -> Result<Cluster, LoadgenError> {
     if !is_executable(exe) {
         return Err(LoadgenError::MissingBinary {
             name: "pinion",
@@ -107,9 +203,15 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
             hint: "; build the hub with `cargo build --release -p pinion-cli`",
         });
     }
+    if spec.voters == 0 || spec.voters + spec.learners > MAX_NODES {
+        return Err(LoadgenError::Args(format!(
+            "{} voters + {} learners: need 1 to {MAX_NODES} nodes, at least one a voter",
+            spec.voters, spec.learners
+        )));
+    }
     let mut attempt = 1;
     loop {
-        match start_once(exe, size) {
+        match start_once(exe, spec) {
             Err(e) if attempt < 3 && e.to_string().contains("Address already in use") => {
                 attempt += 1;
             }
@@ -118,26 +220,29 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
     }
 }
 
-fn start_once(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
+fn start_once(exe: &Path, spec: &Spec) -> Result<Cluster, LoadgenError> {
+    let total = spec.voters + spec.learners;
     let mut ports = Vec::new();
-    for _ in 0..NODES {
+    for _ in 0..total {
         ports.push((free_port()?, free_port()?, free_port()?)); // publish, http, raft
     }
     let peers: Vec<String> = ports
         .iter()
+        .take(spec.voters)
         .enumerate()
-        .map(|(i, (p, h, r))| format!("--peer={}=tcp://{LO}:{r},tcp://{LO}:{p},,{LO}:{h}", i + 1))
+        .map(|(i, p)| peer_arg(i, *p))
         .collect();
     let mut c = Cluster {
         guards: Vec::new(),
         leader: 0,
         leader_addr: SocketAddr::from((LO, ports[0].0)),
         ports,
+        voters: spec.voters,
         exe: exe.to_path_buf(),
-        size,
+        spec: spec.clone(),
         peers,
     };
-    for i in 0..NODES {
+    for i in 0..total {
         let dir = temp_dir(NAME)?;
         let cmd = c.command(i, dir.path())?;
         let mut g = ServerGuard::spawn(NAME, cmd, dir)?;
@@ -145,5 +250,14 @@ fn start_once(exe: &Path, size: usize) -> Result<Cluster, LoadgenError> {
         c.guards.push(g);
     }
     c.find_leader(Duration::from_secs(30))?;
+    for i in spec.voters..total {
+        crate::server::check_interrupted()?;
+        c.guards[i].check_alive()?;
+        c.add_learner(i, c.leader)?;
+    }
+    if spec.learners > 0 {
+        // Adding learners commits membership entries; the leader stays.
+        c.find_leader(Duration::from_secs(30))?;
+    }
     Ok(c)
 }
