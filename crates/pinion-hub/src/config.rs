@@ -727,7 +727,10 @@ mod tests {
         c.apply_env(|k| (k == "PINION_FANOUT_SEND").then(|| "writev".to_string()))
             .unwrap();
         assert_eq!(c.fanout_send, FanoutSend::Writev);
-        assert!(c.apply_toml("fanout_send = \"sendfile\"").unwrap_err().contains("fanout_send"));
+        assert!(c
+            .apply_toml("fanout_send = \"sendfile\"")
+            .unwrap_err()
+            .contains("fanout_send"));
     }
 
     #[test]

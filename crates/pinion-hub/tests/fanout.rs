@@ -13,7 +13,6 @@ use pinion::{Options, Protocol, Socket};
 use pinion_hub::{FanoutSend, Hub, HubConfig};
 use pinion_proto::{Delivery, Message as _};
 
-
 /// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
 /// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
 /// runs every test on the other send path.
@@ -232,7 +231,11 @@ fn tcp_and_websocket_subscribers_get_durable_messages_in_order_through_io_uring(
 }
 
 fn in_order(send: Option<FanoutSend>) {
-    let dir = temp_dir(if send.is_some() { "basic-uring" } else { "basic" });
+    let dir = temp_dir(if send.is_some() {
+        "basic-uring"
+    } else {
+        "basic"
+    });
     let mut cfg = config(&dir);
     cfg.fanout_send = send.unwrap_or(cfg.fanout_send);
     let hub = Hub::start(cfg).unwrap();

@@ -13,7 +13,6 @@ use pinion_hub::{Hub, HubConfig, Port, Refusal};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
-
 /// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
 /// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
 /// runs every test on the other send path.

@@ -15,7 +15,6 @@ use pinion::{Message, Options, Protocol, Socket};
 use pinion_hub::{FsyncPolicy, Hub, HubConfig};
 use pinion_proto::{reply, Delivery, Message as _, Publish, Reply};
 
-
 /// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
 /// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
 /// runs every test on the other send path.

@@ -239,7 +239,7 @@ fn one_run(
     let (mut guard, addrs): (Option<ServerGuard>, HubAddrs) = match external {
         Some(a) => (None, a),
         None => {
-            let (g, a) = hub::start(pinion_exe, &args.fsync, args.max_payload())?;
+            let (g, a) = hub::start(pinion_exe, &args.fsync, args.max_payload(), &args.hub_arg)?;
             (Some(g), a)
         }
     };

@@ -400,7 +400,10 @@ mod tests {
         let mut results = Vec::new();
         s.send_batch(&[(a.as_fd(), &bufs), (c.as_fd(), &bufs)], &mut results)
             .unwrap();
-        assert_eq!(results[0].as_ref().unwrap_err().raw_os_error(), Some(libc::EPIPE));
+        assert_eq!(
+            results[0].as_ref().unwrap_err().raw_os_error(),
+            Some(libc::EPIPE)
+        );
         // The first send after a RST may be taken (the RST not yet seen)
         // on some kernels: send until it fails.
         let mut err = None;
