@@ -43,7 +43,8 @@ pub struct ServeArgs {
     pub max_payload: Option<usize>,
     /// How the fan-out writes to subscribers: writev (one per subscriber
     /// per batch) or io_uring (a batch's sends submitted together)
-    /// [default: writev; env PINION_FANOUT_SEND].
+    /// [default: io_uring, writev where io_uring is unavailable; env
+    /// PINION_FANOUT_SEND].
     #[arg(long, value_name = "MODE", value_parser = parse_fanout_send)]
     pub fanout_send: Option<pinion_hub::FanoutSend>,
     /// Cores to run on (0: every CPU allowed).

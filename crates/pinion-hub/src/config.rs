@@ -33,7 +33,7 @@
 //! ws_ping_interval_ms = 30000         # idle WebSocket subscribers are pinged
 //! max_replays = 16                    # catch-up replays read at once
 //! max_fanout_backlog = 67108864       # bytes of batches queued per core
-//! fanout_send = "writev"              # "writev" | "io_uring": how subscribers' sends are made
+//! fanout_send = "io_uring"            # or "writev": how subscribers' sends are made
 //!
 //! # Cluster mode (see docs/CLUSTER.md); absent = a single node
 //! [cluster]
@@ -115,15 +115,16 @@ impl std::fmt::Display for FsyncPolicy {
 /// How a core's fan-out hands a batch to its subscribers' sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FanoutSend {
-    /// One non-blocking `writev` per subscriber per batch (through
-    /// tokio). The default: measured cheaper per delivery on this
-    /// project's machine (docs/BENCHMARKS.md, "Batched sends").
-    #[default]
+    /// One non-blocking `writev` (or `send`) per subscriber per batch,
+    /// through tokio.
     Writev,
     /// Every subscriber's `sendmsg` of a batch queued on the core's
-    /// io_uring (`SINGLE_ISSUER | DEFER_TASKRUN`), many per
-    /// `io_uring_enter`. Falls back to `writev` on a core where io_uring
-    /// cannot be set up (logged once).
+    /// io_uring (`SINGLE_ISSUER | DEFER_TASKRUN`), up to 1,024 per
+    /// `io_uring_enter`. The default: about a quarter less hub CPU per
+    /// delivery than `writev` on this project's machine
+    /// (docs/BENCHMARKS.md, "Batched sends through io_uring"). Falls back
+    /// to `writev` on a core where io_uring cannot be set up (logged).
+    #[default]
     IoUring,
 }
 
@@ -721,12 +722,12 @@ mod tests {
         assert!("interval:x".parse::<FsyncPolicy>().is_err());
         assert!("sometimes".parse::<FsyncPolicy>().is_err());
         c.validate().unwrap();
-        assert_eq!(c.fanout_send, FanoutSend::Writev);
-        c.apply_toml("fanout_send = \"io_uring\"").unwrap();
         assert_eq!(c.fanout_send, FanoutSend::IoUring);
-        c.apply_env(|k| (k == "PINION_FANOUT_SEND").then(|| "writev".to_string()))
-            .unwrap();
+        c.apply_toml("fanout_send = \"writev\"").unwrap();
         assert_eq!(c.fanout_send, FanoutSend::Writev);
+        c.apply_env(|k| (k == "PINION_FANOUT_SEND").then(|| "io_uring".to_string()))
+            .unwrap();
+        assert_eq!(c.fanout_send, FanoutSend::IoUring);
         assert!(c
             .apply_toml("fanout_send = \"sendfile\"")
             .unwrap_err()

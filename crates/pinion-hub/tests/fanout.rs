@@ -224,18 +224,20 @@ fn tcp_and_websocket_subscribers_get_durable_messages_in_order() {
     in_order(None);
 }
 
-/// The same through io_uring, whatever `PINION_FANOUT_SEND` says.
+/// The same through io_uring, and through writev, whatever
+/// `PINION_FANOUT_SEND` says.
 #[test]
 fn tcp_and_websocket_subscribers_get_durable_messages_in_order_through_io_uring() {
     in_order(Some(FanoutSend::IoUring));
 }
 
+#[test]
+fn tcp_and_websocket_subscribers_get_durable_messages_in_order_through_writev() {
+    in_order(Some(FanoutSend::Writev));
+}
+
 fn in_order(send: Option<FanoutSend>) {
-    let dir = temp_dir(if send.is_some() {
-        "basic-uring"
-    } else {
-        "basic"
-    });
+    let dir = temp_dir(&format!("basic-{send:?}"));
     let mut cfg = config(&dir);
     cfg.fanout_send = send.unwrap_or(cfg.fanout_send);
     let hub = Hub::start(cfg).unwrap();
@@ -374,15 +376,21 @@ fn a_slow_subscriber_is_disconnected_with_its_resume_offset_and_nobody_else_wait
     slow_one(None);
 }
 
-/// The same through io_uring, whatever `PINION_FANOUT_SEND` says: sockets
-/// that fill up (EAGAIN from the ring) are still woken when they drain.
+/// The same through io_uring, and through writev, whatever
+/// `PINION_FANOUT_SEND` says: sockets that fill up (EAGAIN from the ring)
+/// are still woken when they drain.
 #[test]
 fn a_slow_subscriber_is_disconnected_and_nobody_else_waits_through_io_uring() {
     slow_one(Some(FanoutSend::IoUring));
 }
 
+#[test]
+fn a_slow_subscriber_is_disconnected_and_nobody_else_waits_through_writev() {
+    slow_one(Some(FanoutSend::Writev));
+}
+
 fn slow_one(send: Option<FanoutSend>) {
-    let dir = temp_dir(if send.is_some() { "slow-uring" } else { "slow" });
+    let dir = temp_dir(&format!("slow-{send:?}"));
     let base = config(&dir);
     let hub = Hub::start(HubConfig {
         max_queued_per_subscriber: 64 << 10,

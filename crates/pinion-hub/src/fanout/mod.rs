@@ -423,6 +423,9 @@ pub(crate) struct Fanout<S = TcpStream> {
     ring: Option<BatchSender>,
 }
 
+/// A subscriber written through the ring: its id, its socket, its frames.
+type Direct<S> = (u64, Arc<S>, Vec<(u64, Bytes)>);
+
 /// Frames gathered in one vectored write at most.
 const MAX_IOV: usize = 64;
 
@@ -457,6 +460,7 @@ impl<S: SubSocket> Fanout<S> {
             unindex: VecDeque::new(),
             touched: Vec::new(),
             backlog: None,
+            // The model tests' default: their sockets have no descriptor.
             send_mode: FanoutSend::Writev,
             ring: None,
         }
@@ -814,7 +818,7 @@ impl<S: SubSocket> Fanout<S> {
     fn send_ring(&mut self, ids: &[u64], subs: &mut HashMap<u64, Sub<S>>) -> u64 {
         let mut delivered = 0;
         // (id, its socket, its frames): sent together below.
-        let mut direct: Vec<(u64, Arc<S>, Vec<(u64, Bytes)>)> = Vec::with_capacity(ids.len());
+        let mut direct: Vec<Direct<S>> = Vec::with_capacity(ids.len());
         for &id in ids {
             let Some(s) = subs.get_mut(&id) else { continue };
             let mut frames = std::mem::take(&mut s.pending);
