@@ -120,8 +120,8 @@ pub enum FanoutSend {
     Writev,
     /// Every subscriber's `sendmsg` of a batch queued on the core's
     /// io_uring (`SINGLE_ISSUER | DEFER_TASKRUN`), up to 1,024 per
-    /// `io_uring_enter`. The default: about a quarter less hub CPU per
-    /// delivery than `writev` on this project's machine
+    /// `io_uring_enter`. The default: 0.69× the hub CPU per delivery of
+    /// `writev` at 19,000 subscribers on this project's machine
     /// (docs/BENCHMARKS.md, "Batched sends through io_uring"). Falls back
     /// to `writev` on a core where io_uring cannot be set up (logged).
     #[default]
