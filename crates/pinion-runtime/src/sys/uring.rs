@@ -93,13 +93,23 @@ impl BatchSender {
     ///
     /// [`UringError::Unavailable`] when no ring can be set up.
     pub fn new(entries: u32) -> Result<Self, UringError> {
+        Self::build(entries, true)
+    }
+
+    /// As [`BatchSender::new`], trying `SINGLE_ISSUER | DEFER_TASKRUN`
+    /// only if `defer` (the tests build a plain ring this way).
+    fn build(entries: u32, defer: bool) -> Result<Self, UringError> {
         let entries = entries.clamp(1, 32768);
-        let first = io_uring::IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_submit_all()
-            .setup_clamp()
-            .build(entries);
+        let first = if defer {
+            io_uring::IoUring::builder()
+                .setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_submit_all()
+                .setup_clamp()
+                .build(entries)
+        } else {
+            Err(io::Error::from(io::ErrorKind::Unsupported))
+        };
         let (ring, kind) = match first {
             Ok(r) => (r, RingKind::DeferTaskrun),
             Err(_) => {
@@ -274,6 +284,41 @@ mod tests {
 
     fn sender() -> BatchSender {
         BatchSender::new(DEFAULT_ENTRIES).expect("io_uring on the test machine")
+    }
+
+    /// The fallback ring behaves the same: full, short, would-block,
+    /// closed, more items than its queue.
+    #[test]
+    fn a_plain_ring_sends_the_same() {
+        let mut s = BatchSender::build(4, false).unwrap();
+        assert_eq!(s.kind(), RingKind::Plain);
+        let (full, _keep) = UnixStream::pair().unwrap();
+        full.set_nonblocking(true).unwrap();
+        fill(&full);
+        let (closed, gone) = UnixStream::pair().unwrap();
+        drop(gone);
+        let pairs: Vec<(UnixStream, UnixStream)> =
+            (0..6).map(|_| UnixStream::pair().unwrap()).collect();
+        let bufs = [IoSlice::new(b"ab"), IoSlice::new(b"cd")];
+        let mut items: Vec<(BorrowedFd<'_>, &[IoSlice<'_>])> =
+            vec![(full.as_fd(), &bufs), (closed.as_fd(), &bufs)];
+        items.extend(pairs.iter().map(|(a, _)| (a.as_fd(), &bufs[..])));
+        let mut results = Vec::new();
+        s.send_batch(&items, &mut results).unwrap();
+        assert_eq!(
+            results[0].as_ref().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert_eq!(
+            results[1].as_ref().unwrap_err().raw_os_error(),
+            Some(libc::EPIPE)
+        );
+        for ((_, mut b), r) in pairs.into_iter().zip(&results[2..]) {
+            assert_eq!(*r.as_ref().unwrap(), 4);
+            let mut got = [0u8; 4];
+            b.read_exact(&mut got).unwrap();
+            assert_eq!(&got, b"abcd");
+        }
     }
 
     fn tcp_pair() -> (TcpStream, TcpStream) {
