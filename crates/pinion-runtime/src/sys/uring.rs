@@ -259,7 +259,10 @@ impl BatchSender {
                     let unconsumed = self.ring.submission().len();
                     let consumed = queued - unconsumed;
                     if consumed > done {
-                        eprintln!(
+                        // No unwinding from here (`eprintln!` could panic).
+                        use std::io::Write as _;
+                        let _ = writeln!(
+                            io::stderr(),
                             "pinion: io_uring_enter failed ({e}) with {} sends in flight; aborting",
                             consumed - done
                         );
