@@ -23,6 +23,9 @@ echo "== cargo test --workspace"
 cargo test --workspace --all-targets
 cargo test --workspace --doc
 
+echo "== the hub's tests again with the other fan-out send path (writev; the default is io_uring)"
+PINION_FANOUT_SEND=writev cargo test -p pinion-hub
+
 echo "== fuzz targets build (cargo check)"
 (cd fuzz && cargo check --quiet --bins)
 

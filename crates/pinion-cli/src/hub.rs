@@ -41,6 +41,12 @@ pub struct ServeArgs {
     /// Largest payload accepted, bytes [default: 256; env PINION_MAX_PAYLOAD].
     #[arg(long, value_name = "BYTES")]
     pub max_payload: Option<usize>,
+    /// How the fan-out writes to subscribers: writev (one per subscriber
+    /// per batch) or io_uring (a batch's sends submitted together)
+    /// [default: io_uring, writev where io_uring is unavailable; env
+    /// PINION_FANOUT_SEND].
+    #[arg(long, value_name = "MODE", value_parser = parse_fanout_send)]
+    pub fanout_send: Option<pinion_hub::FanoutSend>,
     /// Cores to run on (0: every CPU allowed).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
@@ -110,6 +116,11 @@ fn parse_fsync(s: &str) -> Result<FsyncPolicy, String> {
         .map_err(|e: pinion_hub::config::ConfigError| e.to_string())
 }
 
+fn parse_fanout_send(s: &str) -> Result<pinion_hub::FanoutSend, String> {
+    s.parse()
+        .map_err(|e: pinion_hub::config::ConfigError| e.to_string())
+}
+
 fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("PINION_LOG")
@@ -152,6 +163,9 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
     }
     if let Some(m) = a.max_payload {
         cfg.max_payload = m;
+    }
+    if let Some(m) = a.fanout_send {
+        cfg.fanout_send = m;
     }
     if let Some(t) = a.threads {
         cfg.threads = t;
@@ -244,6 +258,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
         replayed = r.replayed,
         rebuilt_sessions = r.rebuilt,
         fsync = %cfg.fsync,
+        fanout_send = %cfg.fanout_send,
         max_payload = cfg.max_payload,
         "log opened"
     );

@@ -75,7 +75,7 @@ use std::time::{Duration, Instant};
 use pinion::{Endpoint, Options, Protocol, Runtime, Socket};
 use pinion_journal::{Journal, JournalOptions};
 
-pub use config::{FsyncPolicy, HubConfig};
+pub use config::{FanoutSend, FsyncPolicy, HubConfig};
 pub use stats::{HubStats, LatencyBuckets, Port, Refusal, StatsSnapshot};
 
 /// Name of the log file in the data directory.
@@ -670,7 +670,8 @@ impl Hub {
                 cfg.max_queued_per_subscriber,
                 shared.clone(),
             )
-            .with_backlog(fan_backlogs[core].clone());
+            .with_backlog(fan_backlogs[core].clone())
+            .with_send(cfg.fanout_send);
             rt.spawn_on(core, f.run());
         }
         drop(replay_tx);

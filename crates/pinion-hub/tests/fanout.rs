@@ -10,8 +10,22 @@ use std::time::{Duration, Instant};
 
 use pinion::publisher::{Outcome, Publisher, PublisherOptions};
 use pinion::{Options, Protocol, Socket};
-use pinion_hub::{Hub, HubConfig};
+use pinion_hub::{FanoutSend, Hub, HubConfig};
 use pinion_proto::{Delivery, Message as _};
+
+/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
+/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
+/// runs every test on the other send path.
+fn base_config() -> HubConfig {
+    let mut c = HubConfig::default();
+    c.apply_env(|k| {
+        (k == "PINION_FANOUT_SEND")
+            .then(|| std::env::var(k).ok())
+            .flatten()
+    })
+    .expect("PINION_FANOUT_SEND is writev or io_uring");
+    c
+}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-fanout-{name}-{}", std::process::id()));
@@ -26,7 +40,7 @@ fn config(dir: &std::path::Path) -> HubConfig {
         subscribe: vec!["tcp://127.0.0.1:0".into()],
         http: Some("127.0.0.1:0".into()),
         threads: 2,
-        ..HubConfig::default()
+        ..base_config()
     }
 }
 
@@ -207,8 +221,26 @@ impl Ws {
 
 #[test]
 fn tcp_and_websocket_subscribers_get_durable_messages_in_order() {
-    let dir = temp_dir("basic");
-    let hub = Hub::start(config(&dir)).unwrap();
+    in_order(None);
+}
+
+/// The same through io_uring, and through writev, whatever
+/// `PINION_FANOUT_SEND` says.
+#[test]
+fn tcp_and_websocket_subscribers_get_durable_messages_in_order_through_io_uring() {
+    in_order(Some(FanoutSend::IoUring));
+}
+
+#[test]
+fn tcp_and_websocket_subscribers_get_durable_messages_in_order_through_writev() {
+    in_order(Some(FanoutSend::Writev));
+}
+
+fn in_order(send: Option<FanoutSend>) {
+    let dir = temp_dir(&format!("basic-{send:?}"));
+    let mut cfg = config(&dir);
+    cfg.fanout_send = send.unwrap_or(cfg.fanout_send);
+    let hub = Hub::start(cfg).unwrap();
     let url = hub.endpoints()[0].clone();
     let http = hub.http_addr().unwrap().to_string();
     // An SP SUB over TCP (any NNG SUB would do), every topic.
@@ -341,10 +373,29 @@ fn resume_from_any_offset_has_no_gap_and_no_duplicate_under_concurrent_publishin
 
 #[test]
 fn a_slow_subscriber_is_disconnected_with_its_resume_offset_and_nobody_else_waits() {
-    let dir = temp_dir("slow");
+    slow_one(None);
+}
+
+/// The same through io_uring, and through writev, whatever
+/// `PINION_FANOUT_SEND` says: sockets that fill up (EAGAIN from the ring)
+/// are still woken when they drain.
+#[test]
+fn a_slow_subscriber_is_disconnected_and_nobody_else_waits_through_io_uring() {
+    slow_one(Some(FanoutSend::IoUring));
+}
+
+#[test]
+fn a_slow_subscriber_is_disconnected_and_nobody_else_waits_through_writev() {
+    slow_one(Some(FanoutSend::Writev));
+}
+
+fn slow_one(send: Option<FanoutSend>) {
+    let dir = temp_dir(&format!("slow-{send:?}"));
+    let base = config(&dir);
     let hub = Hub::start(HubConfig {
         max_queued_per_subscriber: 64 << 10,
-        ..config(&dir)
+        fanout_send: send.unwrap_or(base.fanout_send),
+        ..base
     })
     .unwrap();
     let url = hub.endpoints()[0].clone();

@@ -13,6 +13,20 @@ use pinion_hub::{Hub, HubConfig, Port, Refusal};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
+/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
+/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
+/// runs every test on the other send path.
+fn base_config() -> HubConfig {
+    let mut c = HubConfig::default();
+    c.apply_env(|k| {
+        (k == "PINION_FANOUT_SEND")
+            .then(|| std::env::var(k).ok())
+            .flatten()
+    })
+    .expect("PINION_FANOUT_SEND is writev or io_uring");
+    c
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-door-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -27,7 +41,7 @@ fn config(dir: &std::path::Path) -> HubConfig {
         subscribe: vec!["tcp://127.0.0.1:0".into()],
         http: Some("127.0.0.1:0".into()),
         preallocate: 0,
-        ..HubConfig::default()
+        ..base_config()
     }
 }
 

@@ -9,6 +9,20 @@ use pinion::{Message, Options, Protocol, Socket};
 use pinion_hub::{FsyncPolicy, Hub, HubConfig};
 use pinion_proto::{reply, Code, Message as _, Publish, Reply};
 
+/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
+/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
+/// runs every test on the other send path.
+fn base_config() -> HubConfig {
+    let mut c = HubConfig::default();
+    c.apply_env(|k| {
+        (k == "PINION_FANOUT_SEND")
+            .then(|| std::env::var(k).ok())
+            .flatten()
+    })
+    .expect("PINION_FANOUT_SEND is writev or io_uring");
+    c
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-hub-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -25,7 +39,7 @@ fn config(dir: &std::path::Path) -> HubConfig {
         threads: 2,
         subscribe: vec!["tcp://127.0.0.1:0".into()],
         http: Some("127.0.0.1:0".into()),
-        ..HubConfig::default()
+        ..base_config()
     }
 }
 

@@ -15,6 +15,20 @@ use pinion::{Message, Options, Protocol, Socket};
 use pinion_hub::{FsyncPolicy, Hub, HubConfig};
 use pinion_proto::{reply, Delivery, Message as _, Publish, Reply};
 
+/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
+/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
+/// runs every test on the other send path.
+fn base_config() -> HubConfig {
+    let mut c = HubConfig::default();
+    c.apply_env(|k| {
+        (k == "PINION_FANOUT_SEND")
+            .then(|| std::env::var(k).ok())
+            .flatten()
+    })
+    .expect("PINION_FANOUT_SEND is writev or io_uring");
+    c
+}
+
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-retention-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -123,7 +137,7 @@ fn twenty_thousand_clients_leave_ram_and_sqlite_beyond_the_horizon_and_dedup_hol
         threads: 2,
         dedup_horizon: HORIZON,
         checkpoint_interval: Duration::from_millis(100),
-        ..HubConfig::default()
+        ..base_config()
     };
     let hub = Hub::start(cfg.clone()).unwrap();
     let url = hub.endpoints()[0].clone();
@@ -250,7 +264,7 @@ fn a_core_over_its_fanout_backlog_still_delivers_every_record_once_in_order() {
         max_fanout_backlog: 1 << 20,
         // Subscribers are never cut for being slow here.
         max_queued_per_subscriber: 512 << 20,
-        ..HubConfig::default()
+        ..base_config()
     };
     let hub = Hub::start(cfg).unwrap();
     let url = hub.endpoints()[0].clone();

@@ -22,6 +22,16 @@
 //! subscriber whose socket is full gets a queue, and a small task that
 //! waits for the socket to drain.
 //!
+//! How those writes are made is [`FanoutSend`]: one `writev` each
+//! (through tokio), or, with `io_uring`, every such subscriber's
+//! `sendmsg` of a batch (up to [`YIELD_EVERY`] at a time) queued on the
+//! core's ring ([`pinion_runtime::sys::uring::BatchSender`]) and submitted
+//! with one `io_uring_enter` per 1,024. Each result is then handled as a
+//! `writev`'s would be: the rest of a short write is queued, and so is
+//! everything on EAGAIN, and the queue is written next through tokio, whose
+//! own `WouldBlock` arms the wait for the socket to drain (tokio never saw
+//! the ring's EAGAIN); an error drops the subscriber.
+//!
 //! # Cost: what the matching subscribers cost
 //!
 //! Each core keeps a [`TopicIndex`] of its subscribers' prefixes (a radix
@@ -88,6 +98,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +108,9 @@ use pinion_proto::{Delivery, Message as _};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
+use crate::config::FanoutSend;
 use crate::Shared;
+use pinion_runtime::sys::uring::{self, BatchSender, UringError};
 
 pub mod index;
 #[cfg(test)]
@@ -273,6 +286,11 @@ pub(crate) trait SubSocket: Send + Sync + 'static {
     fn writable(&self) -> impl std::future::Future<Output = ()> + Send;
     /// Ends the connection both ways (its reader task sees the end too).
     fn shutdown(&self);
+    /// The socket's descriptor, for batched sends through io_uring
+    /// (`None`: not a kernel socket; always written through `try_write*`).
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
 }
 
 impl SubSocket for TcpStream {
@@ -290,6 +308,10 @@ impl SubSocket for TcpStream {
 
     fn shutdown(&self) {
         let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.as_fd())
     }
 }
 
@@ -393,7 +415,19 @@ pub(crate) struct Fanout<S = TcpStream> {
     /// every batch processed is taken off it. `None` when batches do not
     /// come from a writer (the model tests).
     backlog: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    /// How batches are written (see [`FanoutSend`]).
+    send_mode: FanoutSend,
+    /// This core's ring, with `io_uring`: made in [`Fanout::run`], on the
+    /// core's own thread (a `SINGLE_ISSUER` ring is tied to the thread
+    /// that made it). `None`: writing with `writev`.
+    ring: Option<BatchSender>,
 }
+
+/// A subscriber written through the ring: its id, its socket, its frames.
+type Direct<S> = (u64, Arc<S>, Vec<(u64, Bytes)>);
+
+/// Frames gathered in one vectored write at most.
+const MAX_IOV: usize = 64;
 
 /// What writing to a subscriber came to.
 enum Wrote {
@@ -426,7 +460,17 @@ impl<S: SubSocket> Fanout<S> {
             unindex: VecDeque::new(),
             touched: Vec::new(),
             backlog: None,
+            // The model tests' default: their sockets have no descriptor.
+            send_mode: FanoutSend::Writev,
+            ring: None,
         }
+    }
+
+    /// Writes batches as `mode` says (the ring itself is made when the
+    /// task starts, on its core).
+    pub fn with_send(mut self, mode: FanoutSend) -> Self {
+        self.send_mode = mode;
+        self
     }
 
     /// Takes each batch it has processed off `backlog`, the counter the
@@ -438,6 +482,17 @@ impl<S: SubSocket> Fanout<S> {
 
     pub async fn run(mut self) {
         use tokio::sync::mpsc::error::TryRecvError;
+        if self.send_mode == FanoutSend::IoUring {
+            match BatchSender::new(uring::DEFAULT_ENTRIES) {
+                Ok(r) => {
+                    tracing::debug!(core = self.core, kind = ?r.kind(), "fan-out sends through io_uring");
+                    self.ring = Some(r);
+                }
+                Err(e) => {
+                    tracing::warn!(core = self.core, error = %e, "fan-out: io_uring unavailable; sending with writev");
+                }
+            }
+        }
         let mut subs: HashMap<u64, Sub<S>> = HashMap::new();
         loop {
             let first = if self.unindex.is_empty() {
@@ -727,16 +782,25 @@ impl<S: SubSocket> Fanout<S> {
         }
         // Counted once per batch: the counter is shared by every core.
         let mut delivered = 0;
-        for (i, &id) in touched.iter().enumerate() {
-            if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                tokio::task::yield_now().await;
+        if self.ring.is_some() {
+            for (i, ids) in touched.chunks(YIELD_EVERY).enumerate() {
+                if i > 0 {
+                    tokio::task::yield_now().await;
+                }
+                delivered += self.send_ring(ids, subs);
             }
-            let Some(s) = subs.get_mut(&id) else { continue };
-            let mut frames = std::mem::take(&mut s.pending);
-            let n = frames.len() as u64;
-            match self.send(id, s, &mut frames) {
-                Wrote::Ok => delivered += n,
-                w => self.settle(id, w, subs),
+        } else {
+            for (i, &id) in touched.iter().enumerate() {
+                if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                    tokio::task::yield_now().await;
+                }
+                let Some(s) = subs.get_mut(&id) else { continue };
+                let mut frames = std::mem::take(&mut s.pending);
+                let n = frames.len() as u64;
+                match self.send(id, s, &mut frames) {
+                    Wrote::Ok => delivered += n,
+                    w => self.settle(id, w, subs),
+                }
             }
         }
         touched.clear();
@@ -745,6 +809,70 @@ impl<S: SubSocket> Fanout<S> {
             .stats
             .delivered
             .fetch_add(delivered, Ordering::Relaxed);
+    }
+
+    /// Writes the pending frames of the subscribers `ids` through the
+    /// ring: those with nothing queued in one `send_batch` (the others
+    /// behind their queues, as [`Fanout::send`] does), then each result as
+    /// a `writev`'s. Returns the frames delivered.
+    fn send_ring(&mut self, ids: &[u64], subs: &mut HashMap<u64, Sub<S>>) -> u64 {
+        let mut delivered = 0;
+        // (id, its socket, its frames): sent together below.
+        let mut direct: Vec<Direct<S>> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let Some(s) = subs.get_mut(&id) else { continue };
+            let mut frames = std::mem::take(&mut s.pending);
+            if s.queue.is_empty() && !s.waiting && s.io.fd().is_some() {
+                direct.push((id, s.io.clone(), frames));
+                continue;
+            }
+            let n = frames.len() as u64;
+            match self.send(id, s, &mut frames) {
+                Wrote::Ok => delivered += n,
+                w => self.settle(id, w, subs),
+            }
+        }
+        if direct.is_empty() {
+            return delivered;
+        }
+        let mut results = Vec::with_capacity(direct.len());
+        {
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(direct.len());
+            let mut ends = Vec::with_capacity(direct.len());
+            for (_, _, frames) in &direct {
+                iov.extend(frames.iter().take(MAX_IOV).map(|(_, f)| IoSlice::new(f)));
+                ends.push(iov.len());
+            }
+            let mut start = 0;
+            let items: Vec<(BorrowedFd<'_>, &[IoSlice<'_>])> = direct
+                .iter()
+                .zip(&ends)
+                .filter_map(|((_, io, _), &end)| {
+                    let bufs = &iov[start..end];
+                    start = end;
+                    Some((io.fd()?, bufs))
+                })
+                .collect();
+            debug_assert_eq!(items.len(), direct.len());
+            let ring = self.ring.as_mut().expect("checked by the caller");
+            if let Err(e) = ring.send_batch(&items, &mut results) {
+                // Every result is still right (what was not sent reads as
+                // WouldBlock: queued, written by the fallback below).
+                tracing::warn!(core = self.core, error = %e, "fan-out: io_uring failed; sending with writev from now on");
+                if matches!(e, UringError::Broken(_)) {
+                    self.ring = None;
+                }
+            }
+        }
+        for ((id, _, mut frames), r) in direct.into_iter().zip(results) {
+            let Some(s) = subs.get_mut(&id) else { continue };
+            let n = frames.len() as u64;
+            match self.wrote(id, s, &mut frames, r) {
+                Wrote::Ok => delivered += n,
+                w => self.settle(id, w, subs),
+            }
+        }
+        delivered
     }
 
     /// Every live subscriber of this core turns to catching up from
@@ -894,45 +1022,62 @@ impl<S: SubSocket> Fanout<S> {
             } else {
                 let iov: Vec<IoSlice<'_>> = frames
                     .iter()
-                    .take(64)
+                    .take(MAX_IOV)
                     .map(|(_, f)| IoSlice::new(f))
                     .collect();
                 s.io.try_write_vectored(&iov)
             };
-            let mut n = match r {
-                Ok(0) => return Wrote::Dead,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(_) => return Wrote::Dead,
+            return self.wrote(id, s, frames, r);
+        }
+        for (o, f) in frames.drain(..) {
+            s.queued += f.len();
+            s.queue.push_back((o, f));
+        }
+        if s.waiting {
+            return if s.queued > self.max_queued {
+                Wrote::Slow
+            } else {
+                Wrote::Ok
             };
-            for (o, mut f) in frames.drain(..) {
-                if n >= f.len() {
-                    n -= f.len();
-                    continue;
-                }
-                if n > 0 {
-                    f = f.slice(n..);
-                    s.front_started = true;
-                    n = 0;
-                }
-                s.queued += f.len();
-                s.queue.push_back((o, f));
+        }
+        match self.flush(id, s) {
+            Wrote::Ok if s.queued > self.max_queued => Wrote::Slow,
+            w => w,
+        }
+    }
+
+    /// Acts on the result `r` of writing `frames` (from their start) to a
+    /// subscriber with nothing queued: what was not taken is queued and
+    /// then written through [`Fanout::flush`] (whose `WouldBlock`, seen by
+    /// tokio, arms the wait for the socket to drain); empties `frames`.
+    fn wrote(
+        &self,
+        id: u64,
+        s: &mut Sub<S>,
+        frames: &mut Vec<(u64, Bytes)>,
+        r: io::Result<usize>,
+    ) -> Wrote {
+        let mut n = match r {
+            Ok(0) if !frames.is_empty() => return Wrote::Dead,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => return Wrote::Dead,
+        };
+        for (o, mut f) in frames.drain(..) {
+            if n >= f.len() {
+                n -= f.len();
+                continue;
             }
-            if s.queue.is_empty() {
-                return Wrote::Ok;
+            if n > 0 {
+                f = f.slice(n..);
+                s.front_started = true;
+                n = 0;
             }
-        } else {
-            for (o, f) in frames.drain(..) {
-                s.queued += f.len();
-                s.queue.push_back((o, f));
-            }
-            if s.waiting {
-                return if s.queued > self.max_queued {
-                    Wrote::Slow
-                } else {
-                    Wrote::Ok
-                };
-            }
+            s.queued += f.len();
+            s.queue.push_back((o, f));
+        }
+        if s.queue.is_empty() {
+            return Wrote::Ok;
         }
         match self.flush(id, s) {
             Wrote::Ok if s.queued > self.max_queued => Wrote::Slow,
@@ -950,7 +1095,7 @@ impl<S: SubSocket> Fanout<S> {
                 let iov: Vec<IoSlice<'_>> = s
                     .queue
                     .iter()
-                    .take(64)
+                    .take(MAX_IOV)
                     .map(|(_, f)| IoSlice::new(f))
                     .collect();
                 s.io.try_write_vectored(&iov)

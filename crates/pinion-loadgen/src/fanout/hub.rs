@@ -33,6 +33,7 @@ pub(crate) fn start(
     exe: &Path,
     fsync: &str,
     max_payload: usize,
+    extra: &[String],
 ) -> Result<(ServerGuard, HubAddrs), LoadgenError> {
     if !is_executable(exe) {
         return Err(LoadgenError::MissingBinary {
@@ -62,7 +63,8 @@ pub(crate) fn start(
         .args(["--fsync", fsync])
         .arg("--max-payload")
         .arg(max_payload.to_string())
-        .args(["--stats-every", "0"]);
+        .args(["--stats-every", "0"])
+        .args(extra);
     let mut guard = ServerGuard::spawn(NAME, cmd, dir)?;
     let addrs = HubAddrs {
         publish: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),

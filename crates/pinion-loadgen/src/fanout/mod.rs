@@ -185,6 +185,10 @@ pub struct FanoutArgs {
     /// The started hub's --fsync policy.
     #[arg(long, default_value = "always")]
     pub fsync: String,
+    /// One more argument for the started hub, as `pinion serve` takes it
+    /// (repeat; e.g. `--hub-arg=--fanout-send=io_uring`).
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub hub_arg: Vec<String>,
     /// Use a running hub's publisher endpoint (tcp://HOST:PORT) instead of
     /// starting one; needs --http-url.
     #[arg(long, value_name = "URL", requires = "http_url")]
@@ -836,10 +840,14 @@ fn hub_text(args: &FanoutArgs, pinion_exe: &Path, external: Option<HubAddrs>) ->
     match (&args.hub_url, external) {
         (Some(u), Some(_)) => format!("at {u} (not started by the bench)"),
         _ => format!(
-            "{} serve --fsync {} --max-payload {}",
+            "{} serve --fsync {} --max-payload {}{}",
             pinion_exe.display(),
             args.fsync,
-            args.max_payload()
+            args.max_payload(),
+            args.hub_arg
+                .iter()
+                .map(|a| format!(" {a}"))
+                .collect::<String>()
         ),
     }
 }

@@ -66,6 +66,7 @@ impl Site {
                 size: args.max_payload(),
                 fsync: args.fsync.clone(),
                 stats_every: 0,
+                extra: args.hub_arg.clone(),
             };
             let c = cluster::start_spec(exe, &spec)?;
             let nodes = (0..c.ports.len())
@@ -90,7 +91,7 @@ impl Site {
         let (single, addrs) = match external {
             Some(a) => (None, a),
             None => {
-                let (g, a) = hub::start(exe, &args.fsync, args.max_payload())?;
+                let (g, a) = hub::start(exe, &args.fsync, args.max_payload(), &args.hub_arg)?;
                 (Some(g), a)
             }
         };

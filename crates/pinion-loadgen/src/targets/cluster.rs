@@ -38,6 +38,8 @@ pub(crate) struct Spec {
     pub fsync: String,
     /// `--stats-every` of every node, seconds.
     pub stats_every: u32,
+    /// More arguments for every node's `pinion serve` (`--hub-arg`).
+    pub extra: Vec<String>,
 }
 
 impl Spec {
@@ -49,6 +51,7 @@ impl Spec {
             size,
             fsync: "always".into(),
             stats_every: 1,
+            extra: Vec::new(),
         }
     }
 }
@@ -114,7 +117,8 @@ impl Cluster {
             .args(&self.peers)
             .args(me)
             .arg("--stats-every")
-            .arg(self.spec.stats_every.to_string());
+            .arg(self.spec.stats_every.to_string())
+            .args(&self.spec.extra);
         Ok(cmd)
     }
 

@@ -1,8 +1,15 @@
-//! Platform code: CPU affinity, seeds, and reading a socket into spare
-//! buffer capacity. Every `unsafe` in pinion lives here,
+//! Platform code: CPU affinity, seeds, reading a socket into spare
+//! buffer capacity, and batched sends through io_uring ([`uring`]). Every `unsafe` in pinion lives here,
 //! each with a `// SAFETY:` note.
 
 use std::io;
+
+#[cfg(target_os = "linux")]
+pub mod uring;
+/// io_uring is Linux's: elsewhere the batched sender is never available.
+#[cfg(not(target_os = "linux"))]
+#[path = "uring_shell.rs"]
+pub mod uring;
 
 /// The CPUs this process may run on (its affinity mask, which honours
 /// `taskset` and container cpusets), in ascending order. Falls back to
