@@ -166,6 +166,12 @@ pub struct PublishArgs {
     #[arg(long, default_value_t = 0)]
     #[serde(skip_serializing_if = "is_zero")]
     pub learners: usize,
+    /// `--learners`: run them under `nice -n N` (e.g. 19), so that on one
+    /// machine they take the CPU the voters leave, as edge nodes on their
+    /// own machines would.
+    #[arg(long, value_name = "N", requires = "learners")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learner_nice: Option<i32>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -630,7 +636,10 @@ fn run_target(
             let bar = progress_bar(args, label("cluster"));
             let mut c = cluster::start_spec(
                 pinion_exe,
-                &cluster::Spec::publish_bench(args.size, args.learners),
+                &cluster::Spec {
+                    learner_nice: args.learner_nice,
+                    ..cluster::Spec::publish_bench(args.size, args.learners)
+                },
             )?;
             let w = Arc::new(pinion::PinionWorkload {
                 addr: c.leader_addr,
@@ -668,9 +677,12 @@ fn run_target(
                             String::new()
                         } else {
                             format!(
-                                ", plus {} non-voting learner{} added and caught up before measuring",
+                                ", plus {} non-voting learner{} added and caught up before measuring{}",
                                 args.learners,
-                                if args.learners == 1 { "" } else { "s" }
+                                if args.learners == 1 { "" } else { "s" },
+                                args.learner_nice
+                                    .map(|n| format!(" (run under nice -n {n})"))
+                                    .unwrap_or_default()
                             )
                         }
                     ),

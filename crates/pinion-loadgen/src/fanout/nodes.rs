@@ -67,6 +67,7 @@ impl Site {
                 fsync: args.fsync.clone(),
                 stats_every: 0,
                 extra: args.hub_arg.clone(),
+                learner_nice: None,
             };
             let c = cluster::start_spec(exe, &spec)?;
             let nodes = (0..c.ports.len())

@@ -40,6 +40,10 @@ pub(crate) struct Spec {
     pub stats_every: u32,
     /// More arguments for every node's `pinion serve` (`--hub-arg`).
     pub extra: Vec<String>,
+    /// Learners run under `nice -n N` (`--learner-nice`): on one machine,
+    /// a way to keep their CPU from the voters', as separate machines
+    /// would.
+    pub learner_nice: Option<i32>,
 }
 
 impl Spec {
@@ -52,6 +56,7 @@ impl Spec {
             fsync: "always".into(),
             stats_every: 1,
             extra: Vec::new(),
+            learner_nice: None,
         }
     }
 }
@@ -97,7 +102,15 @@ impl Cluster {
         // A learner names itself among its peers too (a node must be one
         // of them); the voters do not know it until it is added.
         let me = (i >= self.voters).then(|| peer_arg(i, self.ports[i]));
-        let mut cmd = Command::new(&self.exe);
+        let mut cmd = match self.spec.learner_nice.filter(|_| i >= self.voters) {
+            // nice execs the hub: the PID is the hub's.
+            Some(n) => {
+                let mut c = Command::new("nice");
+                c.arg("-n").arg(n.to_string()).arg(&self.exe);
+                c
+            }
+            None => Command::new(&self.exe),
+        };
         cmd.arg("serve")
             .arg("-c")
             .arg(&conf)
