@@ -57,6 +57,7 @@ pub mod blocking;
 mod device;
 pub mod publisher;
 mod socket;
+pub mod subscriber;
 
 pub use bytes::Bytes;
 pub use device::device;
@@ -64,6 +65,7 @@ pub use pinion_core::protocol::ProtocolKind as Protocol;
 pub use pinion_core::{
     CallerError, Header, Message, OpError, Options, PeerError, UpgradeFault, WsViolation,
 };
+pub use pinion_runtime::error::UrlError;
 pub use pinion_runtime::socket::{Adopted, Endpoint};
 pub use pinion_runtime::stats::StatsSnapshot;
 pub use pinion_runtime::{Error, Fault, Runtime, RuntimeBuilder, Url};
