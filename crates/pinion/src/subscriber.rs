@@ -85,8 +85,10 @@ pub struct SubscriberOptions {
     /// The first offset wanted (replayed from the log, then live). `None`
     /// (the default): live from now.
     pub from: Option<u64>,
-    /// Which URL to try first. `None` (the default): one at random, so many
-    /// subscribers given the same list spread over the nodes.
+    /// Which URL to try first; the next ones are then tried round robin.
+    /// `None` (the default): a random one first, then the others in a
+    /// random order of this subscriber's own, so that many subscribers
+    /// given the same list spread over the nodes, also when one dies.
     pub start_index: Option<usize>,
     /// Connecting, the upgrade and the hub's hello must all be done within
     /// this. Default 3 s.
@@ -495,9 +497,11 @@ impl Subscriber {
     /// [`Error::Options`] when the options cannot work.
     pub fn start(opts: SubscriberOptions) -> Result<Subscriber, Error> {
         let seed = seed();
-        let start = opts.start_index.unwrap_or_else(|| {
-            pinion_core::rng::Rng::new(seed).below(opts.urls.len().max(1) as u64) as usize
-        });
+        let order = track::order(
+            opts.urls.len(),
+            opts.start_index,
+            &mut pinion_core::rng::Rng::new(seed ^ 0x5eed),
+        );
         let next_offset = opts.from;
         let buffer = opts.buffer;
         let cfg = Arc::new(check(opts)?);
@@ -508,7 +512,7 @@ impl Subscriber {
         let shared = Arc::new(Shared::default());
         rt.spawn_on(
             core,
-            conn::drive(cfg, start, tx, shared.clone(), seed, Instant::now()),
+            conn::drive(cfg, order, tx, shared.clone(), seed, Instant::now()),
         );
         Ok(Subscriber {
             rx,

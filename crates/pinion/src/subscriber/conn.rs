@@ -28,7 +28,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// [`super::Subscriber`] is dropped or gives up.
 pub(crate) async fn drive(
     cfg: Arc<Config>,
-    start: usize,
+    order: Vec<usize>,
     tx: mpsc::Sender<Feed>,
     shared: Arc<Shared>,
     seed: u64,
@@ -37,8 +37,7 @@ pub(crate) async fn drive(
     let o = &cfg.opts;
     let mut rng = Rng::new(seed);
     let mut t = Tracker::new(
-        cfg.targets.len(),
-        start,
+        order,
         o.from,
         (o.backoff_min, o.backoff_max),
         o.give_up_after,

@@ -51,8 +51,10 @@ pub(crate) struct Tracker {
     /// The first offset wanted next (`None`: live, and no node has said
     /// where "now" is yet).
     next: Option<u64>,
-    node: usize,
-    nodes: usize,
+    /// The URLs in the order they are tried (from [`order`]).
+    order: Vec<usize>,
+    /// Position in `order` of the node now.
+    at: usize,
     /// Connections in a row that were not good ([`STABLE`]).
     failures: u32,
     backoff: Backoff,
@@ -62,20 +64,20 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker over `nodes` URLs (at least one), starting at `start`.
+    /// A tracker trying the URLs in `order` (from [`order`]; not empty),
+    /// round and round.
     pub fn new(
-        nodes: usize,
-        start: usize,
+        order: Vec<usize>,
         from: Option<u64>,
         backoff: (Duration, Duration),
         give_up_after: Option<Duration>,
         now: Instant,
     ) -> Tracker {
-        let nodes = nodes.max(1);
+        let order = if order.is_empty() { vec![0] } else { order };
         Tracker {
             next: from,
-            node: start % nodes,
-            nodes,
+            order,
+            at: 0,
             failures: 0,
             backoff: Backoff::new(backoff.0, backoff.1),
             last_ok: now,
@@ -85,7 +87,7 @@ impl Tracker {
 
     /// The node to connect to now.
     pub fn node(&self) -> usize {
-        self.node
+        self.order[self.at]
     }
 
     /// The `from` of the next connection (`None`: live from now).
@@ -125,13 +127,13 @@ impl Tracker {
             // and the hub filters what does not match.)
             self.next = e.resume_hint;
         }
-        self.node = (self.node + 1) % self.nodes;
+        self.at = (self.at + 1) % self.order.len();
         let good = e.delivered || (e.subscribed && e.lived >= STABLE);
         if good {
             self.failures = 0;
             self.backoff.reset();
             return Next::Retry {
-                node: self.node,
+                node: self.node(),
                 delay: Duration::ZERO,
             };
         }
@@ -142,17 +144,35 @@ impl Tracker {
             return Next::GiveUp;
         }
         self.failures = self.failures.saturating_add(1);
-        let round = u32::try_from(self.nodes).unwrap_or(u32::MAX);
+        let round = u32::try_from(self.order.len()).unwrap_or(u32::MAX);
         let delay = if self.failures % round == 0 {
             self.backoff.next_delay(rng)
         } else {
             Duration::ZERO
         };
         Next::Retry {
-            node: self.node,
+            node: self.node(),
             delay,
         }
     }
+}
+
+/// The order in which `n` URLs are tried: round robin from `start` when it
+/// is given; else a random first one, then the others in a random
+/// permutation, so that the subscribers of a node that dies spread over
+/// the rest instead of all moving to the same next one.
+pub(crate) fn order(n: usize, start: Option<usize>, rng: &mut Rng) -> Vec<usize> {
+    let n = n.max(1);
+    if let Some(s) = start {
+        return (0..n).map(|i| (s + i) % n).collect();
+    }
+    let mut v: Vec<usize> = (0..n).collect();
+    // Fisher-Yates.
+    for i in (1..n).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        v.swap(i, j);
+    }
+    v
 }
 
 /// The hello's `next`: a text frame `{"next":N}` (whitespace allowed, other
@@ -230,7 +250,13 @@ mod tests {
     fn resume_after_the_last_offset_and_drop_duplicates() {
         let t0 = Instant::now();
         let mut rng = Rng::new(1);
-        let mut t = Tracker::new(3, 1, Some(10), BACKOFF, None, t0);
+        let mut t = Tracker::new(
+            order(3, Some(1), &mut Rng::new(0)),
+            Some(10),
+            BACKOFF,
+            None,
+            t0,
+        );
         assert_eq!((t.node(), t.next()), (1, Some(10)));
         t.on_hello(10, t0);
         assert!(!t.on_delivery(9), "below `from`");
@@ -264,7 +290,7 @@ mod tests {
     fn a_live_subscription_adopts_the_hello() {
         let t0 = Instant::now();
         let mut rng = Rng::new(2);
-        let mut t = Tracker::new(2, 0, None, BACKOFF, None, t0);
+        let mut t = Tracker::new(order(2, Some(0), &mut rng), None, BACKOFF, None, t0);
         assert_eq!(t.next(), None);
         t.on_hello(500, t0);
         assert_eq!(t.next(), Some(500));
@@ -293,11 +319,11 @@ mod tests {
             lived: MS,
             resume_hint: Some(40),
         };
-        let mut t = Tracker::new(1, 0, Some(0), BACKOFF, None, t0);
+        let mut t = Tracker::new(vec![0], Some(0), BACKOFF, None, t0);
         assert!(t.on_delivery(30));
         t.on_end(slow, t0, &mut rng);
         assert_eq!(t.next(), Some(31), "last + 1 stands");
-        let mut t = Tracker::new(1, 0, None, BACKOFF, None, t0);
+        let mut t = Tracker::new(vec![0], None, BACKOFF, None, t0);
         t.on_end(slow, t0, &mut rng);
         assert_eq!(t.next(), Some(40));
     }
@@ -306,7 +332,7 @@ mod tests {
     fn backoff_only_after_every_node_failed_in_a_row() {
         let t0 = Instant::now();
         let mut rng = Rng::new(4);
-        let mut t = Tracker::new(3, 2, Some(0), BACKOFF, None, t0);
+        let mut t = Tracker::new(order(3, Some(2), &mut rng), Some(0), BACKOFF, None, t0);
         let mut delays = Vec::new();
         let mut nodes = Vec::new();
         for _ in 0..6 {
@@ -349,7 +375,7 @@ mod tests {
     fn one_node_backs_off_after_each_failure() {
         let t0 = Instant::now();
         let mut rng = Rng::new(5);
-        let mut t = Tracker::new(1, 7, Some(0), BACKOFF, None, t0);
+        let mut t = Tracker::new(order(1, Some(7), &mut rng), Some(0), BACKOFF, None, t0);
         assert_eq!(t.node(), 0);
         match t.on_end(failed(), t0, &mut rng) {
             Next::Retry { node: 0, delay } => assert!(delay >= 50 * MS),
@@ -361,7 +387,13 @@ mod tests {
     fn gives_up_when_no_node_accepted_for_long_enough() {
         let t0 = Instant::now();
         let mut rng = Rng::new(6);
-        let mut t = Tracker::new(2, 0, Some(0), BACKOFF, Some(Duration::from_secs(2)), t0);
+        let mut t = Tracker::new(
+            vec![0, 1],
+            Some(0),
+            BACKOFF,
+            Some(Duration::from_secs(2)),
+            t0,
+        );
         assert!(matches!(
             t.on_end(failed(), t0 + Duration::from_secs(1), &mut rng),
             Next::Retry { .. }
@@ -375,6 +407,37 @@ mod tests {
             t.on_end(failed(), t0 + Duration::from_secs(3), &mut rng),
             Next::GiveUp
         );
+    }
+
+    #[test]
+    fn orders_round_robin_or_spread() {
+        let mut rng = Rng::new(7);
+        assert_eq!(order(4, Some(2), &mut rng), [2, 3, 0, 1]);
+        assert_eq!(order(1, None, &mut rng), [0]);
+        // Random: every URL once, and both the first and the next vary.
+        let mut firsts = std::collections::BTreeSet::new();
+        let mut seconds = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let o = order(4, None, &mut rng);
+            let mut sorted = o.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, [0, 1, 2, 3]);
+            firsts.insert(o[0]);
+            if o[0] == 0 {
+                seconds.insert(o[1]);
+            }
+        }
+        assert_eq!(firsts.len(), 4);
+        assert_eq!(seconds.len(), 3, "after node 0, any of the others");
+        // The tracker follows the order.
+        let t0 = Instant::now();
+        let mut t = Tracker::new(vec![2, 0, 1], Some(0), BACKOFF, None, t0);
+        let mut seen = vec![t.node()];
+        for _ in 0..3 {
+            t.on_end(failed(), t0, &mut rng);
+            seen.push(t.node());
+        }
+        assert_eq!(seen, [2, 0, 1, 2]);
     }
 
     #[test]
