@@ -11,6 +11,12 @@
 //! the futures only wait on channels. [`blocking`] wraps the same sockets for
 //! plain threads.
 //!
+//! Clients of pinion's hub (`pinion serve`): [`publisher::Publisher`]
+//! (pipelined, idempotent retries) and [`subscriber::Subscriber`] (over the
+//! hub's WebSocket `/sub`, given one or several nodes of a cluster: moves
+//! to another node when its own goes away and resumes from the next
+//! offset, with no gap and no duplicate).
+//!
 //! # Example: request/reply
 //!
 //! ```

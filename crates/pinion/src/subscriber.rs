@@ -605,6 +605,11 @@ impl Subscriber {
         if self.finished {
             return Err(Error::Closed);
         }
+        match self.rx.try_recv() {
+            Ok(f) => return self.take(Some(f)).map(Some),
+            Err(mpsc::error::TryRecvError::Disconnected) => return self.take(None).map(Some),
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
         // The timer runs on the subscriber's core: this future needs no
         // particular runtime.
         let mut timer = self

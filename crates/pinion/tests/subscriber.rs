@@ -466,3 +466,29 @@ fn options_that_cannot_work() {
     );
     assert_eq!(Error::Options(OptionsError::NoUrls).fault(), Fault::Caller);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_async_api_inside_tokio() {
+    fn is_send<T: Send>(_: &T) {}
+    let (url, hub) = fake_hub(1, |_, mut s, _| {
+        s.write_all(&hello(3)).unwrap();
+        s.write_all(&delivery(3, "t/", "x")).unwrap();
+        client_frames(&mut s, Duration::from_secs(10));
+    });
+    let mut sub = Subscriber::connect(opts(&[&url])).await.unwrap();
+    is_send(&sub);
+    let d = sub.next().await.unwrap();
+    assert_eq!((d.offset, sub.next_offset()), (3, Some(4)));
+    // Nothing more: the timeout runs out.
+    let t = std::time::Instant::now();
+    assert!(sub
+        .next_timeout(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    sub.close();
+    tokio::task::spawn_blocking(move || hub.join().unwrap())
+        .await
+        .unwrap();
+}
