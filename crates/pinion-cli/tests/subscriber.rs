@@ -69,7 +69,7 @@ fn a_follower_killed_mid_stream_the_subscriber_resumes_on_another_node() {
             let (off, dup) = ack(&r).unwrap_or_else(|| panic!("seq {seq}: {r:?}"));
             assert!(!dup);
             acked.insert(off, format!("m{i}"));
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 seq += 1;
                 let r = publish_to(&req, [0x5b; 16], seq, "other", "not for it");
                 assert!(ack(&r).is_some(), "{r:?}");

@@ -175,8 +175,9 @@ pub fn device(a: &Socket, b: Option<&Socket>) -> crate::Error {
 ///     from: Some(0),
 ///     ..SubscriberOptions::new(["ws://127.0.0.1:7452", "ws://127.0.0.2:7452"])
 /// };
-/// let mut sub = pinion::blocking::Subscriber::connect(opts)?;
-/// while let Some(d) = sub.next_timeout(std::time::Duration::from_secs(10))? {
+/// let sub = pinion::blocking::Subscriber::connect(opts)?;
+/// for d in sub {
+///     let d = d?;
 ///     println!("{}: {:?}", d.offset, d.payload);
 /// }
 /// # Ok(()) }
@@ -204,11 +205,6 @@ impl Subscriber {
     /// The async subscriber underneath.
     pub fn as_async(&mut self) -> &mut crate::subscriber::Subscriber {
         &mut self.0
-    }
-
-    /// The next message.
-    pub fn next(&mut self) -> Result<crate::subscriber::Delivery, crate::subscriber::Error> {
-        block_on(self.0.next())
     }
 
     /// The next event.
@@ -254,4 +250,18 @@ impl Subscriber {
 
     /// Closes the connection and stops.
     pub fn close(self) {}
+}
+
+/// Messages, one by one (blocking): `Some(Ok(delivery))`; once the
+/// subscriber stops (after `give_up_after`), `Some(Err(last error))`, then
+/// `None`.
+impl Iterator for Subscriber {
+    type Item = Result<crate::subscriber::Delivery, crate::subscriber::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match block_on(self.0.next()) {
+            Err(crate::subscriber::Error::Closed) => None,
+            r => Some(r),
+        }
+    }
 }

@@ -9,8 +9,8 @@
 //! failed, the hub closed it (a slow consumer's `4008` included), the hub
 //! sent something malformed (that connection only is closed), or nothing
 //! was heard from the node for [`SubscriberOptions::idle_timeout`] — it
-//! moves to the **next** URL and subscribes again with `from = last offset
-//! + 1`. Every node of a cluster serves the same committed messages at the
+//! moves to the **next** URL and subscribes again from the offset after
+//! the last one it received. Every node of a cluster serves the same committed messages at the
 //! same offsets (a node that has not applied that offset yet holds the
 //! subscription until it has), so a move loses nothing and repeats nothing;
 //! a delivery below the expected offset is dropped all the same

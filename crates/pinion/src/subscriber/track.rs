@@ -145,7 +145,7 @@ impl Tracker {
         }
         self.failures = self.failures.saturating_add(1);
         let round = u32::try_from(self.order.len()).unwrap_or(u32::MAX);
-        let delay = if self.failures % round == 0 {
+        let delay = if self.failures.is_multiple_of(round) {
             self.backoff.next_delay(rng)
         } else {
             Duration::ZERO
