@@ -695,8 +695,11 @@ impl Subscriber {
     pub fn close(self) {}
 }
 
-#[cfg(fuzzing)]
-/// Parsers of what a hub sends on `/sub`, for the fuzz targets.
+/// The parsers of what a hub sends on `/sub`, for the fuzz targets
+/// (`fuzz/fuzz_targets/sub_frames.rs`). Not part of the API: hidden, and
+/// not under `cfg(fuzzing)` only because `scripts/test.sh` checks the fuzz
+/// crate on stable without it.
+#[doc(hidden)]
 pub mod fuzzing {
     pub use super::track::{parse_delivery, parse_hello, resume_hint};
 }
