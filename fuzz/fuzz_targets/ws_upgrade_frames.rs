@@ -118,6 +118,7 @@ fuzz_target!(|inp: Input| {
             Event::Ping(p) => assert!(p.len() <= 125),
             Event::Close(_) => assert_eq!(i, events.len() - 1, "events after a close"),
             Event::Pong => {}
+            Event::Text(_) => panic!("text without accept_text"),
         }
     }
 

@@ -1,19 +1,20 @@
-//! `pinion subscribe`: a hub subscriber that resumes. It reads a hub's (or
-//! a cluster's) messages over the WebSocket `/sub` endpoint
-//! (`docs/HUB-WEB.md`), prints one JSON line per message, and after a
-//! disconnect resumes from the next offset (`from = last + 1`), on the next
-//! node of its `--http` list: every node of a cluster delivers the same
-//! committed records at the same offsets, so moving to another node loses
-//! nothing and repeats nothing.
+//! `pinion subscribe`: a hub subscriber that resumes, the command-line face
+//! of [`pinion::subscriber`]. It reads a hub's (or a cluster's) messages
+//! over the WebSocket `/sub` endpoint (`docs/HUB-WEB.md`), prints one JSON
+//! line per message, and after a disconnect resumes from the next offset
+//! (`from = last + 1`), on the next node of its `--http` list: every node
+//! of a cluster delivers the same committed records at the same offsets,
+//! so moving to another node loses nothing and repeats nothing. Each move
+//! is told on stderr.
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use pinion_proto::{Delivery, Message as _};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::Message;
+use pinion::blocking::Subscriber;
+use pinion::subscriber::{Delivery, Event, SubscriberOptions};
+use pinion::Bytes;
 
+use crate::exit;
 use crate::failure::Failure;
 use crate::hub::{json_str, time_str, uuid};
 
@@ -39,172 +40,89 @@ pub struct SubscribeArgs {
     pub for_secs: f64,
 }
 
-/// Percent-encodes a query value.
-fn encode(v: &str) -> String {
-    let mut s = String::new();
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
-}
-
 /// Runs `pinion subscribe`.
 pub fn run(a: SubscribeArgs) -> Result<(), Failure> {
     let deadline = (a.for_secs > 0.0).then(|| Instant::now() + Duration::from_secs_f64(a.for_secs));
-    let mut next = a.from;
+    let opts = SubscriberOptions {
+        urls: a.http.iter().map(|h| format!("ws://{h}")).collect(),
+        topics: a
+            .topic
+            .iter()
+            .map(|t| Bytes::copy_from_slice(t.as_bytes()))
+            .collect(),
+        from: a.from,
+        // The first --http first, then round robin.
+        start_index: Some(0),
+        ..SubscriberOptions::default()
+    };
+    let mut sub = Subscriber::start(opts).map_err(|e| Failure::usage(e.to_string()))?;
     let mut printed = 0u64;
     let out = std::io::stdout();
     let mut out = out.lock();
-    let mut node = 0usize;
     loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(());
-        }
-        let addr = &a.http[node % a.http.len()];
-        node += 1;
-        match session(addr, &a, &mut next, &mut printed, deadline, &mut out) {
-            Ok(Stop::Done) => return Ok(()),
-            Ok(Stop::Closed(why)) | Err(why) => {
-                let resume = next.map_or("live".to_string(), |n| format!("offset {n}"));
-                eprintln!("pinion: {addr}: {why}; resuming from {resume} on the next node");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
-}
-
-enum Stop {
-    /// --count or --for reached, or stdout closed.
-    Done,
-    /// The connection ended.
-    Closed(String),
-}
-
-fn connect(addr: &str) -> Result<TcpStream, String> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve: {e}"))?
-        .collect();
-    let mut last = String::from("no address");
-    for sa in addrs {
-        match TcpStream::connect_timeout(&sa, Duration::from_secs(1)) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(last)
-}
-
-fn session(
-    addr: &str,
-    a: &SubscribeArgs,
-    next: &mut Option<u64>,
-    printed: &mut u64,
-    deadline: Option<Instant>,
-    out: &mut impl Write,
-) -> Result<Stop, String> {
-    let stream = connect(addr)?;
-    let _ = stream.set_nodelay(true);
-    let mut query: Vec<String> = a
-        .topic
-        .iter()
-        .map(|t| format!("topic={}", encode(t)))
-        .collect();
-    if let Some(n) = next {
-        query.push(format!("from={n}"));
-    }
-    let url = format!("ws://{addr}/sub?{}", query.join("&"));
-    let mut req = url
-        .as_str()
-        .into_client_request()
-        .map_err(|e| format!("bad request {url}: {e}"))?;
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        tungstenite::http::HeaderValue::from_static(pinion_hub::http::PINION_SUBPROTOCOL),
-    );
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let (mut ws, _) = tungstenite::client(req, stream).map_err(|e| format!("handshake: {e}"))?;
-    // While connected, wake up now and then to honour --for.
-    let _ = ws
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(200)));
-    loop {
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            let _ = ws.close(None);
-            return Ok(Stop::Done);
-        }
-        let msg = match ws.read() {
-            Ok(m) => m,
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                continue
-            }
-            Err(e) => return Ok(Stop::Closed(e.to_string())),
-        };
-        match msg {
-            // The hello: {"next": N}, the first offset this subscription
-            // delivers. A live subscriber keeps it as its resume point.
-            Message::Text(t) if next.is_none() => {
-                *next = t
-                    .trim()
-                    .trim_start_matches('{')
-                    .trim_end_matches('}')
-                    .split_once(':')
-                    .and_then(|(_, v)| v.trim().parse::<u64>().ok());
-            }
-            Message::Binary(body) => {
-                let Some(zero) = body.iter().position(|&b| b == 0) else {
-                    return Err("a frame without the topic separator".into());
-                };
-                let d = Delivery::decode(&body[zero + 1..])
-                    .map_err(|e| format!("a frame that does not decode: {e}"))?;
-                let mut client = [0u8; 16];
-                if d.client_id().len() == 16 {
-                    client.copy_from_slice(d.client_id());
+        let event = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(());
                 }
-                let line = format!(
-                    "{{\"offset\":{},\"timestamp_us\":{},\"time\":\"{}\",\"client_id\":\"{}\",\"seq\":{},\"topic\":{},\"payload\":{},\"payload_hex\":\"{}\",\"node\":\"{}\"}}\n",
-                    d.offset(),
-                    d.timestamp_us(),
-                    time_str(d.timestamp_us()),
-                    uuid(&client),
-                    d.seq(),
-                    json_str(&body[..zero]),
-                    json_str(d.payload()),
-                    d.payload().iter().map(|b| format!("{b:02x}")).collect::<String>(),
-                    addr
-                );
+                match sub.next_event_timeout(left) {
+                    Ok(Some(e)) => e,
+                    Ok(None) => return Ok(()),
+                    Err(e) => return Err(Failure::new(exit::IO, e.to_string())),
+                }
+            }
+            None => sub
+                .next_event()
+                .map_err(|e| Failure::new(exit::IO, e.to_string()))?,
+        };
+        match event {
+            Event::Delivery(d) => {
+                let node = sub.node_index().and_then(|i| a.http.get(i));
                 if out
-                    .write_all(line.as_bytes())
+                    .write_all(line(&d, node.map_or("", String::as_str)).as_bytes())
                     .and_then(|()| out.flush())
                     .is_err()
                 {
-                    return Ok(Stop::Done);
+                    return Ok(());
                 }
-                *next = Some(d.offset() + 1);
-                *printed += 1;
-                if a.count.is_some_and(|n| *printed >= n) {
-                    let _ = ws.close(None);
-                    return Ok(Stop::Done);
+                printed += 1;
+                if a.count.is_some_and(|n| printed >= n) {
+                    return Ok(());
                 }
             }
-            Message::Close(f) => {
-                return Ok(Stop::Closed(match f {
-                    Some(f) => format!("closed ({}: {})", u16::from(f.code), f.reason),
-                    None => "closed".into(),
-                }))
+            Event::Disconnected {
+                node,
+                error,
+                resume,
+                ..
+            } => {
+                let addr = a.http.get(node).map_or("?", String::as_str);
+                let resume = resume.map_or("live".to_string(), |n| format!("offset {n}"));
+                eprintln!("pinion: {addr}: {error}; resuming from {resume} on the next node");
             }
             _ => {}
         }
     }
+}
+
+/// One JSON line: offset, timestamp_us, time, client_id, seq, topic,
+/// payload, payload_hex, node.
+fn line(d: &Delivery, node: &str) -> String {
+    let mut client = [0u8; 16];
+    if d.client_id.len() == 16 {
+        client.copy_from_slice(&d.client_id);
+    }
+    format!(
+        "{{\"offset\":{},\"timestamp_us\":{},\"time\":\"{}\",\"client_id\":\"{}\",\"seq\":{},\"topic\":{},\"payload\":{},\"payload_hex\":\"{}\",\"node\":\"{}\"}}\n",
+        d.offset,
+        d.timestamp_us,
+        time_str(d.timestamp_us),
+        uuid(&client),
+        d.seq,
+        json_str(&d.topic),
+        json_str(&d.payload),
+        d.payload.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        node
+    )
 }

@@ -213,7 +213,11 @@ fn a_learner_catches_up_from_an_empty_data_dir_then_serves_a_resume() {
     let mut publish_some = |req: &Socket, n: u64, offsets: &mut BTreeMap<u64, u64>| {
         for _ in 0..n {
             seq += 1;
-            let topic = if seq % 2 == 0 { "orders.eu" } else { "audit" };
+            let topic = if seq.is_multiple_of(2) {
+                "orders.eu"
+            } else {
+                "audit"
+            };
             let r = publish_to(req, client, seq, topic, &format!("m{seq}"));
             let (off, dup) = ack(&r).unwrap_or_else(|| panic!("seq {seq}: {r:?}"));
             assert!(!dup);

@@ -55,7 +55,7 @@ pub const PINION_JS: &str = include_str!("../web/pinion.js");
 
 /// The WebSocket subprotocol of pinion's own subscribers (pinion.js): like
 /// no subprotocol, plus a first text frame `{"next":N}`.
-pub const PINION_SUBPROTOCOL: &str = "pinion.v1";
+pub const PINION_SUBPROTOCOL: &str = pinion_proto::ws::SUBPROTOCOL;
 
 /// Largest request head accepted.
 pub const MAX_HEAD: usize = 8 << 10;

@@ -35,6 +35,20 @@ mod generated {
 pub use generated::*;
 pub use prost::Message;
 
+/// Names of the hub's WebSocket subscriber endpoint, `/sub`
+/// (`docs/HUB-WEB.md`), shared by the hub and its clients.
+pub mod ws {
+    /// The subprotocol a subscriber offers to get, before any message, one
+    /// text frame `{"next":N}`: the first offset the subscription delivers.
+    pub const SUBPROTOCOL: &str = "pinion.v1";
+    /// Close code: a slow consumer (too much queued for it); the reason
+    /// text ends with `resume from offset N`.
+    pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+    /// Close code: the replay could not read the log (after every record
+    /// before the unreadable one).
+    pub const CLOSE_REPLAY_FAILED: u16 = 4011;
+}
+
 /// Node-to-node messages of a cluster and the membership encoding, from
 /// `proto/pinion/raft/v1/raft.proto` (documented there).
 #[allow(missing_docs, rustdoc::bare_urls, rustdoc::invalid_html_tags)]

@@ -163,3 +163,105 @@ impl Context {
 pub fn device(a: &Socket, b: Option<&Socket>) -> crate::Error {
     block_on(crate::device(&a.0, b.map(|b| &b.0)))
 }
+
+/// A blocking [`crate::subscriber::Subscriber`]: the same resuming hub
+/// subscriber, for plain threads.
+///
+/// ```no_run
+/// # fn main() -> Result<(), pinion::subscriber::Error> {
+/// use pinion::subscriber::SubscriberOptions;
+///
+/// let opts = SubscriberOptions {
+///     from: Some(0),
+///     ..SubscriberOptions::new(["ws://127.0.0.1:7452", "ws://127.0.0.2:7452"])
+/// };
+/// let sub = pinion::blocking::Subscriber::connect(opts)?;
+/// for d in sub {
+///     let d = d?;
+///     println!("{}: {:?}", d.offset, d.payload);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Subscriber(crate::subscriber::Subscriber);
+
+impl Subscriber {
+    /// [`crate::subscriber::Subscriber::start`]: checks the options and
+    /// starts in the background.
+    pub fn start(
+        opts: crate::subscriber::SubscriberOptions,
+    ) -> Result<Subscriber, crate::subscriber::Error> {
+        crate::subscriber::Subscriber::start(opts).map(Subscriber)
+    }
+
+    /// [`crate::subscriber::Subscriber::connect`]: waits until a node has
+    /// accepted the subscription.
+    pub fn connect(
+        opts: crate::subscriber::SubscriberOptions,
+    ) -> Result<Subscriber, crate::subscriber::Error> {
+        block_on(crate::subscriber::Subscriber::connect(opts)).map(Subscriber)
+    }
+
+    /// The async subscriber underneath.
+    pub fn as_async(&mut self) -> &mut crate::subscriber::Subscriber {
+        &mut self.0
+    }
+
+    /// The next event.
+    pub fn next_event(&mut self) -> Result<crate::subscriber::Event, crate::subscriber::Error> {
+        block_on(self.0.next_event())
+    }
+
+    /// The next message within `timeout` (`Ok(None)`: none came).
+    pub fn next_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<crate::subscriber::Delivery>, crate::subscriber::Error> {
+        block_on(self.0.next_timeout(timeout))
+    }
+
+    /// The next event within `timeout` (`Ok(None)`: none came).
+    pub fn next_event_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<crate::subscriber::Event>, crate::subscriber::Error> {
+        block_on(self.0.next_event_timeout(timeout))
+    }
+
+    /// The URL of the node serving the subscription.
+    pub fn node(&self) -> &str {
+        self.0.node()
+    }
+
+    /// Its index in the options' URLs.
+    pub fn node_index(&self) -> Option<usize> {
+        self.0.node_index()
+    }
+
+    /// Where to resume after the latest delivery.
+    pub fn next_offset(&self) -> Option<u64> {
+        self.0.next_offset()
+    }
+
+    /// Deliveries dropped as duplicates.
+    pub fn dropped_duplicates(&self) -> u64 {
+        self.0.dropped_duplicates()
+    }
+
+    /// Closes the connection and stops.
+    pub fn close(self) {}
+}
+
+/// Messages, one by one (blocking): `Some(Ok(delivery))`; once the
+/// subscriber stops (after `give_up_after`), `Some(Err(last error))`, then
+/// `None`.
+impl Iterator for Subscriber {
+    type Item = Result<crate::subscriber::Delivery, crate::subscriber::Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match block_on(self.0.next()) {
+            Err(crate::subscriber::Error::Closed) => None,
+            r => Some(r),
+        }
+    }
+}

@@ -11,6 +11,12 @@
 //! the futures only wait on channels. [`blocking`] wraps the same sockets for
 //! plain threads.
 //!
+//! Clients of pinion's hub (`pinion serve`): [`publisher::Publisher`]
+//! (pipelined, idempotent retries) and [`subscriber::Subscriber`] (over the
+//! hub's WebSocket `/sub`, given one or several nodes of a cluster: moves
+//! to another node when its own goes away and resumes from the next
+//! offset, with no gap and no duplicate).
+//!
 //! # Example: request/reply
 //!
 //! ```
@@ -57,6 +63,7 @@ pub mod blocking;
 mod device;
 pub mod publisher;
 mod socket;
+pub mod subscriber;
 
 pub use bytes::Bytes;
 pub use device::device;
@@ -64,6 +71,7 @@ pub use pinion_core::protocol::ProtocolKind as Protocol;
 pub use pinion_core::{
     CallerError, Header, Message, OpError, Options, PeerError, UpgradeFault, WsViolation,
 };
+pub use pinion_runtime::error::UrlError;
 pub use pinion_runtime::socket::{Adopted, Endpoint};
 pub use pinion_runtime::stats::StatsSnapshot;
 pub use pinion_runtime::{Error, Fault, Runtime, RuntimeBuilder, Url};

@@ -125,10 +125,10 @@ pub(crate) use replay::{run_replay, ReplayReq, Replayed};
 
 /// WebSocket close code for a subscriber that fell too far behind (the
 /// private-use range 4000-4999 of RFC 6455).
-pub const CLOSE_SLOW: u16 = 4008;
+pub const CLOSE_SLOW: u16 = pinion_proto::ws::CLOSE_SLOW_CONSUMER;
 /// WebSocket close code for a subscriber whose replay failed (the log could
 /// not be read).
-pub const CLOSE_REPLAY_FAILED: u16 = 4011;
+pub const CLOSE_REPLAY_FAILED: u16 = pinion_proto::ws::CLOSE_REPLAY_FAILED;
 /// Bytes of log a replay chunk reads, matching or not, and of frames it
 /// hands a subscriber, at most (each also at most half the subscriber's
 /// queue bound; the record that crosses it is the chunk's last).

@@ -21,7 +21,9 @@
 //! # Rules (RFC 6455 §5, as NNG applies them in SP mode)
 //! * one binary message (a first frame, continuations, FIN) = one SP
 //!   message; the SP header is the start of the payload;
-//! * a text frame → [`PeerError::WsText`] (close 1003);
+//! * a text frame → [`PeerError::WsText`] (close 1003), unless text is
+//!   accepted ([`Decoder::accept_text`]: a client of a non-SP endpoint,
+//!   such as the hub's `/sub`, then gets [`Event::Text`]);
 //! * a message over the receive limit → [`PeerError::TooLarge`] (close
 //!   1009), decided from the frame header, before any payload is copied;
 //! * a server expects masked frames and a client unmasked ones; reserved
@@ -128,12 +130,15 @@ pub enum Side {
 pub enum Event {
     /// A complete binary message (the SP header is at its start).
     Message(Bytes),
+    /// A complete text message, only with [`Decoder::accept_text`] (its
+    /// bytes as sent: UTF-8 is not checked).
+    Text(Bytes),
     /// A ping; answer with a pong carrying the same payload.
     Ping(Bytes),
     /// A pong (ignored).
     Pong,
-    /// A close frame with its status code, if it had one. Nothing after it
-    /// is decoded.
+    /// A close frame with its status code, if it had one (its reason text:
+    /// [`Decoder::close_reason`]). Nothing after it is decoded.
     Close(Option<u16>),
 }
 
@@ -171,6 +176,10 @@ pub struct Decoder {
     head_len: u8,
     /// Between the first frame of a message and its FIN frame.
     in_message: bool,
+    /// Text messages are taken ([`Decoder::accept_text`]).
+    text_ok: bool,
+    /// The message being assembled is text.
+    msg_text: bool,
     /// The message being assembled (empty, unallocated, between messages).
     msg: BytesMut,
     /// Payload bytes of the message so far, announced frames included.
@@ -191,6 +200,8 @@ impl Decoder {
             head: [0; MAX_HEAD],
             head_len: 0,
             in_message: false,
+            text_ok: false,
+            msg_text: false,
             msg: BytesMut::new(),
             msg_len: 0,
             ctrl: Vec::new(),
@@ -209,6 +220,24 @@ impl Decoder {
             carry_ns: 0,
         });
         self
+    }
+
+    /// Takes text messages (as [`Event::Text`]) instead of refusing them
+    /// with [`PeerError::WsText`]: for a client of an endpoint that is not
+    /// SP (the hub's `/sub` sends a text hello). Same size limit as binary
+    /// messages.
+    pub fn accept_text(mut self) -> Self {
+        self.text_ok = true;
+        self
+    }
+
+    /// The reason text of the close frame just decoded (after
+    /// [`Event::Close`]; empty when it had none, and before any close).
+    pub fn close_reason(&self) -> &[u8] {
+        match self.state {
+            State::Done => self.ctrl.get(2..).unwrap_or(&[]),
+            _ => &[],
+        }
     }
 
     /// Tops the flood bucket up for the time passed since the last call
@@ -367,10 +396,11 @@ impl Decoder {
         let kind = match h.opcode {
             OpCode::Data(d) => {
                 match d {
+                    Data::Text if !self.in_message && self.text_ok => self.msg_text = true,
                     Data::Text if !self.in_message => {
                         return Err(self.fail(PeerError::WsText));
                     }
-                    Data::Binary if !self.in_message => {}
+                    Data::Binary if !self.in_message => self.msg_text = false,
                     Data::Continue if self.in_message => {}
                     Data::Reserved(_) => {
                         return Err(self.fail(PeerError::WsFrame(WsViolation::BadOpcode)))
@@ -422,7 +452,11 @@ impl Decoder {
             Kind::Data { fin: true } => {
                 self.msg_len = 0;
                 let body = std::mem::take(&mut self.msg).freeze();
-                Some(Event::Message(body))
+                if self.msg_text {
+                    Some(Event::Text(body))
+                } else {
+                    Some(Event::Message(body))
+                }
             }
             Kind::Ping => Some(Event::Ping(Bytes::from(std::mem::take(&mut self.ctrl)))),
             Kind::Pong => {
@@ -442,6 +476,9 @@ impl Decoder {
                         Some(code)
                     }
                 };
+                // Kept for `close_reason` (at most 125 bytes, and nothing
+                // is decoded after a close).
+                self.ctrl = p;
                 self.state = State::Done;
                 Some(Event::Close(code))
             }
@@ -751,6 +788,36 @@ mod tests {
         // Nothing more after an error.
         let mut rest = &wire[6..];
         assert_eq!(d.decode(&mut rest), Ok(None));
+    }
+
+    #[test]
+    fn text_messages_when_accepted_and_close_reasons() {
+        let mut d = Decoder::new(Side::Client, 64).accept_text();
+        let mut wire = frame(1, false, b"{\"next\":", None);
+        wire.extend(frame(9, true, b"p", None));
+        wire.extend(frame(0, true, b"7}", None));
+        wire.extend(frame(2, true, b"bin", None));
+        let mut close = 4008u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"resume from offset 9");
+        wire.extend(frame(8, true, &close, None));
+        assert_eq!(d.close_reason(), b"");
+        assert_eq!(
+            all(&mut d, &wire).unwrap(),
+            vec![
+                Event::Ping(Bytes::from_static(b"p")),
+                Event::Text(Bytes::from_static(b"{\"next\":7}")),
+                Event::Message(Bytes::from_static(b"bin")),
+                Event::Close(Some(4008)),
+            ]
+        );
+        assert_eq!(d.close_reason(), b"resume from offset 9");
+        // The size limit holds for text too.
+        let mut d = Decoder::new(Side::Client, 4).accept_text();
+        assert_eq!(
+            all(&mut d, &frame(1, true, b"12345", None)),
+            Err(PeerError::TooLarge { len: 5, max: 4 })
+        );
+        assert_eq!(d.close_reason(), b"");
     }
 
     #[test]

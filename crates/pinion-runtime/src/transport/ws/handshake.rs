@@ -198,15 +198,23 @@ pub fn new_key() -> String {
 /// (IPv6 in brackets); `kind` is the dialing socket's pattern (the request
 /// names its peer's).
 pub fn client_request(host: &str, path: &str, kind: ProtocolKind, key: &str) -> Vec<u8> {
+    client_request_with(host, path, &subprotocol(peer_kind(kind)), key)
+}
+
+/// An upgrade request offering one explicit `subprotocol`, for WebSocket
+/// endpoints that are not SP (the hub's `/sub` speaks `pinion.v1`).
+/// `target` is the request target as sent, path and query (already
+/// percent-encoded; it must not hold spaces or line breaks); `host` as for
+/// [`client_request`].
+pub fn client_request_with(host: &str, target: &str, subprotocol: &str, key: &str) -> Vec<u8> {
     format!(
-        "GET {path} HTTP/1.1\r\n\
+        "GET {target} HTTP/1.1\r\n\
          Host: {host}\r\n\
          Upgrade: websocket\r\n\
          Connection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\n\
          Sec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: {}\r\n\r\n",
-        subprotocol(peer_kind(kind))
+         Sec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
     )
     .into_bytes()
 }
@@ -217,6 +225,47 @@ pub fn client_response(
     buf: &[u8],
     key: &str,
     kind: ProtocolKind,
+) -> Result<Option<usize>, PeerError> {
+    let want = subprotocol(peer_kind(kind));
+    response_head(buf, key, |proto| {
+        if proto == Some(want.as_bytes()) {
+            return Ok(());
+        }
+        match proto
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(kind_of_subprotocol)
+        {
+            Some(k) => Err(PeerError::WrongProtocol(k.id())),
+            None => Err(PeerError::BadUpgrade(UpgradeFault::NoSubprotocol)),
+        }
+    })
+}
+
+/// Checks the server's answer (`buf` so far) to a [`client_request_with`]
+/// request with `key`: a `101` whose `Sec-WebSocket-Protocol` is exactly
+/// `subprotocol` (missing or another one:
+/// [`UpgradeFault::NoSubprotocol`]). `Ok(Some(n))`: upgraded, the head was
+/// `n` bytes (anything after it is already WebSocket frames).
+pub fn client_response_with(
+    buf: &[u8],
+    key: &str,
+    subprotocol: &str,
+) -> Result<Option<usize>, PeerError> {
+    response_head(buf, key, |proto| {
+        if proto == Some(subprotocol.as_bytes()) {
+            Ok(())
+        } else {
+            Err(PeerError::BadUpgrade(UpgradeFault::NoSubprotocol))
+        }
+    })
+}
+
+/// The checks every answer to our upgrade gets; `subprotocol` judges the
+/// `Sec-WebSocket-Protocol` value (trimmed; `None` when absent).
+fn response_head(
+    buf: &[u8],
+    key: &str,
+    subprotocol: impl FnOnce(Option<&[u8]>) -> Result<(), PeerError>,
 ) -> Result<Option<usize>, PeerError> {
     let bad = |f| Err(PeerError::BadUpgrade(f));
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -250,16 +299,7 @@ pub fn client_response(
     if header(h, "sec-websocket-accept").map(<[u8]>::trim_ascii) != Some(want.as_bytes()) {
         return bad(UpgradeFault::BadAccept);
     }
-    let proto = header(h, "sec-websocket-protocol").map(<[u8]>::trim_ascii);
-    if proto != Some(subprotocol(peer_kind(kind)).as_bytes()) {
-        return match proto
-            .and_then(|p| std::str::from_utf8(p).ok())
-            .and_then(kind_of_subprotocol)
-        {
-            Some(k) => Err(PeerError::WrongProtocol(k.id())),
-            None => bad(UpgradeFault::NoSubprotocol),
-        };
-    }
+    subprotocol(header(h, "sec-websocket-protocol").map(<[u8]>::trim_ascii))?;
     Ok(Some(head_len))
 }
 
@@ -427,6 +467,48 @@ mod tests {
             Request::Accept { .. }
         ));
         assert_eq!(new_key().len(), 24);
+    }
+
+    #[test]
+    fn explicit_subprotocol_request_and_answer() {
+        let r = String::from_utf8(client_request_with(
+            "127.0.0.1:7452",
+            "/sub?topic=a%2Fb&from=3",
+            "pinion.v1",
+            KEY,
+        ))
+        .unwrap();
+        assert!(
+            r.starts_with("GET /sub?topic=a%2Fb&from=3 HTTP/1.1\r\n"),
+            "{r}"
+        );
+        assert!(r.contains("\r\nHost: 127.0.0.1:7452\r\n"));
+        assert!(r.contains("\r\nSec-WebSocket-Protocol: pinion.v1\r\n"));
+        let answer = |proto: &str| {
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n{proto}\r\n"
+            )
+        };
+        let ok = answer("Sec-WebSocket-Protocol: pinion.v1\r\n");
+        assert_eq!(
+            client_response_with(ok.as_bytes(), KEY, "pinion.v1"),
+            Ok(Some(ok.len()))
+        );
+        assert_eq!(
+            client_response_with(&ok.as_bytes()[..20], KEY, "pinion.v1"),
+            Ok(None)
+        );
+        for bad in ["", "Sec-WebSocket-Protocol: pinion.v2\r\n"] {
+            assert_eq!(
+                client_response_with(answer(bad).as_bytes(), KEY, "pinion.v1"),
+                Err(PeerError::BadUpgrade(UpgradeFault::NoSubprotocol))
+            );
+        }
+        assert_eq!(
+            client_response_with(b"HTTP/1.1 421 Misdirected\r\n\r\n", KEY, "pinion.v1"),
+            Err(PeerError::UpgradeRefused(421))
+        );
     }
 
     #[test]

@@ -354,7 +354,8 @@ fn feed(
                 // Only the latest ping needs an answer (RFC 6455 §5.5.3).
                 shared.set_pong(p);
             }
-            Ok(Some(Event::Pong)) => {}
+            // No text without `accept_text`, which SP pipes never ask for.
+            Ok(Some(Event::Pong | Event::Text(_))) => {}
             Ok(Some(Event::Close(code))) => break Some(End::PeerClose(code)),
             Err(e) => break Some(End::Violation(e)),
         }
