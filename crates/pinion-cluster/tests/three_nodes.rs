@@ -75,7 +75,9 @@ async fn start(id: u64, dir: &Path, url: &str) -> Node {
     let raft = Raft::new(id, config(), Network::new(id), log, sm)
         .await
         .unwrap();
-    let (server, _) = serve(raft.clone(), id, url).await.unwrap();
+    let (server, _) = serve(raft.clone(), id, url, Default::default())
+        .await
+        .unwrap();
     Node { raft, server, seen }
 }
 
