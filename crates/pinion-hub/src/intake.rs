@@ -44,7 +44,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use pinion::{Message, Socket};
@@ -145,7 +145,7 @@ const OVERHEAD: usize = std::mem::size_of::<Answer>() + 128;
 pub(crate) struct Intake {
     pub core: usize,
     pub sock: Socket,
-    pub to_writer: mpsc::Sender<ToWriter>,
+    pub to_writer: crate::writer::WriterTx,
     pub answers: UnboundedReceiver<Vec<Answer>>,
     pub shared: Arc<Shared>,
     pub max_payload: usize,
@@ -217,9 +217,7 @@ impl Intake {
         // pipelining client's requests trickle in cost 50 MB once.
         let mut b = Vec::with_capacity(fair.len.min(MAX_SEND));
         fair.take(MAX_SEND, QUANTUM, &mut b);
-        self.to_writer
-            .send(ToWriter::Batch(b, token.clone()))
-            .is_ok()
+        self.to_writer.send(ToWriter::Batch(b, token.clone()))
     }
 
     /// Checks one request: answers it at once (NACK), holds it (its

@@ -210,7 +210,7 @@ pub struct Hub {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     fan: Vec<tokio::sync::mpsc::UnboundedSender<fanout::FanIn>>,
     stop_sampler: Arc<AtomicBool>,
-    to_writer: mpsc::Sender<writer::ToWriter>,
+    to_writer: writer::WriterTx,
     writer: Option<std::thread::JoinHandle<()>>,
     store: Option<std::thread::JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -496,7 +496,15 @@ impl Hub {
         }
 
         // The writer, the checkpoint thread, the intakes.
-        let (to_writer, writer_rx) = mpsc::channel();
+        // The intakes' batches go to the single node's writer thread, or
+        // straight to the cluster's Raft writer task.
+        let (thread_tx, writer_rx) = mpsc::channel();
+        let (task_tx, task_rx) = tokio::sync::mpsc::unbounded_channel();
+        let to_writer = if cfg.cluster.is_some() {
+            writer::WriterTx::Task(task_tx)
+        } else {
+            writer::WriterTx::Thread(thread_tx)
+        };
         let (store_tx, store_rx) = mpsc::channel();
         let mut answer_txs = Vec::with_capacity(n);
         let mut answer_rxs = Vec::with_capacity(n);
@@ -589,19 +597,6 @@ impl Hub {
                     .name("pinion-hub-fan".into())
                     .spawn(move || cluster::run_fan(fan_rx, fan_gate, fan, sh, end))
                     .map_err(spawn_err)?;
-                // The intakes send on a std channel; the Raft writer is a
-                // task: one thread bridges them.
-                let (bridge_tx, bridge_rx) = tokio::sync::mpsc::unbounded_channel();
-                std::thread::Builder::new()
-                    .name("pinion-hub-bridge".into())
-                    .spawn(move || {
-                        while let Ok(m) = writer_rx.recv() {
-                            if bridge_tx.send(m).is_err() {
-                                break;
-                            }
-                        }
-                    })
-                    .map_err(spawn_err)?;
                 let status = shared
                     .cluster
                     .clone()
@@ -642,7 +637,7 @@ impl Hub {
                             };
                             let _ = ready_tx.send(Ok(()));
                             tokio::spawn(cluster::run_status(raft.clone(), status, ccfg.clone()));
-                            cluster::run_writer(raft, ccfg, sessions, bridge_rx, answer_txs, sh)
+                            cluster::run_writer(raft, ccfg, sessions, task_rx, answer_txs, sh)
                                 .await;
                             server.close();
                         });
@@ -834,11 +829,7 @@ impl Hub {
             std::thread::sleep(Duration::from_millis(5));
         }
         let (done_tx, done_rx) = mpsc::channel();
-        if self
-            .to_writer
-            .send(writer::ToWriter::Shutdown(done_tx))
-            .is_ok()
-        {
+        if self.to_writer.send(writer::ToWriter::Shutdown(done_tx)) {
             let _ = done_rx.recv_timeout(Duration::from_secs(30));
         }
         if let Some(w) = self.writer.take() {
@@ -853,7 +844,10 @@ impl Hub {
         for s in &self.sockets {
             s.close();
         }
-        drop(std::mem::replace(&mut self.to_writer, mpsc::channel().0));
+        drop(std::mem::replace(
+            &mut self.to_writer,
+            writer::WriterTx::closed(),
+        ));
         if let Some(t) = self.store.take() {
             let _ = t.join();
         }

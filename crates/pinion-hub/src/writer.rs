@@ -95,6 +95,30 @@ pub(crate) enum ToWriter {
     Shutdown(mpsc::Sender<()>),
 }
 
+/// Where the intakes send their batches: the single node's writer thread
+/// (a std channel), or the cluster's Raft writer task (a tokio channel,
+/// which wakes the task directly: no thread in between).
+#[derive(Clone)]
+pub(crate) enum WriterTx {
+    Thread(mpsc::Sender<ToWriter>),
+    Task(tokio::sync::mpsc::UnboundedSender<ToWriter>),
+}
+
+impl WriterTx {
+    /// Sends; `false` once the writer is gone.
+    pub fn send(&self, m: ToWriter) -> bool {
+        match self {
+            WriterTx::Thread(t) => t.send(m).is_ok(),
+            WriterTx::Task(t) => t.send(m).is_ok(),
+        }
+    }
+
+    /// A sender whose writer is already gone (to drop the real one).
+    pub fn closed() -> WriterTx {
+        WriterTx::Thread(mpsc::channel().0)
+    }
+}
+
 pub(crate) struct Writer {
     pub journal: Journal,
     pub sessions: Sessions,

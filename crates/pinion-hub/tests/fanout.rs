@@ -3,6 +3,9 @@
 //! hand-written client reading raw frames, so nothing is dropped or hidden
 //! on the client side).
 
+mod common;
+
+use common::base_config;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -12,20 +15,6 @@ use pinion::publisher::{Outcome, Publisher, PublisherOptions};
 use pinion::{Options, Protocol, Socket};
 use pinion_hub::{FanoutSend, Hub, HubConfig};
 use pinion_proto::{Delivery, Message as _};
-
-/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
-/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
-/// runs every test on the other send path.
-fn base_config() -> HubConfig {
-    let mut c = HubConfig::default();
-    c.apply_env(|k| {
-        (k == "PINION_FANOUT_SEND")
-            .then(|| std::env::var(k).ok())
-            .flatten()
-    })
-    .expect("PINION_FANOUT_SEND is writev or io_uring");
-    c
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-fanout-{name}-{}", std::process::id()));

@@ -4,6 +4,9 @@
 //! admission caps on all three TCP ports, TCP keepalive, write timeouts and
 //! WebSocket pings (docs/HARDENING.md, "The front door").
 
+mod common;
+
+use common::base_config;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -12,20 +15,6 @@ use std::time::{Duration, Instant};
 use pinion_hub::{Hub, HubConfig, Port, Refusal};
 
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
-/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
-/// runs every test on the other send path.
-fn base_config() -> HubConfig {
-    let mut c = HubConfig::default();
-    c.apply_env(|k| {
-        (k == "PINION_FANOUT_SEND")
-            .then(|| std::env::var(k).ok())
-            .flatten()
-    })
-    .expect("PINION_FANOUT_SEND is writev or io_uring");
-    c
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-door-{name}-{}", std::process::id()));

@@ -1,5 +1,8 @@
 //! The hub end to end, in process: real sockets, real log file, real SQLite.
 
+mod common;
+
+use common::base_config;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,20 +11,6 @@ use pinion::publisher::{Outcome, Publisher, PublisherOptions};
 use pinion::{Message, Options, Protocol, Socket};
 use pinion_hub::{FsyncPolicy, Hub, HubConfig};
 use pinion_proto::{reply, Code, Message as _, Publish, Reply};
-
-/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
-/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
-/// runs every test on the other send path.
-fn base_config() -> HubConfig {
-    let mut c = HubConfig::default();
-    c.apply_env(|k| {
-        (k == "PINION_FANOUT_SEND")
-            .then(|| std::env::var(k).ok())
-            .flatten()
-    })
-    .expect("PINION_FANOUT_SEND is writev or io_uring");
-    c
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-hub-{name}-{}", std::process::id()));

@@ -4,6 +4,9 @@
 //! a restart), and a core whose fan-out falls behind its backlog bound
 //! still delivers every record once, in order.
 
+mod common;
+
+use common::base_config;
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,20 +17,6 @@ use pinion::publisher::{Outcome, Publisher, PublisherOptions};
 use pinion::{Message, Options, Protocol, Socket};
 use pinion_hub::{FsyncPolicy, Hub, HubConfig};
 use pinion_proto::{reply, Delivery, Message as _, Publish, Reply};
-
-/// The embedded defaults, with `PINION_FANOUT_SEND` (alone) taken from
-/// the environment: `PINION_FANOUT_SEND=io_uring cargo test -p pinion-hub`
-/// runs every test on the other send path.
-fn base_config() -> HubConfig {
-    let mut c = HubConfig::default();
-    c.apply_env(|k| {
-        (k == "PINION_FANOUT_SEND")
-            .then(|| std::env::var(k).ok())
-            .flatten()
-    })
-    .expect("PINION_FANOUT_SEND is writev or io_uring");
-    c
-}
 
 fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pinion-retention-{name}-{}", std::process::id()));

@@ -58,6 +58,21 @@ pub struct NodeSpec {
     pub dir: PathBuf,
 }
 
+impl NodeSpec {
+    /// Node `id` on 127.0.0.{base + id}, free ports, data in `dir/node-<id>`.
+    pub fn on(id: u64, base: u8, dir: &Path) -> NodeSpec {
+        let ip = format!("127.0.0.{}", u64::from(base) + id);
+        NodeSpec {
+            id,
+            publish: format!("tcp://{ip}:{}", free_port(&ip)),
+            subscribe: format!("tcp://{ip}:{}", free_port(&ip)),
+            http: format!("{ip}:{}", free_port(&ip)),
+            raft: format!("tcp://{ip}:{}", free_port(&ip)),
+            dir: dir.join(format!("node-{id}")),
+        }
+    }
+}
+
 pub struct Node {
     pub spec: NodeSpec,
     pub child: Option<Child>,
@@ -167,15 +182,7 @@ pub fn cluster(dir: &Path, base: u8) -> (BTreeMap<u64, Node>, Vec<String>) {
 pub fn cluster_with(dir: &Path, base: u8, extra: &[String]) -> (BTreeMap<u64, Node>, Vec<String>) {
     let mut nodes = BTreeMap::new();
     for id in 1..=3u64 {
-        let ip = format!("127.0.0.{}", u64::from(base) + id);
-        let spec = NodeSpec {
-            id,
-            publish: format!("tcp://{ip}:{}", free_port(&ip)),
-            subscribe: format!("tcp://{ip}:{}", free_port(&ip)),
-            http: format!("{ip}:{}", free_port(&ip)),
-            raft: format!("tcp://{ip}:{}", free_port(&ip)),
-            dir: dir.join(format!("node-{id}")),
-        };
+        let spec = NodeSpec::on(id, base, dir);
         nodes.insert(id, Node { spec, child: None });
     }
     let peers: Vec<String> = nodes
@@ -274,15 +281,7 @@ pub fn spawn_node(
     dir: &Path,
     (id, base): (u64, u8),
 ) {
-    let ip = format!("127.0.0.{}", u64::from(base) + id);
-    let spec = NodeSpec {
-        id,
-        publish: format!("tcp://{ip}:{}", free_port(&ip)),
-        subscribe: format!("tcp://{ip}:{}", free_port(&ip)),
-        http: format!("{ip}:{}", free_port(&ip)),
-        raft: format!("tcp://{ip}:{}", free_port(&ip)),
-        dir: dir.join(format!("node-{id}")),
-    };
+    let spec = NodeSpec::on(id, base, dir);
     peers.push(format!(
         "--peer={id}={},{},{},{}",
         spec.raft, spec.publish, spec.subscribe, spec.http

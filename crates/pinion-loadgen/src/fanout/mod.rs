@@ -1468,10 +1468,7 @@ fn one_run(
     let addrs = site.addrs;
     let https = site.https();
     let hub_pid = site.leader_pid();
-    for (j, node) in site.nodes.iter().enumerate() {
-        let on_node = nodes::node_range(j, n, https.len()).len();
-        check_hub_fds(node.pid, on_node + idle + args.slow)?;
-    }
+    site.check_fds(n, idle + args.slow)?;
     let setup = |e: String| LoadgenError::Setup {
         target: "pinion",
         reason: e,

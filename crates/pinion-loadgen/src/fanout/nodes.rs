@@ -110,6 +110,16 @@ impl Site {
         })
     }
 
+    /// Checks that every node can hold its share of `n` subscribers plus
+    /// `extra` more connections (its open-file limit).
+    pub(crate) fn check_fds(&self, n: usize, extra: usize) -> Result<(), LoadgenError> {
+        for (j, node) in self.nodes.iter().enumerate() {
+            let on_node = node_range(j, n, self.nodes.len()).len();
+            super::check_hub_fds(node.pid, on_node + extra)?;
+        }
+        Ok(())
+    }
+
     /// A cluster (subscribers in worker processes, per-node figures).
     pub(crate) fn multi(&self) -> bool {
         self.cluster.is_some()

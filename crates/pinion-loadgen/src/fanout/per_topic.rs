@@ -35,10 +35,10 @@ use super::paced::{self, PacedPlan, LATE};
 use super::topics::{subscribers_on, Schedule, Topics};
 use super::workers::{self, TargetSpec};
 use super::{
-    check_hub_fds, conn_label, cpu_between, finish_idle, hub_text, idle_problems, idle_text, kib,
-    ms, node_rss, node_runs, nodes, open_idle, open_subscribers, pct, progress, ratio, sum_opt,
-    wait_hub_count, write_json, Cpu, FanoutArgs, FanoutRun, FanoutSummary, NodeInputs, Phase, Pids,
-    Site, PER_SOURCE_ADDR,
+    conn_label, cpu_between, finish_idle, hub_text, idle_problems, idle_text, kib, ms, node_rss,
+    node_runs, nodes, open_idle, open_subscribers, pct, progress, ratio, sum_opt, wait_hub_count,
+    write_json, Cpu, FanoutArgs, FanoutRun, FanoutSummary, NodeInputs, Phase, Pids, Site,
+    PER_SOURCE_ADDR,
 };
 use crate::error::LoadgenError;
 use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
@@ -242,10 +242,7 @@ fn one_run(
     let addrs = site.addrs;
     let https = site.https();
     let hub_pid = site.leader_pid();
-    for (j, node) in site.nodes.iter().enumerate() {
-        let on_node = nodes::node_range(j, n, https.len()).len();
-        check_hub_fds(node.pid, on_node + idle)?;
-    }
+    site.check_fds(n, idle)?;
     let setup = |e: String| LoadgenError::Setup {
         target: "pinion",
         reason: e,
