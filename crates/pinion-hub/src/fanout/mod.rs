@@ -24,7 +24,7 @@
 //!
 //! How those writes are made is [`FanoutSend`]: one `writev` each
 //! (through tokio), or, with `io_uring`, every such subscriber's
-//! `sendmsg` of a batch (up to [`YIELD_EVERY`] at a time) queued on the
+//! `sendmsg` of a batch (up to `YIELD_EVERY`, 2,048, at a time) queued on the
 //! core's ring ([`pinion_runtime::sys::uring::BatchSender`]) and submitted
 //! with one `io_uring_enter` per 1,024. Each result is then handled as a
 //! `writev`'s would be: the rest of a short write is queued, and so is
