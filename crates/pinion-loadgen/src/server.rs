@@ -209,18 +209,7 @@ fn spawn_child(
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
         .process_group(0);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes one async-signal-safe syscall (prctl); it touches no locks
-    // or allocations.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Async-signal-safe: one syscall.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pinion_runtime::sys::kill_with_parent(&mut cmd);
     cmd.spawn().map_err(|e| LoadgenError::ServerStart {
         target,
         reason: format!("spawning {:?}: {e}", cmd.get_program()),

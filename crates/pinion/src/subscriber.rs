@@ -474,19 +474,6 @@ pub struct Subscriber {
     finished: bool,
 }
 
-fn seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 impl Subscriber {
     /// Checks the options and starts subscribing in the background; returns
     /// at once. Everything after that, connections that fail included, is
@@ -496,7 +483,7 @@ impl Subscriber {
     ///
     /// [`Error::Options`] when the options cannot work.
     pub fn start(opts: SubscriberOptions) -> Result<Subscriber, Error> {
-        let seed = seed();
+        let seed = pinion_runtime::sys::seed();
         let order = track::order(
             opts.urls.len(),
             opts.start_index,

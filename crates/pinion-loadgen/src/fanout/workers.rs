@@ -390,16 +390,7 @@ impl Workers {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .process_group(0);
-            // SAFETY: runs in the forked child before exec; one
-            // async-signal-safe syscall, no locks, no allocation.
-            unsafe {
-                cmd.pre_exec(|| {
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            pinion_runtime::sys::kill_with_parent(&mut cmd);
             let mut child = cmd.spawn().map_err(|e| {
                 LoadgenError::io(format!("starting worker {k} ({})", exe.display()), e)
             })?;

@@ -207,6 +207,25 @@ pub fn seed() -> u64 {
     h.finish()
 }
 
+/// Makes the child that `cmd` will start receive SIGKILL when the thread
+/// that started it exits (`PR_SET_PDEATHSIG`): children of a bench or a
+/// test never outlive it, even when it is killed.
+#[cfg(target_os = "linux")]
+pub fn kill_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and makes
+    // one async-signal-safe syscall (prctl); it takes no lock and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Sends SIGTERM to process `pid` (for a parent that stops its children
 /// gracefully: `pinion cluster local`). `std::process::Child::kill` only
 /// sends SIGKILL.
