@@ -337,6 +337,9 @@ fn local(a: LocalArgs) -> Result<(), Failure> {
                 )
             }))
             .arg("--stats-every=0")
+            // The nodes share this machine's CPUs: each pinning its core
+            // i to CPU i would make them take turns there.
+            .arg("--pin-threads=false")
             .args(&a.serve_arg)
             .stdin(Stdio::null())
             .stdout(out)

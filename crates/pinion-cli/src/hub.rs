@@ -50,6 +50,11 @@ pub struct ServeArgs {
     /// Cores to run on (0: every CPU allowed).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Pin core i's thread to CPU i: true for one hub per machine, false
+    /// when several hubs share the CPUs (`pinion cluster local` turns it
+    /// off) [default: true; env PINION_PIN].
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set, overrides_with = "pin_threads")]
+    pub pin_threads: Option<bool>,
     /// An origin whose web pages may use /sub, /pub and /stats besides the
     /// hub's own (repeatable; "*" turns the check off) [env
     /// PINION_ALLOW_ORIGIN, comma-separated]. See docs/HARDENING.md.
@@ -169,6 +174,9 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
     }
     if let Some(t) = a.threads {
         cfg.threads = t;
+    }
+    if let Some(p) = a.pin_threads {
+        cfg.pin_threads = p;
     }
     if !a.allow_origin.is_empty() {
         cfg.allow_origins = a.allow_origin.clone();
@@ -798,6 +806,14 @@ pub enum BenchCommand {
     /// (plan on stdin, JSON lines on stdout).
     #[command(hide = true)]
     FanoutWorker,
+    /// Internal: holds idle loopback connection pairs for `bench fanout
+    /// --foreign-idle` until its stdin closes.
+    #[command(hide = true)]
+    IdlePairs {
+        /// Connection pairs to open and hold.
+        #[arg(long)]
+        pairs: usize,
+    },
 }
 
 /// Runs `pinion bench …`.
@@ -840,5 +856,7 @@ pub fn bench(c: BenchCommand) -> Result<(), Failure> {
         }
         BenchCommand::FanoutWorker => pinion_loadgen::run_fanout_worker()
             .map_err(|e| Failure::new(exit::FAILED, format!("bench fanout-worker: {e}"))),
+        BenchCommand::IdlePairs { pairs } => pinion_loadgen::run_idle_pairs(pairs)
+            .map_err(|e| Failure::new(exit::FAILED, format!("bench idle-pairs: {e}"))),
     }
 }

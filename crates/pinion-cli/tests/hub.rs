@@ -759,3 +759,78 @@ fn log_upgrade_from_format_1() {
     assert!(text(&again.stdout).contains("already format v2"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The CPUs a thread may run on, from `/proc/<pid>/task/<tid>/status`.
+fn thread_cpus(pid: u32, comm: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let name = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+        if name.trim() == comm {
+            let status = std::fs::read_to_string(t.join("status")).unwrap();
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap()
+                .trim()
+                .to_string();
+            out.push(line);
+        }
+    }
+    out
+}
+
+/// `--pin-threads` (default true) pins core i to one CPU; `false` leaves
+/// the hub's cores free to run on any CPU the process may use (several
+/// hubs on one machine).
+#[test]
+fn pin_threads_decides_the_cores_affinity() {
+    let allowed = thread_cpus(std::process::id(), &{
+        let me = std::fs::read_to_string("/proc/self/comm").unwrap();
+        me.trim().to_string()
+    });
+    let allowed = allowed.first().cloned().unwrap_or_default();
+    let multi = allowed.contains(',') || allowed.contains('-');
+    for (pin, expect_one) in [(None, multi), (Some("false"), false)] {
+        let dir = temp_dir(&format!("pin-{}", pin.unwrap_or("default")));
+        let port = free_port();
+        let listen = format!("tcp://127.0.0.1:{port}");
+        let d = dir.to_str().unwrap().to_string();
+        let mut args = vec![
+            "--data-dir",
+            &d,
+            "--listen",
+            &listen,
+            "--threads",
+            "2",
+            "--stats-every",
+            "0",
+            "--subscribe",
+            "tcp://127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ];
+        let flag = pin.map(|p| format!("--pin-threads={p}"));
+        if let Some(f) = &flag {
+            args.push(f);
+        }
+        let hub = HubProc::start_in(&dir, &args, port);
+        let pid = hub.child.id();
+        let cores = thread_cpus(pid, "pinion-hub-0");
+        assert_eq!(cores.len(), 1, "one pinion-hub-0 thread: {cores:?}");
+        if expect_one {
+            assert!(
+                !cores[0].contains(',') && !cores[0].contains('-'),
+                "pinned: core 0 on one CPU, not {}",
+                cores[0]
+            );
+        } else {
+            assert_eq!(
+                cores[0], allowed,
+                "unpinned: core 0 may use every allowed CPU"
+            );
+        }
+        let _ = hub.terminate();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -25,7 +25,7 @@ use openraft::raft::{
 };
 use openraft::storage::Snapshot;
 use openraft::{OptionalSend, Raft};
-use pinion::{Protocol, Socket};
+use pinion::{Protocol, Runtime, Socket};
 use pinion_proto::raft as pb;
 use pinion_proto::Message as _;
 
@@ -126,12 +126,20 @@ impl LeaderContact {
 #[derive(Debug, Clone)]
 pub struct Network {
     node_id: NodeId,
+    rt: Runtime,
 }
 
 impl Network {
-    /// The network of node `node_id`.
+    /// The network of node `node_id`, its sockets on pinion's global
+    /// runtime.
     pub fn new(node_id: NodeId) -> Self {
-        Self { node_id }
+        Self::on(node_id, Runtime::global().clone())
+    }
+
+    /// The network of node `node_id`, its sockets on `rt` (a hub node puts
+    /// them on its own cores: one set of event loops per process).
+    pub fn on(node_id: NodeId, rt: Runtime) -> Self {
+        Self { node_id, rt }
     }
 }
 
@@ -140,6 +148,7 @@ pub struct Peer {
     from: NodeId,
     to: NodeId,
     url: String,
+    rt: Runtime,
     socket: Option<Socket>,
 }
 
@@ -151,6 +160,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             from: self.node_id,
             to: target,
             url: node.raft.clone(),
+            rt: self.rt.clone(),
             socket: None,
         }
     }
@@ -159,7 +169,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 impl Peer {
     async fn socket(&mut self) -> Result<&Socket, CallError> {
         if self.socket.is_none() {
-            let s = Socket::with_options(Protocol::Req0, options())?;
+            let s = Socket::on(&self.rt, Protocol::Req0, options())?;
             s.dial_background(&self.url).await?;
             self.socket = Some(s);
         }
@@ -310,7 +320,22 @@ pub async fn serve(
     url: &str,
     contact: Arc<LeaderContact>,
 ) -> Result<(Socket, String), pinion::Error> {
-    let socket = Socket::with_options(Protocol::Rep0, options())?;
+    serve_on(Runtime::global(), raft, node_id, url, contact).await
+}
+
+/// As [`serve`], with the endpoint's socket on `rt`.
+///
+/// # Errors
+///
+/// If the socket cannot be created or the address cannot be bound.
+pub async fn serve_on(
+    rt: &Runtime,
+    raft: Raft<TypeConfig>,
+    node_id: NodeId,
+    url: &str,
+    contact: Arc<LeaderContact>,
+) -> Result<(Socket, String), pinion::Error> {
+    let socket = Socket::on(rt, Protocol::Rep0, options())?;
     let ep = socket.listen(url).await?;
     let bound = ep.url().to_string();
     for _ in 0..SERVER_CONTEXTS {

@@ -851,6 +851,7 @@ pub(crate) async fn run_status(raft: Raft<TypeConfig>, status: Arc<Status>, cfg:
 /// Starts the Raft node: its state machine, its Raft endpoint, and forms
 /// the cluster when this node has the smallest id and every log is empty.
 pub(crate) async fn start_raft(
+    cores: &pinion::Runtime,
     cfg: &ClusterConfig,
     log: pinion_cluster::LogStore,
     machine: HubMachine,
@@ -862,15 +863,16 @@ pub(crate) async fn start_raft(
     let raft = Raft::new(
         cfg.node_id,
         rc,
-        pinion_cluster::network::Network::new(cfg.node_id),
+        pinion_cluster::network::Network::on(cfg.node_id, cores.clone()),
         log,
         sm,
     )
     .await
     .map_err(|e| format!("raft: {e}"))?;
-    let (server, _) = pinion_cluster::network::serve(raft.clone(), cfg.node_id, &cfg.raft, contact)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", cfg.raft))?;
+    let (server, _) =
+        pinion_cluster::network::serve_on(cores, raft.clone(), cfg.node_id, &cfg.raft, contact)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.raft))?;
     let first = cfg.peers.keys().next().copied();
     if first == Some(cfg.node_id) && !raft.is_initialized().await.map_err(|e| e.to_string())? {
         match raft.initialize(cfg.peers.clone()).await {

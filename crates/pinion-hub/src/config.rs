@@ -15,6 +15,7 @@
 //! dedup_horizon = 10000000            # records behind the head kept for dedup
 //! max_sessions = 1000000              # clients held at most (~220 B each)
 //! threads = 0                         # cores to use; 0 = all allowed
+//! pin_threads = true                  # pin core i to CPU i; false when nodes share a machine
 //! preallocate = 67108864              # log bytes kept pre-zeroed; 0 = off
 //! subscribe = ["tcp://127.0.0.1:7451"] # SP PUB endpoints for subscribers
 //! http = "127.0.0.1:7452"             # dashboard, /metrics, WebSocket; "" = off
@@ -217,6 +218,12 @@ pub struct HubConfig {
     pub max_sessions: usize,
     /// Cores (event loops) to use; 0: every CPU the process may run on.
     pub threads: usize,
+    /// Pin core `i`'s thread to the `i`-th allowed CPU (default true: one
+    /// hub per machine). Turn it off when several hubs share the CPUs (a
+    /// local cluster, tests): every hub would pin its core 0 to the same
+    /// CPU, and their cores 0 could then only take turns on it while
+    /// another CPU idles.
+    pub pin_threads: bool,
     /// Bytes of log kept pre-zeroed ahead of the write position (0: plain
     /// appends). Overwriting zeroed blocks makes fdatasync cheaper than
     /// growing the file (see `pinion_journal::JournalOptions`).
@@ -292,6 +299,7 @@ impl Default for HubConfig {
             dedup_horizon: 10_000_000,
             max_sessions: 1_000_000,
             threads: 0,
+            pin_threads: true,
             preallocate: 64 << 20,
             subscribe: vec![DEFAULT_SUBSCRIBE.to_string()],
             http: Some(DEFAULT_HTTP.to_string()),
@@ -328,6 +336,15 @@ fn millis(key: &'static str, v: u64) -> Result<Duration, ConfigError> {
     Ok(d)
 }
 
+/// `true`/`false` and the usual spellings (`1`/`0`, `yes`/`no`, `on`/`off`).
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 fn split_list(v: &str) -> Vec<String> {
     v.split(',')
         .map(str::trim)
@@ -351,6 +368,7 @@ struct FileConfig {
     dedup_horizon: Option<u64>,
     max_sessions: Option<usize>,
     threads: Option<usize>,
+    pin_threads: Option<bool>,
     preallocate: Option<u64>,
     subscribe: Option<Vec<String>>,
     http: Option<String>,
@@ -446,6 +464,9 @@ impl HubConfig {
         if let Some(v) = f.threads {
             self.threads = v;
         }
+        if let Some(v) = f.pin_threads {
+            self.pin_threads = v;
+        }
         if let Some(v) = f.preallocate {
             self.preallocate = v;
         }
@@ -535,7 +556,7 @@ impl HubConfig {
 
     /// Applies `PINION_DATA_DIR`, `PINION_LISTEN`, `PINION_SUBSCRIBE`,
     /// `PINION_ALLOW_ORIGIN` and `PINION_ALLOW_HOST` (comma-separated), `PINION_HTTP` (empty: off), `PINION_FSYNC`,
-    /// `PINION_MAX_PAYLOAD` and `PINION_FANOUT_SEND` from `get` (normally `std::env::var`).
+    /// `PINION_MAX_PAYLOAD`, `PINION_FANOUT_SEND` and `PINION_PIN` from `get` (normally `std::env::var`).
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = get("PINION_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
@@ -570,6 +591,13 @@ impl HubConfig {
         }
         if let Some(v) = get("PINION_FANOUT_SEND") {
             self.fanout_send = v.parse()?;
+        }
+        if let Some(v) = get("PINION_PIN") {
+            self.pin_threads = parse_bool(&v).ok_or(ConfigError::Invalid {
+                key: "PINION_PIN",
+                value: v.clone(),
+                expected: "true/false (1/0, yes/no, on/off)",
+            })?;
         }
         if let Some(v) = get("PINION_MAX_PAYLOAD") {
             self.max_payload = v.parse().map_err(|_| ConfigError::Invalid {
@@ -714,6 +742,33 @@ impl HubConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_threads_from_toml_and_env() {
+        let mut c = HubConfig::default();
+        assert!(c.pin_threads, "one hub per machine pins by default");
+        c.apply_toml("pin_threads = false").unwrap();
+        assert!(!c.pin_threads);
+        c.apply_env(|k| (k == "PINION_PIN").then(|| "yes".to_string()))
+            .unwrap();
+        assert!(c.pin_threads);
+        c.apply_env(|k| (k == "PINION_PIN").then(|| "0".to_string()))
+            .unwrap();
+        assert!(!c.pin_threads);
+        let e = c
+            .apply_env(|k| (k == "PINION_PIN").then(|| "maybe".to_string()))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Invalid {
+                    key: "PINION_PIN",
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn layers_override_in_order() {

@@ -419,7 +419,7 @@ impl Hub {
         }
 
         // Cores and their sockets.
-        let mut rb = Runtime::builder().name("pinion-hub");
+        let mut rb = Runtime::builder().name("pinion-hub").pin(cfg.pin_threads);
         if cfg.threads > 0 {
             rb = rb.threads(cfg.threads);
         }
@@ -604,6 +604,9 @@ impl Hub {
                 let (ready_tx, ready_rx) = mpsc::channel();
                 let sh = shared.clone();
                 let max_payload = cfg.max_payload;
+                // The Raft endpoint and the connections to peers run on
+                // the hub's own cores, not on a second set of event loops.
+                let cores = rt.clone();
                 let raft_thread = std::thread::Builder::new()
                     .name("pinion-raft".into())
                     .spawn(move || {
@@ -621,6 +624,7 @@ impl Hub {
                         };
                         rt.block_on(async move {
                             let (raft, server) = match cluster::start_raft(
+                                &cores,
                                 &ccfg,
                                 log,
                                 machine,

@@ -69,7 +69,8 @@ mod targets;
 pub use error::LoadgenError;
 pub use failover::{run_failover, FailoverArgs, FailoverSummary, FailoverTarget};
 pub use fanout::{
-    run_fanout, run_fanout_worker, FanoutArgs, FanoutRun, FanoutSummary, NodeRun, Phase,
+    run_fanout, run_fanout_worker, run_idle_pairs, FanoutArgs, FanoutRun, FanoutSummary, NodeRun,
+    Phase,
 };
 pub use report::{Latency, RunResult, TargetReport, CONTENDED_PCT};
 pub use server::pid_exists;

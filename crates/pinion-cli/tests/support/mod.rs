@@ -102,7 +102,8 @@ pub fn start(spec: &NodeSpec, peers: &[String], dir: &Path) -> Child {
         .arg(format!("--node-id={}", spec.id))
         .arg(format!("--raft={}", spec.raft))
         .args(peers)
-        .args(["--threads=1", "--stats-every=0"])
+        // Several nodes share the CPUs: unpinned (see `pin_threads`).
+        .args(["--threads=1", "--stats-every=0", "--pin-threads=false"])
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

@@ -82,6 +82,7 @@ use crate::report::{median, median_runs, thousands, Latency, CONTENDED_PCT};
 use crate::server::{self, check_interrupted};
 
 mod clients;
+mod foreign;
 mod hub;
 mod nodes;
 mod paced;
@@ -91,6 +92,7 @@ mod workers;
 mod ws;
 
 use clients::{ClientPlan, Clients, Outcome, Target};
+pub use foreign::run_idle_pairs;
 use hub::{HubAddrs, Publisher};
 pub use nodes::NodeRun;
 pub use per_topic::{TopicsRun, TopicsSummary};
@@ -255,6 +257,15 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "L", default_value_t = 0, requires = "nodes")]
     #[serde(skip_serializing_if = "is_zero")]
     pub learners: usize,
+    /// Control measurement: also hold N idle loopback TCP connection pairs
+    /// (2·N sockets) in helper processes that pinion knows nothing of,
+    /// open for the whole run. Tells what a run's open sockets cost the
+    /// machine from what pinion's handling of its subscribers costs (e.g.
+    /// 1,000 subscribers with --foreign-idle 50000 against 50,000
+    /// subscribers).
+    #[arg(long, value_name = "PAIRS", default_value_t = 0)]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub foreign_idle: usize,
     /// With --nodes: most subscribers one worker process holds.
     #[arg(long, value_name = "K", default_value_t = workers::MAX_PER_WORKER, hide = true)]
     #[serde(skip)]
@@ -294,6 +305,12 @@ impl FanoutArgs {
         let bad = |s: String| Err(LoadgenError::Args(s));
         if self.connections.is_empty() {
             return bad("no --connections".into());
+        }
+        if self.foreign_idle > 500_000 {
+            return bad(format!(
+                "--foreign-idle: at most 500000 pairs, not {}",
+                self.foreign_idle
+            ));
         }
         if let Some(n) = self
             .connections
@@ -719,6 +736,12 @@ pub fn run_fanout(
 ) -> Result<Vec<FanoutSummary>, LoadgenError> {
     args.validate()?;
     server::install_signal_handlers();
+    // Before anything of pinion's starts, so that the control sockets are
+    // already open when the hub's and subscribers' are.
+    let foreign = match args.foreign_idle {
+        0 => None,
+        n => Some(foreign::ForeignIdle::start(pinion_exe, n)?),
+    };
     let configs = args.configs();
     let most = configs.iter().map(|&(n, i)| n + i).max().unwrap_or(0) + args.slow;
     if let Some(voters) = args.nodes {
@@ -762,7 +785,16 @@ pub fn run_fanout(
             hint: "; build the hub with `cargo build --release -p pinion-cli`",
         });
     }
-    let machine = crate::machine_description();
+    let mut machine = crate::machine_description();
+    if let Some(f) = &foreign {
+        machine.push_str(&format!(
+            "\ncontrol: {} idle loopback TCP connection pairs ({} sockets) held by {} helper process{} outside pinion, open for the whole run",
+            thousands(f.pairs as u64),
+            thousands(2 * f.pairs as u64),
+            f.pairs.div_ceil(foreign::PAIRS_PER_PROCESS),
+            if f.pairs > foreign::PAIRS_PER_PROCESS { "es" } else { "" },
+        ));
+    }
     if let Some(topics) = args.topics {
         return per_topic::run(args, topics, pinion_exe, external, &machine);
     }

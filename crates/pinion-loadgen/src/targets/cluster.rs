@@ -131,6 +131,8 @@ impl Cluster {
             .args(me)
             .arg("--stats-every")
             .arg(self.spec.stats_every.to_string())
+            // The nodes share this machine's CPUs (see `pin_threads`).
+            .arg("--pin-threads=false")
             .args(&self.spec.extra);
         Ok(cmd)
     }
