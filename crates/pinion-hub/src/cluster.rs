@@ -850,8 +850,10 @@ pub(crate) async fn run_status(raft: Raft<TypeConfig>, status: Arc<Status>, cfg:
 
 /// Starts the Raft node: its state machine, its Raft endpoint, and forms
 /// the cluster when this node has the smallest id and every log is empty.
+/// The endpoint and the connections to peers run on `net` (the event loop
+/// openraft runs on).
 pub(crate) async fn start_raft(
-    cores: &pinion::Runtime,
+    net: &pinion::Runtime,
     cfg: &ClusterConfig,
     log: pinion_cluster::LogStore,
     machine: HubMachine,
@@ -863,14 +865,14 @@ pub(crate) async fn start_raft(
     let raft = Raft::new(
         cfg.node_id,
         rc,
-        pinion_cluster::network::Network::on(cfg.node_id, cores.clone()),
+        pinion_cluster::network::Network::on(cfg.node_id, net.clone()),
         log,
         sm,
     )
     .await
     .map_err(|e| format!("raft: {e}"))?;
     let (server, _) =
-        pinion_cluster::network::serve_on(cores, raft.clone(), cfg.node_id, &cfg.raft, contact)
+        pinion_cluster::network::serve_on(net, raft.clone(), cfg.node_id, &cfg.raft, contact)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.raft))?;
     let first = cfg.peers.keys().next().copied();

@@ -604,16 +604,18 @@ impl Hub {
                 let (ready_tx, ready_rx) = mpsc::channel();
                 let sh = shared.clone();
                 let max_payload = cfg.max_payload;
-                // The Raft endpoint and the connections to peers run on
-                // the hub's own cores, not on a second set of event loops.
-                let cores = rt.clone();
+                // openraft's core, its tasks, the Raft endpoint and the
+                // connections to peers share one event loop (a one-core
+                // pinion runtime): a Raft message goes from the socket to
+                // openraft and back without waking another thread. This
+                // thread only waits for that loop to end.
                 let raft_thread = std::thread::Builder::new()
-                    .name("pinion-raft".into())
+                    .name("pinion-raft-main".into())
                     .spawn(move || {
-                        let rt = match tokio::runtime::Builder::new_multi_thread()
-                            .worker_threads(1)
-                            .thread_name("pinion-raft")
-                            .enable_all()
+                        let raft_rt = match Runtime::builder()
+                            .name("pinion-raft")
+                            .threads(1)
+                            .pin(false)
                             .build()
                         {
                             Ok(rt) => rt,
@@ -622,9 +624,10 @@ impl Hub {
                                 return;
                             }
                         };
-                        rt.block_on(async move {
+                        let on = raft_rt.clone();
+                        raft_rt.block_on(0, async move {
                             let (raft, server) = match cluster::start_raft(
-                                &cores,
+                                &on,
                                 &ccfg,
                                 log,
                                 machine,
