@@ -834,3 +834,39 @@ fn pin_threads_decides_the_cores_affinity() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// `pinion bench idle-pairs` (the helper of `bench fanout --foreign-idle`)
+/// holds both ends of N loopback connections, says so, and ends when its
+/// stdin closes.
+#[test]
+fn idle_pairs_helper_holds_its_connections_until_stdin_closes() {
+    use std::io::BufRead;
+    let mut child = Command::new(PINION)
+        .args(["bench", "idle-pairs", "--pairs", "200"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready 200");
+    let sockets = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .filter(|t| t.to_string_lossy().starts_with("socket:"))
+        .count();
+    assert!(sockets >= 400, "both ends of 200 pairs (+ the listener): {sockets}");
+    drop(child.stdin.take());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            assert!(st.success(), "{st}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running after its stdin closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
