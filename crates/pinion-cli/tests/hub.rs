@@ -858,7 +858,10 @@ fn idle_pairs_helper_holds_its_connections_until_stdin_closes() {
         .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
         .filter(|t| t.to_string_lossy().starts_with("socket:"))
         .count();
-    assert!(sockets >= 400, "both ends of 200 pairs (+ the listener): {sockets}");
+    assert!(
+        sockets >= 400,
+        "both ends of 200 pairs (+ the listener): {sockets}"
+    );
     drop(child.stdin.take());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -866,7 +869,10 @@ fn idle_pairs_helper_holds_its_connections_until_stdin_closes() {
             assert!(st.success(), "{st}");
             break;
         }
-        assert!(Instant::now() < deadline, "still running after its stdin closed");
+        assert!(
+            Instant::now() < deadline,
+            "still running after its stdin closed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
