@@ -78,28 +78,31 @@ impl HubProc {
     }
 
     fn start(data_dir: &Path, port: u16) -> HubProc {
+        HubProc::start_with(data_dir, port, &[])
+    }
+
+    /// As [`HubProc::start`], with `extra` flags after the usual ones.
+    fn start_with(data_dir: &Path, port: u16, extra: &[&str]) -> HubProc {
         let listen = format!("tcp://127.0.0.1:{port}");
         let d = data_dir.to_str().unwrap();
-        HubProc::start_in(
-            data_dir.parent().unwrap(),
-            &[
-                "--data-dir",
-                d,
-                "--listen",
-                &listen,
-                "--threads",
-                "2",
-                "--stats-every",
-                "0",
-                // The subscriber and HTTP ports on free ports (not the
-                // defaults, which the README test uses).
-                "--subscribe",
-                "tcp://127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-            ],
-            port,
-        )
+        let mut args = vec![
+            "--data-dir",
+            d,
+            "--listen",
+            &listen,
+            "--threads",
+            "2",
+            "--stats-every",
+            "0",
+            // The subscriber and HTTP ports on free ports (not the
+            // defaults, which the README test uses).
+            "--subscribe",
+            "tcp://127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        HubProc::start_in(data_dir.parent().unwrap(), &args, port)
     }
 
     fn url(&self) -> String {
@@ -793,28 +796,9 @@ fn pin_threads_decides_the_cores_affinity() {
     let multi = allowed.contains(',') || allowed.contains('-');
     for (pin, expect_one) in [(None, multi), (Some("false"), false)] {
         let dir = temp_dir(&format!("pin-{}", pin.unwrap_or("default")));
-        let port = free_port();
-        let listen = format!("tcp://127.0.0.1:{port}");
-        let d = dir.to_str().unwrap().to_string();
-        let mut args = vec![
-            "--data-dir",
-            &d,
-            "--listen",
-            &listen,
-            "--threads",
-            "2",
-            "--stats-every",
-            "0",
-            "--subscribe",
-            "tcp://127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ];
         let flag = pin.map(|p| format!("--pin-threads={p}"));
-        if let Some(f) = &flag {
-            args.push(f);
-        }
-        let hub = HubProc::start_in(&dir, &args, port);
+        let extra: Vec<&str> = flag.iter().map(String::as_str).collect();
+        let hub = HubProc::start_with(&dir.join("data"), free_port(), &extra);
         let pid = hub.child.id();
         let cores = thread_cpus(pid, "pinion-hub-0");
         assert_eq!(cores.len(), 1, "one pinion-hub-0 thread: {cores:?}");

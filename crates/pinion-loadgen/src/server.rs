@@ -183,6 +183,20 @@ pub(crate) fn bench_hub_config(dir: &std::path::Path) -> Result<std::path::PathB
     Ok(path)
 }
 
+/// Starts a helper process of the bench: `exe` (this binary) with `args`,
+/// stdin and stdout piped to the bench, stderr shared, in its own process
+/// group, and killed if the bench dies (`PR_SET_PDEATHSIG`).
+pub(crate) fn spawn_helper(exe: &Path, args: &[&str]) -> std::io::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0);
+    pinion_runtime::sys::kill_with_parent(&mut cmd);
+    cmd.spawn()
+}
+
 // ---- the guard --------------------------------------------------------------
 
 /// A server started by the benchmark, with its data dir.

@@ -13,9 +13,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::error::LoadgenError;
@@ -91,14 +90,9 @@ impl ForeignIdle {
         while left > 0 {
             let n = left.min(PAIRS_PER_PROCESS);
             left -= n;
-            let mut cmd = Command::new(exe);
-            cmd.args(["bench", "idle-pairs", "--pairs", &n.to_string()])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .process_group(0);
-            pinion_runtime::sys::kill_with_parent(&mut cmd);
-            let mut child = cmd.spawn().map_err(|e| {
+            let count = n.to_string();
+            let args = ["bench", "idle-pairs", "--pairs", &count];
+            let mut child = crate::server::spawn_helper(exe, &args).map_err(|e| {
                 LoadgenError::io(format!("starting `{} bench idle-pairs`", exe.display()), e)
             })?;
             let out = child.stdout.take();

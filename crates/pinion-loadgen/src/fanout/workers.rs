@@ -29,9 +29,8 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -44,6 +43,7 @@ use super::clients::{ClientPlan, Clients, Outcome, Target, TopicTally};
 use super::topics::Schedule;
 use crate::driver::new_histogram;
 use crate::error::LoadgenError;
+use crate::server;
 
 /// Most subscribers one worker process holds by default (the open-file
 /// hard limit here is 20,000 and cannot be raised).
@@ -384,16 +384,10 @@ impl Workers {
                 .is_some_and(|p| matches!(p.target, TargetSpec::Topic { .. })),
         };
         for (k, plan) in plans.into_iter().enumerate() {
-            let mut cmd = Command::new(exe);
-            cmd.args(["bench", "fanout-worker"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .process_group(0);
-            pinion_runtime::sys::kill_with_parent(&mut cmd);
-            let mut child = cmd.spawn().map_err(|e| {
-                LoadgenError::io(format!("starting worker {k} ({})", exe.display()), e)
-            })?;
+            let mut child =
+                server::spawn_helper(exe, &["bench", "fanout-worker"]).map_err(|e| {
+                    LoadgenError::io(format!("starting worker {k} ({})", exe.display()), e)
+                })?;
             let mut stdin = child.stdin.take();
             let stdout = child.stdout.take();
             let state = Arc::new(State::default());
