@@ -137,7 +137,8 @@ impl Network {
     }
 
     /// The network of node `node_id`, its sockets on `rt` (a hub node puts
-    /// them on its own cores: one set of event loops per process).
+    /// them on the event loop openraft runs on, so a Raft message reaches
+    /// openraft without waking another thread).
     pub fn on(node_id: NodeId, rt: Runtime) -> Self {
         Self { node_id, rt }
     }
