@@ -257,6 +257,13 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "L", default_value_t = 0, requires = "nodes")]
     #[serde(skip_serializing_if = "is_zero")]
     pub learners: usize,
+    /// With --nodes: which nodes hold the subscribers: spread over `all`
+    /// of them, or all on the `leader`, on one `follower` or on the first
+    /// `learner` (e.g. 1,000 subscribers on one node of the same cluster,
+    /// the baseline for the same cluster's 50,000 spread over every node).
+    #[arg(long, value_name = "WHERE", value_enum, default_value_t = nodes::Placement::All, requires = "nodes")]
+    #[serde(skip_serializing_if = "is_all_nodes")]
+    pub subscribers_on: nodes::Placement,
     /// Control measurement: also hold N idle loopback TCP connection pairs
     /// (2·N sockets) in helper processes that pinion knows nothing of,
     /// open for the whole run. Tells what a run's open sockets cost the
@@ -270,6 +277,10 @@ pub struct FanoutArgs {
     #[arg(long, value_name = "K", default_value_t = workers::MAX_PER_WORKER, hide = true)]
     #[serde(skip)]
     pub worker_connections: usize,
+}
+
+fn is_all_nodes(p: &nodes::Placement) -> bool {
+    *p == nodes::Placement::All
 }
 
 fn no_idle(v: &[usize]) -> bool {
@@ -745,7 +756,11 @@ pub fn run_fanout(
     let configs = args.configs();
     let most = configs.iter().map(|&(n, i)| n + i).max().unwrap_or(0) + args.slow;
     if let Some(voters) = args.nodes {
-        check_capacity(most, voters + args.learners, args.worker_connections)?;
+        let holders = match args.subscribers_on {
+            nodes::Placement::All => voters + args.learners,
+            _ => 1,
+        };
+        check_capacity(most, holders, args.worker_connections)?;
     }
     // With --nodes the subscribers live in worker processes (which inherit
     // this limit), at most --worker-connections each.
@@ -856,7 +871,7 @@ fn hub_text(args: &FanoutArgs, pinion_exe: &Path, external: Option<HubAddrs>) ->
     if let Some(voters) = args.nodes {
         return format!(
             "a local cluster of {voters} voter{}{} ({} serve --node-id N --fsync {} --max-payload {} on 127.0.0.1, free ports), \
-             publishing to the leader, subscribers spread evenly over every node's HTTP port and held by worker processes of at most {} each",
+             publishing to the leader, subscribers {} and held by worker processes of at most {} each",
             if voters == 1 { "" } else { "s" },
             if args.learners > 0 {
                 format!(" + {} learner{}", args.learners, if args.learners == 1 { "" } else { "s" })
@@ -866,6 +881,12 @@ fn hub_text(args: &FanoutArgs, pinion_exe: &Path, external: Option<HubAddrs>) ->
             pinion_exe.display(),
             args.fsync,
             args.max_payload(),
+            match args.subscribers_on {
+                nodes::Placement::All => "spread evenly over every node's HTTP port",
+                nodes::Placement::Leader => "all on the leader",
+                nodes::Placement::Follower => "all on one follower",
+                nodes::Placement::Learner => "all on the first learner",
+            },
             thousands(args.worker_connections as u64)
         );
     }
@@ -1237,7 +1258,7 @@ fn open_subscribers(
     let n = plan.count;
     let t0 = Instant::now();
     let mut subs = if site.multi() {
-        let plans = workers::layout(n, &site.https(), args.worker_connections)
+        let plans = workers::layout(n, &site.holder_https(), args.worker_connections)
             .into_iter()
             .map(|assignments| workers::WorkerPlan {
                 assignments,
@@ -1704,9 +1725,8 @@ fn one_run(
         Some((b? as f64 - a? as f64) / n as f64)
     };
     let node_figures = if site.multi() {
-        let k = site.nodes.len();
         let due = |j: usize| -> (u64, u64) {
-            outcome.got[nodes::node_range(j, n, k)]
+            outcome.got[site.node_range(j, n)]
                 .iter()
                 .fold((0, 0), |(m, d), &g| {
                     let g = u64::from(g);
@@ -1799,12 +1819,11 @@ struct NodeInputs<'a> {
 
 /// The per-node figures of a multi-node run.
 fn node_runs(site: &Site, n: usize, x: &NodeInputs<'_>) -> Vec<NodeRun> {
-    let k = site.nodes.len();
     site.nodes
         .iter()
         .enumerate()
         .map(|(j, node)| {
-            let subscribers = nodes::node_range(j, n, k).len();
+            let subscribers = site.node_range(j, n).len();
             let all: u64 = x
                 .per_assignment
                 .iter()
@@ -2009,14 +2028,29 @@ fn nodes_text(r: &FanoutRun) -> String {
         ));
     }
     o.push_str(&format!(
-        "\n{} subscribers over {} nodes, held by {} worker processes; missing deliveries {}, duplicates {}\n",
-        thousands(r.connections as u64),
-        r.nodes.len(),
+        "\n{}, held by {} worker processes; missing deliveries {}, duplicates {}\n",
+        placement_label(r.connections, &r.nodes),
         r.workers,
         thousands(r.missing),
         thousands(r.duplicates),
     ));
     o
+}
+
+/// "50,000 subscribers over 3 nodes", or with `--subscribers-on` "1,000
+/// subscribers on node 2 (follower) of 3".
+fn placement_label(connections: usize, nodes: &[nodes::NodeRun]) -> String {
+    let n = thousands(connections as u64);
+    let holding: Vec<&nodes::NodeRun> = nodes.iter().filter(|x| x.subscribers > 0).collect();
+    match holding[..] {
+        [one] if nodes.len() > 1 => format!(
+            "{n} subscribers on node {} ({}) of {}",
+            one.id,
+            one.role,
+            nodes.len()
+        ),
+        _ => format!("{n} subscribers over {} nodes", nodes.len()),
+    }
 }
 
 /// " (+ 15,000 idle)" or nothing.
@@ -2204,9 +2238,9 @@ fn cluster_targets_text(ss: &[FanoutSummary]) -> String {
     for s in ss {
         let all_complete = s.runs.iter().all(FanoutRun::complete);
         let nodes = s.runs.first().map_or(0, |r| r.nodes.len());
-        let label = format!(
-            "{} subscribers over {nodes} nodes",
-            thousands(s.connections as u64)
+        let label = placement_label(
+            s.connections,
+            s.runs.first().map_or(&[][..], |r| &r.nodes[..]),
         );
         if s.per_topic.is_none() {
             let big = s.connections >= 100_000 && nodes >= 6;
@@ -2463,8 +2497,17 @@ mod tests {
             (a.nodes, a.learners, a.worker_connections),
             (Some(3), 3, 19_000)
         );
-        // --learners needs --nodes; --slow, --idle and --hub-url do not go with it.
+        // --learners and --subscribers-on need --nodes; --slow, --idle and
+        // --hub-url do not go with it.
         assert!(p(&["--learners", "2"]).is_err());
+        assert!(p(&["--subscribers-on", "follower"]).is_err());
+        assert!(p(&["--nodes", "3", "--subscribers-on", "somewhere"]).is_err());
+        let a = p(&["--nodes", "3", "--subscribers-on", "follower"]).unwrap();
+        assert_eq!(a.subscribers_on, nodes::Placement::Follower);
+        let j = serde_json::to_value(&a).unwrap();
+        assert_eq!(j["subscribers_on"], "follower");
+        let j = serde_json::to_value(p(&["--nodes", "3"]).unwrap()).unwrap();
+        assert!(j.get("subscribers_on").is_none(), "{j}");
         for bad in [
             &["--nodes", "3", "--slow", "5"][..],
             &["--nodes", "3", "--idle", "10"],

@@ -33,6 +33,40 @@ use crate::targets::cluster::{self, Cluster};
 /// here is 20,000 per process and cannot be raised).
 pub(crate) const MAX_PER_NODE: usize = 19_000;
 
+/// `--subscribers-on`: which nodes of a cluster hold the subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Spread evenly over every node, voters and learners.
+    #[default]
+    All,
+    /// All on the leader.
+    Leader,
+    /// All on one follower (the first voter that is not the leader).
+    Follower,
+    /// All on the first learner.
+    Learner,
+}
+
+impl Placement {
+    /// The indices of the nodes that hold subscribers, given each node's
+    /// learner flag and the leader's index.
+    pub(crate) fn holders(self, learner: &[bool], leader: usize) -> Result<Vec<usize>, String> {
+        let first = |want: &dyn Fn(usize) -> bool, what: &str| {
+            (0..learner.len())
+                .find(|&i| want(i))
+                .map(|i| vec![i])
+                .ok_or_else(|| format!("--subscribers-on {what}: the cluster has no {what}"))
+        };
+        match self {
+            Placement::All => Ok((0..learner.len()).collect()),
+            Placement::Leader => first(&|i| i == leader, "leader"),
+            Placement::Follower => first(&|i| i != leader && !learner[i], "follower"),
+            Placement::Learner => first(&|i| learner[i], "learner"),
+        }
+    }
+}
+
 /// One hub of the run.
 #[derive(Debug, Clone)]
 pub(crate) struct Node {
@@ -50,6 +84,8 @@ pub(crate) struct Site {
     /// Publishers (the leader's) and the first node's HTTP port.
     pub addrs: HubAddrs,
     pub nodes: Vec<Node>,
+    /// Indices of the nodes that hold the subscribers (`--subscribers-on`).
+    holders: Vec<usize>,
 }
 
 impl Site {
@@ -82,11 +118,17 @@ impl Site {
                 publish: c.leader_addr,
                 http: c.http(c.leader),
             };
+            let learner: Vec<bool> = (0..c.ports.len()).map(|i| c.is_learner(i)).collect();
+            let holders = args
+                .subscribers_on
+                .holders(&learner, c.leader)
+                .map_err(LoadgenError::Args)?;
             return Ok(Site {
                 single: None,
                 cluster: Some(c),
                 addrs,
                 nodes,
+                holders,
             });
         }
         let (single, addrs) = match external {
@@ -107,6 +149,7 @@ impl Site {
                 http: addrs.http,
                 pid,
             }],
+            holders: vec![0],
         })
     }
 
@@ -114,7 +157,7 @@ impl Site {
     /// `extra` more connections (its open-file limit).
     pub(crate) fn check_fds(&self, n: usize, extra: usize) -> Result<(), LoadgenError> {
         for (j, node) in self.nodes.iter().enumerate() {
-            let on_node = node_range(j, n, self.nodes.len()).len();
+            let on_node = self.node_range(j, n).len();
             super::check_hub_fds(node.pid, on_node + extra)?;
         }
         Ok(())
@@ -128,6 +171,24 @@ impl Site {
     /// Every node's HTTP port.
     pub(crate) fn https(&self) -> Vec<SocketAddr> {
         self.nodes.iter().map(|n| n.http).collect()
+    }
+
+    /// The nodes that hold subscribers: each one's index and HTTP port.
+    pub(crate) fn holder_https(&self) -> Vec<(usize, SocketAddr)> {
+        self.holders
+            .iter()
+            .map(|&j| (j, self.nodes[j].http))
+            .collect()
+    }
+
+    /// The run's subscribers (of `n`) that node `j` holds: an even share
+    /// if it is one of the holders, none otherwise (the same split as
+    /// [`super::workers::layout`]).
+    pub(crate) fn node_range(&self, j: usize, n: usize) -> std::ops::Range<usize> {
+        match self.holders.iter().position(|&h| h == j) {
+            Some(h) => node_range(h, n, self.holders.len()),
+            None => 0..0,
+        }
     }
 
     /// The PIDs of the hubs the bench knows.
@@ -319,5 +380,23 @@ mod tests {
         assert_eq!(next, n);
         assert_eq!(role_name(Some(3), false), "leader");
         assert_eq!(role_name(None, true), "learner");
+    }
+
+    #[test]
+    fn placement_picks_the_nodes_asked_for() {
+        // Voters 0..3 with the leader at 1, learners 3 and 4.
+        let learner = [false, false, false, true, true];
+        let h = |p: Placement| p.holders(&learner, 1);
+        assert_eq!(h(Placement::All).unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(h(Placement::Leader).unwrap(), vec![1]);
+        assert_eq!(h(Placement::Follower).unwrap(), vec![0]);
+        assert_eq!(h(Placement::Learner).unwrap(), vec![3]);
+        assert_eq!(
+            Placement::Follower.holders(&[false, false], 0).unwrap(),
+            vec![1]
+        );
+        let e = Placement::Learner.holders(&[false; 3], 0).unwrap_err();
+        assert!(e.contains("no learner"), "{e}");
+        assert!(Placement::Follower.holders(&[false], 0).is_err());
     }
 }

@@ -469,10 +469,9 @@ fn one_run(
         published_per_topic,
     };
     let node_figures = if site.multi() {
-        let nk = site.nodes.len();
         let per_topic_due = &topics_run.published_per_topic;
         let due = |j: usize| -> (u64, u64) {
-            let range = nodes::node_range(j, n, nk);
+            let range = site.node_range(j, n);
             outcome
                 .topics
                 .get(range)

@@ -178,26 +178,31 @@ impl From<Outcome> for WireOutcome {
     }
 }
 
-/// Splits `n` subscribers evenly over `nodes` (node `j` gets the run's
-/// subscribers `j·n/N .. (j+1)·n/N`) and over `⌈n / per_worker⌉` workers
-/// (contiguous slices); a worker's slice is cut at node boundaries into
-/// assignments.
-pub(crate) fn layout(n: usize, nodes: &[SocketAddr], per_worker: usize) -> Vec<Vec<Assignment>> {
+/// Splits `n` subscribers evenly over `nodes` (the nodes that hold
+/// subscribers, each its index among the run's nodes and its HTTP port;
+/// the `h`-th gets the run's subscribers `h·n/H .. (h+1)·n/H`) and over
+/// `⌈n / per_worker⌉` workers (contiguous slices); a worker's slice is cut
+/// at node boundaries into assignments.
+pub(crate) fn layout(
+    n: usize,
+    nodes: &[(usize, SocketAddr)],
+    per_worker: usize,
+) -> Vec<Vec<Assignment>> {
     if n == 0 || nodes.is_empty() {
         return Vec::new();
     }
     let per_worker = per_worker.max(1);
-    let node_start = |j: usize| j * n / nodes.len();
+    let node_start = |h: usize| h * n / nodes.len();
     let workers = n.div_ceil(per_worker);
     (0..workers)
         .map(|w| {
             let (lo, hi) = (w * n / workers, (w + 1) * n / workers);
             (0..nodes.len())
-                .filter_map(|j| {
-                    let (a, b) = (node_start(j).max(lo), node_start(j + 1).min(hi));
+                .filter_map(|h| {
+                    let (a, b) = (node_start(h).max(lo), node_start(h + 1).min(hi));
                     (a < b).then(|| Assignment {
-                        node: j,
-                        http: nodes[j],
+                        node: nodes[h].0,
+                        http: nodes[h].1,
                         first: a,
                         count: b - a,
                     })
@@ -734,9 +739,9 @@ impl Subs {
 mod tests {
     use super::*;
 
-    fn addrs(k: usize) -> Vec<SocketAddr> {
+    fn addrs(k: usize) -> Vec<(usize, SocketAddr)> {
         (0..k)
-            .map(|i| SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)))
+            .map(|i| (i, SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16))))
             .collect()
     }
 
@@ -753,7 +758,7 @@ mod tests {
                 assert_eq!(a.first, next, "contiguous, in order");
                 next += a.count;
                 per_node[a.node] += a.count;
-                assert_eq!(a.http, addrs(4)[a.node]);
+                assert_eq!(a.http, addrs(4)[a.node].1);
             }
         }
         assert_eq!(next, 300);
@@ -765,6 +770,15 @@ mod tests {
             .iter()
             .all(|w| w.iter().map(|a| a.count).sum::<usize>() <= MAX_PER_WORKER));
         assert!(layout(0, &addrs(2), 10).is_empty());
+        // All on node 2 of 3 (--subscribers-on): its index, its port.
+        let one = [addrs(3)[2]];
+        let l = layout(250, &one, 100);
+        assert_eq!(l.len(), 3);
+        assert!(l
+            .iter()
+            .flatten()
+            .all(|a| a.node == 2 && a.http == one[0].1));
+        assert_eq!(l.iter().flatten().map(|a| a.count).sum::<usize>(), 250);
     }
 
     #[test]
@@ -802,7 +816,7 @@ mod tests {
         };
         let a = Assignment {
             node: 1,
-            http: addrs(2)[1],
+            http: addrs(2)[1].1,
             first: 2,
             count: 2,
         };
