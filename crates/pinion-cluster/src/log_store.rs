@@ -15,8 +15,11 @@
 //!
 //! The committed position openraft reports with `save_committed` is
 //! written into the journal header with the next batch (no extra sync: a
-//! stale value is a safe lower bound). The journal refuses to truncate at
-//! or below it.
+//! stale value is a safe lower bound). `save_committed` only leaves it in
+//! a slot shared with the I/O thread, which takes it when it next flushes
+//! appends, once the committed entry is among what it has written: a
+//! commit costs neither an fdatasync nor a wake-up of that thread. The
+//! journal refuses to truncate at or below it.
 //!
 //! Purging is logical (the single file keeps its records); a purge past the
 //! last entry resets the journal, which then restarts at the next index.
@@ -110,6 +113,9 @@ struct Tail {
     written: u64,
     /// Where every entry starts in the file.
     map: Offsets,
+    /// The last committed position openraft reported (`save_committed`),
+    /// for the I/O thread to write into the header with its next flush.
+    committed: Option<LogPos>,
 }
 
 impl Tail {
@@ -233,7 +239,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Cmd {
     /// Entries with the offset of their first record.
     Append(Vec<(Entry, u64)>, LogFlushed<TypeConfig>),
-    Committed(Option<LogId>),
     Vote(Vote, tokio::sync::oneshot::Sender<Result<(), JournalError>>),
     /// Cut at this offset.
     Truncate(u64, tokio::sync::oneshot::Sender<Result<(), JournalError>>),
@@ -374,6 +379,7 @@ impl LogStore {
                 bytes: 0,
                 written: end,
                 map,
+                committed: None,
             }),
             source,
         });
@@ -558,7 +564,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.meta.committed = committed;
-        self.send(Cmd::Committed(committed))
+        // No message to the I/O thread (one wake-up per commit on every
+        // node): it picks the slot up when it next flushes appends.
+        if let Some(c) = committed {
+            lock(&self.shared.tail).committed = Some(pos(&c));
+        }
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -738,10 +749,6 @@ fn io_thread(mut j: Journal, rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
                     }
                     b.callbacks.push(cb);
                 }
-                Cmd::Committed(c) => {
-                    b.committed = c.as_ref().map(pos);
-                    b.state_dirty = true;
-                }
                 Cmd::Vote(v, done) => {
                     b.flush(&mut j, &shared);
                     let mut st = *j.raft_state();
@@ -810,18 +817,31 @@ impl Batch {
     /// Writes what is pending (entries and, if changed, the header state)
     /// with one fdatasync, then tells openraft.
     fn flush(&mut self, j: &mut Journal, shared: &Shared) {
+        // A new committed position alone is no reason to sync: it goes to
+        // the header with the next appends (a stale one is a safe lower
+        // bound), so committing costs no extra fdatasync.
+        if self.callbacks.is_empty() {
+            return;
+        }
+        // The committed position openraft last reported, if its entry is
+        // in the file once this flush is done (an entry whose append is
+        // still queued behind this batch waits for a later flush).
+        {
+            let t = lock(&shared.tail);
+            let end = self.appended.unwrap_or(t.written);
+            if let Some(c) = t.committed.filter(|c| c.index < end) {
+                if self.committed != Some(c) {
+                    self.committed = Some(c);
+                    self.state_dirty = true;
+                }
+            }
+        }
         let (committed, state_dirty, callbacks, failed) = (
             self.committed,
             &mut self.state_dirty,
             &mut self.callbacks,
             &mut self.failed,
         );
-        // A new committed position alone is no reason to sync: it goes to
-        // the header with the next appends (a stale one is a safe lower
-        // bound), so committing costs no extra fdatasync.
-        if callbacks.is_empty() {
-            return;
-        }
         let mut r = Ok(());
         if failed.is_none() && *state_dirty {
             let mut st = *j.raft_state();

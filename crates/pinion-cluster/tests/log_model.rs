@@ -267,11 +267,66 @@ fn run(ops: Vec<Op>, case: u64) {
                 Op::Reopen => {
                     drop(log);
                     log = open(&path);
+                    // The header's committed position is a lower bound of
+                    // what was reported committed, never past it.
+                    if let Some(c) = log.committed() {
+                        assert!(
+                            m.committed.is_some_and(|mc| c.index <= mc),
+                            "header says {c} committed, the model {:?}",
+                            m.committed
+                        );
+                    }
                 }
             }
             check(&mut log, &m).await;
         }
         drop(log);
+    });
+}
+
+/// `save_committed` sends the I/O thread nothing: the position goes into
+/// the header with the next flush of appends, and only once its entry is
+/// written.
+#[test]
+fn committed_position_goes_to_the_header_with_the_next_append() {
+    let dir =
+        Dir(std::env::temp_dir().join(format!("pinion-cluster-committed-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let path = dir.0.join("pinion.log");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut log = open(&path);
+        log.blocking_append((1..=3).map(|i| entry(i, 1, 1)))
+            .await
+            .unwrap();
+        log.save_committed(Some(log_id(1, 2))).await.unwrap();
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 2)));
+        // A commit alone costs no write: the header does not have it yet.
+        drop(log);
+        let mut log = open(&path);
+        assert_eq!(log.committed(), None);
+        // With the next append it does.
+        log.save_committed(Some(log_id(1, 2))).await.unwrap();
+        log.blocking_append([entry(4, 1, 1)]).await.unwrap();
+        drop(log);
+        let mut log = open(&path);
+        assert_eq!(log.committed(), Some(log_id(1, 2)));
+        // A position past what the flush wrote waits: entry 6 is not in
+        // the file when entry 5 is flushed.
+        log.save_committed(Some(log_id(1, 6))).await.unwrap();
+        log.blocking_append([entry(5, 1, 1)]).await.unwrap();
+        drop(log);
+        let mut log = open(&path);
+        assert_eq!(log.committed(), Some(log_id(1, 2)));
+        log.save_committed(Some(log_id(1, 6))).await.unwrap();
+        log.blocking_append([entry(6, 1, 2)]).await.unwrap();
+        drop(log);
+        let log = open(&path);
+        assert_eq!(log.committed(), Some(log_id(1, 6)));
     });
 }
 
