@@ -25,7 +25,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -360,7 +359,7 @@ impl Status {
 /// applied messages to the fan-out.
 pub(crate) struct HubMachine {
     pub sessions: Arc<Mutex<Sessions>>,
-    pub fan_tx: mpsc::Sender<FanBatch>,
+    pub fan: Arc<Fan>,
     pub shared: Arc<Shared>,
     /// First index not yet handed to the fan-out.
     pub fan_first: u64,
@@ -430,7 +429,7 @@ impl Machine for HubMachine {
         self.fan_first = next;
         self.encoded = true;
         self.shared.head.store(next, Ordering::Release);
-        let _ = self.fan_tx.send(batch);
+        self.fan.offer(Some(Arc::new(batch)));
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -444,47 +443,81 @@ impl Machine for HubMachine {
     }
 }
 
-/// The fan-out hand-off thread: what the state machine applied goes to
-/// every core, each within its backlog bound (the single node's
-/// [`FanGate`]).
-pub(crate) fn run_fan(
-    rx: mpsc::Receiver<FanBatch>,
-    mut gate: FanGate,
-    fan: Vec<UnboundedSender<FanIn>>,
+/// The hand-off of applied batches to the cores: every core is offered
+/// each batch within its backlog bound (the single node's [`FanGate`]).
+/// The state machine offers each batch as it applies it, and
+/// [`run_fan_retry`] offers again every [`FAN_RETRY`] while some core was
+/// skipped for being over its bound. Both run on the Raft loop's one
+/// thread, so the lock is never contended; the batch reaches the cores
+/// without waking a thread in between.
+///
+/// [`FAN_RETRY`]: crate::writer::FAN_RETRY
+pub(crate) struct Fan {
+    state: Mutex<FanState>,
+    retry: tokio::sync::Notify,
     shared: Arc<Shared>,
-    start: u64,
-) {
-    let mut head = start;
+}
+
+struct FanState {
+    gate: FanGate,
+    cores: Vec<UnboundedSender<FanIn>>,
+    /// Every core is to be told of the records below this.
+    head: u64,
+}
+
+impl Fan {
+    /// The hand-off to `cores`, which know of every record below `start`.
+    pub(crate) fn new(
+        gate: FanGate,
+        cores: Vec<UnboundedSender<FanIn>>,
+        shared: Arc<Shared>,
+        start: u64,
+    ) -> Arc<Fan> {
+        Arc::new(Fan {
+            state: Mutex::new(FanState {
+                gate,
+                cores,
+                head: start,
+            }),
+            retry: tokio::sync::Notify::new(),
+            shared,
+        })
+    }
+
+    /// Offers `batch` (or, with none, what a skipped core missed) to every
+    /// core; wakes the retry task if a core is still behind.
+    fn offer(&self, batch: Option<Arc<FanBatch>>) {
+        if self.offer_all(batch.as_ref()) {
+            self.retry.notify_one();
+        }
+    }
+
+    /// Whether some core is still behind afterwards.
+    fn offer_all(&self, batch: Option<&Arc<FanBatch>>) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = &mut *st;
+        if let Some(b) = batch {
+            st.head = b.next;
+        }
+        for (core, tx) in st.cores.iter().enumerate() {
+            st.gate.offer(core, tx, batch, st.head, &self.shared.stats);
+        }
+        st.gate.lagging(st.head)
+    }
+}
+
+/// Offers the records a core was skipped for again, every
+/// [`FAN_RETRY`](crate::writer::FAN_RETRY), until every core has them
+/// (so a core learns of what it missed once it drains, whether or not
+/// more is published).
+pub(crate) async fn run_fan_retry(fan: Arc<Fan>) {
     loop {
-        let timeout = if gate.lagging(head) {
-            Duration::from_millis(10)
-        } else {
-            Duration::from_secs(3600)
-        };
-        let batch = match rx.recv_timeout(timeout) {
-            Ok(b) => Some(b),
-            Err(mpsc::RecvTimeoutError::Timeout) => None,
-            Err(mpsc::RecvTimeoutError::Disconnected) => return,
-        };
-        // Batches that queued meanwhile are merged (offsets continue).
-        let mut batch = batch;
-        while let Ok(b) = rx.try_recv() {
-            batch = Some(match batch {
-                None => b,
-                Some(mut a) => {
-                    a.entries.extend(b.entries);
-                    a.next = b.next;
-                    a.encoded &= b.encoded;
-                    a
-                }
-            });
-        }
-        let batch = batch.map(Arc::new);
-        if let Some(b) = &batch {
-            head = b.next;
-        }
-        for (core, tx) in fan.iter().enumerate() {
-            gate.offer(core, tx, batch.as_ref(), head, &shared.stats);
+        fan.retry.notified().await;
+        loop {
+            tokio::time::sleep(crate::writer::FAN_RETRY).await;
+            if !fan.offer_all(None) {
+                break;
+            }
         }
     }
 }

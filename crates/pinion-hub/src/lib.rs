@@ -580,10 +580,10 @@ impl Hub {
                 let sessions = Arc::new(std::sync::Mutex::new(sessions::Sessions::new(
                     cfg.dedup_window,
                 )));
-                let (fan_tx, fan_rx) = mpsc::channel();
+                let fan = cluster::Fan::new(fan_gate, fan_txs.clone(), shared.clone(), end);
                 let machine = cluster::HubMachine {
                     sessions: sessions.clone(),
-                    fan_tx,
+                    fan: fan.clone(),
                     shared: shared.clone(),
                     fan_first: end,
                     pending: Vec::new(),
@@ -592,11 +592,6 @@ impl Hub {
                     horizon: cfg.dedup_horizon,
                     max_sessions: cfg.max_sessions,
                 };
-                let (fan, sh) = (fan_txs.clone(), shared.clone());
-                std::thread::Builder::new()
-                    .name("pinion-hub-fan".into())
-                    .spawn(move || cluster::run_fan(fan_rx, fan_gate, fan, sh, end))
-                    .map_err(spawn_err)?;
                 let status = shared
                     .cluster
                     .clone()
@@ -643,6 +638,7 @@ impl Hub {
                                 }
                             };
                             let _ = ready_tx.send(Ok(()));
+                            tokio::spawn(cluster::run_fan_retry(fan));
                             tokio::spawn(cluster::run_status(raft.clone(), status, ccfg.clone()));
                             cluster::run_writer(raft, ccfg, sessions, task_rx, answer_txs, sh)
                                 .await;

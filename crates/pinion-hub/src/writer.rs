@@ -489,7 +489,7 @@ pub(crate) fn publish_session_stats(sessions: &Sessions, stats: &HubStats) {
 }
 
 /// How soon the writer looks again at a core it skipped.
-const FAN_RETRY: Duration = Duration::from_millis(10);
+pub(crate) const FAN_RETRY: Duration = Duration::from_millis(10);
 
 /// The bound on each core's fan-out backlog: the bytes of batches the
 /// writer sent it that it has not processed yet.
