@@ -924,6 +924,68 @@ pub(crate) async fn start_raft(
 mod tests {
     use super::*;
 
+    /// A core over its backlog bound is skipped; once it has processed
+    /// what it holds, the retry task tells it of everything it missed (as
+    /// one light batch: its subscribers read those records from the log).
+    #[test]
+    fn a_core_over_its_bound_learns_what_it_missed_from_the_retry_task() {
+        use std::sync::atomic::AtomicUsize;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let shared = Arc::new(Shared {
+                cluster: None,
+                inflight: AtomicUsize::new(0),
+                shutting_down: AtomicBool::new(false),
+                head: AtomicU64::new(0),
+                log_ok: AtomicBool::new(true),
+                stats: crate::HubStats::default(),
+                latency: crate::LatencyBuckets::default(),
+            });
+            // A bound of one byte: nothing fits while the core holds a batch.
+            let gate = FanGate::new(1, 0, 1);
+            let counter = gate.counter(0);
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let fan = Fan::new(gate, vec![tx], shared.clone(), 0);
+            tokio::spawn(run_fan_retry(fan.clone()));
+            let batch = |first, next| {
+                Arc::new(FanBatch {
+                    first,
+                    next,
+                    encoded: false,
+                    entries: Vec::new(),
+                })
+            };
+            let got = |m: Option<FanIn>| match m {
+                Some(FanIn::Batch(b)) => b,
+                _ => panic!("not a batch"),
+            };
+            fan.offer(Some(batch(0, 1)));
+            fan.offer(Some(batch(1, 2)));
+            fan.offer(Some(batch(2, 3)));
+            let first = got(rx.recv().await);
+            assert_eq!((first.first, first.next), (0, 1));
+            tokio::time::sleep(crate::writer::FAN_RETRY * 3).await;
+            assert!(rx.try_recv().is_err(), "sent past the bound");
+            assert_eq!(shared.stats.fanout_overflows.load(Ordering::Relaxed), 1);
+            // The core processes its batch; nothing more is published.
+            crate::writer::release(&counter, &shared.stats, &first);
+            let missed = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                .await
+                .expect("the retry task offers what the core missed");
+            let missed = got(missed);
+            assert_eq!((missed.first, missed.next), (1, 3));
+            assert!(missed.entries.is_empty() && !missed.encoded);
+            // Caught up: the next batch goes whole.
+            crate::writer::release(&counter, &shared.stats, &missed);
+            fan.offer(Some(batch(3, 4)));
+            let next = got(rx.recv().await);
+            assert_eq!((next.first, next.next), (3, 4));
+        });
+    }
+
     #[test]
     fn peer_specs() {
         let (id, n) = parse_peer(
