@@ -171,11 +171,11 @@ impl Drop for Dir {
     }
 }
 
-fn run(ops: Vec<Op>, case: u64) {
-    let dir = Dir(std::env::temp_dir().join(format!(
-        "pinion-cluster-model-{}-{case}",
-        std::process::id()
-    )));
+/// A fresh directory (removed when dropped), the log's path in it, and a
+/// runtime to drive the store.
+fn scratch(name: &str) -> (Dir, PathBuf, tokio::runtime::Runtime) {
+    let dir =
+        Dir(std::env::temp_dir().join(format!("pinion-cluster-{name}-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
     let path = dir.0.join("pinion.log");
@@ -183,6 +183,11 @@ fn run(ops: Vec<Op>, case: u64) {
         .enable_all()
         .build()
         .unwrap();
+    (dir, path, rt)
+}
+
+fn run(ops: Vec<Op>, case: u64) {
+    let (_dir, path, rt) = scratch(&format!("model-{case}"));
     rt.block_on(async {
         let mut log = open(&path);
         let mut m = Model {
@@ -289,15 +294,7 @@ fn run(ops: Vec<Op>, case: u64) {
 /// written.
 #[test]
 fn committed_position_goes_to_the_header_with_the_next_append() {
-    let dir =
-        Dir(std::env::temp_dir().join(format!("pinion-cluster-committed-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let path = dir.0.join("pinion.log");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let (_dir, path, rt) = scratch("committed");
     rt.block_on(async {
         let mut log = open(&path);
         log.blocking_append((1..=3).map(|i| entry(i, 1, 1)))
