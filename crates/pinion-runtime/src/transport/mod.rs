@@ -23,6 +23,7 @@ use crate::url::Url;
 pub mod inproc;
 pub mod ipc;
 pub mod tcp;
+pub mod tls;
 pub mod ws;
 
 /// A connection that can move between cores.
