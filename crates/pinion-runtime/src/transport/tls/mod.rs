@@ -285,11 +285,10 @@ impl TlsConfig {
             }
             builder.with_root_certificates(roots)
         };
-        let mut config = match &self.own {
+        let config = match &self.own {
             Some((chain, key)) => builder.with_client_auth_cert(chain.clone(), key.clone_key())?,
             None => builder.with_no_client_auth(),
         };
-        config.enable_sni = true;
         Ok(Arc::new(config))
     }
 

@@ -100,8 +100,7 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn server(ca: &Ca, leaf: &Leaf) -> TlsConfig {
-    let _ = ca;
+fn server(leaf: &Leaf) -> TlsConfig {
     TlsConfig::new()
         .own_cert_pem(leaf.cert.as_bytes(), leaf.key.as_bytes())
         .unwrap()
@@ -112,11 +111,11 @@ fn a_dialer_verifies_the_server_against_its_ca() {
     let ca = ca("pinion test CA");
     let srv = leaf(&ca, "server", &["localhost"], false);
     let client = TlsConfig::new().ca_pem(ca.pem.as_bytes()).unwrap();
-    let (c, s) = rt().block_on(handshake(&client, &server(&ca, &srv), "localhost"));
+    let (c, s) = rt().block_on(handshake(&client, &server(&srv), "localhost"));
     c.unwrap();
     s.unwrap();
     // An IP literal as the host: checked against the IP SAN.
-    let (c, _) = rt().block_on(handshake(&client, &server(&ca, &srv), "127.0.0.1"));
+    let (c, _) = rt().block_on(handshake(&client, &server(&srv), "127.0.0.1"));
     c.unwrap();
 }
 
@@ -126,12 +125,12 @@ fn wrong_ca_hostname_mismatch_and_expiry_are_refused() {
     let other = ca("another CA");
     let srv = leaf(&ca1, "server", &["localhost"], false);
     let trusts_other = TlsConfig::new().ca_pem(other.pem.as_bytes()).unwrap();
-    let (c, s) = rt().block_on(handshake(&trusts_other, &server(&ca1, &srv), "localhost"));
+    let (c, s) = rt().block_on(handshake(&trusts_other, &server(&srv), "localhost"));
     assert_eq!(cert_error(c), Some(rustls::CertificateError::UnknownIssuer));
     assert!(s.is_err(), "the server sees the dialer give up");
 
     let client = TlsConfig::new().ca_pem(ca1.pem.as_bytes()).unwrap();
-    let (c, _) = rt().block_on(handshake(&client, &server(&ca1, &srv), "elsewhere.example"));
+    let (c, _) = rt().block_on(handshake(&client, &server(&srv), "elsewhere.example"));
     assert!(
         matches!(
             cert_error(c),
@@ -141,11 +140,11 @@ fn wrong_ca_hostname_mismatch_and_expiry_are_refused() {
     );
     // The configured server name wins over the URL's host.
     let named = client.clone().server_name("localhost");
-    let (c, _) = rt().block_on(handshake(&named, &server(&ca1, &srv), "elsewhere.example"));
+    let (c, _) = rt().block_on(handshake(&named, &server(&srv), "elsewhere.example"));
     c.unwrap();
 
     let old = leaf(&ca1, "server", &["localhost"], true);
-    let (c, _) = rt().block_on(handshake(&client, &server(&ca1, &old), "localhost"));
+    let (c, _) = rt().block_on(handshake(&client, &server(&old), "localhost"));
     assert!(
         matches!(
             cert_error(c),
@@ -160,7 +159,7 @@ fn insecure_dialers_accept_any_server() {
     let ca1 = ca("pinion test CA");
     let srv = leaf(&ca1, "server", &["localhost"], true);
     let client = TlsConfig::new().insecure(true);
-    let (c, s) = rt().block_on(handshake(&client, &server(&ca1, &srv), "elsewhere.example"));
+    let (c, s) = rt().block_on(handshake(&client, &server(&srv), "elsewhere.example"));
     c.unwrap();
     s.unwrap();
 }
@@ -173,7 +172,7 @@ fn client_certificates_by_auth_mode() {
     let stranger_ca = ca("stranger CA");
     let stranger = leaf(&stranger_ca, "stranger", &["stranger.example"], false);
     let listener = |mode| {
-        server(&ca1, &srv)
+        server(&srv)
             .ca_pem(ca1.pem.as_bytes())
             .unwrap()
             .auth_mode(mode)
@@ -221,11 +220,7 @@ fn client_certificates_by_auth_mode() {
     ));
     assert_eq!(cert_error(s), Some(rustls::CertificateError::UnknownIssuer));
     // None (a listener's default): a client certificate is not asked for.
-    ok(r.block_on(handshake(
-        &with(&stranger),
-        &server(&ca1, &srv),
-        "localhost",
-    )));
+    ok(r.block_on(handshake(&with(&stranger), &server(&srv), "localhost")));
 }
 
 #[test]
@@ -241,9 +236,7 @@ fn configuration_mistakes_are_typed() {
     let ca1 = ca("pinion test CA");
     let srv = leaf(&ca1, "server", &["localhost"], false);
     assert!(matches!(
-        server(&ca1, &srv)
-            .auth_mode(AuthMode::Required)
-            .server_config(),
+        server(&srv).auth_mode(AuthMode::Required).server_config(),
         Err(TlsConfigError::NoClientCa(AuthMode::Required))
     ));
     // A key that is not the certificate's.
