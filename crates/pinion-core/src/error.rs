@@ -82,6 +82,66 @@ pub enum PeerError {
         /// Frames allowed per second, sustained.
         per_sec: u32,
     },
+    /// A TLS ClientHello where the SP header was expected: a TLS client
+    /// (`tls+tcp://` or `wss://`) dialed a plain `tcp://` or `ws://` port.
+    #[error("TLS handshake on a plain (non-TLS) port")]
+    TlsOnPlainPort,
+    /// The TLS handshake, or a TLS record after it, failed; the reason says
+    /// which end refused what.
+    #[error("TLS: {0}")]
+    Tls(TlsFault),
+}
+
+/// Why a TLS connection failed. The first group is this end refusing the
+/// peer's certificate, the second the peer refusing ours (it sent an alert),
+/// the third a peer that does not speak TLS as it should.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
+#[non_exhaustive]
+pub enum TlsFault {
+    /// The peer's certificate does not chain to a trusted CA.
+    #[error("peer certificate signed by an unknown CA")]
+    UnknownIssuer,
+    /// The peer's certificate has expired.
+    #[error("peer certificate expired")]
+    Expired,
+    /// The peer's certificate is not valid yet.
+    #[error("peer certificate not valid yet")]
+    NotYetValid,
+    /// The server's certificate is not valid for the name dialed (or the
+    /// configured server name).
+    #[error("server certificate not valid for the name dialed")]
+    NameMismatch,
+    /// The peer's certificate was revoked.
+    #[error("peer certificate revoked")]
+    Revoked,
+    /// Some other problem with the peer's certificate (bad encoding or
+    /// signature, wrong key usage, a CA certificate used as an end entity).
+    #[error("peer certificate rejected")]
+    BadCertificate,
+    /// This listener requires a client certificate and the client sent none.
+    #[error("client sent no certificate and one is required")]
+    NoClientCertificate,
+    /// The peer refused the handshake with this TLS alert (RFC 8446 §6):
+    /// 42 bad_certificate, 45 certificate_expired, 48 unknown_ca, 116
+    /// certificate_required, 40 handshake_failure, ...
+    #[error("peer refused the handshake with TLS alert {0}")]
+    PeerAlert(u8),
+    /// The peer sent something that is not TLS (a plain SP header, HTTP):
+    /// a plain client on a TLS port, or a TLS dialer to a plain port.
+    #[error("peer does not speak TLS")]
+    NotTls,
+    /// A record longer than TLS allows (2^14 bytes plus expansion), refused
+    /// from its header before anything of it was buffered.
+    #[error("TLS record over the size limit")]
+    RecordOverflow,
+    /// The two ends share no protocol version, cipher suite or key exchange
+    /// group.
+    #[error("no TLS version, cipher suite or group in common")]
+    Incompatible,
+    /// Another TLS protocol violation (a malformed or unexpected message,
+    /// a bad record MAC, a decryption failure).
+    #[error("TLS protocol violation")]
+    Protocol,
 }
 
 /// What is wrong with a WebSocket opening handshake.
@@ -161,6 +221,10 @@ pub enum WsViolation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
 #[non_exhaustive]
 pub enum CallerError {
+    /// A `tls+tcp://` or `wss://` dial or listen on a socket given no TLS
+    /// settings.
+    #[error("no TLS configuration for a tls+tcp:// or wss:// endpoint")]
+    TlsNotConfigured,
     /// This pattern does not send (pull) or does not receive (push).
     #[error("operation not supported by this protocol")]
     NotSupported,

@@ -46,6 +46,6 @@ pub mod protocol;
 pub mod rng;
 pub mod wire;
 
-pub use error::{CallerError, OpError, PeerError, UpgradeFault, WsViolation};
+pub use error::{CallerError, OpError, PeerError, TlsFault, UpgradeFault, WsViolation};
 pub use message::{Header, Message};
 pub use options::Options;

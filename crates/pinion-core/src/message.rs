@@ -19,11 +19,26 @@ use crate::error::CallerError;
 pub const MAX_HEADER: usize = 64;
 
 /// A protocol header, stored inline (no allocation).
-#[derive(Clone, Copy, PartialEq, Eq)]
+///
+/// Besides the header bytes it remembers which pipe a received message came
+/// in on ([`Message::pipe`]); that tag is not part of the header's value
+/// (equality compares the bytes only) and costs no space (it sits in what
+/// would be padding).
+#[derive(Clone, Copy)]
 pub struct Header {
     len: u8,
+    /// The pipe the message arrived on; 0 for none.
+    pipe: u32,
     buf: [u8; MAX_HEADER],
 }
+
+impl PartialEq for Header {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for Header {}
 
 impl Default for Header {
     fn default() -> Self {
@@ -36,6 +51,7 @@ impl Header {
     pub const fn new() -> Self {
         Header {
             len: 0,
+            pipe: 0,
             buf: [0; MAX_HEADER],
         }
     }
@@ -158,6 +174,27 @@ impl Message {
         }
     }
 
+    /// A received message: `body`, tagged with the pipe it came in on.
+    pub fn received(body: impl Into<Bytes>, pipe: crate::protocol::PipeId) -> Self {
+        let mut m = Message::from_body(body);
+        m.header.pipe = pipe.0;
+        m
+    }
+
+    /// The pipe (connection) this message was received on, when it was
+    /// received (`None` for a message the application made). With it the
+    /// application can ask the socket about that connection, such as the
+    /// peer's verified TLS identity. The tag survives the pattern's header
+    /// handling; it is never sent.
+    pub fn pipe(&self) -> Option<crate::protocol::PipeId> {
+        (self.header.pipe != 0).then_some(crate::protocol::PipeId(self.header.pipe))
+    }
+
+    /// Tags the message with the pipe it came in on.
+    pub fn set_pipe(&mut self, pipe: crate::protocol::PipeId) {
+        self.header.pipe = pipe.0;
+    }
+
     /// Bytes this message occupies on the wire (header plus body).
     pub fn wire_len(&self) -> usize {
         self.header.len() + self.body.len()
@@ -226,6 +263,22 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pipe_tag_costs_no_space_and_is_not_part_of_the_header() {
+        // 1 length byte + 3 padding + 4 pipe + 64 bytes: the tag sits where
+        // the message's padding before `body` was.
+        assert_eq!(std::mem::size_of::<Header>(), 72);
+        assert!(std::mem::size_of::<Message>() <= 104);
+        let mut a = Message::received(Bytes::from_static(b"x"), crate::protocol::PipeId(7));
+        assert_eq!(a.pipe(), Some(crate::protocol::PipeId(7)));
+        a.header.push_word(1).unwrap();
+        a.header.pop_word_front();
+        a.header.clear();
+        assert_eq!(a.pipe(), Some(crate::protocol::PipeId(7)));
+        assert_eq!(a.header, Header::new());
+        assert_eq!(Message::from_body("y").pipe(), None);
+    }
 
     #[test]
     fn header_words() {

@@ -25,7 +25,7 @@ pub enum Fault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum UrlError {
     /// No `scheme://`.
-    #[error("missing scheme (expected tcp://, ipc://, inproc:// or ws://)")]
+    #[error("missing scheme (expected tcp://, ipc://, inproc://, ws://, tls+tcp:// or wss://)")]
     MissingScheme,
     /// A scheme pinion does not know.
     #[error("unsupported scheme")]
@@ -59,6 +59,11 @@ pub enum Error {
     /// The application asked for something the socket cannot do.
     #[error(transparent)]
     Caller(#[from] CallerError),
+    /// TLS settings that cannot be used (a file that is not there, PEM
+    /// without a certificate, a listener without a certificate of its
+    /// own, a server name that is neither a DNS name nor an address).
+    #[error(transparent)]
+    TlsConfig(#[from] crate::transport::tls::TlsConfigError),
     /// The peer broke the protocol (reported by a dial).
     #[error("peer error: {0}")]
     Peer(#[from] PeerError),
@@ -94,7 +99,7 @@ impl Error {
     /// Who is at fault.
     pub fn fault(&self) -> Fault {
         match self {
-            Error::InvalidUrl { .. } | Error::Caller(_) => Fault::Caller,
+            Error::InvalidUrl { .. } | Error::Caller(_) | Error::TlsConfig(_) => Fault::Caller,
             Error::Peer(_) => Fault::Peer,
             Error::Io { .. } | Error::ConnectionReset => Fault::Io,
             Error::TimedOut | Error::Canceled | Error::Closed => Fault::Outcome,
@@ -137,7 +142,9 @@ impl From<Error> for io::Error {
         let kind = match &e {
             Error::Io { source, .. } => source.kind(),
             Error::TimedOut => io::ErrorKind::TimedOut,
-            Error::InvalidUrl { .. } | Error::Caller(_) => io::ErrorKind::InvalidInput,
+            Error::InvalidUrl { .. } | Error::Caller(_) | Error::TlsConfig(_) => {
+                io::ErrorKind::InvalidInput
+            }
             Error::Peer(_) => io::ErrorKind::InvalidData,
             Error::Closed | Error::ConnectionReset => io::ErrorKind::ConnectionReset,
             _ => io::ErrorKind::Other,

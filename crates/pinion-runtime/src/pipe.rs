@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Error;
 use crate::stats::Stats;
 use crate::stream::StreamIo;
+use crate::transport::tls::PeerIdentity;
 use crate::transport::{inproc::InprocEnd, Conn};
 
 /// Commands from the socket to a pipe's writer.
@@ -171,6 +172,54 @@ impl Drop for LostGuard<'_> {
     }
 }
 
+/// The verified TLS identities of a socket's pipes, by pipe (only pipes
+/// whose peer presented a certificate are in it).
+#[derive(Debug, Default)]
+pub struct PeerTable(std::sync::Mutex<std::collections::HashMap<PipeId, Arc<PeerIdentity>>>);
+
+impl PeerTable {
+    fn map(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<PipeId, Arc<PeerIdentity>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `pipe`'s peer identity (if it has one) until the returned
+    /// guard is dropped.
+    pub fn enter(&self, pipe: PipeId, peer: Option<Arc<PeerIdentity>>) -> PeerEntry<'_> {
+        let entered = peer.is_some();
+        if let Some(p) = peer {
+            self.map().insert(pipe, p);
+        }
+        PeerEntry {
+            table: self,
+            pipe,
+            entered,
+        }
+    }
+
+    /// The identity `pipe`'s peer proved, while the pipe is up.
+    pub fn get(&self, pipe: PipeId) -> Option<Arc<PeerIdentity>> {
+        self.map().get(&pipe).cloned()
+    }
+}
+
+/// Removes a pipe's entry from its [`PeerTable`] when dropped.
+#[derive(Debug)]
+pub struct PeerEntry<'a> {
+    table: &'a PeerTable,
+    pipe: PipeId,
+    entered: bool,
+}
+
+impl Drop for PeerEntry<'_> {
+    fn drop(&mut self) {
+        if self.entered {
+            self.table.map().remove(&self.pipe);
+        }
+    }
+}
+
 /// What a pipe needs from its socket.
 #[derive(Debug, Clone)]
 pub struct PipeLink {
@@ -186,6 +235,8 @@ pub struct PipeLink {
     pub stats: Arc<Stats>,
     /// Cancelled when the socket closes.
     pub closed: CancellationToken,
+    /// The pipes' TLS peer identities.
+    pub peers: Arc<PeerTable>,
 }
 
 /// Largest read buffer space offered to the kernel at once (a peer that
@@ -281,8 +332,27 @@ pub async fn run(
         armed: true,
     };
     let fault = match conn {
-        Conn::Tcp(s) => run_stream(StreamIo::Tcp(s), Framing::Tcp, pipe, &link, handshake).await,
-        Conn::Ipc(s) => run_stream(StreamIo::Ipc(s), Framing::Ipc, pipe, &link, handshake).await,
+        Conn::Tcp(s) => {
+            let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
+            let io = StreamIo::Tcp(s);
+            run_stream(io, Framing::Tcp, pipe, &link, handshake, deadline, None).await
+        }
+        Conn::Ipc(s) => {
+            let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
+            let io = StreamIo::Ipc(s);
+            run_stream(io, Framing::Ipc, pipe, &link, handshake, deadline, None).await
+        }
+        Conn::Tls(t) => {
+            // One handshake timeout for the TLS handshake and the SP
+            // header exchange together.
+            let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
+            match crate::transport::tls::open(t, deadline).await {
+                Ok((io, peer)) => {
+                    run_stream(io, Framing::Tcp, pipe, &link, handshake, deadline, peer).await
+                }
+                Err(e) => crate::transport::tls::failed(e, pipe, &link, handshake),
+            }
+        }
         Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
         Conn::Ws(ws) => crate::transport::ws::run_pipe(ws, pipe, &link, handshake).await,
     };
@@ -296,16 +366,24 @@ fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), E
     }
 }
 
-async fn handshake(io: &StreamIo, link: &PipeLink) -> Result<u16, Result<PeerError, io::Error>> {
+async fn handshake(
+    io: &StreamIo,
+    link: &PipeLink,
+    deadline: tokio::time::Instant,
+) -> Result<u16, Result<PeerError, io::Error>> {
     let exchange = async {
         io.write_all(&encode_header(link.kind.id())).await?;
         let mut h = [0u8; HEADER_LEN];
         io.read_exact(&mut h).await?;
         Ok::<_, io::Error>(h)
     };
-    let h = match tokio::time::timeout(link.opts.handshake_timeout, exchange).await {
+    let h = match tokio::time::timeout_at(deadline, exchange).await {
         Err(_) => return Err(Ok(PeerError::HandshakeTimeout)),
-        Ok(Err(e)) => return Err(Err(e)),
+        // A TLS record that failed (`tls+tcp://`) is the peer's fault.
+        Ok(Err(e)) => match crate::transport::tls::io::peer_error(&e) {
+            Some(pe) => return Err(Ok(pe)),
+            None => return Err(Err(e)),
+        },
         Ok(Ok(h)) => h,
     };
     let peer = decode_header(&h).map_err(Ok)?;
@@ -321,9 +399,11 @@ async fn run_stream(
     pipe: PipeId,
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
+    deadline: tokio::time::Instant,
+    identity: Option<Arc<PeerIdentity>>,
 ) -> Option<PeerError> {
     let io = Arc::new(io);
-    let peer = match handshake(&io, link).await {
+    let peer = match handshake(&io, link, deadline).await {
         Ok(p) => p,
         Err(Ok(pe)) => {
             link.stats.count_peer_error(&pe);
@@ -339,9 +419,17 @@ async fn run_stream(
             return None;
         }
     };
+    let _identity = link.peers.enter(pipe, identity);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let credits = link.opts.pipe_buffer;
     let gate = Arc::new(ReadGate::default());
+    // The socket driver writes to plain streams itself; a TLS stream only
+    // through its writer (its ciphertext must be flushed by someone who
+    // waits for the socket).
+    let direct = (!matches!(*io, StreamIo::Tls(_))).then(|| Direct {
+        io: io.clone(),
+        framing,
+    });
     if link
         .events
         .send(PipeEvent::Up {
@@ -349,10 +437,7 @@ async fn run_stream(
             peer,
             out: out_tx,
             credits,
-            direct: Some(Direct {
-                io: io.clone(),
-                framing,
-            }),
+            direct,
             gate: gate.clone(),
         })
         .await
@@ -445,7 +530,7 @@ async fn run_stream(
                 }
                 match decoder.decode(&mut buf) {
                     Ok(Some(payload)) => {
-                        let m = Message::from_body(payload);
+                        let m = Message::received(payload, pipe);
                         match first.take() {
                             None if batch.is_empty() => first = Some(m),
                             prev => {
@@ -534,6 +619,14 @@ async fn run_stream(
         w = writer => w.map_err(Err),
         _ = link.closed.cancelled() => Ok(()),
     };
+    // A TLS record that failed is the peer's fault.
+    let outcome = match outcome {
+        Err(Err(e)) => match crate::transport::tls::io::peer_error(&e) {
+            Some(pe) => Err(Ok(pe)),
+            None => Err(Err(e)),
+        },
+        o => o,
+    };
     let fault = match outcome {
         Err(Ok(pe)) => {
             tracing::debug!(pipe = pipe.0, error = %pe, "closing pipe: peer error");
@@ -599,6 +692,9 @@ async fn run_inproc(
                     Ok(m) => batch.push(m),
                     Err(_) => break,
                 }
+            }
+            for m in &mut batch {
+                m.set_pipe(pipe);
             }
             gate.set_paused_by(ReadGate::EVENT, true);
             if link

@@ -36,6 +36,7 @@ use crate::cores::{CoreId, Runtime};
 use crate::error::Error;
 use crate::pipe::{self, Credit, Direct, PipeCmd, PipeEvent, PipeLink};
 use crate::stats::{Stats, StatsSnapshot};
+use crate::transport::tls::{PeerIdentity, TlsConfig};
 use crate::transport::{self, Conn, Listener};
 use crate::url::Url;
 
@@ -105,6 +106,9 @@ struct Shared {
     /// the token's `is_cancelled` takes a mutex).
     closing: AtomicBool,
     link: PipeLink,
+    /// TLS settings for `tls+tcp://` and `wss://` endpoints opened from now
+    /// on.
+    tls: std::sync::Mutex<Option<Arc<TlsConfig>>>,
 }
 
 impl Shared {
@@ -205,6 +209,7 @@ impl SocketHandle {
             credits: cr_tx,
             stats: stats.clone(),
             closed: closed.clone(),
+            peers: Default::default(),
         };
         let driver = Driver {
             proto: protocol::new(kind, &opts),
@@ -238,8 +243,33 @@ impl SocketHandle {
                 close_req,
                 closing: AtomicBool::new(false),
                 link,
+                tls: Default::default(),
             }),
         })
+    }
+
+    /// Sets the TLS settings for the `tls+tcp://` and `wss://` listeners
+    /// and dialers opened after this call (NNG's socket-wide
+    /// `NNG_OPT_TLS_CONFIG`); those already open keep theirs.
+    pub fn set_tls(&self, cfg: TlsConfig) {
+        *self.inner.tls.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
+    }
+
+    fn tls(&self) -> Result<Arc<TlsConfig>, Error> {
+        self.inner
+            .tls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(Error::Caller(CallerError::TlsNotConfigured))
+    }
+
+    /// The certificate identity the peer on `pipe` proved in its TLS
+    /// handshake, while that pipe is up: `None` for a pipe that is gone,
+    /// not TLS, or whose peer sent no certificate. A received message
+    /// names its pipe ([`Message::pipe`](pinion_core::Message::pipe)).
+    pub fn peer_identity(&self, pipe: PipeId) -> Option<Arc<PeerIdentity>> {
+        self.inner.link.peers.get(pipe)
     }
 
     /// The socket's pattern.
@@ -532,6 +562,7 @@ impl SocketHandle {
                     path: Arc::from(path),
                 },
                 read,
+                tls: None,
             },
         ))
         .map_err(|e| Error::io("adopt", path, e))?;
@@ -640,6 +671,11 @@ impl SocketHandle {
         let url2 = url.clone();
         let home = sh.home;
         let reuseport = sh.opts.tcp_reuseport && matches!(url, Url::Tcp { .. });
+        let tls = if url.is_tls() {
+            Some(self.tls()?.listener_role()?)
+        } else {
+            None
+        };
         sh.rt.spawn_on(sh.home, async move {
             if reuseport {
                 let cores = acceptor.rt.cores();
@@ -662,7 +698,7 @@ impl SocketHandle {
                 }
                 return;
             }
-            match Listener::bind(&url2, acceptor.link.kind.id()).await {
+            match Listener::bind(&url2, acceptor.link.kind.id(), tls).await {
                 Ok((listener, bound)) => {
                     let _ = tx.send(Ok(bound));
                     acceptor.run(listener, Placement::Handoff(home)).await;
@@ -751,6 +787,10 @@ impl SocketHandle {
         let url2 = url.clone();
         let home = sh.home;
         let mut rng = Rng::new(sh.opts.seed ^ crate::sys::seed());
+        let tls = match url.host().filter(|_| url.is_tls()) {
+            Some(host) => Some(self.tls()?.dialer_role(host)?),
+            None => None,
+        };
         sh.rt.spawn_on(sh.home, async move {
             let opts = link.opts.clone();
             let mut backoff = Backoff::new(opts.reconnect_min, opts.reconnect_max);
@@ -762,9 +802,11 @@ impl SocketHandle {
                 let url3 = url2.clone();
                 let pipe = Self::new_pipe_id(&next_pipe);
                 let depth = opts.pipe_buffer as usize;
+                let tls = tls.clone();
                 let task = rt.spawn_on(core, async move {
                     let _guard = guard;
-                    match transport::connect(&url3, link2.kind.id(), depth, link2.opts.tcp_nodelay)
+                    let nodelay = link2.opts.tcp_nodelay;
+                    match transport::connect(&url3, link2.kind.id(), depth, nodelay, tls.as_ref())
                         .await
                     {
                         Ok(conn) => {

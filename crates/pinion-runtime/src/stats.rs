@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use pinion_core::PeerError;
+use pinion_core::{PeerError, TlsFault};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -47,6 +47,15 @@ counters! {
     /// bad IPC type, bad hop count, WebSocket framing violations and text
     /// frames).
     malformed,
+    /// TLS handshakes this end refused for the peer's certificate (unknown
+    /// CA, expired or not yet valid, wrong name, revoked, malformed, or
+    /// missing where one is required).
+    tls_cert_rejected,
+    /// Other TLS failures: the peer refused ours (an alert), spoke no TLS
+    /// (a plain client on a TLS port, or a TLS ClientHello on a plain
+    /// port), sent an oversize record, shared no cipher suite, or broke the
+    /// TLS protocol.
+    tls_failures,
     /// Pipes closed by an I/O error (reset, broken pipe).
     io_errors,
     /// Dial attempts that failed.
@@ -80,6 +89,16 @@ impl Stats {
             PeerError::AlreadyPaired => &self.rejected_busy,
             PeerError::HandshakeTimeout => &self.handshake_timeouts,
             PeerError::TooLarge { .. } => &self.too_large,
+            PeerError::Tls(
+                TlsFault::UnknownIssuer
+                | TlsFault::Expired
+                | TlsFault::NotYetValid
+                | TlsFault::NameMismatch
+                | TlsFault::Revoked
+                | TlsFault::BadCertificate
+                | TlsFault::NoClientCertificate,
+            ) => &self.tls_cert_rejected,
+            PeerError::Tls(_) | PeerError::TlsOnPlainPort => &self.tls_failures,
             _ => &self.malformed,
         };
         c.fetch_add(1, Relaxed);

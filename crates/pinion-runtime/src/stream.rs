@@ -1,4 +1,5 @@
-//! [`StreamIo`]: the byte stream of a TCP or IPC pipe, usable through `&self`.
+//! [`StreamIo`]: the byte stream of a TCP, IPC or TLS pipe, usable through
+//! `&self`.
 //!
 //! The pipe task reads and writes it; the socket driver may also write to it
 //! directly ("write-through") when the pipe's write queue is empty, which
@@ -14,13 +15,16 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
-/// A connected TCP or UNIX stream.
+/// A connected TCP or UNIX stream, or a TLS connection over TCP.
 #[derive(Debug)]
 pub enum StreamIo {
     /// TCP.
     Tcp(TcpStream),
     /// IPC.
     Ipc(UnixStream),
+    /// TLS over TCP, after its handshake. The socket driver never writes
+    /// to it directly (its pipes offer no write-through).
+    Tls(crate::transport::tls::io::TlsIo),
 }
 
 impl StreamIo {
@@ -29,6 +33,17 @@ impl StreamIo {
         match self {
             StreamIo::Tcp(s) => s.readable().await,
             StreamIo::Ipc(s) => s.readable().await,
+            StreamIo::Tls(s) => s.readable().await,
+        }
+    }
+
+    /// Reads what is there into `buf`: `Ok(0)` at the end of the stream,
+    /// `WouldBlock` when there is nothing.
+    pub fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            StreamIo::Tcp(s) => s.try_read(buf),
+            StreamIo::Ipc(s) => s.try_read(buf),
+            StreamIo::Tls(s) => s.try_read(buf),
         }
     }
 
@@ -55,6 +70,7 @@ impl StreamIo {
         let r = match self {
             StreamIo::Tcp(s) => s.try_io(Interest::READABLE, || read(socket2::SockRef::from(s))),
             StreamIo::Ipc(s) => s.try_io(Interest::READABLE, || read(socket2::SockRef::from(s))),
+            StreamIo::Tls(s) => return s.try_read_buf(buf),
         };
         match r {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
@@ -67,6 +83,7 @@ impl StreamIo {
         match self {
             StreamIo::Tcp(s) => s.writable().await,
             StreamIo::Ipc(s) => s.writable().await,
+            StreamIo::Tls(s) => s.writable().await,
         }
     }
 
@@ -75,6 +92,7 @@ impl StreamIo {
         match self {
             StreamIo::Tcp(s) => s.try_write(b),
             StreamIo::Ipc(s) => s.try_write(b),
+            StreamIo::Tls(s) => s.try_write(b),
         }
     }
 
@@ -83,6 +101,7 @@ impl StreamIo {
         match self {
             StreamIo::Tcp(s) => s.try_write_vectored(b),
             StreamIo::Ipc(s) => s.try_write_vectored(b),
+            StreamIo::Tls(s) => s.try_write_vectored(b),
         }
     }
 
@@ -91,11 +110,7 @@ impl StreamIo {
         let mut at = 0;
         while at < buf.len() {
             self.readable().await?;
-            let r = match self {
-                StreamIo::Tcp(s) => s.try_read(&mut buf[at..]),
-                StreamIo::Ipc(s) => s.try_read(&mut buf[at..]),
-            };
-            match r {
+            match self.try_read(&mut buf[at..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => at += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -115,7 +130,16 @@ impl StreamIo {
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        self.flush().await
+    }
+
+    /// Writes out what a TLS connection still holds encrypted (nothing to
+    /// do for the others).
+    pub async fn flush(&self) -> io::Result<()> {
+        match self {
+            StreamIo::Tls(s) => s.flush().await,
+            _ => Ok(()),
+        }
     }
 
     /// Writes every chunk, in order, with vectored writes; empties `chunks`.
@@ -128,6 +152,10 @@ impl StreamIo {
         let r = match self {
             StreamIo::Tcp(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write),
             StreamIo::Ipc(s) => socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write),
+            StreamIo::Tls(s) => {
+                s.shutdown_write();
+                Ok(())
+            }
         };
         let _ = r;
     }
@@ -140,6 +168,11 @@ pub trait VectoredSink {
     fn try_write_vectored(&self, b: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Waits until writing may succeed.
     fn writable(&self) -> impl std::future::Future<Output = io::Result<()>>;
+    /// Writes out what the sink still holds after the writes it accepted
+    /// (a TLS connection's ciphertext); nothing for a plain socket.
+    fn flush(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        std::future::ready(Ok(()))
+    }
 }
 
 impl VectoredSink for StreamIo {
@@ -148,6 +181,9 @@ impl VectoredSink for StreamIo {
     }
     fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> {
         StreamIo::writable(self)
+    }
+    fn flush(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        StreamIo::flush(self)
     }
 }
 
@@ -198,5 +234,5 @@ pub async fn write_chunks(out: &impl VectoredSink, chunks: &mut Vec<Bytes>) -> i
         }
     }
     chunks.clear();
-    Ok(())
+    out.flush().await
 }

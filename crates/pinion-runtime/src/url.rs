@@ -1,5 +1,7 @@
 //! Endpoint URLs: `tcp://host:port`, `ipc:///path`, `inproc://name`,
-//! `ws://host:port/path`.
+//! `ws://host:port/path`, and over TLS `tls+tcp://host:port` and
+//! `wss://host:port/path` (NNG's spellings, `tls+tcp4`/`tls+tcp6` and
+//! `wss4`/`wss6` included).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -34,6 +36,26 @@ pub enum Url {
         /// `/`). Matched exactly by a listener.
         path: String,
     },
+    /// SP over TLS over TCP (NNG's `tls+tcp://`): a TLS handshake, then the
+    /// SP header and messages exactly as on `tcp://`.
+    Tls {
+        /// Host part as written (`*` and empty mean every interface). A
+        /// dialer checks the server's certificate against it unless a
+        /// server name is configured.
+        host: String,
+        /// Port; 0 asks for an ephemeral one when listening.
+        port: u16,
+    },
+    /// SP over WebSocket over TLS (`wss://`): as [`Url::Ws`] after a TLS
+    /// handshake. `wss://host/path` means port 443.
+    Wss {
+        /// Host part, as for [`Url::Ws`].
+        host: String,
+        /// Port.
+        port: u16,
+        /// The HTTP request path.
+        path: String,
+    },
 }
 
 impl Url {
@@ -47,6 +69,29 @@ impl Url {
             .split_once("://")
             .ok_or_else(|| bad(UrlError::MissingScheme))?;
         match scheme {
+            "tls+tcp" | "tls+tcp4" | "tls+tcp6" => match Url::parse(&format!("tcp://{rest}")) {
+                Ok(Url::Tcp { host, port }) => Ok(Url::Tls { host, port }),
+                _ => Err(bad(UrlError::BadHostPort)),
+            },
+            "wss" | "wss4" | "wss6" => {
+                let (authority, path) = match rest.find('/') {
+                    Some(i) => (&rest[..i], &rest[i..]),
+                    None => (rest, "/"),
+                };
+                let with_port = if split_host_port(authority, 0).is_some_and(|(_, p)| p == 0)
+                    && !authority.ends_with(":0")
+                {
+                    // No port written: 443.
+                    format!("ws://{authority}:443{path}")
+                } else {
+                    format!("ws://{rest}")
+                };
+                match Url::parse(&with_port) {
+                    Ok(Url::Ws { host, port, path }) => Ok(Url::Wss { host, port, path }),
+                    Err(Error::InvalidUrl { reason, .. }) => Err(bad(reason)),
+                    _ => Err(bad(UrlError::BadHostPort)),
+                }
+            }
             "tcp" | "tcp4" | "tcp6" => {
                 let (host, port) = rest
                     .rsplit_once(':')
@@ -93,10 +138,63 @@ impl Url {
         }
     }
 
-    /// The port of a `tcp://` or `ws://` URL.
+    /// The port of a `tcp://`, `ws://`, `tls+tcp://` or `wss://` URL.
     pub fn port(&self) -> Option<u16> {
         match self {
-            Url::Tcp { port, .. } | Url::Ws { port, .. } => Some(*port),
+            Url::Tcp { port, .. }
+            | Url::Ws { port, .. }
+            | Url::Tls { port, .. }
+            | Url::Wss { port, .. } => Some(*port),
+            _ => None,
+        }
+    }
+
+    /// Whether the transport runs over TLS (`tls+tcp://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Url::Tls { .. } | Url::Wss { .. })
+    }
+
+    /// The same address without TLS: `tls+tcp://` becomes `tcp://`,
+    /// `wss://` becomes `ws://`; others are returned as they are.
+    pub fn without_tls(&self) -> Url {
+        match self {
+            Url::Tls { host, port } => Url::Tcp {
+                host: host.clone(),
+                port: *port,
+            },
+            Url::Wss { host, port, path } => Url::Ws {
+                host: host.clone(),
+                port: *port,
+                path: path.clone(),
+            },
+            u => u.clone(),
+        }
+    }
+
+    /// The same address over TLS: the inverse of [`Url::without_tls`]
+    /// (`tcp://` to `tls+tcp://`, `ws://` to `wss://`).
+    pub fn with_tls(&self) -> Url {
+        match self {
+            Url::Tcp { host, port } => Url::Tls {
+                host: host.clone(),
+                port: *port,
+            },
+            Url::Ws { host, port, path } => Url::Wss {
+                host: host.clone(),
+                port: *port,
+                path: path.clone(),
+            },
+            u => u.clone(),
+        }
+    }
+
+    /// The host of a URL with one, as written (without IPv6 brackets).
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Url::Tcp { host, .. }
+            | Url::Ws { host, .. }
+            | Url::Tls { host, .. }
+            | Url::Wss { host, .. } => Some(host),
             _ => None,
         }
     }
@@ -150,6 +248,14 @@ impl fmt::Display for Url {
                 write!(f, "ws://[{host}]:{port}{path}")
             }
             Url::Ws { host, port, path } => write!(f, "ws://{host}:{port}{path}"),
+            Url::Tls { host, port } if host.contains(':') => {
+                write!(f, "tls+tcp://[{host}]:{port}")
+            }
+            Url::Tls { host, port } => write!(f, "tls+tcp://{host}:{port}"),
+            Url::Wss { host, port, path } if host.contains(':') => {
+                write!(f, "wss://[{host}]:{port}{path}")
+            }
+            Url::Wss { host, port, path } => write!(f, "wss://{host}:{port}{path}"),
         }
     }
 }
@@ -222,6 +328,48 @@ mod tests {
             Url::parse("ws://127.0.0.1:0/").unwrap().to_string(),
             "ws://127.0.0.1:0/"
         );
+        let tls = Url::parse("tls+tcp://localhost:5556").unwrap();
+        assert_eq!(
+            tls,
+            Url::Tls {
+                host: "localhost".into(),
+                port: 5556
+            }
+        );
+        assert!(tls.is_tls());
+        assert_eq!(tls.to_string(), "tls+tcp://localhost:5556");
+        assert_eq!(tls.without_tls().to_string(), "tcp://localhost:5556");
+        assert_eq!(tls.without_tls().with_tls(), tls);
+        assert_eq!(
+            Url::parse("tls+tcp6://[::1]:7").unwrap().to_string(),
+            "tls+tcp://[::1]:7"
+        );
+        assert_eq!(
+            Url::parse("wss://example.org/x").unwrap(),
+            Url::Wss {
+                host: "example.org".into(),
+                port: 443,
+                path: "/x".into()
+            }
+        );
+        assert_eq!(
+            Url::parse("wss://example.org").unwrap().to_string(),
+            "wss://example.org:443/"
+        );
+        assert_eq!(
+            Url::parse("wss://[::1]:0/p").unwrap().to_string(),
+            "wss://[::1]:0/p"
+        );
+        assert_eq!(
+            Url::parse("wss://127.0.0.1:8443/sub")
+                .unwrap()
+                .without_tls(),
+            Url::Ws {
+                host: "127.0.0.1".into(),
+                port: 8443,
+                path: "/sub".into()
+            }
+        );
         for bad in [
             "127.0.0.1:5",
             "tcp://127.0.0.1",
@@ -236,7 +384,11 @@ mod tests {
             "ws://[::1/x",
             "ws://h:1/a b",
             "ws://h:1/a#frag",
-            "wss://h:1/x",
+            "wss://h:99999/x",
+            "wss://h:1/a b",
+            "tls+tcp://h",
+            "tls+tcp://h:x",
+            "tls://h:1",
         ] {
             assert!(
                 matches!(Url::parse(bad), Err(Error::InvalidUrl { .. })),

@@ -52,6 +52,19 @@ impl Socket {
         &self.0
     }
 
+    /// See [`crate::Socket::set_tls`].
+    pub fn set_tls(&self, cfg: crate::TlsConfig) {
+        self.0.set_tls(cfg)
+    }
+
+    /// See [`crate::Socket::peer_identity`].
+    pub fn peer_identity(
+        &self,
+        pipe: crate::PipeId,
+    ) -> Option<std::sync::Arc<crate::PeerIdentity>> {
+        self.0.peer_identity(pipe)
+    }
+
     /// Listens on `url`.
     pub fn listen(&self, url: &str) -> crate::Result<Endpoint> {
         block_on(self.0.listen(url))

@@ -2,8 +2,9 @@
 //! nanomsg, on a thread-per-core runtime.
 //!
 //! A [`Socket`] speaks one pattern ([`Protocol`]): request/reply, push/pull
-//! or pair (v0 and v1). It listens and dials on `tcp://`, `ipc://` and
-//! `inproc://` endpoints, any number of each, and talks to NNG, nanomsg,
+//! or pair (v0 and v1). It listens and dials on `tcp://`, `ipc://`,
+//! `inproc://`, `ws://` and, with TLS ([`TlsConfig`]), `tls+tcp://` and
+//! `wss://` endpoints, any number of each, and talks to NNG, nanomsg,
 //! mangos or pynng peers on the other end.
 //!
 //! The API is async and works inside any async runtime (tokio, async-std,
@@ -56,6 +57,52 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! # Example: request/reply over TLS, with client certificates
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use pinion::{blocking::Socket, AuthMode, Protocol, TlsConfig};
+//! # let ca = rcgen::KeyPair::generate()?;
+//! # let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+//! # p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+//! # let ca = rcgen::CertifiedIssuer::self_signed(p, ca)?;
+//! # let leaf = |name: &str| -> Result<(String, String), rcgen::Error> {
+//! #     let key = rcgen::KeyPair::generate()?;
+//! #     let mut p = rcgen::CertificateParams::new(vec![name.to_string()])?;
+//! #     p.distinguished_name.push(rcgen::DnType::CommonName, name);
+//! #     Ok((p.signed_by(&key, &ca)?.pem(), key.serialize_pem()))
+//! # };
+//! # let (ca_pem, (server_cert, server_key), (client_cert, client_key)) =
+//! #     (ca.pem(), leaf("localhost")?, leaf("alice")?);
+//! // PEM strings here; files work too (`ca_file`, `own_cert_files`).
+//! let rep = Socket::new(Protocol::Rep0)?;
+//! rep.set_tls(
+//!     TlsConfig::new()
+//!         .own_cert_pem(server_cert.as_bytes(), server_key.as_bytes())?
+//!         .ca_pem(ca_pem.as_bytes())?
+//!         .auth_mode(AuthMode::Required),
+//! );
+//! let port = rep.listen("tls+tcp://127.0.0.1:0")?.port().unwrap();
+//!
+//! let req = Socket::new(Protocol::Req0)?;
+//! req.set_tls(
+//!     TlsConfig::new()
+//!         .ca_pem(ca_pem.as_bytes())?
+//!         .own_cert_pem(client_cert.as_bytes(), client_key.as_bytes())?,
+//! );
+//! // The server's certificate is checked against the URL's host.
+//! req.dial(&format!("tls+tcp://localhost:{port}"))?;
+//!
+//! req.send("ping")?;
+//! let request = rep.recv_msg()?;
+//! // Who sent it, as the client certificate says.
+//! let who = rep.peer_identity(request.pipe().unwrap()).unwrap();
+//! assert_eq!(who.common_name.as_deref(), Some("alice"));
+//! rep.send("pong")?;
+//! assert_eq!(&req.recv()?[..], b"pong");
+//! # Ok(()) }
+//! ```
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -67,13 +114,15 @@ pub mod subscriber;
 
 pub use bytes::Bytes;
 pub use device::device;
+pub use pinion_core::protocol::PipeId;
 pub use pinion_core::protocol::ProtocolKind as Protocol;
 pub use pinion_core::{
-    CallerError, Header, Message, OpError, Options, PeerError, UpgradeFault, WsViolation,
+    CallerError, Header, Message, OpError, Options, PeerError, TlsFault, UpgradeFault, WsViolation,
 };
 pub use pinion_runtime::error::UrlError;
 pub use pinion_runtime::socket::{Adopted, Endpoint};
 pub use pinion_runtime::stats::StatsSnapshot;
+pub use pinion_runtime::transport::tls::{AuthMode, PeerIdentity, TlsConfig, TlsConfigError};
 pub use pinion_runtime::{Error, Fault, Runtime, RuntimeBuilder, Url};
 pub use socket::{Context, Socket};
 

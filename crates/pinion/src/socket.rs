@@ -90,6 +90,27 @@ impl Socket {
         self.h.close()
     }
 
+    /// Sets the TLS settings of the `tls+tcp://` and `wss://` listeners and
+    /// dialers opened from now on (NNG's socket-wide `NNG_OPT_TLS_CONFIG`).
+    /// A listener needs its own certificate; a dialer verifies the server
+    /// against the given CA (else the system's roots) and the URL's host,
+    /// unless told [`insecure`](crate::TlsConfig::insecure).
+    pub fn set_tls(&self, cfg: crate::TlsConfig) {
+        self.h.set_tls(cfg)
+    }
+
+    /// The certificate identity the peer on `pipe` proved in its TLS
+    /// handshake (subject, common name, alternative names), while that
+    /// pipe is up. A received message names its pipe
+    /// ([`Message::pipe`]). `None` for a pipe that is gone, not TLS, or
+    /// whose peer sent no certificate.
+    pub fn peer_identity(
+        &self,
+        pipe: crate::PipeId,
+    ) -> Option<std::sync::Arc<crate::PeerIdentity>> {
+        self.h.peer_identity(pipe)
+    }
+
     /// Listens on `url` (`tcp://127.0.0.1:0` picks a free port: read it back
     /// from the returned [`Endpoint`]).
     pub async fn listen(&self, url: &str) -> crate::Result<Endpoint> {

@@ -23,6 +23,12 @@ pub fn encode_header(protocol: u16) -> [u8; HEADER_LEN] {
 /// Checks a received header and returns the peer's protocol id.
 pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<u16, PeerError> {
     if h[..4] != [0x00, b'S', b'P', 0x00] {
+        // A TLS record header: handshake (22), version 3.x (TLS 1.0-1.3
+        // ClientHellos say 3.1 or 3.3), then the handshake type
+        // ClientHello (1) after the 2-byte length.
+        if h[0] == 0x16 && h[1] == 0x03 && h[2] <= 0x04 && h[5] == 0x01 {
+            return Err(PeerError::TlsOnPlainPort);
+        }
         return Err(PeerError::BadMagic);
     }
     if h[6] != 0 || h[7] != 0 {
@@ -34,6 +40,18 @@ pub fn decode_header(h: &[u8; HEADER_LEN]) -> Result<u16, PeerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tls_client_hello_is_named_as_such() {
+        // The first 8 bytes of a ClientHello (rustls, TLS 1.3).
+        let hello = [0x16, 0x03, 0x01, 0x00, 0xf4, 0x01, 0x00, 0x00];
+        assert_eq!(decode_header(&hello), Err(PeerError::TlsOnPlainPort));
+        // Other garbage stays "bad magic".
+        let http = *b"GET / HT";
+        assert_eq!(decode_header(&http), Err(PeerError::BadMagic));
+        let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28, 0x00];
+        assert_eq!(decode_header(&alert), Err(PeerError::BadMagic));
+    }
 
     #[test]
     fn rep_header_matches_nng() {

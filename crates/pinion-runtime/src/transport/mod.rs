@@ -12,6 +12,8 @@
 //! | `ipc://` | [`ipc`] | SP header, then `0x01 + u64 length + payload` |
 //! | `inproc://` | [`inproc`] | messages moved through channels, no bytes |
 //! | `ws://` | [`ws`] | HTTP/1.1 upgrade, then one binary WebSocket message per SP message |
+//! | `tls+tcp://` | [`tls`] | TLS handshake, then as `tcp://` |
+//! | `wss://` | [`tls`], [`ws`] | TLS handshake, then as `ws://` |
 
 use std::io;
 
@@ -37,6 +39,8 @@ pub enum Portable {
     Inproc(inproc::InprocEnd),
     /// A TCP connection to upgrade to a WebSocket (by the pipe task).
     Ws(ws::PortableWs),
+    /// A TCP connection to run a TLS handshake on (by the pipe task).
+    Tls(tls::PortableTls),
 }
 
 /// A connection registered with the current core's event loop.
@@ -50,6 +54,8 @@ pub enum Conn {
     Inproc(inproc::InprocEnd),
     /// WebSocket (not yet upgraded: the pipe task does that).
     Ws(ws::WsConn),
+    /// TLS (no handshake yet: the pipe task does that).
+    Tls(tls::TlsConn),
 }
 
 impl Conn {
@@ -61,13 +67,14 @@ impl Conn {
             Portable::Ipc(s) => Conn::Ipc(tokio::net::UnixStream::from_std(s)?),
             Portable::Inproc(e) => Conn::Inproc(e),
             Portable::Ws(p) => Conn::Ws(ws::WsConn::adopt(p)?),
+            Portable::Tls(p) => Conn::Tls(tls::TlsConn::adopt(p)?),
         })
     }
 
     /// The stream framing, for byte-stream transports.
     pub fn framing(&self) -> Option<Framing> {
         match self {
-            Conn::Tcp(_) => Some(Framing::Tcp),
+            Conn::Tcp(_) | Conn::Tls(_) => Some(Framing::Tcp),
             Conn::Ipc(_) => Some(Framing::Ipc),
             Conn::Inproc(_) | Conn::Ws(_) => None,
         }
@@ -76,13 +83,35 @@ impl Conn {
 
 /// Connects to `url` from the calling core. `proto` is the local protocol id
 /// (inproc exchanges it at connect time); `depth` bounds an inproc pipe's
-/// queue.
-pub async fn connect(url: &Url, proto: u16, depth: usize, nodelay: bool) -> Result<Conn, Error> {
+/// queue; `tls` is the dialer's TLS side, which a `tls+tcp://` or `wss://`
+/// URL needs.
+pub async fn connect(
+    url: &Url,
+    proto: u16,
+    depth: usize,
+    nodelay: bool,
+    tls: Option<&tls::TlsRole>,
+) -> Result<Conn, Error> {
+    let need_tls = || {
+        tls.cloned()
+            .ok_or(Error::Caller(pinion_core::CallerError::TlsNotConfigured))
+    };
     match url {
         Url::Tcp { .. } => tcp::connect(url, nodelay).await.map(Conn::Tcp),
         Url::Ipc(path) => ipc::connect(path).await.map(Conn::Ipc),
         Url::Inproc(name) => inproc::connect(name, proto, depth).map(Conn::Inproc),
-        Url::Ws { .. } => ws::connect(url, nodelay).await.map(Conn::Ws),
+        Url::Ws { .. } => ws::connect(url, nodelay, None).await.map(Conn::Ws),
+        Url::Tls { .. } => {
+            let role = need_tls()?;
+            let tcp = tcp::connect(&url.without_tls(), nodelay).await?;
+            Ok(Conn::Tls(tls::TlsConn { tcp, role }))
+        }
+        Url::Wss { .. } => {
+            let role = need_tls()?;
+            ws::connect(&url.without_tls(), nodelay, Some(role))
+                .await
+                .map(Conn::Ws)
+        }
     }
 }
 
@@ -95,15 +124,38 @@ pub enum Listener {
     Ipc(ipc::IpcListener),
     /// inproc; unregisters its name when dropped.
     Inproc(inproc::InprocListener),
-    /// WebSocket.
+    /// WebSocket (over TLS for `wss://`).
     Ws(ws::WsListener),
+    /// TLS over TCP.
+    Tls(tokio::net::TcpListener, tls::TlsRole),
 }
 
 impl Listener {
     /// Binds `url` on the calling core and returns the listener and the URL
-    /// actually bound (with the port filled in for `tcp://host:0`).
-    pub async fn bind(url: &Url, proto: u16) -> Result<(Listener, Url), Error> {
+    /// actually bound (with the port filled in for `tcp://host:0`). `tls`
+    /// is the listener's TLS side, which a `tls+tcp://` or `wss://` URL
+    /// needs.
+    pub async fn bind(
+        url: &Url,
+        proto: u16,
+        tls: Option<tls::TlsRole>,
+    ) -> Result<(Listener, Url), Error> {
+        let need_tls = || {
+            tls.clone()
+                .ok_or(Error::Caller(pinion_core::CallerError::TlsNotConfigured))
+        };
         match url {
+            Url::Tls { .. } => {
+                let role = need_tls()?;
+                let (l, bound) = tcp::bind(&url.without_tls()).await?;
+                Ok((Listener::Tls(l, role), bound.with_tls()))
+            }
+            Url::Wss { .. } => {
+                let role = need_tls()?;
+                let (mut l, bound) = ws::bind(&url.without_tls()).await?;
+                l.set_tls(role);
+                Ok((Listener::Ws(l), bound.with_tls()))
+            }
             Url::Tcp { .. } => {
                 let (l, bound) = tcp::bind(url).await?;
                 Ok((Listener::Tcp(l), bound))
@@ -128,6 +180,14 @@ impl Listener {
             Listener::Ipc(l) => l.accept().await.map(Portable::Ipc),
             Listener::Inproc(l) => l.accept().await.map(Portable::Inproc),
             Listener::Ws(l) => l.accept(nodelay).await.map(Portable::Ws),
+            Listener::Tls(l, role) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(nodelay)?;
+                Ok(Portable::Tls(tls::PortableTls {
+                    tcp: s.into_std()?,
+                    role: role.clone(),
+                }))
+            }
         }
     }
 }

@@ -1,8 +1,12 @@
 //! TLS for `tls+tcp://` and `wss://`: the configuration, as NNG has it.
 //!
-//! **Work in progress (issue 14).** This module holds the TLS settings and
-//! builds rustls configurations from them; the transports that use them
-//! (the TLS handshake before the SP header, wss) come next.
+//! `tls+tcp://` is a TLS handshake, then the 8-byte SP header and messages
+//! exactly as on `tcp://`; `wss://` is a TLS handshake, then `ws://`. The
+//! handshake runs in the pipe's task, within the socket's handshake
+//! timeout (a peer that starts one and never finishes it is cut off then),
+//! and its failures are typed ([`TlsFault`](pinion_core::TlsFault)) and
+//! counted in the socket's stats. After it the connection is driven by
+//! readiness like a plain one ([`io`]).
 //!
 //! The settings mirror NNG's `nng_tls_config`:
 //!
@@ -36,8 +40,12 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+pub mod conn;
+pub mod io;
 #[cfg(test)]
 mod tests;
+
+pub use conn::{PeerIdentity, PortableTls, TlsConn, TlsRole};
 
 /// Whether, and how strictly, an end checks its peer's certificate
 /// (NNG's `NNG_TLS_AUTH_MODE_*`).
@@ -265,6 +273,37 @@ impl TlsConfig {
         Ok(roots)
     }
 
+    /// Whether a dialer with these settings verifies the server's
+    /// certificate (not [`insecure`](Self::insecure), auth mode not
+    /// `None`).
+    pub fn verifies_server(&self) -> bool {
+        !self.insecure && self.auth_mode != Some(AuthMode::None)
+    }
+
+    /// The settings of a dialer to `url_host`, built once per dialer.
+    ///
+    /// # Errors
+    ///
+    /// See [`TlsConfigError`].
+    pub fn dialer_role(&self, url_host: &str) -> Result<TlsRole, TlsConfigError> {
+        Ok(TlsRole::Client {
+            config: self.client_config()?,
+            name: self.server_name_for(url_host)?,
+            verifies: self.verifies_server(),
+        })
+    }
+
+    /// The settings of a listener, built once per listener.
+    ///
+    /// # Errors
+    ///
+    /// See [`TlsConfigError`].
+    pub fn listener_role(&self) -> Result<TlsRole, TlsConfigError> {
+        Ok(TlsRole::Server {
+            config: self.server_config()?,
+        })
+    }
+
     /// The rustls configuration of a dialer.
     ///
     /// # Errors
@@ -379,4 +418,59 @@ impl ServerCertVerifier for NoServerVerification {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+}
+
+/// Why opening a TLS connection failed.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// The peer's fault: a refused certificate, an alert, no TLS, the
+    /// handshake timeout.
+    Peer(pinion_core::PeerError),
+    /// The connection failed under the handshake (reset, end of stream).
+    Io(std::io::Error),
+}
+
+/// Runs the TLS handshake of `conn`, to finish by `deadline`.
+pub(crate) async fn open(
+    conn: TlsConn,
+    deadline: tokio::time::Instant,
+) -> Result<(crate::stream::StreamIo, Option<Arc<PeerIdentity>>), OpenError> {
+    match tokio::time::timeout_at(deadline, conn.handshake()).await {
+        Err(_) => Err(OpenError::Peer(pinion_core::PeerError::HandshakeTimeout)),
+        Ok(Ok((tls, peer))) => Ok((crate::stream::StreamIo::Tls(tls), peer)),
+        Ok(Err(e)) => match io::peer_error(&e) {
+            Some(pe) => Err(OpenError::Peer(pe)),
+            None => Err(OpenError::Io(e)),
+        },
+    }
+}
+
+/// Counts and reports a failed [`open`]; the pipe's result.
+pub(crate) fn failed(
+    e: OpenError,
+    pipe: pinion_core::protocol::PipeId,
+    link: &crate::pipe::PipeLink,
+    hs: Option<tokio::sync::oneshot::Sender<Result<(), crate::error::Error>>>,
+) -> Option<pinion_core::PeerError> {
+    let (r, fault) = match e {
+        OpenError::Peer(pe) => {
+            link.stats.count_peer_error(&pe);
+            tracing::debug!(pipe = pipe.0, error = %pe, "TLS handshake failed");
+            (Err(crate::error::Error::Peer(pe)), Some(pe))
+        }
+        OpenError::Io(e) => {
+            link.stats
+                .io_errors
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(pipe = pipe.0, error = %e, "TLS handshake failed: I/O");
+            (
+                Err(crate::error::Error::io("tls handshake", "peer", e)),
+                None,
+            )
+        }
+    };
+    if let Some(h) = hs {
+        let _ = h.send(r);
+    }
+    fault
 }

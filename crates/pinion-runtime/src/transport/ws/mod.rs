@@ -64,6 +64,7 @@
 use std::io;
 use std::sync::Arc;
 
+use super::tls::TlsRole;
 use crate::error::Error;
 use crate::url::Url;
 
@@ -101,6 +102,8 @@ pub struct PortableWs {
     /// Bytes already read from the connection (a server whose application
     /// read the upgrade request to route it): the start of the stream.
     pub read: Vec<u8>,
+    /// `wss://`: the TLS handshake to run before the upgrade.
+    pub tls: Option<TlsRole>,
 }
 
 /// A TCP connection about to be upgraded, registered with a core.
@@ -112,6 +115,8 @@ pub struct WsConn {
     pub role: Role,
     /// Bytes already read from it (see [`PortableWs::read`]).
     pub read: Vec<u8>,
+    /// `wss://`: the TLS handshake to run before the upgrade.
+    pub tls: Option<TlsRole>,
 }
 
 impl WsConn {
@@ -121,6 +126,7 @@ impl WsConn {
             tcp: tokio::net::TcpStream::from_std(p.tcp)?,
             role: p.role,
             read: p.read,
+            tls: p.tls,
         })
     }
 }
@@ -147,8 +153,9 @@ fn tcp_url(url: &Url) -> Result<(Url, &str), Error> {
     }
 }
 
-/// Connects the TCP part of a `ws://` URL; the upgrade is done by the pipe.
-pub async fn connect(url: &Url, nodelay: bool) -> Result<WsConn, Error> {
+/// Connects the TCP part of a `ws://` URL; the upgrade (after the TLS
+/// handshake, with `tls`: `wss://`) is done by the pipe.
+pub async fn connect(url: &Url, nodelay: bool, tls: Option<TlsRole>) -> Result<WsConn, Error> {
     let (tcp, path) = tcp_url(url)?;
     let Url::Ws { host, port, .. } = url else {
         return Err(Error::Bug("ws transport given a non-ws URL"));
@@ -161,6 +168,7 @@ pub async fn connect(url: &Url, nodelay: bool) -> Result<WsConn, Error> {
             path: path.to_string(),
         },
         read: Vec::new(),
+        tls,
     })
 }
 
@@ -169,9 +177,16 @@ pub async fn connect(url: &Url, nodelay: bool) -> Result<WsConn, Error> {
 pub struct WsListener {
     tcp: tokio::net::TcpListener,
     path: Arc<str>,
+    tls: Option<TlsRole>,
 }
 
 impl WsListener {
+    /// Makes it a `wss://` listener: every connection starts with a TLS
+    /// handshake.
+    pub fn set_tls(&mut self, role: TlsRole) {
+        self.tls = Some(role);
+    }
+
     /// Waits for the next TCP connection (upgraded later, by its pipe, so a
     /// slow client never holds up the accept loop).
     pub async fn accept(&mut self, nodelay: bool) -> io::Result<PortableWs> {
@@ -183,6 +198,7 @@ impl WsListener {
                 path: self.path.clone(),
             },
             read: Vec::new(),
+            tls: self.tls.clone(),
         })
     }
 }
@@ -198,6 +214,7 @@ pub async fn bind(url: &Url) -> Result<(WsListener, Url), Error> {
         WsListener {
             tcp: l,
             path: Arc::from(path),
+            tls: None,
         },
         Url::Ws {
             host,

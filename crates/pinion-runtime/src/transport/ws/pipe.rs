@@ -21,7 +21,6 @@ use bytes::{Bytes, BytesMut};
 use pinion_core::protocol::PipeId;
 use pinion_core::rng::Rng;
 use pinion_core::{Message, PeerError};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tungstenite::protocol::frame::coding::Control;
 
@@ -30,7 +29,7 @@ use super::handshake::{self, Request};
 use super::{Role, WsConn};
 use crate::error::Error;
 use crate::pipe::{Credit, PipeCmd, PipeEvent, PipeLink, ReadGate};
-use crate::stream::write_chunks;
+use crate::stream::{write_chunks, StreamIo};
 
 /// The per-thread read buffer: every WebSocket pipe on a core reads into
 /// it, one at a time (it is never held across an `await`).
@@ -99,25 +98,47 @@ pub(crate) async fn run_pipe(
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
 ) -> Option<PeerError> {
-    let WsConn { tcp, role, read } = ws;
+    let WsConn {
+        tcp,
+        role,
+        read,
+        tls,
+    } = ws;
     let side = match role {
         Role::Server { .. } => Side::Server,
         Role::Client { .. } => Side::Client,
     };
-    let upgrade = tokio::time::timeout(
-        link.opts.handshake_timeout,
-        upgrade(&tcp, &role, link, read),
-    );
+    // One handshake timeout for the whole opening: the TLS handshake
+    // (`wss://`) and the upgrade.
+    let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
+    let (io, peer) = match tls {
+        None => (StreamIo::Tcp(tcp), None),
+        Some(role) => {
+            let conn = crate::transport::tls::TlsConn { tcp, role };
+            match crate::transport::tls::open(conn, deadline).await {
+                Ok((io, peer)) => (io, peer),
+                Err(e) => return crate::transport::tls::failed(e, pipe, link, hs),
+            }
+        }
+    };
+    let upgrade = tokio::time::timeout_at(deadline, upgrade(&io, &role, link, read));
     let leftover = match upgrade.await {
         Ok(Ok(rest)) => rest,
         Ok(Err(Failed::Peer(pe))) => {
             link.stats.count_peer_error(&pe);
             tracing::debug!(pipe = pipe.0, error = %pe, "websocket upgrade refused");
             report(hs, Err(Error::Peer(pe)));
-            linger(&tcp, false, None).await;
+            linger(&io, false, None).await;
             return Some(pe);
         }
         Ok(Err(Failed::Io(e))) => {
+            // A TLS record that failed after the TLS handshake (`wss://`)
+            // is the peer's fault; anything else is I/O.
+            if let Some(pe) = crate::transport::tls::io::peer_error(&e) {
+                link.stats.count_peer_error(&pe);
+                report(hs, Err(Error::Peer(pe)));
+                return Some(pe);
+            }
             link.stats.io_errors.fetch_add(1, Ordering::Relaxed);
             report(hs, Err(Error::io("handshake", "peer", e)));
             return None;
@@ -130,6 +151,7 @@ pub(crate) async fn run_pipe(
         }
     };
     drop(role);
+    let _peer = link.peers.enter(pipe, peer);
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(ReadGate::default());
@@ -155,12 +177,26 @@ pub(crate) async fn run_pipe(
     let mut masks =
         (side == Side::Client).then(|| Rng::new(crate::sys::seed() ^ u64::from(pipe.0)));
     let mut dec = Decoder::new(side, link.opts.recv_max_size).limit_floods(FloodLimit::DEFAULT);
-    let reader = read_loop(&tcp, &mut dec, pipe, link, &gate, &shared, leftover);
-    let writer = write_loop(&tcp, pipe, link, &mut out_rx, &shared, masks.as_mut());
+    let reader = read_loop(&io, &mut dec, pipe, link, &gate, &shared, leftover);
+    let writer = write_loop(&io, pipe, link, &mut out_rx, &shared, masks.as_mut());
     let end = tokio::select! {
         e = reader => e,
         e = writer => e,
         _ = link.closed.cancelled() => End::SocketClosed,
+    };
+    // A TLS failure after the handshake: the TLS session is broken, so no
+    // close frame can go out.
+    let end = match end {
+        End::Io(e) => match crate::transport::tls::io::peer_error(&e) {
+            Some(pe) => {
+                link.stats.count_peer_error(&pe);
+                let _ = link.events.send(PipeEvent::Down(pipe)).await;
+                io.shutdown_write();
+                return Some(pe);
+            }
+            None => End::Io(e),
+        },
+        end => end,
     };
     let code = match &end {
         End::PeerClose(c) => Some(c.unwrap_or(close::NORMAL)),
@@ -191,12 +227,12 @@ pub(crate) async fn run_pipe(
         let mut out = BytesMut::new();
         frame::encode_close(code, masks.as_mut(), &mut out);
         let mut chunks = vec![out.freeze()];
-        let sent = tokio::time::timeout(CLOSE_LINGER, write_chunks(&tcp, &mut chunks)).await;
+        let sent = tokio::time::timeout(CLOSE_LINGER, write_chunks(&io, &mut chunks)).await;
         let sent = matches!(sent, Ok(Ok(())));
         let wait_close = sent && matches!(end, End::Dropped | End::SocketClosed);
-        linger(&tcp, sent, wait_close.then_some(&mut dec)).await;
+        linger(&io, sent, wait_close.then_some(&mut dec)).await;
     } else {
-        let _ = socket2::SockRef::from(&tcp).shutdown(std::net::Shutdown::Write);
+        io.shutdown_write();
     }
     match end {
         End::Violation(pe) => Some(pe),
@@ -221,8 +257,8 @@ impl From<io::Error> for Failed {
 /// frame while the peer's stream was in a known state), the peer's answering
 /// close frame ends the wait too; messages still in flight are decoded
 /// (within the receive limit) and dropped.
-async fn linger(tcp: &TcpStream, sent_close: bool, mut dec: Option<&mut Decoder>) {
-    let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+async fn linger(io: &StreamIo, sent_close: bool, mut dec: Option<&mut Decoder>) {
+    io.shutdown_write();
     let limit = if sent_close {
         CLOSE_LINGER
     } else {
@@ -230,10 +266,10 @@ async fn linger(tcp: &TcpStream, sent_close: bool, mut dec: Option<&mut Decoder>
     };
     let drain = async {
         loop {
-            if tcp.readable().await.is_err() {
+            if io.readable().await.is_err() {
                 return;
             }
-            let done = SCRATCH.with_borrow_mut(|s| match tcp.try_read(s) {
+            let done = SCRATCH.with_borrow_mut(|s| match io.try_read(s) {
                 Ok(0) => true,
                 Ok(n) => {
                     let Some(d) = dec.as_mut() else {
@@ -259,14 +295,14 @@ async fn linger(tcp: &TcpStream, sent_close: bool, mut dec: Option<&mut Decoder>
 }
 
 /// Reads into the scratch buffer until `f` says it has what it needs.
-async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> Result<(), Failed> {
+async fn read_head(io: &StreamIo, buf: &mut Vec<u8>) -> Result<(), Failed> {
     loop {
-        tcp.readable().await?;
+        io.readable().await?;
         let r = SCRATCH.with_borrow_mut(|s| {
             let room = handshake::MAX_HEAD
                 .saturating_sub(buf.len())
                 .clamp(1, s.len());
-            let n = tcp.try_read(&mut s[..room])?;
+            let n = io.try_read(&mut s[..room])?;
             buf.extend_from_slice(&s[..n]);
             Ok::<_, io::Error>(n)
         });
@@ -283,7 +319,7 @@ async fn read_head(tcp: &TcpStream, buf: &mut Vec<u8>) -> Result<(), Failed> {
 /// connection's request head). Returns the bytes that came after the HTTP
 /// head (already WebSocket frames).
 async fn upgrade(
-    tcp: &TcpStream,
+    io: &StreamIo,
     role: &Role,
     link: &PipeLink,
     read: Vec<u8>,
@@ -292,16 +328,16 @@ async fn upgrade(
     match role {
         Role::Server { path } => loop {
             match handshake::server_request(&buf, path, link.kind) {
-                Request::Incomplete => read_head(tcp, &mut buf).await?,
+                Request::Incomplete => read_head(io, &mut buf).await?,
                 Request::Accept { response, head_len } => {
-                    write_chunks(tcp, &mut vec![Bytes::from(response)]).await?;
+                    write_chunks(io, &mut vec![Bytes::from(response)]).await?;
                     buf.drain(..head_len);
                     return Ok(buf);
                 }
                 Request::Refuse {
                     error, response, ..
                 } => {
-                    let _ = write_chunks(tcp, &mut vec![Bytes::from(response)]).await;
+                    let _ = write_chunks(io, &mut vec![Bytes::from(response)]).await;
                     return Err(Failed::Peer(error));
                 }
             }
@@ -309,9 +345,9 @@ async fn upgrade(
         Role::Client { host, path } => {
             let key = handshake::new_key();
             let req = handshake::client_request(host, path, link.kind, &key);
-            write_chunks(tcp, &mut vec![Bytes::from(req)]).await?;
+            write_chunks(io, &mut vec![Bytes::from(req)]).await?;
             loop {
-                read_head(tcp, &mut buf).await?;
+                read_head(io, &mut buf).await?;
                 match handshake::client_response(&buf, &key, link.kind) {
                     Ok(None) => continue,
                     Ok(Some(head_len)) => {
@@ -341,6 +377,7 @@ fn feed(
     input: &[u8],
     batch: &mut Vec<Message>,
     shared: &Shared,
+    pipe: PipeId,
 ) -> (usize, Option<End>) {
     let mut rest = input;
     let end = loop {
@@ -349,7 +386,7 @@ fn feed(
         }
         match dec.decode(&mut rest) {
             Ok(None) => break None,
-            Ok(Some(Event::Message(b))) => batch.push(Message::from_body(b)),
+            Ok(Some(Event::Message(b))) => batch.push(Message::received(b, pipe)),
             Ok(Some(Event::Ping(p))) => {
                 // Only the latest ping needs an answer (RFC 6455 §5.5.3).
                 shared.set_pong(p);
@@ -364,7 +401,7 @@ fn feed(
 }
 
 async fn read_loop(
-    tcp: &TcpStream,
+    io: &StreamIo,
     dec: &mut Decoder,
     pipe: PipeId,
     link: &PipeLink,
@@ -381,7 +418,7 @@ async fn read_loop(
             // The rest of a read cut at MAX_EVENT_MSGS: once the socket has
             // taken the last event (and the application lets us read).
             gate.wait_open().await;
-            let (used, end) = feed(dec, &pending, &mut batch, shared);
+            let (used, end) = feed(dec, &pending, &mut batch, shared, pipe);
             pending.drain(..used);
             if end.is_some() {
                 pending = Vec::new();
@@ -389,14 +426,14 @@ async fn read_loop(
             end
         } else {
             gate.wait_open().await;
-            if let Err(e) = tcp.readable().await {
+            if let Err(e) = io.readable().await {
                 return End::Io(e);
             }
-            let r = SCRATCH.with_borrow_mut(|s| match tcp.try_read(s) {
+            let r = SCRATCH.with_borrow_mut(|s| match io.try_read(s) {
                 Ok(0) => Err(Some(End::Eof)),
                 Ok(n) => {
                     dec.refill(std::time::Instant::now());
-                    let (used, end) = feed(dec, &s[..n], &mut batch, shared);
+                    let (used, end) = feed(dec, &s[..n], &mut batch, shared, pipe);
                     if end.is_none() && used < n {
                         pending.extend_from_slice(&s[used..n]);
                     }
@@ -432,7 +469,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    tcp: &TcpStream,
+    io: &StreamIo,
     pipe: PipeId,
     link: &PipeLink,
     out_rx: &mut mpsc::UnboundedReceiver<PipeCmd>,
@@ -474,7 +511,7 @@ async fn write_loop(
             chunks.push(out.freeze());
         }
         shared.writing.store(true, Ordering::Relaxed);
-        if let Err(e) = write_chunks(tcp, &mut chunks).await {
+        if let Err(e) = write_chunks(io, &mut chunks).await {
             return End::Io(e);
         }
         shared.writing.store(false, Ordering::Relaxed);
@@ -510,10 +547,17 @@ mod tests {
                 credits,
                 stats: Default::default(),
                 closed: Default::default(),
+                peers: Default::default(),
             };
             let role = Role::Server { path: "/".into() };
             let read = Vec::new();
-            let f = run_pipe(WsConn { tcp, role, read }, PipeId(1), &link, None);
+            let conn = WsConn {
+                tcp,
+                role,
+                read,
+                tls: None,
+            };
+            let f = run_pipe(conn, PipeId(1), &link, None);
             let size = std::mem::size_of_val(&f);
             assert!(size <= 2048, "ws pipe future is {size} bytes");
             // 120 bytes, and 32 for the flood bucket (FloodLimit).
