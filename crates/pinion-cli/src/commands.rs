@@ -12,7 +12,7 @@ use pinion::{blocking::Socket, Bytes, CallerError, Error, Options, Protocol};
 
 use crate::failure::{self, Action, Failure};
 use crate::format::{self, Format};
-use crate::{exit, AnswerArgs, AskArgs, Endpoints, PeerArgs, RecvArgs, SendArgs};
+use crate::{exit, AnswerArgs, AskArgs, Common, Endpoints, PeerArgs, RecvArgs, SendArgs};
 
 /// How long a sender stays up after its last message was handed to a
 /// connection, so the bytes reach the peer before the process exits (nngcat
@@ -42,9 +42,10 @@ fn open(
     proto: Protocol,
     opts: Options,
     endpoints: &Endpoints,
-    verbose: bool,
+    common: &Common,
     prepare: impl FnOnce(&Socket) -> Result<(), Failure>,
 ) -> Result<Session, Failure> {
+    let verbose = common.verbose;
     let sock = Socket::with_options(proto, opts).map_err(|e| {
         Failure::new(
             failure::code_for(&e),
@@ -52,6 +53,23 @@ fn open(
         )
     })?;
     prepare(&sock)?;
+    let is_tls = |u: &String| pinion::Url::parse(u).is_ok_and(|u| u.is_tls());
+    let tls_failure = |e: pinion::TlsConfigError| {
+        Failure::usage(format!(
+            "{e}; check --cacert, --cert and --key (PEM files; --cert holds the key too when --key is not given)"
+        ))
+    };
+    // The socket's TLS settings apply to the endpoints opened after them:
+    // the listeners' first, then the dialers'.
+    if endpoints.listen.iter().any(is_tls) {
+        if common.tls.cert.is_none() {
+            return Err(Failure::usage(
+                "a tls+tcp:// or wss:// listener needs a certificate: give --cert (and --key)"
+                    .to_string(),
+            ));
+        }
+        sock.set_tls(common.tls.listener().map_err(tls_failure)?);
+    }
     let mut at = Vec::new();
     for url in &endpoints.listen {
         let ep = sock
@@ -61,6 +79,9 @@ fn open(
             crate::say(&format!("listening on {}", ep.url()));
         }
         at.push(ep.url().to_string());
+    }
+    if endpoints.dial.iter().any(is_tls) {
+        sock.set_tls(common.tls.dialer().map_err(tls_failure)?);
     }
     for url in &endpoints.dial {
         let ep = sock
@@ -255,7 +276,7 @@ fn receive_loop(
 /// `pull`, `sub`: print what arrives.
 pub(crate) fn recv_only(proto: Protocol, a: RecvArgs, topics: &[String]) -> Result<(), Failure> {
     let opts = options(a.printing.recv_maxsz);
-    let s = open(proto, opts, &a.endpoints, a.common.verbose, |sock| {
+    let s = open(proto, opts, &a.endpoints, &a.common, |sock| {
         if proto != Protocol::Sub0 {
             return Ok(());
         }
@@ -280,13 +301,9 @@ pub(crate) fn recv_only(proto: Protocol, a: RecvArgs, topics: &[String]) -> Resu
 /// `push`, `pub`: send `--data`.
 pub(crate) fn send_only(proto: Protocol, a: SendArgs) -> Result<(), Failure> {
     let data = load(a.data.data, a.data.file)?.unwrap_or_default();
-    let s = open(
-        proto,
-        Options::default(),
-        &a.endpoints,
-        a.common.verbose,
-        |_| Ok(()),
-    )?;
+    let s = open(proto, Options::default(), &a.endpoints, &a.common, |_| {
+        Ok(())
+    })?;
     if let Some(d) = a.delay {
         thread::sleep(d);
     }
@@ -323,7 +340,7 @@ pub(crate) fn ask(
     if let Some(t) = survey_time {
         opts.survey_time = t;
     }
-    let s = open(proto, opts, &a.endpoints, a.common.verbose, |_| Ok(()))?;
+    let s = open(proto, opts, &a.endpoints, &a.common, |_| Ok(()))?;
     let mut out = Printer::new(a.printing.format);
     if let Some(d) = a.delay {
         thread::sleep(d);
@@ -412,7 +429,7 @@ fn collect_responses(
 pub(crate) fn answer(proto: Protocol, a: AnswerArgs) -> Result<(), Failure> {
     let data = load(a.data.data, a.data.file)?;
     let opts = options(a.printing.recv_maxsz);
-    let s = open(proto, opts, &a.endpoints, a.common.verbose, |_| Ok(()))?;
+    let s = open(proto, opts, &a.endpoints, &a.common, |_| Ok(()))?;
     let mut out = Printer::new(a.printing.format);
     let what = if proto == Protocol::Rep0 {
         "a request"
@@ -433,7 +450,7 @@ pub(crate) fn answer(proto: Protocol, a: AnswerArgs) -> Result<(), Failure> {
 pub(crate) fn peer(proto: Protocol, a: PeerArgs) -> Result<(), Failure> {
     let data = load(a.data.data, a.data.file)?;
     let opts = options(a.printing.recv_maxsz);
-    let s = open(proto, opts, &a.endpoints, a.common.verbose, |_| Ok(()))?;
+    let s = open(proto, opts, &a.endpoints, &a.common, |_| Ok(()))?;
     let mut out = Printer::new(a.printing.format);
     let Some(data) = data else {
         receive_loop(&s, &mut out, a.count, a.recv_timeout, "a message", None)?;

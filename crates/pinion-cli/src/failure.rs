@@ -5,7 +5,7 @@ use std::fmt;
 use std::io::ErrorKind;
 use std::time::Duration;
 
-use pinion::{Error, Fault};
+use pinion::{Error, Fault, PeerError, TlsFault};
 
 use crate::exit;
 
@@ -97,7 +97,7 @@ pub fn endpoint(action: Action, url: &str, e: &Error) -> Failure {
     };
     let hint = match (code, action) {
         (exit::BAD_URL, _) => {
-            "write it as tcp://HOST:PORT, ipc:///PATH or inproc://NAME".to_string()
+            "write it as tcp://HOST:PORT, ipc:///PATH, inproc://NAME, ws://HOST:PORT/PATH, tls+tcp://HOST:PORT or wss://HOST:PORT/PATH".to_string()
         }
         (exit::CONNECTION_REFUSED, _) => {
             "nothing is listening there: start the listening side first, or check the address"
@@ -107,10 +107,13 @@ pub fn endpoint(action: Action, url: &str, e: &Error) -> Failure {
             "another socket is already listening there: stop it, or listen on another port or path (port 0 picks a free one)"
                 .to_string()
         }
-        (exit::PEER, _) => format!(
-            "the peer is not a compatible socket (pairs: {})",
-            crate::PEERS
-        ),
+        (exit::PEER, _) => match e {
+            Error::Peer(pe @ (PeerError::Tls(_) | PeerError::TlsOnPlainPort)) => tls_hint(pe).to_string(),
+            _ => format!(
+                "the peer is not a compatible socket (pairs: {})",
+                crate::PEERS
+            ),
+        },
         (exit::TIMED_OUT, _) => "the peer did not complete the SP handshake in time".to_string(),
         (_, Action::Dial) => "check the address, the network and that the peer is running".to_string(),
         (_, Action::Listen) => {
@@ -118,6 +121,35 @@ pub fn endpoint(action: Action, url: &str, e: &Error) -> Failure {
         }
     };
     Failure::new(code, format!("cannot {verb} {url}: {}; {hint}", detail(e)))
+}
+
+/// What to do about a TLS failure.
+fn tls_hint(e: &PeerError) -> &'static str {
+    match e {
+        PeerError::Tls(TlsFault::UnknownIssuer) => {
+            "the server's certificate is not signed by a CA this end trusts: give its CA with --cacert (or -k to skip verification)"
+        }
+        PeerError::Tls(TlsFault::NameMismatch) => {
+            "the server's certificate is not for the host dialed: dial the name it carries, or give --server-name"
+        }
+        PeerError::Tls(TlsFault::Expired | TlsFault::NotYetValid) => {
+            "the peer's certificate is outside its validity period (check both clocks)"
+        }
+        PeerError::Tls(TlsFault::PeerAlert(116)) => {
+            "the listener requires a client certificate: give --cert (and --key)"
+        }
+        PeerError::Tls(TlsFault::PeerAlert(42 | 48)) => {
+            "the listener does not trust this end's certificate: use one signed by a CA it trusts"
+        }
+        PeerError::Tls(TlsFault::PeerAlert(45)) => {
+            "the listener refused this end's certificate as expired"
+        }
+        PeerError::Tls(TlsFault::NotTls) => {
+            "the peer does not speak TLS: dial it with tcp:// or ws://"
+        }
+        PeerError::TlsOnPlainPort => "the peer speaks TLS: use tls+tcp:// or wss://",
+        _ => "the TLS handshake failed: check both ends' certificates and TLS settings",
+    }
 }
 
 /// Seconds for messages: `1.5s`.

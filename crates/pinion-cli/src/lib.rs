@@ -196,6 +196,111 @@ pub struct Common {
     /// on stderr.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tls: TlsArgs,
+}
+
+/// TLS for `tls+tcp://` and `wss://` endpoints (nngcat's flag names;
+/// ignored for other URLs).
+///
+/// Safer defaults than nngcat's: a dialer always verifies the server's
+/// certificate and name, against `--cacert` or else the system's trust
+/// anchors, unless `-k` is given (nngcat's dialer verifies nothing unless
+/// it has a certificate of its own); a listener given `--cacert` requires
+/// client certificates signed by it (mutual TLS in one flag) unless
+/// `--auth-mode` says otherwise.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "TLS (tls+tcp://, wss://)")]
+pub struct TlsArgs {
+    /// Trust anchors (PEM): a dialer checks the server's certificate
+    /// against them; a listener requires client certificates signed by
+    /// them (see --auth-mode).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// This end's certificate chain (PEM); a listener needs one. Holds the
+    /// private key too unless --key is given.
+    #[arg(long, short = 'E', value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// The private key for --cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Dialers: do not verify the server's certificate (encrypted, not
+    /// authenticated).
+    #[arg(long, short = 'k')]
+    pub insecure: bool,
+    /// Listeners: whether clients must present a certificate (default:
+    /// required with --cacert, else none).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub auth_mode: Option<AuthModeArg>,
+    /// Dialers: the name the server's certificate must carry (default: the
+    /// URL's host).
+    #[arg(long, value_name = "NAME")]
+    pub server_name: Option<String>,
+}
+
+/// `--auth-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthModeArg {
+    /// Ask for no client certificate.
+    None,
+    /// Verify a client certificate if one is sent.
+    Optional,
+    /// Require a client certificate that verifies.
+    Required,
+}
+
+impl From<AuthModeArg> for pinion::AuthMode {
+    fn from(a: AuthModeArg) -> Self {
+        match a {
+            AuthModeArg::None => pinion::AuthMode::None,
+            AuthModeArg::Optional => pinion::AuthMode::Optional,
+            AuthModeArg::Required => pinion::AuthMode::Required,
+        }
+    }
+}
+
+impl TlsArgs {
+    fn base(&self) -> Result<pinion::TlsConfig, pinion::TlsConfigError> {
+        let mut c = pinion::TlsConfig::new();
+        if let Some(ca) = &self.cacert {
+            c = c.ca_file(ca)?;
+        }
+        if let Some(cert) = &self.cert {
+            c = c.own_cert_files(cert, self.key.as_deref())?;
+        }
+        Ok(c)
+    }
+
+    /// The settings of this command's TLS listeners.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be read or holds no certificate or key.
+    pub fn listener(&self) -> Result<pinion::TlsConfig, pinion::TlsConfigError> {
+        let mode = match self.auth_mode {
+            Some(m) => m.into(),
+            None if self.cacert.is_some() => pinion::AuthMode::Required,
+            None => pinion::AuthMode::None,
+        };
+        Ok(self.base()?.auth_mode(mode))
+    }
+
+    /// The settings of this command's TLS dialers.
+    ///
+    /// # Errors
+    ///
+    /// As [`TlsArgs::listener`].
+    pub fn dialer(&self) -> Result<pinion::TlsConfig, pinion::TlsConfigError> {
+        let mut c = self
+            .base()?
+            .auth_mode(pinion::AuthMode::Required)
+            .insecure(self.insecure);
+        if let Some(n) = &self.server_name {
+            c = c.server_name(n.clone());
+        }
+        Ok(c)
+    }
 }
 
 /// How received messages are printed and limited.

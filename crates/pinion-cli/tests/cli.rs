@@ -1037,3 +1037,235 @@ fn exit_incompatible_peer() {
     let out = run(PINION, &["req", "--dial", &url, "--data", "x"]);
     assert_failure(&out, PEER, &url);
 }
+
+// ---------------------------------------------------------------------------
+// TLS: --cacert, --cert, --key, -k, --auth-mode
+// ---------------------------------------------------------------------------
+
+/// A CA, a server certificate (localhost, 127.0.0.1) and a client
+/// certificate, written as PEM files into a fresh directory (made for the
+/// test; no key is committed).
+struct TlsFiles {
+    dir: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    fn new(name: &str) -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+        let dir =
+            std::env::temp_dir().join(format!("pinion-cli-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, "cli test CA");
+        let ca_cert = p.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(p, ca_key);
+        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+        for (who, sans) in [
+            ("server", vec!["localhost".to_string()]),
+            ("client", vec![]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(sans).unwrap();
+            if who == "server" {
+                p.subject_alt_names
+                    .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+            }
+            p.distinguished_name.push(DnType::CommonName, who);
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            std::fs::write(dir.join(format!("{who}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{who}.key")), key.serialize_pem()).unwrap();
+        }
+        TlsFiles { dir }
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn tls_cacert_on_a_listener_means_mutual_tls() {
+    let f = TlsFiles::new("mutual");
+    let (ca, scert, skey) = (f.path("ca.pem"), f.path("server.pem"), f.path("server.key"));
+    let (ccert, ckey) = (f.path("client.pem"), f.path("client.key"));
+    let rep = pinion(&[
+        "rep",
+        "-v",
+        "--listen",
+        "tls+tcp://127.0.0.1:0",
+        "--cacert",
+        &ca,
+        "--cert",
+        &scert,
+        "--key",
+        &skey,
+        "--data",
+        "pong",
+        "--count",
+        "1",
+        "--format",
+        "ascii",
+    ]);
+    let url = rep.listening_url().replace("127.0.0.1", "localhost");
+    assert!(url.starts_with("tls+tcp://localhost:"), "{url}");
+
+    // No client certificate: refused, with what to do.
+    let out = run(
+        PINION,
+        &["req", "--dial", &url, "--cacert", &ca, "--data", "ping"],
+    );
+    assert_eq!(out.code, PEER, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("requires a client certificate"),
+        "{}",
+        out.stderr
+    );
+
+    // Without --cacert the dialer checks the system's roots, which do not
+    // have this CA: refused (nngcat would have connected).
+    let out = run(
+        PINION,
+        &[
+            "req", "--dial", &url, "--cert", &ccert, "--key", &ckey, "--data", "ping",
+        ],
+    );
+    assert_eq!(out.code, PEER, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not signed by a CA this end trusts"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(
+        PINION,
+        &[
+            "req", "--dial", &url, "--cacert", &ca, "--cert", &ccert, "--key", &ckey, "--data",
+            "ping", "--format", "ascii",
+        ],
+    );
+    assert_eq!(out.code, OK, "{}", out.stderr);
+    assert_eq!(out.text().trim(), "pong");
+    let r = rep.wait();
+    assert_eq!(r.code, OK, "{}", r.stderr);
+    assert_eq!(r.text().trim(), "ping");
+}
+
+#[test]
+fn tls_insecure_dialer_and_auth_mode_none() {
+    let f = TlsFiles::new("insecure");
+    let (scert, skey) = (f.path("server.pem"), f.path("server.key"));
+    // --cacert given but --auth-mode none: no client certificates asked.
+    let rep = pinion(&[
+        "rep",
+        "-v",
+        "--listen",
+        "wss://127.0.0.1:0/x",
+        "--cacert",
+        &f.path("ca.pem"),
+        "--auth-mode",
+        "none",
+        "--cert",
+        &scert,
+        "--key",
+        &skey,
+        "--data",
+        "pong",
+        "--count",
+        "1",
+    ]);
+    let url = rep.listening_url();
+    assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
+    let out = run(
+        PINION,
+        &[
+            "req", "--dial", &url, "-k", "--data", "ping", "--format", "ascii",
+        ],
+    );
+    assert_eq!(out.code, OK, "{}", out.stderr);
+    assert_eq!(out.text().trim(), "pong");
+    assert_eq!(rep.wait().code, OK);
+
+    // A TLS listener without a certificate is a usage error.
+    let out = run(PINION, &["rep", "--listen", "tls+tcp://127.0.0.1:0"]);
+    assert_eq!(out.code, USAGE, "{}", out.stderr);
+    assert!(out.stderr.contains("needs a certificate"), "{}", out.stderr);
+    // A missing file is named.
+    let out = run(
+        PINION,
+        &[
+            "rep",
+            "--listen",
+            "tls+tcp://127.0.0.1:0",
+            "--cert",
+            "/nonexistent/cert.pem",
+        ],
+    );
+    assert_eq!(out.code, USAGE, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("/nonexistent/cert.pem"),
+        "{}",
+        out.stderr
+    );
+    // TLS flags are ignored for plain URLs (as nngcat does).
+    let (p, url) = pinion_listener(&[
+        "rep",
+        "--data",
+        "pong",
+        "--count",
+        "1",
+        "--cacert",
+        "/nonexistent",
+    ]);
+    let out = run(PINION, &["req", "--dial", &url, "--data", "x", "-k"]);
+    assert_eq!(out.code, OK, "{}", out.stderr);
+    drop(p);
+}
+
+#[test]
+fn tls_nngcat_dials_a_pinion_listener_with_cacert() {
+    let f = TlsFiles::new("nngcat");
+    let rep = pinion(&[
+        "rep",
+        "-v",
+        "--listen",
+        "tls+tcp://127.0.0.1:0",
+        "--cert",
+        &f.path("server.pem"),
+        "--key",
+        &f.path("server.key"),
+        "--data",
+        "pong",
+        "--count",
+        "1",
+        "--format",
+        "ascii",
+    ]);
+    let url = rep.listening_url().replace("127.0.0.1", "localhost");
+    let out = run(
+        "nngcat",
+        &[
+            "--req0",
+            "--dial",
+            &url,
+            "--cacert",
+            &f.path("ca.pem"),
+            "--data",
+            "ping",
+            "--ascii",
+        ],
+    );
+    assert_eq!(out.code, 0, "nngcat: {}", out.stderr);
+    assert_eq!(out.text().trim(), "pong");
+    let r = rep.wait();
+    assert_eq!(r.code, OK, "{}", r.stderr);
+    assert_eq!(r.text().trim(), "ping");
+}
