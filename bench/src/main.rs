@@ -120,6 +120,20 @@ enum Cmd {
     /// pub/sub fan-out to 1, 10 and 100 subscribers and survey rounds to 100
     /// respondents, pinion (async API) vs NNG, R interleaved runs, medians.
     Fanout(fanout::FanoutArgs),
+    /// pinion over tls+tcp:// next to tcp://: push/pull throughput (64 B,
+    /// 1 KiB, 16 KiB) and req/rep latency (64 B), async API on two cores,
+    /// R interleaved runs, medians, ratios first.
+    Tls {
+        /// Runs per figure (interleaved: tcp, tls, tcp, tls, ...).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Target duration of one throughput run.
+        #[arg(long, default_value_t = 1.5)]
+        thr_secs: f64,
+        /// Target duration of one latency run.
+        #[arg(long, default_value_t = 1.0)]
+        lat_secs: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -409,6 +423,97 @@ fn accept_cmd(conns: usize, msgs: usize, repeat: usize) -> Result<()> {
     Ok(())
 }
 
+/// `tls`: tcp:// and tls+tcp:// interleaved, medians, ratios first.
+#[cfg(feature = "pinion")]
+fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
+    let tls = pinion_impl::Tls::new()?;
+    let over = |t: bool| if t { Some(&tls) } else { None };
+    let label = |t: bool| if t { "tls+tcp" } else { "tcp" };
+    let started = std::time::Instant::now();
+    let load_before = loadavg();
+    let mut rows = Vec::new();
+    for size in [64usize, 1024, 16 * 1024] {
+        // Calibrate on plain TCP (and warm both up), then use one count for
+        // both, so the two time the same work.
+        let mut count: u64 = if size >= 16 * 1024 { 2_000 } else { 20_000 };
+        loop {
+            let s = pinion_impl::throughput_over(size, count, None)?;
+            let secs = s.elapsed.as_secs_f64();
+            if secs >= 0.2 {
+                count = ((s.msgs_per_sec() * thr_secs) as u64).clamp(1_000, MAX_COUNT);
+                break;
+            }
+            count = count.saturating_mul(4);
+        }
+        pinion_impl::throughput_over(size, count / 10, Some(&tls))?;
+        let mut per = [Vec::new(), Vec::new()];
+        for _ in 0..repeat {
+            for t in [false, true] {
+                let s = pinion_impl::throughput_over(size, count, over(t))?;
+                eprintln!("thr {} {size} B: {:.0} msg/s", label(t), s.msgs_per_sec());
+                per[usize::from(t)].push(s.msgs_per_sec());
+            }
+        }
+        let (plain, tls_m) = (median(&per[0]), median(&per[1]));
+        rows.push((
+            format!("push/pull throughput {} (msg/s; higher is better)", size_label(size)),
+            tls_m / plain,
+            format!("{plain:.0}"),
+            format!("{tls_m:.0}"),
+        ));
+    }
+    let mut rts: u64 = 2_000;
+    loop {
+        let s = pinion_impl::latency_over(64, rts, None)?;
+        let secs = s.total.as_secs_f64();
+        if secs >= 0.1 {
+            rts = ((lat_secs / (secs / rts as f64)) as u64).clamp(1_000, MAX_COUNT);
+            break;
+        }
+        rts = rts.saturating_mul(4);
+    }
+    pinion_impl::latency_over(64, rts / 10, Some(&tls))?;
+    let mut mean = [Vec::new(), Vec::new()];
+    let mut p99 = [Vec::new(), Vec::new()];
+    for _ in 0..repeat {
+        for t in [false, true] {
+            let s = pinion_impl::latency_over(64, rts, over(t))?;
+            eprintln!("lat {} 64 B: {:.2} µs one-way", label(t), s.mean_oneway_us());
+            mean[usize::from(t)].push(s.mean_oneway_us());
+            p99[usize::from(t)].push(s.oneway_quantile_us(0.99));
+        }
+    }
+    let (m0, m1) = (median(&mean[0]), median(&mean[1]));
+    let (q0, q1) = (median(&p99[0]), median(&p99[1]));
+    rows.push((
+        "req/rep one-way latency 64 B, mean µs (lower is better)".into(),
+        m1 / m0,
+        format!("{m0:.2}"),
+        format!("{m1:.2}"),
+    ));
+    rows.push((
+        "req/rep one-way latency 64 B, p99 µs (lower is better)".into(),
+        q1 / q0,
+        format!("{q0:.2}"),
+        format!("{q1:.2}"),
+    ));
+    println!("{}", machine_line());
+    println!();
+    println!(
+        "Medians of R = {repeat} interleaved runs per figure; pinion async API, sender/client on core 1, receiver/server on core 0 of this one process; \
+         tls+tcp = TLS 1.3 (rustls, ring, AES-256-GCM as negotiated), server certificate ECDSA P-256; load average before/after: {load_before} / {}; total wall time {:.0} s.",
+        loadavg(),
+        started.elapsed().as_secs_f64()
+    );
+    println!();
+    println!("| figure | tls+tcp / tcp | tcp | tls+tcp |");
+    println!("|---|---:|---:|---:|");
+    for (what, r, a, b) in rows {
+        println!("| {what} | {r:.2}× | {a} | {b} |");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
@@ -420,6 +525,14 @@ fn main() -> Result<()> {
         } => accept_cmd(conns, msgs, repeat)?,
         #[cfg(not(feature = "pinion"))]
         Cmd::Accept { .. } => anyhow::bail!("the accept benchmark needs the `pinion` feature"),
+        #[cfg(feature = "pinion")]
+        Cmd::Tls {
+            repeat,
+            thr_secs,
+            lat_secs,
+        } => tls_cmd(repeat, thr_secs, lat_secs)?,
+        #[cfg(not(feature = "pinion"))]
+        Cmd::Tls { .. } => anyhow::bail!("the tls benchmark needs the `pinion` feature"),
         Cmd::Trie { msgs, repeat } => {
             println!("| subscriptions | sub0 trie (ns/msg, median) | linear scan (ns/msg, median) | linear / trie |");
             println!("|---:|---:|---:|---:|");

@@ -60,6 +60,48 @@ mod imp {
     };
 
     const LISTEN: &str = "tcp://127.0.0.1:0";
+    const LISTEN_TLS: &str = "tls+tcp://127.0.0.1:0";
+
+    /// The two ends' TLS settings for `tls+tcp://` runs: a CA and a server
+    /// certificate for 127.0.0.1 made for the run (rcgen, ECDSA P-256).
+    #[derive(Clone)]
+    pub struct Tls {
+        server: pinion::TlsConfig,
+        client: pinion::TlsConfig,
+    }
+
+    impl Tls {
+        pub fn new() -> Result<Tls> {
+            use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+            let ca_key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(Vec::<String>::new())?;
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca = p.self_signed(&ca_key)?;
+            let issuer = Issuer::new(p, ca_key);
+            let key = KeyPair::generate()?;
+            let mut p = CertificateParams::new(vec!["localhost".to_string()])?;
+            p.subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse()?));
+            let leaf = p.signed_by(&key, &issuer)?;
+            Ok(Tls {
+                server: pinion::TlsConfig::new()
+                    .own_cert_pem(leaf.pem().as_bytes(), key.serialize_pem().as_bytes())?,
+                client: pinion::TlsConfig::new().ca_pem(ca.pem().as_bytes())?,
+            })
+        }
+    }
+
+    /// push/pull throughput with the async API on two cores, over
+    /// `tls+tcp://` (with `tls`) or `tcp://`.
+    pub fn throughput_over(size: usize, count: u64, tls: Option<&Tls>) -> Result<ThrSample> {
+        thr_async(size, count, false, tls.cloned())
+    }
+
+    /// req/rep latency with the async API on two cores, over `tls+tcp://`
+    /// (with `tls`) or `tcp://`.
+    pub fn latency_over(size: usize, roundtrips: u64, tls: Option<&Tls>) -> Result<LatSample> {
+        lat_async(LatProto::Reqrep, size, roundtrips, false, tls.cloned())
+    }
 
     pub fn available() -> Result<()> {
         // Starting the global runtime is the one thing that can fail up front.
@@ -102,8 +144,8 @@ mod imp {
     pub fn throughput(api: PinionApi, size: usize, count: u64) -> Result<ThrSample> {
         match api {
             PinionApi::Blocking => thr_blocking(size, count),
-            PinionApi::Async => thr_async(size, count, false),
-            PinionApi::OneCore => thr_async(size, count, true),
+            PinionApi::Async => thr_async(size, count, false, None),
+            PinionApi::OneCore => thr_async(size, count, true, None),
         }
     }
 
@@ -115,8 +157,8 @@ mod imp {
     ) -> Result<LatSample> {
         match api {
             PinionApi::Blocking => lat_blocking(proto, size, roundtrips),
-            PinionApi::Async => lat_async(proto, size, roundtrips, false),
-            PinionApi::OneCore => lat_async(proto, size, roundtrips, true),
+            PinionApi::Async => lat_async(proto, size, roundtrips, false, None),
+            PinionApi::OneCore => lat_async(proto, size, roundtrips, true, None),
         }
     }
 
@@ -164,12 +206,20 @@ mod imp {
         Ok(sample)
     }
 
-    fn thr_async(size: usize, count: u64, one_core: bool) -> Result<ThrSample> {
+    fn thr_async(size: usize, count: u64, one_core: bool, tls: Option<Tls>) -> Result<ThrSample> {
         let (done_tx, done_rx) = tokio_oneshot();
         let (url_tx, url_rx) = tokio_oneshot::<String>();
+        let client_tls = tls.as_ref().map(|t| t.client.clone());
         let receiver = async move {
             let pull = Socket::new(Protocol::Pull0).context("pinion socket")?;
-            let ep = pull.listen(LISTEN).await.context("pinion listen")?;
+            let listen = match tls {
+                Some(t) => {
+                    pull.set_tls(t.server);
+                    LISTEN_TLS
+                }
+                None => LISTEN,
+            };
+            let ep = pull.listen(listen).await.context("pinion listen")?;
             let _ = url_tx.send(ep.url().to_string());
             let sync = pull.recv().await.context("pinion recv sync")?;
             ensure!(sync.is_empty(), "sync message has {} bytes", sync.len());
@@ -188,6 +238,9 @@ mod imp {
         };
         let sender = async move {
             let push = Socket::new(Protocol::Push0).context("pinion socket")?;
+            if let Some(c) = client_tls {
+                push.set_tls(c);
+            }
             let url = url_rx.await.context("pinion listener failed")?;
             push.dial(&url)
                 .await
@@ -269,8 +322,10 @@ mod imp {
         size: usize,
         roundtrips: u64,
         one_core: bool,
+        tls: Option<Tls>,
     ) -> Result<LatSample> {
         let (srv_proto, cli_proto) = protos(proto);
+        let client_tls = tls.as_ref().map(|t| t.client.clone());
         // Sockets are opened inside the tasks, so each is homed on the core
         // its task runs on (and its pipe joins it there).
         let warmup = warmup_roundtrips(roundtrips);
@@ -278,7 +333,14 @@ mod imp {
         let (done_tx, done_rx) = tokio_oneshot();
         let echo = async move {
             let server = Socket::new(srv_proto).context("pinion socket")?;
-            let ep = server.listen(LISTEN).await.context("pinion listen")?;
+            let listen = match tls {
+                Some(t) => {
+                    server.set_tls(t.server);
+                    LISTEN_TLS
+                }
+                None => LISTEN,
+            };
+            let ep = server.listen(listen).await.context("pinion listen")?;
             let _ = url_tx.send(ep.url().to_string());
             for _ in 0..warmup + roundtrips {
                 let m = server.recv().await.context("pinion echo recv")?;
@@ -289,6 +351,9 @@ mod imp {
         };
         let measure = async move {
             let client = Socket::new(cli_proto).context("pinion socket")?;
+            if let Some(c) = client_tls {
+                client.set_tls(c);
+            }
             let url = url_rx.await.context("pinion listener failed")?;
             client
                 .dial(&url)
@@ -334,6 +399,8 @@ mod imp {
 }
 
 pub use imp::{available, latency, throughput};
+#[cfg(feature = "pinion")]
+pub use imp::{latency_over, throughput_over, Tls};
 
 #[allow(dead_code)] // used only without the `pinion` feature
 pub const NOT_AVAILABLE: &str = "pinion facade not available yet";
