@@ -456,7 +456,10 @@ fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
         }
         let (plain, tls_m) = (median(&per[0]), median(&per[1]));
         rows.push((
-            format!("push/pull throughput {} (msg/s; higher is better)", size_label(size)),
+            format!(
+                "push/pull throughput {} (msg/s; higher is better)",
+                size_label(size)
+            ),
             tls_m / plain,
             format!("{plain:.0}"),
             format!("{tls_m:.0}"),
@@ -478,7 +481,11 @@ fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
     for _ in 0..repeat {
         for t in [false, true] {
             let s = pinion_impl::latency_over(64, rts, over(t))?;
-            eprintln!("lat {} 64 B: {:.2} µs one-way", label(t), s.mean_oneway_us());
+            eprintln!(
+                "lat {} 64 B: {:.2} µs one-way",
+                label(t),
+                s.mean_oneway_us()
+            );
             mean[usize::from(t)].push(s.mean_oneway_us());
             p99[usize::from(t)].push(s.oneway_quantile_us(0.99));
         }

@@ -55,6 +55,7 @@ pub mod failure;
 pub mod format;
 pub mod hub;
 pub mod subscribe;
+pub mod token;
 
 pub use failure::Failure;
 pub use format::Format;
@@ -524,6 +525,15 @@ pub enum Command {
     /// Inspect a hub log file: cat, verify, stat.
     #[command(subcommand)]
     Log(hub::LogCommand),
+    /// Tokens for a hub with authentication on: keygen, issue, verify.
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  pinion token keygen --out hub.key                 # hub.key + hub.key.pub
+  pinion token issue --key hub.key --pub orders. --sub orders. --ttl 1h
+  pinion token verify --key hub.key.pub eyJ0eXAi..."
+    )]
+    Token(token::TokenCommand),
     /// Benchmarks (publish: the hub against Redis, NATS and the disk).
     #[command(subcommand)]
     Bench(hub::BenchCommand),
@@ -661,6 +671,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             .map_err(|e| Failure::new(failure::code_for(&e), format!("demo failed: {e}"))),
         Command::Serve(a) => hub::serve(a),
         Command::Publish(a) => hub::publish(a),
+        Command::Token(c) => token::run(c),
         Command::Subscribe(a) => subscribe::run(a),
         Command::Log(c) => hub::log(c),
         Command::Bench(c) => hub::bench(c),

@@ -797,7 +797,10 @@ fn mtls_pynng_server_requires_client_cert() {
     // the client's side of the handshake completes first; Mbed TLS 3.6 then
     // sends its alert under the handshake keys, which the client cannot
     // decrypt -- OpenSSL's s_client reports bad_record_mac -- so the fault
-    // seen here is TlsFault::Protocol rather than PeerAlert(_).)
+    // seen here is TlsFault::Protocol rather than PeerAlert(_).) About one
+    // run in 75 here NNG closes the connection before that alert is out:
+    // pinion then sees the stream end inside the handshake, an I/O error
+    // (UnexpectedEof). Either way the dial must fail and add no pipe.
     let bare = socket(Protocol::Req0, client_tls(&pki));
     match bare.dial(&url) {
         Ok(_) => peer.fail(format!(
@@ -807,11 +810,24 @@ fn mtls_pynng_server_requires_client_cert() {
         Err(Error::Peer(PeerError::Tls(f))) => {
             eprintln!("pinion dial without a client certificate: TlsFault::{f:?} ({f})");
         }
+        Err(Error::Io { op, ref source, .. })
+            if op == "handshake"
+                && matches!(
+                    source.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) =>
+        {
+            eprintln!(
+                "NOTE: pinion dial without a client certificate: the server closed the \
+                 connection without an alert: {source}"
+            );
+        }
         Err(e) => peer.fail(format!(
             "pinion dial without a client certificate: want Error::Peer(PeerError::Tls(_)), got {e:?}; stats {:?}",
             bare.stats()
         )),
     }
+    assert_eq!(bare.stats().pipes_added, 0, "{:?}", bare.stats());
     bare.close();
 
     // With one: served, and NNG names the client.
@@ -852,11 +868,15 @@ fn wrong_ca_client_refused_listener_keeps_serving() {
     .finish();
     eprintln!("wrong-CA pynng client: {res}");
     // The client refuses pinion's certificate and says so with an alert:
-    // pinion counts a TLS failure (not a rejected certificate: it rejected
-    // nothing).
+    // pinion counts a TLS failure. It rejected no certificate itself.
+    // (About one run in 40 here, the connection is reset without the alert
+    // having reached pinion: counted in io_errors. The test prints which.)
     let ok = eventually(Duration::from_secs(5), || {
-        rep.stats().tls_failures > before.tls_failures
+        let s = rep.stats();
+        s.tls_failures > before.tls_failures || s.io_errors > before.io_errors
     });
+    // Let a late counter settle before reading which one moved.
+    thread::sleep(Duration::from_millis(50));
     let after = rep.stats();
     eprintln!(
         "wrong-CA client, pinion listener stats: {}",
@@ -864,7 +884,19 @@ fn wrong_ca_client_refused_listener_keeps_serving() {
     );
     assert!(
         ok,
-        "tls_failures did not increase: {}",
+        "neither tls_failures nor io_errors increased: {}",
+        stats_diff(&before, &after)
+    );
+    if after.tls_failures == before.tls_failures {
+        eprintln!(
+            "NOTE: the wrong-CA client's refusal was counted in io_errors, not tls_failures \
+             (no TLS alert arrived before the connection was reset)"
+        );
+    }
+    assert_eq!(
+        after.tls_cert_rejected,
+        before.tls_cert_rejected,
+        "pinion has no client certificate to reject: {}",
         stats_diff(&before, &after)
     );
     assert_eq!(
@@ -1131,13 +1163,34 @@ fn nngcat_insecure_to_unknown_ca() {
         cat.stderr.lock().unwrap().trim()
     );
     drop(cat);
+    // Counted as a TLS failure (nngcat's alert), or, as with pynng in
+    // wrong_ca_client_refused_listener_keeps_serving, rarely as an I/O error.
     let ok = eventually(Duration::from_secs(3), || {
-        rep.stats().tls_failures > before.tls_failures
+        let s = rep.stats();
+        s.tls_failures > before.tls_failures || s.io_errors > before.io_errors
     });
+    thread::sleep(Duration::from_millis(50));
+    let after = rep.stats();
+    eprintln!(
+        "nngcat with the wrong CA, pinion listener stats: {}",
+        stats_diff(&before, &after)
+    );
     assert!(
         ok,
-        "tls_failures did not increase: {}",
-        stats_diff(&before, &rep.stats())
+        "neither tls_failures nor io_errors increased: {}",
+        stats_diff(&before, &after)
+    );
+    assert_eq!(
+        after.tls_cert_rejected,
+        before.tls_cert_rejected,
+        "{}",
+        stats_diff(&before, &after)
+    );
+    assert_eq!(
+        after.pipes_added,
+        before.pipes_added,
+        "{}",
+        stats_diff(&before, &after)
     );
 
     // -k: no verification; served.
