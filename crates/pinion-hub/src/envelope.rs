@@ -87,6 +87,7 @@ mod tests {
             seq: Some(7),
             topic: topic.map(String::from),
             payload: Some(vec![b'x'; payload].into()),
+            token: None,
         }
         .encode_to_vec()
         .into()

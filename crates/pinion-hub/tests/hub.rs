@@ -169,6 +169,7 @@ fn nacks_keep_the_connection_on_tcp_and_ipc() {
                 seq: Some(seq),
                 topic: Some("x".into()),
                 payload: Some(vec![1; n].into()),
+                token: None,
             }
             .encode_to_vec()
         };

@@ -65,6 +65,7 @@ fn publish_once_each(url: &str, clients: &[u32]) -> HashMap<u32, (u64, bool)> {
                 seq: Some(1),
                 topic: Some("r".into()),
                 payload: Some(vec![0u8; 8].into()),
+                token: None,
             }
             .encode_to_vec();
             let mut m = Message::from_body(body);

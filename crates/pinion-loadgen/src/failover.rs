@@ -132,6 +132,7 @@ impl Conn {
             seq: Some(seq),
             topic: Some("failover".into()),
             payload: Some(vec![b'x'; 64].into()),
+            token: None,
         }
         .encode_to_vec();
         let mut frame = Vec::with_capacity(12 + body.len());

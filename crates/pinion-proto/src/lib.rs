@@ -203,6 +203,7 @@ mod tests {
             seq: Some(3),
             topic: Some("t".into()),
             payload: Some(vec![5].into()),
+            token: Some("a token an older hub skips".into()),
         };
         let o = OldPublish::decode(&cur.encode_to_vec()[..]).unwrap();
         assert_eq!(

@@ -24,7 +24,7 @@ pub enum StreamIo {
     Ipc(UnixStream),
     /// TLS over TCP, after its handshake. The socket driver never writes
     /// to it directly (its pipes offer no write-through).
-    Tls(crate::transport::tls::io::TlsIo),
+    Tls(Box<crate::transport::tls::io::TlsIo>),
 }
 
 impl StreamIo {

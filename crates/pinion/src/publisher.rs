@@ -61,6 +61,10 @@ pub struct PublisherOptions {
     pub retry_transient: Option<Duration>,
     /// Pause before a transient NACK's retry. Default 100 ms.
     pub retry_backoff: Duration,
+    /// A token (`pinion token issue`) for a hub with authentication on,
+    /// sent with every publish. `None` (the default): none sent. Replace it
+    /// before it expires with [`Publisher::set_token`].
+    pub token: Option<String>,
 }
 
 impl Default for PublisherOptions {
@@ -72,6 +76,7 @@ impl Default for PublisherOptions {
             resend_after: Duration::from_secs(1),
             retry_transient: None,
             retry_backoff: Duration::from_millis(100),
+            token: None,
         }
     }
 }
@@ -220,6 +225,12 @@ impl Publisher {
         }
     }
 
+    /// Replaces the token sent with the publishes made from now on (one
+    /// already sent is resent as it was).
+    pub fn set_token(&mut self, token: Option<String>) {
+        self.opts.token = token;
+    }
+
     /// Sends one message without waiting for its answer, returning its seq.
     /// With [`PublisherOptions::window`] requests in flight it first waits
     /// for an answer (kept for [`Publisher::recv`]).
@@ -236,6 +247,7 @@ impl Publisher {
             seq: Some(seq),
             topic: Some(topic.to_string()),
             payload: Some(payload),
+            token: self.opts.token.clone(),
         }
         .encode_to_vec()
         .into();

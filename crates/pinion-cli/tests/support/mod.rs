@@ -135,6 +135,7 @@ pub fn publish_to(req: &Socket, client: [u8; 16], seq: u64, topic: &str, payload
         seq: Some(seq),
         topic: Some(topic.into()),
         payload: Some(payload.as_bytes().to_vec().into()),
+        token: None,
     };
     req.send(p.encode_to_vec()).unwrap();
     Reply::decode(req.recv().unwrap()).unwrap()

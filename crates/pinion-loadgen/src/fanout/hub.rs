@@ -297,6 +297,7 @@ impl Publisher {
                 seq: Some(0),
                 topic: None,
                 payload: None,
+                token: None,
             },
             next_id: (crate::rand_u64() as u32) & 0x7fff_ffff,
             out: Vec::with_capacity(256),

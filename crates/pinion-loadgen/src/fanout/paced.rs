@@ -144,6 +144,7 @@ pub(crate) fn publish(p: &PacedPlan<'_>, bar: &ProgressBar) -> Result<PacedOut, 
         seq: Some(0),
         topic: None,
         payload: None,
+        token: None,
     };
     let mut out = Vec::with_capacity(p.size + 64);
     let mut lag = new_histogram();

@@ -171,6 +171,7 @@ impl SpPublish {
                 seq: Some(0),
                 topic: Some("bench".into()),
                 payload: Some(payload.to_vec().into()),
+                token: None,
             },
             ids: vec![0; pipeline],
             generation: 0,

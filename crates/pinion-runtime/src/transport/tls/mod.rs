@@ -437,7 +437,7 @@ pub(crate) async fn open(
 ) -> Result<(crate::stream::StreamIo, Option<Arc<PeerIdentity>>), OpenError> {
     match tokio::time::timeout_at(deadline, conn.handshake()).await {
         Err(_) => Err(OpenError::Peer(pinion_core::PeerError::HandshakeTimeout)),
-        Ok(Ok((tls, peer))) => Ok((crate::stream::StreamIo::Tls(tls), peer)),
+        Ok(Ok((tls, peer))) => Ok((crate::stream::StreamIo::Tls(Box::new(tls)), peer)),
         Ok(Err(e)) => match io::peer_error(&e) {
             Some(pe) => Err(OpenError::Peer(pe)),
             None => Err(OpenError::Io(e)),
