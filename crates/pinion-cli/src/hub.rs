@@ -25,6 +25,13 @@ pub struct ServeArgs {
     /// ipc://DATA_DIR/hub.ipc; env PINION_LISTEN, comma-separated].
     #[arg(long, value_name = "URL")]
     pub listen: Vec<String>,
+    /// Turn authentication on: check tokens with this key (repeatable; an
+    /// Ed25519 public key `FILE.pub` from `pinion token keygen`, or an
+    /// HS256 secret file). Publishes then need a token allowing their
+    /// topic, subscribers one allowing theirs, and the dashboard, /metrics
+    /// and /stats an admin token. Off by default [config: [auth] keys].
+    #[arg(long, value_name = "FILE")]
+    pub auth_key: Vec<PathBuf>,
     /// Subscriber endpoint, SP PUB over TCP (repeatable; any NNG SUB can
     /// dial it) [default: tcp://127.0.0.1:7451; env PINION_SUBSCRIBE].
     #[arg(long, value_name = "URL")]
@@ -160,6 +167,13 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
     if !a.subscribe.is_empty() {
         cfg.subscribe = a.subscribe.clone();
     }
+    if !a.auth_key.is_empty() {
+        let leeway_secs = cfg.auth.as_ref().map_or(0, |x| x.leeway_secs);
+        cfg.auth = Some(pinion_hub::auth::AuthConfig {
+            keys: a.auth_key.clone(),
+            leeway_secs,
+        });
+    }
     if let Some(h) = &a.http {
         cfg.http = (h != "off" && !h.is_empty()).then(|| h.clone());
     }
@@ -254,6 +268,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
             HubError::Config(_) => exit::USAGE,
             HubError::Listen { source, .. } => crate::failure::code_for(source),
             HubError::Locked(_) => exit::ADDRESS_IN_USE,
+            HubError::Auth(_) => exit::USAGE,
             _ => exit::IO,
         };
         Failure::new(code, format!("cannot start the hub: {e}"))
@@ -272,6 +287,15 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
     );
     if let Some(t) = &r.truncated {
         tracing::warn!("{t}");
+    }
+    match &cfg.auth {
+        Some(a) => tracing::info!(
+            keys = %a.keys.iter().map(|k| k.display().to_string()).collect::<Vec<_>>().join(", "),
+            "authentication ON: publishes need a token allowing their topic, subscribers one allowing theirs, the dashboard, /metrics and /stats an admin token; plain SP subscribers are refused"
+        ),
+        None => tracing::info!(
+            "authentication OFF: anyone who can reach these ports may publish, subscribe and read the dashboard (turn it on with --auth-key or [auth] keys)"
+        ),
     }
     for url in hub.endpoints() {
         tracing::info!(%url, "listening for publishers");
@@ -363,6 +387,15 @@ pub struct PublishArgs {
     /// reporting the NACK [default: report at once].
     #[arg(long, value_name = "SECS")]
     pub retry_for: Option<f64>,
+    /// A token for a hub with authentication on (`pinion token issue`),
+    /// sent with every message [env PINION_TOKEN].
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PINION_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
     /// Print only the summary, not one line per message.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -404,6 +437,7 @@ pub fn publish(a: PublishArgs) -> Result<(), Failure> {
             .retry_for
             .filter(|s| s.is_finite() && *s > 0.0)
             .map(|s| Duration::from_secs_f64(s.min(86_400.0))),
+        token: a.token.clone().filter(|t| !t.is_empty()),
         ..PublisherOptions::default()
     };
     if let Some(id) = a.client_id {

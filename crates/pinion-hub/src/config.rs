@@ -279,6 +279,8 @@ pub struct HubConfig {
     pub fanout_send: FanoutSend,
     /// Cluster mode (`[cluster]`): `None` is the single node.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// Authentication and authorization (`[auth]`; off when `None`).
+    pub auth: Option<crate::auth::AuthConfig>,
 }
 
 /// Longest duration a setting may hold (a day): longer ones overflow
@@ -318,6 +320,7 @@ impl Default for HubConfig {
             max_fanout_backlog: 64 << 20,
             fanout_send: FanoutSend::default(),
             cluster: None,
+            auth: None,
         }
     }
 }
@@ -387,6 +390,16 @@ struct FileConfig {
     max_fanout_backlog: Option<usize>,
     fanout_send: Option<String>,
     cluster: Option<FileCluster>,
+    auth: Option<FileAuth>,
+}
+
+/// `[auth]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    /// Key files tokens are checked with.
+    keys: Vec<PathBuf>,
+    leeway_secs: Option<u64>,
 }
 
 /// `[cluster]` in the TOML file.
@@ -434,6 +447,17 @@ impl HubConfig {
     /// Applies TOML text (errors as the parser's message).
     pub fn apply_toml(&mut self, text: &str) -> Result<(), String> {
         let f: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(a) = &f.auth {
+            if a.keys.is_empty() {
+                return Err(
+                    "[auth] keys: give at least one key file (see `pinion token keygen`)".into(),
+                );
+            }
+            self.auth = Some(crate::auth::AuthConfig {
+                keys: a.keys.clone(),
+                leeway_secs: a.leeway_secs.unwrap_or(0),
+            });
+        }
         if let Some(v) = f.data_dir {
             self.data_dir = v;
         }

@@ -17,6 +17,9 @@ pub struct Checked {
     /// Payload (≤ the hub's max): a slice of the request's buffer, not a
     /// copy.
     pub payload: Bytes,
+    /// The request's token, if it carries one (checked by the intake when
+    /// authentication is on).
+    pub token: Option<String>,
 }
 
 /// Decodes and checks one request body; `Err` is the NACK to send back.
@@ -66,6 +69,7 @@ pub fn check(body: &Bytes, max_payload: usize) -> Result<Checked, Reply> {
         seq,
         topic,
         payload,
+        token: p.token,
     })
 }
 

@@ -151,6 +151,8 @@ pub(crate) struct Intake {
     pub max_payload: usize,
     pub max_total: usize,
     pub max_per_conn: usize,
+    /// Tokens this core has checked (authentication on).
+    pub tokens: crate::auth::TokenCache,
 }
 
 fn pipe_of(m: &Message) -> u32 {
@@ -240,7 +242,7 @@ impl Intake {
             self.send(m.header, r).await;
             return;
         }
-        let req = match envelope::check(&m.body, self.max_payload) {
+        let mut req = match envelope::check(&m.body, self.max_payload) {
             Ok(req) => req,
             Err(nack) => {
                 self.shared.stats.nacks.fetch_add(1, Ordering::Relaxed);
@@ -249,6 +251,33 @@ impl Intake {
             }
         };
         let pipe = pipe_of(&m);
+        // The token is checked here and not kept with the request.
+        let token = req.token.take();
+        if let Some(auth) = &self.shared.auth {
+            let conn = match token {
+                None => self.shared.conn_claims[self.core]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&pipe)
+                    .cloned(),
+                Some(_) => None,
+            };
+            let now = pinion_auth::Verifier::now();
+            let r = self
+                .tokens
+                .publish(auth, token.as_deref(), conn.as_deref(), &req.topic, now);
+            if let Err(refused) = r {
+                let code = if refused.reason.is_forbidden() {
+                    Code::Forbidden
+                } else {
+                    Code::Unauthenticated
+                };
+                self.shared.stats.nacks.fetch_add(1, Ordering::Relaxed);
+                let nack = Reply::nack(Some(req.seq), code, refused.message);
+                self.send(m.header, nack).await;
+                return;
+            }
+        }
         let cost = m.body.len() + OVERHEAD;
         let used = per_pipe.get(&pipe).copied().unwrap_or(0);
         if let Some(q) = held.get_mut(&pipe) {

@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod envelope;
@@ -128,6 +129,9 @@ pub enum HubError {
     /// be bound, a membership record of the log does not decode, …).
     #[error("cluster: {0}")]
     Cluster(String),
+    /// `[auth]`: a key file that cannot be read or used.
+    #[error("authentication: {0}")]
+    Auth(String),
 }
 
 /// State shared by the cores and the writer (atomics only).
@@ -142,6 +146,13 @@ pub(crate) struct Shared {
     pub log_ok: AtomicBool,
     pub stats: HubStats,
     pub latency: LatencyBuckets,
+    /// Authentication, when on.
+    pub auth: Option<Arc<auth::HubAuth>>,
+    /// Per core: the claims of the WebSocket `/pub` connections opened with
+    /// a token, by the pipe id of that core's REP socket (publishes on them
+    /// may leave the token out).
+    pub conn_claims:
+        Vec<std::sync::Mutex<std::collections::HashMap<u32, Arc<pinion_auth::Claims>>>>,
 }
 
 impl Shared {
@@ -307,6 +318,12 @@ impl Hub {
     /// endpoints and starts serving.
     pub fn start(cfg: HubConfig) -> Result<Hub, HubError> {
         cfg.validate()?;
+        let auth = match &cfg.auth {
+            Some(a) => Some(Arc::new(
+                auth::HubAuth::new(a).map_err(|e| HubError::Auth(e.to_string()))?,
+            )),
+            None => None,
+        };
         let dir = cfg.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
             op: "create data directory",
@@ -439,6 +456,8 @@ impl Hub {
             log_ok: AtomicBool::new(true),
             stats: HubStats::default(),
             latency: LatencyBuckets::default(),
+            auth,
+            conn_claims: (0..rt.cores()).map(|_| Default::default()).collect(),
         });
         let opts = Options {
             raw: true,
@@ -746,6 +765,7 @@ impl Hub {
                 max_payload: cfg.max_payload,
                 max_total: cfg.max_inflight_bytes,
                 max_per_conn: cfg.max_inflight_bytes_per_conn,
+                tokens: Default::default(),
             };
             rt.spawn_on(core, intake.run());
         }

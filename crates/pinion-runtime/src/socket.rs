@@ -534,6 +534,7 @@ impl SocketHandle {
     /// runs on the calling core, which must be one of this runtime's.
     pub fn adopt_ws(&self, tcp: std::net::TcpStream, path: &str) -> Result<(), Error> {
         self.adopt_ws_read(tcp, path, Vec::new(), Box::new(()))
+            .map(|_| ())
     }
 
     /// Like [`adopt_ws`](Self::adopt_ws), for a connection whose request
@@ -546,14 +547,16 @@ impl SocketHandle {
     /// (say, the application's count of open connections); it is told the
     /// peer's fault if one ends the pipe ([`Adopted::peer_fault`]: a
     /// refused upgrade, a framing violation, an oversize message, a
-    /// flood).
+    /// flood). Returns the pipe's id, which the messages received on it
+    /// carry ([`Message::pipe`](pinion_core::Message::pipe), and a raw REP
+    /// socket's first header word).
     pub fn adopt_ws_read(
         &self,
         tcp: std::net::TcpStream,
         path: &str,
         read: Vec<u8>,
         mut hold: Box<dyn Adopted>,
-    ) -> Result<(), Error> {
+    ) -> Result<PipeId, Error> {
         let (core, sh) = self.adopting("adopt_ws called outside a core")?;
         let conn = Conn::adopt(crate::transport::Portable::Ws(
             crate::transport::ws::PortableWs {
@@ -575,7 +578,7 @@ impl SocketHandle {
                 hold.peer_fault(&e);
             }
         });
-        Ok(())
+        Ok(pipe)
     }
 
     /// Adopts a TCP connection the application accepted itself (nothing

@@ -155,7 +155,7 @@ impl Socket {
         path: &str,
         read: Vec<u8>,
         hold: Box<dyn crate::Adopted>,
-    ) -> crate::Result<()> {
+    ) -> crate::Result<crate::PipeId> {
         self.h.adopt_ws_read(tcp, path, read, hold)
     }
 
