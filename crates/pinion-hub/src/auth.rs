@@ -188,13 +188,21 @@ impl HubAuth {
         })
     }
 
-    /// The algorithms the hub accepts, for the start-up log.
-    pub fn describe(&self, cfg: &AuthConfig) -> String {
-        cfg.keys
-            .iter()
-            .map(|k| k.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+    /// `pinion_auth_refused_total{reason}` in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut m = String::from(
+            "# HELP pinion_auth_refused_total Requests and connections refused by authentication, by reason.\n\
+             # TYPE pinion_auth_refused_total counter\n",
+        );
+        for (r, n) in Reason::ALL.iter().zip(self.refused()) {
+            let _ = writeln!(
+                m,
+                "pinion_auth_refused_total{{reason=\"{}\"}} {n}",
+                r.label()
+            );
+        }
+        m
     }
 
     /// Counts a refusal.

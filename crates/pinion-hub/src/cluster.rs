@@ -943,6 +943,8 @@ mod tests {
                 log_ok: AtomicBool::new(true),
                 stats: crate::HubStats::default(),
                 latency: crate::LatencyBuckets::default(),
+                auth: None,
+                conn_claims: Vec::new(),
             });
             // A bound of one byte: nothing fits while the core holds a batch.
             let gate = FanGate::new(1, 0, 1);

@@ -355,6 +355,8 @@ mod tests {
             log_ok: AtomicBool::new(true),
             stats: HubStats::default(),
             latency: LatencyBuckets::default(),
+            auth: None,
+            conn_claims: Vec::new(),
         })
     }
 

@@ -210,6 +210,8 @@ pub struct Head {
     pub protocols: Vec<String>,
     /// A `Content-Length` other than 0, or a `Transfer-Encoding`.
     pub has_body: bool,
+    /// The token of an `Authorization: Bearer …` header.
+    pub bearer: Option<String>,
 }
 
 /// Why a request head was refused (the peer's fault).
@@ -279,6 +281,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, HeadError> {
             h.has_body |= v.trim() != "0";
         } else if hd.name.eq_ignore_ascii_case("transfer-encoding") {
             h.has_body = true;
+        } else if hd.name.eq_ignore_ascii_case("authorization") {
+            let v = v.trim();
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+                h.bearer = Some(v[7..].trim().to_string());
+            }
         }
     }
     h.upgrade_ws = upgrade && connection_upgrade;
@@ -527,6 +534,28 @@ async fn connection(
     }
     // What came after the head: a WebSocket client's first frames.
     let rest = read.get(head.len..).unwrap_or_default();
+    // With authentication on, the dashboard and the figures need an admin
+    // token (the health checks stay open: load balancers ask them).
+    if let Some(auth) = &web.shared.auth {
+        if matches!(
+            head.path.as_str(),
+            "/" | "/index.html" | "/metrics" | "/stats"
+        ) {
+            let checked = auth
+                .verify(token_of(&head).as_deref())
+                .and_then(|c| crate::auth::HubAuth::may_administer(&c));
+            if let Err(refused) = checked {
+                auth.count(&refused);
+                let (status, extra) = if refused.reason.is_forbidden() {
+                    ("403 Forbidden", "")
+                } else {
+                    ("401 Unauthorized", "WWW-Authenticate: Bearer\r\n")
+                };
+                let body = format!("{}\n", refused.message);
+                return respond(&mut s, web, status, "text/plain", extra, body.as_bytes()).await;
+            }
+        }
+    }
     match head.path.as_str() {
         "/" | "/index.html" => {
             let html = INDEX_HTML.as_bytes();
@@ -619,6 +648,39 @@ async fn connection(
     }
 }
 
+/// The request's token: an `Authorization: Bearer` header, else a
+/// `token=` query parameter (what browsers can send).
+fn token_of(head: &Head) -> Option<String> {
+    if let Some(b) = &head.bearer {
+        return Some(b.clone());
+    }
+    head.query.split('&').find_map(|pair| {
+        let v = pair.strip_prefix("token=")?;
+        percent_decode(v).map(|b| String::from_utf8_lossy(&b).into_owned())
+    })
+}
+
+/// Answers a WebSocket upgrade and closes it at once with `code` and
+/// `reason` (a subscriber refused by authentication: browsers only see a
+/// close code, never an HTTP status).
+async fn upgrade_and_close(
+    s: &mut TcpStream,
+    head: &Head,
+    protocol: Option<&str>,
+    code: u16,
+    reason: &str,
+    web: &Web,
+) -> std::io::Result<()> {
+    if !accept_upgrade(s, head, protocol, web).await? {
+        return Ok(());
+    }
+    let mut out = BytesMut::new();
+    crate::fanout::ws_close(code, reason, &mut out);
+    write_timed(s, &out, web).await?;
+    let _ = s.shutdown().await;
+    Ok(())
+}
+
 /// `/pub`: SP REQ/REP over WebSocket, served by the core's REP socket. The
 /// head is checked here first (so a bad upgrade is counted like the other
 /// routes' and answered at once), then the connection goes to the socket
@@ -646,11 +708,92 @@ async fn publish(
             return respond(&mut s, web, status, "text/plain", "", b"too many headers\n").await;
         }
     }
+    // With authentication on, a token given at the upgrade (header or
+    // `?token=`) covers the connection's publishes that carry none. A bad
+    // one refuses the connection: 4401/4403 as for /sub.
+    let mut claims = None;
+    if let Some(auth) = &web.shared.auth {
+        if let Some(t) = token_of(head) {
+            match auth.verify(Some(&t)) {
+                Ok(c) => claims = Some(c),
+                Err(refused) => {
+                    auth.count(&refused);
+                    let proto = Some("rep.sp.nanomsg.org");
+                    let (code, why) = (refused.close_code(), refused.message.clone());
+                    return upgrade_and_close(&mut s, head, proto, code, &why, web).await;
+                }
+            }
+        }
+    }
     let std = s.into_std()?;
-    if let Err(e) = web.socks[core].adopt_ws_read(std, "/pub", read, Box::new(conn)) {
-        tracing::warn!(error = %e, "cannot adopt a /pub connection");
+    let entry = Arc::new(std::sync::Mutex::new(ClaimsEntry::Pending));
+    let hold = PubConn {
+        conn,
+        entry: claims
+            .is_some()
+            .then(|| (web.shared.clone(), core, entry.clone())),
+    };
+    match web.socks[core].adopt_ws_read(std, "/pub", read, Box::new(hold)) {
+        Ok(pipe) => {
+            if let Some(c) = claims {
+                // Under the entry's lock, so that a pipe that ended already
+                // leaves nothing behind.
+                let mut e = entry.lock().unwrap_or_else(|e| e.into_inner());
+                if *e == ClaimsEntry::Pending {
+                    web.shared.conn_claims[core]
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(pipe.0, c);
+                    *e = ClaimsEntry::Entered(pipe.0);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot adopt a /pub connection"),
     }
     Ok(())
+}
+
+/// Where a `/pub` connection's claims are in `Shared::conn_claims`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClaimsEntry {
+    /// Not entered yet.
+    Pending,
+    /// Entered under this pipe id.
+    Entered(u32),
+    /// The pipe ended first: never enter them.
+    Ended,
+}
+
+/// What a `/pub` pipe holds: its place on the port, and (authenticated at
+/// the upgrade) its claims' entry, removed when the pipe ends.
+struct PubConn {
+    conn: ConnGuard,
+    entry: Option<(
+        Arc<crate::Shared>,
+        usize,
+        Arc<std::sync::Mutex<ClaimsEntry>>,
+    )>,
+}
+
+impl pinion::Adopted for PubConn {
+    fn peer_fault(&mut self, e: &pinion::PeerError) {
+        self.conn.peer_fault(e);
+    }
+}
+
+impl Drop for PubConn {
+    fn drop(&mut self) {
+        if let Some((shared, core, entry)) = &self.entry {
+            let mut e = entry.lock().unwrap_or_else(|e| e.into_inner());
+            if let ClaimsEntry::Entered(pipe) = *e {
+                shared.conn_claims[*core]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&pipe);
+            }
+            *e = ClaimsEntry::Ended;
+        }
+    }
 }
 
 /// Checks a WebSocket upgrade; `Err` is the refusal to send.
@@ -715,6 +858,9 @@ pub struct SubQuery {
     pub topics: Vec<Bytes>,
     /// The first offset wanted (none: live from now).
     pub from: Option<u64>,
+    /// `token=`: a credential for a hub with authentication on (browsers
+    /// cannot set an `Authorization` header on a WebSocket).
+    pub token: Option<String>,
 }
 
 /// Parses `topic=a&topic=b&from=12` (percent-encoded values); `Err` says
@@ -741,7 +887,17 @@ pub fn parse_sub_query(q: &str) -> Result<SubQuery, String> {
                         .map_err(|_| format!("from: {s:?} is not an offset"))?,
                 );
             }
-            _ => return Err(format!("unknown parameter {k:?} (expected topic, from)")),
+            "token" => {
+                if v.len() > pinion_auth::MAX_TOKEN_LEN {
+                    return Err(format!("token over {} bytes", pinion_auth::MAX_TOKEN_LEN));
+                }
+                out.token = Some(String::from_utf8_lossy(&v).into_owned());
+            }
+            _ => {
+                return Err(format!(
+                    "unknown parameter {k:?} (expected topic, from, token)"
+                ))
+            }
         }
     }
     Ok(out)
@@ -807,6 +963,26 @@ async fn subscribe(
     } else {
         None
     };
+    // With authentication on: a token (header, else `?token=`) that allows
+    // every prefix asked for (none asked: every topic). Refused with a
+    // close code after the upgrade, as browsers see only those.
+    let mut expires = None;
+    if let Some(auth) = &web.shared.auth {
+        let token = head.bearer.clone().or_else(|| q.token.clone());
+        let asked: Vec<Vec<u8>> = q.topics.iter().map(|t| t.to_vec()).collect();
+        let checked = auth.verify(token.as_deref()).and_then(|c| {
+            crate::auth::HubAuth::may_subscribe(&c, &asked)?;
+            Ok(c)
+        });
+        match checked {
+            Ok(c) => expires = Some((auth.clone(), c.exp)),
+            Err(refused) => {
+                auth.count(&refused);
+                let (code, why) = (refused.close_code(), refused.message.clone());
+                return upgrade_and_close(&mut s, head, protocol, code, &why, web).await;
+            }
+        }
+    }
     if !accept_upgrade(&mut s, head, protocol, web).await? {
         return Ok(());
     }
@@ -828,7 +1004,33 @@ async fn subscribe(
             first: rest.to_vec(),
             ping_every: web.limits.ws_ping_interval,
         };
-        subs::read_until_gone(id, io, Some(ws), fan, conn.gate()).await;
+        let reader = subs::read_until_gone(id, io, Some(ws), fan.clone(), conn.gate());
+        match expires {
+            None => reader.await,
+            Some((auth, exp)) => {
+                // Closed with 4419 when the token expires: the client
+                // reconnects with a fresh one, from the next offset.
+                let left = exp.saturating_sub(pinion_auth::Verifier::now());
+                let at = tokio::time::Instant::now()
+                    + std::time::Duration::from_secs(
+                        left.min(crate::config::MAX_DURATION.as_secs() * 365),
+                    );
+                tokio::pin!(reader);
+                tokio::select! {
+                    () = &mut reader => {}
+                    () = tokio::time::sleep_until(at) => {
+                        auth.count(&crate::auth::Refused {
+                            reason: crate::auth::Reason::Expired,
+                            message: String::new(),
+                        });
+                        let code = crate::auth::CLOSE_EXPIRED;
+                        let _ = fan.send(FanIn::Violation(id, code, "token expired"));
+                        let grace = std::time::Duration::from_secs(5);
+                        let _ = tokio::time::timeout(grace, reader).await;
+                    }
+                }
+            }
+        }
     }
     // The connection's place is given back once its reader is done.
     drop(conn);
@@ -963,6 +1165,7 @@ mod tests {
             SubQuery {
                 topics: vec![Bytes::from_static(b"a/b"), Bytes::from_static(b"c d")],
                 from: Some(12),
+                token: None,
             }
         );
         assert_eq!(parse_sub_query("").unwrap(), SubQuery::default());

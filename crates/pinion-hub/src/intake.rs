@@ -402,6 +402,7 @@ mod tests {
                 seq: n,
                 topic: Vec::new(),
                 payload: bytes::Bytes::new(),
+                token: None,
             },
             received: Instant::now(),
         }

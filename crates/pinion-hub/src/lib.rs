@@ -461,7 +461,16 @@ impl Hub {
         });
         let opts = Options {
             raw: true,
-            recv_max_size: (cfg.max_payload + FRAME_SLACK) as u64,
+            // With authentication on, room for a token too (up to its own
+            // limit, so that an oversize one gets a NACK saying so; a
+            // request past even this is cut from its length prefix).
+            recv_max_size: (cfg.max_payload
+                + FRAME_SLACK
+                + if cfg.auth.is_some() {
+                    2 * pinion_auth::MAX_TOKEN_LEN
+                } else {
+                    0
+                }) as u64,
             send_buffer: 4096,
             recv_buffer: 1024,
             // The publisher port's SP header exchange (the hub's
@@ -706,6 +715,7 @@ impl Hub {
                         sub_ids.clone(),
                         sub_gate.clone(),
                         limits,
+                        shared.auth.clone(),
                     ),
                 ));
             }
@@ -739,11 +749,15 @@ impl Hub {
                 sub_ids: sub_ids.clone(),
                 feed: feed_rx,
                 metrics: Box::new(move || {
-                    monitor::metrics_text(
+                    let mut m = monitor::metrics_text(
                         &sh.snapshot(),
                         monitor::publishers(&socks),
                         &monitor::cpu_times("pinion-hub", socks.len()),
-                    )
+                    );
+                    if let Some(a) = &sh.auth {
+                        m.push_str(&a.metrics_text());
+                    }
+                    m
                 }),
                 metrics_cache: Default::default(),
                 gate: http_gate,

@@ -36,6 +36,7 @@ pub(crate) async fn serve_sp(
     ids: Arc<AtomicU64>,
     gate: Arc<Gate>,
     limits: Limits,
+    auth: Option<Arc<crate::auth::HubAuth>>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -54,6 +55,18 @@ pub(crate) async fn serve_sp(
                         continue; // dropped: closed
                     }
                 };
+                // Plain SP has no place for a credential: with
+                // authentication on, nobody subscribes here (closed at
+                // once, counted).
+                if let Some(auth) = &auth {
+                    auth.count(&crate::auth::Refused {
+                        reason: crate::auth::Reason::NoCredentialSlot,
+                        message: String::new(),
+                    });
+                    tracing::debug!(%peer, "plain SP subscriber refused: authentication is on");
+                    drop((s, conn, hs));
+                    continue;
+                }
                 let _ = crate::guard::set_keepalive(&socket2::SockRef::from(&s), limits.keepalive);
                 let fan = fan.clone();
                 let id = ids.fetch_add(1, Ordering::Relaxed);

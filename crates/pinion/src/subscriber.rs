@@ -115,6 +115,12 @@ pub struct SubscriberOptions {
     /// than the hub for long makes the hub cut the connection (4008: the
     /// subscriber resumes by itself). Default 1024.
     pub buffer: usize,
+    /// A token for a hub with authentication on (`pinion token issue`),
+    /// sent as `?token=` on every connection. It must allow every prefix
+    /// in `topics` (or every topic, with none); a refusal closes with
+    /// 4401 (no valid token) or 4403 (topics not allowed), and a token
+    /// that expires while connected closes with 4419: give a fresh one.
+    pub token: Option<String>,
 }
 
 impl SubscriberOptions {
@@ -142,6 +148,7 @@ impl Default for SubscriberOptions {
             give_up_after: None,
             max_message: 1 << 20,
             buffer: 1024,
+            token: None,
         }
     }
 }
@@ -349,6 +356,13 @@ impl Config {
                 q.push('&');
             }
             q.push_str(&format!("from={f}"));
+        }
+        if let Some(t) = &self.opts.token {
+            if !q.is_empty() {
+                q.push('&');
+            }
+            q.push_str("token=");
+            percent_encode(t.as_bytes(), &mut q);
         }
         let path = &self.targets[node].path;
         if q.is_empty() {

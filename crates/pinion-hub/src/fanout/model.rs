@@ -147,6 +147,8 @@ fn shared() -> Arc<Shared> {
         log_ok: AtomicBool::new(true),
         stats: HubStats::default(),
         latency: LatencyBuckets::default(),
+        auth: None,
+        conn_claims: Vec::new(),
     })
 }
 
