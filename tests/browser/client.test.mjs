@@ -804,3 +804,122 @@ test('one URL: NOT_LEADER rejects at once with the NackError and its leader (no 
   assert.equal(ws.sockets.length, 1);
   hub.close();
 });
+
+// ---- tokens (a hub with authentication on) ----------------------------------
+
+const b64url = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+/** A JWT-shaped token expiring `inSecs` from now (pinion.js only reads its exp). */
+const jwt = (name, inSecs) => `${b64url({ alg: 'EdDSA' })}.${b64url({ sub: name, exp: Math.floor(Date.now() / 1000) + inSecs })}.c2ln`;
+const settle = () => new Promise((r) => setImmediate(r));
+/** The token field (5) of a /pub frame's Publish, or null. */
+function tokenOf(frame) {
+  const b = frame.subarray(4);
+  let i = 0;
+  const vi = () => { let n = 0, m = 1; for (;;) { const x = b[i++]; n += (x & 127) * m; if (x < 128) return n; m *= 128; } };
+  while (i < b.length) {
+    const key = vi();
+    if ((key & 7) === 0) { vi(); continue; }
+    const len = vi();
+    const body = b.subarray(i, i + len);
+    i += len;
+    if (key >> 3 === 5) return new TextDecoder().decode(body);
+  }
+  return null;
+}
+
+test('token: sent on every connection and in every publish', async () => {
+  const t = jwt('alice', 3600);
+  const { hub, ws } = setup({ token: t });
+  hub.subscribe({ topics: ['orders.'] }, () => {});
+  assert.equal(ws.last().url, `ws://hub.test:7452/sub?topic=orders.&token=${encodeURIComponent(t)}`);
+  const p = hub.publish('orders.1', 'x');
+  const pub = ws.last();
+  assert.equal(pub.url, `ws://hub.test:7452/pub?token=${encodeURIComponent(t)}`);
+  pub.accept();
+  assert.equal(tokenOf(pub.sent[0]), t);
+  pub.deliver(ackFrame(reqIdOf(pub.sent[0]), 1, 0));
+  await p;
+  // Without a token, no token field and no query.
+  const plain = setup();
+  plain.hub.subscribe({}, () => {});
+  assert.equal(plain.ws.last().url, 'ws://hub.test:7452/sub');
+  plain.hub.publish('a', 'x').catch(() => {});
+  plain.ws.last().accept();
+  assert.equal(tokenOf(plain.ws.last().sent[0]), null);
+  plain.hub.close();
+  hub.close();
+});
+
+test('getToken: asked before connecting, again before expiry, and after a 4419 close', async () => {
+  const issued = [];
+  const getToken = async () => { const t = jwt(`t${issued.length}`, 40); issued.push(t); return t; };
+  const { hub, ws, timers } = setup({ getToken, tokenRefreshMargin: 30 });
+  const got = [];
+  hub.subscribe({ topics: ['o/'], from: 0 }, (m) => got.push(m.offset));
+  assert.equal(ws.sockets.length, 0, 'no connection before the token');
+  await settle();
+  assert.equal(issued.length, 1);
+  const s1 = ws.last();
+  assert.ok(s1.url.endsWith(`&token=${encodeURIComponent(issued[0])}`), s1.url);
+  s1.accept();
+  s1.deliver(subFrame('o/a', 0));
+  // 40 s token, 30 s margin: refreshed after about 10 s.
+  timers.advance(11_000);
+  await settle();
+  assert.equal(issued.length, 2, 'refreshed before expiry');
+  // The hub cuts the subscriber when the old token expires: it resumes,
+  // with the fresh token, from offset 1.
+  s1.drop(4419, 'token expired');
+  timers.advance(100);
+  await settle();
+  const s2 = ws.last();
+  assert.notEqual(s2, s1);
+  assert.ok(s2.url.includes('from=1'), s2.url);
+  assert.ok(s2.url.includes(`token=${encodeURIComponent(issued[issued.length - 1])}`), s2.url);
+  assert.ok(issued.length >= 2);
+  hub.close();
+});
+
+test('getToken: a publish NACKed UNAUTHENTICATED goes again once with a fresh token, same seq', async () => {
+  let n = 0;
+  const { hub, ws } = setup({ getToken: () => jwt(`t${n++}`, 3600) });
+  const p = hub.publish('orders.1', 'x');
+  await settle();
+  const pub = ws.last();
+  pub.accept();
+  const first = pub.sent[0];
+  pub.deliver(nackFrame(reqIdOf(first), 1, 7, 'unauthenticated: token expired'));
+  await settle();
+  assert.equal(pub.sent.length, 2, 'resent');
+  assert.equal(reqIdOf(pub.sent[1]), reqIdOf(first));
+  assert.notEqual(tokenOf(pub.sent[1]), tokenOf(first));
+  pub.deliver(ackFrame(reqIdOf(first), 1, 0));
+  assert.deepEqual(await p, { seq: 1, offset: 0, duplicate: false });
+  // Without getToken the NACK is the answer.
+  const s = setup({ token: jwt('x', 3600) });
+  const q = s.hub.publish('orders.1', 'x');
+  const w = s.ws.last();
+  w.accept();
+  w.deliver(nackFrame(reqIdOf(w.sent[0]), 1, 8, 'forbidden'));
+  await assert.rejects(q, (e) => e instanceof NackError && e.codeName === 'FORBIDDEN');
+  s.hub.close();
+  hub.close();
+});
+
+test('subscribe: 4401 and 4403 are reported as errors and retried', async () => {
+  const { hub, ws, timers, errors } = setup({ token: jwt('x', 3600) });
+  const sub = hub.subscribe({ topics: ['p/'] }, () => {});
+  const seen = [];
+  sub.onerror = (e) => seen.push(e.code);
+  const s1 = ws.last();
+  s1.drop(4403, 'forbidden: the token does not allow subscribing to "p/"');
+  timers.advance(10_000);
+  const s2 = ws.last();
+  assert.notEqual(s2, s1, 'retried');
+  s2.drop(4401, 'unauthenticated: bad token signature');
+  assert.deepEqual(seen, ['FORBIDDEN', 'UNAUTHENTICATED']);
+  assert.equal(errors.length, 2);
+  timers.advance(10_000);
+  assert.ok(ws.sockets.length >= 3, 'retried again');
+  hub.close();
+});

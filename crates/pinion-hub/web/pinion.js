@@ -145,10 +145,14 @@ export const NACK_CODES = Object.freeze({
   4: 'SHUTTING_DOWN',
   5: 'STALE',
   6: 'NOT_LEADER',
+  7: 'UNAUTHENTICATED',
+  8: 'FORBIDDEN',
 });
 
 /** `pinion.v1.Code.NOT_LEADER`: a cluster node that does not lead (see `Nack.leader`). */
 const NOT_LEADER = 6;
+/** `pinion.v1.Code.UNAUTHENTICATED`: no valid token (authentication on). */
+const UNAUTHENTICATED = 7;
 
 /** The hub refused to log a message (a `pinion.v1.Nack`). */
 export class NackError extends PinionError {
@@ -219,13 +223,32 @@ function pushVarintField(out, field, n) {
  * @param {{clientId: Uint8Array, seq: number, topic: string|Uint8Array, payload: Uint8Array}} p
  * @returns {Uint8Array}
  */
-export function encodePublish({ clientId, seq, topic, payload }) {
+export function encodePublish({ clientId, seq, topic, payload, token }) {
   const out = [];
   pushBytesField(out, 1, clientId);
   pushVarintField(out, 2, seq);
   pushBytesField(out, 3, typeof topic === 'string' ? utf8Encoder.encode(topic) : topic);
   pushBytesField(out, 4, payload);
+  if (token) pushBytesField(out, 5, utf8Encoder.encode(token));
   return Uint8Array.from(out);
+}
+
+/**
+ * The `exp` claim of a JWT (seconds since the epoch), or null if it cannot
+ * be read. Not a verification: the hub verifies; this only schedules the
+ * refresh.
+ * @param {string} token
+ * @returns {number|null}
+ */
+export function tokenExpiry(token) {
+  try {
+    const part = token.split('.')[1];
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4);
+    const json = JSON.parse(utf8Decoder.decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))));
+    return Number.isFinite(json.exp) ? json.exp : null;
+  } catch {
+    return null;
+  }
 }
 
 /** A cursor over protobuf bytes. */
@@ -482,6 +505,12 @@ export const CLOSE_SLOW_CONSUMER = 4008;
 export const CLOSE_REPLAY_FAILED = 4011;
 /** RFC 6455 close code: a message over the peer's size limit. */
 export const CLOSE_MESSAGE_TOO_BIG = 1009;
+/** Close code: authentication is on and the token is missing or invalid. */
+export const CLOSE_UNAUTHENTICATED = 4401;
+/** Close code: the token does not allow the topics (or page) asked for. */
+export const CLOSE_FORBIDDEN = 4403;
+/** Close code: the subscriber's token expired while it was connected. */
+export const CLOSE_TOKEN_EXPIRED = 4419;
 
 function toBytes(data) {
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -542,6 +571,17 @@ class Link {
     this.retryTimer = null;
     if (this.closed) return;
     this.setState('connecting');
+    // With getToken: a fresh token first when the one held is missing or
+    // about to expire (every URL carries it).
+    if (this.hub._tokenStale()) {
+      this.hub._refreshToken().then(() => this.openNow(), () => this.openNow());
+      return;
+    }
+    this.openNow();
+  }
+
+  openNow() {
+    if (this.closed) return;
     const WS = this.hub._WebSocket;
     let ws;
     try {
@@ -724,6 +764,7 @@ export class Subscription {
     const q = this.topics.map((t) => `topic=${encodeURIComponent(t)}`);
     const from = this.nextFrom();
     if (from !== null) q.push(`from=${from}`);
+    if (this.hub.token) q.push(`token=${encodeURIComponent(this.hub.token)}`);
     return `${node}/sub${q.length ? `?${q.join('&')}` : ''}`;
   }
 
@@ -775,6 +816,16 @@ export class Subscription {
 
   closedBy(ev) {
     this.lastClose = { code: ev.code, reason: ev.reason };
+    if (ev.code === CLOSE_TOKEN_EXPIRED || ev.code === CLOSE_UNAUTHENTICATED) {
+      // The next attempt asks getToken (if given) for a fresh one.
+      this.hub._tokenExpired();
+    }
+    if (ev.code === CLOSE_UNAUTHENTICATED || ev.code === CLOSE_FORBIDDEN) {
+      const code = ev.code === CLOSE_FORBIDDEN ? 'FORBIDDEN' : 'UNAUTHENTICATED';
+      const err = new PinionError(`subscribe: refused by the hub (${ev.code}: ${ev.reason || code}); retrying`, code);
+      this.onerror?.(err);
+      this.hub._error(err);
+    }
     if (ev.code === CLOSE_REPLAY_FAILED) {
       const err = new PinionError(`subscribe: the hub could not replay its log (${ev.reason || 'no reason given'}); retrying`, 'REPLAY_FAILED');
       this.onerror?.(err);
@@ -893,6 +944,15 @@ export class Hub {
     if (this.clientId.length !== 16) throw new PinionError(`clientId must be 16 bytes, got ${this.clientId.length}`, 'INVALID');
     this._seq = opts.firstSeq ?? 1;
     checkUint(this._seq, 'firstSeq');
+    /** @type {string|null} the token sent (authentication on), or null */
+    this.token = opts.token ?? null;
+    this._getToken = opts.getToken ?? null;
+    if (this._getToken !== null && typeof this._getToken !== 'function') {
+      throw new PinionError('connect: getToken must be a function returning a token (or a promise of one)', 'INVALID');
+    }
+    this._refreshMargin = opts.tokenRefreshMargin ?? 30;
+    this._refreshing = null;
+    this._refreshTimer = null;
     this._nextRequest = Math.floor(this._random() * 0x7fffffff) >>> 0;
     /** Requests not yet answered, by request id, in send order. */
     this._pending = new Map();
@@ -945,6 +1005,60 @@ export class Hub {
     }
   }
 
+  /** With getToken: the token held is missing or within the refresh margin of its expiry. */
+  _tokenStale() {
+    if (!this._getToken) return false;
+    if (!this.token) return true;
+    const exp = tokenExpiry(this.token);
+    return exp !== null && exp - Date.now() / 1000 <= this._refreshMargin;
+  }
+
+  /** The hub refused the token held (expired, or not valid): the next connection asks for a new one. */
+  _tokenExpired() {
+    if (this._getToken) this.token = null;
+  }
+
+  /**
+   * Asks getToken for a token (one call at a time), keeps it, puts it in the
+   * publishes not yet answered, and schedules the next refresh before it
+   * expires (like centrifuge-js).
+   */
+  _refreshToken() {
+    if (!this._getToken) return Promise.resolve(this.token);
+    if (this._refreshing) return this._refreshing;
+    this._refreshing = Promise.resolve()
+      .then(() => this._getToken())
+      .then((t) => {
+        if (typeof t !== 'string' || t === '') throw new PinionError('getToken returned no token', 'UNAUTHENTICATED');
+        this.token = t;
+        for (const p of this._pending.values()) p.frame = encodePubRequest(p.requestId, { ...p.fields, token: t });
+        this._scheduleRefresh();
+        return t;
+      })
+      .catch((e) => {
+        const err = e instanceof PinionError ? e : new PinionError(`getToken failed: ${e?.message ?? e}`, 'UNAUTHENTICATED');
+        this._error(err);
+        throw err;
+      })
+      .finally(() => {
+        this._refreshing = null;
+      });
+    return this._refreshing;
+  }
+
+  _scheduleRefresh() {
+    const { setTimeout, clearTimeout } = this._timers;
+    if (this._refreshTimer !== null) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    const exp = this.token ? tokenExpiry(this.token) : null;
+    if (exp === null || this._closed) return;
+    const inMs = Math.max(0, (exp - this._refreshMargin) * 1000 - Date.now());
+    this._refreshTimer = setTimeout(() => {
+      this._refreshTimer = null;
+      this._refreshToken().catch(() => {});
+    }, Math.min(inMs, 2 ** 31 - 1));
+  }
+
   /**
    * Subscribes to topic prefixes.
    * @param {{topics?: string[]|string, from?: number|null}} spec `topics`: prefixes (none = every topic); `from`: first offset wanted (absent = live from now)
@@ -988,10 +1102,11 @@ export class Hub {
       const seq = this._seq++;
       this._nextRequest = (this._nextRequest + 1) & 0x7fffffff;
       const requestId = (0x80000000 | this._nextRequest) >>> 0;
-      const frame = encodePubRequest(requestId, { clientId: this.clientId, seq, topic: topicBytes, payload: body });
+      const fields = { clientId: this.clientId, seq, topic: topicBytes, payload: body };
+      const frame = encodePubRequest(requestId, { ...fields, token: this.token });
       return new Promise((resolve, reject) => {
         // lastNack: the last NOT_LEADER answer while it moves between nodes.
-        const p = { seq, frame, resolve, reject, timer: null, lastNack: null };
+        const p = { seq, frame, fields, requestId, resolve, reject, timer: null, lastNack: null };
         const timeout = opts.timeout ?? this._publishTimeout;
         if (timeout > 0) {
           p.timer = this._timers.setTimeout(() => {
@@ -1013,7 +1128,7 @@ export class Hub {
   _pubLink() {
     if (!this._pub) {
       this._pub = new Link(this, 'publish', {
-        url: (node) => `${node}/pub`,
+        url: (node) => `${node}/pub${this.token ? `?token=${encodeURIComponent(this.token)}` : ''}`,
         protocol: PUB_PROTOCOL,
         // Requests unanswered on the previous connection go again, same
         // request id and same seq: the hub answers a retry with the
@@ -1057,6 +1172,20 @@ export class Hub {
     const { requestId, reply } = decodePubReply(bytes);
     const p = this._pending.get(requestId);
     if (!p) return; // answered already (a resend's second answer), or timed out
+    if (reply.nack && reply.nack.code === UNAUTHENTICATED && this._getToken && !p.reauthed) {
+      // The token expired (or was refused) in flight: once, a fresh one and
+      // the same seq again.
+      p.reauthed = true;
+      this.token = null;
+      this._refreshToken().then(() => {
+        if (this._pending.get(requestId) === p) this._pubLink().send(p.frame);
+      }, (e) => {
+        this._pending.delete(requestId);
+        if (p.timer !== null) this._timers.clearTimeout(p.timer);
+        p.reject(e);
+      });
+      return;
+    }
     if (reply.nack && reply.nack.code === NOT_LEADER && this.urls.length > 1) {
       this._notLeader(reply.nack);
       return;
@@ -1128,7 +1257,7 @@ export class Hub {
   watchStats(onstats) {
     if (this._closed) throw new PinionError('watchStats on a closed hub', 'CLOSED');
     const link = new Link(this, 'stats', {
-      url: (node) => `${node}/stats`,
+      url: (node) => `${node}/stats${this.token ? `?token=${encodeURIComponent(this.token)}` : ''}`,
       onMessage: (data) => {
         if (typeof data !== 'string') throw new PinionError('stats: binary frame from the hub, expected JSON text', 'PROTOCOL');
         onstats(JSON.parse(data));
@@ -1150,6 +1279,8 @@ export class Hub {
   close() {
     if (this._closed) return;
     this._closed = true;
+    if (this._refreshTimer !== null) this._timers.clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
     for (const l of [...this._links]) l.close(1000, 'client closed');
     for (const [, p] of this._pending) {
       if (p.timer !== null) this._timers.clearTimeout(p.timer);
@@ -1181,6 +1312,12 @@ export class Hub {
  * @param {{setTimeout: Function, clearTimeout: Function}} [opts.timers] for tests
  * @param {number} [opts.stableMs] a connection up this long resets the backoff (default 5000)
  * @param {number} [opts.connectTimeout] a connection attempt not open after this many ms is abandoned and retried (default 10000)
+ * @param {string} [opts.token] a token for a hub with authentication on (`pinion token issue`): sent with every
+ *   publish and on every connection (`?token=`)
+ * @param {() => (string|Promise<string>)} [opts.getToken] instead of (or with) `token`: called for a token before the
+ *   first connection, again `tokenRefreshMargin` seconds before the one held expires, and when the hub says it
+ *   expired (close 4419, NACK UNAUTHENTICATED); subscriptions resume where they were
+ * @param {number} [opts.tokenRefreshMargin] seconds before expiry to refresh (default 30)
  * @returns {Hub}
  */
 export function connect(opts = {}) {
