@@ -32,6 +32,21 @@ pub struct ServeArgs {
     /// and /stats an admin token. Off by default [config: [auth] keys].
     #[arg(long, value_name = "FILE")]
     pub auth_key: Vec<PathBuf>,
+    /// The hub's TLS certificate chain (PEM), for `tls+tcp://` publisher
+    /// endpoints (`--listen tls+tcp://0.0.0.0:7453`) [config: [tls] cert].
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM) [default: in --tls-cert].
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// CA for client certificates: with it, clients must present one
+    /// (mutual TLS) unless --tls-client-auth says otherwise; map them to
+    /// permissions with [[auth.cert]].
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificates: none, optional or required.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tls_client_auth: Option<crate::AuthModeArg>,
     /// Subscriber endpoint, SP PUB over TCP (repeatable; any NNG SUB can
     /// dial it) [default: tcp://127.0.0.1:7451; env PINION_SUBSCRIBE].
     #[arg(long, value_name = "URL")]
@@ -168,11 +183,34 @@ pub fn config(a: &ServeArgs) -> Result<HubConfig, Failure> {
         cfg.subscribe = a.subscribe.clone();
     }
     if !a.auth_key.is_empty() {
-        let leeway_secs = cfg.auth.as_ref().map_or(0, |x| x.leeway_secs);
-        cfg.auth = Some(pinion_hub::auth::AuthConfig {
-            keys: a.auth_key.clone(),
-            leeway_secs,
+        let mut auth = cfg.auth.take().unwrap_or_default();
+        auth.keys = a.auth_key.clone();
+        cfg.auth = Some(auth);
+    }
+    if let Some(cert) = &a.tls_cert {
+        let mut t = cfg.tls.take().unwrap_or(pinion_hub::config::TlsSettings {
+            cert: cert.clone(),
+            key: None,
+            ca: None,
+            client_auth: None,
         });
+        t.cert = cert.clone();
+        cfg.tls = Some(t);
+    }
+    if let Some(t) = cfg.tls.as_mut() {
+        if let Some(k) = &a.tls_key {
+            t.key = Some(k.clone());
+        }
+        if let Some(ca) = &a.tls_ca {
+            t.ca = Some(ca.clone());
+        }
+        if let Some(m) = a.tls_client_auth {
+            t.client_auth = Some(m.into());
+        }
+    } else if a.tls_key.is_some() || a.tls_ca.is_some() || a.tls_client_auth.is_some() {
+        return Err(Failure::usage(
+            "--tls-key, --tls-ca and --tls-client-auth need --tls-cert (or [tls] cert)".to_string(),
+        ));
     }
     if let Some(h) = &a.http {
         cfg.http = (h != "off" && !h.is_empty()).then(|| h.clone());
@@ -268,7 +306,7 @@ pub fn serve(a: ServeArgs) -> Result<(), Failure> {
             HubError::Config(_) => exit::USAGE,
             HubError::Listen { source, .. } => crate::failure::code_for(source),
             HubError::Locked(_) => exit::ADDRESS_IN_USE,
-            HubError::Auth(_) => exit::USAGE,
+            HubError::Auth(_) | HubError::Tls(_) => exit::USAGE,
             _ => exit::IO,
         };
         Failure::new(code, format!("cannot start the hub: {e}"))

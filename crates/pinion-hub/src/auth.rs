@@ -38,6 +38,20 @@ pub struct AuthConfig {
     pub keys: Vec<PathBuf>,
     /// Seconds of clock difference forgiven on `exp` and `nbf`.
     pub leeway_secs: u64,
+    /// Client certificates (on `tls+tcp://`) mapped to permissions: a
+    /// publisher whose verified certificate names one of these needs no
+    /// token.
+    pub certs: Vec<CertRule>,
+}
+
+/// A client certificate's permissions (`[[auth.cert]]`).
+#[derive(Debug, Clone)]
+pub struct CertRule {
+    /// Matched against the certificate's common name and each subject
+    /// alternative name.
+    pub name: String,
+    /// What it may do.
+    pub permissions: pinion_auth::Permissions,
 }
 
 /// Why a request or connection was refused (the `reason` label of
@@ -163,6 +177,7 @@ impl Refused {
 pub struct HubAuth {
     verifier: Verifier,
     refused: [AtomicU64; Reason::COUNT],
+    certs: Vec<(String, Arc<Claims>)>,
 }
 
 impl HubAuth {
@@ -185,7 +200,36 @@ impl HubAuth {
         Ok(HubAuth {
             verifier: Verifier::new(keys).with_leeway(cfg.leeway_secs),
             refused: Default::default(),
+            certs: cfg
+                .certs
+                .iter()
+                .map(|r| {
+                    let claims = Claims {
+                        sub: Some(r.name.clone()),
+                        exp: u64::MAX,
+                        iat: None,
+                        nbf: None,
+                        pinion: r.permissions.clone(),
+                    };
+                    (r.name.clone(), Arc::new(claims))
+                })
+                .collect(),
         })
+    }
+
+    /// The permissions configured for a verified client certificate (its
+    /// common name or one of its alternative names), if any.
+    pub fn cert_claims(&self, id: &pinion::PeerIdentity) -> Option<Arc<Claims>> {
+        if !id.verified {
+            return None;
+        }
+        self.certs
+            .iter()
+            .find(|(name, _)| {
+                id.common_name.as_deref() == Some(name.as_str())
+                    || id.alt_names.iter().any(|a| a == name)
+            })
+            .map(|(_, c)| c.clone())
     }
 
     /// `pinion_auth_refused_total{reason}` in the Prometheus text format.
@@ -361,6 +405,7 @@ mod tests {
         let auth = HubAuth {
             verifier: Verifier::new(vec![keys.verifying()]),
             refused: Default::default(),
+            certs: Vec::new(),
         };
         (keys, auth)
     }

@@ -281,6 +281,53 @@ pub struct HubConfig {
     pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Authentication and authorization (`[auth]`; off when `None`).
     pub auth: Option<crate::auth::AuthConfig>,
+    /// TLS for `tls+tcp://` publisher endpoints (`[tls]`).
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[tls]`: the hub's certificate, and the CA its clients' certificates
+/// must chain to.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM); `None`: in `cert`.
+    pub key: Option<PathBuf>,
+    /// CA for client certificates (PEM).
+    pub ca: Option<PathBuf>,
+    /// Client certificates: `none`, `optional`, `required` (default:
+    /// `required` with a CA, else `none`).
+    pub client_auth: Option<pinion::AuthMode>,
+}
+
+impl TlsSettings {
+    /// The pinion TLS configuration of the hub's listeners.
+    ///
+    /// # Errors
+    ///
+    /// A file that cannot be read or holds no certificate or key.
+    pub fn listener(&self) -> Result<pinion::TlsConfig, pinion::TlsConfigError> {
+        let mut c = pinion::TlsConfig::new().own_cert_files(&self.cert, self.key.as_deref())?;
+        if let Some(ca) = &self.ca {
+            c = c.ca_file(ca)?;
+        }
+        let mode = self.client_auth.unwrap_or(if self.ca.is_some() {
+            pinion::AuthMode::Required
+        } else {
+            pinion::AuthMode::None
+        });
+        Ok(c.auth_mode(mode))
+    }
+}
+
+/// Parses `none`, `optional`, `required`.
+pub fn parse_auth_mode(v: &str) -> Option<pinion::AuthMode> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "none" => Some(pinion::AuthMode::None),
+        "optional" => Some(pinion::AuthMode::Optional),
+        "required" => Some(pinion::AuthMode::Required),
+        _ => None,
+    }
 }
 
 /// Longest duration a setting may hold (a day): longer ones overflow
@@ -321,6 +368,7 @@ impl Default for HubConfig {
             fanout_send: FanoutSend::default(),
             cluster: None,
             auth: None,
+            tls: None,
         }
     }
 }
@@ -391,6 +439,17 @@ struct FileConfig {
     fanout_send: Option<String>,
     cluster: Option<FileCluster>,
     auth: Option<FileAuth>,
+    tls: Option<FileTls>,
+}
+
+/// `[tls]` in the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    cert: PathBuf,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    client_auth: Option<String>,
 }
 
 /// `[auth]` in the TOML file.
@@ -400,6 +459,28 @@ struct FileAuth {
     /// Key files tokens are checked with.
     keys: Vec<PathBuf>,
     leeway_secs: Option<u64>,
+    /// Client certificates mapped to permissions.
+    #[serde(default)]
+    cert: Vec<FileCertRule>,
+}
+
+/// `[[auth.cert]]`: a client certificate's name and what it may do.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCertRule {
+    /// Matched against the certificate's common name and each of its
+    /// subject alternative names.
+    name: String,
+    #[serde(default, rename = "pub")]
+    publish: Vec<String>,
+    #[serde(default)]
+    deny_pub: Vec<String>,
+    #[serde(default, rename = "sub")]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    deny_sub: Vec<String>,
+    #[serde(default)]
+    admin: bool,
 }
 
 /// `[cluster]` in the TOML file.
@@ -456,6 +537,34 @@ impl HubConfig {
             self.auth = Some(crate::auth::AuthConfig {
                 keys: a.keys.clone(),
                 leeway_secs: a.leeway_secs.unwrap_or(0),
+                certs: a
+                    .cert
+                    .iter()
+                    .map(|c| crate::auth::CertRule {
+                        name: c.name.clone(),
+                        permissions: pinion_auth::Permissions {
+                            publish: pinion_auth::Rules::allow(c.publish.clone())
+                                .deny(c.deny_pub.clone()),
+                            subscribe: pinion_auth::Rules::allow(c.subscribe.clone())
+                                .deny(c.deny_sub.clone()),
+                            admin: c.admin,
+                        },
+                    })
+                    .collect(),
+            });
+        }
+        if let Some(t) = &f.tls {
+            let client_auth = match &t.client_auth {
+                None => None,
+                Some(v) => Some(parse_auth_mode(v).ok_or_else(|| {
+                    format!("[tls] client_auth = {v:?}: expected none, optional or required")
+                })?),
+            };
+            self.tls = Some(TlsSettings {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                ca: t.ca.clone(),
+                client_auth,
             });
         }
         if let Some(v) = f.data_dir {
@@ -657,6 +766,15 @@ impl HubConfig {
                 self.max_inflight_bytes.to_string(),
                 "> 0 and at least max_inflight_bytes_per_conn",
             );
+        }
+        for u in self.endpoints() {
+            if u.starts_with("tls+tcp://") && self.tls.is_none() {
+                return inv(
+                    "listen",
+                    u,
+                    "a [tls] cert (--tls-cert) for a tls+tcp:// endpoint",
+                );
+            }
         }
         for u in &self.subscribe {
             if !u.starts_with("tcp://") {

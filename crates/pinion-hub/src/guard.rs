@@ -298,6 +298,7 @@ pub(crate) async fn serve_rep(
     sock: pinion::Socket,
     gate: Arc<Gate>,
     limits: Limits,
+    tls: Option<pinion::TlsRole>,
 ) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -334,7 +335,13 @@ pub(crate) async fn serve_rep(
         // A refused header (or none in time) is counted by the pipe's
         // end, through `conn` (`peer_fault`), like any later fault.
         let on_handshake = move |_: Result<(), pinion::Error>| drop(hs);
-        if let Err(e) = sock.adopt_tcp(std, Box::new(conn), Box::new(on_handshake)) {
+        let adopted = match &tls {
+            None => sock.adopt_tcp(std, Box::new(conn), Box::new(on_handshake)),
+            // The TLS handshake runs in the pipe, within the same
+            // handshake timeout as the SP header.
+            Some(role) => sock.adopt_tls(std, role.clone(), Box::new(conn), Box::new(on_handshake)),
+        };
+        if let Err(e) = adopted {
             tracing::warn!(error = %e, "cannot adopt a publisher connection");
         }
     }

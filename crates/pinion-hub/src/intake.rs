@@ -254,12 +254,19 @@ impl Intake {
         // The token is checked here and not kept with the request.
         let token = req.token.take();
         if let Some(auth) = &self.shared.auth {
+            // Without a token in the request: the connection's own
+            // credential (a WebSocket /pub opened with a token, or a TLS
+            // client certificate named in [[auth.cert]]).
             let conn = match token {
                 None => self.shared.conn_claims[self.core]
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&pipe)
-                    .cloned(),
+                    .cloned()
+                    .or_else(|| {
+                        let id = self.sock.peer_identity(pinion::PipeId(pipe))?;
+                        auth.cert_claims(&id)
+                    }),
                 Some(_) => None,
             };
             let now = pinion_auth::Verifier::now();

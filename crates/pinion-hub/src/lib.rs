@@ -132,6 +132,9 @@ pub enum HubError {
     /// `[auth]`: a key file that cannot be read or used.
     #[error("authentication: {0}")]
     Auth(String),
+    /// `[tls]`: a certificate or key that cannot be read or used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// State shared by the cores and the writer (atomics only).
@@ -324,6 +327,15 @@ impl Hub {
             )),
             None => None,
         };
+        // The TLS settings, built once for every TLS listener.
+        let tls_role = match &cfg.tls {
+            Some(t) => Some(
+                t.listener()
+                    .and_then(|c| c.listener_role())
+                    .map_err(|e| HubError::Tls(e.to_string()))?,
+            ),
+            None => None,
+        };
         let dir = cfg.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| HubError::Io {
             op: "create data directory",
@@ -504,16 +516,39 @@ impl Hub {
                 url: url.clone(),
                 source,
             };
-            if url.starts_with("tcp://") {
+            let tls_url = url.strip_prefix("tls+tcp://");
+            if url.starts_with("tcp://") || tls_url.is_some() {
                 // The hub accepts on TCP itself (one SO_REUSEPORT share per
                 // core), so caps and keepalive apply before the socket sees
                 // a connection; each core hands the ones it admits to its
-                // own REP socket.
-                let (listeners, bound) = share_port(&rt, &url, n)?;
-                urls.push(bound);
+                // own REP socket (over TLS for tls+tcp://).
+                let role = match tls_url {
+                    None => None,
+                    Some(_) => Some(tls_role.clone().ok_or_else(|| {
+                        HubError::Config(config::ConfigError::Invalid {
+                            key: "listen",
+                            value: url.clone(),
+                            expected: "a [tls] cert (--tls-cert) for a tls+tcp:// endpoint",
+                        })
+                    })?),
+                };
+                let tcp_url = match tls_url {
+                    Some(rest) => format!("tcp://{rest}"),
+                    None => url.clone(),
+                };
+                let (listeners, bound) = share_port(&rt, &tcp_url, n)?;
+                urls.push(match tls_url {
+                    Some(_) => bound.replacen("tcp://", "tls+tcp://", 1),
+                    None => bound,
+                });
                 for (core, l) in listeners.into_iter().enumerate() {
-                    let serve =
-                        guard::serve_rep(l, sockets[core].clone(), pub_gate.clone(), limits);
+                    let serve = guard::serve_rep(
+                        l,
+                        sockets[core].clone(),
+                        pub_gate.clone(),
+                        limits,
+                        role.clone(),
+                    );
                     tasks.push(rt.spawn_on(core, serve));
                 }
             } else {

@@ -106,11 +106,15 @@ pub enum Refusal {
     /// A flood of WebSocket frames without data (pings, pongs, empty
     /// frames) over the connection's allowance.
     Flood = 11,
+    /// A TLS handshake or record that failed (certificate refused either
+    /// way, no TLS spoken, an oversize record), or a TLS ClientHello on a
+    /// plain port.
+    Tls = 12,
 }
 
 impl Refusal {
     /// Number of reasons.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// Every reason, in index order.
     pub const ALL: [Refusal; Refusal::COUNT] = [
         Refusal::PortCap,
@@ -125,6 +129,7 @@ impl Refusal {
         Refusal::DeadPeer,
         Refusal::Oversize,
         Refusal::Flood,
+        Refusal::Tls,
     ];
     /// The `reason` label in `/metrics`.
     pub fn label(self) -> &'static str {
@@ -141,6 +146,7 @@ impl Refusal {
             Refusal::DeadPeer => "dead_peer",
             Refusal::Oversize => "oversize",
             Refusal::Flood => "flood",
+            Refusal::Tls => "tls",
         }
     }
 
@@ -152,6 +158,7 @@ impl Refusal {
             P::TooLarge { .. } => Refusal::Oversize,
             P::WsFlood { .. } => Refusal::Flood,
             P::HandshakeTimeout => Refusal::HandshakeTimeout,
+            P::Tls(_) | P::TlsOnPlainPort => Refusal::Tls,
             _ => Refusal::Malformed,
         }
     }

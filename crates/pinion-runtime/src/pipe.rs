@@ -342,22 +342,32 @@ pub async fn run(
             let io = StreamIo::Ipc(s);
             run_stream(io, Framing::Ipc, pipe, &link, handshake, deadline, None).await
         }
-        Conn::Tls(t) => {
-            // One handshake timeout for the TLS handshake and the SP
-            // header exchange together.
-            let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
-            match crate::transport::tls::open(t, deadline).await {
-                Ok((io, peer)) => {
-                    run_stream(io, Framing::Tcp, pipe, &link, handshake, deadline, peer).await
-                }
-                Err(e) => crate::transport::tls::failed(e, pipe, &link, handshake),
-            }
-        }
+        // Boxed, the whole of it: a TLS pipe's state (the handshake's, then
+        // the stream's) is not part of every other pipe's task.
+        Conn::Tls(t) => Box::pin(run_tls(t, pipe, &link, handshake)).await,
         Conn::Inproc(end) => run_inproc(end, pipe, &link, handshake).await,
         Conn::Ws(ws) => crate::transport::ws::run_pipe(ws, pipe, &link, handshake).await,
     };
     guard.armed = false;
     fault
+}
+
+/// A `tls+tcp://` pipe: the TLS handshake, then SP as on `tcp://`, with
+/// one handshake timeout for both.
+async fn run_tls(
+    t: crate::transport::tls::TlsConn,
+    pipe: PipeId,
+    link: &PipeLink,
+    handshake: Option<oneshot::Sender<Result<(), Error>>>,
+) -> Option<PeerError> {
+    let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
+    match crate::transport::tls::open(t, deadline).await {
+        Ok((tls, peer)) => {
+            let io = StreamIo::Tls(Box::new(tls));
+            run_stream(io, Framing::Tcp, pipe, link, handshake, deadline, peer).await
+        }
+        Err(e) => crate::transport::tls::failed(e, pipe, link, handshake),
+    }
 }
 
 fn report(handshake: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) {
@@ -733,4 +743,47 @@ async fn run_inproc(
     }
     let _ = link.events.send(PipeEvent::Down(pipe)).await;
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every pipe's task holds the largest state of any transport's pipe
+    /// (the future of [`run`]): it is part of each idle connection's cost.
+    #[test]
+    fn a_pipe_task_is_small_whatever_its_transport() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let tcp = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let (events, _ev) = async_channel::bounded(4);
+            let (credits, _cr) = mpsc::unbounded_channel();
+            let link = PipeLink {
+                kind: ProtocolKind::Rep0,
+                opts: Arc::new(Options::default()),
+                events,
+                credits,
+                stats: Default::default(),
+                closed: Default::default(),
+                peers: Default::default(),
+            };
+            let tcp2 = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+                .await
+                .unwrap();
+            let deadline = tokio::time::Instant::now();
+            let rs = run_stream(StreamIo::Tcp(tcp2), Framing::Tcp, PipeId(2), &link, None, deadline, None);
+            eprintln!("run_stream future: {} bytes", std::mem::size_of_val(&rs));
+            drop(rs);
+            let f = run(Conn::Tcp(tcp), PipeId(1), link, None);
+            let size = std::mem::size_of_val(&f);
+            eprintln!("pipe task future: {size} bytes; Conn {} B, WsConn {} B, TlsRole {} B, PipeLink {} B", std::mem::size_of::<Conn>(), std::mem::size_of::<crate::transport::ws::WsConn>(), std::mem::size_of::<crate::transport::tls::TlsRole>(), std::mem::size_of::<PipeLink>());
+            assert!(size <= 2048, "pipe future is {size} bytes");
+        });
+    }
 }

@@ -597,6 +597,32 @@ impl SocketHandle {
     pub fn adopt_tcp(
         &self,
         tcp: std::net::TcpStream,
+        hold: Box<dyn Adopted>,
+        on_handshake: Box<dyn FnOnce(Result<(), Error>) + Send>,
+    ) -> Result<(), Error> {
+        self.adopt_stream(tcp, None, hold, on_handshake)
+    }
+
+    /// Like [`adopt_tcp`](Self::adopt_tcp), for a `tls+tcp://` connection:
+    /// the pipe runs the TLS handshake as `tls` says (a listener's side,
+    /// from [`TlsConfig::listener_role`](crate::transport::tls::TlsConfig::listener_role)),
+    /// then the SP header exchange, both within the handshake timeout; the
+    /// peer's certificate identity is then available
+    /// ([`peer_identity`](Self::peer_identity)).
+    pub fn adopt_tls(
+        &self,
+        tcp: std::net::TcpStream,
+        tls: crate::transport::tls::TlsRole,
+        hold: Box<dyn Adopted>,
+        on_handshake: Box<dyn FnOnce(Result<(), Error>) + Send>,
+    ) -> Result<(), Error> {
+        self.adopt_stream(tcp, Some(tls), hold, on_handshake)
+    }
+
+    fn adopt_stream(
+        &self,
+        tcp: std::net::TcpStream,
+        tls: Option<crate::transport::tls::TlsRole>,
         mut hold: Box<dyn Adopted>,
         on_handshake: Box<dyn FnOnce(Result<(), Error>) + Send>,
     ) -> Result<(), Error> {
@@ -604,7 +630,13 @@ impl SocketHandle {
         let adopt = |tcp: std::net::TcpStream| {
             tcp.set_nonblocking(true)?;
             tcp.set_nodelay(sh.opts.tcp_nodelay)?;
-            Conn::adopt(crate::transport::Portable::Tcp(tcp))
+            Conn::adopt(match tls {
+                None => crate::transport::Portable::Tcp(tcp),
+                Some(role) => crate::transport::Portable::Tls(crate::transport::tls::PortableTls {
+                    tcp,
+                    role,
+                }),
+            })
         };
         let conn = adopt(tcp).map_err(|e| Error::io("adopt", "tcp", e))?;
         let guard = sh.rt.load_guard(core);

@@ -187,6 +187,18 @@ impl VectoredSink for StreamIo {
     }
 }
 
+impl VectoredSink for crate::transport::tls::io::TlsIo {
+    fn try_write_vectored(&self, b: &[IoSlice<'_>]) -> io::Result<usize> {
+        crate::transport::tls::io::TlsIo::try_write_vectored(self, b)
+    }
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        crate::transport::tls::io::TlsIo::writable(self)
+    }
+    fn flush(&self) -> impl std::future::Future<Output = io::Result<()>> {
+        crate::transport::tls::io::TlsIo::flush(self)
+    }
+}
+
 impl VectoredSink for TcpStream {
     fn try_write_vectored(&self, b: &[IoSlice<'_>]) -> io::Result<usize> {
         TcpStream::try_write_vectored(self, b)

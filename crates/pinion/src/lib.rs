@@ -122,7 +122,9 @@ pub use pinion_core::{
 pub use pinion_runtime::error::UrlError;
 pub use pinion_runtime::socket::{Adopted, Endpoint};
 pub use pinion_runtime::stats::StatsSnapshot;
-pub use pinion_runtime::transport::tls::{AuthMode, PeerIdentity, TlsConfig, TlsConfigError};
+pub use pinion_runtime::transport::tls::{
+    AuthMode, PeerIdentity, TlsConfig, TlsConfigError, TlsRole,
+};
 pub use pinion_runtime::{Error, Fault, Runtime, RuntimeBuilder, Url};
 pub use socket::{Context, Socket};
 

@@ -174,6 +174,21 @@ impl Socket {
         self.h.adopt_tcp(tcp, hold, on_handshake)
     }
 
+    /// Adopts a TCP connection the application accepted itself as a
+    /// `tls+tcp://` pipe: the TLS handshake as `tls` says (a listener's
+    /// side: [`TlsConfig::listener_role`](crate::TlsConfig::listener_role)),
+    /// then the SP header (see
+    /// [`SocketHandle::adopt_tls`](pinion_runtime::socket::SocketHandle::adopt_tls)).
+    pub fn adopt_tls(
+        &self,
+        tcp: std::net::TcpStream,
+        tls: crate::TlsRole,
+        hold: Box<dyn crate::Adopted>,
+        on_handshake: Box<dyn FnOnce(crate::Result<()>) + Send>,
+    ) -> crate::Result<()> {
+        self.h.adopt_tls(tcp, tls, hold, on_handshake)
+    }
+
     /// Dials `url`: waits for the first connection (returning its error, e.g.
     /// connection refused), then reconnects in the background whenever it is
     /// lost.

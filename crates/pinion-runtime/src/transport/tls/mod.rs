@@ -434,10 +434,10 @@ pub(crate) enum OpenError {
 pub(crate) async fn open(
     conn: TlsConn,
     deadline: tokio::time::Instant,
-) -> Result<(crate::stream::StreamIo, Option<Arc<PeerIdentity>>), OpenError> {
+) -> Result<(io::TlsIo, Option<Arc<PeerIdentity>>), OpenError> {
     match tokio::time::timeout_at(deadline, conn.handshake()).await {
         Err(_) => Err(OpenError::Peer(pinion_core::PeerError::HandshakeTimeout)),
-        Ok(Ok((tls, peer))) => Ok((crate::stream::StreamIo::Tls(Box::new(tls)), peer)),
+        Ok(Ok((tls, peer))) => Ok((tls, peer)),
         Ok(Err(e)) => match io::peer_error(&e) {
             Some(pe) => Err(OpenError::Peer(pe)),
             None => Err(OpenError::Io(e)),

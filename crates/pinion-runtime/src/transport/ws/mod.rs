@@ -102,8 +102,9 @@ pub struct PortableWs {
     /// Bytes already read from the connection (a server whose application
     /// read the upgrade request to route it): the start of the stream.
     pub read: Vec<u8>,
-    /// `wss://`: the TLS handshake to run before the upgrade.
-    pub tls: Option<TlsRole>,
+    /// `wss://`: the TLS handshake to run before the upgrade (boxed: a
+    /// plain connection carries only the pointer).
+    pub tls: Option<Box<TlsRole>>,
 }
 
 /// A TCP connection about to be upgraded, registered with a core.
@@ -116,7 +117,7 @@ pub struct WsConn {
     /// Bytes already read from it (see [`PortableWs::read`]).
     pub read: Vec<u8>,
     /// `wss://`: the TLS handshake to run before the upgrade.
-    pub tls: Option<TlsRole>,
+    pub tls: Option<Box<TlsRole>>,
 }
 
 impl WsConn {
@@ -156,6 +157,7 @@ fn tcp_url(url: &Url) -> Result<(Url, &str), Error> {
 /// Connects the TCP part of a `ws://` URL; the upgrade (after the TLS
 /// handshake, with `tls`: `wss://`) is done by the pipe.
 pub async fn connect(url: &Url, nodelay: bool, tls: Option<TlsRole>) -> Result<WsConn, Error> {
+    let tls = tls.map(Box::new);
     let (tcp, path) = tcp_url(url)?;
     let Url::Ws { host, port, .. } = url else {
         return Err(Error::Bug("ws transport given a non-ws URL"));
@@ -177,14 +179,14 @@ pub async fn connect(url: &Url, nodelay: bool, tls: Option<TlsRole>) -> Result<W
 pub struct WsListener {
     tcp: tokio::net::TcpListener,
     path: Arc<str>,
-    tls: Option<TlsRole>,
+    tls: Option<Box<TlsRole>>,
 }
 
 impl WsListener {
     /// Makes it a `wss://` listener: every connection starts with a TLS
     /// handshake.
     pub fn set_tls(&mut self, role: TlsRole) {
-        self.tls = Some(role);
+        self.tls = Some(Box::new(role));
     }
 
     /// Waits for the next TCP connection (upgraded later, by its pipe, so a

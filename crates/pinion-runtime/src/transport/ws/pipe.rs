@@ -29,7 +29,10 @@ use super::handshake::{self, Request};
 use super::{Role, WsConn};
 use crate::error::Error;
 use crate::pipe::{Credit, PipeCmd, PipeEvent, PipeLink, ReadGate};
-use crate::stream::{write_chunks, StreamIo};
+use crate::stream::{write_chunks, VectoredSink};
+use crate::transport::tls::io::TlsIo;
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// The per-thread read buffer: every WebSocket pipe on a core reads into
 /// it, one at a time (it is never held across an `await`).
@@ -92,34 +95,87 @@ fn report(hs: Option<oneshot::Sender<Result<(), Error>>>, r: Result<(), Error>) 
 }
 
 /// Runs a `ws://` pipe to its end (see the module docs).
-pub(crate) async fn run_pipe(
+pub(crate) fn run_pipe<'a>(
     ws: WsConn,
     pipe: PipeId,
-    link: &PipeLink,
+    link: &'a PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
-) -> Option<PeerError> {
+) -> impl std::future::Future<Output = Option<PeerError>> + Send + 'a {
     let WsConn {
         tcp,
         role,
         read,
         tls,
     } = ws;
-    let side = match role {
-        Role::Server { .. } => Side::Server,
-        Role::Client { .. } => Side::Client,
-    };
     // One handshake timeout for the whole opening: the TLS handshake
     // (`wss://`) and the upgrade.
     let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
-    let (io, peer) = match tls {
-        None => (StreamIo::Tcp(tcp), None),
-        Some(role) => {
-            let conn = crate::transport::tls::TlsConn { tcp, role };
+    // Not an async fn: the caller's task holds the plain pipe's future
+    // alone, with no TLS state and no second copy of the arguments.
+    match tls {
+        None => Either::Left(run_on(tcp, None, role, read, pipe, link, hs, deadline)),
+        // Boxed, and its own instance of the pipe: a plain pipe's task
+        // holds no TLS state (the handshake's is over a kilobyte).
+        Some(tls) => Either::Right(Box::pin(async move {
+            let conn = crate::transport::tls::TlsConn { tcp, role: *tls };
             match crate::transport::tls::open(conn, deadline).await {
-                Ok((io, peer)) => (io, peer),
-                Err(e) => return crate::transport::tls::failed(e, pipe, link, hs),
+                Ok((io, peer)) => run_on(io, peer, role, read, pipe, link, hs, deadline).await,
+                Err(e) => crate::transport::tls::failed(e, pipe, link, hs),
             }
-        }
+        })),
+    }
+}
+
+/// A WebSocket pipe's byte stream: a TCP socket (`ws://`) or a TLS
+/// connection (`wss://`), read and written through `&self` by readiness.
+pub(crate) trait WsIo: VectoredSink + Sync {
+    /// Waits until a read may make progress.
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Reads what is there (`WouldBlock`: nothing).
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Ends our side (TLS: close_notify first).
+    fn shutdown_write(&self);
+}
+
+impl WsIo for TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TcpStream::try_read(self, buf)
+    }
+    fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+impl WsIo for TlsIo {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        TlsIo::readable(self)
+    }
+    fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        TlsIo::try_read(self, buf)
+    }
+    fn shutdown_write(&self) {
+        TlsIo::shutdown_write(self)
+    }
+}
+
+/// The pipe over `io`, from the upgrade on.
+#[allow(clippy::too_many_arguments)]
+async fn run_on<IO: WsIo>(
+    io: IO,
+    peer: Option<Arc<crate::transport::tls::PeerIdentity>>,
+    role: Role,
+    read: Vec<u8>,
+    pipe: PipeId,
+    link: &PipeLink,
+    hs: Option<oneshot::Sender<Result<(), Error>>>,
+    deadline: tokio::time::Instant,
+) -> Option<PeerError> {
+    let side = match role {
+        Role::Server { .. } => Side::Server,
+        Role::Client { .. } => Side::Client,
     };
     let upgrade = tokio::time::timeout_at(deadline, upgrade(&io, &role, link, read));
     let leftover = match upgrade.await {
@@ -257,7 +313,7 @@ impl From<io::Error> for Failed {
 /// frame while the peer's stream was in a known state), the peer's answering
 /// close frame ends the wait too; messages still in flight are decoded
 /// (within the receive limit) and dropped.
-async fn linger(io: &StreamIo, sent_close: bool, mut dec: Option<&mut Decoder>) {
+async fn linger(io: &impl WsIo, sent_close: bool, mut dec: Option<&mut Decoder>) {
     io.shutdown_write();
     let limit = if sent_close {
         CLOSE_LINGER
@@ -295,7 +351,7 @@ async fn linger(io: &StreamIo, sent_close: bool, mut dec: Option<&mut Decoder>) 
 }
 
 /// Reads into the scratch buffer until `f` says it has what it needs.
-async fn read_head(io: &StreamIo, buf: &mut Vec<u8>) -> Result<(), Failed> {
+async fn read_head(io: &impl WsIo, buf: &mut Vec<u8>) -> Result<(), Failed> {
     loop {
         io.readable().await?;
         let r = SCRATCH.with_borrow_mut(|s| {
@@ -319,7 +375,7 @@ async fn read_head(io: &StreamIo, buf: &mut Vec<u8>) -> Result<(), Failed> {
 /// connection's request head). Returns the bytes that came after the HTTP
 /// head (already WebSocket frames).
 async fn upgrade(
-    io: &StreamIo,
+    io: &impl WsIo,
     role: &Role,
     link: &PipeLink,
     read: Vec<u8>,
@@ -401,7 +457,7 @@ fn feed(
 }
 
 async fn read_loop(
-    io: &StreamIo,
+    io: &impl WsIo,
     dec: &mut Decoder,
     pipe: PipeId,
     link: &PipeLink,
@@ -469,7 +525,7 @@ async fn read_loop(
 }
 
 async fn write_loop(
-    io: &StreamIo,
+    io: &impl WsIo,
     pipe: PipeId,
     link: &PipeLink,
     out_rx: &mut mpsc::UnboundedReceiver<PipeCmd>,
@@ -559,6 +615,7 @@ mod tests {
             };
             let f = run_pipe(conn, PipeId(1), &link, None);
             let size = std::mem::size_of_val(&f);
+            eprintln!("ws pipe future: {size} bytes");
             assert!(size <= 2048, "ws pipe future is {size} bytes");
             // 120 bytes, and 32 for the flood bucket (FloodLimit).
             assert!(std::mem::size_of::<Decoder>() <= 152);
