@@ -434,6 +434,9 @@ pub struct PublishArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub tls: crate::TlsArgs,
     /// Print only the summary, not one line per message.
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -468,16 +471,24 @@ pub fn uuid(id: &[u8; 16]) -> String {
 /// Publishes messages, printing one line per answer and a summary. Exit
 /// code 9 when any message was NACKed.
 pub fn publish(a: PublishArgs) -> Result<(), Failure> {
-    let mut opts = PublisherOptions {
-        first_seq: a.first_seq,
-        window: a.window.max(1),
-        retry_transient: a
-            .retry_for
-            .filter(|s| s.is_finite() && *s > 0.0)
-            .map(|s| Duration::from_secs_f64(s.min(86_400.0))),
-        token: a.token.clone().filter(|t| !t.is_empty()),
-        ..PublisherOptions::default()
-    };
+    let mut opts =
+        PublisherOptions {
+            first_seq: a.first_seq,
+            window: a.window.max(1),
+            retry_transient: a
+                .retry_for
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(|s| Duration::from_secs_f64(s.min(86_400.0))),
+            token: a.token.clone().filter(|t| !t.is_empty()),
+            tls: if a.url.starts_with("tls+tcp://") {
+                Some(a.tls.dialer().map_err(|e| {
+                    Failure::usage(format!("{e}; check --cacert, --cert and --key"))
+                })?)
+            } else {
+                None
+            },
+            ..PublisherOptions::default()
+        };
     if let Some(id) = a.client_id {
         opts.client_id = id;
     }

@@ -37,13 +37,23 @@ fn free_port() -> u16 {
 
 impl Hub {
     fn start(name: &str) -> Hub {
+        Hub::start_with(name, |_| Vec::new())
+    }
+
+    /// With extra `serve` arguments, given the hub's directory.
+    fn start_with(name: &str, extra: impl FnOnce(&std::path::Path) -> Vec<String>) -> Hub {
         let dir = std::env::temp_dir().join(format!("pinion-auth-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let keys = Keys::generate_ed25519().unwrap();
         let files = keys.write(&dir.join("hub.key")).unwrap();
         let port = free_port();
-        let listen = format!("tcp://127.0.0.1:{port}");
+        let extra = extra(&dir);
+        let listen = if extra.iter().any(|a| a == "--tls-cert") {
+            format!("tls+tcp://127.0.0.1:{port}")
+        } else {
+            format!("tcp://127.0.0.1:{port}")
+        };
         let data = dir.join("data");
         let mut child = Command::new(PINION)
             .args(["serve", "--data-dir"])
@@ -52,6 +62,7 @@ impl Hub {
             .args(["--subscribe", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0"])
             .arg("--auth-key")
             .arg(&files[1])
+            .args(&extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -443,4 +454,115 @@ fn the_admin_pages_need_an_admin_token() {
     // Health checks stay open for load balancers.
     assert_eq!(hub.get("/healthz", "").0, 200);
     assert_eq!(hub.get("/leader", "").0, 200);
+}
+
+/// A CA, the hub's certificate (127.0.0.1) and client certificates for
+/// `alice` and `bob`, as PEM files in `dir`.
+fn tls_files(dir: &std::path::Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(p, ca_key);
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for who in ["hub", "alice", "bob"] {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![format!("{who}.example")]).unwrap();
+        if who == "hub" {
+            p.subject_alt_names
+                .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        }
+        p.distinguished_name.push(DnType::CommonName, who);
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.join(format!("{who}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{who}.key")), key.serialize_pem()).unwrap();
+    }
+}
+
+#[test]
+fn tls_publishers_authenticate_by_client_certificate_or_token() {
+    let hub = Hub::start_with("tls", |dir| {
+        tls_files(dir);
+        let cfg = dir.join("hub.toml");
+        let keys = dir.join("hub.key.pub");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[auth]\nkeys = [{keys:?}]\n[[auth.cert]]\nname = \"alice\"\npub = [\"orders.\"]\n"
+            ),
+        )
+        .unwrap();
+        let p = |f: &str| dir.join(f).display().to_string();
+        vec![
+            "--config".into(),
+            cfg.display().to_string(),
+            "--tls-cert".into(),
+            p("hub.pem"),
+            "--tls-key".into(),
+            p("hub.key"),
+            "--tls-ca".into(),
+            p("ca.pem"),
+            "--tls-client-auth".into(),
+            "optional".into(),
+        ]
+    });
+    let url = format!("tls+tcp://127.0.0.1:{}", hub.port);
+    let ca = std::fs::read(hub.dir.join("ca.pem")).unwrap();
+    let client = |who: Option<&str>, token: Option<String>| {
+        let mut tls = pinion::TlsConfig::new().ca_pem(&ca).unwrap();
+        if let Some(w) = who {
+            let cert = std::fs::read(hub.dir.join(format!("{w}.pem"))).unwrap();
+            let key = std::fs::read(hub.dir.join(format!("{w}.key"))).unwrap();
+            tls = tls.own_cert_pem(&cert, &key).unwrap();
+        }
+        block(Publisher::connect(
+            &url,
+            PublisherOptions {
+                token,
+                tls: Some(tls),
+                ..PublisherOptions::default()
+            },
+        ))
+        .unwrap()
+    };
+    // alice's certificate is mapped to orders.: no token needed.
+    let mut alice = client(Some("alice"), None);
+    assert_eq!(nack_code(&publish_one(&mut alice, "orders.1")), None);
+    assert_eq!(
+        nack_code(&publish_one(&mut alice, "prices.1")),
+        Some(Code::Forbidden)
+    );
+    // bob's is valid but mapped to nothing; no certificate at all: both
+    // need a token.
+    let mut bob = client(Some("bob"), None);
+    assert_eq!(
+        nack_code(&publish_one(&mut bob, "orders.1")),
+        Some(Code::Unauthenticated)
+    );
+    let mut anon = client(None, Some(hub.token(orders(), 600)));
+    assert_eq!(nack_code(&publish_one(&mut anon, "orders.2")), None);
+    // A plain SP client on the TLS port is refused (counted as tls), and
+    // nothing else is disturbed.
+    let plain = pinion::blocking::Socket::with_options(
+        pinion::Protocol::Req0,
+        pinion::Options {
+            handshake_timeout: Duration::from_secs(2),
+            ..pinion::Options::default()
+        },
+    )
+    .unwrap();
+    assert!(plain
+        .dial(&format!("tcp://127.0.0.1:{}", hub.port))
+        .is_err());
+    let (_, metrics) = hub.get(
+        "/metrics",
+        &format!("Authorization: Bearer {}\r\n", hub.admin()),
+    );
+    let tls_refused = metrics
+        .lines()
+        .find(|l| l.contains("reason=\"tls\"") && l.contains("port=\"pub\""))
+        .unwrap_or_else(|| panic!("no tls refusal series:\n{metrics}"));
+    assert!(!tls_refused.ends_with(" 0"), "{tls_refused}");
+    assert_eq!(nack_code(&publish_one(&mut alice, "orders.3")), None);
 }

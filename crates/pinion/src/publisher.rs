@@ -65,6 +65,10 @@ pub struct PublisherOptions {
     /// sent with every publish. `None` (the default): none sent. Replace it
     /// before it expires with [`Publisher::set_token`].
     pub token: Option<String>,
+    /// TLS settings for a `tls+tcp://` hub endpoint (its CA; this
+    /// publisher's certificate where the hub maps client certificates to
+    /// permissions). `None`: plain endpoints only.
+    pub tls: Option<crate::TlsConfig>,
 }
 
 impl Default for PublisherOptions {
@@ -77,6 +81,7 @@ impl Default for PublisherOptions {
             retry_transient: None,
             retry_backoff: Duration::from_millis(100),
             token: None,
+            tls: None,
         }
     }
 }
@@ -163,7 +168,7 @@ impl Publisher {
     /// Dials the hub (waiting for the first connection; reconnects in the
     /// background afterwards).
     pub async fn connect(url: &str, opts: PublisherOptions) -> crate::Result<Publisher> {
-        let sock = Self::socket()?;
+        let sock = Self::socket(&opts)?;
         sock.dial(url).await?;
         Ok(Publisher {
             sock,
@@ -176,14 +181,18 @@ impl Publisher {
         })
     }
 
-    fn socket() -> crate::Result<Socket> {
-        Socket::with_options(
+    fn socket(opts: &PublisherOptions) -> crate::Result<Socket> {
+        let s = Socket::with_options(
             Protocol::Req0,
             Options {
                 raw: true,
                 ..Options::default()
             },
-        )
+        )?;
+        if let Some(t) = &opts.tls {
+            s.set_tls(t.clone());
+        }
+        Ok(s)
     }
 
     /// The endpoint this publisher sends to: the one it was given, or the
@@ -359,7 +368,7 @@ impl Publisher {
                         // from now on (every message in flight is resent
                         // to it, with its seq, after the backoff).
                         if let Some(leader) = leader_hint(&m.body).filter(|l| *l != self.url) {
-                            if let Ok(sock) = Self::socket() {
+                            if let Ok(sock) = Self::socket(&self.opts) {
                                 if sock.dial_background(&leader).await.is_ok() {
                                     tracing::info!(%leader, "following the leader a NOT_LEADER answer named");
                                     self.sock.close();
