@@ -133,6 +133,12 @@ enum Cmd {
         /// Target duration of one latency run.
         #[arg(long, default_value_t = 1.0)]
         lat_secs: f64,
+        /// Throughput payload sizes in bytes (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "64,1024,16384")]
+        sizes: Vec<usize>,
+        /// Skip the latency figures.
+        #[arg(long)]
+        no_lat: bool,
     },
 }
 
@@ -425,14 +431,14 @@ fn accept_cmd(conns: usize, msgs: usize, repeat: usize) -> Result<()> {
 
 /// `tls`: tcp:// and tls+tcp:// interleaved, medians, ratios first.
 #[cfg(feature = "pinion")]
-fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
+fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: Option<f64>, sizes: &[usize]) -> Result<()> {
     let tls = pinion_impl::Tls::new()?;
     let over = |t: bool| if t { Some(&tls) } else { None };
     let label = |t: bool| if t { "tls+tcp" } else { "tcp" };
     let started = std::time::Instant::now();
     let load_before = loadavg();
     let mut rows = Vec::new();
-    for size in [64usize, 1024, 16 * 1024] {
+    for &size in sizes {
         // Calibrate on plain TCP (and warm both up), then use one count for
         // both, so the two time the same work.
         let mut count: u64 = if size >= 16 * 1024 { 2_000 } else { 20_000 };
@@ -466,7 +472,7 @@ fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
         ));
     }
     let mut rts: u64 = 2_000;
-    loop {
+    while let Some(lat_secs) = lat_secs {
         let s = pinion_impl::latency_over(64, rts, None)?;
         let secs = s.total.as_secs_f64();
         if secs >= 0.1 {
@@ -475,7 +481,23 @@ fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
         }
         rts = rts.saturating_mul(4);
     }
-    pinion_impl::latency_over(64, rts / 10, Some(&tls))?;
+    if lat_secs.is_some() {
+        lat_rows(&tls, rts, repeat, &mut rows)?;
+    }
+    print_tls_report(repeat, &load_before, started, rows);
+    Ok(())
+}
+
+#[cfg(feature = "pinion")]
+fn lat_rows(
+    tls: &pinion_impl::Tls,
+    rts: u64,
+    repeat: usize,
+    rows: &mut Vec<(String, f64, String, String)>,
+) -> Result<()> {
+    let over = |t: bool| if t { Some(tls) } else { None };
+    let label = |t: bool| if t { "tls+tcp" } else { "tcp" };
+    pinion_impl::latency_over(64, rts / 10, Some(tls))?;
     let mut mean = [Vec::new(), Vec::new()];
     let mut p99 = [Vec::new(), Vec::new()];
     for _ in 0..repeat {
@@ -504,6 +526,16 @@ fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
         format!("{q0:.2}"),
         format!("{q1:.2}"),
     ));
+    Ok(())
+}
+
+#[cfg(feature = "pinion")]
+fn print_tls_report(
+    repeat: usize,
+    load_before: &str,
+    started: std::time::Instant,
+    rows: Vec<(String, f64, String, String)>,
+) {
     println!("{}", machine_line());
     println!();
     println!(
@@ -518,7 +550,6 @@ fn tls_cmd(repeat: usize, thr_secs: f64, lat_secs: f64) -> Result<()> {
     for (what, r, a, b) in rows {
         println!("| {what} | {r:.2}× | {a} | {b} |");
     }
-    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -537,7 +568,9 @@ fn main() -> Result<()> {
             repeat,
             thr_secs,
             lat_secs,
-        } => tls_cmd(repeat, thr_secs, lat_secs)?,
+            sizes,
+            no_lat,
+        } => tls_cmd(repeat, thr_secs, (!no_lat).then_some(lat_secs), &sizes)?,
         #[cfg(not(feature = "pinion"))]
         Cmd::Tls { .. } => anyhow::bail!("the tls benchmark needs the `pinion` feature"),
         Cmd::Trie { msgs, repeat } => {

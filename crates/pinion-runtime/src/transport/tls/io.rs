@@ -20,7 +20,7 @@
 //!   `InvalidData` carrying the [`PeerError`], which [`peer_error`]
 //!   recovers.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read as _, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -44,15 +44,17 @@ struct State {
     /// Plaintext bytes rustls holds, as its last `process_new_packets`
     /// said, less what was read since.
     plain: usize,
+    /// Ciphertext read from the socket that rustls could not take yet.
+    pending: Vec<u8>,
 }
 
-/// `io::Read` over a non-blocking TCP socket.
-struct TcpRead<'a>(&'a TcpStream);
+/// Bytes of ciphertext read from the socket at once: about two full
+/// records.
+pub const READ_LEN: usize = 32 * 1024;
 
-impl Read for TcpRead<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
-    }
+thread_local! {
+    /// Each core's read buffer for TLS pipes (never held across an await).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_LEN]);
 }
 
 /// `io::Write` over a non-blocking TCP socket.
@@ -145,7 +147,11 @@ impl TlsIo {
             .unwrap_or(1);
         TlsIo {
             tcp,
-            conn: Mutex::new(State { conn, plain }),
+            conn: Mutex::new(State {
+                conn,
+                plain,
+                pending: Vec::new(),
+            }),
             buffered: AtomicBool::new(plain > 0),
         }
     }
@@ -169,55 +175,102 @@ impl TlsIo {
         self.tcp.readable().await
     }
 
-    /// Reads plaintext into `out`: `Ok(0)` is the end of the stream (the
-    /// peer's close_notify, or the TCP stream's end right after a record),
-    /// `WouldBlock` means nothing is there yet.
+    /// Reads plaintext into `out`, as much as is there (up to `out`'s
+    /// length): `Ok(0)` is the end of the stream (the peer's close_notify,
+    /// or the TCP stream's end right after a record), `WouldBlock` means
+    /// nothing is there yet.
+    ///
+    /// Ciphertext is read from the socket [`READ_LEN`] bytes at a time into
+    /// a per-thread buffer (rustls's own `read_tls` reads 4 KiB per call,
+    /// four system calls per full record); what rustls cannot take yet (a
+    /// record and a half at most) waits in the connection's `pending`,
+    /// which holds nothing otherwise.
     pub fn try_read(&self, out: &mut [u8]) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
         }
         let mut st = self.lock();
         let st = &mut *st;
-        let c = &mut st.conn;
+        let mut got = 0;
         let mut eof = false;
         loop {
-            match c.reader().read(out) {
+            match st.conn.reader().read(&mut out[got..]) {
+                // The peer's close_notify (after what came before it).
+                Ok(0) => {
+                    self.buffered.store(false, Ordering::Release);
+                    return Ok(got);
+                }
                 Ok(n) => {
-                    // Ok(0): the peer sent close_notify.
+                    got += n;
                     st.plain = st.plain.saturating_sub(n);
-                    self.buffered.store(st.plain > 0, Ordering::Release);
-                    return Ok(n);
+                    if got == out.len() {
+                        let more = st.plain > 0 || !st.pending.is_empty();
+                        self.buffered.store(more, Ordering::Release);
+                        return Ok(got);
+                    }
+                    continue;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     self.buffered.store(false, Ordering::Release);
-                    return Err(e);
+                    return if got > 0 { Ok(got) } else { Err(e) };
                 }
             }
-            self.buffered.store(false, Ordering::Release);
+            st.plain = 0;
+            self.buffered
+                .store(!st.pending.is_empty(), Ordering::Release);
             if eof {
                 // The TCP stream ended without a close_notify. SP ends a
                 // connection by closing it (NNG sends no close_notify
                 // either), so this is an ordinary end of stream.
-                return Ok(0);
+                return Ok(got);
             }
-            match c.read_tls(&mut TcpRead(&self.tcp)) {
+            match self.feed(st) {
                 Ok(0) => eof = true,
                 Ok(_) => {}
-                Err(e) => return Err(e),
+                Err(e) if got > 0 && e.kind() == io::ErrorKind::WouldBlock => return Ok(got),
+                Err(e) => return if got > 0 { Ok(got) } else { Err(e) },
             }
-            match c.process_new_packets() {
+            match st.conn.process_new_packets() {
                 Ok(s) => st.plain = s.plaintext_bytes_to_read(),
                 Err(e) => {
                     // rustls queued an alert for the peer: best effort.
-                    let _ = c.write_tls(&mut TcpWrite(&self.tcp));
+                    let _ = st.conn.write_tls(&mut TcpWrite(&self.tcp));
                     return Err(tls_error(e));
                 }
             }
             // Key updates and the like are answered at once (what the
             // kernel does not take now goes with the next write).
-            let _ = push(&self.tcp, c);
+            let _ = push(&self.tcp, &mut st.conn);
         }
+    }
+
+    /// Gives rustls more ciphertext: what is pending, else a read of the
+    /// socket. `Ok(0)`: the socket's end of stream.
+    fn feed(&self, st: &mut State) -> io::Result<usize> {
+        if !st.pending.is_empty() {
+            let mut rest = &st.pending[..];
+            let n = st.conn.read_tls(&mut rest)?;
+            st.pending.drain(..n);
+            if st.pending.is_empty() {
+                st.pending = Vec::new(); // hold nothing while idle
+            }
+            return Ok(n.max(1));
+        }
+        SCRATCH.with_borrow_mut(|buf| {
+            let n = self.tcp.try_read(&mut buf[..])?;
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                // rustls takes up to a record and a bit before its
+                // records are processed ("message buffer full").
+                match st.conn.read_tls(&mut rest) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            st.pending.extend_from_slice(rest);
+            Ok(n)
+        })
     }
 
     /// Reads what is there into `buf`'s spare capacity (which must not be
