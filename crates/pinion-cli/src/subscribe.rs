@@ -38,6 +38,11 @@ pub struct SubscribeArgs {
     /// Exit after SECS seconds (0: never).
     #[arg(long = "for", value_name = "SECS", default_value_t = 0.0)]
     pub for_secs: f64,
+    /// A token for a hub with authentication on (`pinion token issue`); it
+    /// must allow every --topic (or every topic, with none) [env
+    /// PINION_TOKEN].
+    #[arg(long, value_name = "TOKEN", env = "PINION_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// Runs `pinion subscribe`.
@@ -53,6 +58,7 @@ pub fn run(a: SubscribeArgs) -> Result<(), Failure> {
         from: a.from,
         // The first --http first, then round robin.
         start_index: Some(0),
+        token: a.token.clone().filter(|t| !t.is_empty()),
         ..SubscriberOptions::default()
     };
     let mut sub = Subscriber::start(opts).map_err(|e| Failure::usage(e.to_string()))?;

@@ -562,13 +562,15 @@ fn io_kind(e: &std::io::Error) -> String {
 /// The request loop every network target uses: keeps `ctx.pipeline`
 /// requests in flight on `stream` until the window ends, then drains.
 /// `rbuf` holds bytes already read during the handshake.
-pub(crate) async fn tcp_loop<P: Proto>(
-    mut stream: TcpStream,
+pub(crate) async fn tcp_loop<P: Proto, S>(
+    mut stream: S,
     mut proto: P,
     mut rbuf: Vec<u8>,
     ctx: Ctx,
     clock: Clock,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let p = ctx.pipeline;
     let mut sent = vec![clock.start; p];
     let mut busy = vec![true; p];
@@ -684,13 +686,14 @@ pub(crate) async fn tcp_loop<P: Proto>(
 
 /// Reads from `stream` into `buf` until `done(buf)` returns `Some(n)` (n =
 /// bytes consumed), within [`CONNECT_TIMEOUT`]. For handshakes and setup.
-pub(crate) async fn read_until<F>(
-    stream: &mut TcpStream,
+pub(crate) async fn read_until<F, S>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     mut done: F,
 ) -> Result<usize, String>
 where
     F: FnMut(&[u8]) -> Result<Option<usize>, String>,
+    S: tokio::io::AsyncRead + Unpin,
 {
     let fut = async {
         loop {

@@ -85,6 +85,11 @@ use targets::{cluster, disk, nats, nats_r3, pinion, redis};
 pub enum Target {
     /// The hub, `pinion serve --fsync always` (or `--hub-url`).
     Pinion,
+    /// The same hub with TLS on its publisher port (`tls+tcp://`, TLS 1.3,
+    /// ECDSA P-256 certificate) and authentication on: every publish
+    /// carries an Ed25519-signed token checked against its topic (not in
+    /// the default set).
+    PinionTls,
     /// redis-server, XADD with `appendfsync always`.
     Redis,
     /// nats-server JetStream, R1 file stream (2.9: ACK before fsync).
@@ -111,6 +116,7 @@ impl Target {
     fn name(self) -> &'static str {
         match self {
             Target::Pinion => "pinion",
+            Target::PinionTls => "pinion-tls",
             Target::Redis => "redis",
             Target::Nats => "nats",
             Target::Disk => "disk",
@@ -321,7 +327,7 @@ pub fn run_publish(
             Target::NatsR3Debian => {
                 nats_r3::Flavor::Debian.binary()?;
             }
-            Target::Pinion | Target::Cluster
+            Target::Pinion | Target::PinionTls | Target::Cluster
                 if args.hub_url.is_none() && !server::is_executable(pinion_exe) =>
             {
                 return Err(LoadgenError::MissingBinary {
@@ -621,7 +627,11 @@ fn run_target(
                     )
                 }
             };
-            let w = Arc::new(pinion::PinionWorkload { addr, payload });
+            let w = Arc::new(pinion::PinionWorkload {
+                addr,
+                payload,
+                tls: None,
+            });
             let (c, mut r, _) = measure(t, w, plan, &bar, guard.as_ref(), None)?;
             if let Some(g) = guard.as_mut() {
                 g.check_alive()?;
@@ -630,6 +640,33 @@ fn run_target(
             drop(guard);
             Ok(vec![(
                 spec(t, "pinion", description, ack, args.hub_url.is_none()),
+                r,
+            )])
+        }
+        Target::PinionTls => {
+            let bar = progress_bar(args, label("pinion-tls"));
+            let (mut guard, addr, tls) = pinion::start_tls(pinion_exe, args.size)?;
+            let w = Arc::new(pinion::PinionWorkload {
+                addr,
+                payload,
+                tls: Some(Arc::new(tls)),
+            });
+            let (c, mut r, _) = measure(t, w, plan, &bar, Some(&guard), None)?;
+            guard.check_alive()?;
+            check_stored(&mut r, c.max_offset.map(|o| o + 1));
+            drop(guard);
+            Ok(vec![(
+                spec(
+                    t,
+                    "pinion-tls",
+                    format!(
+                        "{} serve --fsync always --max-payload {} with --listen tls+tcp:// (TLS 1.3, ECDSA P-256) and --auth-key (Ed25519 tokens): every Publish carries a token checked against its topic",
+                        pinion_exe.display(),
+                        args.size
+                    ),
+                    "as pinion, after the token check",
+                    true,
+                ),
                 r,
             )])
         }
@@ -645,6 +682,7 @@ fn run_target(
             let w = Arc::new(pinion::PinionWorkload {
                 addr: c.leader_addr,
                 payload: payload.clone(),
+                tls: None,
             });
             let leader = c.guards.get(c.leader);
             let peers: Vec<&ServerGuard> = (0..c.guards.len())

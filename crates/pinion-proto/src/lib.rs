@@ -15,6 +15,8 @@
 //!     seq: Some(1),
 //!     topic: Some("orders".into()),
 //!     payload: Some(Bytes::from_static(b"hello")),
+//!     // A hub with authentication on needs one (`pinion token issue`).
+//!     token: None,
 //! };
 //! let bytes = Bytes::from(req.encode_to_vec());
 //! assert_eq!(Publish::decode(bytes).unwrap(), req);

@@ -63,6 +63,96 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr)
     Ok((guard, addr))
 }
 
+/// What a `pinion-tls` client needs: the TLS settings trusting the hub's
+/// test CA, the name to check, and a token allowing every topic.
+pub(crate) struct TlsClient {
+    pub config: Arc<rustls::ClientConfig>,
+    pub token: String,
+}
+
+/// Starts `<exe> serve` as [`start`] does, with its publisher port over
+/// TLS (`tls+tcp://`, a certificate for 127.0.0.1 from a CA made here) and
+/// authentication on (an Ed25519 key made here): returns the token and
+/// TLS settings its clients use.
+pub(crate) fn start_tls(
+    exe: &Path,
+    size: usize,
+) -> Result<(ServerGuard, SocketAddr, TlsClient), LoadgenError> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    if !is_executable(exe) {
+        return Err(LoadgenError::MissingBinary {
+            name: "pinion",
+            looked: vec![exe.to_path_buf()],
+            hint: "; build the hub with `cargo build --release -p pinion-cli`",
+        });
+    }
+    let setup = |what: &str, e: String| LoadgenError::Args(format!("pinion-tls setup: {what}: {e}"));
+    let dir = temp_dir(NAME)?;
+    let port = free_port()?;
+    let conf = crate::server::bench_hub_config(dir.path())?;
+    // A CA and the hub's certificate (127.0.0.1), made for this run.
+    let ca_key = KeyPair::generate().map_err(|e| setup("CA key", e.to_string()))?;
+    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| setup("CA", e.to_string()))?;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = p.self_signed(&ca_key).map_err(|e| setup("CA", e.to_string()))?;
+    let issuer = Issuer::new(p, ca_key);
+    let key = KeyPair::generate().map_err(|e| setup("hub key", e.to_string()))?;
+    let mut p = CertificateParams::new(vec!["localhost".to_string()])
+        .map_err(|e| setup("hub certificate", e.to_string()))?;
+    p.subject_alt_names
+        .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
+    let cert = p
+        .signed_by(&key, &issuer)
+        .map_err(|e| setup("hub certificate", e.to_string()))?;
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text)
+            .map_err(|e| LoadgenError::io(format!("writing {}", path.display()), e))?;
+        Ok::<_, LoadgenError>(path)
+    };
+    let cert_file = write("hub.pem", &cert.pem())?;
+    let key_file = write("hub-key.pem", &key.serialize_pem())?;
+    // The token key: the hub gets the public half.
+    let keys = pinion_auth::Keys::generate_ed25519().map_err(|e| setup("token key", e.to_string()))?;
+    let written = keys
+        .write(&dir.path().join("token.key"))
+        .map_err(|e| setup("token key", e.to_string()))?;
+    let perms = pinion_auth::Permissions {
+        publish: pinion_auth::Rules::allow([""]),
+        ..Default::default()
+    };
+    let token = keys
+        .issue("bench", &perms, pinion_auth::Verifier::now(), 86_400)
+        .map_err(|e| setup("token", e.to_string()))?;
+    let config = pinion_runtime::transport::tls::TlsConfig::new()
+        .ca_pem(ca.pem().as_bytes())
+        .and_then(|c| c.client_config())
+        .map_err(|e| setup("client TLS", e.to_string()))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve")
+        .arg("-c")
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg(format!("tls+tcp://127.0.0.1:{port}"))
+        .arg("--tls-cert")
+        .arg(&cert_file)
+        .arg("--tls-key")
+        .arg(&key_file)
+        .arg("--auth-key")
+        .arg(&written[1])
+        .args(["--fsync", "always"])
+        .args(["--subscribe", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .arg("--max-payload")
+        .arg(size.to_string())
+        .args(["--stats-every", "1"]);
+    let mut guard = ServerGuard::spawn(NAME, cmd, dir)?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    guard.wait_listening(addr)?;
+    Ok((guard, addr, TlsClient { config, token }))
+}
+
 /// The hub's cumulative `(logged, commits)` from the last `stats` line in
 /// its log (`pinion serve` logs one per `--stats-every` seconds), if any.
 pub(crate) fn hub_counters(log: &str) -> Option<(u64, u64)> {
@@ -113,10 +203,15 @@ pub(crate) fn parse_url(url: &str) -> Result<SocketAddr, LoadgenError> {
 pub(crate) struct PinionWorkload {
     pub addr: SocketAddr,
     pub payload: Arc<[u8]>,
+    /// `pinion-tls`: TLS and a token.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 /// Connects and exchanges SP headers. Returns bytes read past the header.
-async fn sp_handshake(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, String> {
+async fn sp_handshake<S>(stream: &mut S) -> Result<Vec<u8>, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     stream
         .write_all(&encode_header(REQ))
         .await
@@ -136,22 +231,45 @@ async fn sp_handshake(stream: &mut tokio::net::TcpStream) -> Result<Vec<u8>, Str
 
 impl Workload for PinionWorkload {
     async fn client(self: Arc<Self>, mut ctx: Ctx) {
-        let (stream, rest) = {
-            let _permit = ctx.connect_permit().await;
-            let mut stream = match connect(ctx.idx, self.addr).await {
-                Ok(s) => s,
-                Err(e) => return ctx.connect_failed(e.to_string()),
-            };
-            match sp_handshake(&mut stream).await {
-                Ok(rest) => (stream, rest),
-                Err(e) => return ctx.connect_failed(format!("SP handshake: {e}")),
+        let permit = ctx.connect_permit().await;
+        let stream = match connect(ctx.idx, self.addr).await {
+            Ok(s) => s,
+            Err(e) => return ctx.connect_failed(e.to_string()),
+        };
+        match &self.tls {
+            None => {
+                let mut stream = stream;
+                let rest = match sp_handshake(&mut stream).await {
+                    Ok(rest) => rest,
+                    Err(e) => return ctx.connect_failed(format!("SP handshake: {e}")),
+                };
+                drop(permit);
+                let Some(clock) = ctx.ready().await else {
+                    return;
+                };
+                let proto = SpPublish::new(crate::rand_bytes16(), &self.payload, ctx.pipeline);
+                tcp_loop(stream, proto, rest, ctx, clock).await;
             }
-        };
-        let Some(clock) = ctx.ready().await else {
-            return;
-        };
-        let proto = SpPublish::new(crate::rand_bytes16(), &self.payload, ctx.pipeline);
-        tcp_loop(stream, proto, rest, ctx, clock).await;
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::from(std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
+                let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+                let mut stream = match connector.connect(name, stream).await {
+                    Ok(s) => s,
+                    Err(e) => return ctx.connect_failed(format!("TLS handshake: {e}")),
+                };
+                let rest = match sp_handshake(&mut stream).await {
+                    Ok(rest) => rest,
+                    Err(e) => return ctx.connect_failed(format!("SP handshake: {e}")),
+                };
+                drop(permit);
+                let Some(clock) = ctx.ready().await else {
+                    return;
+                };
+                let mut proto = SpPublish::new(crate::rand_bytes16(), &self.payload, ctx.pipeline);
+                proto.msg.token = Some(tls.token.clone());
+                tcp_loop(stream, proto, rest, ctx, clock).await;
+            }
+        }
     }
 }
 
