@@ -41,7 +41,12 @@ pub struct SubscribeArgs {
     /// A token for a hub with authentication on (`pinion token issue`); it
     /// must allow every --topic (or every topic, with none) [env
     /// PINION_TOKEN].
-    #[arg(long, value_name = "TOKEN", env = "PINION_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "PINION_TOKEN",
+        hide_env_values = true
+    )]
     pub token: Option<String>,
 }
 

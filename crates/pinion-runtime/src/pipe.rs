@@ -51,6 +51,10 @@ pub enum PipeCmd {
         /// Messages they complete (credits to return once written).
         msgs: u32,
     },
+    /// The socket driver wrote to a TLS stream itself and some ciphertext
+    /// is still waiting for the kernel: write it out (waiting for the
+    /// socket as needed).
+    Flush,
 }
 
 /// What the socket driver needs to write to a pipe itself.
@@ -433,10 +437,10 @@ async fn run_stream(
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let credits = link.opts.pipe_buffer;
     let gate = Arc::new(ReadGate::default());
-    // The socket driver writes to plain streams itself; a TLS stream only
-    // through its writer (its ciphertext must be flushed by someone who
-    // waits for the socket).
-    let direct = (!matches!(*io, StreamIo::Tls(_))).then(|| Direct {
+    // The socket driver writes to the stream itself while the writer is
+    // idle (a TLS stream too: it encrypts, and hands the writer a `Flush`
+    // when ciphertext is left for the kernel).
+    let direct = Some(Direct {
         io: io.clone(),
         framing,
     });
@@ -607,6 +611,9 @@ async fn run_stream(
                         }
                         chunks.push(bytes);
                     }
+                    // Nothing to frame: the write below flushes what the
+                    // TLS stream holds.
+                    PipeCmd::Flush => {}
                 }
             }
             if chunks.is_empty() {
@@ -725,9 +732,11 @@ async fn run_inproc(
             }
             let n = cmds.len() as u32;
             for cmd in cmds.drain(..) {
-                let PipeCmd::Send(m) = cmd else {
+                let m = match cmd {
+                    PipeCmd::Send(m) => m,
+                    PipeCmd::Flush => continue,
                     // Raw bytes are only ever sent to byte-stream pipes.
-                    return;
+                    PipeCmd::Raw { .. } => return,
                 };
                 if tx.send(m).await.is_err() {
                     return;

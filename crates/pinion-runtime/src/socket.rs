@@ -1390,6 +1390,12 @@ impl Driver {
             if written == p.staged.len() {
                 p.staged.clear();
                 done.push((pipe, p.staged_msgs));
+                // A TLS stream took the bytes but the kernel not all of
+                // their ciphertext: the writer finishes (in order: what
+                // the driver writes next goes behind it in rustls).
+                if d.io.holds_unsent() {
+                    let _ = p.out.send(PipeCmd::Flush);
+                }
             } else {
                 let rest = p.staged.split().freeze().slice(written..);
                 let _ = p.out.send(PipeCmd::Raw {

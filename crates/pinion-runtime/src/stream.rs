@@ -133,6 +133,14 @@ impl StreamIo {
         self.flush().await
     }
 
+    /// A TLS connection holds ciphertext the kernel did not take yet.
+    pub fn holds_unsent(&self) -> bool {
+        match self {
+            StreamIo::Tls(s) => s.holds_unsent(),
+            _ => false,
+        }
+    }
+
     /// Writes out what a TLS connection still holds encrypted (nothing to
     /// do for the others).
     pub async fn flush(&self) -> io::Result<()> {

@@ -86,15 +86,19 @@ pub(crate) fn start_tls(
             hint: "; build the hub with `cargo build --release -p pinion-cli`",
         });
     }
-    let setup = |what: &str, e: String| LoadgenError::Args(format!("pinion-tls setup: {what}: {e}"));
+    let setup =
+        |what: &str, e: String| LoadgenError::Args(format!("pinion-tls setup: {what}: {e}"));
     let dir = temp_dir(NAME)?;
     let port = free_port()?;
     let conf = crate::server::bench_hub_config(dir.path())?;
     // A CA and the hub's certificate (127.0.0.1), made for this run.
     let ca_key = KeyPair::generate().map_err(|e| setup("CA key", e.to_string()))?;
-    let mut p = CertificateParams::new(Vec::<String>::new()).map_err(|e| setup("CA", e.to_string()))?;
+    let mut p =
+        CertificateParams::new(Vec::<String>::new()).map_err(|e| setup("CA", e.to_string()))?;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = p.self_signed(&ca_key).map_err(|e| setup("CA", e.to_string()))?;
+    let ca = p
+        .self_signed(&ca_key)
+        .map_err(|e| setup("CA", e.to_string()))?;
     let issuer = Issuer::new(p, ca_key);
     let key = KeyPair::generate().map_err(|e| setup("hub key", e.to_string()))?;
     let mut p = CertificateParams::new(vec!["localhost".to_string()])
@@ -113,7 +117,8 @@ pub(crate) fn start_tls(
     let cert_file = write("hub.pem", &cert.pem())?;
     let key_file = write("hub-key.pem", &key.serialize_pem())?;
     // The token key: the hub gets the public half.
-    let keys = pinion_auth::Keys::generate_ed25519().map_err(|e| setup("token key", e.to_string()))?;
+    let keys =
+        pinion_auth::Keys::generate_ed25519().map_err(|e| setup("token key", e.to_string()))?;
     let written = keys
         .write(&dir.path().join("token.key"))
         .map_err(|e| setup("token key", e.to_string()))?;
@@ -251,7 +256,8 @@ impl Workload for PinionWorkload {
                 tcp_loop(stream, proto, rest, ctx, clock).await;
             }
             Some(tls) => {
-                let name = rustls_pki_types::ServerName::from(std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
+                let name =
+                    rustls_pki_types::ServerName::from(std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
                 let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
                 let mut stream = match connector.connect(name, stream).await {
                     Ok(s) => s,

@@ -306,6 +306,11 @@ impl TlsIo {
         self.try_write_vectored(&[IoSlice::new(b)])
     }
 
+    /// rustls holds ciphertext the kernel did not take yet.
+    pub fn holds_unsent(&self) -> bool {
+        self.lock().conn.wants_write()
+    }
+
     /// Waits until the socket may take more.
     pub async fn writable(&self) -> io::Result<()> {
         self.tcp.writable().await

@@ -557,6 +557,7 @@ async fn write_loop(
                 }
                 // Raw bytes are framed for byte streams: never sent to a
                 // WebSocket pipe (its `Up` offers no direct writes).
+                PipeCmd::Flush => {}
                 PipeCmd::Raw { msgs, .. } => {
                     tracing::warn!(pipe = pipe.0, "raw stream bytes sent to a websocket pipe");
                     n += msgs;
