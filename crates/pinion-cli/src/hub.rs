@@ -29,11 +29,11 @@ pub struct ServeArgs {
     /// Ed25519 public key `FILE.pub` from `pinion token keygen`, or an
     /// HS256 secret file). Publishes then need a token allowing their
     /// topic, subscribers one allowing theirs, and the dashboard, /metrics
-    /// and /stats an admin token. Off by default [config: [auth] keys].
+    /// and /stats an admin token. Off by default (config: `[auth] keys`).
     #[arg(long, value_name = "FILE")]
     pub auth_key: Vec<PathBuf>,
     /// The hub's TLS certificate chain (PEM), for `tls+tcp://` publisher
-    /// endpoints (`--listen tls+tcp://0.0.0.0:7453`) [config: [tls] cert].
+    /// endpoints (`--listen tls+tcp://0.0.0.0:7453`) (config: `[tls] cert`).
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// Its private key (PEM) [default: in --tls-cert].
@@ -41,7 +41,7 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
     /// CA for client certificates: with it, clients must present one
     /// (mutual TLS) unless --tls-client-auth says otherwise; map them to
-    /// permissions with [[auth.cert]].
+    /// permissions with `[[auth.cert]]`.
     #[arg(long, value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// Client certificates: none, optional or required.
