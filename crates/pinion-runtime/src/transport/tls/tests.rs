@@ -257,3 +257,56 @@ fn configuration_mistakes_are_typed() {
         Err(TlsConfigError::ServerName(_))
     ));
 }
+
+/// `TlsIo` over real loopback TCP, the server side pinion's: a client that
+/// sends data and closes the TCP stream without a close_notify (as NNG
+/// does) is an ordinary end of stream after its data, not an error; a
+/// large write arrives whole, in order, through partial writes and the
+/// 32 KiB reads.
+#[test]
+fn tls_io_reads_everything_then_an_ordinary_end_of_stream() {
+    let ca = ca("pinion test CA");
+    let srv = leaf(&ca, "server", &["localhost"], false);
+    let client = TlsConfig::new().ca_pem(ca.pem.as_bytes()).unwrap();
+    rt().block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = body.clone();
+        let cl = async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let connector = TlsConnector::from(client.client_config().unwrap());
+            let name = client.server_name_for("localhost").unwrap();
+            let mut t = connector.connect(name, tcp).await.unwrap();
+            t.write_all(&sent).await.unwrap();
+            t.flush().await.unwrap();
+            // Drop the TCP stream itself: no close_notify.
+            let (tcp, _) = t.into_inner();
+            drop(tcp);
+        };
+        let sv = async move {
+            let (tcp, _) = l.accept().await.unwrap();
+            let conn = TlsConn {
+                tcp,
+                role: server(&srv).listener_role().unwrap(),
+            };
+            let (io, peer) = conn.handshake().await.unwrap();
+            assert!(peer.is_none(), "no client certificate asked for");
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                io.readable().await.unwrap();
+                match io.try_read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => panic!("read failed after {} bytes: {e}", got.len()),
+                }
+            }
+            got
+        };
+        let ((), got) = tokio::join!(cl, sv);
+        assert_eq!(got.len(), body.len());
+        assert!(got == body, "bytes changed in transit");
+    });
+}
