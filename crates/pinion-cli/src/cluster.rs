@@ -65,6 +65,10 @@ pub struct AddArgs {
     /// Give up after this long, seconds.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    /// For `tls+tcp://` Raft endpoints (mutual TLS): --cacert, --cert,
+    /// --key.
+    #[command(flatten)]
+    pub tls: crate::TlsArgs,
 }
 
 /// `pinion cluster remove`.
@@ -79,6 +83,10 @@ pub struct RemoveArgs {
     /// Give up after this long, seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// For `tls+tcp://` Raft endpoints (mutual TLS): --cacert, --cert,
+    /// --key.
+    #[command(flatten)]
+    pub tls: crate::TlsArgs,
 }
 
 /// `pinion cluster local`.
@@ -131,7 +139,7 @@ pub fn run(c: ClusterCommand) -> Result<(), Failure> {
             });
             print_all(&format!(
                 "{}\n",
-                admin(&a.raft, op, Duration::from_secs(a.timeout))?
+                admin(&a.raft, op, Duration::from_secs(a.timeout), Some(&a.tls))?
             ))
         }
         ClusterCommand::Remove(a) => print_all(&format!(
@@ -140,6 +148,7 @@ pub fn run(c: ClusterCommand) -> Result<(), Failure> {
                 &a.raft,
                 pb::admin_request::Op::Remove(a.id),
                 Duration::from_secs(a.timeout),
+                Some(&a.tls),
             )?
         )),
     }
@@ -147,7 +156,12 @@ pub fn run(c: ClusterCommand) -> Result<(), Failure> {
 
 /// Sends a membership change to `raft` (following the leader it names,
 /// at most three times) and prints the membership in effect after it.
-fn admin(raft: &str, op: pb::admin_request::Op, timeout: Duration) -> Result<String, Failure> {
+fn admin(
+    raft: &str,
+    op: pb::admin_request::Op,
+    timeout: Duration,
+    tls: Option<&crate::TlsArgs>,
+) -> Result<String, Failure> {
     use pinion_proto::Message as _;
     let mut url = raft.to_string();
     for _ in 0..3 {
@@ -159,6 +173,12 @@ fn admin(raft: &str, op: pb::admin_request::Op, timeout: Duration) -> Result<Str
         let io =
             |e: pinion::Error| Failure::new(crate::failure::code_for(&e), format!("{url}: {e}"));
         let s = pinion::blocking::Socket::with_options(pinion::Protocol::Req0, opts).map_err(io)?;
+        if let (true, Some(t)) = (url.starts_with("tls+tcp://"), tls) {
+            let cfg = t
+                .dialer()
+                .map_err(|e| Failure::usage(format!("{e}; check --cacert, --cert and --key")))?;
+            s.set_tls(cfg);
+        }
         s.dial(&url).map_err(io)?;
         let req = pb::RaftRequest {
             from: 0,
@@ -407,7 +427,7 @@ fn local(a: LocalArgs) -> Result<(), Failure> {
             }),
             voter: false,
         });
-        if let Err(e) = admin(&addrs(1).raft, op, Duration::from_secs(120)) {
+        if let Err(e) = admin(&addrs(1).raft, op, Duration::from_secs(120), None) {
             stop_all(&mut children);
             return Err(Failure::new(
                 e.code,

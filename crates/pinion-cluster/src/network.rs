@@ -127,6 +127,9 @@ impl LeaderContact {
 pub struct Network {
     node_id: NodeId,
     rt: Runtime,
+    /// TLS for `tls+tcp://` peers (mutual: this node's certificate, and
+    /// the CA the peers' chain to).
+    tls: Option<pinion::TlsConfig>,
 }
 
 impl Network {
@@ -140,7 +143,17 @@ impl Network {
     /// them on the event loop openraft runs on, so a Raft message reaches
     /// openraft without waking another thread).
     pub fn on(node_id: NodeId, rt: Runtime) -> Self {
-        Self { node_id, rt }
+        Self {
+            node_id,
+            rt,
+            tls: None,
+        }
+    }
+
+    /// The TLS settings its connections to `tls+tcp://` peers use.
+    pub fn with_tls(mut self, tls: Option<pinion::TlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -150,6 +163,7 @@ pub struct Peer {
     to: NodeId,
     url: String,
     rt: Runtime,
+    tls: Option<pinion::TlsConfig>,
     socket: Option<Socket>,
 }
 
@@ -162,6 +176,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             to: target,
             url: node.raft.clone(),
             rt: self.rt.clone(),
+            tls: self.tls.clone(),
             socket: None,
         }
     }
@@ -171,6 +186,9 @@ impl Peer {
     async fn socket(&mut self) -> Result<&Socket, CallError> {
         if self.socket.is_none() {
             let s = Socket::on(&self.rt, Protocol::Req0, options())?;
+            if let Some(t) = &self.tls {
+                s.set_tls(t.clone());
+            }
             s.dial_background(&self.url).await?;
             self.socket = Some(s);
         }
@@ -321,10 +339,12 @@ pub async fn serve(
     url: &str,
     contact: Arc<LeaderContact>,
 ) -> Result<(Socket, String), pinion::Error> {
-    serve_on(Runtime::global(), raft, node_id, url, contact).await
+    serve_on(Runtime::global(), raft, node_id, url, contact, None).await
 }
 
-/// As [`serve`], with the endpoint's socket on `rt`.
+/// As [`serve`], with the endpoint's socket on `rt`, and for a
+/// `tls+tcp://` endpoint the TLS settings (`tls`: a node certificate and,
+/// for mutual TLS, the CA and `AuthMode::Required`).
 ///
 /// # Errors
 ///
@@ -335,8 +355,12 @@ pub async fn serve_on(
     node_id: NodeId,
     url: &str,
     contact: Arc<LeaderContact>,
+    tls: Option<pinion::TlsConfig>,
 ) -> Result<(Socket, String), pinion::Error> {
     let socket = Socket::on(rt, Protocol::Rep0, options())?;
+    if let Some(t) = tls {
+        socket.set_tls(t);
+    }
     let ep = socket.listen(url).await?;
     let bound = ep.url().to_string();
     for _ in 0..SERVER_CONTEXTS {

@@ -100,14 +100,22 @@ impl ClusterConfig {
         if self.node_id == 0 {
             return Err("node ids start at 1");
         }
-        if !self.raft.starts_with("tcp://") {
-            return Err("the Raft endpoint must be tcp://host:port");
+        if !self.raft.starts_with("tcp://") && !self.raft.starts_with("tls+tcp://") {
+            return Err("the Raft endpoint must be tcp://host:port or tls+tcp://host:port");
         }
         if !self.peers.contains_key(&self.node_id) {
             return Err("the peers must include this node");
         }
-        if self.peers.values().any(|n| !n.raft.starts_with("tcp://")) {
-            return Err("every peer needs a tcp:// Raft endpoint");
+        let tls = |u: &str| u.starts_with("tls+tcp://");
+        if self
+            .peers
+            .values()
+            .any(|n| !n.raft.starts_with("tcp://") && !tls(&n.raft))
+        {
+            return Err("every peer needs a tcp:// or tls+tcp:// Raft endpoint");
+        }
+        if self.peers.values().any(|n| tls(&n.raft) != tls(&self.raft)) {
+            return Err("the Raft endpoints must all be tcp:// or all tls+tcp://");
         }
         if self.write_timeout.is_zero() || self.write_timeout > Duration::from_secs(60) {
             return Err("write_timeout must be between 1 ms and 60 s");
@@ -191,8 +199,8 @@ pub fn parse_peer(spec: &str) -> Result<(NodeId, NodeInfo), &'static str> {
         .map_err(|_| "the node id must be a number")?;
     let mut parts = rest.split(',').map(str::trim);
     let raft = parts.next().unwrap_or("").to_string();
-    if !raft.starts_with("tcp://") {
-        return Err("the Raft endpoint must be tcp://host:port");
+    if !raft.starts_with("tcp://") && !raft.starts_with("tls+tcp://") {
+        return Err("the Raft endpoint must be tcp://host:port or tls+tcp://host:port");
     }
     let node = NodeInfo {
         raft,
@@ -892,22 +900,33 @@ pub(crate) async fn start_raft(
     machine: HubMachine,
     max_payload: usize,
     contact: Arc<pinion_cluster::network::LeaderContact>,
+    tls: Option<(pinion::TlsConfig, pinion::TlsConfig)>,
 ) -> Result<(Raft<TypeConfig>, pinion::Socket), String> {
     let rc = raft_config(cfg, max_payload)?;
+    let (dialer, listener) = match tls {
+        Some((d, l)) => (Some(d), Some(l)),
+        None => (None, None),
+    };
     let sm = StateMachineStore::new(machine, Some(log.offsets()));
     let raft = Raft::new(
         cfg.node_id,
         rc,
-        pinion_cluster::network::Network::on(cfg.node_id, net.clone()),
+        pinion_cluster::network::Network::on(cfg.node_id, net.clone()).with_tls(dialer),
         log,
         sm,
     )
     .await
     .map_err(|e| format!("raft: {e}"))?;
-    let (server, _) =
-        pinion_cluster::network::serve_on(net, raft.clone(), cfg.node_id, &cfg.raft, contact)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", cfg.raft))?;
+    let (server, _) = pinion_cluster::network::serve_on(
+        net,
+        raft.clone(),
+        cfg.node_id,
+        &cfg.raft,
+        contact,
+        listener,
+    )
+    .await
+    .map_err(|e| format!("cannot listen on {}: {e}", cfg.raft))?;
     let first = cfg.peers.keys().next().copied();
     if first == Some(cfg.node_id) && !raft.is_initialized().await.map_err(|e| e.to_string())? {
         match raft.initialize(cfg.peers.clone()).await {

@@ -320,6 +320,32 @@ impl TlsSettings {
     }
 }
 
+impl TlsSettings {
+    /// The node links' settings (`tls+tcp://` Raft endpoints): mutual TLS,
+    /// each node presenting this certificate and requiring its peers' to
+    /// chain to `ca`. Returns (dialer, listener).
+    ///
+    /// # Errors
+    ///
+    /// No CA (mutual TLS needs one), or a file that cannot be used.
+    pub fn node_links(&self) -> Result<(pinion::TlsConfig, pinion::TlsConfig), String> {
+        let ca = self
+            .ca
+            .as_ref()
+            .ok_or("tls+tcp:// node links are mutual TLS: give [tls] ca (--tls-ca)")?;
+        let own = |c: pinion::TlsConfig| {
+            c.own_cert_files(&self.cert, self.key.as_deref())
+                .and_then(|c| c.ca_file(ca))
+                .map(|c| c.auth_mode(pinion::AuthMode::Required))
+                .map_err(|e| e.to_string())
+        };
+        Ok((
+            own(pinion::TlsConfig::new())?,
+            own(pinion::TlsConfig::new())?,
+        ))
+    }
+}
+
 /// Parses `none`, `optional`, `required`.
 pub fn parse_auth_mode(v: &str) -> Option<pinion::AuthMode> {
     match v.trim().to_ascii_lowercase().as_str() {

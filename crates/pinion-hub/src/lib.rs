@@ -662,6 +662,19 @@ impl Hub {
                 let (ready_tx, ready_rx) = mpsc::channel();
                 let sh = shared.clone();
                 let max_payload = cfg.max_payload;
+                // tls+tcp:// node links: mutual TLS with the hub's
+                // certificate and CA.
+                let node_tls = if ccfg.raft.starts_with("tls+tcp://") {
+                    let t = cfg.tls.as_ref().ok_or_else(|| {
+                        HubError::Tls(
+                            "tls+tcp:// node links need [tls] cert, key and ca (--tls-cert, --tls-key, --tls-ca)"
+                                .into(),
+                        )
+                    })?;
+                    Some(t.node_links().map_err(HubError::Tls)?)
+                } else {
+                    None
+                };
                 // openraft's core, its tasks, the Raft endpoint and the
                 // connections to peers share one event loop (a one-core
                 // pinion runtime): a Raft message goes from the socket to
@@ -691,6 +704,7 @@ impl Hub {
                                 machine,
                                 max_payload,
                                 status.contact.clone(),
+                                node_tls,
                             )
                             .await
                             {
