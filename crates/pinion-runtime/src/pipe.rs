@@ -45,16 +45,26 @@ pub enum PipeCmd {
     Send(Message),
     /// Send these bytes as they are: the unwritten rest of `msgs` messages
     /// the socket driver framed and began to write itself.
+    ///
+    /// Empty `bytes` with `msgs` 0 asks the writer only to flush: the
+    /// socket driver wrote to a TLS stream itself and some ciphertext is
+    /// still waiting for the kernel. (Not a variant of its own: a third
+    /// variant would cost this enum a tag, 8 bytes more in every slot of
+    /// every pipe's write queue.)
     Raw {
         /// Framed bytes.
         bytes: Bytes,
         /// Messages they complete (credits to return once written).
         msgs: u32,
     },
-    /// The socket driver wrote to a TLS stream itself and some ciphertext
-    /// is still waiting for the kernel: write it out (waiting for the
-    /// socket as needed).
-    Flush,
+}
+
+impl PipeCmd {
+    /// The writer's "flush what the TLS stream holds" (see [`PipeCmd::Raw`]).
+    pub const FLUSH: PipeCmd = PipeCmd::Raw {
+        bytes: Bytes::new(),
+        msgs: 0,
+    };
 }
 
 /// What the socket driver needs to write to a pipe itself.
@@ -239,8 +249,6 @@ pub struct PipeLink {
     pub stats: Arc<Stats>,
     /// Cancelled when the socket closes.
     pub closed: CancellationToken,
-    /// The pipes' TLS peer identities.
-    pub peers: Arc<PeerTable>,
 }
 
 /// Largest read buffer space offered to the kernel at once (a peer that
@@ -339,12 +347,12 @@ pub async fn run(
         Conn::Tcp(s) => {
             let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
             let io = StreamIo::Tcp(s);
-            run_stream(io, Framing::Tcp, pipe, &link, handshake, deadline, None).await
+            run_stream(io, Framing::Tcp, pipe, &link, handshake, deadline).await
         }
         Conn::Ipc(s) => {
             let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
             let io = StreamIo::Ipc(s);
-            run_stream(io, Framing::Ipc, pipe, &link, handshake, deadline, None).await
+            run_stream(io, Framing::Ipc, pipe, &link, handshake, deadline).await
         }
         // Boxed, the whole of it: a TLS pipe's state (the handshake's, then
         // the stream's) is not part of every other pipe's task.
@@ -367,8 +375,11 @@ async fn run_tls(
     let deadline = tokio::time::Instant::now() + link.opts.handshake_timeout;
     match crate::transport::tls::open(t, deadline).await {
         Ok((tls, peer)) => {
+            // The peer's certificate, for `peer_identity`, while the pipe
+            // runs (kept here: a plain pipe holds no such entry).
+            let _id = link.stats.peers.enter(pipe, peer);
             let io = StreamIo::Tls(Box::new(tls));
-            run_stream(io, Framing::Tcp, pipe, link, handshake, deadline, peer).await
+            run_stream(io, Framing::Tcp, pipe, link, handshake, deadline).await
         }
         Err(e) => crate::transport::tls::failed(e, pipe, link, handshake),
     }
@@ -414,7 +425,6 @@ async fn run_stream(
     link: &PipeLink,
     hs: Option<oneshot::Sender<Result<(), Error>>>,
     deadline: tokio::time::Instant,
-    identity: Option<Arc<PeerIdentity>>,
 ) -> Option<PeerError> {
     let io = Arc::new(io);
     let peer = match handshake(&io, link, deadline).await {
@@ -433,7 +443,6 @@ async fn run_stream(
             return None;
         }
     };
-    let _identity = link.peers.enter(pipe, identity);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let credits = link.opts.pipe_buffer;
     let gate = Arc::new(ReadGate::default());
@@ -604,6 +613,9 @@ async fn run_stream(
                             encode_frame(framing, &m, &mut wbuf);
                         }
                     }
+                    // Empty: a flush (the write below flushes what a TLS
+                    // stream holds).
+                    PipeCmd::Raw { bytes, .. } if bytes.is_empty() => {}
                     PipeCmd::Raw { bytes, msgs } => {
                         n += msgs;
                         if !wbuf.is_empty() {
@@ -611,9 +623,6 @@ async fn run_stream(
                         }
                         chunks.push(bytes);
                     }
-                    // Nothing to frame: the write below flushes what the
-                    // TLS stream holds.
-                    PipeCmd::Flush => {}
                 }
             }
             if chunks.is_empty() {
@@ -732,11 +741,9 @@ async fn run_inproc(
             }
             let n = cmds.len() as u32;
             for cmd in cmds.drain(..) {
-                let m = match cmd {
-                    PipeCmd::Send(m) => m,
-                    PipeCmd::Flush => continue,
+                let PipeCmd::Send(m) = cmd else {
                     // Raw bytes are only ever sent to byte-stream pipes.
-                    PipeCmd::Raw { .. } => return,
+                    return;
                 };
                 if tx.send(m).await.is_err() {
                     return;
@@ -780,18 +787,31 @@ mod tests {
                 credits,
                 stats: Default::default(),
                 closed: Default::default(),
-                peers: Default::default(),
             };
             let tcp2 = tokio::net::TcpStream::connect(l.local_addr().unwrap())
                 .await
                 .unwrap();
             let deadline = tokio::time::Instant::now();
-            let rs = run_stream(StreamIo::Tcp(tcp2), Framing::Tcp, PipeId(2), &link, None, deadline, None);
+            let rs = run_stream(
+                StreamIo::Tcp(tcp2),
+                Framing::Tcp,
+                PipeId(2),
+                &link,
+                None,
+                deadline,
+            );
             eprintln!("run_stream future: {} bytes", std::mem::size_of_val(&rs));
             drop(rs);
             let f = run(Conn::Tcp(tcp), PipeId(1), link, None);
             let size = std::mem::size_of_val(&f);
-            eprintln!("pipe task future: {size} bytes; Conn {} B, WsConn {} B, TlsRole {} B, PipeLink {} B", std::mem::size_of::<Conn>(), std::mem::size_of::<crate::transport::ws::WsConn>(), std::mem::size_of::<crate::transport::tls::TlsRole>(), std::mem::size_of::<PipeLink>());
+            eprintln!(
+                "pipe task future: {size} bytes; Conn {} B, PipeLink {} B, PipeCmd {} B",
+                std::mem::size_of::<Conn>(),
+                std::mem::size_of::<PipeLink>(),
+                std::mem::size_of::<PipeCmd>()
+            );
+            // A write queue's first block holds 32 of them (per pipe).
+            assert!(std::mem::size_of::<PipeCmd>() <= std::mem::size_of::<Message>());
             assert!(size <= 2048, "pipe future is {size} bytes");
         });
     }

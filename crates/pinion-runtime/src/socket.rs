@@ -209,7 +209,6 @@ impl SocketHandle {
             credits: cr_tx,
             stats: stats.clone(),
             closed: closed.clone(),
-            peers: Default::default(),
         };
         let driver = Driver {
             proto: protocol::new(kind, &opts),
@@ -269,7 +268,7 @@ impl SocketHandle {
     /// not TLS, or whose peer sent no certificate. A received message
     /// names its pipe ([`Message::pipe`](pinion_core::Message::pipe)).
     pub fn peer_identity(&self, pipe: PipeId) -> Option<Arc<PeerIdentity>> {
-        self.inner.link.peers.get(pipe)
+        self.inner.link.stats.peers.get(pipe)
     }
 
     /// The socket's pattern.
@@ -1394,7 +1393,7 @@ impl Driver {
                 // their ciphertext: the writer finishes (in order: what
                 // the driver writes next goes behind it in rustls).
                 if d.io.holds_unsent() {
-                    let _ = p.out.send(PipeCmd::Flush);
+                    let _ = p.out.send(PipeCmd::FLUSH);
                 }
             } else {
                 let rest = p.staged.split().freeze().slice(written..);

@@ -10,9 +10,15 @@ use pinion_core::{PeerError, TlsFault};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
-        /// Live counters of one socket.
+        /// Live counters of one socket (and the TLS identities of its
+        /// pipes, kept here to share its `Arc`: a pipe carries one
+        /// pointer fewer).
         #[derive(Debug, Default)]
-        pub struct Stats { $($(#[$doc])* pub $name: AtomicU64,)* }
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+            /// The verified TLS identities of the socket's pipes.
+            pub peers: crate::pipe::PeerTable,
+        }
 
         /// A copy of [`Stats`] at one moment.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

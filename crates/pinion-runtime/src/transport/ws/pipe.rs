@@ -113,13 +113,19 @@ pub(crate) fn run_pipe<'a>(
     // Not an async fn: the caller's task holds the plain pipe's future
     // alone, with no TLS state and no second copy of the arguments.
     match tls {
-        None => Either::Left(run_on(tcp, None, role, read, pipe, link, hs, deadline)),
+        None => Either::Left(run_on(tcp, role, read, pipe, link, hs, deadline)),
         // Boxed, and its own instance of the pipe: a plain pipe's task
         // holds no TLS state (the handshake's is over a kilobyte).
         Some(tls) => Either::Right(Box::pin(async move {
             let conn = crate::transport::tls::TlsConn { tcp, role: *tls };
             match crate::transport::tls::open(conn, deadline).await {
-                Ok((io, peer)) => run_on(io, peer, role, read, pipe, link, hs, deadline).await,
+                Ok((io, peer)) => {
+                    // The peer's certificate, for `peer_identity`, while
+                    // the pipe runs (kept here: a plain pipe holds no
+                    // such entry).
+                    let _id = link.stats.peers.enter(pipe, peer);
+                    run_on(io, role, read, pipe, link, hs, deadline).await
+                }
                 Err(e) => crate::transport::tls::failed(e, pipe, link, hs),
             }
         })),
@@ -165,7 +171,6 @@ impl WsIo for TlsIo {
 #[allow(clippy::too_many_arguments)]
 async fn run_on<IO: WsIo>(
     io: IO,
-    peer: Option<Arc<crate::transport::tls::PeerIdentity>>,
     role: Role,
     read: Vec<u8>,
     pipe: PipeId,
@@ -207,7 +212,6 @@ async fn run_on<IO: WsIo>(
         }
     };
     drop(role);
-    let _peer = link.peers.enter(pipe, peer);
 
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(ReadGate::default());
@@ -557,7 +561,6 @@ async fn write_loop(
                 }
                 // Raw bytes are framed for byte streams: never sent to a
                 // WebSocket pipe (its `Up` offers no direct writes).
-                PipeCmd::Flush => {}
                 PipeCmd::Raw { msgs, .. } => {
                     tracing::warn!(pipe = pipe.0, "raw stream bytes sent to a websocket pipe");
                     n += msgs;
@@ -604,7 +607,6 @@ mod tests {
                 credits,
                 stats: Default::default(),
                 closed: Default::default(),
-                peers: Default::default(),
             };
             let role = Role::Server { path: "/".into() };
             let read = Vec::new();
