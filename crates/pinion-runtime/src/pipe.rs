@@ -447,8 +447,8 @@ async fn run_stream(
     let credits = link.opts.pipe_buffer;
     let gate = Arc::new(ReadGate::default());
     // The socket driver writes to the stream itself while the writer is
-    // idle (a TLS stream too: it encrypts, and hands the writer a `Flush`
-    // when ciphertext is left for the kernel).
+    // idle (a TLS stream too: it encrypts, and hands the writer a flush (an
+    // empty `Raw`) when ciphertext is left for the kernel).
     let direct = Some(Direct {
         io: io.clone(),
         framing,
