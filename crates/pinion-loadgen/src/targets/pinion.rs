@@ -30,6 +30,18 @@ const MAX_REPLY: u64 = 64 * 1024;
 /// Starts `<exe> serve` on a free loopback port with a fresh data dir in the
 /// same temp parent as the other targets.
 pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr), LoadgenError> {
+    launch(exe, size, "tcp", |_| Ok(Vec::new()))
+}
+
+/// Starts `<exe> serve` listening for publishers on `scheme://127.0.0.1:PORT`
+/// (a free port), with a fresh data dir and the bench's config, plus the
+/// flags `extra` returns (given the data dir, to write files into).
+fn launch(
+    exe: &Path,
+    size: usize,
+    scheme: &str,
+    extra: impl FnOnce(&Path) -> Result<Vec<std::ffi::OsString>, LoadgenError>,
+) -> Result<(ServerGuard, SocketAddr), LoadgenError> {
     if !is_executable(exe) {
         return Err(LoadgenError::MissingBinary {
             name: "pinion",
@@ -40,6 +52,7 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr)
     let dir = temp_dir(NAME)?;
     let port = free_port()?;
     let conf = crate::server::bench_hub_config(dir.path())?;
+    let extra = extra(dir.path())?;
     let mut cmd = Command::new(exe);
     cmd.arg("serve")
         .arg("-c")
@@ -47,7 +60,7 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr)
         .arg("--data-dir")
         .arg(dir.path())
         .arg("--listen")
-        .arg(format!("tcp://127.0.0.1:{port}"))
+        .arg(format!("{scheme}://127.0.0.1:{port}"))
         .args(["--fsync", "always"])
         // Subscriber and HTTP ports: free ones (nobody subscribes here).
         .args(["--subscribe", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0"])
@@ -56,7 +69,8 @@ pub(crate) fn start(exe: &Path, size: usize) -> Result<(ServerGuard, SocketAddr)
         // A stats line per second on stderr: its `logged` and `commits`
         // counters give the hub's group-commit batch size (best effort, see
         // `hub_counters`).
-        .args(["--stats-every", "1"]);
+        .args(["--stats-every", "1"])
+        .args(extra);
     let mut guard = ServerGuard::spawn(NAME, cmd, dir)?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     guard.wait_listening(addr)?;
@@ -78,20 +92,23 @@ pub(crate) fn start_tls(
     exe: &Path,
     size: usize,
 ) -> Result<(ServerGuard, SocketAddr, TlsClient), LoadgenError> {
+    let mut client = None;
+    let (guard, addr) = launch(exe, size, "tls+tcp", |dir| {
+        let (flags, c) = tls_setup(dir)?;
+        client = Some(c);
+        Ok(flags)
+    })?;
+    let client = client.ok_or_else(|| LoadgenError::Args("pinion-tls setup did not run".into()))?;
+    Ok((guard, addr, client))
+}
+
+/// Writes the hub's certificate (127.0.0.1, from a CA made here) and a
+/// token key into `dir`; returns the hub's flags for them and what its
+/// clients need.
+fn tls_setup(dir: &Path) -> Result<(Vec<std::ffi::OsString>, TlsClient), LoadgenError> {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
-    if !is_executable(exe) {
-        return Err(LoadgenError::MissingBinary {
-            name: "pinion",
-            looked: vec![exe.to_path_buf()],
-            hint: "; build the hub with `cargo build --release -p pinion-cli`",
-        });
-    }
     let setup =
         |what: &str, e: String| LoadgenError::Args(format!("pinion-tls setup: {what}: {e}"));
-    let dir = temp_dir(NAME)?;
-    let port = free_port()?;
-    let conf = crate::server::bench_hub_config(dir.path())?;
-    // A CA and the hub's certificate (127.0.0.1), made for this run.
     let ca_key = KeyPair::generate().map_err(|e| setup("CA key", e.to_string()))?;
     let mut p =
         CertificateParams::new(Vec::<String>::new()).map_err(|e| setup("CA", e.to_string()))?;
@@ -109,7 +126,7 @@ pub(crate) fn start_tls(
         .signed_by(&key, &issuer)
         .map_err(|e| setup("hub certificate", e.to_string()))?;
     let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         std::fs::write(&path, text)
             .map_err(|e| LoadgenError::io(format!("writing {}", path.display()), e))?;
         Ok::<_, LoadgenError>(path)
@@ -120,7 +137,7 @@ pub(crate) fn start_tls(
     let keys =
         pinion_auth::Keys::generate_ed25519().map_err(|e| setup("token key", e.to_string()))?;
     let written = keys
-        .write(&dir.path().join("token.key"))
+        .write(&dir.join("token.key"))
         .map_err(|e| setup("token key", e.to_string()))?;
     let perms = pinion_auth::Permissions {
         publish: pinion_auth::Rules::allow([""]),
@@ -133,29 +150,15 @@ pub(crate) fn start_tls(
         .ca_pem(ca.pem().as_bytes())
         .and_then(|c| c.client_config())
         .map_err(|e| setup("client TLS", e.to_string()))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("serve")
-        .arg("-c")
-        .arg(&conf)
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--listen")
-        .arg(format!("tls+tcp://127.0.0.1:{port}"))
-        .arg("--tls-cert")
-        .arg(&cert_file)
-        .arg("--tls-key")
-        .arg(&key_file)
-        .arg("--auth-key")
-        .arg(&written[1])
-        .args(["--fsync", "always"])
-        .args(["--subscribe", "tcp://127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .arg("--max-payload")
-        .arg(size.to_string())
-        .args(["--stats-every", "1"]);
-    let mut guard = ServerGuard::spawn(NAME, cmd, dir)?;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    guard.wait_listening(addr)?;
-    Ok((guard, addr, TlsClient { config, token }))
+    let flags = vec![
+        "--tls-cert".into(),
+        cert_file.into(),
+        "--tls-key".into(),
+        key_file.into(),
+        "--auth-key".into(),
+        written[1].clone().into(),
+    ];
+    Ok((flags, TlsClient { config, token }))
 }
 
 /// The hub's cumulative `(logged, commits)` from the last `stats` line in
